@@ -1,0 +1,420 @@
+"""The cf-orch task client: ``POST /api/inference/task`` as production will speak it.
+
+The steps of one inference live in one generator, :func:`_steps`, that yields the HTTP
+calls it needs and receives their replies (or the error they raised). It has no I/O, so
+:class:`TaskClient` and :class:`AsyncTaskClient` are the same few lines each: send what
+the steps ask for, hand back what came of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import httpx
+import pydantic
+import structlog
+
+from ._errors import TaskFailed, TaskNotRegistered
+
+__all__ = ["AsyncTaskClient", "TaskClient", "TaskRequest", "TaskResult"]
+
+_log = structlog.get_logger("shim")
+
+#: Replies larger than this are refused rather than buffered.
+MAX_REPLY_BYTES = 32 * 1024 * 1024
+_USER_AGENT = "task-shim/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """What a call site asks of a task: the prompt and anything else the task takes.
+
+    ``payload`` is any JSON value (a vision task's image, say); ``params`` are
+    generation parameters (``temperature``, ``max_tokens``, ...). ``mode="allocate"``
+    asks the coordinator for an allocation that the client completes itself.
+    """
+
+    prompt: str | None = None
+    system: str | None = None
+    payload: Any = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    mode: Literal["output", "allocate"] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What the task path produced, and where.
+
+    ``output`` is a string or a JSON value, as the coordinator (or node) sent it;
+    ``text`` is the same as a string. ``latency_ms`` runs from the first byte sent to
+    the output received (an allocation's release is not included).
+    """
+
+    output: Any
+    model: str | None
+    service_type: str | None
+    node_id: str | None
+    allocation_id: str | None
+    latency_ms: float
+    usage: Mapping[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        """``output`` as a string: itself if it is one, else compact JSON."""
+        if isinstance(self.output, str):
+            return self.output
+        return json.dumps(self.output, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- wire formats ---------------------------------------------------------------------
+
+
+class _Wire(pydantic.BaseModel):
+    # Coordinators add fields over time; take what we know, ignore the rest.
+    model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
+
+
+class _OutputReply(_Wire):
+    output: Any
+    model: str | None = None
+    service_type: str | None = None
+    node_id: str | None = None
+    allocation_id: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+class _AllocationReply(_Wire):
+    url: str
+    allocation_id: str
+    service: str | None = None
+    node_id: str | None = None
+    gpu_id: int | str | None = None
+    model: str | None = None
+    started: bool | None = None
+    warm: bool | None = None
+
+
+class _Message(_Wire):
+    content: str | None = None
+
+
+class _Choice(_Wire):
+    message: _Message
+
+
+class _Completion(_Wire):
+    model: str | None = None
+    choices: list[_Choice] = pydantic.Field(min_length=1)
+    usage: dict[str, Any] | None = None
+
+
+# -- the steps of one inference, without I/O -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    method: str
+    url: str
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    release: bool = False  # a release has its own short timeout, outside the deadline
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    content: bytes
+
+
+_Steps = Generator[_Call, _Reply, TaskResult]
+
+
+def _task_body(product: str, task: str, req: TaskRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {"product": product, "task": task}
+    for key in ("prompt", "system", "payload", "mode"):
+        value = getattr(req, key)
+        if value is not None:
+            body[key] = value
+    if req.params:
+        body["params"] = dict(req.params)
+    return body
+
+
+def _chat_body(req: TaskRequest, model: str | None) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    if req.system:
+        messages.append({"role": "system", "content": req.system})
+    text = req.prompt or ""
+    if req.payload is None:
+        messages.append({"role": "user", "content": text})
+    else:
+        payload = json.dumps(req.payload, ensure_ascii=False)
+        messages.append({"role": "user", "content": [
+            {"type": "text", "text": text},
+            {"type": "text", "text": payload},
+        ]})
+    body: dict[str, Any] = {**dict(req.params), "messages": messages}
+    if model:
+        body["model"] = model
+    return body
+
+
+def _detail(content: bytes) -> str:
+    """A short, printable excerpt of an error body."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return content[:200].decode("utf-8", "replace").strip()
+    if isinstance(data, dict):
+        for key in ("detail", "error", "message"):
+            if isinstance(data.get(key), str):
+                return str(data[key])[:200]
+    return json.dumps(data)[:200]
+
+
+def _steps(
+    base: str,
+    product: str,
+    task: str,
+    req: TaskRequest,
+    auth: Mapping[str, str],
+    clock: Callable[[], float] = time.perf_counter,
+) -> _Steps:
+    """One inference: ask the coordinator; complete and release an allocation if given."""
+    started = clock()
+
+    def fail(message: str, status: int | None) -> TaskFailed:
+        return TaskFailed(f"{product}.{task}: {message}", product=product, task=task,
+                          status=status)
+
+    def parse(reply: _Reply, what: str) -> Any:
+        try:
+            return json.loads(reply.content)
+        except ValueError as exc:
+            raise fail(f"{what} sent malformed JSON: {exc}", reply.status) from None
+
+    reply = yield _Call("POST", f"{base}/api/inference/task", _task_body(product, task, req),
+                        auth)
+    if reply.status == 404:
+        raise TaskNotRegistered(product=product, task=task, detail=_detail(reply.content))
+    if reply.status >= 300:
+        raise fail(f"coordinator answered {reply.status}: {_detail(reply.content)}",
+                   reply.status)
+    data = parse(reply, "coordinator")
+    try:
+        if isinstance(data, dict) and "output" in data:
+            out = _OutputReply.model_validate(data)
+            return TaskResult(out.output, out.model, out.service_type, out.node_id,
+                              out.allocation_id, (clock() - started) * 1000, out.usage)
+        alloc = _AllocationReply.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise fail("coordinator reply has neither output nor an allocation "
+                   f"(url, allocation_id): {exc.error_count()} problem(s)", reply.status
+                   ) from None
+
+    node = alloc.url.rstrip("/")
+    try:
+        reply = yield _Call("POST", f"{node}/v1/chat/completions", _chat_body(req, alloc.model),
+                            {"X-Allocation-Id": alloc.allocation_id})
+        if reply.status >= 300:
+            raise fail(f"node {alloc.node_id or node} answered {reply.status}: "
+                       f"{_detail(reply.content)}", reply.status)
+        try:
+            completion = _Completion.model_validate(parse(reply, "node"))
+        except pydantic.ValidationError:
+            raise fail("node reply is not a chat completion", reply.status) from None
+        result = TaskResult(completion.choices[0].message.content or "",
+                            completion.model or alloc.model, alloc.service, alloc.node_id,
+                            alloc.allocation_id, (clock() - started) * 1000, completion.usage)
+    except BaseException:
+        yield from _release(base, product, task, alloc, auth)
+        raise
+    yield from _release(base, product, task, alloc, auth)
+    return result
+
+
+def _release(
+    base: str, product: str, task: str, alloc: _AllocationReply, auth: Mapping[str, str]
+) -> Generator[_Call, _Reply, None]:
+    """Give the allocation back; a failure here is logged, never raised."""
+    error: str | None = None
+    if not alloc.service:
+        error = "allocation names no service to release it from"
+    else:
+        try:
+            reply = yield _Call(
+                "DELETE", f"{base}/api/services/{alloc.service}/allocations/{alloc.allocation_id}",
+                None, auth, release=True,
+            )
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            if reply.status >= 300:
+                error = f"coordinator answered {reply.status}: {_detail(reply.content)}"
+    if error is not None:
+        _log.warning("shim.release_failed", product=product, task=task,
+                     allocation_id=alloc.allocation_id, error=error)
+
+
+# -- drivers --------------------------------------------------------------------------
+
+
+class _ClientBase:
+    def __init__(self, orch_url: str, *, api_key: str | None, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        self.orch_url = orch_url.rstrip("/")
+        self.timeout = timeout
+        key = os.environ.get("CF_LICENSE_KEY") if api_key is None else api_key
+        # The key goes to the coordinator only, never to the node URLs it hands out.
+        self._auth = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _timeout_for(self, call: _Call, deadline: float) -> httpx.Timeout:
+        remaining = min(5.0, self.timeout) if call.release else deadline - time.perf_counter()
+        if remaining <= 0:
+            raise httpx.ReadTimeout("deadline passed before the call")
+        return httpx.Timeout(remaining, connect=min(remaining, 5.0))
+
+    def _failed(self, exc: BaseException, product: str, task: str) -> BaseException:
+        """The error the steps see: transport errors become TaskFailed, the rest as is."""
+        if isinstance(exc, httpx.TimeoutException):
+            message = f"no answer within {self.timeout:g} s ({type(exc).__name__})"
+        elif isinstance(exc, httpx.HTTPError | _TooLarge):
+            message = f"{type(exc).__name__}: {exc}"
+        else:
+            return exc
+        error = TaskFailed(f"{product}.{task}: {message}", product=product, task=task,
+                           status=None)
+        error.__cause__ = exc
+        return error
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _check_size(size: int, deadline: float) -> None:
+    if size > MAX_REPLY_BYTES:
+        raise _TooLarge(f"reply larger than {MAX_REPLY_BYTES} bytes")
+    if time.perf_counter() > deadline:
+        raise httpx.ReadTimeout("total deadline passed while reading the reply")
+
+
+class TaskClient(_ClientBase):
+    """Synchronous client for cf-orch's task endpoint, over one reusable httpx.Client.
+
+    ``api_key`` defaults to ``CF_LICENSE_KEY`` (sent as a Bearer token to the
+    coordinator); ``timeout`` bounds a whole inference, in seconds. Pass ``http`` to
+    use your own httpx.Client (it is not closed by :meth:`close`).
+    """
+
+    def __init__(self, orch_url: str, *, api_key: str | None = None, timeout: float = 30.0,
+                 http: httpx.Client | None = None) -> None:
+        super().__init__(orch_url, api_key=api_key, timeout=timeout)
+        self._owned = http is None
+        self._http = http or httpx.Client(headers={"User-Agent": _USER_AGENT})
+
+    def infer(self, product: str, task: str, request: TaskRequest) -> TaskResult:
+        """Run ``product.task`` on the task path; raises TaskNotRegistered / TaskFailed."""
+        deadline = time.perf_counter() + self.timeout
+        steps = _steps(self.orch_url, product, task, request, self._auth)
+        call = next(steps)
+        while True:
+            try:
+                reply = self._send(call, deadline)
+            except BaseException as exc:  # the steps decide; cancellation included
+                error = self._failed(exc, product, task)
+                try:
+                    call = steps.throw(error)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                continue
+            try:
+                call = steps.send(reply)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+    def _send(self, call: _Call, deadline: float) -> _Reply:
+        timeout = self._timeout_for(call, deadline)
+        if call.release:
+            deadline = time.perf_counter() + timeout.read  # type: ignore[operator]
+        with self._http.stream(call.method, call.url, json=call.body, headers=call.headers,
+                               timeout=timeout) as response:
+            content = bytearray()
+            for chunk in response.iter_bytes():
+                content += chunk
+                _check_size(len(content), deadline)
+            return _Reply(response.status_code, bytes(content))
+
+    def close(self) -> None:
+        """Close the underlying httpx.Client if this client created it."""
+        if self._owned:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTaskClient(_ClientBase):
+    """Asynchronous twin of :class:`TaskClient`, over one reusable httpx.AsyncClient."""
+
+    def __init__(self, orch_url: str, *, api_key: str | None = None, timeout: float = 30.0,
+                 http: httpx.AsyncClient | None = None) -> None:
+        super().__init__(orch_url, api_key=api_key, timeout=timeout)
+        self._owned = http is None
+        self._http = http or httpx.AsyncClient(headers={"User-Agent": _USER_AGENT})
+
+    async def infer(self, product: str, task: str, request: TaskRequest) -> TaskResult:
+        """Run ``product.task`` on the task path; raises TaskNotRegistered / TaskFailed."""
+        deadline = time.perf_counter() + self.timeout
+        steps = _steps(self.orch_url, product, task, request, self._auth)
+        call = next(steps)
+        while True:
+            try:
+                reply = await self._send(call, deadline)
+            except BaseException as exc:  # the steps decide; cancellation included
+                error = self._failed(exc, product, task)
+                try:
+                    call = steps.throw(error)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                continue
+            try:
+                call = steps.send(reply)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+    async def _send(self, call: _Call, deadline: float) -> _Reply:
+        timeout = self._timeout_for(call, deadline)
+        if call.release:
+            deadline = time.perf_counter() + timeout.read  # type: ignore[operator]
+        async with self._http.stream(call.method, call.url, json=call.body,
+                                     headers=call.headers, timeout=timeout) as response:
+            content = bytearray()
+            async for chunk in response.aiter_bytes():
+                content += chunk
+                _check_size(len(content), deadline)
+            return _Reply(response.status_code, bytes(content))
+
+    async def aclose(self) -> None:
+        """Close the underlying httpx.AsyncClient if this client created it."""
+        if self._owned:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

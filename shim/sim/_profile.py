@@ -1,0 +1,163 @@
+"""Fault and latency knobs of the simulator, globally, for the legacy path, per task."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .._errors import ConfigError, Problem
+from .._names import TaskName
+from .._yaml import load_yaml, validate
+from ._outputs import DRIFT_KINDS, DriftKind
+
+__all__ = ["KNOB_NAMES", "Knobs", "NodeSpec", "Profile", "Settings", "parse_knob"]
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+Millis = Annotated[float, Field(ge=0.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Knobs(_Strict):
+    """Knobs for one scope; a field left unset inherits from the wider scope."""
+
+    latency_ms: Millis | None = None
+    latency_p99_ms: Millis | None = None
+    cold_start_ms: Millis | None = None
+    error_rate: Rate | None = None
+    error_status: Annotated[int, Field(ge=400, le=599)] | None = None
+    hang_rate: Rate | None = None
+    hang_s: Annotated[float, Field(gt=0)] | None = None
+    malformed_rate: Rate | None = None
+    drift_rate: Rate | None = None
+    drift_kinds: Annotated[list[DriftKind], Field(min_length=1)] | None = None
+
+    def over(self, base: Knobs) -> Knobs:
+        """These knobs, with unset ones taken from ``base``."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+KNOB_NAMES = tuple(Knobs.model_fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The knobs in force for one request: every value set."""
+
+    latency_ms: float
+    latency_p99_ms: float
+    cold_start_ms: float
+    error_rate: float
+    error_status: int
+    hang_rate: float
+    hang_s: float
+    malformed_rate: float
+    drift_rate: float
+    drift_kinds: tuple[DriftKind, ...]
+
+    def latency_s(self, rng: random.Random) -> float:
+        """A latency draw: log-normal with the given median and 99th percentile."""
+        if self.latency_ms <= 0:
+            return 0.0
+        p99 = max(self.latency_p99_ms, self.latency_ms)
+        sigma = math.log(p99 / self.latency_ms) / 2.3263478740408408  # z of the 99th pct
+        return self.latency_ms * math.exp(sigma * rng.gauss(0.0, 1.0)) / 1000.0
+
+
+BASE = Knobs(latency_ms=25.0, latency_p99_ms=100.0, cold_start_ms=0.0, error_rate=0.0,
+             error_status=503, hang_rate=0.0, hang_s=600.0, malformed_rate=0.0,
+             drift_rate=0.0, drift_kinds=list(DRIFT_KINDS))
+
+
+class NodeSpec(_Strict):
+    """A GPU node of the simulated cluster and the service types it runs."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    services: Annotated[list[str], Field(min_length=1)]
+    gpus: Annotated[int, Field(ge=1)] = 1
+
+
+_NODES = [NodeSpec(id="node-a", services=["cf-text", "vllm", "cf-docuvision"], gpus=2),
+          NodeSpec(id="node-b", services=["cf-text", "vllm"], gpus=1),
+          NodeSpec(id="node-v", services=["cf-vision", "cf-docuvision"], gpus=2)]
+
+
+class Profile(_Strict):
+    """A simulator profile (YAML): seed, knobs by scope, nodes.
+
+    ``defaults`` apply everywhere, ``legacy`` to the legacy endpoints, ``tasks`` to one
+    task on the task path. Drift only ever applies to the task path.
+    """
+
+    seed: int | None = None
+    defaults: Knobs = Knobs()
+    legacy: Knobs = Knobs()
+    tasks: dict[TaskName, Knobs] = {}
+    nodes: Annotated[list[NodeSpec], Field(min_length=1)] = _NODES
+
+    @model_validator(mode="after")
+    def _legacy_does_not_drift(self) -> Self:
+        if self.legacy.drift_rate or self.legacy.drift_kinds:
+            raise ValueError("legacy: drift applies to the task path only; remove drift_*")
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        """Read a profile YAML; raises ConfigError naming file, line and field."""
+        doc = load_yaml(path)
+        profile, problems = validate(doc, cls, doc.data if doc.data is not None else {})
+        if problems:
+            raise ConfigError(problems)
+        return profile  # type: ignore[no-any-return]
+
+    def settings(self, task: str | None, *, legacy: bool) -> Settings:
+        """The knobs in force for a request on ``task`` (None: not known)."""
+        knobs = self.defaults.over(BASE)
+        if legacy:
+            knobs = self.legacy.over(knobs).model_copy(update={"drift_rate": 0.0})
+        elif task in self.tasks:
+            knobs = self.tasks[task].over(knobs)
+        values = knobs.model_dump()
+        values["drift_kinds"] = tuple(values["drift_kinds"])
+        return Settings(**{f.name: values[f.name] for f in fields(Settings)})
+
+    def with_knob(self, scope: str, name: str, value: Any) -> Profile:
+        """A copy with one knob set in ``scope`` (``defaults``, ``legacy`` or a task)."""
+        data = self.model_dump()
+        if scope in ("defaults", "legacy"):
+            data[scope] = {**data[scope], name: value}
+        else:
+            data["tasks"] = {**data["tasks"], scope: {**data["tasks"].get(scope, {}), name: value}}
+        try:
+            return Profile.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            raise ConfigError(
+                [Problem("--knob", None, f"{scope}:{name}", f"{err['msg']} (got {value!r})")]
+            ) from None
+
+
+def parse_knob(text: str) -> tuple[str, str, Any]:
+    """``[SCOPE:]NAME=VALUE`` from the command line -> (scope, name, value).
+
+    SCOPE is ``legacy`` or a task (``kiwi.ocr``); without it the knob is global.
+    """
+    spec, sep, raw = text.partition("=")
+    scope, _, name = spec.rpartition(":")
+    scope = scope or "defaults"
+    problem = None
+    if not sep:
+        problem = "expected [SCOPE:]NAME=VALUE, e.g. kiwi.ocr:drift_rate=0.3"
+    elif name not in KNOB_NAMES:
+        problem = f"unknown knob {name!r}; knobs are: {', '.join(KNOB_NAMES)}"
+    if problem:
+        raise ConfigError([Problem("--knob", None, text, problem)])
+    value: Any = raw.split(",") if name == "drift_kinds" else raw
+    return scope, name, value
