@@ -37,9 +37,7 @@ class TaskFlags(BaseModel):
 
     serve: Percent = 0
     shadow: Percent = 0
-    stickiness: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
-        "default"
-    )
+    stickiness: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "default"
 
     @property
     def stage(self) -> str:

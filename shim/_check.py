@@ -39,20 +39,25 @@ class CheckReport:
             entry = self.config.assignments.assignments[task]
             model = self.config.registry.models.get(entry.model)
             flags = self.flags.tasks.get(task) if self.flags else None
-            rows.append({
-                "task": task, "model": entry.model, "modality": entry.modality,
-                "service_type": model.service_type if model else None,
-                "vram_mb": model.vram_mb if model else None,
-                "aliases": list(model.alias) if model else [],
-                "stage": flags.stage if flags else None,
-                "serve": flags.serve if flags else None,
-                "shadow": flags.shadow if flags else None,
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "model": entry.model,
+                    "modality": entry.modality,
+                    "service_type": model.service_type if model else None,
+                    "vram_mb": model.vram_mb if model else None,
+                    "aliases": list(model.alias) if model else [],
+                    "stage": flags.stage if flags else None,
+                    "serve": flags.serve if flags else None,
+                    "shadow": flags.shadow if flags else None,
+                }
+            )
         return rows
 
 
-def run_check(assignments: str | Path, registry: str | Path,
-              flags_path: str | Path | None = None) -> CheckReport:
+def run_check(
+    assignments: str | Path, registry: str | Path, flags_path: str | Path | None = None
+) -> CheckReport:
     """Load every file, collect every problem; never raises for bad content."""
     files = [str(assignments), str(registry)]
     problems: list[Problem] = []
@@ -73,8 +78,12 @@ def run_check(assignments: str | Path, registry: str | Path,
         else:
             if config is not None:
                 problems += [
-                    doc.problem((task,), f"{task} is not in {config.assignments_path}; "
-                                "register it there first or remove this flag")
-                    for task in flags.tasks if task not in config.assignments.assignments
+                    doc.problem(
+                        (task,),
+                        f"{task} is not in {config.assignments_path}; "
+                        "register it there first or remove this flag",
+                    )
+                    for task in flags.tasks
+                    if task not in config.assignments.assignments
                 ]
     return CheckReport(problems, config, flags, files)

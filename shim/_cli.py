@@ -26,12 +26,22 @@ app = typer.Typer(
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
-AssignmentsOpt = Annotated[Path | None, typer.Option(
-    "--assignments", help="assignments.yaml [env SHIM_ASSIGNMENTS; default: kiwi's]",
-    dir_okay=False)]
-RegistryOpt = Annotated[Path | None, typer.Option(
-    "--registry", help="model_registry.yaml [env SHIM_REGISTRY; default: kiwi's]",
-    dir_okay=False)]
+AssignmentsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--assignments",
+        help="assignments.yaml [env SHIM_ASSIGNMENTS; default: kiwi's]",
+        dir_okay=False,
+    ),
+]
+RegistryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--registry",
+        help="model_registry.yaml [env SHIM_REGISTRY; default: kiwi's]",
+        dir_okay=False,
+    ),
+]
 
 
 def main() -> None:
@@ -53,8 +63,10 @@ def _config_paths(assignments: Path | None, registry: Path | None) -> tuple[Path
             return Path(os.environ[env])
         return default_config_path(name)
 
-    return (pick(assignments, "SHIM_ASSIGNMENTS", "assignments.yaml"),
-            pick(registry, "SHIM_REGISTRY", "model_registry.yaml"))
+    return (
+        pick(assignments, "SHIM_ASSIGNMENTS", "assignments.yaml"),
+        pick(registry, "SHIM_REGISTRY", "model_registry.yaml"),
+    )
 
 
 def _load_config(assignments: Path | None, registry: Path | None) -> OrchConfig:
@@ -67,34 +79,52 @@ def _load_config(assignments: Path | None, registry: Path | None) -> OrchConfig:
 @app.command()
 def sim(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.", min=0,
-                                      max=65535)] = 8700,
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.", min=0, max=65535)] = 8700,
     assignments: AssignmentsOpt = None,
     registry: RegistryOpt = None,
-    profile: Annotated[Path | None, typer.Option(
-        help="Profile YAML: seed, knobs for defaults / legacy / tasks, nodes.",
-        exists=True, dir_okay=False)] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Profile YAML: seed, knobs for defaults / legacy / tasks, nodes.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for repeatable runs.")] = None,
-    require_key: Annotated[str | None, typer.Option(
-        "--require-key", help="Answer 401 unless requests carry 'Bearer KEY'.",
-        metavar="KEY")] = None,
+    require_key: Annotated[
+        str | None,
+        typer.Option(
+            "--require-key", help="Answer 401 unless requests carry 'Bearer KEY'.", metavar="KEY"
+        ),
+    ] = None,
     latency_ms: Annotated[float | None, typer.Option(help="Median latency.")] = None,
     latency_p99_ms: Annotated[float | None, typer.Option(help="99th percentile.")] = None,
-    cold_start_ms: Annotated[float | None, typer.Option(
-        help="Extra delay on a model's first request per node.")] = None,
+    cold_start_ms: Annotated[
+        float | None, typer.Option(help="Extra delay on a model's first request per node.")
+    ] = None,
     error_rate: Annotated[float | None, typer.Option(help="Share of requests that fail.")] = None,
     error_status: Annotated[int | None, typer.Option(help="Their HTTP status.")] = None,
-    hang_rate: Annotated[float | None, typer.Option(
-        help="Share of requests that hang (see hang_s).")] = None,
-    malformed_rate: Annotated[float | None, typer.Option(
-        help="Share of replies cut off mid-JSON.")] = None,
-    drift_rate: Annotated[float | None, typer.Option(
-        help="Share of task-path outputs whose structure drifts.")] = None,
-    drift_kinds: Annotated[str | None, typer.Option(
-        help="Comma list of fence, prose, missing_key, renamed_key, type_change.")] = None,
-    knob: Annotated[list[str] | None, typer.Option(
-        help="[SCOPE:]NAME=VALUE, SCOPE a task or 'legacy'; repeatable. "
-             "Example: --knob kiwi.ocr:drift_rate=0.3", metavar="[SCOPE:]NAME=VALUE")] = None,
+    hang_rate: Annotated[
+        float | None, typer.Option(help="Share of requests that hang (see hang_s).")
+    ] = None,
+    malformed_rate: Annotated[
+        float | None, typer.Option(help="Share of replies cut off mid-JSON.")
+    ] = None,
+    drift_rate: Annotated[
+        float | None, typer.Option(help="Share of task-path outputs whose structure drifts.")
+    ] = None,
+    drift_kinds: Annotated[
+        str | None,
+        typer.Option(help="Comma list of fence, prose, missing_key, renamed_key, type_change."),
+    ] = None,
+    knob: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="[SCOPE:]NAME=VALUE, SCOPE a task or 'legacy'; repeatable. "
+            "Example: --knob kiwi.ocr:drift_rate=0.3",
+            metavar="[SCOPE:]NAME=VALUE",
+        ),
+    ] = None,
 ) -> None:
     """Run the cf-orch simulator (first line: 'listening on http://HOST:PORT')."""
     from .sim import Profile, parse_knob, serve
@@ -105,10 +135,14 @@ def sim(
         if seed is not None:
             prof = prof.model_copy(update={"seed": seed})
         flags: dict[str, Any] = {
-            "latency_ms": latency_ms, "latency_p99_ms": latency_p99_ms,
-            "cold_start_ms": cold_start_ms, "error_rate": error_rate,
-            "error_status": error_status, "hang_rate": hang_rate,
-            "malformed_rate": malformed_rate, "drift_rate": drift_rate,
+            "latency_ms": latency_ms,
+            "latency_p99_ms": latency_p99_ms,
+            "cold_start_ms": cold_start_ms,
+            "error_rate": error_rate,
+            "error_status": error_status,
+            "hang_rate": hang_rate,
+            "malformed_rate": malformed_rate,
+            "drift_rate": drift_rate,
             "drift_kinds": drift_kinds.split(",") if drift_kinds else None,
         }
         for name, value in flags.items():
@@ -137,9 +171,14 @@ def sim(
 def check(
     assignments: AssignmentsOpt = None,
     registry: RegistryOpt = None,
-    flags: Annotated[Path | None, typer.Option(
-        "--flags", help="flags.yaml to check too [env SHIM_FLAGS when it is a path]",
-        dir_okay=False)] = None,
+    flags: Annotated[
+        Path | None,
+        typer.Option(
+            "--flags",
+            help="flags.yaml to check too [env SHIM_FLAGS when it is a path]",
+            dir_okay=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Validate assignments, registry and flags; 'file:line: message' for each problem."""
@@ -154,37 +193,55 @@ def check(
             raise typer.Exit(2)
     report = run_check(a_path, r_path, flags)
     if as_json:
-        print(json.dumps({
-            "ok": report.ok, "files": report.files,
-            "problems": [{"path": p.path, "line": p.line, "field": p.field,
-                          "message": p.message} for p in report.problems],
-            "tasks": report.rows(),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "files": report.files,
+                    "problems": [
+                        {"path": p.path, "line": p.line, "field": p.field, "message": p.message}
+                        for p in report.problems
+                    ],
+                    "tasks": report.rows(),
+                },
+                indent=2,
+            )
+        )
         raise typer.Exit(0 if report.ok else 1)
     if not report.ok:
         for problem in report.problems:
             out.print(str(problem), markup=False, soft_wrap=True)
-        err.print(f"{len(report.problems)} problem(s) in {', '.join(report.files)}",
-                  markup=False)
+        err.print(f"{len(report.problems)} problem(s) in {', '.join(report.files)}", markup=False)
         raise typer.Exit(1)
     table = Table(title="cf-orch task registrations", title_justify="left")
     for column in ("task", "model", "service", "VRAM MB", "aliases"):
-        table.add_column(column, justify="right" if column in ("VRAM MB", "aliases") else "left",
-                         no_wrap=column != "model")
+        table.add_column(
+            column,
+            justify="right" if column in ("VRAM MB", "aliases") else "left",
+            no_wrap=column != "model",
+        )
     if report.flags is not None:
         for column in ("stage", "serve %", "shadow %"):
-            table.add_column(column, justify="left" if column == "stage" else "right",
-                             no_wrap=True)
+            table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
     for row in report.rows():
-        cells = [row["task"], row["model"], row["service_type"], f"{row['vram_mb']:,}",
-                 str(len(row["aliases"]))]
+        cells = [
+            row["task"],
+            row["model"],
+            row["service_type"],
+            f"{row['vram_mb']:,}",
+            str(len(row["aliases"])),
+        ]
         if report.flags is not None:
             cells += [row["stage"] or "off", str(row["serve"] or 0), str(row["shadow"] or 0)]
         table.add_row(*cells)
     out.print(table)
     assert report.config is not None
-    out.print(f"ok: {len(report.config.tasks)} tasks, {len(report.config.registry.models)} "
-              f"models ({', '.join(report.files)})", markup=False, soft_wrap=True)
+    out.print(
+        f"ok: {len(report.config.tasks)} tasks, {len(report.config.registry.models)} "
+        f"models ({', '.join(report.files)})",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -155,10 +155,15 @@ def _chat_body(req: TaskRequest, model: str | None) -> dict[str, Any]:
         messages.append({"role": "user", "content": text})
     else:
         payload = json.dumps(req.payload, ensure_ascii=False)
-        messages.append({"role": "user", "content": [
-            {"type": "text", "text": text},
-            {"type": "text", "text": payload},
-        ]})
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": text},
+                    {"type": "text", "text": payload},
+                ],
+            }
+        )
     body: dict[str, Any] = {**dict(req.params), "messages": messages}
     if model:
         body["model"] = model
@@ -190,8 +195,7 @@ def _steps(
     started = clock()
 
     def fail(message: str, status: int | None) -> TaskFailed:
-        return TaskFailed(f"{product}.{task}: {message}", product=product, task=task,
-                          status=status)
+        return TaskFailed(f"{product}.{task}: {message}", product=product, task=task, status=status)
 
     def parse(reply: _Reply, what: str) -> Any:
         try:
@@ -199,39 +203,58 @@ def _steps(
         except ValueError as exc:
             raise fail(f"{what} sent malformed JSON: {exc}", reply.status) from None
 
-    reply = yield _Call("POST", f"{base}/api/inference/task", _task_body(product, task, req),
-                        auth)
+    reply = yield _Call("POST", f"{base}/api/inference/task", _task_body(product, task, req), auth)
     if reply.status == 404:
         raise TaskNotRegistered(product=product, task=task, detail=_detail(reply.content))
     if reply.status >= 300:
-        raise fail(f"coordinator answered {reply.status}: {_detail(reply.content)}",
-                   reply.status)
+        raise fail(f"coordinator answered {reply.status}: {_detail(reply.content)}", reply.status)
     data = parse(reply, "coordinator")
     try:
         if isinstance(data, dict) and "output" in data:
             out = _OutputReply.model_validate(data)
-            return TaskResult(out.output, out.model, out.service_type, out.node_id,
-                              out.allocation_id, (clock() - started) * 1000, out.usage)
+            return TaskResult(
+                out.output,
+                out.model,
+                out.service_type,
+                out.node_id,
+                out.allocation_id,
+                (clock() - started) * 1000,
+                out.usage,
+            )
         alloc = _AllocationReply.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise fail("coordinator reply has neither output nor an allocation "
-                   f"(url, allocation_id): {exc.error_count()} problem(s)", reply.status
-                   ) from None
+        raise fail(
+            "coordinator reply has neither output nor an allocation "
+            f"(url, allocation_id): {exc.error_count()} problem(s)",
+            reply.status,
+        ) from None
 
     node = alloc.url.rstrip("/")
     try:
-        reply = yield _Call("POST", f"{node}/v1/chat/completions", _chat_body(req, alloc.model),
-                            {"X-Allocation-Id": alloc.allocation_id})
+        reply = yield _Call(
+            "POST",
+            f"{node}/v1/chat/completions",
+            _chat_body(req, alloc.model),
+            {"X-Allocation-Id": alloc.allocation_id},
+        )
         if reply.status >= 300:
-            raise fail(f"node {alloc.node_id or node} answered {reply.status}: "
-                       f"{_detail(reply.content)}", reply.status)
+            raise fail(
+                f"node {alloc.node_id or node} answered {reply.status}: {_detail(reply.content)}",
+                reply.status,
+            )
         try:
             completion = _Completion.model_validate(parse(reply, "node"))
         except pydantic.ValidationError:
             raise fail("node reply is not a chat completion", reply.status) from None
-        result = TaskResult(completion.choices[0].message.content or "",
-                            completion.model or alloc.model, alloc.service, alloc.node_id,
-                            alloc.allocation_id, (clock() - started) * 1000, completion.usage)
+        result = TaskResult(
+            completion.choices[0].message.content or "",
+            completion.model or alloc.model,
+            alloc.service,
+            alloc.node_id,
+            alloc.allocation_id,
+            (clock() - started) * 1000,
+            completion.usage,
+        )
     except BaseException:
         yield from _release(base, product, task, alloc, auth)
         raise
@@ -249,8 +272,11 @@ def _release(
     else:
         try:
             reply = yield _Call(
-                "DELETE", f"{base}/api/services/{alloc.service}/allocations/{alloc.allocation_id}",
-                None, auth, release=True,
+                "DELETE",
+                f"{base}/api/services/{alloc.service}/allocations/{alloc.allocation_id}",
+                None,
+                auth,
+                release=True,
             )
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -258,8 +284,13 @@ def _release(
             if reply.status >= 300:
                 error = f"coordinator answered {reply.status}: {_detail(reply.content)}"
     if error is not None:
-        _log.warning("shim.release_failed", product=product, task=task,
-                     allocation_id=alloc.allocation_id, error=error)
+        _log.warning(
+            "shim.release_failed",
+            product=product,
+            task=task,
+            allocation_id=alloc.allocation_id,
+            error=error,
+        )
 
 
 # -- drivers --------------------------------------------------------------------------
@@ -289,8 +320,7 @@ class _ClientBase:
             message = f"{type(exc).__name__}: {exc}"
         else:
             return exc
-        error = TaskFailed(f"{product}.{task}: {message}", product=product, task=task,
-                           status=None)
+        error = TaskFailed(f"{product}.{task}: {message}", product=product, task=task, status=None)
         error.__cause__ = exc
         return error
 
@@ -314,8 +344,14 @@ class TaskClient(_ClientBase):
     use your own httpx.Client (it is not closed by :meth:`close`).
     """
 
-    def __init__(self, orch_url: str, *, api_key: str | None = None, timeout: float = 30.0,
-                 http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        orch_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+    ) -> None:
         super().__init__(orch_url, api_key=api_key, timeout=timeout)
         self._owned = http is None
         self._http = http or httpx.Client(headers={"User-Agent": _USER_AGENT})
@@ -344,8 +380,9 @@ class TaskClient(_ClientBase):
         timeout = self._timeout_for(call, deadline)
         if call.release:
             deadline = time.perf_counter() + timeout.read  # type: ignore[operator]
-        with self._http.stream(call.method, call.url, json=call.body, headers=call.headers,
-                               timeout=timeout) as response:
+        with self._http.stream(
+            call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
+        ) as response:
             content = bytearray()
             for chunk in response.iter_bytes():
                 content += chunk
@@ -367,8 +404,14 @@ class TaskClient(_ClientBase):
 class AsyncTaskClient(_ClientBase):
     """Asynchronous twin of :class:`TaskClient`, over one reusable httpx.AsyncClient."""
 
-    def __init__(self, orch_url: str, *, api_key: str | None = None, timeout: float = 30.0,
-                 http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        orch_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         super().__init__(orch_url, api_key=api_key, timeout=timeout)
         self._owned = http is None
         self._http = http or httpx.AsyncClient(headers={"User-Agent": _USER_AGENT})
@@ -397,8 +440,9 @@ class AsyncTaskClient(_ClientBase):
         timeout = self._timeout_for(call, deadline)
         if call.release:
             deadline = time.perf_counter() + timeout.read  # type: ignore[operator]
-        async with self._http.stream(call.method, call.url, json=call.body,
-                                     headers=call.headers, timeout=timeout) as response:
+        async with self._http.stream(
+            call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
+        ) as response:
             content = bytearray()
             async for chunk in response.aiter_bytes():
                 content += chunk
@@ -414,7 +458,9 @@ class AsyncTaskClient(_ClientBase):
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()

@@ -12,14 +12,17 @@ from ._orch import OrchConfig
 __all__ = ["run_demo"]
 
 _PROMPTS = {
-    "kiwi.meal_plan": TaskRequest(system="You plan meals from a pantry.",
-                                  prompt="Plan a week of dinners for two, vegetarian."),
+    "kiwi.meal_plan": TaskRequest(
+        system="You plan meals from a pantry.", prompt="Plan a week of dinners for two, vegetarian."
+    ),
     "kiwi.recipe_generation": TaskRequest(prompt="A recipe using chickpeas and spinach."),
     "kiwi.ocr": TaskRequest(prompt="Read this receipt.", payload={"image_b64": "iVBORw0KG..."}),
-    "kiwi.barcode_scan": TaskRequest(prompt="Decode this barcode.",
-                                     payload={"image_b64": "R0lGODlh..."}),
-    "kiwi.recipe_scan": TaskRequest(prompt="Transcribe this recipe card.",
-                                    payload={"image_b64": "/9j/4AAQ..."}),
+    "kiwi.barcode_scan": TaskRequest(
+        prompt="Decode this barcode.", payload={"image_b64": "R0lGODlh..."}
+    ),
+    "kiwi.recipe_scan": TaskRequest(
+        prompt="Transcribe this recipe card.", payload={"image_b64": "/9j/4AAQ..."}
+    ),
 }
 
 
@@ -40,12 +43,16 @@ def run_demo(*, seed: int, console: Console) -> None:
     from .sim import Profile, Simulator
 
     config = OrchConfig.default()
-    profile = Profile(seed=seed, defaults={"latency_ms": 30, "latency_p99_ms": 120,
-                                           "cold_start_ms": 200})
+    profile = Profile(
+        seed=seed, defaults={"latency_ms": 30, "latency_p99_ms": 120, "cold_start_ms": 200}
+    )
     table = Table(title="kiwi tasks on cf-orch's task endpoint", title_justify="left")
     for column in ("task", "mode", "model", "service", "node", "ms", "output"):
-        table.add_column(column, justify="right" if column == "ms" else "left",
-                         no_wrap=column in ("mode", "service", "node", "ms"))
+        table.add_column(
+            column,
+            justify="right" if column == "ms" else "left",
+            no_wrap=column in ("mode", "service", "node", "ms"),
+        )
     with Simulator(config, profile) as sim, TaskClient(sim.url, api_key="") as client:
         console.print(f"simulator listening on {sim.url}")
         for task in config.tasks:
@@ -59,9 +66,18 @@ def run_demo(*, seed: int, console: Console) -> None:
                     table.add_row(task, mode, "-", "-", "-", "-", f"[red]{exc}[/]")
                     continue
                 preview = _shape(result.output)
-                table.add_row(task, mode, result.model or "?", result.service_type or "?",
-                              result.node_id or "?", f"{result.latency_ms:.1f}", preview)
+                table.add_row(
+                    task,
+                    mode,
+                    result.model or "?",
+                    result.service_type or "?",
+                    result.node_id or "?",
+                    f"{result.latency_ms:.1f}",
+                    preview,
+                )
         stats = sim.stats()
     console.print(table)
-    console.print(f"allocations left open: {stats['allocations_active']} "
-                  "(each allocation was completed on its node and released)")
+    console.print(
+        f"allocations left open: {stats['allocations_active']} "
+        "(each allocation was completed on its node and released)"
+    )

@@ -144,7 +144,11 @@ class OrchConfig:
         if model is None:
             return None
         return ResolvedTask(
-            name, entry.model, entry.modality, model.service_type, model.vram_mb,
+            name,
+            entry.model,
+            entry.modality,
+            model.service_type,
+            model.vram_mb,
             tuple(model.alias),
         )
 
@@ -158,27 +162,34 @@ class OrchConfig:
         for task, entry in self.assignments.assignments.items():
             model = self.registry.models.get(entry.model)
             if model is None:
-                out.append(self._adoc.problem(
-                    ("assignments", task),
-                    f"model {entry.model!r} is not in {self.registry_path}; "
-                    "add it there or assign a registered model",
-                ))
+                out.append(
+                    self._adoc.problem(
+                        ("assignments", task),
+                        f"model {entry.model!r} is not in {self.registry_path}; "
+                        "add it there or assign a registered model",
+                    )
+                )
                 continue
             allowed = SERVICE_TYPES[entry.modality]
             if model.service_type not in allowed:
-                out.append(self._rdoc.problem(
-                    ("models", entry.model, "service_type"),
-                    f"{task} is a {entry.modality} task but its model {entry.model!r} has "
-                    f"service_type {model.service_type!r}; expected "
-                    f"{' or '.join(sorted(allowed))}",
-                ))
+                out.append(
+                    self._rdoc.problem(
+                        ("models", entry.model, "service_type"),
+                        f"{task} is a {entry.modality} task but its model {entry.model!r} has "
+                        f"service_type {model.service_type!r}; expected "
+                        f"{' or '.join(sorted(allowed))}",
+                    )
+                )
         seen: dict[str, str] = {m.casefold(): m for m in self.registry.models}
         for model_id, model in self.registry.models.items():
             for i, alias in enumerate(model.alias):
                 owner = seen.setdefault(alias.casefold(), model_id)
                 if owner != model_id:
-                    out.append(self._rdoc.problem(
-                        ("models", model_id, "alias", i),
-                        f"alias {alias!r} already names model {owner!r}; aliases must be unique",
-                    ))
+                    out.append(
+                        self._rdoc.problem(
+                            ("models", model_id, "alias", i),
+                            f"alias {alias!r} already names model {owner!r}; "
+                            "aliases must be unique",
+                        )
+                    )
         return out

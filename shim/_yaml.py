@@ -83,8 +83,9 @@ def load_yaml(path: str | Path, *, text: str | None = None) -> Located:
 def validate(doc: Located, schema: Any, data: Any = _WHOLE) -> tuple[Any, list[Problem]]:
     """Validate ``data`` (default: the whole document) against ``schema``.
 
-    ``schema`` is a pydantic model class or any type pydantic validates. Returns the value (None when
-    invalid) and the located problems, the document's own (duplicate keys) first.
+    ``schema`` is a pydantic model class or any type pydantic validates. Returns the
+    value (None when invalid) and the located problems, the document's own (duplicate
+    keys) first.
     """
     value = doc.data if data is _WHOLE else data
     adapter = _adapter(schema)
@@ -130,9 +131,7 @@ def _fields_at(model: Any, loc: Loc) -> list[str]:
         if isinstance(current, type) and issubclass(current, pydantic.BaseModel):
             info = current.model_fields.get(str(part))
             if info is None:
-                info = next(
-                    (f for f in current.model_fields.values() if f.alias == part), None
-                )
+                info = next((f for f in current.model_fields.values() if f.alias == part), None)
             if info is None:
                 return []
             current = info.annotation
@@ -209,4 +208,3 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
         return self._constructor.construct_object(node, deep=True)
-

@@ -131,8 +131,9 @@ class SimState:
 
     def pick_node(self, service: str) -> tuple[NodeSpec, int] | None:
         """Round-robin over the nodes (and their GPUs) that run ``service``."""
-        slots = [(n, g) for n in self.nodes.values() if service in n.services
-                 for g in range(n.gpus)]
+        slots = [
+            (n, g) for n in self.nodes.values() if service in n.services for g in range(n.gpus)
+        ]
         if not slots:
             return None
         turn = self._turn[service]
@@ -150,8 +151,7 @@ class SimState:
             return _error(s.error_status, "injected", f"simulated {s.error_status}", **retry)
         return None
 
-    async def produce(self, s: Settings, kind: str, node: str, model: str, *,
-                      drift: bool) -> Any:
+    async def produce(self, s: Settings, kind: str, node: str, model: str, *, drift: bool) -> Any:
         """Wait as the model would (cold start included), then make its output."""
         cold = (node, model) not in self.warm
         self.warm.add((node, model))
@@ -189,16 +189,20 @@ def _usage(prompt: str | None, output: Any) -> dict[str, int]:
     text = output if isinstance(output, str) else json.dumps(output)
     prompt_tokens = max(1, len((prompt or "").split()) * 4 // 3)
     completion_tokens = max(1, len(text) // 4)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _prompt(messages: list[dict[str, Any]]) -> str:
     return " ".join(str(m.get("content", "")) for m in messages)
 
 
-def create_app(config: OrchConfig, profile: Profile | None = None, *,
-               require_key: str | None = None) -> FastAPI:
+def create_app(
+    config: OrchConfig, profile: Profile | None = None, *, require_key: str | None = None
+) -> FastAPI:
     """The simulator as an ASGI app; ``app.state.sim`` is its :class:`SimState`."""
     state = SimState(config, profile or Profile())
     app = FastAPI(title="cf-orch simulator", docs_url=None, redoc_url=None)
@@ -207,8 +211,8 @@ def create_app(config: OrchConfig, profile: Profile | None = None, *,
     async def check_key(authorization: Annotated[str | None, Header()] = None) -> None:
         if require_key is None:
             return
-        given = (authorization or "").removeprefix("Bearer ").encode()
-        if not authorization or not hmac.compare_digest(given, require_key.encode()):
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme != "Bearer" or not hmac.compare_digest(given.encode(), require_key.encode()):
             state.count("unauthorized")
             raise _Unauthorized
 
@@ -223,25 +227,35 @@ def create_app(config: OrchConfig, profile: Profile | None = None, *,
             return _error(404, "task_not_registered", f"{name} is not in assignments.yaml")
         registered = state.lookup(entry.model)
         if registered is None:
-            return _error(500, "model_not_registered",
-                          f"{entry.model} (assigned to {name}) is not in model_registry.yaml")
+            return _error(
+                500,
+                "model_not_registered",
+                f"{entry.model} (assigned to {name}) is not in model_registry.yaml",
+            )
         model_id, model = registered
         s = state.profile.settings(name, legacy=False)
         if (failure := await state.fault(s, "task")) is not None:
             return failure
         placed = state.pick_node(model.service_type)
         if placed is None:
-            return _error(503, "no_capacity", f"no node runs {model.service_type}",
-                          **{"Retry-After": "1"})
+            return _error(
+                503, "no_capacity", f"no node runs {model.service_type}", **{"Retry-After": "1"}
+            )
         node, gpu = placed
         if body.mode == "allocate":
             return _allocate(request, s, node, gpu, model_id, model, name, via_task=True)
         output = await state.produce(s, state.kind(name), node.id, model_id, drift=True)
-        return state.reply({
-            "output": output, "model": model_id, "service_type": model.service_type,
-            "node_id": node.id, "allocation_id": state.next_id("alloc"),
-            "usage": _usage(body.prompt, output),
-        }, s)
+        return state.reply(
+            {
+                "output": output,
+                "model": model_id,
+                "service_type": model.service_type,
+                "node_id": node.id,
+                "allocation_id": state.next_id("alloc"),
+                "usage": _usage(body.prompt, output),
+            },
+            s,
+        )
 
     @api.post("/api/inference")
     async def infer_legacy(body: LegacyBody) -> Response:
@@ -258,10 +272,16 @@ def create_app(config: OrchConfig, profile: Profile | None = None, *,
         if placed is None:
             return _error(503, "no_capacity", f"no node runs {model.service_type}")
         output = await state.produce(s, state.kind(task), placed[0].id, model_id, drift=False)
-        return state.reply({
-            "output": output, "model": body.model, "service_type": model.service_type,
-            "node_id": placed[0].id, "usage": _usage(body.prompt, output),
-        }, s)
+        return state.reply(
+            {
+                "output": output,
+                "model": body.model,
+                "service_type": model.service_type,
+                "node_id": placed[0].id,
+                "usage": _usage(body.prompt, output),
+            },
+            s,
+        )
 
     @api.post("/api/services/{service}/allocate")
     async def allocate(service: str, body: AllocateBody, request: Request) -> Response:
@@ -271,8 +291,9 @@ def create_app(config: OrchConfig, profile: Profile | None = None, *,
             return _error(404, "model_not_found", f"{body.model} is not in model_registry.yaml")
         model_id, model = registered
         if model.service_type != service:
-            return _error(400, "wrong_service",
-                          f"{model_id} is served by {model.service_type}, not {service}")
+            return _error(
+                400, "wrong_service", f"{model_id} is served by {model.service_type}, not {service}"
+            )
         task = state.task_of_model(model_id, body.product, body.task)
         s = state.profile.settings(task, legacy=True)
         if (failure := await state.fault(s, "allocate")) is not None:
@@ -288,35 +309,60 @@ def create_app(config: OrchConfig, profile: Profile | None = None, *,
         with state.lock:
             alloc = state.allocations.get(allocation_id)
             if alloc is None or alloc.service != service:
-                return _error(404, "allocation_not_found",
-                              f"{service} has no active allocation {allocation_id}")
+                return _error(
+                    404,
+                    "allocation_not_found",
+                    f"{service} has no active allocation {allocation_id}",
+                )
             del state.allocations[allocation_id]
         return Response(status_code=204)
 
-    def _allocate(request: Request, s: Settings, node: NodeSpec, gpu: int, model_id: str,
-                  model: ModelEntry, task: str | None, *, via_task: bool) -> Response:
-        alloc = _Allocation(state.next_id("alloc"), node.id, gpu, model.service_type,
-                            model_id, task, via_task)
+    def _allocate(
+        request: Request,
+        s: Settings,
+        node: NodeSpec,
+        gpu: int,
+        model_id: str,
+        model: ModelEntry,
+        task: str | None,
+        *,
+        via_task: bool,
+    ) -> Response:
+        alloc = _Allocation(
+            state.next_id("alloc"), node.id, gpu, model.service_type, model_id, task, via_task
+        )
         with state.lock:
             state.allocations[alloc.id] = alloc
         base = str(request.base_url).rstrip("/")
-        return state.reply({
-            "url": f"{base}/nodes/{node.id}", "allocation_id": alloc.id,
-            "service": model.service_type, "node_id": node.id, "gpu_id": gpu,
-            "model": model_id, "started": True, "warm": (node.id, model_id) in state.warm,
-        }, s)
+        return state.reply(
+            {
+                "url": f"{base}/nodes/{node.id}",
+                "allocation_id": alloc.id,
+                "service": model.service_type,
+                "node_id": node.id,
+                "gpu_id": gpu,
+                "model": model_id,
+                "started": True,
+                "warm": (node.id, model_id) in state.warm,
+            },
+            s,
+        )
 
     @app.post("/nodes/{node_id}/v1/chat/completions")
-    async def chat(node_id: str, body: ChatBody,
-                   x_allocation_id: Annotated[str | None, Header()] = None) -> Response:
+    async def chat(
+        node_id: str, body: ChatBody, x_allocation_id: Annotated[str | None, Header()] = None
+    ) -> Response:
         state.count("requests.chat")
         node = state.nodes.get(node_id)
         if node is None:
             return _error(404, "node_not_found", f"no node {node_id}")
         alloc = state.allocations.get(x_allocation_id) if x_allocation_id else None
         if x_allocation_id and (alloc is None or alloc.node_id != node_id):
-            return _error(409, "allocation_not_active",
-                          f"allocation {x_allocation_id} is not active on {node_id}")
+            return _error(
+                409,
+                "allocation_not_active",
+                f"allocation {x_allocation_id} is not active on {node_id}",
+            )
         name = body.model or (alloc.model if alloc else None)
         registered = state.lookup(name) if name else None
         if registered is None or registered[1].service_type not in node.services:
@@ -327,21 +373,34 @@ def create_app(config: OrchConfig, profile: Profile | None = None, *,
         s = state.profile.settings(task, legacy=not via_task)
         output = await state.produce(s, state.kind(task), node_id, model_id, drift=via_task)
         content = output if isinstance(output, str) else json.dumps(output)
-        return state.reply({
-            "id": state.next_id("chatcmpl"), "object": "chat.completion",
-            "created": int(time.time()), "model": name,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": _usage(_prompt(body.messages), content),
-        }, s)
+        return state.reply(
+            {
+                "id": state.next_id("chatcmpl"),
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ],
+                "usage": _usage(_prompt(body.messages), content),
+            },
+            s,
+        )
 
     @app.get("/nodes/{node_id}/v1/models")
     async def models(node_id: str) -> Response:
         node = state.nodes.get(node_id)
         if node is None:
             return _error(404, "node_not_found", f"no node {node_id}")
-        data = [{"id": m, "object": "model", "owned_by": "cf-orch"}
-                for m, e in config.registry.models.items() if e.service_type in node.services]
+        data = [
+            {"id": m, "object": "model", "owned_by": "cf-orch"}
+            for m, e in config.registry.models.items()
+            if e.service_type in node.services
+        ]
         return JSONResponse({"object": "list", "data": data})
 
     @app.get("/health")
@@ -362,8 +421,9 @@ def create_app(config: OrchConfig, profile: Profile | None = None, *,
 
     @app.exception_handler(_Unauthorized)
     async def unauthorized(request: Request, exc: _Unauthorized) -> Response:
-        return _error(401, "unauthorized", "missing or wrong Bearer token",
-                      **{"WWW-Authenticate": "Bearer"})
+        return _error(
+            401, "unauthorized", "missing or wrong Bearer token", **{"WWW-Authenticate": "Bearer"}
+        )
 
     app.include_router(api)
     return app

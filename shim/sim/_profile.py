@@ -71,9 +71,18 @@ class Settings:
         return self.latency_ms * math.exp(sigma * rng.gauss(0.0, 1.0)) / 1000.0
 
 
-BASE = Knobs(latency_ms=25.0, latency_p99_ms=100.0, cold_start_ms=0.0, error_rate=0.0,
-             error_status=503, hang_rate=0.0, hang_s=600.0, malformed_rate=0.0,
-             drift_rate=0.0, drift_kinds=list(DRIFT_KINDS))
+BASE = Knobs(
+    latency_ms=25.0,
+    latency_p99_ms=100.0,
+    cold_start_ms=0.0,
+    error_rate=0.0,
+    error_status=503,
+    hang_rate=0.0,
+    hang_s=600.0,
+    malformed_rate=0.0,
+    drift_rate=0.0,
+    drift_kinds=list(DRIFT_KINDS),
+)
 
 
 class NodeSpec(_Strict):
@@ -84,9 +93,11 @@ class NodeSpec(_Strict):
     gpus: Annotated[int, Field(ge=1)] = 1
 
 
-_NODES = [NodeSpec(id="node-a", services=["cf-text", "vllm", "cf-docuvision"], gpus=2),
-          NodeSpec(id="node-b", services=["cf-text", "vllm"], gpus=1),
-          NodeSpec(id="node-v", services=["cf-vision", "cf-docuvision"], gpus=2)]
+_NODES = [
+    NodeSpec(id="node-a", services=["cf-text", "vllm", "cf-docuvision"], gpus=2),
+    NodeSpec(id="node-b", services=["cf-text", "vllm"], gpus=1),
+    NodeSpec(id="node-v", services=["cf-vision", "cf-docuvision"], gpus=2),
+]
 
 
 class Profile(_Strict):

@@ -31,13 +31,21 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(config: OrchConfig, profile: Profile | None, require_key: str | None
-            ) -> tuple[uvicorn.Server, SimState]:
+def _server(
+    config: OrchConfig, profile: Profile | None, require_key: str | None
+) -> tuple[uvicorn.Server, SimState]:
     app = create_app(config, profile, require_key=require_key)
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off",
-        timeout_graceful_shutdown=1, timeout_keep_alive=30, backlog=2048,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=30,
+            backlog=2048,
+        )
+    )
     return server, app.state.sim
 
 
@@ -53,11 +61,16 @@ class Simulator:
     knobs while it runs; ``stats()`` returns its counters.
     """
 
-    def __init__(self, config: OrchConfig | None = None, profile: Profile | None = None, *,
-                 host: str = "127.0.0.1", port: int = 0,
-                 require_key: str | None = None) -> None:
-        self._server, self._state = _server(config or OrchConfig.default(), profile,
-                                            require_key)
+    def __init__(
+        self,
+        config: OrchConfig | None = None,
+        profile: Profile | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        require_key: str | None = None,
+    ) -> None:
+        self._server, self._state = _server(config or OrchConfig.default(), profile, require_key)
         self._host, self._port = host, port
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -67,8 +80,9 @@ class Simulator:
         sock = _bind(self._host, self._port)
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="shim-sim", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="shim-sim", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -105,9 +119,15 @@ class Simulator:
         self.stop()
 
 
-def serve(config: OrchConfig, profile: Profile | None = None, *, host: str = "127.0.0.1",
-          port: int = 0, require_key: str | None = None,
-          announce: Callable[[str], None] = print) -> None:
+def serve(
+    config: OrchConfig,
+    profile: Profile | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    require_key: str | None = None,
+    announce: Callable[[str], None] = print,
+) -> None:
     """Serve in the foreground until interrupted; ``announce`` gets the listening line
     before the first request can arrive."""
     server, _ = _server(config, profile, require_key)

@@ -1,0 +1,187 @@
+"""The ``shim`` command line, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from shim._cli import app
+
+from .conftest import KIWI
+
+runner = CliRunner()
+ASSIGNMENTS = KIWI / "orch" / "assignments.yaml"
+REGISTRY = KIWI / "orch" / "model_registry.yaml"
+
+
+@contextmanager
+def running_sim(*args: str) -> Iterator[str]:
+    """``shim sim --port 0 ARGS`` in its own process; yields its first line."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "shim", "sim", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout.readline().strip()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture
+def sim_process() -> Iterator[str]:
+    with running_sim("--seed", "3", "--latency-ms", "1") as first:
+        assert first.startswith("listening on http://127.0.0.1:"), first
+        yield first.removeprefix("listening on ")
+
+
+@pytest.mark.subprocess
+def test_sim_announces_its_port_and_resolves_kiwi_tasks(sim_process: str) -> None:
+    url = f"{sim_process}/api/inference/task"
+    meal = httpx.post(url, json={"product": "kiwi", "task": "meal_plan", "prompt": "x"}).json()
+    assert (meal["model"], meal["service_type"]) == ("qwen2.5-3b-instruct", "cf-text")
+    ocr = httpx.post(url, json={"product": "kiwi", "task": "ocr", "mode": "allocate"}).json()
+    assert (ocr["model"], ocr["service"]) == ("qwen2.5-vl-7b-instruct", "cf-vision")
+    unknown = httpx.post(url, json={"product": "kiwi", "task": "soup"})
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == "application/json"
+    assert unknown.json()["error"] == "task_not_registered"
+
+
+@pytest.mark.subprocess
+def test_sim_knobs_and_key_from_the_command_line() -> None:
+    with running_sim(
+        "--require-key",
+        "k",
+        "--knob",
+        "kiwi.ocr:error_rate=1",
+        "--knob",
+        "kiwi.ocr:error_status=502",
+        "--latency-ms",
+        "0",
+    ) as first:
+        url = first.removeprefix("listening on ") + "/api/inference/task"
+        body = {"product": "kiwi", "task": "ocr"}
+        assert httpx.post(url, json=body).status_code == 401
+        auth = {"Authorization": "Bearer k"}
+        assert httpx.post(url, json=body, headers=auth).status_code == 502
+        body["task"] = "barcode_scan"
+        assert httpx.post(url, json=body, headers=auth).status_code == 200
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--knob", "kiwi.ocr:colour=1"], "unknown knob 'colour'"),
+        (["--knob", "kiwi.ocr:error_rate=2"], "kiwi.ocr:error_rate"),
+        (["--error-rate", "-1"], "error_rate"),
+    ],
+)
+def test_sim_rejects_bad_knobs_with_exit_2(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "shim", "sim", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert done.stdout == ""
+
+
+def test_check_passes_on_kiwi_with_a_table() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "check",
+            "--assignments",
+            str(ASSIGNMENTS),
+            "--registry",
+            str(REGISTRY),
+            "--flags",
+            str(KIWI / "flags.yaml"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "kiwi.recipe_generation" in result.output and "canary" in result.output
+    assert "ok: 5 tasks, 8 models" in result.output
+
+
+def test_check_names_file_and_line_when_ocr_runs_on_cf_text(tmp_path: Path) -> None:
+    text = REGISTRY.read_text()
+    start = text.index("  qwen2.5-vl-7b-instruct:")
+    broken = text[:start] + text[start:].replace("cf-vision", "cf-text", 1)
+    registry = tmp_path / "model_registry.yaml"
+    registry.write_text(broken)
+    line = broken[: broken.index("cf-text", start)].count("\n") + 1
+    result = runner.invoke(
+        app, ["check", "--assignments", str(ASSIGNMENTS), "--registry", str(registry)]
+    )
+    assert result.exit_code == 1
+    assert (
+        f"{registry}:{line}: models.qwen2.5-vl-7b-instruct.service_type: kiwi.ocr is a "
+        "vision task" in result.output
+    )
+
+
+def test_check_json_lists_problems(tmp_path: Path) -> None:
+    flags = tmp_path / "flags.yaml"
+    flags.write_text("kiwi.meal_plan: {serve: 101}\n")
+    result = runner.invoke(app, ["check", "--json", "--flags", str(flags)])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    assert data["problems"] == [
+        {
+            "path": str(flags),
+            "line": 1,
+            "field": "kiwi.meal_plan.serve",
+            "message": "Input should be less than or equal to 100 (got 101)",
+        }
+    ]
+    assert len(data["tasks"]) == 5
+
+
+def test_check_reads_paths_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assignments = tmp_path / "a.yaml"
+    assignments.write_text("assignments:\n  kiwi.meal_plan: ghost\n")
+    monkeypatch.setenv("SHIM_ASSIGNMENTS", str(assignments))
+    monkeypatch.setenv("SHIM_FLAGS", "unleash")
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 1
+    assert f"{assignments}:2: assignments.kiwi.meal_plan: model 'ghost'" in result.output
+
+
+def test_check_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["check", "--registry", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "nope.yaml: no such file" in result.output
+
+
+def test_demo_calls_every_kiwi_task_in_both_modes() -> None:
+    result = runner.invoke(app, ["demo", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    for name in (
+        "kiwi.meal_plan",
+        "kiwi.recipe_generation",
+        "kiwi.ocr",
+        "kiwi.barcode_scan",
+        "kiwi.recipe_scan",
+    ):
+        assert result.output.count(name) == 2, name
+    assert "cf-vision" in result.output and "node-v" in result.output
+    assert "allocations left open: 0" in result.output
