@@ -10,7 +10,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from shim import TaskFailed, TaskNotRegistered, TaskRequest
+from shim import OrchConfig, TaskFailed, TaskNotRegistered, TaskRequest
 from shim.sim import Profile, Simulator
 
 from .conftest import QUIET, Infer
@@ -21,10 +21,10 @@ KIWI_TASKS = ["meal_plan", "recipe_generation", "ocr", "barcode_scan", "recipe_s
 @pytest.mark.parametrize("mode", ["output", "allocate"])
 @pytest.mark.parametrize("task", KIWI_TASKS)
 def test_every_kiwi_task_resolves_in_both_modes(
-    sim: Simulator, infer: Infer, task: str, mode: str, kiwi_config: object
+    sim: Simulator, infer: Infer, task: str, mode: str, kiwi_config: OrchConfig
 ) -> None:
     result = infer(sim.url, "kiwi", task, TaskRequest(prompt="hi", mode=mode))  # type: ignore[arg-type]
-    resolved = sim._state.config.resolve(f"kiwi.{task}")
+    resolved = kiwi_config.resolve(f"kiwi.{task}")
     assert resolved is not None
     assert (result.model, result.service_type) == (resolved.model, resolved.service_type)
     assert result.node_id in {"node-a", "node-b", "node-v"}
@@ -96,9 +96,9 @@ def test_refused_connection_raises_task_failed(infer: Infer) -> None:
 
 
 def test_bearer_key_is_sent_and_checked(
-    kiwi_config: object, infer: Infer, monkeypatch: pytest.MonkeyPatch
+    kiwi_config: OrchConfig, infer: Infer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Simulator(sim_config(), QUIET, require_key="s3cret") as locked:
+    with Simulator(kiwi_config, QUIET, require_key="s3cret") as locked:
         ok = infer(locked.url, "kiwi", "ocr", TaskRequest(mode="allocate"), api_key="s3cret")
         assert ok.service_type == "cf-vision"
         for key in ("", "wrong"):
@@ -108,12 +108,6 @@ def test_bearer_key_is_sent_and_checked(
             assert "s3cret" not in str(caught.value)
         monkeypatch.setenv("CF_LICENSE_KEY", "s3cret")
         assert infer(locked.url, "kiwi", "barcode_scan", TaskRequest()).model
-
-
-def sim_config() -> object:
-    from shim import OrchConfig
-
-    return OrchConfig.default()
 
 
 ALLOCATION = {
