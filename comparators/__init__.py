@@ -1,6 +1,19 @@
 """Comparators for task-shim: model choice, latency and output structure.
 
-The comparators arrive with the decorator; this package is their home.
+Each compares what the legacy path and the task path produced for one call, without
+I/O, so that records can be assembled anywhere.
 """
 
-__all__: list[str] = []
+from ._model import ModelNames
+from ._output import JsonOutput, OutputComparator, Structure
+from ._shape import diff_shapes, extract_json, shape
+
+__all__ = [
+    "JsonOutput",
+    "ModelNames",
+    "OutputComparator",
+    "Structure",
+    "diff_shapes",
+    "extract_json",
+    "shape",
+]

@@ -2,16 +2,31 @@
 
 Each task ``product.task`` has two percentages, ``serve`` and ``shadow``; the stage
 (``off``, ``shadow``, ``canary``, ``live``) is derived from them. ``shim.kill`` turns
-everything back to legacy.
+everything back to legacy. Sources (:class:`FileFlags`, ...) compile them into
+:class:`Rules`; every source decides with the same code, bucketed as Unleash does.
 """
 
+from ._file import FileFlags
 from ._model import KILL_SWITCH, FlagState, TaskFlags, load_flags_file, parse_flags, stage_of
+from ._rules import OFF, Decision, Rule, Rules, bucket, serve_flag, shadow_flag
+from ._source import FlagEvent, FlagListener, FlagSource
 
 __all__ = [
     "KILL_SWITCH",
+    "OFF",
+    "Decision",
+    "FileFlags",
+    "FlagEvent",
+    "FlagListener",
+    "FlagSource",
     "FlagState",
+    "Rule",
+    "Rules",
     "TaskFlags",
+    "bucket",
     "load_flags_file",
     "parse_flags",
+    "serve_flag",
+    "shadow_flag",
     "stage_of",
 ]

@@ -1,24 +1,39 @@
 """task-shim: move LLM call sites onto cf-orch's task endpoint, gradually and reversibly.
 
-Public surface: the task client (:class:`TaskClient`, :class:`AsyncTaskClient`,
-:class:`TaskRequest`, :class:`TaskResult`), cf-orch configuration (:class:`OrchConfig`)
-and the error tree rooted at :class:`ShimError`. The simulator is ``shim.sim``.
+Wrap a call site with :meth:`Shim.shadow`; flags decide per call which path serves and
+whether the other path runs in the background for comparison; every comparison is one
+JSON line. The task client (:class:`TaskClient`, :class:`AsyncTaskClient`) speaks the
+coordinator's task endpoint; :func:`context` sets who is calling. The simulator is
+``shim.sim``. Every error is a :class:`ShimError`.
 """
 
+from ._breaker import BreakerPolicy
 from ._client import AsyncTaskClient, TaskClient, TaskRequest, TaskResult
+from ._context import context, current_context
 from ._errors import ConfigError, Problem, ShimError, TaskFailed, TaskNotRegistered
+from ._observe import NOT_RECORDED
 from ._orch import OrchConfig, ResolvedTask
+from ._records import FileSink, RecordSink, StreamSink
+from ._shim import Shim
 
 __all__ = [
+    "NOT_RECORDED",
     "AsyncTaskClient",
+    "BreakerPolicy",
     "ConfigError",
+    "FileSink",
     "OrchConfig",
     "Problem",
+    "RecordSink",
     "ResolvedTask",
+    "Shim",
     "ShimError",
+    "StreamSink",
     "TaskClient",
     "TaskFailed",
     "TaskNotRegistered",
     "TaskRequest",
     "TaskResult",
+    "context",
+    "current_context",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "RegistryFile",
     "ResolvedTask",
     "default_config_path",
+    "parse_file",
 ]
 
 Modality = Literal["text", "vision"]
@@ -94,7 +95,8 @@ def default_config_path(name: str) -> Path:
     return Path(str(resources.files("shim") / "_defaults" / name))
 
 
-def _parse(path: str | Path, model: type[_FileModel]) -> tuple[Any, Located]:
+def parse_file(path: str | Path, model: type[_FileModel]) -> tuple[Any, Located]:
+    """One config file, validated on its own: (model instance, located document)."""
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         top = next(iter(model.model_fields))
@@ -111,11 +113,11 @@ class OrchConfig:
     def __init__(self, assignments_path: str | Path, registry_path: str | Path) -> None:
         problems: list[Problem] = []
         try:
-            self.assignments, self._adoc = _parse(assignments_path, AssignmentsFile)
+            self.assignments, self._adoc = parse_file(assignments_path, AssignmentsFile)
         except ConfigError as exc:
             problems += exc.problems
         try:
-            self.registry, self._rdoc = _parse(registry_path, RegistryFile)
+            self.registry, self._rdoc = parse_file(registry_path, RegistryFile)
         except ConfigError as exc:
             problems += exc.problems
         if problems:

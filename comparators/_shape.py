@@ -1,0 +1,98 @@
+"""JSON shapes: the structure of a value without its words, and how two shapes differ.
+
+A shape keeps what a parser downstream depends on: object keys, value types, and for
+lists the merged shape of their elements. Numbers are one type (``3`` and ``3.5`` are
+both prices); ``null`` is its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["Shape", "diff_shapes", "extract_json", "shape"]
+
+# A shape is a type name, {"key": shape, ...} for objects, or ["list", shape] for lists.
+Shape = Any
+
+_NAMES = {str: "str", bool: "bool", int: "number", float: "number", type(None): "null"}
+
+
+def shape(value: Any) -> Shape:
+    """The shape of a JSON-like value."""
+    if isinstance(value, dict):
+        return {str(k): shape(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        merged: Shape = "empty"
+        for item in value:
+            merged = _merge(merged, shape(item))
+        return ["list", merged]
+    return _NAMES.get(type(value), type(value).__name__)
+
+
+def _merge(a: Shape, b: Shape) -> Shape:
+    if a == "empty":
+        return b
+    if a == b:
+        return a
+    if isinstance(a, dict) and isinstance(b, dict):
+        # A key some elements lack is optional; it still counts as part of the shape.
+        return {k: _merge(a.get(k, "empty"), b.get(k, "empty")) for k in {**a, **b}}
+    if isinstance(a, list) and isinstance(b, list):
+        return ["list", _merge(a[1], b[1])]
+    if "null" in (a, b):
+        return a if b == "null" else b  # an optional value keeps its type
+    return f"{_label(a)}|{_label(b)}"
+
+
+def _label(s: Shape) -> str:
+    if isinstance(s, dict):
+        return "object"
+    if isinstance(s, list):
+        return "list"
+    return str(s)
+
+
+def diff_shapes(legacy: Shape, candidate: Shape, path: str = "") -> list[str]:
+    """Readable differences, e.g. ``[].recipe_id: number -> str``, ``.totals: missing``."""
+    if legacy == candidate:
+        return []
+    if isinstance(legacy, dict) and isinstance(candidate, dict):
+        out = []
+        for key in legacy:
+            if key not in candidate:
+                out.append(f"{path}.{key}: missing in candidate")
+            else:
+                out += diff_shapes(legacy[key], candidate[key], f"{path}.{key}")
+        out += [f"{path}.{key}: only in candidate" for key in candidate if key not in legacy]
+        return out
+    if isinstance(legacy, list) and isinstance(candidate, list):
+        if "empty" in (legacy[1], candidate[1]):
+            return []  # an empty list fits any element shape
+        return diff_shapes(legacy[1], candidate[1], f"{path}[]")
+    return [f"{path or '$'}: {_label(legacy)} -> {_label(candidate)}"]
+
+
+def extract_json(text: str) -> tuple[str, Any]:
+    """The first JSON value in LLM text and how it was wrapped.
+
+    Returns ``("bare", value)`` for text that is JSON, ``("fenced", value)`` for JSON in
+    a code fence, ``("prose", value)`` for JSON with other text around it, and
+    ``("none", None)`` when there is no JSON object or array in it.
+    """
+    stripped = text.strip()
+    try:
+        return "bare", json.loads(stripped)
+    except ValueError:
+        pass
+    decoder = json.JSONDecoder()
+    for start, char in enumerate(stripped):
+        if char in "{[":
+            try:
+                value, end = decoder.raw_decode(stripped, start)
+            except ValueError:
+                continue
+            before, after = stripped[:start].strip(), stripped[end:].strip()
+            fenced = before.startswith("```") and after == "```" and "\n" not in before
+            return ("fenced" if fenced else "prose"), value
+    return "none", None

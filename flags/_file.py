@@ -1,0 +1,112 @@
+"""Flags from a YAML file, re-read in the background when the file changes."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from shim._errors import ConfigError
+
+from ._model import load_flags_file
+from ._rules import Decision, Rules
+from ._source import FlagEvent, FlagListener
+
+__all__ = ["FileFlags"]
+
+_Stamp = tuple[int, int, int] | None
+
+
+def _stamp(path: Path) -> _Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class FileFlags:
+    """Per-task flags from a flags.yaml.
+
+    The file is read once here (a bad or missing file raises :class:`ConfigError`), then
+    a daemon thread checks it every ``poll_interval`` seconds and swaps in the new rules.
+    An invalid or vanished file keeps the last good rules and emits an ``error`` event
+    once per change. ``decide`` reads one attribute: no I/O, no lock.
+    """
+
+    def __init__(self, path: str | Path, *, poll_interval: float = 0.25) -> None:
+        self.path = Path(path)
+        self.poll_interval = poll_interval
+        self._seen = _stamp(self.path)
+        self.rules = Rules(load_flags_file(self.path))
+        self.version = 1
+        self._listeners: list[FlagListener] = []
+        self._held: list[FlagEvent] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None
+        self._start_poller()
+
+    def decide(self, task: str, sticky: str | None) -> Decision:
+        """The decision for one call of ``task``."""
+        return self.rules.decide(task, sticky)
+
+    def subscribe(self, listener: FlagListener) -> None:
+        """Send events to ``listener``, starting with any that happened before."""
+        with self._lock:
+            self._listeners.append(listener)
+            held, self._held = self._held, []
+        for event in held:
+            listener(event)
+
+    def reload(self) -> bool:
+        """Re-read the file now if it changed; True when new rules took effect."""
+        if os.getpid() != self._pid:  # forked: the poller thread did not come along
+            self._pid = os.getpid()
+            self._start_poller()
+        stamp = _stamp(self.path)
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        if stamp is None:
+            self._emit(
+                "error", f"{self.path}: file is missing or unreadable; keeping the last good flags"
+            )
+            return False
+        try:
+            rules = Rules(load_flags_file(self.path))
+        except ConfigError as exc:
+            self._emit("error", f"{exc}; keeping the last good flags")
+            return False
+        self.rules = rules
+        self.version += 1
+        self._emit("info", f"{self.path}: reloaded")
+        return True
+
+    def close(self) -> None:
+        """Stop the poller."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+
+    def _start_poller(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="shim-flags-poller", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.reload()
+            except Exception as exc:  # never let the poller die silently
+                self._emit("error", f"{self.path}: reload failed: {type(exc).__name__}: {exc}")
+
+    def _emit(self, level: str, message: str) -> None:
+        event = FlagEvent(level=level, message=message, source=str(self.path), version=self.version)
+        with self._lock:
+            listeners = list(self._listeners)
+            if not listeners:
+                self._held.append(event)
+        for listener in listeners:
+            listener(event)

@@ -1,0 +1,127 @@
+"""Decisions: which path serves a call and whether it is compared.
+
+One evaluation for every backend. A :class:`Rule` is a task's two percentages compiled
+for the hot path; :class:`Rules` is every task's rule plus the kill switch, swapped
+whole when the source changes, so a decision never takes a lock or touches I/O.
+
+Bucketing is Unleash's flexibleRollout: ``murmur3_32("{group_id}:{sticky}", seed 0)
+% 100 + 1``, in when ``<= percent``, with the flag name as ``group_id``. Without a
+sticky value the draw is random per call.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import mmh3
+
+from ._model import FlagState, TaskFlags
+
+__all__ = ["OFF", "Decision", "Rule", "Rules", "bucket", "serve_flag", "shadow_flag"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """For one call: does the task path serve it, is the other path run to compare."""
+
+    serve: bool
+    compare: bool
+    stage: str
+
+
+#: The decision for a task that is off, unknown, or killed.
+OFF = Decision(serve=False, compare=False, stage="off")
+
+
+def serve_flag(task: str) -> str:
+    """The flag that holds ``task``'s serve percentage."""
+    return f"{task}.serve"
+
+
+def shadow_flag(task: str) -> str:
+    """The flag that holds ``task``'s shadow percentage."""
+    return f"{task}.shadow"
+
+
+def bucket(group_id: str, sticky: str) -> int:
+    """Unleash's normalised bucket, 1..100, of ``sticky`` in ``group_id``; a caller is
+    in a rollout of ``percent`` when ``bucket <= percent``."""
+    return int(mmh3.hash(f"{group_id}:{sticky}", 0, signed=False)) % 100 + 1
+
+
+_hash = mmh3.hash
+_random = random.random
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One active task's flags, ready for per-call decisions."""
+
+    task: str
+    flags: TaskFlags
+    _table: tuple[Decision, Decision, Decision, Decision] = field(init=False, repr=False)
+    _serve: int = field(init=False, repr=False)
+    _shadow: int = field(init=False, repr=False)
+    _serve_prefix: str = field(init=False, repr=False)
+    _shadow_prefix: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        stage = self.flags.stage
+        # index = 2 * serve + compare
+        table = tuple(
+            Decision(serve=s, compare=c, stage=stage) for s in (False, True) for c in (False, True)
+        )
+        set_ = object.__setattr__
+        set_(self, "_table", table)
+        set_(self, "_serve", self.flags.serve)
+        set_(self, "_shadow", self.flags.shadow)
+        set_(self, "_serve_prefix", serve_flag(self.task) + ":")
+        set_(self, "_shadow_prefix", shadow_flag(self.task) + ":")
+
+    @property
+    def stickiness(self) -> str:
+        """The context field that keeps a caller on one path (``default``: user, session)."""
+        return self.flags.stickiness
+
+    def decide(self, sticky: str | None) -> Decision:
+        """The decision for a caller with this sticky value (None: random)."""
+        # Inlined on purpose: this runs on every call of every wrapped call site.
+        serve, shadow = self._serve, self._shadow
+        if sticky is None:
+            s = serve >= 100 or (serve > 0 and _random() * 100 < serve)
+            c = shadow >= 100 or (shadow > 0 and _random() * 100 < shadow)
+        else:
+            s = serve >= 100 or (
+                serve > 0 and _hash(self._serve_prefix + sticky, 0, False) % 100 < serve
+            )
+            c = shadow >= 100 or (
+                shadow > 0 and _hash(self._shadow_prefix + sticky, 0, False) % 100 < shadow
+            )
+        return self._table[2 * s + c]
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Every task's flags at one moment; only tasks that do something have a rule."""
+
+    state: FlagState = field(default_factory=FlagState)
+    active: Mapping[str, Rule] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        active = (
+            {}
+            if self.state.kill
+            else {
+                task: Rule(task, flags)
+                for task, flags in self.state.tasks.items()
+                if flags.serve or flags.shadow
+            }
+        )
+        object.__setattr__(self, "active", active)
+
+    def decide(self, task: str, sticky: str | None) -> Decision:
+        """The decision for one call of ``task``."""
+        rule = self.active.get(task)
+        return OFF if rule is None else rule.decide(sticky)

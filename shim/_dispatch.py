@@ -1,0 +1,184 @@
+"""Bounded background work: worker threads for sync call sites, tasks for async ones.
+
+Both reserve a slot before the caller's work starts and give it back when the job ends;
+a caller that finds no slot drops the comparison (and the shim counts it). Nothing
+here ever makes a caller wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+__all__ = ["LoopDispatcher", "ThreadDispatcher"]
+
+Job = tuple[str, Callable[[], None]]  # (task name, work)
+ErrorHook = Callable[[str, BaseException], None]
+
+
+class ThreadDispatcher:
+    """``workers`` daemon threads fed by one queue; at most ``capacity`` jobs queued or
+    running. Threads start on first use and again in a forked child."""
+
+    def __init__(self, *, workers: int, capacity: int, on_error: ErrorHook) -> None:
+        if workers < 1 or capacity < 1:
+            raise ValueError("workers and capacity must be at least 1")
+        self.workers = workers
+        self.capacity = capacity
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._reset()
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            dispatcher = ref()
+            if dispatcher is not None:
+                dispatcher._reset()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _reset(self) -> None:
+        # Also the after-fork hook: the child has none of the parent's threads or jobs.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._running: dict[int, str] = {}
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        return self._pending
+
+    def try_reserve(self) -> bool:
+        """Take a slot for one job; False (at once) when all are taken."""
+        with self._lock:
+            if self._pending >= self.capacity or self._closed:
+                return False
+            self._pending += 1
+            return True
+
+    def release(self) -> None:
+        """Give back a reserved slot that will not be used."""
+        with self._lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.notify_all()
+
+    def submit(self, task: str, work: Callable[[], None]) -> None:
+        """Run ``work`` on a worker; the caller must hold a reserved slot."""
+        if not self._threads:
+            self._start()
+        self._queue.put((task, work))
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._threads:
+                return
+            for i in range(self.workers):
+                thread = threading.Thread(target=self._work, name=f"shim-worker-{i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _work(self) -> None:
+        ident = threading.get_ident()
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            task, work = job
+            self._running[ident] = task
+            try:
+                work()
+            except BaseException as exc:
+                self._on_error("dispatch", exc)
+            finally:
+                self._running.pop(ident, None)
+                self.release()
+
+    def close(self, timeout: float) -> Counter[str]:
+        """Stop taking jobs, finish queued ones within ``timeout`` seconds.
+
+        Returns how many jobs per task did not finish (never started, or still running).
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closed = True
+            while self._pending and self._threads:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._idle.wait(left):
+                    break
+        unfinished: Counter[str] = Counter()
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                unfinished[job[0]] += 1
+                self.release()
+        unfinished.update(self._running.values())
+        for _ in self._threads:
+            self._queue.put(None)
+        return unfinished
+
+
+class LoopDispatcher:
+    """Background tasks on one event loop, at most ``capacity`` at a time, each held
+    by a strong reference until done."""
+
+    def __init__(self, *, capacity: int, on_error: ErrorHook) -> None:
+        self.capacity = capacity
+        self._on_error = on_error
+        self._pending = 0
+        self._tasks: dict[asyncio.Task[None], str] = {}
+
+    @property
+    def pending(self) -> int:
+        """Tasks reserved or running."""
+        return self._pending
+
+    def try_reserve(self) -> bool:
+        """Take a slot; False (at once) when all are taken."""
+        if self._pending >= self.capacity:
+            return False
+        self._pending += 1
+        return True
+
+    def release(self) -> None:
+        """Give back a reserved slot that will not be used."""
+        self._pending -= 1
+
+    def spawn(self, task: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task; the caller must hold a reserved slot."""
+        job = asyncio.get_running_loop().create_task(work)
+        self._tasks[job] = task
+        job.add_done_callback(self._done)
+
+    def _done(self, job: asyncio.Task[None]) -> None:
+        self._tasks.pop(job, None)
+        self._pending -= 1
+        if not job.cancelled() and (exc := job.exception()) is not None:
+            self._on_error("dispatch", exc)
+
+    async def drain(self, timeout: float) -> Counter[str]:
+        """Wait up to ``timeout`` for running tasks; cancel the rest and count them."""
+        unfinished: Counter[str] = Counter()
+        if self._tasks:
+            _, late = await asyncio.wait(list(self._tasks), timeout=timeout)
+            for job in late:
+                unfinished[self._tasks.get(job, "?")] += 1
+                job.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        return unfinished

@@ -1,0 +1,221 @@
+"""What each path did on one call, and the comparison record built from both. No I/O."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import pickle
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from comparators import ModelNames, OutputComparator, Structure
+
+__all__ = [
+    "NOT_RECORDED",
+    "SCHEMA",
+    "CallSite",
+    "Observation",
+    "Pending",
+    "capture",
+    "comparison_record",
+    "describe",
+    "envelope",
+    "restore",
+]
+
+SCHEMA = 1
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: A value that was not recorded (the path failed, or its output could not be copied).
+NOT_RECORDED: Any = _Sentinel("NOT_RECORDED")
+
+_IMMUTABLE = (str, bytes, int, float, bool, type(None), frozenset)
+
+
+class _Pickled:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def capture(value: Any) -> Any:
+    """A private copy of ``value`` that later changes to ``value`` cannot reach.
+
+    Immutable values are kept as they are; others are pickled here (a few µs) and
+    unpickled off the caller's path by :func:`restore`.
+    """
+    if isinstance(value, _IMMUTABLE) or (
+        type(value) is tuple and all(isinstance(v, _IMMUTABLE) for v in value)
+    ):
+        return value
+    try:
+        return _Pickled(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        try:
+            return copy.deepcopy(value)
+        except Exception:
+            return NOT_RECORDED
+
+
+def restore(captured: Any) -> Any:
+    """The value :func:`capture` kept."""
+    if isinstance(captured, _Pickled):
+        return pickle.loads(captured.data)
+    return captured
+
+
+def describe(exc: BaseException) -> str:
+    """``ClassName: message``, one line, short; never a traceback."""
+    message = " ".join(str(exc).split())
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One path's side of one call."""
+
+    ok: bool
+    latency_ms: float
+    value: Any = NOT_RECORDED  # captured output (see capture/restore)
+    error: str | None = None
+    model: str | None = None
+    service_type: str | None = None
+    node_id: str | None = None
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallSite:
+    """A decorated call site, as records and decisions need it."""
+
+    product: str
+    task: str
+    name: str  # product.task
+    call_site: str  # module:qualname
+    request: Callable[..., Any]
+    response: Callable[[Any], Any]
+    legacy_model: str | Callable[[Any], str | None] | None
+    output: OutputComparator
+    key: Callable[..., Any] | None
+    fallback: bool
+    expected_model: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A finished pair of observations waiting to become a record."""
+
+    site: CallSite
+    stage: str
+    served_by: str
+    legacy: Observation
+    candidate: Observation
+
+
+def envelope(
+    event: str, product: str | None, task: str | None, when: float | None = None
+) -> dict[str, Any]:
+    """The fields every record starts with."""
+    stamp = datetime.fromtimestamp(time.time() if when is None else when, UTC)
+    return {
+        "event": event,
+        "schema": SCHEMA,
+        "ts": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "product": product,
+        "task": task,
+    }
+
+
+def _digest(value: Any) -> tuple[str | None, int | None]:
+    if value is NOT_RECORDED:
+        return None, None
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode()
+    else:
+        data = json.dumps(
+            value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr
+        ).encode()
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def _side(obs: Observation, value: Any, *, candidate: bool) -> dict[str, Any]:
+    sha, size = _digest(value)
+    side: dict[str, Any] = {
+        "ok": obs.ok,
+        "latency_ms": round(obs.latency_ms, 3),
+        "model": obs.model,
+    }
+    if candidate:
+        side.update(service_type=obs.service_type, node_id=obs.node_id, status=obs.status)
+    side.update(error=obs.error, output_sha256=sha, output_bytes=size)
+    return side
+
+
+def comparison_record(
+    pending: Pending, names: ModelNames, on_error: Callable[[str, BaseException], None]
+) -> dict[str, Any]:
+    """The schema-1 ``shim.comparison`` record for one call."""
+    site = pending.site
+    legacy_value = restore(pending.legacy.value)
+    candidate_value = restore(pending.candidate.value)
+    legacy_model = pending.legacy.model
+    if legacy_model is None and pending.legacy.ok and callable(site.legacy_model):
+        try:
+            legacy_model = site.legacy_model(legacy_value)
+        except Exception as exc:
+            on_error("legacy_model", exc)
+    legacy = replace(pending.legacy, model=legacy_model)
+    if (
+        legacy.ok
+        and pending.candidate.ok
+        and legacy_value is not NOT_RECORDED
+        and candidate_value is not NOT_RECORDED
+    ):
+        try:
+            structure = site.output.compare(legacy_value, candidate_value)
+        except Exception as exc:
+            on_error("compare", exc)
+            structure = Structure(None, None, None, None)
+    else:
+        structure = Structure(None, None, None, None)
+    ratio = None
+    if legacy.ok and pending.candidate.ok and legacy.latency_ms > 0:
+        ratio = round(pending.candidate.latency_ms / legacy.latency_ms, 4)
+    record = envelope("shim.comparison", site.product, site.task)
+    record.update(
+        {
+            "call_site": site.call_site,
+            "call_id": uuid.uuid4().hex,
+            "stage": pending.stage,
+            "served_by": pending.served_by,
+            "legacy": _side(legacy, legacy_value, candidate=False),
+            "candidate": _side(pending.candidate, candidate_value, candidate=True),
+            "model": {
+                "verdict": names.verdict(legacy_model, pending.candidate.model),
+                "expected": site.expected_model,
+            },
+            "structure": structure.as_record(),
+            "latency_ratio": ratio,
+        }
+    )
+    return record

@@ -1,0 +1,308 @@
+"""Records: one JSON object per line, written off the caller's path.
+
+The :class:`Recorder` thread turns finished comparisons and events into records
+(comparing outputs there, not on the caller's thread), renders them with structlog,
+and hands whole lines to a :class:`RecordSink` in batches. Drops are counted per task
+and reason and written as aggregated ``shim.dropped`` records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
+
+import structlog
+
+from comparators import ModelNames
+
+from ._observe import Pending, comparison_record, envelope
+
+__all__ = ["FileSink", "RecordSink", "Recorder", "StreamSink"]
+
+# Concurrent O_APPEND writers never interleave inside one write() of a regular file on
+# Linux; keep each write to whole lines and well under the page-cache chunk sizes.
+_MAX_WRITE = 64 * 1024
+
+
+@runtime_checkable
+class RecordSink(Protocol):
+    """Where record lines go. ``write`` gets whole lines, each ending in a newline."""
+
+    def write(self, lines: Sequence[str]) -> None:
+        """Write these lines, in order."""
+        ...
+
+    def close(self) -> None:
+        """Release the destination."""
+        ...
+
+
+class FileSink:
+    """Appends to a file that other processes append to and that logrotate may move.
+
+    Opened with ``O_APPEND``; every batch goes out as whole lines in writes of at most
+    64 KiB. When the path stops naming the open file (rotated, deleted), the sink
+    reopens the path, at most once per ``check_every`` seconds.
+    """
+
+    def __init__(self, path: str | Path, *, check_every: float = 1.0) -> None:
+        self.path = Path(path)
+        self.check_every = check_every
+        self._fd = -1
+        self._ino: tuple[int, int] | None = None
+        self._checked = 0.0
+        self._open()
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        st = os.fstat(fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._ino = fd, (st.st_dev, st.st_ino)
+        self._checked = time.monotonic()
+
+    def _reopen_if_moved(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.check_every:
+            return
+        self._checked = now
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._ino:
+                return
+        except FileNotFoundError:
+            pass
+        self._open()
+
+    def write(self, lines: Sequence[str]) -> None:
+        """Append whole lines."""
+        self._reopen_if_moved()
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            data = line.encode()
+            if chunk and size + len(data) > _MAX_WRITE:
+                self._write_all(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        if chunk:
+            self._write_all(b"".join(chunk))
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class StreamSink:
+    """Writes to a text stream (stdout by default), flushing after every batch."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+
+    def write(self, lines: Sequence[str]) -> None:
+        """Write and flush."""
+        self.stream.write("".join(lines))
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Flush; the stream is not ours to close."""
+        self.stream.flush()
+
+
+class _Lines:
+    """structlog's output end: collects rendered lines for the next batch."""
+
+    def __init__(self) -> None:
+        self.batch: list[str] = []
+
+    def msg(self, line: str) -> None:
+        self.batch.append(line + "\n")
+
+    info = warning = error = msg
+
+
+def _order(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    # The envelope leads every line; structlog put "event" last-in, so rebuild.
+    ordered: dict[str, Any] = {}
+    for key in ("event", "schema", "ts", "product", "task"):
+        if key in event_dict:
+            ordered[key] = event_dict.pop(key)
+    ordered.update(event_dict)
+    return ordered
+
+
+def _dumps(obj: Any, **_: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=repr)
+
+
+_STOP = object()
+_FLUSH = "flush"
+
+ErrorHook = Callable[[str, BaseException], None]
+
+
+class Recorder:
+    """The background thread that assembles, renders and writes records."""
+
+    def __init__(
+        self,
+        sink: RecordSink,
+        *,
+        names: ModelNames,
+        on_error: ErrorHook,
+        capacity: int = 10_000,
+        flush_interval: float = 0.5,
+    ) -> None:
+        self.sink = sink
+        self.names = names
+        self.capacity = capacity
+        self.flush_interval = flush_interval
+        self._on_error = on_error
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._drops: Counter[tuple[str, str, str]] = Counter()
+        self._lines = _Lines()
+        self._log = structlog.wrap_logger(
+            self._lines,
+            processors=[_order, structlog.processors.JSONRenderer(_dumps)],
+            wrapper_class=structlog.BoundLogger,
+        )
+        self.written = 0
+        self.write_errors = 0
+        self._thread = threading.Thread(target=self._run, name="shim-recorder", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    # -- producers (any thread) ----------------------------------------------------
+
+    def comparison(self, pending: Pending) -> None:
+        """Queue a finished comparison; counted as dropped if the recorder is full."""
+        if self._admit():
+            self._queue.put(pending)
+        else:
+            self.dropped(pending.site.product, pending.site.task, "recorder_full")
+
+    def event(self, event: str, product: str | None, task: str | None, **fields: Any) -> None:
+        """Queue any other record (``shim.breaker``, ``shim.flags``, ...)."""
+        record = envelope(event, product, task)
+        record.update(fields)
+        if self._admit():
+            self._queue.put(record)
+        else:
+            self.dropped(product or "", task or "", "recorder_full")
+
+    def dropped(self, product: str, task: str, reason: str, count: int = 1) -> None:
+        """Count comparisons that will not happen; written as ``shim.dropped``."""
+        with self._lock:
+            self._drops[(product, task, reason)] += count
+
+    def drop_counts(self) -> dict[tuple[str, str, str], int]:
+        """Drops counted so far and not yet written."""
+        with self._lock:
+            return dict(self._drops)
+
+    def _admit(self) -> bool:
+        with self._lock:
+            if self._closed or self._queued >= self.capacity:
+                return False
+            self._queued += 1
+            return True
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Write everything queued so far; True when done within ``timeout``."""
+        done = threading.Event()
+        self._queue.put((_FLUSH, done))
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Write what is queued and the drop counts, then close the sink."""
+        with self._lock:
+            self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        finished = not self._thread.is_alive()
+        if finished:
+            try:
+                self.sink.close()
+            except Exception as exc:
+                self._on_error("sink_close", exc)
+        return finished
+
+    # -- the thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_drops = time.monotonic() + self.flush_interval
+        while True:
+            try:
+                item = self._queue.get(timeout=self.flush_interval)
+            except queue.Empty:
+                item = None
+            stop = item is _STOP
+            waiter = None
+            if isinstance(item, tuple) and item and item[0] == _FLUSH:
+                waiter = item[1]
+            elif item is not None and not stop:
+                self._render(item)
+                with self._lock:
+                    self._queued -= 1
+                if len(self._lines.batch) < 512 and not self._queue.empty():
+                    continue  # keep filling the batch while work is waiting
+            now = time.monotonic()
+            if stop or waiter is not None or now >= next_drops:
+                self._render_drops()
+                next_drops = now + self.flush_interval
+            self._write()
+            if waiter is not None:
+                waiter.set()
+            if stop:
+                return
+
+    def _render(self, item: Any) -> None:
+        try:
+            if isinstance(item, Pending):
+                record = comparison_record(item, self.names, self._on_error)
+            else:
+                record = item
+            self._log.info(record.pop("event"), **record)
+        except Exception as exc:
+            self._on_error("render", exc)
+
+    def _render_drops(self) -> None:
+        with self._lock:
+            drops, self._drops = self._drops, Counter()
+        for (product, task, reason), count in sorted(drops.items()):
+            record = envelope("shim.dropped", product, task)
+            record.update(reason=reason, count=count)
+            self._log.info(record.pop("event"), **record)
+
+    def _write(self) -> None:
+        batch, self._lines.batch = self._lines.batch, []
+        if not batch:
+            return
+        try:
+            self.sink.write(batch)
+            self.written += len(batch)
+        except Exception as exc:
+            self.write_errors += len(batch)
+            self._on_error("write", exc)

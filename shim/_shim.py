@@ -1,0 +1,752 @@
+"""The Shim: wraps call sites so flags decide, per call, which path serves and whether
+the other path runs in the background for comparison."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import inspect
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ParamSpec, Self, TypeVar, cast
+
+import httpx
+
+import flags as flagpkg
+from comparators import JsonOutput, ModelNames, OutputComparator
+
+from ._breaker import BreakerPolicy, CircuitBreaker
+from ._client import AsyncTaskClient, TaskClient, TaskRequest, TaskResult
+from ._context import sticky_value
+from ._dispatch import LoopDispatcher, ThreadDispatcher
+from ._errors import ConfigError, Problem, ShimError
+from ._names import check_task_name
+from ._observe import NOT_RECORDED, CallSite, Observation, Pending, capture, describe
+from ._orch import AssignmentsFile, OrchConfig, RegistryFile, parse_file
+from ._records import FileSink, Recorder, RecordSink, StreamSink
+
+__all__ = ["Shim"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_log = logging.getLogger("shim")
+_perf = time.perf_counter
+
+
+def _output(result: TaskResult) -> Any:
+    return result.output
+
+
+class _LoopState:
+    """What a Shim keeps per event loop: httpx.AsyncClient is bound to its loop."""
+
+    def __init__(self, shim: Shim) -> None:
+        http = httpx.AsyncClient(headers={"User-Agent": "task-shim/0.1"})
+        self.client = AsyncTaskClient(
+            shim.orch_url, api_key=shim._api_key, timeout=shim.timeout, http=http
+        )
+        self.shadow_client = AsyncTaskClient(
+            shim.orch_url, api_key=shim._api_key, timeout=shim.shadow_timeout, http=http
+        )
+        self.http = http
+        self.dispatch = LoopDispatcher(capacity=shim.concurrency, on_error=shim._internal_error)
+
+
+class Shim:
+    """Dual-path shim for cf-orch call sites.
+
+    ::
+
+        s = Shim("http://orch:8700", flags=flags.FileFlags("flags.yaml"),
+                 log_path="comparisons.jsonl")
+
+        @s.shadow(product="kiwi", task="meal_plan",
+                  request=lambda system, user, **kw: TaskRequest(prompt=user, system=system),
+                  response=lambda result: result.text, legacy_model="qwen2.5-3b-instruct")
+        def complete(system: str, user: str, **kw: Any) -> str: ...
+
+    ``timeout`` bounds a task-path call that serves; ``shadow_timeout`` one that only
+    runs for comparison. Sync call sites share ``workers`` threads and a queue of
+    ``queue_size``; async call sites run at most ``concurrency`` background tasks per
+    event loop. Records go to ``log_path`` (``-``: stdout) or ``sink``.
+    """
+
+    def __init__(
+        self,
+        orch_url: str,
+        *,
+        flags: flagpkg.FlagSource,
+        log_path: str | Path | None = None,
+        sink: RecordSink | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        shadow_timeout: float = 30.0,
+        registry: str | Path | None = None,
+        assignments: str | Path | None = None,
+        workers: int = 4,
+        queue_size: int = 1000,
+        concurrency: int = 64,
+        breaker: BreakerPolicy | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.orch_url = orch_url.rstrip("/")
+        self.flags = flags
+        self.timeout = timeout
+        self.shadow_timeout = shadow_timeout
+        self.concurrency = concurrency
+        self.breaker_policy = breaker or BreakerPolicy()
+        self._api_key = api_key
+        self._errors: Counter[str] = Counter()
+        self._errors_lock = threading.Lock()
+        self._owns_flags = False
+        self._closed = False
+        self._config = _load_orch(registry, assignments)
+        names = ModelNames({m: e.alias for m, e in self._config[0].items()})
+        if sink is None:
+            sink = StreamSink() if log_path in (None, "-") else FileSink(cast(Path, log_path))
+        self._recorder = Recorder(sink, names=names, on_error=self._internal_error)
+        self._owns_http = http is None
+        self._http = http or httpx.Client(headers={"User-Agent": "task-shim/0.1"})
+        self._client = TaskClient(self.orch_url, api_key=api_key, timeout=timeout, http=self._http)
+        self._shadow_client = TaskClient(
+            self.orch_url, api_key=api_key, timeout=shadow_timeout, http=self._http
+        )
+        self._dispatch = ThreadDispatcher(
+            workers=workers, capacity=queue_size, on_error=self._internal_error
+        )
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._sites: dict[str, CallSite] = {}
+        flags.subscribe(self._flag_event)
+        _live.add(self)
+
+    # -- construction from the environment -------------------------------------------
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Shim:
+        """A Shim configured by ``CF_ORCH_URL``, ``CF_LICENSE_KEY``, ``SHIM_FLAGS``,
+        ``SHIM_LOG``, ``SHIM_REGISTRY`` and ``SHIM_ASSIGNMENTS``; keyword arguments win."""
+        env = os.environ
+        url = overrides.pop("orch_url", None) or env.get("CF_ORCH_URL")
+        if not url:
+            raise ConfigError(
+                [
+                    Problem(
+                        "environment",
+                        None,
+                        "CF_ORCH_URL",
+                        "not set; set it to the coordinator's base URL",
+                    )
+                ]
+            )
+        owns_flags = "flags" not in overrides
+        if owns_flags:
+            overrides["flags"] = _flags_from_env()
+        for key, var in (
+            ("api_key", "CF_LICENSE_KEY"),
+            ("log_path", "SHIM_LOG"),
+            ("registry", "SHIM_REGISTRY"),
+            ("assignments", "SHIM_ASSIGNMENTS"),
+        ):
+            if key not in overrides and env.get(var):
+                overrides[key] = env[var]
+        shim = cls(url, **overrides)
+        shim._owns_flags = owns_flags
+        return shim
+
+    # -- the decorator ---------------------------------------------------------------
+
+    def shadow(
+        self,
+        *,
+        product: str,
+        task: str,
+        request: Callable[..., TaskRequest],
+        response: Callable[[TaskResult], Any] = _output,
+        legacy_model: str | Callable[[Any], str | None] | None = None,
+        output: OutputComparator | None = None,
+        key: Callable[..., Any] | None = None,
+        fallback: bool = True,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Wrap a call site of ``product.task``.
+
+        ``request`` builds the task request from the call's arguments; ``response`` turns
+        the task result into what the call site returns. ``legacy_model`` names the
+        legacy model (or reads it from the legacy result). ``key`` returns the sticky
+        value from the arguments (else ``shim.context`` supplies it). With ``fallback``
+        a failing task path that serves falls back to legacy.
+        """
+        name = f"{product}.{task}"
+        check_task_name(name)
+        assigned = self._config[1].get(name)
+
+        def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+            site = CallSite(
+                product=product,
+                task=task,
+                name=name,
+                call_site=f"{fn.__module__}:{fn.__qualname__}",
+                request=request,
+                response=response,
+                legacy_model=legacy_model if callable(legacy_model) else None,
+                output=output or JsonOutput(),
+                key=key,
+                fallback=fallback,
+                expected_model=assigned,
+            )
+            static_model = legacy_model if isinstance(legacy_model, str) else None
+            self._breakers.setdefault(
+                name, CircuitBreaker(name, self.breaker_policy, on_transition=self._breaker_event)
+            )
+            self._sites[site.call_site] = site
+            if inspect.iscoroutinefunction(fn):
+                return cast(Callable[P, R], self._async_wrapper(site, static_model, fn))
+            return self._sync_wrapper(site, static_model, fn)
+
+        return decorate
+
+    def _sync_wrapper(
+        self, site: CallSite, model: str | None, fn: Callable[P, R]
+    ) -> Callable[P, R]:
+        source, name, call = self.flags, site.name, self._call
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            rule = source.rules.active.get(name)
+            if rule is None:  # off, unknown or killed: the bare call, nothing else
+                return fn(*args, **kwargs)
+            return call(site, model, rule, fn, args, kwargs)
+
+        return wrapper
+
+    def _async_wrapper(
+        self, site: CallSite, model: str | None, fn: Callable[P, Awaitable[Any]]
+    ) -> Callable[P, Awaitable[Any]]:
+        source, name, call = self.flags, site.name, self._acall
+
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            rule = source.rules.active.get(name)
+            if rule is None:
+                return await fn(*args, **kwargs)
+            return await call(site, model, rule, fn, args, kwargs)
+
+        return wrapper
+
+    # -- one decision for both wrappers ------------------------------------------------
+
+    def _decide(
+        self, site: CallSite, rule: flagpkg.Rule, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> flagpkg.Decision:
+        if self._closed:
+            return flagpkg.OFF
+        try:
+            if site.key is not None:
+                raw = site.key(*args, **kwargs)
+                sticky = None if raw is None else str(raw)
+            else:
+                sticky = sticky_value(rule.stickiness)
+            return rule.decide(sticky)
+        except Exception as exc:
+            self._internal_error("decide", exc)
+            return flagpkg.OFF
+
+    def _admit(self, site: CallSite, reserve: Callable[[], bool]) -> bool:
+        """Room for a comparison, and a task path that is not cooling down?"""
+        breaker = self._breakers[site.name]
+        if breaker.state != "closed" and not breaker.may_probe():
+            self._recorder.dropped(site.product, site.task, "breaker_open")
+            return False
+        if not reserve():
+            self._recorder.dropped(site.product, site.task, "queue_full")
+            return False
+        return True
+
+    # -- sync ------------------------------------------------------------------------
+
+    def _call(
+        self,
+        site: CallSite,
+        model: str | None,
+        rule: flagpkg.Rule,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> R:
+        decision = self._decide(site, rule, args, kwargs)
+        if decision.serve:
+            return self._serve(site, model, decision, fn, args, kwargs)
+        if not decision.compare or not self._admit(site, self._dispatch.try_reserve):
+            return fn(*args, **kwargs)
+        started = _perf()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            legacy = Observation(
+                False, (_perf() - started) * 1000, error=describe(exc), model=model
+            )
+            self._submit_candidate(site, decision, legacy, args, kwargs)
+            raise
+        except BaseException:
+            self._dispatch.release()
+            raise
+        elapsed = (_perf() - started) * 1000
+        try:
+            legacy = Observation(True, elapsed, capture(result), model=model)
+        except Exception as exc:  # pragma: no cover - capture() does not raise
+            self._internal_error("capture", exc)
+            legacy = Observation(True, elapsed, NOT_RECORDED, model=model)
+        self._submit_candidate(site, decision, legacy, args, kwargs)
+        return result
+
+    def _submit_candidate(
+        self,
+        site: CallSite,
+        decision: flagpkg.Decision,
+        legacy: Observation,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        def job() -> None:
+            candidate, _ = self._run_task(site, args, kwargs, self._shadow_client)
+            if candidate is not None:
+                self._recorder.comparison(
+                    Pending(site, decision.stage, "legacy", legacy, candidate)
+                )
+
+        try:
+            self._dispatch.submit(site.name, job)
+        except Exception as exc:
+            self._dispatch.release()
+            self._internal_error("dispatch", exc)
+
+    def _run_task(
+        self, site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any], client: TaskClient
+    ) -> tuple[Observation | None, Any]:
+        """Call the task path; None when the breaker says not to."""
+        breaker = self._breakers[site.name]
+        if not breaker.allow():
+            self._recorder.dropped(site.product, site.task, "breaker_open")
+            return None, NOT_RECORDED
+        started = _perf()
+        result: TaskResult | None = None
+        try:
+            result = client.infer(site.product, site.task, site.request(*args, **kwargs))
+            value = site.response(result)
+        except Exception as exc:
+            breaker.failure()
+            return _failed_candidate(exc, started, result), exc
+        breaker.success()
+        return _ok_candidate(result, value, started), value
+
+    def _serve(
+        self,
+        site: CallSite,
+        model: str | None,
+        decision: flagpkg.Decision,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> R:
+        candidate, value = self._run_task(site, args, kwargs, self._client)
+        if candidate is None:  # breaker open: the task path is not called at all
+            return fn(*args, **kwargs)
+        if candidate.ok:
+            if decision.compare and self._admit(site, self._dispatch.try_reserve):
+                kept = Observation(
+                    True,
+                    candidate.latency_ms,
+                    capture(value),
+                    None,
+                    candidate.model,
+                    candidate.service_type,
+                    candidate.node_id,
+                    candidate.status,
+                )
+                self._submit_legacy(site, model, decision, kept, fn, args, kwargs)
+            return cast(R, value)
+        if not site.fallback:
+            raise value
+        started = _perf()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            legacy = Observation(
+                False, (_perf() - started) * 1000, error=describe(exc), model=model
+            )
+            self._recorder.comparison(
+                Pending(site, decision.stage, "legacy_fallback", legacy, candidate)
+            )
+            raise
+        legacy = Observation(True, (_perf() - started) * 1000, capture(result), model=model)
+        self._recorder.comparison(
+            Pending(site, decision.stage, "legacy_fallback", legacy, candidate)
+        )
+        return result
+
+    def _submit_legacy(
+        self,
+        site: CallSite,
+        model: str | None,
+        decision: flagpkg.Decision,
+        candidate: Observation,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        def job() -> None:
+            started = _perf()
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                legacy = Observation(
+                    False, (_perf() - started) * 1000, error=describe(exc), model=model
+                )
+            else:
+                legacy = Observation(True, (_perf() - started) * 1000, result, model=model)
+            self._recorder.comparison(Pending(site, decision.stage, "task", legacy, candidate))
+
+        try:
+            self._dispatch.submit(site.name, job)
+        except Exception as exc:
+            self._dispatch.release()
+            self._internal_error("dispatch", exc)
+
+    # -- async -----------------------------------------------------------------------
+
+    def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopState(self)
+        return state
+
+    async def _acall(
+        self,
+        site: CallSite,
+        model: str | None,
+        rule: flagpkg.Rule,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        decision = self._decide(site, rule, args, kwargs)
+        if not decision.serve and not decision.compare:
+            return await fn(*args, **kwargs)
+        state = self._loop_state()
+        if decision.serve:
+            return await self._aserve(state, site, model, decision, fn, args, kwargs)
+        if not self._admit(site, state.dispatch.try_reserve):
+            return await fn(*args, **kwargs)
+        started = _perf()
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as exc:
+            legacy = Observation(
+                False, (_perf() - started) * 1000, error=describe(exc), model=model
+            )
+            state.dispatch.spawn(
+                site.name, self._acandidate(state, site, decision, legacy, args, kwargs)
+            )
+            raise
+        except BaseException:
+            state.dispatch.release()
+            raise
+        legacy = Observation(True, (_perf() - started) * 1000, capture(result), model=model)
+        state.dispatch.spawn(
+            site.name, self._acandidate(state, site, decision, legacy, args, kwargs)
+        )
+        return result
+
+    async def _acandidate(
+        self,
+        state: _LoopState,
+        site: CallSite,
+        decision: flagpkg.Decision,
+        legacy: Observation,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        candidate, _ = await self._arun_task(site, args, kwargs, state.shadow_client)
+        if candidate is not None:
+            self._recorder.comparison(Pending(site, decision.stage, "legacy", legacy, candidate))
+
+    async def _arun_task(
+        self, site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any], client: AsyncTaskClient
+    ) -> tuple[Observation | None, Any]:
+        breaker = self._breakers[site.name]
+        if not breaker.allow():
+            self._recorder.dropped(site.product, site.task, "breaker_open")
+            return None, NOT_RECORDED
+        started = _perf()
+        result: TaskResult | None = None
+        try:
+            result = await client.infer(site.product, site.task, site.request(*args, **kwargs))
+            value = site.response(result)
+        except Exception as exc:
+            breaker.failure()
+            return _failed_candidate(exc, started, result), exc
+        breaker.success()
+        return _ok_candidate(result, value, started), value
+
+    async def _aserve(
+        self,
+        state: _LoopState,
+        site: CallSite,
+        model: str | None,
+        decision: flagpkg.Decision,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        candidate, value = await self._arun_task(site, args, kwargs, state.client)
+        if candidate is None:
+            return await fn(*args, **kwargs)
+        if candidate.ok:
+            if decision.compare and self._admit(site, state.dispatch.try_reserve):
+                kept = Observation(
+                    True,
+                    candidate.latency_ms,
+                    capture(value),
+                    None,
+                    candidate.model,
+                    candidate.service_type,
+                    candidate.node_id,
+                    candidate.status,
+                )
+                state.dispatch.spawn(
+                    site.name, self._alegacy(site, model, decision, kept, fn, args, kwargs)
+                )
+            return value
+        if not site.fallback:
+            raise value
+        started = _perf()
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as exc:
+            legacy = Observation(
+                False, (_perf() - started) * 1000, error=describe(exc), model=model
+            )
+            self._recorder.comparison(
+                Pending(site, decision.stage, "legacy_fallback", legacy, candidate)
+            )
+            raise
+        legacy = Observation(True, (_perf() - started) * 1000, capture(result), model=model)
+        self._recorder.comparison(
+            Pending(site, decision.stage, "legacy_fallback", legacy, candidate)
+        )
+        return result
+
+    async def _alegacy(
+        self,
+        site: CallSite,
+        model: str | None,
+        decision: flagpkg.Decision,
+        candidate: Observation,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        started = _perf()
+        try:
+            async with asyncio.timeout(self.shadow_timeout):
+                result = await fn(*args, **kwargs)
+        except Exception as exc:
+            legacy = Observation(
+                False, (_perf() - started) * 1000, error=describe(exc), model=model
+            )
+        else:
+            legacy = Observation(True, (_perf() - started) * 1000, result, model=model)
+        self._recorder.comparison(Pending(site, decision.stage, "task", legacy, candidate))
+
+    # -- events, errors, stats -------------------------------------------------------
+
+    def _internal_error(self, operation: str, exc: BaseException) -> None:
+        """Every failure of the shim's own work ends here: counted, logged, recorded."""
+        with self._errors_lock:
+            self._errors[operation] += 1
+        _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
+        if operation not in ("write", "render", "sink_close"):  # the recorder is the problem
+            self._recorder.event("shim.error", None, None, operation=operation, error=describe(exc))
+
+    def _breaker_event(self, task: str, before: str, after: str, details: dict[str, Any]) -> None:
+        product, _, name = task.partition(".")
+        self._recorder.event(
+            "shim.breaker", product, name, **{"from": before, "to": after}, **details
+        )
+
+    def _flag_event(self, event: flagpkg.FlagEvent) -> None:
+        self._recorder.event(
+            "shim.flags",
+            None,
+            None,
+            level=event.level,
+            message=event.message,
+            source=event.source,
+            version=event.version,
+        )
+
+    def breaker_state(self, task: str) -> str | None:
+        """``closed``, ``open`` or ``half_open`` for a wrapped ``product.task``."""
+        breaker = self._breakers.get(task)
+        return breaker.state if breaker else None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: records written, drops not yet written, internal errors by operation."""
+        with self._errors_lock:
+            errors = dict(self._errors)
+        return {
+            "records_written": self._recorder.written,
+            "write_errors": self._recorder.write_errors,
+            "pending": self._dispatch.pending,
+            "internal_errors": errors,
+        }
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait for queued comparisons and write their records; True if all made it."""
+        deadline = time.monotonic() + timeout
+        while self._dispatch.pending and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self._recorder.flush(max(0.0, deadline - time.monotonic()))
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish queued comparisons (within ``timeout``), write every record, and say
+        what could not finish as ``shim.dropped`` (reason ``shutdown``)."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        for task, count in self._dispatch.close(timeout).items():
+            product, _, name = task.partition(".")
+            self._recorder.dropped(product, name, "shutdown", count)
+        self._recorder.close(max(0.5, deadline - time.monotonic()))
+        if self._owns_http:
+            self._http.close()
+        if self._owns_flags:
+            self.flags.close()
+        _live.discard(self)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Async twin of :meth:`close`: also drains this event loop's background tasks."""
+        deadline = time.monotonic() + timeout
+        state = self._loops.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            for task, count in (await state.dispatch.drain(timeout)).items():
+                product, _, name = task.partition(".")
+                self._recorder.dropped(product, name, "shutdown", count)
+            await state.http.aclose()
+        await asyncio.to_thread(self.close, max(0.5, deadline - time.monotonic()))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _failed_candidate(exc: BaseException, started: float, result: TaskResult | None) -> Observation:
+    status = (
+        getattr(exc, "status", None)
+        if isinstance(exc, ShimError)
+        else (200 if result is not None else None)
+    )
+    return Observation(
+        False,
+        (_perf() - started) * 1000,
+        error=describe(exc),
+        model=result.model if result else None,
+        service_type=result.service_type if result else None,
+        node_id=result.node_id if result else None,
+        status=status,
+    )
+
+
+def _ok_candidate(result: TaskResult, value: Any, started: float) -> Observation:
+    return Observation(
+        True,
+        (_perf() - started) * 1000,
+        value,
+        None,
+        result.model,
+        result.service_type,
+        result.node_id,
+        200,
+    )
+
+
+def _load_orch(
+    registry: str | Path | None, assignments: str | Path | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(model id -> registry entry, task -> expected model) from the optional files."""
+    models: dict[str, Any] = {}
+    expected: dict[str, str] = {}
+    if registry is not None and assignments is not None:
+        config = OrchConfig(assignments, registry)
+        models = dict(config.registry.models)
+        expected = {t: a.model for t, a in config.assignments.assignments.items()}
+    else:
+        if registry is not None:
+            models = dict(parse_file(registry, RegistryFile)[0].models)
+        if assignments is not None:
+            parsed = parse_file(assignments, AssignmentsFile)[0].assignments
+            expected = {t: a.model for t, a in parsed.items()}
+    return models, expected
+
+
+def _flags_from_env() -> flagpkg.FlagSource:
+    value = os.environ.get("SHIM_FLAGS", "")
+    if not value:
+        raise ConfigError(
+            [Problem("environment", None, "SHIM_FLAGS", "not set; set it to a flags.yaml path")]
+        )
+    if value == "unleash":
+        raise ConfigError(
+            [
+                Problem(
+                    "environment",
+                    None,
+                    "SHIM_FLAGS",
+                    "'unleash' needs flags.UnleashFlags, which this version "
+                    "does not have; use a flags.yaml path",
+                )
+            ]
+        )
+    return flagpkg.FileFlags(value)
+
+
+# Shims still open at interpreter exit get a short, bounded close: records are written,
+# exit never hangs.
+_live: weakref.WeakSet[Shim] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for shim in list(_live):
+        try:
+            shim.close(timeout=2.0)
+        except Exception as exc:  # pragma: no cover - best effort at exit
+            _log.warning("task-shim: close at exit failed: %s", describe(exc))
