@@ -6,30 +6,31 @@ import os
 import threading
 from pathlib import Path
 
-from shim._errors import ConfigError
+from shim._errors import ConfigError, Problem
+from shim._yaml import load_yaml
 
-from ._model import load_flags_file
+from ._model import FlagState, load_flags_file, parse_flags
 from ._rules import Decision, Rules
 from ._source import FlagEvent, FlagListener
 
 __all__ = ["FileFlags"]
 
-_Stamp = tuple[int, int, int] | None
 
-
-def _stamp(path: Path) -> _Stamp:
+def _content(path: Path) -> bytes | None:
+    # Flags files are small: comparing contents catches every edit, including one that
+    # keeps the size and lands in the same mtime tick.
     try:
-        st = os.stat(path)
+        return path.read_bytes()
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class FileFlags:
     """Per-task flags from a flags.yaml.
 
     The file is read once here (a bad or missing file raises :class:`ConfigError`), then
-    a daemon thread checks it every ``poll_interval`` seconds and swaps in the new rules.
+    a daemon thread re-reads it every ``poll_interval`` seconds and, when its content
+    changed, swaps in the new rules.
     An invalid or vanished file keeps the last good rules and emits an ``error`` event
     once per change. ``decide`` reads one attribute: no I/O, no lock.
     """
@@ -37,8 +38,8 @@ class FileFlags:
     def __init__(self, path: str | Path, *, poll_interval: float = 0.25) -> None:
         self.path = Path(path)
         self.poll_interval = poll_interval
-        self._seen = _stamp(self.path)
-        self.rules = Rules(load_flags_file(self.path))
+        self._seen = _content(self.path)
+        self.rules = Rules(self._parse(self._seen))
         self.version = 1
         self._listeners: list[FlagListener] = []
         self._held: list[FlagEvent] = []
@@ -65,17 +66,17 @@ class FileFlags:
         if os.getpid() != self._pid:  # forked: the poller thread did not come along
             self._pid = os.getpid()
             self._start_poller()
-        stamp = _stamp(self.path)
-        if stamp == self._seen:
+        content = _content(self.path)
+        if content == self._seen:
             return False
-        self._seen = stamp
-        if stamp is None:
+        self._seen = content
+        if content is None:
             self._emit(
                 "error", f"{self.path}: file is missing or unreadable; keeping the last good flags"
             )
             return False
         try:
-            rules = Rules(load_flags_file(self.path))
+            rules = Rules(self._parse(content))
         except ConfigError as exc:
             self._emit("error", f"{exc}; keeping the last good flags")
             return False
@@ -83,6 +84,24 @@ class FileFlags:
         self.version += 1
         self._emit("info", f"{self.path}: reloaded")
         return True
+
+    def _parse(self, content: bytes | None) -> FlagState:
+        if content is None:
+            return load_flags_file(self.path)  # raises the located "not found" error
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                [
+                    Problem(
+                        str(self.path),
+                        None,
+                        None,
+                        f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                    )
+                ]
+            ) from None
+        return parse_flags(load_yaml(self.path, text=text))
 
     def close(self) -> None:
         """Stop the poller."""
