@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -22,7 +21,12 @@ class FlagEvent:
     version: int
 
 
-FlagListener = Callable[[FlagEvent], None]
+class FlagListener(Protocol):
+    """Hears every :class:`FlagEvent` of a source it subscribed to."""
+
+    def __call__(self, event: FlagEvent) -> None:
+        """Take one event; must not block."""
+        ...
 
 
 @runtime_checkable
