@@ -244,14 +244,84 @@ def check(
     )
 
 
+FlagsOpt = Annotated[
+    Path | None,
+    typer.Option("--flags", help="flags.yaml [env SHIM_FLAGS when it is a path]", dir_okay=False),
+]
+
+
+def _flags_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    env = os.environ.get("SHIM_FLAGS", "")
+    if env and env != "unleash":
+        return Path(env)
+    err.print("no flags file: pass --flags PATH or set SHIM_FLAGS", markup=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def status(
+    flags: FlagsOpt = None,
+    log: Annotated[
+        Path | None,
+        typer.Option(
+            "--log",
+            help="Comparison log to read breaker states from [env SHIM_LOG]",
+            dir_okay=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+) -> None:
+    """Stage, serve %, shadow % and breaker state of every task."""
+    from flags import load_flags_file
+
+    from ._status import breaker_states, status_rows
+
+    path = _flags_path(flags)
+    try:
+        state = load_flags_file(path)
+    except ConfigError as exc:
+        _fail(exc)
+    if log is None and os.environ.get("SHIM_LOG", "-") != "-":
+        log = Path(os.environ["SHIM_LOG"])
+    breakers = breaker_states(log) if log is not None and log.is_file() else None
+    rows = status_rows(state, breakers)
+    if as_json:
+        print(json.dumps({"flags": str(path), "kill": state.kill, "tasks": rows}, indent=2))
+        return
+    table = Table(
+        title=f"flags: {path}" + ("  [bold red]shim.kill is ON[/]" if state.kill else ""),
+        title_justify="left",
+    )
+    for column in ("task", "stage", "serve %", "shadow %", "stickiness", "breaker"):
+        table.add_column(column, justify="right" if "%" in column else "left", no_wrap=True)
+    colours = {"live": "green", "canary": "yellow", "shadow": "cyan", "off": "dim"}
+    for row in rows:
+        breaker = row["breaker"] or "unknown (no log)"
+        table.add_row(
+            row["task"],
+            f"[{colours[row['stage']]}]{row['stage']}[/]",
+            str(row["serve"]),
+            str(row["shadow"]),
+            row["stickiness"],
+            f"[red]{breaker}[/]" if breaker in ("open", "half_open") else breaker,
+        )
+    out.print(table)
+
+
 @app.command()
 def demo(
-    seed: Annotated[int, typer.Option(help="Seed for the simulator.")] = 7,
+    seed: Annotated[int, typer.Option(help="Seed for the simulator and the traffic.")] = 7,
+    calls: Annotated[int, typer.Option(help="Calls to make across kiwi's tasks.", min=1)] = 1000,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where flags.yaml and the log go.", file_okay=False)
+    ] = Path("shim-demo"),
 ) -> None:
-    """Start the simulator and call every kiwi task on both response modes."""
+    """Shadow kiwi's call sites on the simulator and summarise the comparison log."""
     from ._demo import run_demo
 
-    run_demo(seed=seed, console=out)
+    run_demo(seed=seed, calls=calls, out=out_dir, console=out)
 
 
 if __name__ == "__main__":  # pragma: no cover

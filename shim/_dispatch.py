@@ -171,11 +171,14 @@ class LoopDispatcher:
         if not job.cancelled() and (exc := job.exception()) is not None:
             self._on_error("dispatch", exc)
 
-    async def drain(self, timeout: float) -> Counter[str]:
-        """Wait up to ``timeout`` for running tasks; cancel the rest and count them."""
+    async def drain(self, timeout: float, *, cancel: bool = True) -> Counter[str]:
+        """Wait up to ``timeout`` for running tasks; cancel the rest (unless told not to)
+        and count them."""
         unfinished: Counter[str] = Counter()
         if self._tasks:
             _, late = await asyncio.wait(list(self._tasks), timeout=timeout)
+            if not cancel:
+                return Counter(self._tasks.get(job, "?") for job in late)
             for job in late:
                 unfinished[self._tasks.get(job, "?")] += 1
                 job.cancel()

@@ -639,6 +639,14 @@ class Shim:
             self.flags.close()
         _live.discard(self)
 
+    async def aflush(self, timeout: float = 5.0) -> bool:
+        """Wait for this event loop's background comparisons, then :meth:`flush`."""
+        deadline = time.monotonic() + timeout
+        state = self._loops.get(asyncio.get_running_loop())
+        if state is not None:
+            await state.dispatch.drain(timeout, cancel=False)
+        return await asyncio.to_thread(self.flush, max(0.0, deadline - time.monotonic()))
+
     async def aclose(self, timeout: float = 5.0) -> None:
         """Async twin of :meth:`close`: also drains this event loop's background tasks."""
         deadline = time.monotonic() + timeout

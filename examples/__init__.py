@@ -1,0 +1,1 @@
+"""Example call sites that use task-shim."""

@@ -1,0 +1,1 @@
+"""Kiwi, a pantry and meal-planning app, and its cf-orch call sites."""
