@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(STAMP)  ## the main job on embedded defaults
 
 test: lint  ## ruff, mypy --strict, pytest
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)  ## every benchmark, full size
+	$(BIN)/python bench/overhead.py
+
+bench-smoke: $(STAMP)  ## every benchmark, small: keeps them working in CI
+	$(BIN)/python bench/overhead.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,28 +13,34 @@ import queue
 import threading
 import time
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 __all__ = ["LoopDispatcher", "ThreadDispatcher"]
 
-Job = tuple[str, Callable[[], None]]  # (task name, work)
+Job = tuple[str, Callable[..., None], tuple[Any, ...]]  # (task name, work, its arguments)
 ErrorHook = Callable[[str, BaseException], None]
 
 
 class ThreadDispatcher:
-    """``workers`` daemon threads fed by one queue; at most ``capacity`` jobs queued or
-    running. Threads start on first use and again in a forked child."""
+    """``workers`` daemon threads; at most ``capacity`` jobs queued or running.
 
-    def __init__(self, *, workers: int, capacity: int, on_error: ErrorHook) -> None:
+    A caller hands a job over by appending it to an inbox (no system call, no lock);
+    a pump thread moves jobs to the workers, polling every ``poll`` seconds while work
+    arrives and sleeping on an event once idle, so only the first job after a quiet
+    spell pays for a wake-up. Threads start on first use and again in a forked child.
+    """
+
+    def __init__(
+        self, *, workers: int, capacity: int, on_error: ErrorHook, poll: float = 0.001
+    ) -> None:
         if workers < 1 or capacity < 1:
             raise ValueError("workers and capacity must be at least 1")
         self.workers = workers
         self.capacity = capacity
+        self.poll = poll
         self._on_error = on_error
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
         self._reset()
         ref = weakref.ref(self)
 
@@ -49,6 +55,9 @@ class ThreadDispatcher:
         # Also the after-fork hook: the child has none of the parent's threads or jobs.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._inbox: deque[Job] = deque()
+        self._wake = threading.Event()
+        self._pump_asleep = False
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._pending = 0
         self._running: dict[int, str] = {}
@@ -75,20 +84,48 @@ class ThreadDispatcher:
             if self._pending == 0:
                 self._idle.notify_all()
 
-    def submit(self, task: str, work: Callable[[], None]) -> None:
-        """Run ``work`` on a worker; the caller must hold a reserved slot."""
+    def submit(self, task: str, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work(*args)`` on a worker; the caller must hold a reserved slot."""
         if not self._threads:
             self._start()
-        self._queue.put((task, work))
+        self._inbox.append((task, work, args))
+        if self._pump_asleep:
+            self._wake.set()
 
     def _start(self) -> None:
         with self._lock:
             if self._threads:
                 return
+            pump = threading.Thread(target=self._pump, name="shim-pump", daemon=True)
+            pump.start()
+            self._threads.append(pump)
             for i in range(self.workers):
                 thread = threading.Thread(target=self._work, name=f"shim-worker-{i}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
+
+    def _pump(self) -> None:
+        inbox, put, idle = self._inbox, self._queue.put, 0
+        while True:
+            if inbox:
+                idle = 0
+                while inbox:
+                    put(inbox.popleft())
+                continue
+            if self._closed and self._pending == 0:
+                return
+            idle += 1
+            if idle < 100:
+                time.sleep(self.poll)
+                continue
+            # Quiet for a while: sleep until a submit sets the event. Checking the inbox
+            # after announcing sleep closes the race with a submit that saw us awake.
+            self._pump_asleep = True
+            if not inbox:
+                self._wake.wait(1.0)
+            self._wake.clear()
+            self._pump_asleep = False
+            idle = 0
 
     def _work(self) -> None:
         ident = threading.get_ident()
@@ -96,10 +133,10 @@ class ThreadDispatcher:
             job = self._queue.get()
             if job is None:
                 return
-            task, work = job
+            task, work, args = job
             self._running[ident] = task
             try:
-                work()
+                work(*args)
             except BaseException as exc:
                 self._on_error("dispatch", exc)
             finally:
@@ -112,6 +149,7 @@ class ThreadDispatcher:
         Returns how many jobs per task did not finish (never started, or still running).
         """
         deadline = time.monotonic() + timeout
+        self._wake.set()
         with self._lock:
             self._closed = True
             while self._pending and self._threads:
@@ -119,17 +157,19 @@ class ThreadDispatcher:
                 if left <= 0 or not self._idle.wait(left):
                     break
         unfinished: Counter[str] = Counter()
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                unfinished[job[0]] += 1
-                self.release()
+        for source in (self._inbox, self._queue):
+            while True:
+                try:
+                    job = source.popleft() if isinstance(source, deque) else source.get_nowait()
+                except (IndexError, queue.Empty):
+                    break
+                if job is not None:
+                    unfinished[job[0]] += 1
+                    self.release()
         unfinished.update(self._running.values())
-        for _ in self._threads:
+        for _ in range(self.workers):
             self._queue.put(None)
+        self._wake.set()
         return unfinished
 
 

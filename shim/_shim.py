@@ -289,47 +289,59 @@ class Shim:
             return self._serve(site, model, decision, fn, args, kwargs)
         if not decision.compare or not self._admit(site, self._dispatch.try_reserve):
             return fn(*args, **kwargs)
+        # The caller's path from here on: time the legacy call, copy its result, hand
+        # off. Observations are built by the worker, not here.
         started = _perf()
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            legacy = Observation(
-                False, (_perf() - started) * 1000, error=describe(exc), model=model
+            self._dispatch.submit(
+                site.name,
+                self._candidate_job,
+                site,
+                decision,
+                model,
+                _perf() - started,
+                exc,
+                args,
+                kwargs,
             )
-            self._submit_candidate(site, decision, legacy, args, kwargs)
             raise
         except BaseException:
             self._dispatch.release()
             raise
-        elapsed = (_perf() - started) * 1000
-        try:
-            legacy = Observation(True, elapsed, capture(result), model=model)
-        except Exception as exc:  # pragma: no cover - capture() does not raise
-            self._internal_error("capture", exc)
-            legacy = Observation(True, elapsed, NOT_RECORDED, model=model)
-        self._submit_candidate(site, decision, legacy, args, kwargs)
+        elapsed = _perf() - started
+        self._dispatch.submit(
+            site.name,
+            self._candidate_job,
+            site,
+            decision,
+            model,
+            elapsed,
+            _Returned(capture(result)),
+            args,
+            kwargs,
+        )
         return result
 
-    def _submit_candidate(
+    def _candidate_job(
         self,
         site: CallSite,
         decision: flagpkg.Decision,
-        legacy: Observation,
+        model: str | None,
+        elapsed: float,
+        outcome: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        def job() -> None:
-            candidate, _ = self._run_task(site, args, kwargs, self._shadow_client)
-            if candidate is not None:
-                self._recorder.comparison(
-                    Pending(site, decision.stage, "legacy", legacy, candidate)
-                )
-
-        try:
-            self._dispatch.submit(site.name, job)
-        except Exception as exc:
-            self._dispatch.release()
-            self._internal_error("dispatch", exc)
+        """Worker side of a shadowed call: run the task path, queue the comparison."""
+        if isinstance(outcome, _Returned):
+            legacy = Observation(True, elapsed * 1000, outcome.value, model=model)
+        else:
+            legacy = Observation(False, elapsed * 1000, error=describe(outcome), model=model)
+        candidate, _ = self._run_task(site, args, kwargs, self._shadow_client)
+        if candidate is not None:
+            self._recorder.comparison(Pending(site, decision.stage, "legacy", legacy, candidate))
 
     def _run_task(
         self, site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any], client: TaskClient
@@ -374,7 +386,9 @@ class Shim:
                     candidate.node_id,
                     candidate.status,
                 )
-                self._submit_legacy(site, model, decision, kept, fn, args, kwargs)
+                self._dispatch.submit(
+                    site.name, self._legacy_job, site, model, decision, kept, fn, args, kwargs
+                )
             return cast(R, value)
         if not site.fallback:
             raise value
@@ -395,7 +409,7 @@ class Shim:
         )
         return result
 
-    def _submit_legacy(
+    def _legacy_job(
         self,
         site: CallSite,
         model: str | None,
@@ -405,23 +419,17 @@ class Shim:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        def job() -> None:
-            started = _perf()
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                legacy = Observation(
-                    False, (_perf() - started) * 1000, error=describe(exc), model=model
-                )
-            else:
-                legacy = Observation(True, (_perf() - started) * 1000, result, model=model)
-            self._recorder.comparison(Pending(site, decision.stage, "task", legacy, candidate))
-
+        """Worker side of a served call: run legacy, queue the comparison."""
+        started = _perf()
         try:
-            self._dispatch.submit(site.name, job)
+            result = fn(*args, **kwargs)
         except Exception as exc:
-            self._dispatch.release()
-            self._internal_error("dispatch", exc)
+            legacy = Observation(
+                False, (_perf() - started) * 1000, error=describe(exc), model=model
+            )
+        else:
+            legacy = Observation(True, (_perf() - started) * 1000, result, model=model)
+        self._recorder.comparison(Pending(site, decision.stage, "task", legacy, candidate))
 
     # -- async -----------------------------------------------------------------------
 
@@ -674,6 +682,15 @@ class Shim:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class _Returned:
+    """The legacy call returned (``value`` is its captured result); else it raised."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def _failed_candidate(exc: BaseException, started: float, result: TaskResult | None) -> Observation:
