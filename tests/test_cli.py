@@ -197,3 +197,44 @@ def test_demo_shadows_kiwi_and_summarises_the_log(tmp_path: Path) -> None:
     }
     ocr = [r for r in compared if r["task"] == "ocr"]
     assert any(r["structure"]["match"] is False for r in ocr), "the vision task path drifts"
+
+
+def test_status_shows_stages_and_breakers(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text(
+        '{"event":"shim.breaker","product":"kiwi","task":"ocr","from":"closed","to":"open"}\n'
+        '{"event":"shim.comparison","product":"kiwi","task":"ocr"}\n'
+    )
+    flags = tmp_path / "flags.yaml"
+    flags.write_text("kiwi.meal_plan: {shadow: 100}\nkiwi.ocr: {serve: 5}\n")
+    result = runner.invoke(app, ["status", "--flags", str(flags), "--log", str(log)])
+    assert result.exit_code == 0, result.output
+    assert "kiwi.ocr" in result.output and "canary" in result.output and "open" in result.output
+    data = json.loads(
+        runner.invoke(app, ["status", "--flags", str(flags), "--log", str(log), "--json"]).stdout
+    )
+    assert data["tasks"] == [
+        {
+            "task": "kiwi.meal_plan",
+            "stage": "shadow",
+            "serve": 0,
+            "shadow": 100,
+            "stickiness": "default",
+            "breaker": "closed",
+        },
+        {
+            "task": "kiwi.ocr",
+            "stage": "canary",
+            "serve": 5,
+            "shadow": 0,
+            "stickiness": "default",
+            "breaker": "open",
+        },
+    ]
+
+
+def test_status_without_flags_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHIM_FLAGS", raising=False)
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 2
+    assert "pass --flags PATH or set SHIM_FLAGS" in result.output

@@ -1,0 +1,101 @@
+"""Record sinks and the recorder: whole lines, several writers, rotation, drop counts."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+from comparators import ModelNames
+from shim import FileSink
+from shim._records import Recorder, StreamSink
+
+
+def _append(path: str, writer: int, lines: int) -> None:
+    sink = FileSink(path)
+    for start in range(0, lines, 50):
+        sink.write(
+            [
+                json.dumps({"writer": writer, "n": n, "pad": "x" * 300}) + "\n"
+                for n in range(start, min(lines, start + 50))
+            ]
+        )
+    sink.close()
+
+
+def test_several_processes_append_whole_lines(tmp_path: Path) -> None:
+    path = str(tmp_path / "log.jsonl")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append, args=(path, w, 2000)) for w in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    assert len(rows) == 8000
+    for writer in range(4):
+        assert [r["n"] for r in rows if r["writer"] == writer] == list(range(2000))
+
+
+def test_sink_follows_external_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    sink = FileSink(path, check_every=0.0)
+    sink.write(["one\n"])
+    os.rename(path, tmp_path / "log.jsonl.1")
+    sink.write(["two\n"])
+    sink.close()
+    assert (tmp_path / "log.jsonl.1").read_text() == "one\n"
+    assert path.read_text() == "two\n"
+
+
+def test_recorder_writes_envelopes_and_aggregated_drops(tmp_path: Path) -> None:
+    errors: list[str] = []
+    recorder = Recorder(
+        FileSink(tmp_path / "log.jsonl"),
+        names=ModelNames(),
+        on_error=lambda op, exc: errors.append(op),
+    )
+    recorder.event("shim.breaker", "kiwi", "ocr", **{"from": "closed", "to": "open"})
+    for _ in range(7):
+        recorder.dropped("kiwi", "ocr", "queue_full")
+    recorder.dropped("kiwi", "ocr", "budget", 3)
+    assert recorder.close(5)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert list(rows[0])[:5] == ["event", "schema", "ts", "product", "task"]
+    assert rows[0]["to"] == "open"
+    drops = {r["reason"]: r["count"] for r in rows if r["event"] == "shim.dropped"}
+    assert drops == {"queue_full": 7, "budget": 3}
+    assert errors == []
+
+
+def test_full_recorder_counts_what_it_turns_away(tmp_path: Path) -> None:
+    import io
+
+    recorder = Recorder(
+        StreamSink(io.StringIO()), names=ModelNames(), on_error=lambda op, exc: None, capacity=1
+    )
+    recorder._queued = 1  # as if one record were waiting
+    recorder.event("shim.flags", None, None, level="info")
+    assert recorder.drop_counts() == {("", "", "recorder_full"): 1}
+    recorder.close(5)
+
+
+def test_write_errors_are_counted_and_reported(tmp_path: Path) -> None:
+    class Broken:
+        def write(self, lines: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    seen: list[tuple[str, str]] = []
+    recorder = Recorder(
+        Broken(), names=ModelNames(), on_error=lambda op, exc: seen.append((op, str(exc)))
+    )
+    recorder.event("shim.flags", None, None, level="info")
+    recorder.flush(5)
+    assert recorder.write_errors == 1
+    assert seen == [("write", "[Errno 28] No space left on device")]
+    recorder.close(5)
