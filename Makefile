@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job on embedded defaults
 	$(BIN)/shim demo
 
-test: lint  ## ruff, mypy --strict, pytest
-	$(BIN)/python -m pytest
+test: lint  ## ruff, mypy --strict, pytest (with PostgreSQL and Unleash started for it)
+	scripts/with-unleash.sh $(BIN)/python -m pytest
 
 bench: $(STAMP)  ## every benchmark, full size
 	$(BIN)/python bench/overhead.py

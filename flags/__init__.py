@@ -8,13 +8,15 @@ everything back to legacy. Sources (:class:`FileFlags`, ...) compile them into
 
 from ._file import FileFlags
 from ._model import KILL_SWITCH, FlagState, TaskFlags, load_flags_file, parse_flags, stage_of
-from ._rules import OFF, Decision, Rule, Rules, bucket, serve_flag, shadow_flag
+from ._rules import OFF, Decision, Engine, Rule, Rules, bucket, serve_flag, shadow_flag
 from ._source import FlagEvent, FlagListener, FlagSource
+from ._unleash import UnleashFlags, compile_features
 
 __all__ = [
     "KILL_SWITCH",
     "OFF",
     "Decision",
+    "Engine",
     "FileFlags",
     "FlagEvent",
     "FlagListener",
@@ -23,7 +25,9 @@ __all__ = [
     "Rule",
     "Rules",
     "TaskFlags",
+    "UnleashFlags",
     "bucket",
+    "compile_features",
     "load_flags_file",
     "parse_flags",
     "serve_flag",

@@ -12,14 +12,14 @@ sticky value the draw is random per call.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import mmh3
 
 from ._model import FlagState, TaskFlags
 
-__all__ = ["OFF", "Decision", "Rule", "Rules", "bucket", "serve_flag", "shadow_flag"]
+__all__ = ["OFF", "Decision", "Engine", "Rule", "Rules", "bucket", "serve_flag", "shadow_flag"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +55,23 @@ _hash = mmh3.hash
 _random = random.random
 
 
+#: Evaluates one flag the fast path cannot (constraints, segments, several strategies):
+#: given the sticky value, is the flag on for this call?
+Engine = Callable[[str | None], bool]
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One active task's flags, ready for per-call decisions."""
+    """One active task's flags, ready for per-call decisions.
+
+    ``serve_engine`` / ``shadow_engine``, when given, decide that flag instead of the
+    percentage (a flag-service SDK's own evaluation, for flags richer than a rollout).
+    """
 
     task: str
     flags: TaskFlags
+    serve_engine: Engine | None = None
+    shadow_engine: Engine | None = None
     _table: tuple[Decision, Decision, Decision, Decision] = field(init=False, repr=False)
     _serve: int = field(init=False, repr=False)
     _shadow: int = field(init=False, repr=False)
@@ -88,6 +99,8 @@ class Rule:
     def decide(self, sticky: str | None) -> Decision:
         """The decision for a caller with this sticky value (None: random)."""
         # Inlined on purpose: this runs on every call of every wrapped call site.
+        if self.serve_engine is not None or self.shadow_engine is not None:
+            return self._decide_with_engine(sticky)
         serve, shadow = self._serve, self._shadow
         if sticky is None:
             s = serve >= 100 or (serve > 0 and _random() * 100 < serve)
@@ -101,22 +114,39 @@ class Rule:
             )
         return self._table[2 * s + c]
 
+    def _decide_with_engine(self, sticky: str | None) -> Decision:
+        plain = Rule(self.task, self.flags).decide(sticky)
+        s = self.serve_engine(sticky) if self.serve_engine is not None else plain.serve
+        c = self.shadow_engine(sticky) if self.shadow_engine is not None else plain.compare
+        return self._table[2 * s + c]
+
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """Every task's flags at one moment; only tasks that do something have a rule."""
+    """Every task's flags at one moment; only tasks that do something have a rule.
+
+    ``engines`` maps flag names (``kiwi.ocr.serve``) to evaluators for flags that are not
+    a plain rollout; a task with such a flag is always active.
+    """
 
     state: FlagState = field(default_factory=FlagState)
+    engines: Mapping[str, Engine] = field(default_factory=dict)
     active: Mapping[str, Rule] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        engines = self.engines
         active = (
             {}
             if self.state.kill
             else {
-                task: Rule(task, flags)
+                task: Rule(
+                    task, flags, engines.get(serve_flag(task)), engines.get(shadow_flag(task))
+                )
                 for task, flags in self.state.tasks.items()
-                if flags.serve or flags.shadow
+                if flags.serve
+                or flags.shadow
+                or serve_flag(task) in engines
+                or shadow_flag(task) in engines
             }
         )
         object.__setattr__(self, "active", active)

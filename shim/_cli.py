@@ -250,50 +250,55 @@ FlagsOpt = Annotated[
 ]
 
 
-def _flags_path(given: Path | None) -> Path:
+LogOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--log",
+        help="Comparison log: breaker states are read from it, changes recorded in it "
+        "[env SHIM_LOG]",
+        dir_okay=False,
+    ),
+]
+
+
+def _log_path(given: Path | None) -> Path | None:
     if given is not None:
         return given
-    env = os.environ.get("SHIM_FLAGS", "")
-    if env and env != "unleash":
-        return Path(env)
-    err.print("no flags file: pass --flags PATH or set SHIM_FLAGS", markup=False)
-    raise typer.Exit(2)
+    env = os.environ.get("SHIM_LOG", "")
+    return Path(env) if env and env != "-" else None
+
+
+def _store(flags: Path | None) -> Any:
+    from ._ops import OpsError, open_store
+
+    try:
+        return open_store(flags)
+    except OpsError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2) from None
 
 
 @app.command()
 def status(
     flags: FlagsOpt = None,
-    log: Annotated[
-        Path | None,
-        typer.Option(
-            "--log",
-            help="Comparison log to read breaker states from [env SHIM_LOG]",
-            dir_okay=False,
-        ),
-    ] = None,
+    log: LogOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
 ) -> None:
     """Stage, serve %, shadow % and breaker state of every task."""
-    from flags import load_flags_file
-
     from ._status import breaker_states, status_rows
 
-    path = _flags_path(flags)
-    try:
-        state = load_flags_file(path)
-    except ConfigError as exc:
-        _fail(exc)
-    if log is None and os.environ.get("SHIM_LOG", "-") != "-":
-        log = Path(os.environ["SHIM_LOG"])
+    store = _store(flags)
+    state = _guard(store.read)
+    log = _log_path(log)
     breakers = breaker_states(log) if log is not None and log.is_file() else None
     rows = status_rows(state, breakers)
     if as_json:
-        print(json.dumps({"flags": str(path), "kill": state.kill, "tasks": rows}, indent=2))
+        print(json.dumps({"flags": store.description, "kill": state.kill, "tasks": rows}, indent=2))
         return
-    table = Table(
-        title=f"flags: {path}" + ("  [bold red]shim.kill is ON[/]" if state.kill else ""),
-        title_justify="left",
-    )
+    title = f"flags: {store.description}"
+    if state.kill:
+        title += "  [bold red]shim.kill is ON: every task is legacy[/]"
+    table = Table(title=title, title_justify="left")
     for column in ("task", "stage", "serve %", "shadow %", "stickiness", "breaker"):
         table.add_column(column, justify="right" if "%" in column else "left", no_wrap=True)
     colours = {"live": "green", "canary": "yellow", "shadow": "cyan", "off": "dim"}
@@ -308,6 +313,99 @@ def status(
             f"[red]{breaker}[/]" if breaker in ("open", "half_open") else breaker,
         )
     out.print(table)
+
+
+def _guard(action: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a flag operation; its errors become a message and exit 2."""
+    from ._errors import ShimError
+
+    try:
+        return action(*args, **kwargs)
+    except ShimError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2) from None
+
+
+def _show(verb: str, done: str, changes: list[Any], dry_run: bool) -> None:
+    for c in changes:
+        out.print(
+            f"{'would ' + verb if dry_run else done} {c.task}: "
+            f"{c.before.stage} (serve {c.before.serve} %, shadow {c.before.shadow} %) "
+            f"-> {c.after.stage} (serve {c.after.serve} %, shadow {c.after.shadow} %)",
+            markup=False,
+        )
+
+
+def _record(event: str, changes: list[Any], store: Any, log: Path | None) -> None:
+    from ._ops import record
+
+    path = _log_path(log)
+    record(event, changes, store, path)
+    if path is None:
+        err.print(f"note: no --log or SHIM_LOG, so no {event} record was written", markup=False)
+
+
+@app.command()
+def promote(
+    task: Annotated[str, typer.Argument(help="product.task, e.g. kiwi.meal_plan")],
+    serve: Annotated[int | None, typer.Option(help="Set serve % instead of the next rung.")] = None,
+    shadow: Annotated[int | None, typer.Option(help="Set shadow % as well.")] = None,
+    ramp: Annotated[str, typer.Option(help="Serve rungs after shadow 100 %.")] = "1,5,25,50,100",
+    flags: FlagsOpt = None,
+    log: LogOpt = None,
+    assignments: AssignmentsOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change only.")] = False,
+) -> None:
+    """Move TASK to the next rung: shadow 100 %, then serve 1, 5, 25, 50, 100 %."""
+    from ._ops import apply, known_tasks, plan_promote
+
+    try:
+        rungs = [int(r) for r in ramp.split(",")]
+        if not rungs or any(not 0 < r <= 100 for r in rungs) or rungs != sorted(rungs):
+            raise ValueError
+    except ValueError:
+        err.print(f"--ramp must be rising percentages from 1 to 100, got {ramp!r}", markup=False)
+        raise typer.Exit(2) from None
+    store = _store(flags)
+    state = _guard(store.read)
+    change = _guard(
+        plan_promote, state, task, known_tasks(assignments), serve=serve, shadow=shadow, ramp=rungs
+    )
+    if change is None:
+        out.print(f"{task} is already live (serve 100 %); nothing to promote", markup=False)
+        raise typer.Exit(1)
+    _show("promote", "promoted", [change], dry_run)
+    if not dry_run:
+        _guard(apply, store, [change])
+        _record("shim.promote", [change], store, log)
+
+
+@app.command()
+def rollback(
+    task: Annotated[str | None, typer.Argument(help="product.task; or --all")] = None,
+    all_tasks: Annotated[bool, typer.Option("--all", help="Every task that serves.")] = False,
+    flags: FlagsOpt = None,
+    log: LogOpt = None,
+    assignments: AssignmentsOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change only.")] = False,
+) -> None:
+    """Serve 0 % at once (shadow kept), for TASK or --all."""
+    from ._ops import apply, known_tasks, plan_rollback
+
+    if (task is None) == (not all_tasks):
+        err.print("name one task or pass --all", markup=False)
+        raise typer.Exit(2)
+    store = _store(flags)
+    state = _guard(store.read)
+    tasks = [task] if task else [t for t, f in state.tasks.items() if f.serve]
+    changes = _guard(plan_rollback, state, tasks, known_tasks(assignments))
+    if not changes:
+        out.print("nothing serves from the task path; nothing to roll back", markup=False)
+        return
+    _show("roll back", "rolled back", changes, dry_run)
+    if not dry_run:
+        _guard(apply, store, changes)
+        _record("shim.rollback", changes, store, log)
 
 
 @app.command()

@@ -42,10 +42,10 @@ def sticky_value(stickiness: str) -> str | None:
     """The context value that keeps a caller on one path for this stickiness.
 
     ``default`` is Unleash's rule: the user id, else the session id, else none (a
-    random draw per call).
+    random draw per call); ``random`` is always none.
     """
     fields = _FIELDS.get()
-    if not fields:
+    if not fields or stickiness == "random":
         return None
     if stickiness == "default":
         return fields.get("user_id") or fields.get("session_id")

@@ -749,16 +749,26 @@ def _flags_from_env() -> flagpkg.FlagSource:
             [Problem("environment", None, "SHIM_FLAGS", "not set; set it to a flags.yaml path")]
         )
     if value == "unleash":
-        raise ConfigError(
-            [
-                Problem(
-                    "environment",
-                    None,
-                    "SHIM_FLAGS",
-                    "'unleash' needs flags.UnleashFlags, which this version "
-                    "does not have; use a flags.yaml path",
-                )
-            ]
+        env = os.environ
+        missing = [v for v in ("UNLEASH_URL", "UNLEASH_API_TOKEN") if not env.get(v)]
+        if missing:
+            raise ConfigError(
+                [
+                    Problem("environment", None, v, "not set; SHIM_FLAGS=unleash needs it")
+                    for v in missing
+                ]
+            )
+        try:
+            refresh = int(env.get("UNLEASH_REFRESH_INTERVAL") or 15)
+        except ValueError:
+            raise ConfigError(
+                [Problem("environment", None, "UNLEASH_REFRESH_INTERVAL", "expected seconds")]
+            ) from None
+        return flagpkg.UnleashFlags(
+            url=env["UNLEASH_URL"],
+            api_token=env["UNLEASH_API_TOKEN"],
+            app_name=env.get("UNLEASH_APP_NAME") or "task-shim",
+            refresh_interval=refresh,
         )
     return flagpkg.FileFlags(value)
 

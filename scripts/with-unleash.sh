@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Run a command with a local Unleash server up and UNLEASH_* set; stop the server
+# afterwards unless it was already running.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+was_up=no
+curl -fsS "http://127.0.0.1:${UNLEASH_PORT:-44242}/health" 2>/dev/null | grep -q GOOD && was_up=yes
+eval "$("$here/unleash.sh" start)"
+if [ "$was_up" = no ]; then trap '"$here/unleash.sh" stop' EXIT; fi
+"$@"
