@@ -12,8 +12,9 @@ sticky value the draw is random per call.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import mmh3
 
@@ -55,9 +56,13 @@ _hash = mmh3.hash
 _random = random.random
 
 
-#: Evaluates one flag the fast path cannot (constraints, segments, several strategies):
-#: given the sticky value, is the flag on for this call?
-Engine = Callable[[str | None], bool]
+class Engine(Protocol):
+    """Evaluates one flag the fast path cannot (constraints, segments, several
+    strategies): given the sticky value, is the flag on for this call?"""
+
+    def __call__(self, sticky: str | None, /) -> bool:
+        """True when the flag is on for this caller."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

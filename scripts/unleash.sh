@@ -96,7 +96,10 @@ start_unleash() {
 
 stop_all() {
   if [ -f "$state/unleash.pid" ]; then
-    kill "$(cat "$state/unleash.pid")" 2>/dev/null || true
+    local pid i; pid="$(cat "$state/unleash.pid")"
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
     rm -f "$state/unleash.pid"
   fi
   local bin; bin="$(pg_bin 2>/dev/null)" || return 0

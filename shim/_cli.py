@@ -357,7 +357,7 @@ def promote(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change only.")] = False,
 ) -> None:
     """Move TASK to the next rung: shadow 100 %, then serve 1, 5, 25, 50, 100 %."""
-    from ._ops import apply, known_tasks, plan_promote
+    from ._ops import apply, check_request, known_tasks, plan_promote
 
     try:
         rungs = [int(r) for r in ramp.split(",")]
@@ -366,6 +366,7 @@ def promote(
     except ValueError:
         err.print(f"--ramp must be rising percentages from 1 to 100, got {ramp!r}", markup=False)
         raise typer.Exit(2) from None
+    _guard(check_request, [task], serve, shadow)
     store = _store(flags)
     state = _guard(store.read)
     change = _guard(
@@ -390,11 +391,13 @@ def rollback(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change only.")] = False,
 ) -> None:
     """Serve 0 % at once (shadow kept), for TASK or --all."""
-    from ._ops import apply, known_tasks, plan_rollback
+    from ._ops import apply, check_request, known_tasks, plan_rollback
 
     if (task is None) == (not all_tasks):
         err.print("name one task or pass --all", markup=False)
         raise typer.Exit(2)
+    if task is not None:
+        _guard(check_request, [task])
     store = _store(flags)
     state = _guard(store.read)
     tasks = [task] if task else [t for t, f in state.tasks.items() if f.serve]

@@ -23,6 +23,7 @@ __all__ = [
     "Change",
     "OpsError",
     "apply",
+    "check_request",
     "known_tasks",
     "open_store",
     "plan_promote",
@@ -74,11 +75,21 @@ def _setting(state: FlagState, task: str) -> Setting:
     return Setting(flags.serve, flags.shadow) if flags else Setting(0, 0)
 
 
+def check_request(
+    tasks: Sequence[str], serve: int | None = None, shadow: int | None = None
+) -> None:
+    """What can be checked before asking the flag store anything."""
+    for task in tasks:
+        try:
+            check_task_name(task)
+        except ValueError as exc:
+            raise OpsError(str(exc)) from None
+    _percent("serve", serve)
+    _percent("shadow", shadow)
+
+
 def _check_task(task: str, state: FlagState, known: Sequence[str]) -> None:
-    try:
-        check_task_name(task)
-    except ValueError as exc:
-        raise OpsError(str(exc)) from None
+    check_request([task])
     if task not in state.tasks and task not in known:
         raise OpsError(
             f"unknown task {task!r}: it is neither in the flags nor in "
