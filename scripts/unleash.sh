@@ -82,7 +82,12 @@ healthy() { curl -fsS "$url/health" 2>/dev/null | grep -q GOOD; }
 start_unleash() {
   if healthy; then return; fi
   cp "$root/scripts/unleash-server.mjs" "$state/server.mjs"
-  (cd "$state" && nohup node server.mjs >"$state/unleash.log" 2>&1 & echo $! >"$state/unleash.pid")
+  # No subshell around the background job: it would wait for node while holding our
+  # stdout, and `eval "$(unleash.sh start)"` would never return.
+  cd "$state"
+  nohup node server.mjs >"$state/unleash.log" 2>&1 </dev/null &
+  echo $! >"$state/unleash.pid"
+  cd "$root"
   local i
   for i in $(seq 1 300); do
     healthy && return
@@ -110,7 +115,7 @@ stop_all() {
 
 case "${1:-}" in
   start)
-    install_postgres; install_unleash; start_postgres; start_unleash
+    if ! healthy; then install_postgres; install_unleash; start_postgres; start_unleash; fi
     say "Unleash is up at $url (UI and Admin API; sign in with an admin token)"
     print_env ;;
   stop) stop_all ;;
