@@ -308,3 +308,48 @@ def test_shim_from_env_serves_by_the_servers_flags(
     fallback = [r for r in rows if r["event"] == "shim.comparison"]
     assert fallback[0]["served_by"] == "legacy_fallback"
     assert fallback[0]["candidate"]["status"] == 404
+
+
+def test_flags_arrive_once_an_unreachable_server_answers(tmp_path: Path) -> None:
+    """Start with nothing listening; bring up a server that speaks the client API."""
+    import json
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    source = flags.UnleashFlags(
+        url=f"http://127.0.0.1:{port}/api", api_token="t", refresh_interval=1
+    )
+    events: list[flags.FlagEvent] = []
+    source.subscribe(events.append)
+    assert source.decide("kiwi.meal_plan", "u") is flags.OFF
+    body = json.dumps({"version": 2, "features": [rollout("kiwi.meal_plan.serve", 100)]})
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def do_POST(self) -> None:
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        wait_for(lambda: source.decide("kiwi.meal_plan", "u").serve, timeout=10)
+        server.shutdown()
+        server.server_close()
+        time.sleep(1.5)  # at least one failed refresh while the server is gone
+        assert source.decide("kiwi.meal_plan", "u").serve, "last known flags kept"
+    finally:
+        source.close()
+    assert [e.level for e in events] == ["warning", "info"]
