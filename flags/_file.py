@@ -11,7 +11,7 @@ from shim._yaml import load_yaml
 
 from ._model import FlagState, load_flags_file, parse_flags
 from ._rules import Decision, Rules
-from ._source import FlagEvent, FlagListener
+from ._source import Events, FlagListener
 
 __all__ = ["FileFlags"]
 
@@ -41,9 +41,7 @@ class FileFlags:
         self._seen = _content(self.path)
         self.rules = Rules(self._parse(self._seen))
         self.version = 1
-        self._listeners: list[FlagListener] = []
-        self._held: list[FlagEvent] = []
-        self._lock = threading.Lock()
+        self._events = Events(str(self.path))
         self._stop = threading.Event()
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
@@ -55,11 +53,7 @@ class FileFlags:
 
     def subscribe(self, listener: FlagListener) -> None:
         """Send events to ``listener``, starting with any that happened before."""
-        with self._lock:
-            self._listeners.append(listener)
-            held, self._held = self._held, []
-        for event in held:
-            listener(event)
+        self._events.subscribe(listener)
 
     def reload(self) -> bool:
         """Re-read the file now if it changed; True when new rules took effect."""
@@ -122,10 +116,4 @@ class FileFlags:
                 self._emit("error", f"{self.path}: reload failed: {type(exc).__name__}: {exc}")
 
     def _emit(self, level: str, message: str) -> None:
-        event = FlagEvent(level=level, message=message, source=str(self.path), version=self.version)
-        with self._lock:
-            listeners = list(self._listeners)
-            if not listeners:
-                self._held.append(event)
-        for listener in listeners:
-            listener(event)
+        self._events.emit(level, message, self.version)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ._rules import Decision, Rules
 
-__all__ = ["FlagEvent", "FlagListener", "FlagSource"]
+__all__ = ["Events", "FlagEvent", "FlagListener", "FlagSource"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +51,31 @@ class FlagSource(Protocol):
     def close(self) -> None:
         """Stop background work (pollers, connections)."""
         ...
+
+
+class Events:
+    """A flag source's listeners, and the events it had before anyone subscribed."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._lock = threading.Lock()
+        self._listeners: list[FlagListener] = []
+        self._held: list[FlagEvent] = []
+
+    def subscribe(self, listener: FlagListener) -> None:
+        """Send events to ``listener``, starting with any held so far."""
+        with self._lock:
+            self._listeners.append(listener)
+            held, self._held = self._held, []
+        for event in held:
+            listener(event)
+
+    def emit(self, level: str, message: str, version: int) -> None:
+        """Tell every listener (or hold the event until one subscribes)."""
+        event = FlagEvent(level=level, message=message, source=self.source, version=version)
+        with self._lock:
+            listeners = list(self._listeners)
+            if not listeners:
+                self._held.append(event)
+        for listener in listeners:
+            listener(event)

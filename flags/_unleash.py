@@ -10,7 +10,6 @@ strategies, another group id) is decided by the SDK's own engine.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +18,7 @@ from shim._names import check_task_name
 
 from ._model import KILL_SWITCH, FlagState, TaskFlags
 from ._rules import Decision, Engine, Rules
-from ._source import FlagEvent, FlagListener
+from ._source import Events, FlagListener
 
 __all__ = ["UnleashFlags", "compile_features"]
 
@@ -162,9 +161,7 @@ class UnleashFlags:
         self.url = url
         self.rules = Rules()
         self.version = 0
-        self._listeners: list[FlagListener] = []
-        self._held: list[FlagEvent] = []
-        self._lock = threading.Lock()
+        self._events = Events(url)
         cache = _MemoryCache()
         BaseCache.register(_MemoryCache)
         self._client = UnleashClient(
@@ -191,11 +188,7 @@ class UnleashFlags:
 
     def subscribe(self, listener: FlagListener) -> None:
         """Send events to ``listener``, starting with any that happened before."""
-        with self._lock:
-            self._listeners.append(listener)
-            held, self._held = self._held, []
-        for event in held:
-            listener(event)
+        self._events.subscribe(listener)
 
     def close(self) -> None:
         """Stop the SDK's polling."""
@@ -230,10 +223,4 @@ class UnleashFlags:
             self._emit("info", f"Unleash at {self.url}: {len(rules.state.tasks)} tasks")
 
     def _emit(self, level: str, message: str) -> None:
-        event = FlagEvent(level=level, message=message, source=self.url, version=self.version)
-        with self._lock:
-            listeners = list(self._listeners)
-            if not listeners:
-                self._held.append(event)
-        for listener in listeners:
-            listener(event)
+        self._events.emit(level, message, self.version)

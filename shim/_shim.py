@@ -14,6 +14,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar, cast
@@ -376,16 +377,7 @@ class Shim:
             return fn(*args, **kwargs)
         if candidate.ok:
             if decision.compare and self._admit(site, self._dispatch.try_reserve):
-                kept = Observation(
-                    True,
-                    candidate.latency_ms,
-                    capture(value),
-                    None,
-                    candidate.model,
-                    candidate.service_type,
-                    candidate.node_id,
-                    candidate.status,
-                )
+                kept = replace(candidate, value=capture(value))
                 self._dispatch.submit(
                     site.name, self._legacy_job, site, model, decision, kept, fn, args, kwargs
                 )
@@ -396,17 +388,9 @@ class Shim:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            legacy = Observation(
-                False, (_perf() - started) * 1000, error=describe(exc), model=model
-            )
-            self._recorder.comparison(
-                Pending(site, decision.stage, "legacy_fallback", legacy, candidate)
-            )
+            self._fell_back(site, decision, _legacy(started, model, exc=exc), candidate)
             raise
-        legacy = Observation(True, (_perf() - started) * 1000, capture(result), model=model)
-        self._recorder.comparison(
-            Pending(site, decision.stage, "legacy_fallback", legacy, candidate)
-        )
+        self._fell_back(site, decision, _legacy(started, model, result), candidate)
         return result
 
     def _legacy_job(
@@ -424,11 +408,9 @@ class Shim:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            legacy = Observation(
-                False, (_perf() - started) * 1000, error=describe(exc), model=model
-            )
+            legacy = _legacy(started, model, exc=exc)
         else:
-            legacy = Observation(True, (_perf() - started) * 1000, result, model=model)
+            legacy = _legacy(started, model, result, copy=False)  # nobody else holds it
         self._recorder.comparison(Pending(site, decision.stage, "task", legacy, candidate))
 
     # -- async -----------------------------------------------------------------------
@@ -461,9 +443,7 @@ class Shim:
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
-            legacy = Observation(
-                False, (_perf() - started) * 1000, error=describe(exc), model=model
-            )
+            legacy = _legacy(started, model, exc=exc)
             state.dispatch.spawn(
                 site.name, self._acandidate(state, site, decision, legacy, args, kwargs)
             )
@@ -471,7 +451,7 @@ class Shim:
         except BaseException:
             state.dispatch.release()
             raise
-        legacy = Observation(True, (_perf() - started) * 1000, capture(result), model=model)
+        legacy = _legacy(started, model, result)
         state.dispatch.spawn(
             site.name, self._acandidate(state, site, decision, legacy, args, kwargs)
         )
@@ -523,16 +503,7 @@ class Shim:
             return await fn(*args, **kwargs)
         if candidate.ok:
             if decision.compare and self._admit(site, state.dispatch.try_reserve):
-                kept = Observation(
-                    True,
-                    candidate.latency_ms,
-                    capture(value),
-                    None,
-                    candidate.model,
-                    candidate.service_type,
-                    candidate.node_id,
-                    candidate.status,
-                )
+                kept = replace(candidate, value=capture(value))
                 state.dispatch.spawn(
                     site.name, self._alegacy(site, model, decision, kept, fn, args, kwargs)
                 )
@@ -543,17 +514,9 @@ class Shim:
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
-            legacy = Observation(
-                False, (_perf() - started) * 1000, error=describe(exc), model=model
-            )
-            self._recorder.comparison(
-                Pending(site, decision.stage, "legacy_fallback", legacy, candidate)
-            )
+            self._fell_back(site, decision, _legacy(started, model, exc=exc), candidate)
             raise
-        legacy = Observation(True, (_perf() - started) * 1000, capture(result), model=model)
-        self._recorder.comparison(
-            Pending(site, decision.stage, "legacy_fallback", legacy, candidate)
-        )
+        self._fell_back(site, decision, _legacy(started, model, result), candidate)
         return result
 
     async def _alegacy(
@@ -571,11 +534,9 @@ class Shim:
             async with asyncio.timeout(self.shadow_timeout):
                 result = await fn(*args, **kwargs)
         except Exception as exc:
-            legacy = Observation(
-                False, (_perf() - started) * 1000, error=describe(exc), model=model
-            )
+            legacy = _legacy(started, model, exc=exc)
         else:
-            legacy = Observation(True, (_perf() - started) * 1000, result, model=model)
+            legacy = _legacy(started, model, result, copy=False)
         self._recorder.comparison(Pending(site, decision.stage, "task", legacy, candidate))
 
     # -- events, errors, stats -------------------------------------------------------
@@ -587,6 +548,17 @@ class Shim:
         _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
         if operation not in ("write", "render", "sink_close"):  # the recorder is the problem
             self._recorder.event("shim.error", None, None, operation=operation, error=describe(exc))
+
+    def _fell_back(
+        self,
+        site: CallSite,
+        decision: flagpkg.Decision,
+        legacy: Observation,
+        candidate: Observation,
+    ) -> None:
+        self._recorder.comparison(
+            Pending(site, decision.stage, "legacy_fallback", legacy, candidate)
+        )
 
     def _breaker_event(self, task: str, before: str, after: str, details: dict[str, Any]) -> None:
         product, _, name = task.partition(".")
@@ -682,6 +654,21 @@ class Shim:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _legacy(
+    started: float,
+    model: str | None,
+    result: Any = None,
+    *,
+    exc: BaseException | None = None,
+    copy: bool = True,
+) -> Observation:
+    """The legacy side of a call that started at ``started`` (perf_counter)."""
+    ms = (_perf() - started) * 1000
+    if exc is not None:
+        return Observation(False, ms, error=describe(exc), model=model)
+    return Observation(True, ms, capture(result) if copy else result, model=model)
 
 
 class _Returned:
