@@ -86,9 +86,13 @@ class ThreadDispatcher:
 
     def submit(self, task: str, work: Callable[..., None], *args: Any) -> None:
         """Run ``work(*args)`` on a worker; the caller must hold a reserved slot."""
+        self.handoff((task, work, args))
+
+    def handoff(self, job: Job) -> None:
+        """:meth:`submit` for a ready-made ``(task, work, args)`` job: the cheapest way in."""
         if not self._threads:
             self._start()
-        self._inbox.append((task, work, args))
+        self._inbox.append(job)
         if self._pump_asleep:
             self._wake.set()
 

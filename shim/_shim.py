@@ -121,12 +121,13 @@ class Shim:
         self._shadow_client = TaskClient(
             self.orch_url, api_key=api_key, timeout=shadow_timeout, http=self._http
         )
-        self._dispatch = ThreadDispatcher(
+        self._dispatch = dispatch = ThreadDispatcher(
             workers=workers, capacity=queue_size, on_error=self._internal_error
         )
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
+        self._handoff = dispatch.handoff  # bound once: the shadow path calls it per call
         self._breakers: dict[str, CircuitBreaker] = {}
         self._sites: dict[str, CallSite] = {}
         flags.subscribe(self._flag_event)
@@ -291,37 +292,29 @@ class Shim:
         if not decision.compare or not self._admit(site, self._dispatch.try_reserve):
             return fn(*args, **kwargs)
         # The caller's path from here on: time the legacy call, copy its result, hand
-        # off. Observations are built by the worker, not here.
+        # off. Observations are built by the worker, not here; keep this lean.
         started = _perf()
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            self._dispatch.submit(
-                site.name,
-                self._candidate_job,
-                site,
-                decision,
-                model,
-                _perf() - started,
-                exc,
-                args,
-                kwargs,
+            self._handoff(
+                (
+                    site.name,
+                    self._candidate_job,
+                    (site, decision, model, _perf() - started, exc, args, kwargs),
+                )
             )
             raise
         except BaseException:
             self._dispatch.release()
             raise
         elapsed = _perf() - started
-        self._dispatch.submit(
-            site.name,
-            self._candidate_job,
-            site,
-            decision,
-            model,
-            elapsed,
-            _Returned(capture(result)),
-            args,
-            kwargs,
+        self._handoff(
+            (
+                site.name,
+                self._candidate_job,
+                (site, decision, model, elapsed, _Returned(capture(result)), args, kwargs),
+            )
         )
         return result
 
