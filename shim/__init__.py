@@ -8,7 +8,7 @@ coordinator's task endpoint; :func:`context` sets who is calling. The simulator 
 """
 
 from ._breaker import BreakerPolicy
-from ._client import AsyncTaskClient, TaskClient, TaskRequest, TaskResult
+from ._client import AsyncTaskClient, TaskAllocation, TaskClient, TaskRequest, TaskResult
 from ._context import context, current_context
 from ._errors import ConfigError, Problem, ShimError, TaskFailed, TaskNotRegistered
 from ._observe import NOT_RECORDED
@@ -29,6 +29,7 @@ __all__ = [
     "Shim",
     "ShimError",
     "StreamSink",
+    "TaskAllocation",
     "TaskClient",
     "TaskFailed",
     "TaskNotRegistered",

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar, cast
 
 import httpx
 import pydantic
@@ -22,9 +22,10 @@ import structlog
 
 from ._errors import TaskFailed, TaskNotRegistered
 
-__all__ = ["AsyncTaskClient", "TaskClient", "TaskRequest", "TaskResult"]
+__all__ = ["AsyncTaskClient", "TaskAllocation", "TaskClient", "TaskRequest", "TaskResult"]
 
 _log = structlog.get_logger("shim")
+T = TypeVar("T")
 
 #: Replies larger than this are refused rather than buffered.
 MAX_REPLY_BYTES = 32 * 1024 * 1024
@@ -70,6 +71,40 @@ class TaskResult:
         if isinstance(self.output, str):
             return self.output
         return json.dumps(self.output, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAllocation:
+    """An allocation the coordinator granted for a task: an OpenAI-compatible node at
+    ``url`` holding ``model``, until :meth:`TaskClient.release`."""
+
+    url: str
+    allocation_id: str
+    service: str | None
+    node_id: str | None
+    gpu_id: int | str | None
+    model: str | None
+    started: bool | None
+    warm: bool | None
+    latency_ms: float
+
+    @property
+    def service_type(self) -> str | None:
+        """``service``, under the name a TaskResult uses."""
+        return self.service
+
+    def as_dict(self) -> dict[str, Any]:
+        """The allocation as the coordinator's JSON names it."""
+        return {
+            "url": self.url,
+            "allocation_id": self.allocation_id,
+            "service": self.service,
+            "node_id": self.node_id,
+            "gpu_id": self.gpu_id,
+            "model": self.model,
+            "started": self.started,
+            "warm": self.warm,
+        }
 
 
 # -- wire formats ---------------------------------------------------------------------
@@ -183,6 +218,46 @@ def _detail(content: bytes) -> str:
     return json.dumps(data)[:200]
 
 
+def _fail(product: str, task: str, message: str, status: int | None) -> TaskFailed:
+    return TaskFailed(f"{product}.{task}: {message}", product=product, task=task, status=status)
+
+
+def _parse(reply: _Reply, what: str, product: str, task: str) -> Any:
+    try:
+        return json.loads(reply.content)
+    except ValueError as exc:
+        raise _fail(product, task, f"{what} sent malformed JSON: {exc}", reply.status) from None
+
+
+def _ask(
+    base: str, product: str, task: str, req: TaskRequest, auth: Mapping[str, str]
+) -> Generator[_Call, _Reply, tuple[_OutputReply | _AllocationReply, int]]:
+    """POST the task; the coordinator's output or allocation, and the reply status."""
+    reply = yield _Call("POST", f"{base}/api/inference/task", _task_body(product, task, req), auth)
+    if reply.status == 404:
+        raise TaskNotRegistered(product=product, task=task, detail=_detail(reply.content))
+    if reply.status >= 300:
+        raise _fail(
+            product,
+            task,
+            f"coordinator answered {reply.status}: {_detail(reply.content)}",
+            reply.status,
+        )
+    data = _parse(reply, "coordinator", product, task)
+    try:
+        if isinstance(data, dict) and "output" in data:
+            return _OutputReply.model_validate(data), reply.status
+        return _AllocationReply.model_validate(data), reply.status
+    except pydantic.ValidationError as exc:
+        raise _fail(
+            product,
+            task,
+            "coordinator reply has neither output nor an allocation "
+            f"(url, allocation_id): {exc.error_count()} problem(s)",
+            reply.status,
+        ) from None
+
+
 def _steps(
     base: str,
     product: str,
@@ -195,39 +270,20 @@ def _steps(
     started = clock()
 
     def fail(message: str, status: int | None) -> TaskFailed:
-        return TaskFailed(f"{product}.{task}: {message}", product=product, task=task, status=status)
+        return _fail(product, task, message, status)
 
-    def parse(reply: _Reply, what: str) -> Any:
-        try:
-            return json.loads(reply.content)
-        except ValueError as exc:
-            raise fail(f"{what} sent malformed JSON: {exc}", reply.status) from None
-
-    reply = yield _Call("POST", f"{base}/api/inference/task", _task_body(product, task, req), auth)
-    if reply.status == 404:
-        raise TaskNotRegistered(product=product, task=task, detail=_detail(reply.content))
-    if reply.status >= 300:
-        raise fail(f"coordinator answered {reply.status}: {_detail(reply.content)}", reply.status)
-    data = parse(reply, "coordinator")
-    try:
-        if isinstance(data, dict) and "output" in data:
-            out = _OutputReply.model_validate(data)
-            return TaskResult(
-                out.output,
-                out.model,
-                out.service_type,
-                out.node_id,
-                out.allocation_id,
-                (clock() - started) * 1000,
-                out.usage,
-            )
-        alloc = _AllocationReply.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise fail(
-            "coordinator reply has neither output nor an allocation "
-            f"(url, allocation_id): {exc.error_count()} problem(s)",
-            reply.status,
-        ) from None
+    answer, _ = yield from _ask(base, product, task, req, auth)
+    if isinstance(answer, _OutputReply):
+        return TaskResult(
+            answer.output,
+            answer.model,
+            answer.service_type,
+            answer.node_id,
+            answer.allocation_id,
+            (clock() - started) * 1000,
+            answer.usage,
+        )
+    alloc = answer
 
     node = alloc.url.rstrip("/")
     try:
@@ -243,7 +299,7 @@ def _steps(
                 reply.status,
             )
         try:
-            completion = _Completion.model_validate(parse(reply, "node"))
+            completion = _Completion.model_validate(_parse(reply, "node", product, task))
         except pydantic.ValidationError:
             raise fail("node reply is not a chat completion", reply.status) from None
         result = TaskResult(
@@ -262,8 +318,39 @@ def _steps(
     return result
 
 
+def _allocate_steps(
+    base: str,
+    product: str,
+    task: str,
+    req: TaskRequest,
+    auth: Mapping[str, str],
+    clock: Callable[[], float] = time.perf_counter,
+) -> Generator[_Call, _Reply, TaskAllocation]:
+    """Ask for an allocation only: the caller uses the node and then releases it."""
+    started = clock()
+    asked = TaskRequest(req.prompt, req.system, req.payload, req.params, mode="allocate")
+    answer, status = yield from _ask(base, product, task, asked, auth)
+    if not isinstance(answer, _AllocationReply):
+        raise _fail(product, task, "coordinator answered with output, not an allocation", status)
+    return TaskAllocation(
+        url=answer.url,
+        allocation_id=answer.allocation_id,
+        service=answer.service,
+        node_id=answer.node_id,
+        gpu_id=answer.gpu_id,
+        model=answer.model,
+        started=answer.started,
+        warm=answer.warm,
+        latency_ms=(clock() - started) * 1000,
+    )
+
+
 def _release(
-    base: str, product: str, task: str, alloc: _AllocationReply, auth: Mapping[str, str]
+    base: str,
+    product: str,
+    task: str,
+    alloc: _AllocationReply | TaskAllocation,
+    auth: Mapping[str, str],
 ) -> Generator[_Call, _Reply, None]:
     """Give the allocation back; a failure here is logged, never raised."""
     error: str | None = None
@@ -358,8 +445,19 @@ class TaskClient(_ClientBase):
 
     def infer(self, product: str, task: str, request: TaskRequest) -> TaskResult:
         """Run ``product.task`` on the task path; raises TaskNotRegistered / TaskFailed."""
+        return self._run(_steps(self.orch_url, product, task, request, self._auth), product, task)
+
+    def allocate(self, product: str, task: str, request: TaskRequest) -> TaskAllocation:
+        """Ask only for an allocation (``mode: allocate``); release it when done."""
+        steps = _allocate_steps(self.orch_url, product, task, request, self._auth)
+        return self._run(steps, product, task)
+
+    def release(self, product: str, task: str, allocation: TaskAllocation) -> None:
+        """Give an allocation back; a failure is logged (``shim.release_failed``)."""
+        self._run(_release(self.orch_url, product, task, allocation, self._auth), product, task)
+
+    def _run(self, steps: Generator[_Call, _Reply, T], product: str, task: str) -> T:
         deadline = time.perf_counter() + self.timeout
-        steps = _steps(self.orch_url, product, task, request, self._auth)
         call = next(steps)
         while True:
             try:
@@ -369,12 +467,12 @@ class TaskClient(_ClientBase):
                 try:
                     call = steps.throw(error)
                 except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
+                    return cast(T, stop.value)
                 continue
             try:
                 call = steps.send(reply)
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                return cast(T, stop.value)
 
     def _send(self, call: _Call, deadline: float) -> _Reply:
         timeout = self._timeout_for(call, deadline)
@@ -418,8 +516,21 @@ class AsyncTaskClient(_ClientBase):
 
     async def infer(self, product: str, task: str, request: TaskRequest) -> TaskResult:
         """Run ``product.task`` on the task path; raises TaskNotRegistered / TaskFailed."""
-        deadline = time.perf_counter() + self.timeout
         steps = _steps(self.orch_url, product, task, request, self._auth)
+        return await self._run(steps, product, task)
+
+    async def allocate(self, product: str, task: str, request: TaskRequest) -> TaskAllocation:
+        """Ask only for an allocation (``mode: allocate``); release it when done."""
+        steps = _allocate_steps(self.orch_url, product, task, request, self._auth)
+        return await self._run(steps, product, task)
+
+    async def release(self, product: str, task: str, allocation: TaskAllocation) -> None:
+        """Give an allocation back; a failure is logged (``shim.release_failed``)."""
+        steps = _release(self.orch_url, product, task, allocation, self._auth)
+        await self._run(steps, product, task)
+
+    async def _run(self, steps: Generator[_Call, _Reply, T], product: str, task: str) -> T:
+        deadline = time.perf_counter() + self.timeout
         call = next(steps)
         while True:
             try:
@@ -429,12 +540,12 @@ class AsyncTaskClient(_ClientBase):
                 try:
                     call = steps.throw(error)
                 except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
+                    return cast(T, stop.value)
                 continue
             try:
                 call = steps.send(reply)
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                return cast(T, stop.value)
 
     async def _send(self, call: _Call, deadline: float) -> _Reply:
         timeout = self._timeout_for(call, deadline)

@@ -117,6 +117,7 @@ class CallSite:
     key: Callable[..., Any] | None
     fallback: bool
     expected_model: str | None
+    allocation: bool = False  # the call site returns a context manager yielding one
 
 
 @dataclass(frozen=True, slots=True)

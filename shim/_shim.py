@@ -24,8 +24,9 @@ import httpx
 import flags as flagpkg
 from comparators import JsonOutput, ModelNames, OutputComparator
 
+from ._allocation import ServedAllocation, ShadowedAllocation
 from ._breaker import BreakerPolicy, CircuitBreaker
-from ._client import AsyncTaskClient, TaskClient, TaskRequest, TaskResult
+from ._client import AsyncTaskClient, TaskAllocation, TaskClient, TaskRequest, TaskResult
 from ._context import sticky_value
 from ._dispatch import LoopDispatcher, ThreadDispatcher
 from ._errors import ConfigError, Problem, ShimError
@@ -175,11 +176,12 @@ class Shim:
         product: str,
         task: str,
         request: Callable[..., TaskRequest],
-        response: Callable[[TaskResult], Any] = _output,
+        response: Callable[[Any], Any] | None = None,
         legacy_model: str | Callable[[Any], str | None] | None = None,
         output: OutputComparator | None = None,
         key: Callable[..., Any] | None = None,
         fallback: bool = True,
+        allocation: bool = False,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Wrap a call site of ``product.task``.
 
@@ -188,6 +190,12 @@ class Shim:
         legacy model (or reads it from the legacy result). ``key`` returns the sticky
         value from the arguments (else ``shim.context`` supplies it). With ``fallback``
         a failing task path that serves falls back to legacy.
+
+        ``allocation=True`` is for call sites that return a context manager yielding an
+        allocation: the task path then asks cf-orch for an allocation (``mode:
+        allocate``), ``response`` turns a :class:`TaskAllocation` into what the call
+        site yields (default: its dict), and shadow allocations are released as soon
+        as they are compared.
         """
         name = f"{product}.{task}"
         check_task_name(name)
@@ -200,18 +208,21 @@ class Shim:
                 name=name,
                 call_site=f"{fn.__module__}:{fn.__qualname__}",
                 request=request,
-                response=response,
+                response=response or (TaskAllocation.as_dict if allocation else _output),
                 legacy_model=legacy_model if callable(legacy_model) else None,
                 output=output or JsonOutput(),
                 key=key,
                 fallback=fallback,
                 expected_model=assigned,
+                allocation=allocation,
             )
             static_model = legacy_model if isinstance(legacy_model, str) else None
             self._breakers.setdefault(
                 name, CircuitBreaker(name, self.breaker_policy, on_transition=self._breaker_event)
             )
             self._sites[site.call_site] = site
+            if allocation:
+                return self._allocation_wrapper(site, static_model, fn)
             if inspect.iscoroutinefunction(fn):
                 return cast(Callable[P, R], self._async_wrapper(site, static_model, fn))
             return self._sync_wrapper(site, static_model, fn)
@@ -245,6 +256,131 @@ class Shim:
             return await call(site, model, rule, fn, args, kwargs)
 
         return wrapper
+
+    def _allocation_wrapper(
+        self, site: CallSite, model: str | None, fn: Callable[P, R]
+    ) -> Callable[P, R]:
+        source, name = self.flags, site.name
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            rule = source.rules.active.get(name)
+            if rule is None:
+                return fn(*args, **kwargs)
+            decision = self._decide(site, rule, args, kwargs)
+            if decision.serve:
+                return cast(R, ServedAllocation(self, site, model, decision, fn, args, kwargs))
+            if not decision.compare:
+                return fn(*args, **kwargs)
+            cm = fn(*args, **kwargs)
+            return cast(R, ShadowedAllocation(self, site, model, decision, cm, args, kwargs))
+
+        return wrapper
+
+    # -- allocations (see _allocation.py) --------------------------------------------------
+
+    @staticmethod
+    def _legacy_obs(
+        started: float, model: str | None, result: Any = None, *, exc: BaseException | None = None
+    ) -> Observation:
+        return _legacy(started, model, result, exc=exc)
+
+    @staticmethod
+    def _returned(value: Any) -> Any:
+        return _Returned(capture(value))
+
+    def _shadow_allocation(
+        self,
+        site: CallSite,
+        decision: flagpkg.Decision,
+        model: str | None,
+        elapsed: float,
+        outcome: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._handoff(
+            (
+                site.name,
+                self._candidate_job,
+                (site, decision, model, elapsed, outcome, args, kwargs),
+            )
+        )
+
+    def _compare_served_allocation(
+        self,
+        site: CallSite,
+        model: str | None,
+        decision: flagpkg.Decision,
+        candidate: Observation,
+        value: Any,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """The task path serves an allocation: enter and leave legacy's in the background."""
+        if not decision.compare:
+            return
+        kept = replace(candidate, value=capture(value))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            state = self._loop_state()
+            if self._admit(site, state.dispatch.try_reserve):
+                state.dispatch.spawn(
+                    site.name,
+                    self._alegacy_allocation(site, model, decision, kept, fn, args, kwargs),
+                )
+        elif self._admit(site, self._dispatch.try_reserve):
+            self._dispatch.submit(
+                site.name,
+                self._legacy_allocation_job,
+                site,
+                model,
+                decision,
+                kept,
+                fn,
+                args,
+                kwargs,
+            )
+
+    def _legacy_allocation_job(
+        self,
+        site: CallSite,
+        model: str | None,
+        decision: flagpkg.Decision,
+        candidate: Observation,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        started = _perf()
+        try:
+            with fn(*args, **kwargs) as value:
+                legacy = _legacy(started, model, value, copy=False)
+        except Exception as exc:
+            legacy = _legacy(started, model, exc=exc)
+        self._recorder.comparison(Pending(site, decision.stage, "task", legacy, candidate))
+
+    async def _alegacy_allocation(
+        self,
+        site: CallSite,
+        model: str | None,
+        decision: flagpkg.Decision,
+        candidate: Observation,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        started = _perf()
+        try:
+            async with asyncio.timeout(self.shadow_timeout), fn(*args, **kwargs) as value:
+                legacy = _legacy(started, model, value, copy=False)
+        except Exception as exc:
+            legacy = _legacy(started, model, exc=exc)
+        self._recorder.comparison(Pending(site, decision.stage, "task", legacy, candidate))
 
     # -- one decision for both wrappers ------------------------------------------------
 
@@ -333,28 +469,48 @@ class Shim:
             legacy = Observation(True, elapsed * 1000, outcome.value, model=model)
         else:
             legacy = Observation(False, elapsed * 1000, error=describe(outcome), model=model)
-        candidate, _ = self._run_task(site, args, kwargs, self._shadow_client)
+        candidate, _, _ = self._run_task(site, args, kwargs, self._shadow_client)
         if candidate is not None:
             self._recorder.comparison(Pending(site, decision.stage, "legacy", legacy, candidate))
 
     def _run_task(
-        self, site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any], client: TaskClient
-    ) -> tuple[Observation | None, Any]:
-        """Call the task path; None when the breaker says not to."""
+        self,
+        site: CallSite,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        client: TaskClient,
+        *,
+        keep: bool = False,
+    ) -> tuple[Observation | None, Any, Any]:
+        """Call the task path: (observation, value, allocation held for the caller).
+
+        The observation is None when the breaker says not to call. An allocating call
+        site gets an allocation, released at once unless ``keep`` (it serves).
+        """
         breaker = self._breakers[site.name]
         if not breaker.allow():
             self._recorder.dropped(site.product, site.task, "breaker_open")
-            return None, NOT_RECORDED
+            return None, NOT_RECORDED, None
         started = _perf()
-        result: TaskResult | None = None
+        result: TaskResult | TaskAllocation | None = None
         try:
-            result = client.infer(site.product, site.task, site.request(*args, **kwargs))
+            request = site.request(*args, **kwargs)
+            if site.allocation:
+                result = client.allocate(site.product, site.task, request)
+            else:
+                result = client.infer(site.product, site.task, request)
             value = site.response(result)
         except Exception as exc:
             breaker.failure()
-            return _failed_candidate(exc, started, result), exc
+            if isinstance(result, TaskAllocation):
+                client.release(site.product, site.task, result)
+            return _failed_candidate(exc, started, result), exc, None
         breaker.success()
-        return _ok_candidate(result, value, started), value
+        observed = _ok_candidate(result, value, started)
+        if isinstance(result, TaskAllocation) and not keep:
+            client.release(site.product, site.task, result)  # compared: give it back now
+            result = None
+        return observed, value, result
 
     def _serve(
         self,
@@ -365,7 +521,7 @@ class Shim:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> R:
-        candidate, value = self._run_task(site, args, kwargs, self._client)
+        candidate, value, _ = self._run_task(site, args, kwargs, self._client)
         if candidate is None:  # breaker open: the task path is not called at all
             return fn(*args, **kwargs)
         if candidate.ok:
@@ -459,27 +615,44 @@ class Shim:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        candidate, _ = await self._arun_task(site, args, kwargs, state.shadow_client)
+        candidate, _, _ = await self._arun_task(site, args, kwargs, state.shadow_client)
         if candidate is not None:
             self._recorder.comparison(Pending(site, decision.stage, "legacy", legacy, candidate))
 
     async def _arun_task(
-        self, site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any], client: AsyncTaskClient
-    ) -> tuple[Observation | None, Any]:
+        self,
+        site: CallSite,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        client: AsyncTaskClient,
+        *,
+        keep: bool = False,
+    ) -> tuple[Observation | None, Any, Any]:
+        """Async twin of :meth:`_run_task`."""
         breaker = self._breakers[site.name]
         if not breaker.allow():
             self._recorder.dropped(site.product, site.task, "breaker_open")
-            return None, NOT_RECORDED
+            return None, NOT_RECORDED, None
         started = _perf()
-        result: TaskResult | None = None
+        result: TaskResult | TaskAllocation | None = None
         try:
-            result = await client.infer(site.product, site.task, site.request(*args, **kwargs))
+            request = site.request(*args, **kwargs)
+            if site.allocation:
+                result = await client.allocate(site.product, site.task, request)
+            else:
+                result = await client.infer(site.product, site.task, request)
             value = site.response(result)
         except Exception as exc:
             breaker.failure()
-            return _failed_candidate(exc, started, result), exc
+            if isinstance(result, TaskAllocation):
+                await client.release(site.product, site.task, result)
+            return _failed_candidate(exc, started, result), exc, None
         breaker.success()
-        return _ok_candidate(result, value, started), value
+        observed = _ok_candidate(result, value, started)
+        if isinstance(result, TaskAllocation) and not keep:
+            await client.release(site.product, site.task, result)
+            result = None
+        return observed, value, result
 
     async def _aserve(
         self,
@@ -491,7 +664,7 @@ class Shim:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        candidate, value = await self._arun_task(site, args, kwargs, state.client)
+        candidate, value, _ = await self._arun_task(site, args, kwargs, state.client)
         if candidate is None:
             return await fn(*args, **kwargs)
         if candidate.ok:
@@ -673,7 +846,9 @@ class _Returned:
         self.value = value
 
 
-def _failed_candidate(exc: BaseException, started: float, result: TaskResult | None) -> Observation:
+def _failed_candidate(
+    exc: BaseException, started: float, result: TaskResult | TaskAllocation | None
+) -> Observation:
     status = (
         getattr(exc, "status", None)
         if isinstance(exc, ShimError)
@@ -690,7 +865,7 @@ def _failed_candidate(exc: BaseException, started: float, result: TaskResult | N
     )
 
 
-def _ok_candidate(result: TaskResult, value: Any, started: float) -> Observation:
+def _ok_candidate(result: TaskResult | TaskAllocation, value: Any, started: float) -> Observation:
     return Observation(
         True,
         (_perf() - started) * 1000,

@@ -1,0 +1,215 @@
+"""Call sites that return a context manager yielding an allocation (kiwi's
+``task_allocate``): what the wrapped call returns, for ``with`` and ``async with``.
+
+In shadow, the legacy context manager runs as before (the caller gets the very value it
+yields) and the task path asks cf-orch for an allocation in the background; the pair of
+allocations (model, service, node) becomes a record and the shadow allocation is
+released at once. When the task path serves, entering allocates through cf-orch and
+leaving releases it; a failure falls back to the legacy context manager.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import flags as flagpkg
+
+    from ._observe import CallSite
+    from ._shim import Shim
+
+__all__ = ["ServedAllocation", "ShadowedAllocation"]
+
+_perf = time.perf_counter
+
+
+class ShadowedAllocation:
+    """Legacy serves; the task path's allocation is compared in the background."""
+
+    __slots__ = ("_args", "_cm", "_decision", "_kwargs", "_model", "_shim", "_site")
+
+    def __init__(
+        self,
+        shim: Shim,
+        site: CallSite,
+        model: str | None,
+        decision: flagpkg.Decision,
+        cm: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._shim, self._site, self._model, self._decision = shim, site, model, decision
+        self._cm, self._args, self._kwargs = cm, args, kwargs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cm, name)
+
+    def _compare(self, started: float, outcome: Any) -> None:
+        self._shim._shadow_allocation(
+            self._site,
+            self._decision,
+            self._model,
+            _perf() - started,
+            outcome,
+            self._args,
+            self._kwargs,
+        )
+
+    def __enter__(self) -> Any:
+        if not self._shim._admit(self._site, self._shim._dispatch.try_reserve):
+            return self._cm.__enter__()
+        started = _perf()
+        try:
+            value = self._cm.__enter__()
+        except Exception as exc:
+            self._compare(started, exc)
+            raise
+        except BaseException:
+            self._shim._dispatch.release()
+            raise
+        self._compare(started, self._shim._returned(value))
+        return value
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._cm.__exit__(*exc)
+
+    async def __aenter__(self) -> Any:
+        if not self._shim._admit(self._site, self._shim._dispatch.try_reserve):
+            return await self._cm.__aenter__()
+        started = _perf()
+        try:
+            value = await self._cm.__aenter__()
+        except Exception as exc:
+            self._compare(started, exc)
+            raise
+        except BaseException:
+            self._shim._dispatch.release()
+            raise
+        self._compare(started, self._shim._returned(value))
+        return value
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._cm.__aexit__(*exc)
+
+
+class ServedAllocation:
+    """The task path serves: allocate through cf-orch on entry, release on exit."""
+
+    __slots__ = (
+        "_args",
+        "_decision",
+        "_fn",
+        "_held",
+        "_kwargs",
+        "_legacy",
+        "_model",
+        "_shim",
+        "_site",
+    )
+
+    def __init__(
+        self,
+        shim: Shim,
+        site: CallSite,
+        model: str | None,
+        decision: flagpkg.Decision,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._shim, self._site, self._model, self._decision = shim, site, model, decision
+        self._fn, self._args, self._kwargs = fn, args, kwargs
+        self._held: Any = None
+        self._legacy: Any = None
+
+    def __enter__(self) -> Any:
+        shim, site = self._shim, self._site
+        candidate, value, held = shim._run_task(
+            site, self._args, self._kwargs, shim._client, keep=True
+        )
+        if candidate is not None and candidate.ok:
+            self._held = held
+            shim._compare_served_allocation(
+                site,
+                self._model,
+                self._decision,
+                candidate,
+                value,
+                self._fn,
+                self._args,
+                self._kwargs,
+            )
+            return value
+        if candidate is not None and not site.fallback:
+            raise value
+        self._legacy = self._fn(*self._args, **self._kwargs)
+        started = _perf()
+        try:
+            result = self._legacy.__enter__()
+        except Exception as exc:
+            if candidate is not None:
+                shim._fell_back(
+                    site, self._decision, shim._legacy_obs(started, self._model, exc=exc), candidate
+                )
+            raise
+        if candidate is not None:
+            shim._fell_back(
+                site, self._decision, shim._legacy_obs(started, self._model, result), candidate
+            )
+        return result
+
+    def __exit__(self, *exc: Any) -> Any:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._shim._client.release(self._site.product, self._site.task, held)
+            return False
+        if self._legacy is not None:
+            return self._legacy.__exit__(*exc)
+        return False
+
+    async def __aenter__(self) -> Any:
+        shim, site = self._shim, self._site
+        state = shim._loop_state()
+        candidate, value, held = await shim._arun_task(
+            site, self._args, self._kwargs, state.client, keep=True
+        )
+        if candidate is not None and candidate.ok:
+            self._held = held
+            shim._compare_served_allocation(
+                site,
+                self._model,
+                self._decision,
+                candidate,
+                value,
+                self._fn,
+                self._args,
+                self._kwargs,
+            )
+            return value
+        if candidate is not None and not site.fallback:
+            raise value
+        self._legacy = self._fn(*self._args, **self._kwargs)
+        started = _perf()
+        try:
+            result = await self._legacy.__aenter__()
+        except Exception as exc:
+            if candidate is not None:
+                shim._fell_back(
+                    site, self._decision, shim._legacy_obs(started, self._model, exc=exc), candidate
+                )
+            raise
+        if candidate is not None:
+            shim._fell_back(
+                site, self._decision, shim._legacy_obs(started, self._model, result), candidate
+            )
+        return result
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        if self._held is not None:
+            held, self._held = self._held, None
+            await self._shim._loop_state().client.release(self._site.product, self._site.task, held)
+            return False
+        if self._legacy is not None:
+            return await self._legacy.__aexit__(*exc)
+        return False
