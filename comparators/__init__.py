@@ -4,16 +4,41 @@ Each compares what the legacy path and the task path produced for one call, with
 I/O, so that records can be assembled anywhere.
 """
 
-from ._model import ModelNames
-from ._output import JsonOutput, OutputComparator, Structure
+from ._latency import latency_delta, latency_ratio, percentile, ratio_interval
+from ._model import ModelCheck, ModelNames, normalise
+from ._output import (
+    Comparator,
+    JsonOutput,
+    OutputComparator,
+    Structure,
+    TextOutput,
+    readable_path,
+    sections,
+)
 from ._shape import diff_shapes, extract_json, shape
 
+#: Kiwi's recipe text: four sections, two of them lists.
+KIWI_RECIPE = TextOutput(
+    sections=("Title", "Ingredients", "Directions", "Notes"), lists=("Ingredients", "Directions")
+)
+
 __all__ = [
+    "KIWI_RECIPE",
+    "Comparator",
     "JsonOutput",
+    "ModelCheck",
     "ModelNames",
     "OutputComparator",
     "Structure",
+    "TextOutput",
     "diff_shapes",
     "extract_json",
+    "latency_delta",
+    "latency_ratio",
+    "normalise",
+    "percentile",
+    "ratio_interval",
+    "readable_path",
+    "sections",
     "shape",
 ]

@@ -1,16 +1,38 @@
-"""Output comparators: do the two paths' outputs have the same structure?"""
+"""Output comparators: do the two paths' outputs have the same structure?
+
+What breaks a parser downstream is structure, not words: a missing or renamed key, a
+type change, a list of objects that became a list of strings. :class:`JsonOutput`
+compares the shapes of JSON outputs (found in bare, fenced or prose-wrapped text);
+:class:`TextOutput` compares the sections of text outputs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ._shape import diff_shapes, extract_json, shape
+import pydantic
+from deepdiff import DeepDiff
 
-__all__ = ["JsonOutput", "OutputComparator", "Structure"]
+from ._shape import extract_json, shape
 
-#: How many differences a record keeps; the rest are counted.
+__all__ = [
+    "Comparator",
+    "JsonOutput",
+    "OutputComparator",
+    "Structure",
+    "TextOutput",
+    "readable_path",
+    "sections",
+]
+
+#: How many differences a record keeps (the rest are counted), and how long each may be.
 MAX_DIFFS = 8
+MAX_DIFF_CHARS = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +43,7 @@ class Structure:
     legacy_valid: bool | None
     candidate_valid: bool | None
     diff: tuple[str, ...] | None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, Any]:
         """The JSON object the record carries."""
@@ -29,27 +52,131 @@ class Structure:
             "legacy_valid": self.legacy_valid,
             "candidate_valid": self.candidate_valid,
             "diff": list(self.diff) if self.diff is not None else None,
+            **self.extra,
         }
 
 
 @runtime_checkable
-class OutputComparator(Protocol):
+class Comparator(Protocol):
     """Compares the legacy and candidate outputs of one call (both as the call site
-    returns them)."""
+    returns them). Runs off the caller's path; if it raises, the shim counts and logs
+    an internal error and the record says nothing about structure."""
 
     def compare(self, legacy: Any, candidate: Any) -> Structure:
         """The structural verdict for one pair of outputs."""
         ...
 
 
-@dataclass(frozen=True, slots=True)
+OutputComparator = Comparator  # the earlier name
+
+
+def _capped(diffs: Sequence[str]) -> tuple[str, ...]:
+    kept = [
+        d if len(d) <= MAX_DIFF_CHARS else d[: MAX_DIFF_CHARS - 3] + "..."
+        for d in diffs[:MAX_DIFFS]
+    ]
+    if len(diffs) > MAX_DIFFS:
+        kept.append(f"... {len(diffs) - MAX_DIFFS} more")
+    return tuple(kept)
+
+
+_STEP = re.compile(r"\[(\d+|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]")
+
+
+def readable_path(deepdiff_path: str, shape_: Any = None) -> str:
+    """A deepdiff path into a shape, as people read data: ``root[1]['recipe_id']`` on
+    the shape of a list of objects is ``[].recipe_id`` (a list's shape is
+    ``["list", element]``, so its slot 1 is "every element")."""
+    out, current = "", shape_
+    for step in (m.group(1) for m in _STEP.finditer(deepdiff_path)):
+        if step.isdigit():
+            if isinstance(current, list) and step == "1":
+                out += "[]"
+                current = current[1] if len(current) > 1 else None
+            else:
+                out += f"[{step}]"
+                current = None
+        else:
+            key = step[1:-1]
+            out += f".{key}"
+            current = current.get(key) if isinstance(current, dict) else None
+    return out or "$"
+
+
+def _unify(a: Any, b: Any) -> tuple[Any, Any]:
+    """Shapes with ``null`` on one side taken as the other side's type: a value that
+    happens to be null in this sample is not a change of structure."""
+    if a == "null" or a == "empty":
+        return b, b
+    if b == "null" or b == "empty":
+        return a, a
+    if isinstance(a, dict) and isinstance(b, dict):
+        pairs = {k: _unify(a[k], b[k]) for k in a.keys() & b.keys()}
+        return (
+            {k: pairs[k][0] if k in pairs else v for k, v in a.items()},
+            {k: pairs[k][1] if k in pairs else v for k, v in b.items()},
+        )
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) == 2:
+        x, y = _unify(a[1], b[1])
+        return ["list", x], ["list", y]
+    return a, b
+
+
+def _label(s: Any) -> str:
+    if isinstance(s, dict):
+        return "object"
+    if isinstance(s, list):
+        return "list"
+    return str(s)
+
+
+def _drop(s: Any, path: Sequence[str]) -> Any:
+    """A shape without the part at ``path`` (steps: keys, or ``[]`` for list elements)."""
+    if not path:
+        return "ignored"
+    head, rest = path[0], path[1:]
+    if head == "[]" and isinstance(s, list) and len(s) == 2:
+        return ["list", _drop(s[1], rest)]
+    if isinstance(s, dict) and head in s:
+        if not rest:
+            return {k: v for k, v in s.items() if k != head}
+        return {**s, head: _drop(s[head], rest)}
+    return s
+
+
+def _split(path: str) -> list[str]:
+    return [p for p in re.split(r"\.|(\[\])", path) if p]
+
+
+@functools.cache
+def _adapter(schema: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(schema)
+
+
+@dataclass(frozen=True)
 class JsonOutput:
-    """JSON-aware structure: parse JSON out of text outputs (bare, fenced, in prose),
-    then compare shapes and wrapping. Plain text on both sides matches; a value is valid
-    when it is JSON or, as text, holds JSON. ``expect_json=False`` accepts plain text as
-    valid.
+    """JSON-aware structure for one call site.
+
+    JSON is taken from the output as it is, or from text (bare, in a code fence, inside
+    prose: the first top-level object or array). Shapes (keys, types, list elements
+    merged) are compared; a difference is listed with a readable path such as
+    ``[].recipe_id: number -> str``. Key order and list order never matter to a shape.
+
+    - ``schema``: a pydantic model (or any type pydantic validates) or a JSON Schema
+      dict; each side's validity against it is recorded.
+    - ``ignore``: paths left out of the comparison (``[].suggestion``, ``totals.tax``).
+    - ``values``: also compare values, with ``tolerance`` (relative) for numbers and,
+      with ``ignore_order``, lists as multisets.
+    - ``strict_wrapping``: JSON wrapped differently (bare vs fenced vs prose) is a
+      mismatch; by default it matches and the record says how each side was wrapped.
     """
 
+    schema: Any = None
+    ignore: Iterable[str] = ()
+    values: bool = False
+    tolerance: float = 1e-6
+    ignore_order: bool = True
+    strict_wrapping: bool = False
     expect_json: bool = True
 
     def compare(self, legacy: Any, candidate: Any) -> Structure:
@@ -57,28 +184,73 @@ class JsonOutput:
         l_wrap, l_val = _as_json(legacy)
         c_wrap, c_val = _as_json(candidate)
         l_ok, c_ok = l_wrap != "none", c_wrap != "none"
+        extra: dict[str, Any] = {}
+        if l_wrap != c_wrap and l_ok and c_ok:
+            extra["wrapping"] = {"legacy": l_wrap, "candidate": c_wrap}
         if not l_ok and not c_ok:
-            # Text on both sides: nothing structural to compare at this level.
-            valid = not self.expect_json or None
-            return Structure(match=True, legacy_valid=valid, candidate_valid=valid, diff=None)
+            valid = None if self.expect_json else True
+            return Structure(True, valid, valid, None, extra)
         if l_ok != c_ok:
             side = "candidate" if l_ok else "legacy"
-            return Structure(
-                match=False,
-                legacy_valid=l_ok,
-                candidate_valid=c_ok,
-                diff=(f"$: {side} output is not JSON",),
+            return Structure(False, l_ok, c_ok, (f"$: {side} output is not JSON",), extra)
+        l_valid = self._valid(l_val)
+        c_valid = self._valid(c_val)
+        diffs = self._shape_diff(l_val, c_val)
+        if self.values and not diffs:
+            diffs = _value_diff(
+                l_val,
+                c_val,
+                self.tolerance,
+                self.ignore_order,
+                {tuple(_split(p)) for p in self.ignore},
             )
-        diffs = diff_shapes(shape(l_val), shape(c_val))
-        if l_wrap != c_wrap:
-            # A parser that took the legacy output chokes on JSON wrapped another way.
+        if self.strict_wrapping and l_wrap != c_wrap:
             diffs.insert(0, f"$: {l_wrap} JSON -> {c_wrap} JSON")
-        if not diffs:
-            return Structure(match=True, legacy_valid=True, candidate_valid=True, diff=None)
-        kept = diffs[:MAX_DIFFS]
-        if len(diffs) > MAX_DIFFS:
-            kept.append(f"... {len(diffs) - MAX_DIFFS} more")
-        return Structure(match=False, legacy_valid=True, candidate_valid=True, diff=tuple(kept))
+        if l_valid is not None and c_valid is not None and l_valid and not c_valid:
+            diffs.append("$: candidate fails the schema")
+        return Structure(not diffs, l_valid, c_valid, _capped(diffs) if diffs else None, extra)
+
+    def _shape_diff(self, legacy: Any, candidate: Any) -> list[str]:
+        a, b = shape(legacy), shape(candidate)
+        for path in self.ignore:
+            a, b = _drop(a, _split(path)), _drop(b, _split(path))
+        if a == b:
+            return []
+        a, b = _unify(a, b)
+        if a == b:
+            return []
+        found = DeepDiff(a, b, view="tree")
+        diffs = []
+        for item in found.get("dictionary_item_removed", []):
+            diffs.append(f"{readable_path(item.path(), a)}: missing in candidate")
+        for item in found.get("dictionary_item_added", []):
+            diffs.append(f"{readable_path(item.path(), b)}: only in candidate")
+        for kind in ("values_changed", "type_changes"):
+            for item in found.get(kind, []):
+                path = readable_path(item.path(), a)
+                if isinstance(item.t1, dict) and isinstance(item.t2, dict):
+                    # deepdiff reports an emptied object as one change; list its keys
+                    where = "" if path == "$" else path
+                    diffs += [
+                        f"{where}.{k}: missing in candidate" for k in item.t1 if k not in item.t2
+                    ]
+                    diffs += [
+                        f"{where}.{k}: only in candidate" for k in item.t2 if k not in item.t1
+                    ]
+                    continue
+                diffs.append(f"{path}: {_label(item.t1)} -> {_label(item.t2)}")
+        return list(dict.fromkeys(diffs))
+
+    def _valid(self, value: Any) -> bool | None:
+        if self.schema is None:
+            return True
+        if isinstance(self.schema, dict):
+            return _json_schema_valid(self.schema, value)
+        try:
+            _adapter(self.schema).validate_python(value)
+        except pydantic.ValidationError:
+            return False
+        return True
 
 
 def _as_json(value: Any) -> tuple[str, Any]:
@@ -86,4 +258,142 @@ def _as_json(value: Any) -> tuple[str, Any]:
         return extract_json(value)
     if isinstance(value, bytes):
         return extract_json(value.decode("utf-8", "replace"))
+    if isinstance(value, pydantic.BaseModel):
+        return "bare", value.model_dump(mode="json")
     return "bare", value
+
+
+def _json_schema_valid(schema: dict[str, Any], value: Any) -> bool:
+    try:
+        import jsonschema  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - documented requirement
+        raise RuntimeError(
+            "a JSON Schema needs the jsonschema package: pip install jsonschema"
+        ) from exc
+    return bool(jsonschema.Draft202012Validator(schema).is_valid(value))
+
+
+def _value_diff(
+    a: Any,
+    b: Any,
+    tolerance: float,
+    ignore_order: bool,
+    ignored: set[tuple[str, ...]],
+    path: tuple[str, ...] = (),
+) -> list[str]:
+    if path in ignored:
+        return []
+    where = "".join(p if p == "[]" or p.startswith("[") else f".{p}" for p in path) or "$"
+    if (
+        isinstance(a, bool)
+        or isinstance(b, bool)
+        or not (isinstance(a, int | float) and isinstance(b, int | float))
+    ):
+        if isinstance(a, dict) and isinstance(b, dict):
+            out: list[str] = []
+            for key in a.keys() & b.keys():
+                out += _value_diff(
+                    a[key], b[key], tolerance, ignore_order, ignored, (*path, str(key))
+                )
+            return out
+        if isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(b):
+                return [f"{where}: {len(a)} items -> {len(b)}"]
+            if ignore_order:
+                unmatched = list(b)
+                for item in a:
+                    hit = next(
+                        (
+                            i
+                            for i, other in enumerate(unmatched)
+                            if not _value_diff(
+                                item, other, tolerance, ignore_order, ignored, (*path, "[]")
+                            )
+                        ),
+                        None,
+                    )
+                    if hit is None:
+                        return [f"{where}[]: an item has no equal in candidate"]
+                    unmatched.pop(hit)
+                return []
+            out = []
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                out += _value_diff(x, y, tolerance, ignore_order, ignored, (*path, f"[{i}]"))
+            return out
+        return [] if a == b else [f"{where}: value differs"]
+    return (
+        [] if math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance) else [f"{where}: {a} -> {b}"]
+    )
+
+
+_HEADING = re.compile(r"^\s*(?:#+\s*)?\**([A-Za-z][\w ]{0,40}?)\**\s*:?\s*$|^([A-Z][\w ]{0,40}):")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S")
+
+
+def sections(text: str) -> dict[str, list[str]]:
+    """Headings (``Title:``, ``## Directions``, ``**Notes**``) and the lines under each."""
+    found: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        match = _HEADING.match(line)
+        if match and (match.group(1) or match.group(2)):
+            current = (match.group(1) or match.group(2)).strip().casefold()
+            found.setdefault(current, [])
+            rest = line.split(":", 1)[1].strip() if ":" in line else ""
+            if rest:
+                found[current].append(rest)
+        elif current is not None and line.strip():
+            found[current].append(line)
+    return found
+
+
+@dataclass(frozen=True)
+class TextOutput:
+    """Structure of text output: which sections are there, and which are lists.
+
+    ``sections`` are the headings expected (case does not matter), ``lists`` those whose
+    body is a bulleted or numbered list. A side is valid when every expected section is
+    there and each list section is a list; the pair matches when both sides have the
+    same expected sections with the same list-ness. The record also carries
+    ``length_ratio`` (candidate length over legacy length).
+    """
+
+    sections: Sequence[str] = ()
+    lists: Sequence[str] = ()
+
+    def compare(self, legacy: Any, candidate: Any) -> Structure:
+        """The structural verdict for one pair of outputs."""
+        l_text, c_text = str(legacy), str(candidate)
+        l_secs, c_secs = sections(l_text), sections(c_text)
+        diffs: list[str] = []
+        for name in self.sections:
+            key = name.casefold()
+            if key in l_secs and key not in c_secs:
+                diffs.append(f"{name}: missing in candidate")
+            elif key in c_secs and key not in l_secs:
+                diffs.append(f"{name}: only in candidate")
+        for name in self.lists:
+            key = name.casefold()
+            if key in l_secs and key in c_secs:
+                l_list, c_list = _is_list(l_secs[key]), _is_list(c_secs[key])
+                if l_list != c_list:
+                    diffs.append(
+                        f"{name}: {'list' if l_list else 'text'} -> {'list' if c_list else 'text'}"
+                    )
+        ratio = round(len(c_text) / len(l_text), 3) if l_text else None
+        return Structure(
+            not diffs,
+            self._valid(l_secs),
+            self._valid(c_secs),
+            _capped(diffs) if diffs else None,
+            {"length_ratio": ratio},
+        )
+
+    def _valid(self, found: dict[str, list[str]]) -> bool:
+        return all(s.casefold() in found for s in self.sections) and all(
+            _is_list(found.get(s.casefold(), [])) for s in self.lists
+        )
+
+
+def _is_list(lines: list[str]) -> bool:
+    return bool(lines) and all(_LIST_ITEM.match(line) for line in lines)

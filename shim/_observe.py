@@ -211,10 +211,13 @@ def comparison_record(
             "served_by": pending.served_by,
             "legacy": _side(legacy, legacy_value, candidate=False),
             "candidate": _side(pending.candidate, candidate_value, candidate=True),
-            "model": {
-                "verdict": names.verdict(legacy_model, pending.candidate.model),
-                "expected": site.expected_model,
-            },
+            "model": names.check(
+                site.name,
+                legacy_model,
+                pending.candidate.model,
+                pending.candidate.service_type,
+                site.expected_model,
+            ).as_record(),
             "structure": structure.as_record(),
             "latency_ratio": ratio,
         }

@@ -32,7 +32,7 @@ from ._dispatch import LoopDispatcher, ThreadDispatcher
 from ._errors import ConfigError, Problem, ShimError
 from ._names import check_task_name
 from ._observe import NOT_RECORDED, CallSite, Observation, Pending, capture, describe
-from ._orch import AssignmentsFile, OrchConfig, RegistryFile, parse_file
+from ._orch import SERVICE_TYPES, AssignmentsFile, OrchConfig, RegistryFile, parse_file
 from ._records import FileSink, Recorder, RecordSink, StreamSink
 
 __all__ = ["Shim"]
@@ -111,8 +111,7 @@ class Shim:
         self._errors_lock = threading.Lock()
         self._owns_flags = False
         self._closed = False
-        self._config = _load_orch(registry, assignments)
-        names = ModelNames({m: e.alias for m, e in self._config[0].items()})
+        self._names = names = _load_orch(registry, assignments)
         if sink is None:
             sink = StreamSink() if log_path in (None, "-") else FileSink(cast(Path, log_path))
         self._recorder = Recorder(sink, names=names, on_error=self._internal_error)
@@ -199,7 +198,7 @@ class Shim:
         """
         name = f"{product}.{task}"
         check_task_name(name)
-        assigned = self._config[1].get(name)
+        assigned = self._names.expected.get(name)
 
         def decorate(fn: Callable[P, R]) -> Callable[P, R]:
             site = CallSite(
@@ -878,23 +877,25 @@ def _ok_candidate(result: TaskResult | TaskAllocation, value: Any, started: floa
     )
 
 
-def _load_orch(
-    registry: str | Path | None, assignments: str | Path | None
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """(model id -> registry entry, task -> expected model) from the optional files."""
-    models: dict[str, Any] = {}
-    expected: dict[str, str] = {}
+def _load_orch(registry: str | Path | None, assignments: str | Path | None) -> ModelNames:
+    """Aliases, expected models and fitting service types from the optional files."""
+    aliases: dict[str, list[str]] = {}
+    assigned: dict[str, Any] = {}
     if registry is not None and assignments is not None:
         config = OrchConfig(assignments, registry)
-        models = dict(config.registry.models)
-        expected = {t: a.model for t, a in config.assignments.assignments.items()}
+        aliases = {m: list(e.alias) for m, e in config.registry.models.items()}
+        assigned = dict(config.assignments.assignments)
     else:
         if registry is not None:
-            models = dict(parse_file(registry, RegistryFile)[0].models)
+            models = parse_file(registry, RegistryFile)[0].models
+            aliases = {m: list(e.alias) for m, e in models.items()}
         if assignments is not None:
-            parsed = parse_file(assignments, AssignmentsFile)[0].assignments
-            expected = {t: a.model for t, a in parsed.items()}
-    return models, expected
+            assigned = dict(parse_file(assignments, AssignmentsFile)[0].assignments)
+    return ModelNames(
+        aliases,
+        expected={t: a.model for t, a in assigned.items()},
+        allowed_services={t: SERVICE_TYPES[a.modality] for t, a in assigned.items()},
+    )
 
 
 def _flags_from_env() -> flagpkg.FlagSource:

@@ -150,7 +150,12 @@ def test_shadow_records_one_schema_1_comparison_per_call(
     }
     assert set(row["candidate"]) == set(row["legacy"]) | {"service_type", "node_id", "status"}
     assert row["candidate"]["service_type"] == "cf-text"
-    assert row["model"] == {"verdict": "alias", "expected": "qwen2.5-3b-instruct"}
+    assert row["model"] == {
+        "verdict": "alias",
+        "expected": "qwen2.5-3b-instruct",
+        "routing_error": False,
+        "reason": None,
+    }
     assert row["structure"]["match"] is True
     assert row["ts"].endswith("Z")
     # The ratio is taken before the latencies are rounded to µs for the record.
