@@ -20,9 +20,11 @@ test: lint  ## ruff, mypy --strict, pytest (with PostgreSQL and Unleash started 
 
 bench: $(STAMP)  ## every benchmark, full size
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/compare.py
 
 bench-smoke: $(STAMP)  ## every benchmark, small: keeps them working in CI
 	$(BIN)/python bench/overhead.py --quick
+	$(BIN)/python bench/compare.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

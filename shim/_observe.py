@@ -129,6 +129,7 @@ class Pending:
     served_by: str
     legacy: Observation
     candidate: Observation
+    noise: Any = NOT_RECORDED  # legacy's output from a second run, for calibration
 
 
 def envelope(
@@ -170,6 +171,29 @@ def _side(obs: Observation, value: Any, *, candidate: bool) -> dict[str, Any]:
         side.update(service_type=obs.service_type, node_id=obs.node_id, status=obs.status)
     side.update(error=obs.error, output_sha256=sha, output_bytes=size)
     return side
+
+
+def _with_noise(
+    structure: dict[str, Any],
+    site: CallSite,
+    legacy_value: Any,
+    pending: Pending,
+    on_error: Callable[[str, BaseException], None],
+) -> dict[str, Any]:
+    """Add the legacy-vs-legacy comparison, and which candidate differences it explains."""
+    if pending.noise is NOT_RECORDED or legacy_value is NOT_RECORDED:
+        return structure
+    try:
+        noise = site.output.compare(legacy_value, pending.noise)
+    except Exception as exc:
+        on_error("compare", exc)
+        return structure
+    structure["noise"] = {"match": noise.match, "diff": list(noise.diff) if noise.diff else None}
+    noisy = {d.split(":", 1)[0] for d in noise.diff or ()}
+    structure["noise_paths"] = [
+        d for d in structure.get("diff") or () if d.split(":", 1)[0] in noisy
+    ]
+    return structure
 
 
 def comparison_record(
@@ -218,7 +242,7 @@ def comparison_record(
                 pending.candidate.service_type,
                 site.expected_model,
             ).as_record(),
-            "structure": structure.as_record(),
+            "structure": _with_noise(structure.as_record(), site, legacy_value, pending, on_error),
             "latency_ratio": ratio,
         }
     )

@@ -9,6 +9,7 @@ import functools
 import inspect
 import logging
 import os
+import random
 import threading
 import time
 import weakref
@@ -80,6 +81,10 @@ class Shim:
     runs for comparison. Sync call sites share ``workers`` threads and a queue of
     ``queue_size``; async call sites run at most ``concurrency`` background tasks per
     event loop. Records go to ``log_path`` (``-``: stdout) or ``sink``.
+
+    ``noise_sample`` is the share of shadowed calls on which legacy also runs a second
+    time in the background: the legacy-vs-legacy difference (``structure.noise``) tells
+    a difference the model makes by itself from one the task path brings.
     """
 
     def __init__(
@@ -99,12 +104,16 @@ class Shim:
         concurrency: int = 64,
         breaker: BreakerPolicy | None = None,
         http: httpx.Client | None = None,
+        noise_sample: float = 0.0,
     ) -> None:
         self.orch_url = orch_url.rstrip("/")
         self.flags = flags
         self.timeout = timeout
         self.shadow_timeout = shadow_timeout
         self.concurrency = concurrency
+        if not 0.0 <= noise_sample <= 1.0:
+            raise ValueError(f"noise_sample must be a share from 0 to 1, got {noise_sample}")
+        self.noise_sample = noise_sample
         self.breaker_policy = breaker or BreakerPolicy()
         self._api_key = api_key
         self._errors: Counter[str] = Counter()
@@ -302,7 +311,7 @@ class Shim:
             (
                 site.name,
                 self._candidate_job,
-                (site, decision, model, elapsed, outcome, args, kwargs),
+                (site, decision, model, elapsed, outcome, args, kwargs, None),
             )
         )
 
@@ -436,7 +445,7 @@ class Shim:
                 (
                     site.name,
                     self._candidate_job,
-                    (site, decision, model, _perf() - started, exc, args, kwargs),
+                    (site, decision, model, _perf() - started, exc, args, kwargs, None),
                 )
             )
             raise
@@ -448,7 +457,7 @@ class Shim:
             (
                 site.name,
                 self._candidate_job,
-                (site, decision, model, elapsed, _Returned(capture(result)), args, kwargs),
+                (site, decision, model, elapsed, _Returned(capture(result)), args, kwargs, fn),
             )
         )
         return result
@@ -462,6 +471,7 @@ class Shim:
         outcome: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        fn: Callable[..., Any] | None,
     ) -> None:
         """Worker side of a shadowed call: run the task path, queue the comparison."""
         if isinstance(outcome, _Returned):
@@ -469,8 +479,15 @@ class Shim:
         else:
             legacy = Observation(False, elapsed * 1000, error=describe(outcome), model=model)
         candidate, _, _ = self._run_task(site, args, kwargs, self._shadow_client)
-        if candidate is not None:
-            self._recorder.comparison(Pending(site, decision.stage, "legacy", legacy, candidate))
+        if candidate is None:
+            return
+        noise = NOT_RECORDED
+        if fn is not None and legacy.ok and self._calibrate():
+            try:
+                noise = fn(*args, **kwargs)  # legacy again: how much does it vary by itself?
+            except Exception as exc:
+                self._internal_error("noise", exc)
+        self._recorder.comparison(Pending(site, decision.stage, "legacy", legacy, candidate, noise))
 
     def _run_task(
         self,
@@ -593,7 +610,7 @@ class Shim:
         except Exception as exc:
             legacy = _legacy(started, model, exc=exc)
             state.dispatch.spawn(
-                site.name, self._acandidate(state, site, decision, legacy, args, kwargs)
+                site.name, self._acandidate(state, site, decision, legacy, args, kwargs, None)
             )
             raise
         except BaseException:
@@ -601,7 +618,7 @@ class Shim:
             raise
         legacy = _legacy(started, model, result)
         state.dispatch.spawn(
-            site.name, self._acandidate(state, site, decision, legacy, args, kwargs)
+            site.name, self._acandidate(state, site, decision, legacy, args, kwargs, fn)
         )
         return result
 
@@ -613,10 +630,19 @@ class Shim:
         legacy: Observation,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        fn: Callable[..., Awaitable[Any]] | None,
     ) -> None:
         candidate, _, _ = await self._arun_task(site, args, kwargs, state.shadow_client)
-        if candidate is not None:
-            self._recorder.comparison(Pending(site, decision.stage, "legacy", legacy, candidate))
+        if candidate is None:
+            return
+        noise = NOT_RECORDED
+        if fn is not None and legacy.ok and self._calibrate():
+            try:
+                async with asyncio.timeout(self.shadow_timeout):
+                    noise = await fn(*args, **kwargs)
+            except Exception as exc:
+                self._internal_error("noise", exc)
+        self._recorder.comparison(Pending(site, decision.stage, "legacy", legacy, candidate, noise))
 
     async def _arun_task(
         self,
@@ -713,6 +739,10 @@ class Shim:
         _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
         if operation not in ("write", "render", "sink_close"):  # the recorder is the problem
             self._recorder.event("shim.error", None, None, operation=operation, error=describe(exc))
+
+    def _calibrate(self) -> bool:
+        """Is this comparison one of the ``noise_sample`` that also re-runs legacy?"""
+        return self.noise_sample > 0 and random.random() < self.noise_sample
 
     def _fell_back(
         self,

@@ -250,3 +250,16 @@ def test_shapes_and_extraction() -> None:
     ]
     assert extract_json("```json\n[1]\n```") == ("fenced", [1])
     assert extract_json("nope {") == ("none", None)
+
+
+def test_json_schema_validity() -> None:
+    schema = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["day", "meal_type", "suggestion"],
+            "properties": {"day": {"type": "integer"}},
+        },
+    }
+    result = JsonOutput(schema=schema).compare(PLAN, mutate(PLAN, lambda r: r.pop("day")))
+    assert (result.legacy_valid, result.candidate_valid) == (True, False)

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from comparators import JsonOutput
+from comparators import KIWI_RECIPE
 from shim import Shim, TaskRequest, TaskResult
 
 shim = Shim.from_env()
@@ -47,7 +47,7 @@ class TextRouter:
         ),
         response=lambda result: result.text,
         legacy_model=model,
-        output=JsonOutput(expect_json=False),
+        output=KIWI_RECIPE,  # sections and lists, not JSON
         key=lambda self, system, user, **params: params.get("user_id"),
     )
     def complete(self, system: str, user: str, **params: Any) -> str:
