@@ -123,15 +123,13 @@ class ServedAllocation:
         self._held: Any = None
         self._legacy: Any = None
 
-    def __enter__(self) -> Any:
-        shim, site = self._shim, self._site
-        candidate, value, held = shim._run_task(
-            site, self._args, self._kwargs, shim._client, keep=True
-        )
+    def _serves(self, candidate: Any, value: Any, held: Any) -> bool:
+        """After the task path ran: True when it serves; raises when it failed and the
+        call site has no fallback; False to fall back to legacy."""
         if candidate is not None and candidate.ok:
             self._held = held
-            shim._compare_served_allocation(
-                site,
+            self._shim._compare_served_allocation(
+                self._site,
                 self._model,
                 self._decision,
                 candidate,
@@ -140,23 +138,33 @@ class ServedAllocation:
                 self._args,
                 self._kwargs,
             )
-            return value
-        if candidate is not None and not site.fallback:
+            return True
+        if candidate is not None and not self._site.fallback:
             raise value
         self._legacy = self._fn(*self._args, **self._kwargs)
+        return False
+
+    def _fell_back(
+        self, candidate: Any, started: float, result: Any = None, exc: BaseException | None = None
+    ) -> None:
+        if candidate is not None:  # None: the breaker kept the task path out of it
+            legacy = self._shim._legacy_obs(started, self._model, result, exc=exc)
+            self._shim._fell_back(self._site, self._decision, legacy, candidate)
+
+    def __enter__(self) -> Any:
+        shim = self._shim
+        candidate, value, held = shim._run_task(
+            self._site, self._args, self._kwargs, shim._client, keep=True
+        )
+        if self._serves(candidate, value, held):
+            return value
         started = _perf()
         try:
             result = self._legacy.__enter__()
         except Exception as exc:
-            if candidate is not None:
-                shim._fell_back(
-                    site, self._decision, shim._legacy_obs(started, self._model, exc=exc), candidate
-                )
+            self._fell_back(candidate, started, exc=exc)
             raise
-        if candidate is not None:
-            shim._fell_back(
-                site, self._decision, shim._legacy_obs(started, self._model, result), candidate
-            )
+        self._fell_back(candidate, started, result)
         return result
 
     def __exit__(self, *exc: Any) -> Any:
@@ -169,40 +177,19 @@ class ServedAllocation:
         return False
 
     async def __aenter__(self) -> Any:
-        shim, site = self._shim, self._site
-        state = shim._loop_state()
+        shim = self._shim
         candidate, value, held = await shim._arun_task(
-            site, self._args, self._kwargs, state.client, keep=True
+            self._site, self._args, self._kwargs, shim._loop_state().client, keep=True
         )
-        if candidate is not None and candidate.ok:
-            self._held = held
-            shim._compare_served_allocation(
-                site,
-                self._model,
-                self._decision,
-                candidate,
-                value,
-                self._fn,
-                self._args,
-                self._kwargs,
-            )
+        if self._serves(candidate, value, held):
             return value
-        if candidate is not None and not site.fallback:
-            raise value
-        self._legacy = self._fn(*self._args, **self._kwargs)
         started = _perf()
         try:
             result = await self._legacy.__aenter__()
         except Exception as exc:
-            if candidate is not None:
-                shim._fell_back(
-                    site, self._decision, shim._legacy_obs(started, self._model, exc=exc), candidate
-                )
+            self._fell_back(candidate, started, exc=exc)
             raise
-        if candidate is not None:
-            shim._fell_back(
-                site, self._decision, shim._legacy_obs(started, self._model, result), candidate
-            )
+        self._fell_back(candidate, started, result)
         return result
 
     async def __aexit__(self, *exc: Any) -> Any:

@@ -142,3 +142,22 @@ def test_task_client_allocate_and_release(sim: Simulator) -> None:
         assert sim.stats()["allocations_active"] == 1
         client.release("kiwi", "barcode_scan", alloc)
     assert sim.stats()["allocations_active"] == 0
+
+
+def test_served_allocation_with_async_with(sim: Simulator, tmp_path: Path) -> None:
+    _, async_cm, released = legacy_allocator(sim)
+    s = make_shim(sim.url, tmp_path, "kiwi.ocr: {serve: 100, shadow: 100}\n")
+    allocate = wrap(s, async_cm)
+
+    async def main() -> dict[str, Any]:
+        async with allocate("cf-docuvision", "docuvision-receipts") as alloc:
+            got = dict(alloc)
+        await s.aclose()
+        return got
+
+    alloc = asyncio.run(main())
+    assert alloc["service"] == "cf-vision"
+    assert sim.stats()["allocations_active"] == 0
+    assert len(released) == 1, "legacy ran in the background on the same loop"
+    [row] = records(tmp_path / "log.jsonl")
+    assert row["served_by"] == "task" and row["legacy"]["model"] == "docuvision-receipts"
