@@ -77,6 +77,8 @@ class Rule:
     flags: TaskFlags
     serve_engine: Engine | None = None
     shadow_engine: Engine | None = None
+    #: The context field that keeps a caller on one path (``default``: user, session).
+    stickiness: str = field(init=False)
     _table: tuple[Decision, Decision, Decision, Decision] = field(init=False, repr=False)
     _serve: int = field(init=False, repr=False)
     _shadow: int = field(init=False, repr=False)
@@ -91,15 +93,11 @@ class Rule:
         )
         set_ = object.__setattr__
         set_(self, "_table", table)
+        set_(self, "stickiness", self.flags.stickiness)
         set_(self, "_serve", self.flags.serve)
         set_(self, "_shadow", self.flags.shadow)
         set_(self, "_serve_prefix", serve_flag(self.task) + ":")
         set_(self, "_shadow_prefix", shadow_flag(self.task) + ":")
-
-    @property
-    def stickiness(self) -> str:
-        """The context field that keeps a caller on one path (``default``: user, session)."""
-        return self.flags.stickiness
 
     def decide(self, sticky: str | None) -> Decision:
         """The decision for a caller with this sticky value (None: random)."""

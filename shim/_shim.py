@@ -430,13 +430,32 @@ class Shim:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> R:
-        decision = self._decide(site, rule, args, kwargs)
+        # This is every shadowed call's path: _decide and _admit are inlined on purpose.
+        if self._closed:
+            return fn(*args, **kwargs)
+        try:
+            key = site.key
+            if key is None:
+                decision = rule.decide(sticky_value(rule.stickiness))
+            else:
+                raw = key(*args, **kwargs)
+                decision = rule.decide(None if raw is None else str(raw))
+        except Exception as exc:
+            self._internal_error("decide", exc)
+            return fn(*args, **kwargs)
         if decision.serve:
             return self._serve(site, model, decision, fn, args, kwargs)
-        if not decision.compare or not self._admit(site, self._dispatch.try_reserve):
+        if not decision.compare:
             return fn(*args, **kwargs)
-        # The caller's path from here on: time the legacy call, copy its result, hand
-        # off. Observations are built by the worker, not here; keep this lean.
+        breaker = self._breakers[site.name]
+        if breaker.state != "closed" and not breaker.may_probe():
+            self._recorder.dropped(site.product, site.task, "breaker_open")
+            return fn(*args, **kwargs)
+        if not self._dispatch.try_reserve():
+            self._recorder.dropped(site.product, site.task, "queue_full")
+            return fn(*args, **kwargs)
+        # Time the legacy call, copy its result, hand off. Observations are built by the
+        # worker, not here.
         started = _perf()
         try:
             result = fn(*args, **kwargs)
