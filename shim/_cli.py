@@ -412,6 +412,48 @@ def rollback(
 
 
 @app.command()
+def report(
+    logs: Annotated[list[str], typer.Argument(help="Logs: files, globs, .gz, or - for stdin.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, json or markdown.")] = "table",
+    task: Annotated[str | None, typer.Option(help="Only this product.task.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time, inclusive.")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time, exclusive.")] = None,
+    stage: Annotated[str | None, typer.Option(help="Only comparisons in this stage.")] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="policy.yaml with the promotion gates [default: built-in]",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Per-task statistics and a verdict (PROMOTE, HOLD, ROLLBACK); exit 1 on ROLLBACK."""
+    from ._policy import Policy
+    from ._report import build_report
+    from ._report_format import markdown, table
+
+    if fmt not in ("table", "json", "markdown"):
+        err.print(f"--format must be table, json or markdown, got {fmt!r}", markup=False)
+        raise typer.Exit(2)
+    try:
+        gates = Policy.load(policy) if policy else Policy()
+    except ConfigError as exc:
+        _fail(exc)
+    result = _guard(
+        build_report, logs, policy=gates, task=task, since=since, until=until, stage=stage
+    )
+    if fmt == "json":
+        print(json.dumps(result, indent=2))
+    elif fmt == "markdown":
+        print(markdown(result), end="")
+    else:
+        out.print(table(result))
+    if any(t["verdict"] == "ROLLBACK" for t in result["tasks"]):
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     seed: Annotated[int, typer.Option(help="Seed for the simulator and the traffic.")] = 7,
     calls: Annotated[int, typer.Option(help="Calls to make across kiwi's tasks.", min=1)] = 1000,

@@ -1,0 +1,73 @@
+"""The promotion policy: when the evidence says promote, hold or roll back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._errors import ConfigError
+from ._names import TaskName
+from ._yaml import load_yaml, validate
+
+__all__ = ["Gates", "Policy"]
+
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Gates(BaseModel):
+    """Thresholds for one task; the documented defaults are below."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_pairs: Annotated[int, Field(ge=1)] = 300
+    #: promote when the upper 95 % bound of (candidate - legacy) error rate is at most this
+    max_error_increase: Share = 0.005
+    #: promote when the upper 95 % bound of the (noise-adjusted) mismatch rate is at most
+    max_mismatch: Share = 0.01
+    max_latency_ratio_p50: Annotated[float, Field(gt=0)] = 1.10
+    max_latency_ratio_p95: Annotated[float, Field(gt=0)] = 1.25
+    max_latency_ratio_p99: Annotated[float, Field(gt=0)] = 1.5
+    #: p99 is advisory (reported, not gating) below this many pairs
+    p99_min_pairs: Annotated[int, Field(ge=1)] = 1000
+    #: roll back when the lower 95 % bound of the error-rate increase exceeds this
+    rollback_error_increase: Share = 0.02
+    #: roll back when the lower 95 % bound of the mismatch rate exceeds this
+    rollback_mismatch: Share = 0.02
+    #: models the task path may resolve to (besides the expected one); others roll back
+    allowed_models: list[str] | None = None
+
+
+class Policy(BaseModel):
+    """``policy.yaml``: ``defaults`` for every task, ``tasks`` to override per task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    defaults: Gates = Gates()
+    tasks: dict[TaskName, dict[str, Any]] = {}
+
+    def for_task(self, task: str) -> Gates:
+        """The gates in force for ``task``."""
+        override = self.tasks.get(task)
+        if not override:
+            return self.defaults
+        return Gates.model_validate({**self.defaults.model_dump(), **override})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Read a policy.yaml; raises ConfigError naming file, line and field."""
+        doc = load_yaml(path)
+        policy, problems = validate(doc, cls, doc.data if doc.data is not None else {})
+        if not problems:
+            for task, override in policy.tasks.items():
+                _, more = validate(doc, Gates, {**policy.defaults.model_dump(), **override})
+                problems += [
+                    p.__class__(
+                        p.path, doc.line_of(("tasks", task)), f"tasks.{task}.{p.field}", p.message
+                    )
+                    for p in more
+                ]
+        if problems:
+            raise ConfigError(problems)
+        return policy  # type: ignore[no-any-return]

@@ -1,0 +1,344 @@
+"""``shim report``: comparison logs in, a verdict per task out, statistics written out.
+
+Logs are read with DuckDB (files, globs, ``.gz``); every line that is not a schema-1
+record (corrupt, truncated, another schema) is counted in ``bad_lines``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comparators import percentile
+
+from ._errors import ShimError
+from ._policy import Gates, Policy
+from ._stats import newcombe_difference, wilson
+
+__all__ = ["ReportError", "build_report"]
+
+_COLUMNS = {
+    "event": "VARCHAR",
+    "schema": "INTEGER",
+    "ts": "VARCHAR",
+    "product": "VARCHAR",
+    "task": "VARCHAR",
+    "stage": "VARCHAR",
+    "served_by": "VARCHAR",
+    "reason": "VARCHAR",
+    "count": "BIGINT",
+    "legacy": "STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR)",
+    "candidate": "STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, service_type VARCHAR)",
+    "model": "STRUCT(verdict VARCHAR, expected VARCHAR, routing_error BOOLEAN)",
+    "structure": "STRUCT(match BOOLEAN, legacy_valid BOOLEAN, candidate_valid BOOLEAN, "
+    "diff VARCHAR[], noise_paths VARCHAR[])",
+}
+
+
+class ReportError(ShimError):
+    """The logs cannot be read (exit 2)."""
+
+
+def _files(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Paths to read, and temporary files to delete afterwards (stdin)."""
+    files: list[str] = []
+    temps: list[str] = []
+    for item in inputs:
+        if item == "-":
+            fd, tmp = tempfile.mkstemp(suffix=".jsonl")
+            with os.fdopen(fd, "wb") as out:
+                out.write(sys.stdin.buffer.read())
+            files.append(tmp)
+            temps.append(tmp)
+            continue
+        matched = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
+        if not matched:
+            raise ReportError(f"{item}: no log matches")
+        for path in matched:
+            if not Path(path).is_file():
+                raise ReportError(f"{path}: no such log file")
+        files += matched
+    return files, temps
+
+
+def _sql_list(files: Sequence[str]) -> str:
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
+@dataclass
+class _Task:
+    name: str
+    row: dict[str, Any]
+    verdicts: dict[str, int] = field(default_factory=dict)
+    models: set[str] = field(default_factory=set)
+    dropped: dict[str, int] = field(default_factory=dict)
+    pairs: list[tuple[float, float]] = field(default_factory=list)
+
+
+def build_report(
+    inputs: Sequence[str],
+    *,
+    policy: Policy | None = None,
+    task: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    stage: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The report as ``shim report --format json`` prints it."""
+    import duckdb
+
+    policy = policy or Policy()
+    files, temps = _files(inputs)
+    try:
+        con = duckdb.connect()
+        source = _sql_list(files)
+        lines = con.execute(
+            f"SELECT count(*) FROM read_csv({source}, columns={{'line': 'VARCHAR'}}, "
+            "header=false, delim='\\x01', quote='', escape='', auto_detect=false, "
+            "null_padding=true, strict_mode=false)"
+        ).fetchone()
+        columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}"
+        con.execute(
+            f"CREATE TEMP TABLE r AS SELECT * FROM read_json({source}, "
+            f"format='newline_delimited', ignore_errors=true, columns={columns})"
+        )
+    except duckdb.Error as exc:
+        raise ReportError(f"cannot read the logs: {exc}") from None
+    finally:
+        for tmp in temps:
+            os.unlink(tmp)
+    total_lines = int(lines[0]) if lines else 0
+    good = con.execute("SELECT count(*) FROM r WHERE event IS NOT NULL AND schema = 1").fetchone()
+    records = int(good[0]) if good else 0
+
+    def literal(value: str) -> str:
+        return "'" + value.replace("'", "''") + "'"
+
+    where = ["event IS NOT NULL", "schema = 1"]
+    if task:
+        where.append(f"product || '.' || task = {literal(task)}")
+    if since:
+        where.append(f"ts >= {literal(since)}")
+    if until:
+        where.append(f"ts < {literal(until)}")
+    if stage:
+        where.append(f"(stage = {literal(stage)} OR event <> 'shim.comparison')")
+    con.execute(
+        f"CREATE TEMP VIEW f AS SELECT *, product || '.' || task AS name FROM r "
+        f"WHERE {' AND '.join(where)}"
+    )
+
+    tasks: dict[str, _Task] = {}
+    agg = con.execute("""
+        SELECT name, count(*) AS n,
+          count(*) FILTER (served_by = 'legacy') AS served_legacy,
+          count(*) FILTER (served_by = 'task') AS served_task,
+          count(*) FILTER (served_by = 'legacy_fallback') AS served_fallback,
+          count(*) FILTER (NOT legacy.ok) AS legacy_errors,
+          count(*) FILTER (NOT candidate.ok) AS candidate_errors,
+          count(*) FILTER (structure.match IS NOT NULL) AS compared,
+          count(*) FILTER (structure.match) AS matches,
+          count(*) FILTER (structure.match = false AND NOT (
+              coalesce(len(structure.noise_paths), 0) > 0 AND len(list_filter(structure.diff,
+              lambda x: NOT list_contains(structure.noise_paths, x))) = 0)) AS real_mismatches,
+          count(*) FILTER (structure.candidate_valid IS NOT NULL) AS validated,
+          count(*) FILTER (structure.legacy_valid) AS legacy_valid,
+          count(*) FILTER (structure.candidate_valid) AS candidate_valid,
+          count(*) FILTER (model.routing_error) AS routing_errors,
+          quantile_cont(legacy.latency_ms, [0.5, 0.95, 0.99]) FILTER (legacy.ok) AS legacy_q,
+          quantile_cont(candidate.latency_ms, [0.5, 0.95, 0.99]) FILTER (candidate.ok)
+            AS candidate_q
+        FROM f WHERE event = 'shim.comparison' GROUP BY name ORDER BY name
+    """)
+    names = [d[0] for d in agg.description]
+    for values in agg.fetchall():
+        row = dict(zip(names, values, strict=True))
+        tasks[row["name"]] = _Task(row["name"], row)
+    for name, verdict, count in con.execute(
+        "SELECT name, model.verdict, count(*) FROM f WHERE event = 'shim.comparison' GROUP BY ALL"
+    ).fetchall():
+        tasks[name].verdicts[str(verdict)] = int(count)
+    for name, model in con.execute(
+        "SELECT DISTINCT name, candidate.model FROM f WHERE event = 'shim.comparison' "
+        "AND candidate.model IS NOT NULL"
+    ).fetchall():
+        tasks[name].models.add(str(model))
+    for name, reason, count in con.execute(
+        "SELECT name, reason, sum(count) FROM f WHERE event = 'shim.dropped' GROUP BY ALL"
+    ).fetchall():
+        entry = tasks.setdefault(name, _Task(name, {"n": 0}))
+        entry.dropped[str(reason)] = int(count or 0)
+    for name in tasks:
+        tasks[name].pairs = con.execute(
+            "SELECT legacy.latency_ms, candidate.latency_ms FROM f "
+            "WHERE event = 'shim.comparison' AND name = ? AND legacy.ok AND candidate.ok "
+            "USING SAMPLE reservoir(2000 ROWS) REPEATABLE (7)",
+            [name],
+        ).fetchall()
+    return {
+        "schema": 1,
+        "records": records,
+        "bad_lines": max(0, total_lines - records),
+        "tasks": [_task_report(t, policy.for_task(t.name), seed) for t in tasks.values()],
+    }
+
+
+def _rate(k: int, n: int) -> dict[str, float] | None:
+    interval = wilson(k, n)
+    if interval is None:
+        return None
+    return {"rate": interval[0], "low": interval[1], "high": interval[2]}
+
+
+def _ratios(pairs: list[tuple[float, float]], seed: int) -> dict[str, Any]:
+    """Candidate/legacy ratio of p50, p95, p99 with a paired bootstrap 95 % interval."""
+    out: dict[str, Any] = {}
+    pairs = [(a, b) for a, b in pairs if a and a > 0 and b is not None]
+    if len(pairs) < 2:
+        return out
+    rng = random.Random(seed)
+
+    def ratio(sample: Sequence[tuple[float, float]], q: float) -> float:
+        low = percentile([a for a, _ in sample], q) or 0.0
+        return (percentile([b for _, b in sample], q) or 0.0) / low if low else float("inf")
+
+    boots: dict[float, list[float]] = {50: [], 95: [], 99: []}
+    for _ in range(200):
+        sample = rng.choices(pairs, k=len(pairs))
+        for q in boots:
+            boots[q].append(ratio(sample, q))
+    for q, values in boots.items():
+        values.sort()
+        out[f"p{int(q)}"] = {"ratio": ratio(pairs, q), "low": values[5], "high": values[194]}
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.2f} %"
+
+
+def _task_report(t: _Task, gates: Gates, seed: int) -> dict[str, Any]:
+    r = t.row
+    n = int(r.get("n") or 0)
+    legacy_q = r.get("legacy_q") or [None, None, None]
+    candidate_q = r.get("candidate_q") or [None, None, None]
+    ratios = _ratios(t.pairs, seed)
+    errors = newcombe_difference(
+        int(r.get("candidate_errors") or 0), n, int(r.get("legacy_errors") or 0), n
+    )
+    compared = int(r.get("compared") or 0)
+    mismatch = _rate(int(r.get("real_mismatches") or 0), compared)
+    report: dict[str, Any] = {
+        "task": t.name,
+        "n": n,
+        "served": {
+            "legacy": r.get("served_legacy", 0),
+            "task": r.get("served_task", 0),
+            "legacy_fallback": r.get("served_fallback", 0),
+        },
+        "legacy_error_rate": (r["legacy_errors"] / n) if n else None,
+        "candidate_error_rate": (r["candidate_errors"] / n) if n else None,
+        "structure_match_rate": (r["matches"] / compared) if compared else None,
+        "model_verdicts": dict(sorted(t.verdicts.items())),
+        "dropped": sum(t.dropped.values()),
+        "dropped_by_reason": t.dropped,
+        "latency_ms": {
+            "legacy": dict(zip(("p50", "p95", "p99"), legacy_q, strict=True)),
+            "candidate": dict(zip(("p50", "p95", "p99"), candidate_q, strict=True)),
+        },
+        "intervals": {
+            "legacy_error_rate": _rate(int(r.get("legacy_errors") or 0), n),
+            "candidate_error_rate": _rate(int(r.get("candidate_errors") or 0), n),
+            "error_rate_difference": None
+            if errors is None
+            else dict(zip(("difference", "low", "high"), errors, strict=True)),
+            "mismatch_rate": mismatch,
+            "legacy_schema_valid": _rate(
+                int(r.get("legacy_valid") or 0), int(r.get("validated") or 0)
+            ),
+            "candidate_schema_valid": _rate(
+                int(r.get("candidate_valid") or 0), int(r.get("validated") or 0)
+            ),
+        },
+        "mismatch_rate_noise_adjusted": mismatch["rate"] if mismatch else None,
+        "latency_ratio": ratios,
+        "routing_errors": int(r.get("routing_errors") or 0),
+        "candidate_models": sorted(t.models),
+    }
+    report["verdict"], report["reasons"] = _verdict(report, gates, n, errors, mismatch)
+    return report
+
+
+def _verdict(
+    report: dict[str, Any],
+    gates: Gates,
+    n: int,
+    errors: tuple[float, float, float] | None,
+    mismatch: dict[str, float] | None,
+) -> tuple[str, list[str]]:
+    if n == 0:
+        return "HOLD", ["no comparisons yet"]
+    rollback: list[str] = []
+    if errors is not None and errors[1] > gates.rollback_error_increase:
+        rollback.append(
+            f"candidate error rate is higher by {_pct(errors[0])} (95 % CI "
+            f"{_pct(errors[1])} to {_pct(errors[2])}), over the "
+            f"{_pct(gates.rollback_error_increase)} rollback line"
+        )
+    if mismatch is not None and mismatch["low"] > gates.rollback_mismatch:
+        rollback.append(
+            f"structure mismatch {_pct(mismatch['rate'])} (95 % CI from "
+            f"{_pct(mismatch['low'])}), over the {_pct(gates.rollback_mismatch)} "
+            "rollback line"
+        )
+    if report["routing_errors"]:
+        rollback.append(
+            f"{report['routing_errors']} routing error(s): the task path went "
+            "to a model or service the configuration does not send it to"
+        )
+    if gates.allowed_models is not None:
+        outside = sorted(set(report["candidate_models"]) - set(gates.allowed_models))
+        if outside:
+            rollback.append(f"model(s) outside the allow-list: {', '.join(outside)}")
+    if rollback:
+        return "ROLLBACK", rollback
+    if n < gates.min_pairs:
+        return "HOLD", [f"{n} pairs; at least {gates.min_pairs} are needed to decide"]
+    hold: list[str] = []
+    passed: list[str] = []
+    if errors is not None:
+        line = (
+            f"error rate difference upper bound {_pct(errors[2])} vs "
+            f"{_pct(gates.max_error_increase)} allowed"
+        )
+        (passed if errors[2] <= gates.max_error_increase else hold).append(line)
+    if mismatch is not None:
+        line = (
+            f"mismatch upper bound {_pct(mismatch['high'])} vs {_pct(gates.max_mismatch)} allowed"
+        )
+        (passed if mismatch["high"] <= gates.max_mismatch else hold).append(line)
+    limits = {
+        "p50": gates.max_latency_ratio_p50,
+        "p95": gates.max_latency_ratio_p95,
+        "p99": gates.max_latency_ratio_p99,
+    }
+    for q, limit in limits.items():
+        found = report["latency_ratio"].get(q)
+        if found is None:
+            continue
+        line = f"latency {q} ratio {found['ratio']:.2f} vs {limit:.2f} allowed"
+        if q == "p99" and n < gates.p99_min_pairs:
+            passed.append(line + f" (advisory below {gates.p99_min_pairs} pairs)")
+        else:
+            (passed if found["ratio"] <= limit else hold).append(line)
+    if hold:
+        return "HOLD", hold
+    return "PROMOTE", passed

@@ -1,0 +1,93 @@
+"""Rendering a report: a terminal table and Markdown (``--format json`` is the dict)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+__all__ = ["markdown", "table"]
+
+_COLOURS = {"PROMOTE": "green", "HOLD": "yellow", "ROLLBACK": "red"}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f} %"
+
+
+def _ms(block: dict[str, Any], q: str) -> str:
+    value = block.get(q)
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _ratio(task: dict[str, Any], q: str) -> str:
+    found = task["latency_ratio"].get(q)
+    return "-" if not found else f"{found['ratio']:.2f} [{found['low']:.2f}..{found['high']:.2f}]"
+
+
+def _row(task: dict[str, Any]) -> list[str]:
+    mismatch = task["intervals"]["mismatch_rate"]
+    lat = task["latency_ms"]
+    return [
+        task["task"],
+        f"{task['n']:,}",
+        f"{_pct(task['legacy_error_rate'])} / {_pct(task['candidate_error_rate'])}",
+        "-" if not mismatch else f"{_pct(mismatch['rate'])}",
+        ", ".join(f"{k} {v}" for k, v in task["model_verdicts"].items()) or "-",
+        f"{_ms(lat['legacy'], 'p50')} / {_ms(lat['candidate'], 'p50')}",
+        f"{_ms(lat['legacy'], 'p95')} / {_ms(lat['candidate'], 'p95')}",
+        _ratio(task, "p50"),
+        f"{task['dropped']:,}",
+    ]
+
+
+# "L / T": legacy / task path
+_HEAD = [
+    "task",
+    "pairs",
+    "errors L / T",
+    "mismatch",
+    "models",
+    "p50 ms L / T",
+    "p95 ms L / T",
+    "p50 ratio [95 % CI]",
+    "dropped",
+]
+
+
+def table(report: dict[str, Any]) -> Group:
+    """A rich table, one row per task with its verdict coloured, then the reasons."""
+    out = Table(
+        title=f"{report['records']:,} records, {report['bad_lines']:,} bad lines",
+        title_justify="left",
+    )
+    out.add_column("verdict", no_wrap=True)
+    for name in _HEAD:
+        out.add_column(
+            name,
+            justify="left" if name in ("task", "models") else "right",
+            no_wrap=True,
+        )
+    reasons = []
+    for task in report["tasks"]:
+        colour = _COLOURS[task["verdict"]]
+        out.add_row(f"[bold {colour}]{task['verdict']}[/]", *_row(task))
+        reasons.append(f"[{colour}]{task['task']}[/]: " + "; ".join(task["reasons"]))
+    return Group(out, *reasons)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A Markdown summary for a pull request."""
+    lines = [
+        f"**task-shim report**: {report['records']:,} records, {report['bad_lines']:,} bad lines",
+        "",
+        "| verdict | " + " | ".join(_HEAD) + " |",
+        "|---|" + "---|" * len(_HEAD),
+    ]
+    for task in report["tasks"]:
+        lines.append(f"| **{task['verdict']}** | " + " | ".join(_row(task)) + " |")
+    lines.append("")
+    for task in report["tasks"]:
+        lines.append(f"- **{task['task']}** ({task['verdict']}): " + "; ".join(task["reasons"]))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,272 @@
+"""shim report on logs with planted truth: every number and every verdict as planted."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from shim import ConfigError
+from shim._cli import app
+from shim._policy import Policy
+from shim._report import build_report
+
+runner = CliRunner()
+
+
+def record(
+    task: str,
+    rng: random.Random,
+    *,
+    legacy_err: float,
+    cand_err: float,
+    mismatch: float,
+    speed: float,
+    routing: float = 0.0,
+) -> dict[str, Any]:
+    legacy_ms = 800 * math.exp(rng.gauss(0, 0.4))
+    legacy_ok, cand_ok = rng.random() >= legacy_err, rng.random() >= cand_err
+    match = None if not (legacy_ok and cand_ok) else rng.random() >= mismatch
+    product, _, name = task.partition(".")
+    return {
+        "event": "shim.comparison",
+        "schema": 1,
+        "ts": "2026-11-26T12:00:00.000000Z",
+        "product": product,
+        "task": name,
+        "call_site": "x:y",
+        "call_id": "c",
+        "stage": "shadow",
+        "served_by": "legacy",
+        "legacy": {
+            "ok": legacy_ok,
+            "latency_ms": legacy_ms,
+            "model": "m",
+            "error": None if legacy_ok else "E: x",
+        },
+        "candidate": {
+            "ok": cand_ok,
+            "latency_ms": legacy_ms * speed,
+            "model": "m",
+            "service_type": "cf-text",
+            "node_id": "n",
+            "status": 200,
+        },
+        "model": {"verdict": "same", "expected": "m", "routing_error": rng.random() < routing},
+        "structure": {
+            "match": match,
+            "legacy_valid": True,
+            "candidate_valid": True,
+            "diff": None if match is not False else ["[].x: missing in candidate"],
+        },
+        "latency_ratio": speed,
+    }
+
+
+PLANTED: dict[str, dict[str, Any]] = {
+    "kiwi.good": {
+        "n": 3000,
+        "legacy_err": 0.002,
+        "cand_err": 0.002,
+        "mismatch": 0.001,
+        "speed": 0.8,
+    },
+    "kiwi.failing": {
+        "n": 3000,
+        "legacy_err": 0.01,
+        "cand_err": 0.08,
+        "mismatch": 0.0,
+        "speed": 0.8,
+    },
+    "kiwi.few": {"n": 120, "legacy_err": 0.0, "cand_err": 0.0, "mismatch": 0.0, "speed": 0.9},
+    "kiwi.drifty": {"n": 3000, "legacy_err": 0.0, "cand_err": 0.0, "mismatch": 0.012, "speed": 0.9},
+    "kiwi.slow": {"n": 3000, "legacy_err": 0.0, "cand_err": 0.0, "mismatch": 0.0, "speed": 1.4},
+    "kiwi.misrouted": {
+        "n": 500,
+        "legacy_err": 0.0,
+        "cand_err": 0.0,
+        "mismatch": 0.0,
+        "speed": 1.0,
+        "routing": 0.01,
+    },
+}
+VERDICTS = {
+    "kiwi.good": "PROMOTE",
+    "kiwi.failing": "ROLLBACK",
+    "kiwi.few": "HOLD",
+    "kiwi.drifty": "HOLD",
+    "kiwi.slow": "HOLD",
+    "kiwi.misrouted": "ROLLBACK",
+}
+
+
+@pytest.fixture(scope="module")
+def planted_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = random.Random(11)
+    path = tmp_path_factory.mktemp("logs") / "comparisons.jsonl"
+    lines = []
+    for task, spec in PLANTED.items():
+        spec = dict(spec)
+        n = spec.pop("n")
+        lines += [json.dumps(record(task, rng, **spec)) for _ in range(n)]
+    rng.shuffle(lines)
+    lines.append(
+        json.dumps(
+            {
+                "event": "shim.dropped",
+                "schema": 1,
+                "ts": "2026-11-26T12:00:01Z",
+                "product": "kiwi",
+                "task": "good",
+                "reason": "queue_full",
+                "count": 17,
+            }
+        )
+    )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_every_verdict_is_the_planted_one(planted_log: Path) -> None:
+    report = build_report([str(planted_log)])
+    assert {t["task"]: t["verdict"] for t in report["tasks"]} == VERDICTS
+    by = {t["task"]: t for t in report["tasks"]}
+    assert by["kiwi.few"]["reasons"] == ["120 pairs; at least 300 are needed to decide"]
+    assert "error rate is higher" in by["kiwi.failing"]["reasons"][0]
+    assert any("latency p50 ratio 1.40" in r for r in by["kiwi.slow"]["reasons"])
+    assert any("mismatch upper bound" in r for r in by["kiwi.drifty"]["reasons"])
+    assert "routing error" in by["kiwi.misrouted"]["reasons"][0]
+
+
+def test_every_number_matches_the_truth_within_sampling_error(planted_log: Path) -> None:
+    report = build_report([str(planted_log)])
+    assert report["records"] == sum(s["n"] for s in PLANTED.values()) + 1
+    assert report["bad_lines"] == 0
+    for task in report["tasks"]:
+        spec = PLANTED[task["task"]]
+        n = spec["n"]
+        assert task["n"] == n
+        for key, planted in (
+            ("legacy_error_rate", spec["legacy_err"]),
+            ("candidate_error_rate", spec["cand_err"]),
+        ):
+            sigma = math.sqrt(max(planted * (1 - planted), 1e-4) / n)
+            assert abs(task[key] - planted) <= 4 * sigma, (task["task"], key)
+            interval = task["intervals"][key]
+            assert interval["low"] <= task[key] <= interval["high"]
+        assert abs((1 - task["structure_match_rate"]) - spec["mismatch"]) <= 4 * math.sqrt(
+            max(spec["mismatch"], 1e-3) / n
+        )
+        lat = task["latency_ms"]
+        assert lat["legacy"]["p50"] == pytest.approx(800, rel=0.12)
+        assert lat["candidate"]["p50"] / lat["legacy"]["p50"] == pytest.approx(
+            spec["speed"], rel=0.02
+        )
+        ratio = task["latency_ratio"]["p50"]
+        assert ratio["low"] <= spec["speed"] * 1.02 and ratio["high"] >= spec["speed"] * 0.98
+    good = next(t for t in report["tasks"] if t["task"] == "kiwi.good")
+    assert good["dropped"] == 17 and good["dropped_by_reason"] == {"queue_full": 17}
+
+
+def test_bad_lines_are_counted_never_a_crash(tmp_path: Path, planted_log: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        planted_log.read_text()
+        + "not json\n"
+        + json.dumps({"event": "shim.comparison", "schema": 2})
+        + "\n"
+        + '{"event": "shim.comparison", "sche'
+    )
+    report = build_report([str(path)])
+    assert report["bad_lines"] == 3
+    assert report["records"] == sum(s["n"] for s in PLANTED.values()) + 1
+
+
+def test_no_data_is_hold_never_a_pass(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text(
+        json.dumps(
+            {
+                "event": "shim.dropped",
+                "schema": 1,
+                "ts": "x",
+                "product": "kiwi",
+                "task": "ocr",
+                "reason": "breaker_open",
+                "count": 4,
+            }
+        )
+        + "\n"
+    )
+    [task] = build_report([str(path)])["tasks"]
+    assert (task["task"], task["verdict"], task["n"]) == ("kiwi.ocr", "HOLD", 0)
+    assert task["reasons"] == ["no comparisons yet"]
+
+
+def test_policy_overrides_per_task(tmp_path: Path, planted_log: Path) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
+        "defaults: {min_pairs: 300}\ntasks:\n"
+        "  kiwi.few: {min_pairs: 100, max_error_increase: 0.05, max_mismatch: 0.05}\n"
+        "  kiwi.slow: {max_latency_ratio_p50: 1.5, max_latency_ratio_p95: 1.5}\n"
+    )
+    report = build_report([str(planted_log)], policy=Policy.load(policy_file))
+    by = {t["task"]: t["verdict"] for t in report["tasks"]}
+    assert by["kiwi.few"] == "PROMOTE"
+    assert by["kiwi.slow"] == "PROMOTE"
+    policy_file.write_text("defaults: {min_pairs: 0}\ntasks:\n  kiwi.few: {max_mismatch: 2}\n")
+    with pytest.raises(ConfigError) as caught:
+        Policy.load(policy_file)
+    found = [str(p) for p in caught.value.problems]
+    assert any(p.startswith(f"{policy_file}:1: defaults.min_pairs") for p in found), found
+
+
+def test_cli_formats_filters_inputs_and_exit_codes(tmp_path: Path, planted_log: Path) -> None:
+    gz = tmp_path / "rotated.jsonl.gz"
+    with gzip.open(gz, "wt") as out:
+        out.write(planted_log.read_text())
+    result = runner.invoke(app, ["report", str(gz), "--format", "json", "--task", "kiwi.good"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [t["task"] for t in data["tasks"]] == ["kiwi.good"]
+    assert set(data) >= {"schema", "records", "bad_lines", "tasks"}
+    assert set(data["tasks"][0]) >= {
+        "task",
+        "n",
+        "verdict",
+        "reasons",
+        "legacy_error_rate",
+        "candidate_error_rate",
+        "structure_match_rate",
+        "model_verdicts",
+        "dropped",
+        "latency_ms",
+    }
+    table = runner.invoke(app, ["report", str(planted_log)])
+    assert table.exit_code == 1, "a ROLLBACK verdict is a gate failure"
+    assert "ROLLBACK" in table.output and "kiwi.failing" in table.output
+    md = runner.invoke(
+        app, ["report", str(tmp_path / "*.gz"), "--format", "markdown", "--task", "kiwi.good"]
+    )
+    assert md.exit_code == 0 and md.stdout.startswith("**task-shim report**")
+    assert "| **PROMOTE** | kiwi.good |" in md.stdout
+    piped = subprocess.run(
+        [sys.executable, "-m", "shim", "report", "-", "--format", "json", "--task", "kiwi.few"],
+        input=planted_log.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0 and json.loads(piped.stdout)["tasks"][0]["n"] == 120
+    missing = runner.invoke(app, ["report", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "no such log file" in missing.output
+    bad_format = runner.invoke(app, ["report", str(planted_log), "--format", "pdf"])
+    assert bad_format.exit_code == 2
