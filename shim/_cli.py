@@ -336,11 +336,52 @@ def _show(verb: str, done: str, changes: list[Any], dry_run: bool) -> None:
         )
 
 
-def _record(event: str, changes: list[Any], store: Any, log: Path | None) -> None:
+def _evidence(
+    task: str, logs: list[str] | None, policy: Path | None, force: bool
+) -> dict[str, Any]:
+    """The report's verdict on ``task``; exits 1 unless it is PROMOTE or ``force``."""
+    from ._policy import Policy
+    from ._report import build_report
+
+    if not logs:
+        if not force:
+            err.print(
+                f"serving more of {task} needs evidence: pass --evidence LOG (the "
+                "comparison log) or, to skip the gate, --force",
+                markup=False,
+            )
+            raise typer.Exit(1)
+        return {"forced": True, "evidence": None}
+    try:
+        gates = Policy.load(policy) if policy else Policy()
+    except ConfigError as exc:
+        _fail(exc)
+    report = _guard(build_report, logs, policy=gates, task=task)
+    found = next(iter(report["tasks"]), None)
+    verdict = found["verdict"] if found else "HOLD"
+    reasons = found["reasons"] if found else ["no comparisons of this task in the evidence"]
+    summary = {"verdict": verdict, "reasons": reasons, "n": found["n"] if found else 0}
+    if verdict != "PROMOTE":
+        if not force:
+            err.print(f"refusing to promote {task}: the evidence says {verdict}", markup=False)
+            for reason in reasons:
+                err.print(f"  - {reason}", markup=False)
+            raise typer.Exit(1)
+        err.print(f"forced past a {verdict} verdict; the record says so", markup=False)
+    return {"forced": force and verdict != "PROMOTE", "evidence": summary}
+
+
+def _record(
+    event: str,
+    changes: list[Any],
+    store: Any,
+    log: Path | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
     from ._ops import record
 
     path = _log_path(log)
-    record(event, changes, store, path)
+    record(event, changes, store, path, extra=extra)
     if path is None:
         err.print(f"note: no --log or SHIM_LOG, so no {event} record was written", markup=False)
 
@@ -354,9 +395,30 @@ def promote(
     flags: FlagsOpt = None,
     log: LogOpt = None,
     assignments: AssignmentsOpt = None,
+    evidence: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--evidence",
+            help="Comparison logs (files, globs, .gz); serving more needs the "
+            "task's verdict over them to be PROMOTE. Repeatable.",
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="policy.yaml for the verdict [default: built-in]", exists=True, dir_okay=False
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote without passing evidence (recorded as forced).")
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change only.")] = False,
 ) -> None:
-    """Move TASK to the next rung: shadow 100 %, then serve 1, 5, 25, 50, 100 %."""
+    """Move TASK to the next rung: shadow 100 %, then serve 1, 5, 25, 50, 100 %.
+
+    Shadowing needs no evidence; serving more does: the verdict of `shim report` over
+    --evidence must be PROMOTE, or --force (which the shim.promote record says).
+    """
     from ._ops import apply, check_request, known_tasks, plan_promote
 
     try:
@@ -375,10 +437,13 @@ def promote(
     if change is None:
         out.print(f"{task} is already live (serve 100 %); nothing to promote", markup=False)
         raise typer.Exit(1)
+    extra: dict[str, Any] = {}
+    if change.after.serve > change.before.serve:
+        extra = _evidence(task, evidence, policy, force)
     _show("promote", "promoted", [change], dry_run)
     if not dry_run:
         _guard(apply, store, [change])
-        _record("shim.promote", [change], store, log)
+        _record("shim.promote", [change], store, log, extra)
 
 
 @app.command()

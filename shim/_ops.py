@@ -146,6 +146,7 @@ def record(
     log: Path | None,
     *,
     reason: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Write one ``shim.promote`` / ``shim.rollback`` record per change to ``log``."""
     who = f"{getpass.getuser()}@{socket.gethostname()}"
@@ -163,6 +164,7 @@ def record(
         )
         if reason:
             row["reason"] = reason
+        row.update(extra or {})
         rows.append(row)
     if log is not None and rows:
         sink = FileSink(log)

@@ -56,7 +56,8 @@ def test_promote_climbs_and_keeps_comments(tmp_path: Path) -> None:
     path.write_text(KIWI_FLAGS)
     log = tmp_path / "changes.jsonl"
     outputs = [
-        invoke("promote", "kiwi.ocr", "--flags", str(path), "--log", str(log)) for _ in range(3)
+        invoke("promote", "kiwi.ocr", "--flags", str(path), "--log", str(log), "--force")
+        for _ in range(3)
     ]
     assert [code for code, _ in outputs] == [0, 0, 0]
     assert outputs[-1][1].strip() == (
@@ -80,11 +81,14 @@ def test_explicit_percentages_dry_run_and_live(tmp_path: Path) -> None:
     path = tmp_path / "flags.yaml"
     path.write_text(KIWI_FLAGS)
     code, out = invoke(
-        "promote", "kiwi.meal_plan", "--serve", "100", "--flags", str(path), "--dry-run"
+        "promote", "kiwi.meal_plan", "--serve", "100", "--flags", str(path), "--dry-run", "--force"
     )
     assert code == 0 and out.startswith("would promote kiwi.meal_plan")
     assert path.read_text() == KIWI_FLAGS
-    assert invoke("promote", "kiwi.meal_plan", "--serve", "100", "--flags", str(path))[0] == 0
+    assert (
+        invoke("promote", "kiwi.meal_plan", "--serve", "100", "--flags", str(path), "--force")[0]
+        == 0
+    )
     code, out = invoke("promote", "kiwi.meal_plan", "--flags", str(path))
     assert code == 1 and "already live" in out
     assert flags.load_flags_file(path).tasks["kiwi.meal_plan"].stickiness == "default"
@@ -94,7 +98,7 @@ def test_explicit_percentages_dry_run_and_live(tmp_path: Path) -> None:
 def test_rollback_one_and_all(tmp_path: Path) -> None:
     path = tmp_path / "flags.yaml"
     path.write_text(KIWI_FLAGS)
-    invoke("promote", "kiwi.meal_plan", "--serve", "25", "--flags", str(path))
+    invoke("promote", "kiwi.meal_plan", "--serve", "25", "--flags", str(path), "--force")
     code, out = invoke("rollback", "--all", "--flags", str(path))
     assert code == 0
     assert "rolled back kiwi.meal_plan" in out and "rolled back kiwi.recipe_generation" in out

@@ -270,3 +270,40 @@ def test_cli_formats_filters_inputs_and_exit_codes(tmp_path: Path, planted_log: 
     assert missing.exit_code == 2 and "no such log file" in missing.output
     bad_format = runner.invoke(app, ["report", str(planted_log), "--format", "pdf"])
     assert bad_format.exit_code == 2
+
+
+def test_promote_demands_a_promote_verdict_from_the_evidence(
+    tmp_path: Path, planted_log: Path
+) -> None:
+    flags_file = tmp_path / "flags.yaml"
+    flags_file.write_text("kiwi.good: {shadow: 100}\nkiwi.drifty: {shadow: 100}\n")
+    log = tmp_path / "changes.jsonl"
+    base = [
+        "--flags",
+        str(flags_file),
+        "--log",
+        str(log),
+        "--assignments",
+        str(tmp_path / "none.yaml"),
+    ]
+    refused = runner.invoke(app, ["promote", "kiwi.drifty", *base])
+    assert refused.exit_code == 1 and "needs evidence" in refused.output
+    held = runner.invoke(app, ["promote", "kiwi.drifty", "--evidence", str(planted_log), *base])
+    assert held.exit_code == 1
+    assert "refusing to promote kiwi.drifty: the evidence says HOLD" in held.output
+    assert "mismatch upper bound" in held.output
+    import flags
+
+    assert flags.load_flags_file(flags_file).tasks["kiwi.drifty"].serve == 0, "unchanged"
+    ok = runner.invoke(app, ["promote", "kiwi.good", "--evidence", str(planted_log), *base])
+    assert ok.exit_code == 0, ok.output
+    forced = runner.invoke(
+        app, ["promote", "kiwi.drifty", "--evidence", str(planted_log), "--force", *base]
+    )
+    assert forced.exit_code == 0 and "forced past a HOLD verdict" in forced.output
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["task"], r["forced"], r["evidence"]["verdict"]) for r in rows] == [
+        ("good", False, "PROMOTE"),
+        ("drifty", True, "HOLD"),
+    ]
+    assert rows[0]["to"]["serve"] == 1 and rows[0]["evidence"]["n"] == 3000

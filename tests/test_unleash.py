@@ -173,7 +173,7 @@ def test_promote_and_rollback_through_the_cli(
     log = tmp_path / "changes.jsonl"
     steps = []
     for _ in range(3):
-        done = shim_cli("promote", task, "--log", str(log))
+        done = shim_cli("promote", task, "--log", str(log), "--force")
         assert done.returncode == 0, done.stderr
         steps.append(done.stdout.strip())
     assert steps[-1].endswith("-> canary (serve 5 %, shadow 100 %)")
