@@ -519,6 +519,86 @@ def report(
 
 
 @app.command()
+def watch(
+    log: Annotated[Path, typer.Argument(help="The comparison log to follow.", dir_okay=False)],
+    auto_rollback: Annotated[
+        bool, typer.Option("--auto-rollback", help="Roll a breaching task back (serve 0 %).")
+    ] = False,
+    flags: FlagsOpt = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="policy.yaml (rollback lines, watch_window, watch_step, watch_consecutive, "
+            "watch_cumulative) [default: built-in]",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    from_start: Annotated[
+        bool, typer.Option("--from-start", help="Read the log from its start, not its end.")
+    ] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="Stop at the end of the log instead of following it.")
+    ] = False,
+) -> None:
+    """Evaluate rolling windows of LOG as it grows; with --auto-rollback, act on a breach."""
+    from flags._store import Setting
+
+    from ._ops import Change, apply, read_state, record
+    from ._policy import Policy
+    from ._watch import Watch, follow
+
+    try:
+        gates = Policy.load(policy) if policy else Policy()
+    except ConfigError as exc:
+        _fail(exc)
+    store = _store(flags) if auto_rollback else None
+    watcher = Watch(gates)
+    out.print(f"watching {log}" + (" (auto-rollback on)" if auto_rollback else ""), markup=False)
+    breaches = 0
+    try:
+        for row in follow(log, from_start=from_start, once=once):
+            breach = watcher.feed(row)
+            if breach is None:
+                continue
+            breaches += 1
+            err.print(f"BREACH {breach.describe()}", markup=False)
+            if store is None:
+                continue
+            state = _guard(read_state, store)
+            current = state.tasks.get(breach.task)
+            if current is None or current.serve == 0:
+                err.print(f"{breach.task} already serves 0 %; nothing to roll back", markup=False)
+                continue
+            change = Change(
+                breach.task, Setting(current.serve, current.shadow), Setting(0, current.shadow)
+            )
+            _guard(apply, store, [change])
+            record(
+                "shim.rollback",
+                [change],
+                store,
+                log,
+                reason=breach.describe(),
+                extra={
+                    "automatic": True,
+                    "consecutive": breach.consecutive,
+                    "cumulative": breach.cumulative,
+                    "pairs": breach.pairs,
+                },
+            )
+            out.print(
+                f"rolled back {breach.task}: serve {current.serve} % -> 0 % "
+                f"({'; '.join(breach.reasons)})",
+                markup=False,
+            )
+    except KeyboardInterrupt:
+        pass
+    if once and breaches:
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     seed: Annotated[int, typer.Option(help="Seed for the simulator and the traffic.")] = 7,
     calls: Annotated[int, typer.Option(help="Calls to make across kiwi's tasks.", min=1)] = 1000,

@@ -37,6 +37,14 @@ class Gates(BaseModel):
     rollback_mismatch: Share = 0.02
     #: models the task path may resolve to (besides the expected one); others roll back
     allowed_models: list[str] | None = None
+    #: shim watch: each evaluation looks at the task's last ``watch_window`` pairs ...
+    watch_window: Annotated[int, Field(ge=10)] = 200
+    #: ... and runs every ``watch_step`` new pairs
+    watch_step: Annotated[int, Field(ge=1)] = 50
+    #: a breach: this many failing evaluations in a row ...
+    watch_consecutive: Annotated[int, Field(ge=1)] = 3
+    #: ... or this many in the current stage
+    watch_cumulative: Annotated[int, Field(ge=1)] = 5
 
 
 class Policy(BaseModel):

@@ -1,0 +1,197 @@
+"""``shim watch``: follow a comparison log and roll a task back when it breaches.
+
+:class:`Watch` is the I/O-free core: feed it records, it evaluates each task's last
+``watch_window`` pairs every ``watch_step`` new pairs against the policy's rollback
+lines, and reports a breach after ``watch_consecutive`` failing evaluations in a row or
+``watch_cumulative`` in the stage. :func:`follow` reads a growing log, across rotation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._policy import Policy
+from ._stats import newcombe_difference, wilson
+
+__all__ = ["Breach", "Watch", "follow"]
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    """A task that crossed a rollback line often enough to act on."""
+
+    task: str
+    stage: str
+    reasons: tuple[str, ...]
+    consecutive: int
+    cumulative: int
+    pairs: int
+
+    def describe(self) -> str:
+        """One line for people and for the rollback record."""
+        return (
+            f"{self.task} breached in stage {self.stage}: {self.consecutive} failing "
+            f"evaluation(s) in a row, {self.cumulative} in the stage, over the last "
+            f"{self.pairs} pairs: " + "; ".join(self.reasons)
+        )
+
+
+@dataclass
+class _TaskWatch:
+    window: deque[tuple[bool, bool, bool | None, bool]]
+    stage: str = ""
+    since_eval: int = 0
+    consecutive: int = 0
+    cumulative: int = 0
+    last_reasons: list[str] = field(default_factory=list)
+
+
+class Watch:
+    """Rolling evaluation of comparison records, per task."""
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.policy = policy or Policy()
+        self._tasks: dict[str, _TaskWatch] = {}
+
+    def feed(self, record: dict[str, Any]) -> Breach | None:
+        """Take one record; a Breach when this record tips its task over."""
+        if record.get("event") != "shim.comparison" or record.get("schema") != 1:
+            return None
+        task = f"{record.get('product')}.{record.get('task')}"
+        gates = self.policy.for_task(task)
+        state = self._tasks.get(task)
+        if state is None:
+            state = self._tasks[task] = _TaskWatch(deque(maxlen=gates.watch_window))
+        stage = str(record.get("stage"))
+        if stage != state.stage:  # a new stage starts a new count
+            state.stage, state.consecutive, state.cumulative = stage, 0, 0
+            state.window.clear()
+            state.since_eval = 0
+        try:
+            legacy, candidate = record["legacy"], record["candidate"]
+            structure, model = record.get("structure") or {}, record.get("model") or {}
+            state.window.append(
+                (
+                    bool(legacy["ok"]),
+                    bool(candidate["ok"]),
+                    structure.get("match"),
+                    bool(model.get("routing_error")),
+                )
+            )
+        except (KeyError, TypeError):
+            return None
+        state.since_eval += 1
+        if state.since_eval < gates.watch_step or len(state.window) < gates.watch_step:
+            return None
+        state.since_eval = 0
+        reasons = self._failing(state, gates)
+        if not reasons:
+            state.consecutive = 0
+            return None
+        state.consecutive += 1
+        state.cumulative += 1
+        state.last_reasons = reasons
+        if state.consecutive >= gates.watch_consecutive or (
+            state.cumulative >= gates.watch_cumulative
+        ):
+            breach = Breach(
+                task,
+                state.stage,
+                tuple(reasons),
+                state.consecutive,
+                state.cumulative,
+                len(state.window),
+            )
+            state.consecutive = state.cumulative = 0
+            state.window.clear()
+            return breach
+        return None
+
+    @staticmethod
+    def _failing(state: _TaskWatch, gates: Any) -> list[str]:
+        rows = list(state.window)
+        n = len(rows)
+        legacy_err = sum(not r[0] for r in rows)
+        cand_err = sum(not r[1] for r in rows)
+        compared = [r[2] for r in rows if r[2] is not None]
+        reasons = []
+        diff = newcombe_difference(cand_err, n, legacy_err, n)
+        if diff is not None and diff[1] > gates.rollback_error_increase:
+            reasons.append(
+                f"task-path errors {cand_err}/{n} vs legacy {legacy_err}/{n}: "
+                f"increase at least {diff[1] * 100:.1f} pp (95 % bound) > "
+                f"{gates.rollback_error_increase * 100:.1f} pp"
+            )
+        mismatch = wilson(sum(m is False for m in compared), len(compared))
+        if mismatch is not None and mismatch[1] > gates.rollback_mismatch:
+            reasons.append(
+                f"structure mismatch {mismatch[0] * 100:.1f} %, at least "
+                f"{mismatch[1] * 100:.1f} % (95 % bound) > "
+                f"{gates.rollback_mismatch * 100:.1f} %"
+            )
+        routing = sum(r[3] for r in rows)
+        if routing:
+            reasons.append(f"{routing} routing error(s)")
+        return reasons
+
+
+def follow(
+    path: Path,
+    *,
+    from_start: bool = False,
+    poll: float = 0.2,
+    stop: Callable[[], bool] = lambda: False,
+    once: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Records appended to ``path``, as they come; reopens the path when it is rotated
+    or truncated. With ``once``, stops at the current end instead of waiting."""
+    handle = None
+    identity: tuple[int, int] | None = None
+    partial = b""
+    while not stop():
+        if handle is None:
+            try:
+                handle = open(path, "rb")  # noqa: SIM115 (kept open across the loop)
+            except FileNotFoundError:
+                if once:
+                    return
+                time.sleep(poll)
+                continue
+            st = os.fstat(handle.fileno())
+            identity = (st.st_dev, st.st_ino)
+            if not from_start:
+                handle.seek(0, os.SEEK_END)
+            from_start = True  # a rotated-in file is always read from its start
+        chunk = handle.read(1 << 20)
+        if chunk:
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            for line in lines:
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError:
+                        continue
+            continue
+        if once:
+            handle.close()
+            return
+        try:
+            st = os.stat(path)
+            moved = (st.st_dev, st.st_ino) != identity or st.st_size < handle.tell()
+        except FileNotFoundError:
+            moved = False
+        if moved:
+            handle.close()
+            handle, partial = None, b""
+            continue
+        time.sleep(poll)
+    if handle is not None:
+        handle.close()

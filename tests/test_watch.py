@@ -1,0 +1,104 @@
+"""shim watch: rolling windows over a growing log, and rollback on a breach."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+import flags
+from shim._cli import app
+from shim._watch import Watch, follow
+
+from .test_report import record
+
+runner = CliRunner()
+
+
+def stream(rng: random.Random, healthy: int, failing: int) -> list[dict[str, Any]]:
+    rows = [
+        record("kiwi.meal_plan", rng, legacy_err=0.0, cand_err=0.0, mismatch=0.0, speed=0.9)
+        for _ in range(healthy)
+    ]
+    rows += [
+        record("kiwi.meal_plan", rng, legacy_err=0.0, cand_err=0.3, mismatch=0.0, speed=0.9)
+        for _ in range(failing)
+    ]
+    for row in rows:
+        row["stage"] = "canary"
+    return rows
+
+
+def test_a_task_that_starts_failing_breaches_within_one_window() -> None:
+    watch = Watch()
+    rows = stream(random.Random(1), healthy=600, failing=400)
+    breaches = [(i, b) for i, row in enumerate(rows) if (b := watch.feed(row)) is not None]
+    assert breaches, "the failing stretch must breach"
+    first, breach = breaches[0]
+    assert 600 < first <= 600 + 200, "within one window (200 pairs) of the failures starting"
+    assert breach.task == "kiwi.meal_plan" and breach.consecutive == 3
+    assert "task-path errors" in breach.reasons[0]
+    assert "increase at least" in breach.describe()
+
+
+def test_healthy_traffic_never_breaches() -> None:
+    watch = Watch()
+    assert not any(watch.feed(row) for row in stream(random.Random(2), 3000, 0))
+
+
+def test_cli_rolls_back_and_says_why(tmp_path: Path) -> None:
+    log = tmp_path / "comparisons.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in stream(random.Random(3), 400, 400)))
+    flag_file = tmp_path / "flags.yaml"
+    flag_file.write_text("kiwi.meal_plan: {serve: 25, shadow: 100}\n")
+    result = runner.invoke(
+        app,
+        ["watch", str(log), "--auto-rollback", "--once", "--from-start", "--flags", str(flag_file)],
+    )
+    assert result.exit_code == 1, result.output
+    assert "BREACH kiwi.meal_plan breached in stage canary" in result.output
+    assert "rolled back kiwi.meal_plan: serve 25 % -> 0 %" in result.output
+    assert flags.load_flags_file(flag_file).tasks["kiwi.meal_plan"].serve == 0
+    [decision] = [
+        json.loads(line) for line in log.read_text().splitlines() if '"shim.rollback"' in line
+    ]
+    assert decision["automatic"] is True and decision["consecutive"] == 3
+    assert decision["from"]["serve"] == 25 and "task-path errors" in decision["reason"]
+
+
+def test_follow_reads_a_growing_log_across_rotation(tmp_path: Path) -> None:
+    log = tmp_path / "comparisons.jsonl"
+    log.write_text("")
+    seen: list[int] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        for row in follow(log, poll=0.02, stop=done.is_set, from_start=True):
+            seen.append(row["n"])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    with log.open("a") as out:
+        out.write("".join(json.dumps({"n": i}) + "\n" for i in range(5)))
+    deadline = time.monotonic() + 5
+    while len(seen) < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.rename(log, tmp_path / "comparisons.jsonl.1")
+    with log.open("a") as out:
+        out.write("".join(json.dumps({"n": i}) + "\n" for i in range(5, 9)))
+        out.write('{"n": 9')  # a line still being written is not read yet
+    while len(seen) < 9 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with log.open("a") as out:
+        out.write("}\n")
+    while len(seen) < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    done.set()
+    thread.join(5)
+    assert seen == list(range(10))
