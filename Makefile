@@ -15,16 +15,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job on embedded defaults
 	$(BIN)/shim demo
 
-test: lint  ## ruff, mypy --strict, pytest (with PostgreSQL and Unleash started for it)
+test: lint  ## ruff, mypy --strict, pytest (with PostgreSQL, Unleash and Chromium for it)
+	scripts/ensure-chromium.sh
 	scripts/with-unleash.sh $(BIN)/python -m pytest
 
 bench: $(STAMP)  ## every benchmark, full size
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/report.py
 
 bench-smoke: $(STAMP)  ## every benchmark, small: keeps them working in CI
 	$(BIN)/python bench/overhead.py --quick
 	$(BIN)/python bench/compare.py --quick
+	$(BIN)/python bench/report.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -479,7 +479,13 @@ def rollback(
 @app.command()
 def report(
     logs: Annotated[list[str], typer.Argument(help="Logs: files, globs, .gz, or - for stdin.")],
-    fmt: Annotated[str, typer.Option("--format", help="table, json or markdown.")] = "table",
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, json, markdown, or html (with --out).")
+    ] = "table",
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where --format html writes its page.", dir_okay=False),
+    ] = None,
     task: Annotated[str | None, typer.Option(help="Only this product.task.")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, inclusive.")] = None,
     until: Annotated[str | None, typer.Option(help="ISO time, exclusive.")] = None,
@@ -498,8 +504,11 @@ def report(
     from ._report import build_report
     from ._report_format import markdown, table
 
-    if fmt not in ("table", "json", "markdown"):
-        err.print(f"--format must be table, json or markdown, got {fmt!r}", markup=False)
+    if fmt not in ("table", "json", "markdown", "html"):
+        err.print(f"--format must be table, json, markdown or html, got {fmt!r}", markup=False)
+        raise typer.Exit(2)
+    if fmt == "html" and out_file is None:
+        err.print("--format html needs --out FILE", markup=False)
         raise typer.Exit(2)
     try:
         gates = Policy.load(policy) if policy else Policy()
@@ -508,7 +517,13 @@ def report(
     result = _guard(
         build_report, logs, policy=gates, task=task, since=since, until=until, stage=stage
     )
-    if fmt == "json":
+    if fmt == "html":
+        from ._report_html import render_html
+
+        assert out_file is not None
+        out_file.write_text(render_html(result), encoding="utf-8")
+        out.print(f"wrote {out_file}", markup=False)
+    elif fmt == "json":
         print(json.dumps(result, indent=2))
     elif fmt == "markdown":
         print(markdown(result), end="")

@@ -7,6 +7,7 @@ record (corrupt, truncated, another schema) is counted in ``bad_lines``.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import random
 import sys
@@ -221,6 +222,27 @@ def _ratios(pairs: list[tuple[float, float]], seed: int) -> dict[str, Any]:
     return out
 
 
+def _histogram(pairs: list[tuple[float, float]], bins: int = 24) -> dict[str, Any] | None:
+    """Counts of both paths' latencies in shared log-spaced bins (from the sample)."""
+    values = [v for pair in pairs for v in pair if v and v > 0]
+    if len(values) < 2:
+        return None
+    low, high = math.log(min(values)), math.log(max(values))
+    if high <= low:
+        high = low + 1e-9
+    edges = [math.exp(low + (high - low) * i / bins) for i in range(bins + 1)]
+
+    def counts(side: int) -> list[int]:
+        out = [0] * bins
+        for pair in pairs:
+            v = pair[side]
+            if v and v > 0:
+                out[min(bins - 1, int((math.log(v) - low) / (high - low) * bins))] += 1
+        return out
+
+    return {"edges_ms": [round(e, 3) for e in edges], "legacy": counts(0), "candidate": counts(1)}
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:.2f} %"
 
@@ -272,6 +294,7 @@ def _task_report(t: _Task, gates: Gates, seed: int) -> dict[str, Any]:
         "latency_ratio": ratios,
         "routing_errors": int(r.get("routing_errors") or 0),
         "candidate_models": sorted(t.models),
+        "latency_histogram": _histogram(t.pairs),
     }
     report["verdict"], report["reasons"] = _verdict(report, gates, n, errors, mismatch)
     return report

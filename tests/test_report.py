@@ -307,3 +307,55 @@ def test_promote_demands_a_promote_verdict_from_the_evidence(
         ("drifty", True, "HOLD"),
     ]
     assert rows[0]["to"]["serve"] == 1 and rows[0]["evidence"]["n"] == 3000
+
+
+def test_html_report_renders_in_headless_chromium(tmp_path: Path, planted_log: Path) -> None:
+    """One self-contained page: it renders, says the verdicts, and logs no console errors."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium: `make test` installs it (scripts/ensure-chromium.sh)")
+    page = tmp_path / "report.html"
+    result = runner.invoke(
+        app, ["report", str(planted_log), "--format", "html", "--out", str(page)]
+    )
+    assert result.exit_code == 1, "kiwi.failing is a ROLLBACK"
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,2400",
+    ]
+    shot = tmp_path / "report.png"
+    done = subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 20_000, done.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    console = [
+        line
+        for line in done.stderr.splitlines()
+        if "CONSOLE" in line or "Uncaught" in line or "Failed to load" in line
+    ]
+    assert console == []
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert "task-shim report: 1 PROMOTE, 3 HOLD, 2 ROLLBACK" in dom
+    for name, verdict in VERDICTS.items():
+        assert f'{name} <span class="badge"' in dom and verdict in dom
+    assert dom.count("<svg") >= 2 * len(VERDICTS)
