@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comparators import percentile
-
 from ._errors import ShimError
 from ._policy import Gates, Policy
 from ._stats import newcombe_difference, wilson
@@ -83,6 +81,48 @@ class _Task:
     pairs: list[tuple[float, float]] = field(default_factory=list)
 
 
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# One streaming pass computes everything per task; materialising the parsed log in a
+# table first costs more than parsing it (measured: 1.5-1.9 s against 0.6 s per GB).
+_AGGREGATE = """
+SELECT product || '.' || task AS name,
+  count(*) AS all_records,
+  count(*) FILTER (cmp) AS n,
+  count(*) FILTER (cmp AND served_by = 'legacy') AS served_legacy,
+  count(*) FILTER (cmp AND served_by = 'task') AS served_task,
+  count(*) FILTER (cmp AND served_by = 'legacy_fallback') AS served_fallback,
+  count(*) FILTER (cmp AND NOT legacy.ok) AS legacy_errors,
+  count(*) FILTER (cmp AND NOT candidate.ok) AS candidate_errors,
+  count(*) FILTER (cmp AND structure.match IS NOT NULL) AS compared,
+  count(*) FILTER (cmp AND structure.match) AS matches,
+  count(*) FILTER (cmp AND structure.match = false AND NOT (
+      coalesce(len(structure.noise_paths), 0) > 0 AND len(list_filter(structure.diff,
+      lambda x: NOT list_contains(structure.noise_paths, x))) = 0)) AS real_mismatches,
+  count(*) FILTER (cmp AND structure.candidate_valid IS NOT NULL) AS validated,
+  count(*) FILTER (cmp AND structure.legacy_valid) AS legacy_valid,
+  count(*) FILTER (cmp AND structure.candidate_valid) AS candidate_valid,
+  count(*) FILTER (cmp AND model.routing_error) AS routing_errors,
+  quantile_cont(legacy.latency_ms, [0.5, 0.95, 0.99]) FILTER (cmp AND legacy.ok) AS legacy_q,
+  quantile_cont(candidate.latency_ms, [0.5, 0.95, 0.99]) FILTER (cmp AND candidate.ok)
+    AS candidate_q,
+  histogram(model.verdict) FILTER (cmp AND model.verdict IS NOT NULL) AS verdicts,
+  list(DISTINCT candidate.model) FILTER (cmp AND candidate.model IS NOT NULL) AS models,
+  list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.dropped')
+    AS drops,
+  list([legacy.latency_ms, candidate.latency_ms]) FILTER (
+    cmp AND legacy.ok AND candidate.ok AND hash(legacy.latency_ms) % {every} = 0) AS pairs
+FROM (
+  SELECT *, {scope} AS scoped, {scope} AND event = 'shim.comparison' AS cmp
+  FROM read_ndjson({source}, ignore_errors=true, columns={columns})
+  WHERE event IS NOT NULL AND schema = 1
+)
+GROUP BY ALL ORDER BY name
+"""
+
+
 def build_report(
     inputs: Sequence[str],
     *,
@@ -98,6 +138,17 @@ def build_report(
 
     policy = policy or Policy()
     files, temps = _files(inputs)
+    scope = ["true"]
+    if task:
+        scope.append(f"product || '.' || task = {_literal(task)}")
+    if since:
+        scope.append(f"ts >= {_literal(since)}")
+    if until:
+        scope.append(f"ts < {_literal(until)}")
+    if stage:
+        scope.append(f"(stage = {_literal(stage)} OR event <> 'shim.comparison')")
+    # Latency pairs for the bootstrap: a deterministic sample of about 20,000 per log.
+    every = max(1, sum(Path(f).stat().st_size for f in files) // 700 // 20_000)
     try:
         con = duckdb.connect()
         source = _sql_list(files)
@@ -107,88 +158,40 @@ def build_report(
             "null_padding=true, strict_mode=false)"
         ).fetchone()
         columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}"
-        con.execute(
-            f"CREATE TEMP TABLE r AS SELECT * FROM read_json({source}, "
-            f"format='newline_delimited', ignore_errors=true, columns={columns})"
+        cursor = con.execute(
+            _AGGREGATE.format(
+                scope=" AND ".join(scope), source=source, columns=columns, every=every
+            )
         )
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
     except duckdb.Error as exc:
         raise ReportError(f"cannot read the logs: {exc}") from None
     finally:
         for tmp in temps:
             os.unlink(tmp)
     total_lines = int(lines[0]) if lines else 0
-    good = con.execute("SELECT count(*) FROM r WHERE event IS NOT NULL AND schema = 1").fetchone()
-    records = int(good[0]) if good else 0
-
-    def literal(value: str) -> str:
-        return "'" + value.replace("'", "''") + "'"
-
-    where = ["event IS NOT NULL", "schema = 1"]
-    if task:
-        where.append(f"product || '.' || task = {literal(task)}")
-    if since:
-        where.append(f"ts >= {literal(since)}")
-    if until:
-        where.append(f"ts < {literal(until)}")
-    if stage:
-        where.append(f"(stage = {literal(stage)} OR event <> 'shim.comparison')")
-    con.execute(
-        f"CREATE TEMP VIEW f AS SELECT *, product || '.' || task AS name FROM r "
-        f"WHERE {' AND '.join(where)}"
-    )
-
-    tasks: dict[str, _Task] = {}
-    agg = con.execute("""
-        SELECT name, count(*) AS n,
-          count(*) FILTER (served_by = 'legacy') AS served_legacy,
-          count(*) FILTER (served_by = 'task') AS served_task,
-          count(*) FILTER (served_by = 'legacy_fallback') AS served_fallback,
-          count(*) FILTER (NOT legacy.ok) AS legacy_errors,
-          count(*) FILTER (NOT candidate.ok) AS candidate_errors,
-          count(*) FILTER (structure.match IS NOT NULL) AS compared,
-          count(*) FILTER (structure.match) AS matches,
-          count(*) FILTER (structure.match = false AND NOT (
-              coalesce(len(structure.noise_paths), 0) > 0 AND len(list_filter(structure.diff,
-              lambda x: NOT list_contains(structure.noise_paths, x))) = 0)) AS real_mismatches,
-          count(*) FILTER (structure.candidate_valid IS NOT NULL) AS validated,
-          count(*) FILTER (structure.legacy_valid) AS legacy_valid,
-          count(*) FILTER (structure.candidate_valid) AS candidate_valid,
-          count(*) FILTER (model.routing_error) AS routing_errors,
-          quantile_cont(legacy.latency_ms, [0.5, 0.95, 0.99]) FILTER (legacy.ok) AS legacy_q,
-          quantile_cont(candidate.latency_ms, [0.5, 0.95, 0.99]) FILTER (candidate.ok)
-            AS candidate_q
-        FROM f WHERE event = 'shim.comparison' GROUP BY name ORDER BY name
-    """)
-    names = [d[0] for d in agg.description]
-    for values in agg.fetchall():
-        row = dict(zip(names, values, strict=True))
-        tasks[row["name"]] = _Task(row["name"], row)
-    for name, verdict, count in con.execute(
-        "SELECT name, model.verdict, count(*) FROM f WHERE event = 'shim.comparison' GROUP BY ALL"
-    ).fetchall():
-        tasks[name].verdicts[str(verdict)] = int(count)
-    for name, model in con.execute(
-        "SELECT DISTINCT name, candidate.model FROM f WHERE event = 'shim.comparison' "
-        "AND candidate.model IS NOT NULL"
-    ).fetchall():
-        tasks[name].models.add(str(model))
-    for name, reason, count in con.execute(
-        "SELECT name, reason, sum(count) FROM f WHERE event = 'shim.dropped' GROUP BY ALL"
-    ).fetchall():
-        entry = tasks.setdefault(name, _Task(name, {"n": 0}))
-        entry.dropped[str(reason)] = int(count or 0)
-    for name in tasks:
-        tasks[name].pairs = con.execute(
-            "SELECT legacy.latency_ms, candidate.latency_ms FROM f "
-            "WHERE event = 'shim.comparison' AND name = ? AND legacy.ok AND candidate.ok "
-            "USING SAMPLE reservoir(2000 ROWS) REPEATABLE (7)",
-            [name],
-        ).fetchall()
+    records = sum(int(r["all_records"]) for r in rows)
+    tasks = []
+    for row in rows:
+        if not row["n"] and not row["drops"]:
+            continue  # only records outside the filters
+        entry = _Task(
+            row["name"],
+            row,
+            verdicts={str(k): int(v) for k, v in (row["verdicts"] or {}).items()},
+            models={str(m) for m in row["models"] or ()},
+        )
+        for drop in row["drops"] or ():
+            reason = str(drop["reason"])
+            entry.dropped[reason] = entry.dropped.get(reason, 0) + int(drop["count"] or 0)
+        entry.pairs = [(float(a), float(b)) for a, b in row["pairs"] or ()]
+        tasks.append(entry)
     return {
         "schema": 1,
         "records": records,
         "bad_lines": max(0, total_lines - records),
-        "tasks": [_task_report(t, policy.for_task(t.name), seed) for t in tasks.values()],
+        "tasks": [_task_report(t, policy.for_task(t.name), seed) for t in tasks],
     }
 
 
@@ -199,26 +202,50 @@ def _rate(k: int, n: int) -> dict[str, float] | None:
     return {"rate": interval[0], "low": interval[1], "high": interval[2]}
 
 
-def _ratios(pairs: list[tuple[float, float]], seed: int) -> dict[str, Any]:
-    """Candidate/legacy ratio of p50, p95, p99 with a paired bootstrap 95 % interval."""
-    out: dict[str, Any] = {}
+_QUANTILES = (50, 95, 99)
+
+
+def _quantiles(values: list[float]) -> list[float]:
+    """p50, p95, p99 of values, from one sort."""
+    values.sort()
+    last = len(values) - 1
+    out = []
+    for q in _QUANTILES:
+        rank = last * q / 100
+        low = int(rank)
+        high = min(low + 1, last)
+        out.append(values[low] + (values[high] - values[low]) * (rank - low))
+    return out
+
+
+def _ratios(
+    pairs: list[tuple[float, float]], seed: int, *, resamples: int = 200, cap: int = 2000
+) -> dict[str, Any]:
+    """Candidate/legacy ratio of p50, p95, p99 with a paired bootstrap 95 % interval
+    (resampling pairs, so both paths' draws stay matched)."""
+    rng = random.Random(seed)
     pairs = [(a, b) for a, b in pairs if a and a > 0 and b is not None]
     if len(pairs) < 2:
-        return out
-    rng = random.Random(seed)
+        return {}
+    if len(pairs) > cap:
+        pairs = rng.sample(pairs, cap)
 
-    def ratio(sample: Sequence[tuple[float, float]], q: float) -> float:
-        low = percentile([a for a, _ in sample], q) or 0.0
-        return (percentile([b for _, b in sample], q) or 0.0) / low if low else float("inf")
+    def ratios(sample: Sequence[tuple[float, float]]) -> list[float]:
+        legacy = _quantiles([a for a, _ in sample])
+        task = _quantiles([b for _, b in sample])
+        return [t / lg if lg else float("inf") for lg, t in zip(legacy, task, strict=True)]
 
-    boots: dict[float, list[float]] = {50: [], 95: [], 99: []}
-    for _ in range(200):
-        sample = rng.choices(pairs, k=len(pairs))
-        for q in boots:
-            boots[q].append(ratio(sample, q))
-    for q, values in boots.items():
-        values.sort()
-        out[f"p{int(q)}"] = {"ratio": ratio(pairs, q), "low": values[5], "high": values[194]}
+    boots = [ratios(rng.choices(pairs, k=len(pairs))) for _ in range(resamples)]
+    estimate = ratios(pairs)
+    out: dict[str, Any] = {}
+    tail = int(resamples * 0.025)
+    for i, q in enumerate(_QUANTILES):
+        values = sorted(b[i] for b in boots)
+        out[f"p{q}"] = {
+            "ratio": estimate[i],
+            "low": values[tail],
+            "high": values[resamples - 1 - tail],
+        }
     return out
 
 
