@@ -205,7 +205,11 @@ class Recorder:
         """Queue any other record (``shim.breaker``, ``shim.flags``, ...)."""
         record = envelope(event, product, task)
         record.update(fields)
-        if self._admit():
+        if threading.current_thread() is self._thread:
+            # Raised while rendering (a comparator failed): write it in this batch. Going
+            # through the queue could land it after the stop, and lose it.
+            self._render(record)
+        elif self._admit():
             self._queue.put(record)
         else:
             self.dropped(product or "", task or "", "recorder_full")
