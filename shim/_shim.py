@@ -339,56 +339,20 @@ class Shim:
             if self._admit(site, state.dispatch.try_reserve):
                 state.dispatch.spawn(
                     site.name,
-                    self._alegacy_allocation(site, model, decision, kept, fn, args, kwargs),
+                    self._alegacy(site, model, decision, kept, _aentered, (fn, args, kwargs), {}),
                 )
         elif self._admit(site, self._dispatch.try_reserve):
             self._dispatch.submit(
                 site.name,
-                self._legacy_allocation_job,
+                self._legacy_job,
                 site,
                 model,
                 decision,
                 kept,
-                fn,
-                args,
-                kwargs,
+                _entered,
+                (fn, args, kwargs),
+                {},
             )
-
-    def _legacy_allocation_job(
-        self,
-        site: CallSite,
-        model: str | None,
-        decision: flagpkg.Decision,
-        candidate: Observation,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        started = _perf()
-        try:
-            with fn(*args, **kwargs) as value:
-                legacy = _legacy(started, model, value, copy=False)
-        except Exception as exc:
-            legacy = _legacy(started, model, exc=exc)
-        self._recorder.comparison(Pending(site, decision.stage, "task", legacy, candidate))
-
-    async def _alegacy_allocation(
-        self,
-        site: CallSite,
-        model: str | None,
-        decision: flagpkg.Decision,
-        candidate: Observation,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        started = _perf()
-        try:
-            async with asyncio.timeout(self.shadow_timeout), fn(*args, **kwargs) as value:
-                legacy = _legacy(started, model, value, copy=False)
-        except Exception as exc:
-            legacy = _legacy(started, model, exc=exc)
-        self._recorder.comparison(Pending(site, decision.stage, "task", legacy, candidate))
 
     # -- one decision for both wrappers ------------------------------------------------
 
@@ -883,6 +847,18 @@ def _legacy(
     if exc is not None:
         return Observation(False, ms, error=describe(exc), model=model)
     return Observation(True, ms, capture(result) if copy else result, model=model)
+
+
+def _entered(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Enter and leave a legacy allocation's context manager: the value it yielded."""
+    with fn(*args, **kwargs) as value:
+        return value
+
+
+async def _aentered(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Async twin of :func:`_entered`."""
+    async with fn(*args, **kwargs) as value:
+        return value
 
 
 class _Returned:
