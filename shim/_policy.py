@@ -22,18 +22,19 @@ class Gates(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_pairs: Annotated[int, Field(ge=1)] = 300
-    #: promote when the upper 95 % bound of (candidate - legacy) error rate is at most this
+    #: promote when the one-sided 95 % upper bound of (candidate - legacy) error rate
+    #: is at most this
     max_error_increase: Share = 0.005
-    #: promote when the upper 95 % bound of the (noise-adjusted) mismatch rate is at most
+    #: promote when the one-sided 95 % upper bound of the (noise-adjusted) mismatch rate is at most
     max_mismatch: Share = 0.01
     max_latency_ratio_p50: Annotated[float, Field(gt=0)] = 1.10
     max_latency_ratio_p95: Annotated[float, Field(gt=0)] = 1.25
     max_latency_ratio_p99: Annotated[float, Field(gt=0)] = 1.5
     #: p99 is advisory (reported, not gating) below this many pairs
     p99_min_pairs: Annotated[int, Field(ge=1)] = 1000
-    #: roll back when the lower 95 % bound of the error-rate increase exceeds this
+    #: roll back when the one-sided 95 % lower bound of the error-rate increase exceeds this
     rollback_error_increase: Share = 0.02
-    #: roll back when the lower 95 % bound of the mismatch rate exceeds this
+    #: roll back when the one-sided 95 % lower bound of the mismatch rate exceeds this
     rollback_mismatch: Share = 0.02
     #: models the task path may resolve to (besides the expected one); others roll back
     allowed_models: list[str] | None = None

@@ -19,7 +19,7 @@ from typing import Any
 
 from ._errors import ShimError
 from ._policy import Gates, Policy
-from ._stats import newcombe_difference, wilson
+from ._stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 
 __all__ = ["ReportError", "build_report"]
 
@@ -280,11 +280,14 @@ def _task_report(t: _Task, gates: Gates, seed: int) -> dict[str, Any]:
     legacy_q = r.get("legacy_q") or [None, None, None]
     candidate_q = r.get("candidate_q") or [None, None, None]
     ratios = _ratios(t.pairs, seed)
-    errors = newcombe_difference(
-        int(r.get("candidate_errors") or 0), n, int(r.get("legacy_errors") or 0), n
-    )
+    cand_err, legacy_err = int(r.get("candidate_errors") or 0), int(r.get("legacy_errors") or 0)
+    errors = newcombe_difference(cand_err, n, legacy_err, n)
     compared = int(r.get("compared") or 0)
-    mismatch = _rate(int(r.get("real_mismatches") or 0), compared)
+    real_mismatches = int(r.get("real_mismatches") or 0)
+    mismatch = _rate(real_mismatches, compared)
+    # The gates are one-sided tests at 95 %: a 90 % two-sided interval's bounds.
+    gate_errors = newcombe_difference(cand_err, n, legacy_err, n, z=Z_ONE_SIDED_95)
+    gate_mismatch = wilson(real_mismatches, compared, z=Z_ONE_SIDED_95)
     report: dict[str, Any] = {
         "task": t.name,
         "n": n,
@@ -323,7 +326,7 @@ def _task_report(t: _Task, gates: Gates, seed: int) -> dict[str, Any]:
         "candidate_models": sorted(t.models),
         "latency_histogram": _histogram(t.pairs),
     }
-    report["verdict"], report["reasons"] = _verdict(report, gates, n, errors, mismatch)
+    report["verdict"], report["reasons"] = _verdict(report, gates, n, gate_errors, gate_mismatch)
     return report
 
 
@@ -332,22 +335,22 @@ def _verdict(
     gates: Gates,
     n: int,
     errors: tuple[float, float, float] | None,
-    mismatch: dict[str, float] | None,
+    mismatch: tuple[float, float, float] | None,
 ) -> tuple[str, list[str]]:
+    """PROMOTE, HOLD or ROLLBACK, with one-sided 95 % bounds against the policy."""
     if n == 0:
         return "HOLD", ["no comparisons yet"]
     rollback: list[str] = []
     if errors is not None and errors[1] > gates.rollback_error_increase:
         rollback.append(
-            f"candidate error rate is higher by {_pct(errors[0])} (95 % CI "
-            f"{_pct(errors[1])} to {_pct(errors[2])}), over the "
+            f"candidate error rate is higher by {_pct(errors[0])} (at least "
+            f"{_pct(errors[1])}, one-sided 95 %), over the "
             f"{_pct(gates.rollback_error_increase)} rollback line"
         )
-    if mismatch is not None and mismatch["low"] > gates.rollback_mismatch:
+    if mismatch is not None and mismatch[1] > gates.rollback_mismatch:
         rollback.append(
-            f"structure mismatch {_pct(mismatch['rate'])} (95 % CI from "
-            f"{_pct(mismatch['low'])}), over the {_pct(gates.rollback_mismatch)} "
-            "rollback line"
+            f"structure mismatch {_pct(mismatch[0])} (at least {_pct(mismatch[1])}, "
+            f"one-sided 95 %), over the {_pct(gates.rollback_mismatch)} rollback line"
         )
     if report["routing_errors"]:
         rollback.append(
@@ -371,10 +374,8 @@ def _verdict(
         )
         (passed if errors[2] <= gates.max_error_increase else hold).append(line)
     if mismatch is not None:
-        line = (
-            f"mismatch upper bound {_pct(mismatch['high'])} vs {_pct(gates.max_mismatch)} allowed"
-        )
-        (passed if mismatch["high"] <= gates.max_mismatch else hold).append(line)
+        line = f"mismatch upper bound {_pct(mismatch[2])} vs {_pct(gates.max_mismatch)} allowed"
+        (passed if mismatch[2] <= gates.max_mismatch else hold).append(line)
     limits = {
         "p50": gates.max_latency_ratio_p50,
         "p95": gates.max_latency_ratio_p95,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Z95", "newcombe_difference", "wilson"]
+__all__ = ["Z95", "Z_ONE_SIDED_95", "newcombe_difference", "wilson"]
 
+#: Two-sided 95 % intervals (what reports show).
 Z95 = 1.959963984540054
+#: One-sided 95 % bounds (what non-inferiority gates test): a two-sided 90 % interval.
+Z_ONE_SIDED_95 = 1.6448536269514722
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float, float] | None:
