@@ -359,3 +359,16 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path, planted_log: P
     for name, verdict in VERDICTS.items():
         assert f'{name} <span class="badge"' in dom and verdict in dom
     assert dom.count("<svg") >= 2 * len(VERDICTS)
+
+
+def test_interval_statistics() -> None:
+    from shim._stats import Z_ONE_SIDED_95, newcombe_difference, wilson
+
+    rate, low, high = wilson(0, 300, z=Z_ONE_SIDED_95) or (1, 1, 1)
+    assert (rate, low) == (0.0, 0.0)
+    assert high == pytest.approx(0.0089, abs=2e-4), "300 clean pairs pass a 1 % gate"
+    rate, low, high = wilson(30, 100) or (0, 0, 0)
+    assert (round(low, 4), round(high, 4)) == (0.2189, 0.3958)  # Wilson 1927, 95 %
+    d, low, high = newcombe_difference(56, 70, 48, 80) or (0, 0, 0)
+    assert (round(d, 4), round(low, 4), round(high, 4)) == (0.2, 0.0524, 0.3339)  # Newcombe 1998
+    assert wilson(0, 0) is None
