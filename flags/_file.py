@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from pathlib import Path
 
 from shim._errors import ConfigError, Problem
@@ -46,6 +47,15 @@ class FileFlags:
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._start_poller()
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            source = ref()
+            if source is not None and not source._stop.is_set():
+                source._pid = os.getpid()
+                source._start_poller()
+
+        os.register_at_fork(after_in_child=after_fork)
 
     def decide(self, task: str, sticky: str | None) -> Decision:
         """The decision for one call of ``task``."""

@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
@@ -176,21 +177,35 @@ class Recorder:
         self.capacity = capacity
         self.flush_interval = flush_interval
         self._on_error = on_error
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._queued = 0
-        self._drops: Counter[tuple[str, str, str]] = Counter()
         self._lines = _Lines()
         self._log = structlog.wrap_logger(
             self._lines,
             processors=[_order, structlog.processors.JSONRenderer(_dumps)],
             wrapper_class=structlog.BoundLogger,
         )
+        self._start()
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            recorder = ref()
+            if recorder is not None and not recorder._closed:
+                recorder._start()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _start(self) -> None:
+        # Also the after-fork hook: what the parent had queued is the parent's to write;
+        # the child starts empty, with a thread of its own.
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._drops: Counter[tuple[str, str, str]] = Counter()
+        self._lines.batch = []
         self.written = 0
         self.write_errors = 0
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="shim-recorder", daemon=True)
         self._thread.start()
-        self._closed = False
 
     # -- producers (any thread) ----------------------------------------------------
 

@@ -126,10 +126,7 @@ class Shim:
         self._recorder = Recorder(sink, names=names, on_error=self._internal_error)
         self._owns_http = http is None
         self._http = http or httpx.Client(headers={"User-Agent": "task-shim/0.1"})
-        self._client = TaskClient(self.orch_url, api_key=api_key, timeout=timeout, http=self._http)
-        self._shadow_client = TaskClient(
-            self.orch_url, api_key=api_key, timeout=shadow_timeout, http=self._http
-        )
+        self._make_clients()
         self._dispatch = dispatch = ThreadDispatcher(
             workers=workers, capacity=queue_size, on_error=self._internal_error
         )
@@ -141,6 +138,31 @@ class Shim:
         self._sites: dict[str, CallSite] = {}
         flags.subscribe(self._flag_event)
         _live.add(self)
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            shim = ref()
+            if shim is not None and not shim._closed:
+                shim._after_fork()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _make_clients(self) -> None:
+        self._client = TaskClient(
+            self.orch_url, api_key=self._api_key, timeout=self.timeout, http=self._http
+        )
+        self._shadow_client = TaskClient(
+            self.orch_url, api_key=self._api_key, timeout=self.shadow_timeout, http=self._http
+        )
+
+    def _after_fork(self) -> None:
+        """In a forked child: connections and event loops are the parent's; start anew.
+        (The dispatcher, the recorder and file flags restart their own threads.)"""
+        if self._owns_http:
+            # Not closed: the sockets are shared with the parent, which still uses them.
+            self._http = httpx.Client(headers={"User-Agent": "task-shim/0.1"})
+            self._make_clients()
+        self._loops = weakref.WeakKeyDictionary()
 
     # -- construction from the environment -------------------------------------------
 

@@ -1,0 +1,50 @@
+"""A forked child (a pre-fork server's worker) gets working threads, clients and flags."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from shim import TaskRequest
+from shim.sim import Simulator
+
+from .shimkit import make_shim, records, wait_for
+
+
+def test_a_forked_child_compares_and_its_records_are_written(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {serve: 0, shadow: 100}\n")
+
+    @s.shadow(product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=str(i)))
+    def plan(i: int) -> int:
+        return i
+
+    plan(0)  # the parent's threads and connections are up before the fork
+    assert s.flush(10)
+    pid = os.fork()
+    if pid == 0:  # the child: its own dispatcher, recorder, poller and connections
+        code = 1
+        try:
+            assert [plan(i) for i in range(1, 6)] == [1, 2, 3, 4, 5]
+            (tmp_path / "flags.yaml").write_text("kiwi.meal_plan: {serve: 0, shadow: 0}\n")
+            deadline = time.monotonic() + 5
+            while s.flags.decide("kiwi.meal_plan", "u").compare:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the child's flags never reloaded")
+                time.sleep(0.02)
+            s.close(timeout=10)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The child turned shadowing off in the shared file; the parent follows, then its
+    # next call is not compared.
+    wait_for(lambda: not s.flags.decide("kiwi.meal_plan", "u").compare)
+    plan(6)
+    s.close(timeout=10)
+    rows = records(tmp_path / "log.jsonl")
+    assert len(rows) == 6, "1 before the fork and 5 in the child, none lost"
+    assert all(r["candidate"]["ok"] for r in rows)
