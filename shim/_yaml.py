@@ -76,7 +76,15 @@ def load_yaml(path: str | Path, *, text: str | None = None) -> Located:
     if root is None:
         return Located(name, None, {(): 1})
     builder = _Builder(name)
-    data = builder.build(root, ())
+    try:
+        data = builder.build(root, ())
+    except yaml.MarkedYAMLError as exc:  # a tag no safe constructor knows, say
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        what = exc.problem or exc.context or "cannot be read"
+        raise ConfigError([Problem(name, line, None, f"invalid YAML: {what}")]) from None
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
+        raise ConfigError([Problem(name, None, None, f"invalid YAML: {exc}")]) from None
     return Located(name, data, builder.lines, tuple(builder.problems))
 
 

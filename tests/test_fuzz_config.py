@@ -1,0 +1,114 @@
+"""Bad configuration of any shape ends in a ConfigError naming file, line and field."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flags
+from shim import ConfigError, OrchConfig
+from shim._policy import Policy
+from shim.sim import Profile
+
+from .conftest import KIWI
+
+scalars = (
+    st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats() | st.text(max_size=20)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=12) | st.integers(), inner, max_size=4)
+    ),
+    max_leaves=15,
+)
+keys = st.sampled_from(
+    [
+        "assignments",
+        "models",
+        "defaults",
+        "tasks",
+        "legacy",
+        "seed",
+        "nodes",
+        "kiwi.ocr",
+        "kiwi.meal_plan",
+        "shim.kill",
+        "serve",
+        "shadow",
+        "service_type",
+        "vram_mb",
+        "alias",
+        "model",
+        "modality",
+    ]
+) | st.text(max_size=10)
+documents = st.dictionaries(keys, values, max_size=5) | values
+raw_text = st.text(max_size=300) | st.binary(max_size=200).map(lambda b: b.decode("latin-1"))
+
+
+def as_yaml(doc: Any) -> str:
+    try:
+        return yaml.safe_dump(doc, allow_unicode=True)
+    except (yaml.YAMLError, ValueError):
+        return "{}"
+
+
+LOADERS: dict[str, Callable[[Path], Any]] = {
+    "assignments": lambda p: OrchConfig(p, KIWI / "orch" / "model_registry.yaml"),
+    "registry": lambda p: OrchConfig(KIWI / "orch" / "assignments.yaml", p),
+    "flags": flags.load_flags_file,
+    "file flags": lambda p: flags.FileFlags(p).close(),
+    "profile": Profile.load,
+    "policy": Policy.load,
+}
+
+
+def load(loader: Callable[[Path], Any], text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        try:
+            loader(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                assert problem.path == str(path)
+                assert problem.message
+                assert problem.line is None or 1 <= problem.line <= text.count("\n") + 2
+
+
+@pytest.mark.parametrize("name", sorted(LOADERS))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=documents)
+def test_structured_nonsense_is_a_config_error(name: str, doc: Any) -> None:
+    load(LOADERS[name], as_yaml(doc))
+
+
+@pytest.mark.parametrize("name", sorted(LOADERS))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=raw_text)
+def test_any_text_is_a_config_error(name: str, text: str) -> None:
+    load(LOADERS[name], text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x [*x]\n",  # a recursive alias
+        "a: !!python/object:os.system x\n",  # a tag safe_load refuses
+        "? [a, b]\n: 1\n",  # a complex key
+        "a: 1\n" * 3,  # duplicate keys
+        "\t- a\n",  # a tab where YAML forbids one
+    ],
+)
+def test_yaml_edge_cases(text: str) -> None:
+    for loader in LOADERS.values():
+        load(loader, text)
