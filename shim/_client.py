@@ -392,6 +392,13 @@ class _ClientBase:
         key = os.environ.get("CF_LICENSE_KEY") if api_key is None else api_key
         # The key goes to the coordinator only, never to the node URLs it hands out.
         self._auth = {"Authorization": f"Bearer {key}"} if key else {}
+        self.secret = key or None  # never repeated in an error message, even if echoed
+
+    def _scrubbed(self, status: int, content: bytes) -> _Reply:
+        """An error body, with the key taken out if the server echoed it back."""
+        if self.secret and status >= 300:
+            content = content.replace(self.secret.encode(), b"[redacted]")
+        return _Reply(status, content)
 
     def _timeout_for(self, call: _Call, deadline: float) -> httpx.Timeout:
         remaining = min(5.0, self.timeout) if call.release else deadline - time.perf_counter()
@@ -485,7 +492,7 @@ class TaskClient(_ClientBase):
             for chunk in response.iter_bytes():
                 content += chunk
                 _check_size(len(content), deadline)
-            return _Reply(response.status_code, bytes(content))
+            return self._scrubbed(response.status_code, bytes(content))
 
     def close(self) -> None:
         """Close the underlying httpx.Client if this client created it."""
@@ -558,7 +565,7 @@ class AsyncTaskClient(_ClientBase):
             async for chunk in response.aiter_bytes():
                 content += chunk
                 _check_size(len(content), deadline)
-            return _Reply(response.status_code, bytes(content))
+            return self._scrubbed(response.status_code, bytes(content))
 
     async def aclose(self) -> None:
         """Close the underlying httpx.AsyncClient if this client created it."""

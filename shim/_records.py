@@ -129,12 +129,17 @@ class StreamSink:
 
 
 class _Lines:
-    """structlog's output end: collects rendered lines for the next batch."""
+    """structlog's output end: collects rendered lines for the next batch, with any
+    secret the shim knows (license key, flag-service tokens) taken out."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         self.batch: list[str] = []
+        self.secrets = tuple(s for s in secrets if s and len(s) >= 4)
 
     def msg(self, line: str) -> None:
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, "[redacted]")
         self.batch.append(line + "\n")
 
     info = warning = error = msg
@@ -171,13 +176,14 @@ class Recorder:
         on_error: ErrorHook,
         capacity: int = 10_000,
         flush_interval: float = 0.5,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self.sink = sink
         self.names = names
         self.capacity = capacity
         self.flush_interval = flush_interval
         self._on_error = on_error
-        self._lines = _Lines()
+        self._lines = _Lines(secrets)
         self._log = structlog.wrap_logger(
             self._lines,
             processors=[_order, structlog.processors.JSONRenderer(_dumps)],

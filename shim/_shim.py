@@ -123,7 +123,13 @@ class Shim:
         self._names = names = _load_orch(registry, assignments)
         if sink is None:
             sink = StreamSink() if log_path in (None, "-") else FileSink(cast(Path, log_path))
-        self._recorder = Recorder(sink, names=names, on_error=self._internal_error)
+        key = os.environ.get("CF_LICENSE_KEY") if api_key is None else api_key
+        tokens = [os.environ.get("UNLEASH_API_TOKEN"), os.environ.get("UNLEASH_ADMIN_TOKEN")]
+        # An Unleash token is "project:environment.secret": the secret part alone leaks too.
+        secrets = tuple(
+            v for v in (key, *tokens, *(t.rsplit(".", 1)[-1] for t in tokens if t)) if v
+        )
+        self._recorder = Recorder(sink, names=names, on_error=self._internal_error, secrets=secrets)
         self._owns_http = http is None
         self._http = http or httpx.Client(headers={"User-Agent": "task-shim/0.1"})
         self._make_clients()
