@@ -17,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["LoopDispatcher", "ThreadDispatcher"]
+__all__ = ["Gate", "LoopDispatcher", "ThreadDispatcher"]
 
 Job = tuple[str, Callable[..., None], tuple[Any, ...]]  # (task name, work, its arguments)
 ErrorHook = Callable[[str, BaseException], None]
@@ -229,3 +229,30 @@ class LoopDispatcher:
             if late:
                 await asyncio.wait(late, timeout=1.0)
         return unfinished
+
+
+class Gate:
+    """At most ``limit`` callers inside at once, across threads and event loops; the
+    rest are turned away at once (never made to wait). ``peak`` is the most ever in."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.limit = limit
+        self.inside = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def try_enter(self) -> bool:
+        """Come in if there is room; False at once when full."""
+        with self._lock:
+            if self.inside >= self.limit:
+                return False
+            self.inside += 1
+            self.peak = max(self.peak, self.inside)
+            return True
+
+    def leave(self) -> None:
+        """Make room for the next caller."""
+        with self._lock:
+            self.inside -= 1

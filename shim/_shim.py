@@ -29,7 +29,7 @@ from ._allocation import ServedAllocation, ShadowedAllocation
 from ._breaker import BreakerPolicy, CircuitBreaker
 from ._client import AsyncTaskClient, TaskAllocation, TaskClient, TaskRequest, TaskResult
 from ._context import sticky_value
-from ._dispatch import LoopDispatcher, ThreadDispatcher
+from ._dispatch import Gate, LoopDispatcher, ThreadDispatcher
 from ._errors import ConfigError, Problem, ShimError
 from ._names import check_task_name
 from ._observe import NOT_RECORDED, CallSite, Observation, Pending, capture, describe
@@ -82,6 +82,10 @@ class Shim:
     ``queue_size``; async call sites run at most ``concurrency`` background tasks per
     event loop. Records go to ``log_path`` (``-``: stdout) or ``sink``.
 
+    ``max_serving`` bounds the task-path calls that serve at once (threads and event loops
+    together); a call beyond it is served by legacy at once and counted (``serve_full``),
+    so a hanging coordinator can hold no more than that many callers.
+
     ``noise_sample`` is the share of shadowed calls on which legacy also runs a second
     time in the background: the legacy-vs-legacy difference (``structure.noise``) tells
     a difference the model makes by itself from one the task path brings.
@@ -105,6 +109,7 @@ class Shim:
         breaker: BreakerPolicy | None = None,
         http: httpx.Client | None = None,
         noise_sample: float = 0.0,
+        max_serving: int = 64,
     ) -> None:
         self.orch_url = orch_url.rstrip("/")
         self.flags = flags
@@ -140,6 +145,7 @@ class Shim:
             weakref.WeakKeyDictionary()
         )
         self._handoff = dispatch.handoff  # bound once: the shadow path calls it per call
+        self._serving = Gate(max_serving)
         self._breakers: dict[str, CircuitBreaker] = {}
         self._sites: dict[str, CallSite] = {}
         flags.subscribe(self._flag_event)
@@ -548,7 +554,13 @@ class Shim:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> R:
-        candidate, value, _ = self._run_task(site, args, kwargs, self._client)
+        if not self._serving.try_enter():  # as many task-path calls in flight as allowed
+            self._recorder.dropped(site.product, site.task, "serve_full")
+            return fn(*args, **kwargs)
+        try:
+            candidate, value, _ = self._run_task(site, args, kwargs, self._client)
+        finally:
+            self._serving.leave()
         if candidate is None:  # breaker open: the task path is not called at all
             return fn(*args, **kwargs)
         if candidate.ok:
@@ -700,7 +712,13 @@ class Shim:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        candidate, value, _ = await self._arun_task(site, args, kwargs, state.client)
+        if not self._serving.try_enter():
+            self._recorder.dropped(site.product, site.task, "serve_full")
+            return await fn(*args, **kwargs)
+        try:
+            candidate, value, _ = await self._arun_task(site, args, kwargs, state.client)
+        finally:
+            self._serving.leave()
         if candidate is None:
             return await fn(*args, **kwargs)
         if candidate.ok:
