@@ -8,6 +8,7 @@ coordinator's task endpoint; :func:`context` sets who is calling. The simulator 
 """
 
 from ._breaker import BreakerPolicy
+from ._capture import Capture
 from ._client import AsyncTaskClient, TaskAllocation, TaskClient, TaskRequest, TaskResult
 from ._context import context, current_context
 from ._errors import ConfigError, Problem, ShimError, TaskFailed, TaskNotRegistered
@@ -20,6 +21,7 @@ __all__ = [
     "NOT_RECORDED",
     "AsyncTaskClient",
     "BreakerPolicy",
+    "Capture",
     "ConfigError",
     "FileSink",
     "OrchConfig",

@@ -15,6 +15,8 @@ from typing import Any
 
 from comparators import ModelNames, OutputComparator, Structure
 
+from ._capture import Capture
+
 __all__ = [
     "NOT_RECORDED",
     "SCHEMA",
@@ -100,6 +102,7 @@ class Observation:
     service_type: str | None = None
     node_id: str | None = None
     status: int | None = None
+    prompt: str | None = None  # the task request's prompt (kept only if capture is on)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +163,9 @@ def _digest(value: Any) -> tuple[str | None, int | None]:
     return hashlib.sha256(data).hexdigest(), len(data)
 
 
-def _side(obs: Observation, value: Any, *, candidate: bool) -> dict[str, Any]:
+def _side(
+    obs: Observation, value: Any, *, candidate: bool, capture: Capture | None = None
+) -> dict[str, Any]:
     sha, size = _digest(value)
     side: dict[str, Any] = {
         "ok": obs.ok,
@@ -170,6 +175,10 @@ def _side(obs: Observation, value: Any, *, candidate: bool) -> dict[str, Any]:
     if candidate:
         side.update(service_type=obs.service_type, node_id=obs.node_id, status=obs.status)
     side.update(error=obs.error, output_sha256=sha, output_bytes=size)
+    if capture is not None:
+        side["output"] = None if value is NOT_RECORDED else capture.text(value)
+        if candidate:
+            side["prompt"] = capture.text(obs.prompt)
     return side
 
 
@@ -197,7 +206,10 @@ def _with_noise(
 
 
 def comparison_record(
-    pending: Pending, names: ModelNames, on_error: Callable[[str, BaseException], None]
+    pending: Pending,
+    names: ModelNames,
+    on_error: Callable[[str, BaseException], None],
+    capture: Capture | None = None,
 ) -> dict[str, Any]:
     """The schema-1 ``shim.comparison`` record for one call."""
     site = pending.site
@@ -233,8 +245,8 @@ def comparison_record(
             "call_id": uuid.uuid4().hex,
             "stage": pending.stage,
             "served_by": pending.served_by,
-            "legacy": _side(legacy, legacy_value, candidate=False),
-            "candidate": _side(pending.candidate, candidate_value, candidate=True),
+            "legacy": _side(legacy, legacy_value, candidate=False, capture=capture),
+            "candidate": _side(pending.candidate, candidate_value, candidate=True, capture=capture),
             "model": names.check(
                 site.name,
                 legacy_model,

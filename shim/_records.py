@@ -24,6 +24,7 @@ import structlog
 
 from comparators import ModelNames
 
+from ._capture import Capture
 from ._observe import Pending, comparison_record, envelope
 
 __all__ = ["FileSink", "RecordSink", "Recorder", "StreamSink"]
@@ -177,12 +178,14 @@ class Recorder:
         capacity: int = 10_000,
         flush_interval: float = 0.5,
         secrets: tuple[str, ...] = (),
+        capture: Capture | None = None,
     ) -> None:
         self.sink = sink
         self.names = names
         self.capacity = capacity
         self.flush_interval = flush_interval
         self._on_error = on_error
+        self.capture = capture
         self._lines = _Lines(secrets)
         self._log = structlog.wrap_logger(
             self._lines,
@@ -306,7 +309,7 @@ class Recorder:
     def _render(self, item: Any) -> None:
         try:
             if isinstance(item, Pending):
-                record = comparison_record(item, self.names, self._on_error)
+                record = comparison_record(item, self.names, self._on_error, self.capture)
             else:
                 record = item
             self._log.info(record.pop("event"), **record)

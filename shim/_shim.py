@@ -27,6 +27,7 @@ from comparators import JsonOutput, ModelNames, OutputComparator
 
 from ._allocation import ServedAllocation, ShadowedAllocation
 from ._breaker import BreakerPolicy, CircuitBreaker
+from ._capture import Capture
 from ._client import AsyncTaskClient, TaskAllocation, TaskClient, TaskRequest, TaskResult
 from ._context import sticky_value
 from ._dispatch import Gate, LoopDispatcher, ThreadDispatcher
@@ -86,6 +87,9 @@ class Shim:
     together); a call beyond it is served by legacy at once and counted (``serve_full``),
     so a hanging coordinator can hold no more than that many callers.
 
+    Prompts and outputs are not recorded; ``capture=Capture(...)`` records them, capped
+    and redacted (emails, phone numbers, card-like numbers, your own patterns).
+
     ``noise_sample`` is the share of shadowed calls on which legacy also runs a second
     time in the background: the legacy-vs-legacy difference (``structure.noise``) tells
     a difference the model makes by itself from one the task path brings.
@@ -110,6 +114,7 @@ class Shim:
         http: httpx.Client | None = None,
         noise_sample: float = 0.0,
         max_serving: int = 64,
+        capture: Capture | None = None,
     ) -> None:
         self.orch_url = orch_url.rstrip("/")
         self.flags = flags
@@ -134,7 +139,10 @@ class Shim:
         secrets = tuple(
             v for v in (key, *tokens, *(t.rsplit(".", 1)[-1] for t in tokens if t)) if v
         )
-        self._recorder = Recorder(sink, names=names, on_error=self._internal_error, secrets=secrets)
+        self._capture = capture
+        self._recorder = Recorder(
+            sink, names=names, on_error=self._internal_error, secrets=secrets, capture=capture
+        )
         self._owns_http = http is None
         self._http = http or httpx.Client(headers={"User-Agent": "task-shim/0.1"})
         self._make_clients()
@@ -526,8 +534,10 @@ class Shim:
             return None, NOT_RECORDED, None
         started = _perf()
         result: TaskResult | TaskAllocation | None = None
+        prompt: str | None = None
         try:
             request = site.request(*args, **kwargs)
+            prompt = request.prompt if self._capture is not None else None
             if site.allocation:
                 result = client.allocate(site.product, site.task, request)
             else:
@@ -537,9 +547,9 @@ class Shim:
             breaker.failure()
             if isinstance(result, TaskAllocation):
                 client.release(site.product, site.task, result)
-            return _failed_candidate(exc, started, result), exc, None
+            return _failed_candidate(exc, started, result, prompt), exc, None
         breaker.success()
-        observed = _ok_candidate(result, value, started)
+        observed = _ok_candidate(result, value, started, prompt)
         if isinstance(result, TaskAllocation) and not keep:
             client.release(site.product, site.task, result)  # compared: give it back now
             result = None
@@ -683,8 +693,10 @@ class Shim:
             return None, NOT_RECORDED, None
         started = _perf()
         result: TaskResult | TaskAllocation | None = None
+        prompt: str | None = None
         try:
             request = site.request(*args, **kwargs)
+            prompt = request.prompt if self._capture is not None else None
             if site.allocation:
                 result = await client.allocate(site.product, site.task, request)
             else:
@@ -694,9 +706,9 @@ class Shim:
             breaker.failure()
             if isinstance(result, TaskAllocation):
                 await client.release(site.product, site.task, result)
-            return _failed_candidate(exc, started, result), exc, None
+            return _failed_candidate(exc, started, result, prompt), exc, None
         breaker.success()
-        observed = _ok_candidate(result, value, started)
+        observed = _ok_candidate(result, value, started, prompt)
         if isinstance(result, TaskAllocation) and not keep:
             await client.release(site.product, site.task, result)
             result = None
@@ -917,7 +929,10 @@ class _Returned:
 
 
 def _failed_candidate(
-    exc: BaseException, started: float, result: TaskResult | TaskAllocation | None
+    exc: BaseException,
+    started: float,
+    result: TaskResult | TaskAllocation | None,
+    prompt: str | None = None,
 ) -> Observation:
     status = (
         getattr(exc, "status", None)
@@ -932,10 +947,13 @@ def _failed_candidate(
         service_type=result.service_type if result else None,
         node_id=result.node_id if result else None,
         status=status,
+        prompt=prompt,
     )
 
 
-def _ok_candidate(result: TaskResult | TaskAllocation, value: Any, started: float) -> Observation:
+def _ok_candidate(
+    result: TaskResult | TaskAllocation, value: Any, started: float, prompt: str | None = None
+) -> Observation:
     return Observation(
         True,
         (_perf() - started) * 1000,
@@ -945,6 +963,7 @@ def _ok_candidate(result: TaskResult | TaskAllocation, value: Any, started: floa
         result.service_type,
         result.node_id,
         200,
+        prompt,
     )
 
 

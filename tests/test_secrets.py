@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -52,3 +53,33 @@ def test_no_record_carries_a_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert SECRET not in text
     assert "unleash-secret-123" not in text
     assert "[redacted]" in text
+
+
+def test_prompts_and_outputs_are_not_recorded_unless_captured(sim: Any, tmp_path: Path) -> None:
+    from shim import Capture
+
+    for name, capture in (("off", None), ("on", Capture(max_chars=60, patterns=(r"ID-\d+",)))):
+        (tmp_path / name).mkdir()
+        s = make_shim(sim.url, tmp_path / name, "kiwi.meal_plan: {shadow: 100}\n", capture=capture)
+        wrapped = s.shadow(
+            product="kiwi",
+            task="meal_plan",
+            request=lambda: TaskRequest(
+                prompt="plan for ann@example.com, card 4111 1111 1111 1111, ID-42"
+            ),
+        )(lambda: "Call +44 20 7946 0958 or ann@example.com; " + "x" * 200)
+        wrapped()
+        s.close()
+        [row] = [
+            json.loads(line)
+            for line in (tmp_path / name / "log.jsonl").read_text().splitlines()
+            if '"shim.comparison"' in line
+        ]
+        if capture is None:
+            assert "output" not in row["legacy"] and "prompt" not in row["candidate"]
+            assert "ann@example.com" not in json.dumps(row)
+            continue
+        assert row["candidate"]["prompt"] == ("plan for [redacted], card [redacted], [redacted]")
+        assert row["legacy"]["output"].startswith("Call [redacted] or [redacted]; xxx")
+        assert row["legacy"]["output"].endswith("more chars]")
+        assert row["candidate"]["output"]
