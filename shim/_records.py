@@ -52,7 +52,9 @@ class FileSink:
 
     Opened with ``O_APPEND``; every batch goes out as whole lines in writes of at most
     64 KiB. When the path stops naming the open file (rotated, deleted), the sink
-    reopens the path, at most once per ``check_every`` seconds.
+    reopens the path, at most once per ``check_every`` seconds. A path that cannot be
+    opened does not stop the program: each write raises (the recorder counts and logs
+    it) and the sink tries the path again, so recording resumes once it is fixed.
     """
 
     def __init__(self, path: str | Path, *, check_every: float = 1.0) -> None:
@@ -61,7 +63,10 @@ class FileSink:
         self._fd = -1
         self._ino: tuple[int, int] | None = None
         self._checked = 0.0
-        self._open()
+        try:
+            self._open()
+        except OSError:
+            self._checked = 0.0  # the first write tries again and reports the error
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +78,9 @@ class FileSink:
         self._checked = time.monotonic()
 
     def _reopen_if_moved(self) -> None:
+        if self._fd < 0:
+            self._open()  # raises while the path is unusable: the batch counts as failed
+            return
         now = time.monotonic()
         if now - self._checked < self.check_every:
             return

@@ -8,6 +8,7 @@ import atexit
 import functools
 import inspect
 import logging
+import multiprocessing.util
 import os
 import random
 import threading
@@ -166,6 +167,9 @@ class Shim:
                 shim._after_fork()
 
         os.register_at_fork(after_in_child=after_fork)
+        # multiprocessing's workers leave through os._exit, which skips atexit, and start
+        # with its finaliser registry cleared: register the close where it will run.
+        multiprocessing.util.register_after_fork(self, _close_at_worker_exit)
 
     def _make_clients(self) -> None:
         self._client = TaskClient(
@@ -905,6 +909,11 @@ def _legacy(
     if exc is not None:
         return Observation(False, ms, error=describe(exc), model=model)
     return Observation(True, ms, capture(result) if copy else result, model=model)
+
+
+def _close_at_worker_exit(shim: Shim) -> None:
+    """In a multiprocessing worker: close (write what was compared) when it exits."""
+    multiprocessing.util.Finalize(shim, shim.close, kwargs={"timeout": 2.0}, exitpriority=10)
 
 
 def _entered(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

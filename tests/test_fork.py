@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from shim import TaskRequest
 from shim.sim import Simulator
@@ -48,3 +49,31 @@ def test_a_forked_child_compares_and_its_records_are_written(
     rows = records(tmp_path / "log.jsonl")
     assert len(rows) == 6, "1 before the fork and 5 in the child, none lost"
     assert all(r["candidate"]["ok"] for r in rows)
+
+
+_POOL: dict[str, Any] = {}
+
+
+def _pool_call(i: int) -> int:
+    return int(_POOL["plan"](i))
+
+
+def test_a_multiprocessing_pool_of_forked_workers(sim: Simulator, tmp_path: Path) -> None:
+    import multiprocessing
+
+    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {serve: 0, shadow: 100}\n")
+
+    @s.shadow(product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=str(i)))
+    def plan(i: int) -> int:
+        return i * 2
+
+    _POOL["plan"] = plan
+    plan(0)
+    assert s.flush(10)
+    pool = multiprocessing.get_context("fork").Pool(2)
+    assert pool.map(_pool_call, range(1, 9)) == [i * 2 for i in range(1, 9)]
+    pool.close()
+    pool.join()  # workers leave normally: their shims close and write what they compared
+    s.close(timeout=10)
+    rows = records(tmp_path / "log.jsonl")
+    assert sorted(r["candidate"]["ok"] for r in rows) == [True] * 9, "1 parent + 8 workers"

@@ -99,3 +99,25 @@ def test_write_errors_are_counted_and_reported(tmp_path: Path) -> None:
     assert recorder.write_errors == 1
     assert seen == [("write", "[Errno 28] No space left on device")]
     recorder.close(5)
+
+
+def test_an_unusable_log_path_never_stops_the_program(tmp_path: Path) -> None:
+    """A log path under a file: writes fail and are counted; once fixed, records resume."""
+    blocker = tmp_path / "logs"
+    blocker.write_text("not a directory")
+    errors: list[str] = []
+    recorder = Recorder(
+        FileSink(blocker / "log.jsonl"),
+        names=ModelNames(),
+        on_error=lambda op, exc: errors.append(f"{op}: {type(exc).__name__}"),
+    )
+    recorder.event("shim.flags", None, None, level="info", n=1)
+    assert recorder.flush(5)
+    assert recorder.write_errors == 1
+    assert errors in (["write: FileExistsError"], ["write: NotADirectoryError"])
+    blocker.unlink()
+    blocker.mkdir()
+    recorder.event("shim.flags", None, None, level="info", n=2)
+    assert recorder.close(5)
+    rows = [json.loads(line) for line in (blocker / "log.jsonl").read_text().splitlines()]
+    assert [r["n"] for r in rows] == [2]
