@@ -15,7 +15,7 @@ from ._output import (
     readable_path,
     sections,
 )
-from ._shape import diff_shapes, extract_json, shape
+from ._shape import extract_json, shape
 
 #: Kiwi's recipe text: four sections, two of them lists.
 KIWI_RECIPE = TextOutput(
@@ -31,7 +31,6 @@ __all__ = [
     "OutputComparator",
     "Structure",
     "TextOutput",
-    "diff_shapes",
     "extract_json",
     "latency_delta",
     "latency_ratio",

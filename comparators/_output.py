@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import pydantic
 from deepdiff import DeepDiff
 
-from ._shape import extract_json, shape
+from ._shape import extract_json, label, shape
 
 __all__ = [
     "Comparator",
@@ -120,14 +120,6 @@ def _unify(a: Any, b: Any) -> tuple[Any, Any]:
         x, y = _unify(a[1], b[1])
         return ["list", x], ["list", y]
     return a, b
-
-
-def _label(s: Any) -> str:
-    if isinstance(s, dict):
-        return "object"
-    if isinstance(s, list):
-        return "list"
-    return str(s)
 
 
 def _drop(s: Any, path: Sequence[str]) -> Any:
@@ -238,7 +230,7 @@ class JsonOutput:
                         f"{where}.{k}: only in candidate" for k in item.t2 if k not in item.t1
                     ]
                     continue
-                diffs.append(f"{path}: {_label(item.t1)} -> {_label(item.t2)}")
+                diffs.append(f"{path}: {label(item.t1)} -> {label(item.t2)}")
         return list(dict.fromkeys(diffs))
 
     def _valid(self, value: Any) -> bool | None:

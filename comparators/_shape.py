@@ -2,7 +2,7 @@
 
 A shape keeps what a parser downstream depends on: object keys, value types, and for
 lists the merged shape of their elements. Numbers are one type (``3`` and ``3.5`` are
-both prices); ``null`` is its own.
+both prices); ``null`` is its own. Comparators diff shapes with deepdiff.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["Shape", "diff_shapes", "extract_json", "shape"]
+__all__ = ["Shape", "extract_json", "shape"]
 
 # A shape is a type name, {"key": shape, ...} for objects, or ["list", shape] for lists.
 Shape = Any
@@ -42,35 +42,16 @@ def _merge(a: Shape, b: Shape) -> Shape:
         return ["list", _merge(a[1], b[1])]
     if "null" in (a, b):
         return a if b == "null" else b  # an optional value keeps its type
-    return f"{_label(a)}|{_label(b)}"
+    return f"{label(a)}|{label(b)}"
 
 
-def _label(s: Shape) -> str:
+def label(s: Shape) -> str:
+    """How a shape is named in a diff: ``object``, ``list``, or its type."""
     if isinstance(s, dict):
         return "object"
     if isinstance(s, list):
         return "list"
     return str(s)
-
-
-def diff_shapes(legacy: Shape, candidate: Shape, path: str = "") -> list[str]:
-    """Readable differences, e.g. ``[].recipe_id: number -> str``, ``.totals: missing``."""
-    if legacy == candidate:
-        return []
-    if isinstance(legacy, dict) and isinstance(candidate, dict):
-        out = []
-        for key in legacy:
-            if key not in candidate:
-                out.append(f"{path}.{key}: missing in candidate")
-            else:
-                out += diff_shapes(legacy[key], candidate[key], f"{path}.{key}")
-        out += [f"{path}.{key}: only in candidate" for key in candidate if key not in legacy]
-        return out
-    if isinstance(legacy, list) and isinstance(candidate, list):
-        if "empty" in (legacy[1], candidate[1]):
-            return []  # an empty list fits any element shape
-        return diff_shapes(legacy[1], candidate[1], f"{path}[]")
-    return [f"{path or '$'}: {_label(legacy)} -> {_label(candidate)}"]
 
 
 def extract_json(text: str) -> tuple[str, Any]:

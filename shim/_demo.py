@@ -15,10 +15,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ._orch import OrchConfig, default_config_path
-from ._summary import summarise
+from ._report import build_report
+from ._report_format import table
 
 __all__ = ["run_demo"]
 
@@ -62,8 +62,8 @@ def _callsites(env: dict[str, str]) -> Any:
     return importlib.import_module(name)
 
 
-def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> list[dict[str, Any]]:
-    """Shadow every kiwi task at 100 % for ``calls`` calls; print and return the summary."""
+def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str, Any]:
+    """Shadow every kiwi task at 100 % for ``calls`` calls; print and return the report."""
     from .sim import Simulator
 
     out.mkdir(parents=True, exist_ok=True)
@@ -100,9 +100,13 @@ def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> list[dict
             _drive(kiwi, plan, rng, lambda: progress.advance(bar))
         kiwi.shim.close(timeout=30)
     took = time.perf_counter() - started
-    rows = summarise(log)
-    _print(console, rows, took, calls, log)
-    return rows
+    report = build_report([str(log)])
+    console.print(table(report))
+    console.print(
+        f"{calls:,} calls in {took:.1f} s; every comparison is a line in {log}; "
+        f"read it again with: shim report {log}"
+    )
+    return report
 
 
 def _drive(kiwi: Any, plan: list[str], rng: random.Random, tick: Any) -> None:
@@ -141,43 +145,3 @@ def _drive(kiwi: Any, plan: list[str], rng: random.Random, tick: Any) -> None:
     with ThreadPoolExecutor(8, thread_name_prefix="kiwi") as pool:
         list(pool.map(lambda a: one(*a), args))
     loop_thread.join()
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
-
-
-def _print(
-    console: Console, rows: list[dict[str, Any]], took: float, calls: int, log: Path
-) -> None:
-    table = Table(title="shadow comparisons per task", title_justify="left")
-    for column in (
-        "task",
-        "records",
-        "dropped",
-        "model verdicts",
-        "structure match",
-        "legacy p50 / p95 ms",
-        "task p50 / p95 ms",
-    ):
-        table.add_column(
-            column,
-            justify="left" if column in ("task", "model verdicts") else "right",
-            no_wrap=True,
-        )
-    for row in rows:
-        verdicts = ", ".join(f"{k} {v}" for k, v in sorted(row["model_verdicts"].items()))
-        rate = row["structure_match_rate"]
-        colour = "green" if rate is not None and rate >= 0.99 else "red"
-        lat = row["latency_ms"]
-        table.add_row(
-            row["task"],
-            f"{row['records']:,}",
-            f"{row['dropped']:,}",
-            verdicts,
-            "-" if rate is None else f"[{colour}]{rate:.1%}[/]",
-            f"{_ms(lat['legacy']['p50'])} / {_ms(lat['legacy']['p95'])}",
-            f"{_ms(lat['candidate']['p50'])} / {_ms(lat['candidate']['p95'])}",
-        )
-    console.print(table)
-    console.print(f"{calls:,} calls in {took:.1f} s; every comparison is a line in {log}")
