@@ -9,9 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._errors import ConfigError
 from ._names import TaskName
+from ._stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 from ._yaml import load_yaml, validate
 
 __all__ = ["Gates", "Policy"]
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.2f} %"
+
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -46,6 +52,42 @@ class Gates(BaseModel):
     watch_consecutive: Annotated[int, Field(ge=1)] = 3
     #: ... or this many in the current stage
     watch_cumulative: Annotated[int, Field(ge=1)] = 5
+
+    def rollback_reasons(
+        self,
+        *,
+        pairs: int,
+        legacy_errors: int,
+        candidate_errors: int,
+        compared: int,
+        mismatches: int,
+        routing_errors: int,
+    ) -> list[str]:
+        """Why these counts cross a rollback line (one-sided 95 % lower bounds); empty
+        when they do not. Shared by ``shim report`` and ``shim watch``."""
+        reasons = []
+        errors = newcombe_difference(
+            candidate_errors, pairs, legacy_errors, pairs, z=Z_ONE_SIDED_95
+        )
+        if errors is not None and errors[1] > self.rollback_error_increase:
+            reasons.append(
+                f"task-path errors {candidate_errors}/{pairs} vs legacy {legacy_errors}/"
+                f"{pairs}: candidate error rate is higher by {_pct(errors[0])} (increase "
+                f"at least {_pct(errors[1])}, one-sided 95 %), over the "
+                f"{_pct(self.rollback_error_increase)} rollback line"
+            )
+        mismatch = wilson(mismatches, compared, z=Z_ONE_SIDED_95)
+        if mismatch is not None and mismatch[1] > self.rollback_mismatch:
+            reasons.append(
+                f"structure mismatch {_pct(mismatch[0])} (at least {_pct(mismatch[1])}, "
+                f"one-sided 95 %), over the {_pct(self.rollback_mismatch)} rollback line"
+            )
+        if routing_errors:
+            reasons.append(
+                f"{routing_errors} routing error(s): the task path went to a model "
+                "or service the configuration does not send it to"
+            )
+        return reasons
 
 
 class Policy(BaseModel):

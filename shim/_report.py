@@ -323,37 +323,32 @@ def _task_report(t: _Task, gates: Gates, seed: int) -> dict[str, Any]:
         "candidate_models": sorted(t.models),
         "latency_histogram": _histogram(t.pairs),
     }
-    report["verdict"], report["reasons"] = _verdict(report, gates, n, gate_errors, gate_mismatch)
+    counts = {
+        "pairs": n,
+        "legacy_errors": legacy_err,
+        "candidate_errors": cand_err,
+        "compared": compared,
+        "mismatches": real_mismatches,
+        "routing_errors": report["routing_errors"],
+    }
+    report["verdict"], report["reasons"] = _verdict(
+        report, gates, counts, gate_errors, gate_mismatch
+    )
     return report
 
 
 def _verdict(
     report: dict[str, Any],
     gates: Gates,
-    n: int,
+    counts: dict[str, int],
     errors: tuple[float, float, float] | None,
     mismatch: tuple[float, float, float] | None,
 ) -> tuple[str, list[str]]:
     """PROMOTE, HOLD or ROLLBACK, with one-sided 95 % bounds against the policy."""
+    n = counts["pairs"]
     if n == 0:
         return "HOLD", ["no comparisons yet"]
-    rollback: list[str] = []
-    if errors is not None and errors[1] > gates.rollback_error_increase:
-        rollback.append(
-            f"candidate error rate is higher by {_pct(errors[0])} (at least "
-            f"{_pct(errors[1])}, one-sided 95 %), over the "
-            f"{_pct(gates.rollback_error_increase)} rollback line"
-        )
-    if mismatch is not None and mismatch[1] > gates.rollback_mismatch:
-        rollback.append(
-            f"structure mismatch {_pct(mismatch[0])} (at least {_pct(mismatch[1])}, "
-            f"one-sided 95 %), over the {_pct(gates.rollback_mismatch)} rollback line"
-        )
-    if report["routing_errors"]:
-        rollback.append(
-            f"{report['routing_errors']} routing error(s): the task path went "
-            "to a model or service the configuration does not send it to"
-        )
+    rollback = gates.rollback_reasons(**counts)
     if gates.allowed_models is not None:
         outside = sorted(set(report["candidate_models"]) - set(gates.allowed_models))
         if outside:

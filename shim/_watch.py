@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ._policy import Policy
-from ._stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 
 __all__ = ["Breach", "Watch", "follow"]
 
@@ -117,29 +116,17 @@ class Watch:
     @staticmethod
     def _failing(state: _TaskWatch, gates: Any) -> list[str]:
         rows = list(state.window)
-        n = len(rows)
-        legacy_err = sum(not r[0] for r in rows)
-        cand_err = sum(not r[1] for r in rows)
         compared = [r[2] for r in rows if r[2] is not None]
-        reasons = []
-        diff = newcombe_difference(cand_err, n, legacy_err, n, z=Z_ONE_SIDED_95)
-        if diff is not None and diff[1] > gates.rollback_error_increase:
-            reasons.append(
-                f"task-path errors {cand_err}/{n} vs legacy {legacy_err}/{n}: "
-                f"increase at least {diff[1] * 100:.1f} pp (one-sided 95 %) > "
-                f"{gates.rollback_error_increase * 100:.1f} pp"
+        return list(
+            gates.rollback_reasons(
+                pairs=len(rows),
+                legacy_errors=sum(not r[0] for r in rows),
+                candidate_errors=sum(not r[1] for r in rows),
+                compared=len(compared),
+                mismatches=sum(m is False for m in compared),
+                routing_errors=sum(r[3] for r in rows),
             )
-        mismatch = wilson(sum(m is False for m in compared), len(compared), z=Z_ONE_SIDED_95)
-        if mismatch is not None and mismatch[1] > gates.rollback_mismatch:
-            reasons.append(
-                f"structure mismatch {mismatch[0] * 100:.1f} %, at least "
-                f"{mismatch[1] * 100:.1f} % (one-sided 95 %) > "
-                f"{gates.rollback_mismatch * 100:.1f} %"
-            )
-        routing = sum(r[3] for r in rows)
-        if routing:
-            reasons.append(f"{routing} routing error(s)")
-        return reasons
+        )
 
 
 def follow(
