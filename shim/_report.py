@@ -7,9 +7,7 @@ record (corrupt, truncated, another schema) is counted in ``bad_lines``.
 from __future__ import annotations
 
 import glob
-import math
 import os
-import random
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -33,9 +31,9 @@ _COLUMNS = {
     "served_by": "VARCHAR",
     "reason": "VARCHAR",
     "count": "BIGINT",
-    "legacy": "STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR)",
-    "candidate": "STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, service_type VARCHAR)",
-    "model": "STRUCT(verdict VARCHAR, expected VARCHAR, routing_error BOOLEAN)",
+    "legacy": "STRUCT(ok BOOLEAN, latency_ms DOUBLE)",
+    "candidate": "STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR)",
+    "model": "STRUCT(verdict VARCHAR, routing_error BOOLEAN)",
     "structure": "STRUCT(match BOOLEAN, legacy_valid BOOLEAN, candidate_valid BOOLEAN, "
     "diff VARCHAR[], noise_paths VARCHAR[])",
 }
@@ -202,69 +200,55 @@ def _rate(k: int, n: int) -> dict[str, float] | None:
 _QUANTILES = (50, 95, 99)
 
 
-def _quantiles(values: list[float]) -> list[float]:
-    """p50, p95, p99 of values, from one sort."""
-    values.sort()
-    last = len(values) - 1
-    out = []
-    for q in _QUANTILES:
-        rank = last * q / 100
-        low = int(rank)
-        high = min(low + 1, last)
-        out.append(values[low] + (values[high] - values[low]) * (rank - low))
-    return out
-
-
 def _ratios(
     pairs: list[tuple[float, float]], seed: int, *, resamples: int = 200, cap: int = 2000
 ) -> dict[str, Any]:
     """Candidate/legacy ratio of p50, p95, p99 with a paired bootstrap 95 % interval
     (resampling pairs, so both paths' draws stay matched)."""
-    rng = random.Random(seed)
-    pairs = [(a, b) for a, b in pairs if a and a > 0 and b is not None]
-    if len(pairs) < 2:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sample = np.array([(a, b) for a, b in pairs if a and a > 0 and b is not None], dtype=float)
+    if len(sample) < 2:
         return {}
-    if len(pairs) > cap:
-        pairs = rng.sample(pairs, cap)
+    if len(sample) > cap:
+        sample = sample[rng.choice(len(sample), cap, replace=False)]
+    qs = np.array(_QUANTILES) / 100
 
-    def ratios(sample: Sequence[tuple[float, float]]) -> list[float]:
-        legacy = _quantiles([a for a, _ in sample])
-        task = _quantiles([b for _, b in sample])
-        return [t / lg if lg else float("inf") for lg, t in zip(legacy, task, strict=True)]
+    def ratios(legacy: Any, task: Any) -> Any:
+        return np.quantile(task, qs, axis=-1) / np.quantile(legacy, qs, axis=-1)
 
-    boots = [ratios(rng.choices(pairs, k=len(pairs))) for _ in range(resamples)]
-    estimate = ratios(pairs)
-    out: dict[str, Any] = {}
-    tail = int(resamples * 0.025)
-    for i, q in enumerate(_QUANTILES):
-        values = sorted(b[i] for b in boots)
-        out[f"p{q}"] = {
-            "ratio": estimate[i],
-            "low": values[tail],
-            "high": values[resamples - 1 - tail],
-        }
-    return out
+    draws = sample[rng.integers(0, len(sample), (resamples, len(sample)))]
+    with np.errstate(divide="ignore"):
+        estimate = ratios(sample[:, 0], sample[:, 1])
+        boots = ratios(draws[..., 0], draws[..., 1])
+    low, high = np.quantile(boots, [0.025, 0.975], axis=-1, method="inverted_cdf")
+    return {
+        f"p{q}": {"ratio": float(estimate[i]), "low": float(low[i]), "high": float(high[i])}
+        for i, q in enumerate(_QUANTILES)
+    }
 
 
 def _histogram(pairs: list[tuple[float, float]], bins: int = 24) -> dict[str, Any] | None:
     """Counts of both paths' latencies in shared log-spaced bins (from the sample)."""
-    values = [v for pair in pairs for v in pair if v and v > 0]
-    if len(values) < 2:
+    import numpy as np
+
+    values = np.array(pairs, dtype=float).reshape(-1, 2)
+    positive = values[values > 0]
+    if len(positive) < 2:
         return None
-    low, high = math.log(min(values)), math.log(max(values))
-    if high <= low:
-        high = low + 1e-9
-    edges = [math.exp(low + (high - low) * i / bins) for i in range(bins + 1)]
+    low, high = np.log(positive.min()), np.log(positive.max())
+    edges = np.exp(np.linspace(low, max(high, low + 1e-9), bins + 1))
 
     def counts(side: int) -> list[int]:
-        out = [0] * bins
-        for pair in pairs:
-            v = pair[side]
-            if v and v > 0:
-                out[min(bins - 1, int((math.log(v) - low) / (high - low) * bins))] += 1
-        return out
+        column = values[:, side]
+        return [int(c) for c in np.histogram(column[column > 0], edges)[0]]
 
-    return {"edges_ms": [round(e, 3) for e in edges], "legacy": counts(0), "candidate": counts(1)}
+    return {
+        "edges_ms": [round(float(e), 3) for e in edges],
+        "legacy": counts(0),
+        "candidate": counts(1),
+    }
 
 
 def _pct(x: float) -> str:
