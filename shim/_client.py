@@ -26,6 +26,8 @@ __all__ = ["AsyncTaskClient", "TaskAllocation", "TaskClient", "TaskRequest", "Ta
 
 _log = structlog.get_logger("shim")
 T = TypeVar("T")
+#: ``(product, task, allocation_id, error)``: told of every allocation release that failed.
+ReleaseHook = Callable[[str, str, str, str], None]
 
 #: Replies larger than this are refused rather than buffered.
 MAX_REPLY_BYTES = 32 * 1024 * 1024
@@ -264,6 +266,7 @@ def _steps(
     task: str,
     req: TaskRequest,
     auth: Mapping[str, str],
+    hook: ReleaseHook | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> _Steps:
     """One inference: ask the coordinator; complete and release an allocation if given."""
@@ -312,9 +315,9 @@ def _steps(
             completion.usage,
         )
     except BaseException:
-        yield from _release(base, product, task, alloc, auth)
+        yield from _release(base, product, task, alloc, auth, hook)
         raise
-    yield from _release(base, product, task, alloc, auth)
+    yield from _release(base, product, task, alloc, auth, hook)
     return result
 
 
@@ -351,8 +354,10 @@ def _release(
     task: str,
     alloc: _AllocationReply | TaskAllocation,
     auth: Mapping[str, str],
+    hook: ReleaseHook | None = None,
 ) -> Generator[_Call, _Reply, None]:
-    """Give the allocation back; a failure here is logged, never raised."""
+    """Give the allocation back; a failure here is logged and told to ``hook``, never
+    raised."""
     error: str | None = None
     if not alloc.service:
         error = "allocation names no service to release it from"
@@ -378,17 +383,27 @@ def _release(
             allocation_id=alloc.allocation_id,
             error=error,
         )
+        if hook is not None:
+            hook(product, task, alloc.allocation_id, error)
 
 
 # -- drivers --------------------------------------------------------------------------
 
 
 class _ClientBase:
-    def __init__(self, orch_url: str, *, api_key: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        orch_url: str,
+        *,
+        api_key: str | None,
+        timeout: float,
+        on_release_failed: ReleaseHook | None,
+    ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.orch_url = orch_url.rstrip("/")
         self.timeout = timeout
+        self.on_release_failed = on_release_failed
         key = os.environ.get("CF_LICENSE_KEY") if api_key is None else api_key
         # The key goes to the coordinator only, never to the node URLs it hands out.
         self._auth = {"Authorization": f"Bearer {key}"} if key else {}
@@ -436,6 +451,8 @@ class TaskClient(_ClientBase):
     ``api_key`` defaults to ``CF_LICENSE_KEY`` (sent as a Bearer token to the
     coordinator); ``timeout`` bounds a whole inference, in seconds. Pass ``http`` to
     use your own httpx.Client (it is not closed by :meth:`close`).
+    ``on_release_failed(product, task, allocation_id, error)`` hears of every release
+    that failed (they are logged as ``shim.release_failed`` and never raised).
     """
 
     def __init__(
@@ -445,14 +462,21 @@ class TaskClient(_ClientBase):
         api_key: str | None = None,
         timeout: float = 30.0,
         http: httpx.Client | None = None,
+        on_release_failed: ReleaseHook | None = None,
     ) -> None:
-        super().__init__(orch_url, api_key=api_key, timeout=timeout)
+        super().__init__(
+            orch_url, api_key=api_key, timeout=timeout, on_release_failed=on_release_failed
+        )
         self._owned = http is None
         self._http = http or httpx.Client(headers={"User-Agent": _USER_AGENT})
 
     def infer(self, product: str, task: str, request: TaskRequest) -> TaskResult:
         """Run ``product.task`` on the task path; raises TaskNotRegistered / TaskFailed."""
-        return self._run(_steps(self.orch_url, product, task, request, self._auth), product, task)
+        return self._run(
+            _steps(self.orch_url, product, task, request, self._auth, self.on_release_failed),
+            product,
+            task,
+        )
 
     def allocate(self, product: str, task: str, request: TaskRequest) -> TaskAllocation:
         """Ask only for an allocation (``mode: allocate``); release it when done."""
@@ -461,7 +485,11 @@ class TaskClient(_ClientBase):
 
     def release(self, product: str, task: str, allocation: TaskAllocation) -> None:
         """Give an allocation back; a failure is logged (``shim.release_failed``)."""
-        self._run(_release(self.orch_url, product, task, allocation, self._auth), product, task)
+        self._run(
+            _release(self.orch_url, product, task, allocation, self._auth, self.on_release_failed),
+            product,
+            task,
+        )
 
     def _run(self, steps: Generator[_Call, _Reply, T], product: str, task: str) -> T:
         deadline = time.perf_counter() + self.timeout
@@ -516,14 +544,17 @@ class AsyncTaskClient(_ClientBase):
         api_key: str | None = None,
         timeout: float = 30.0,
         http: httpx.AsyncClient | None = None,
+        on_release_failed: ReleaseHook | None = None,
     ) -> None:
-        super().__init__(orch_url, api_key=api_key, timeout=timeout)
+        super().__init__(
+            orch_url, api_key=api_key, timeout=timeout, on_release_failed=on_release_failed
+        )
         self._owned = http is None
         self._http = http or httpx.AsyncClient(headers={"User-Agent": _USER_AGENT})
 
     async def infer(self, product: str, task: str, request: TaskRequest) -> TaskResult:
         """Run ``product.task`` on the task path; raises TaskNotRegistered / TaskFailed."""
-        steps = _steps(self.orch_url, product, task, request, self._auth)
+        steps = _steps(self.orch_url, product, task, request, self._auth, self.on_release_failed)
         return await self._run(steps, product, task)
 
     async def allocate(self, product: str, task: str, request: TaskRequest) -> TaskAllocation:
@@ -533,7 +564,9 @@ class AsyncTaskClient(_ClientBase):
 
     async def release(self, product: str, task: str, allocation: TaskAllocation) -> None:
         """Give an allocation back; a failure is logged (``shim.release_failed``)."""
-        steps = _release(self.orch_url, product, task, allocation, self._auth)
+        steps = _release(
+            self.orch_url, product, task, allocation, self._auth, self.on_release_failed
+        )
         await self._run(steps, product, task)
 
     async def _run(self, steps: Generator[_Call, _Reply, T], product: str, task: str) -> T:

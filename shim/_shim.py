@@ -56,11 +56,15 @@ class _LoopState:
 
     def __init__(self, shim: Shim) -> None:
         http = httpx.AsyncClient(headers={"User-Agent": "task-shim/0.1"})
-        self.client = AsyncTaskClient(
-            shim.orch_url, api_key=shim._api_key, timeout=shim.timeout, http=http
-        )
-        self.shadow_client = AsyncTaskClient(
-            shim.orch_url, api_key=shim._api_key, timeout=shim.shadow_timeout, http=http
+        self.client, self.shadow_client = (
+            AsyncTaskClient(
+                shim.orch_url,
+                api_key=shim._api_key,
+                timeout=timeout,
+                http=http,
+                on_release_failed=shim._release_failed,
+            )
+            for timeout in (shim.timeout, shim.shadow_timeout)
         )
         self.http = http
         self.dispatch = LoopDispatcher(capacity=shim.concurrency, on_error=shim._internal_error)
@@ -172,11 +176,15 @@ class Shim:
         multiprocessing.util.register_after_fork(self, _close_at_worker_exit)
 
     def _make_clients(self) -> None:
-        self._client = TaskClient(
-            self.orch_url, api_key=self._api_key, timeout=self.timeout, http=self._http
-        )
-        self._shadow_client = TaskClient(
-            self.orch_url, api_key=self._api_key, timeout=self.shadow_timeout, http=self._http
+        self._client, self._shadow_client = (
+            TaskClient(
+                self.orch_url,
+                api_key=self._api_key,
+                timeout=timeout,
+                http=self._http,
+                on_release_failed=self._release_failed,
+            )
+            for timeout in (self.timeout, self.shadow_timeout)
         )
 
     def _after_fork(self) -> None:
@@ -784,6 +792,14 @@ class Shim:
         _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
         if operation not in ("write", "render", "sink_close"):  # the recorder is the problem
             self._recorder.event("shim.error", None, None, operation=operation, error=describe(exc))
+
+    def _release_failed(self, product: str, task: str, allocation_id: str, error: str) -> None:
+        """An allocation the coordinator would not take back: counted and recorded."""
+        with self._errors_lock:
+            self._errors["release"] += 1
+        self._recorder.event(
+            "shim.release_failed", product, task, allocation_id=allocation_id, error=error
+        )
 
     def _calibrate(self) -> bool:
         """Is this comparison one of the ``noise_sample`` that also re-runs legacy?"""

@@ -34,7 +34,7 @@ def _session_sim(kiwi_config: OrchConfig) -> Iterator[Simulator]:
 def sim(_session_sim: Simulator) -> Iterator[Simulator]:
     """The shared simulator, reset to the quiet profile after each test."""
     yield _session_sim
-    _session_sim.set_profile(QUIET)
+    _session_sim.reset(QUIET)
 
 
 Infer = Callable[..., TaskResult]

@@ -101,6 +101,13 @@ class SimState:
                 self.rng = random.Random(profile.seed)
             self.nodes = {n.id: n for n in profile.nodes}
 
+    def forget_allocations(self) -> int:
+        """Drop every active allocation (one a client never learnt of, say); how many."""
+        with self.lock:
+            count = len(self.allocations)
+            self.allocations.clear()
+        return count
+
     def snapshot(self) -> dict[str, Any]:
         """Counters and allocation state, as ``GET /_sim/stats`` shows them."""
         with self.lock:

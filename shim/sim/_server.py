@@ -103,6 +103,12 @@ class Simulator:
         """Use these knobs from the next request on."""
         self._state.set_profile(profile)
 
+    def reset(self, profile: Profile) -> int:
+        """Use ``profile`` and forget active allocations (an answer the client could not
+        read leaves one behind): a clean slate between runs. Returns the forgotten."""
+        self._state.set_profile(profile)
+        return self._state.forget_allocations()
+
     @property
     def profile(self) -> Profile:
         """The knobs in force."""
