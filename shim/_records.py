@@ -9,6 +9,7 @@ and reason and written as aggregated ``shim.dropped`` records.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import sys
@@ -27,7 +28,9 @@ from comparators import ModelNames
 from ._capture import Capture
 from ._observe import Pending, comparison_record, envelope
 
-__all__ = ["FileSink", "RecordSink", "Recorder", "StreamSink"]
+__all__ = ["FileSink", "PartialWrite", "RecordSink", "Recorder", "StreamSink"]
+
+_log = logging.getLogger("shim")
 
 # Concurrent O_APPEND writers never interleave inside one write() of a regular file on
 # Linux; keep each write to whole lines and well under the page-cache chunk sizes.
@@ -94,19 +97,26 @@ class FileSink:
         self._open()
 
     def write(self, lines: Sequence[str]) -> None:
-        """Append whole lines."""
+        """Append whole lines; on a failure after some batches went out, raises
+        :class:`PartialWrite` saying how many lines did."""
         self._reopen_if_moved()
         chunk: list[bytes] = []
-        size = 0
-        for line in lines:
-            data = line.encode()
-            if chunk and size + len(data) > _MAX_WRITE:
+        size = done = 0
+        try:
+            for line in lines:
+                data = line.encode()
+                if chunk and size + len(data) > _MAX_WRITE:
+                    self._write_all(b"".join(chunk))
+                    done += len(chunk)
+                    chunk, size = [], 0
+                chunk.append(data)
+                size += len(data)
+            if chunk:
                 self._write_all(b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(data)
-            size += len(data)
-        if chunk:
-            self._write_all(b"".join(chunk))
+        except OSError as exc:
+            if done:
+                raise PartialWrite(done, exc) from exc
+            raise
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -119,6 +129,14 @@ class FileSink:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class PartialWrite(OSError):
+    """A sink wrote the first ``written`` lines of a batch, then failed."""
+
+    def __init__(self, written: int, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.written = written
 
 
 class StreamSink:
@@ -175,7 +193,14 @@ ErrorHook = Callable[[str, BaseException], None]
 
 
 class Recorder:
-    """The background thread that assembles, renders and writes records."""
+    """The background thread that assembles, renders and writes records.
+
+    A sink that fails (disk full, path unusable) loses nothing at first: the lines are
+    held, up to ``capacity`` of them, and written once the sink works again (tried
+    every ``flush_interval``). Lines beyond that are counted per task as dropped
+    (``sink_unavailable``); the outage and the recovery are reported to ``on_error``
+    once each, not per batch.
+    """
 
     def __init__(
         self,
@@ -219,7 +244,11 @@ class Recorder:
         self._drops: Counter[tuple[str, str, str]] = Counter()
         self._lines.batch = []
         self.written = 0
-        self.write_errors = 0
+        self.write_errors = 0  # failed attempts to write
+        self.lost = 0  # lines given up on: held lines beyond capacity, or at close
+        self._held: list[str] = []  # rendered lines not yet written
+        self._failing_since: float | None = None
+        self._retry_at = 0.0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="shim-recorder", daemon=True)
         self._thread.start()
@@ -306,9 +335,10 @@ class Recorder:
                     continue  # keep filling the batch while work is waiting
             now = time.monotonic()
             if stop or waiter is not None or now >= next_drops:
-                self._render_drops()
+                if self._failing_since is None or stop:  # while failing, counts wait
+                    self._render_drops()
                 next_drops = now + self.flush_interval
-            self._write()
+            self._write(now, now=waiter is not None, final=stop)
             if waiter is not None:
                 waiter.set()
             if stop:
@@ -332,13 +362,58 @@ class Recorder:
             record.update(reason=reason, count=count)
             self._log.info(record.pop("event"), **record)
 
-    def _write(self) -> None:
-        batch, self._lines.batch = self._lines.batch, []
-        if not batch:
+    @property
+    def unwritten(self) -> int:
+        """Lines rendered and held because the sink failed."""
+        return len(self._held) + len(self._lines.batch)
+
+    def _write(self, clock: float, *, now: bool = False, final: bool = False) -> None:
+        """Write what is held; while the sink fails, retry each ``flush_interval``, or
+        ``now`` (a flush), or as the ``final`` attempt (close)."""
+        held = self._held
+        held += self._lines.batch
+        self._lines.batch = []
+        waiting = self._failing_since is not None and clock < self._retry_at
+        if not held or (waiting and not (now or final)):
+            self._trim()
             return
         try:
-            self.sink.write(batch)
-            self.written += len(batch)
+            self.sink.write(held)
         except Exception as exc:
-            self.write_errors += len(batch)
-            self._on_error("write", exc)
+            done = exc.written if isinstance(exc, PartialWrite) else 0
+            self.written += done
+            del held[:done]
+            self.write_errors += 1
+            self._retry_at = clock + self.flush_interval
+            if self._failing_since is None:
+                self._failing_since = clock
+                self._on_error("write", exc)
+            if final and held:
+                self.lost += len(held)
+                self._on_error("write", OSError(f"{len(held)} record lines never written"))
+                held.clear()
+            self._trim()
+            return
+        self.written += len(held)
+        held.clear()
+        if self._failing_since is not None:
+            _log.warning(
+                "task-shim records are written again after %.1f s", clock - self._failing_since
+            )
+            self._failing_since = None
+
+    def _trim(self) -> None:
+        """Hold at most ``capacity`` lines; count the rest as dropped, per task."""
+        extra = len(self._held) - self.capacity
+        if extra <= 0:
+            return
+        for line in self._held[self.capacity :]:
+            try:
+                record = json.loads(line)
+                self.dropped(
+                    record.get("product") or "", record.get("task") or "", "sink_unavailable"
+                )
+            except ValueError:
+                pass
+        del self._held[self.capacity :]
+        self.lost += extra

@@ -55,7 +55,9 @@ class _LoopState:
     """What a Shim keeps per event loop: httpx.AsyncClient is bound to its loop."""
 
     def __init__(self, shim: Shim) -> None:
-        http = httpx.AsyncClient(headers={"User-Agent": "task-shim/0.1"})
+        # The shim's TLS context: loading CA certificates per event loop would cost the
+        # loop's first caller ~25 ms.
+        http = httpx.AsyncClient(headers={"User-Agent": "task-shim/0.1"}, verify=shim._tls)
         self.client, self.shadow_client = (
             AsyncTaskClient(
                 shim.orch_url,
@@ -149,7 +151,8 @@ class Shim:
             sink, names=names, on_error=self._internal_error, secrets=secrets, capture=capture
         )
         self._owns_http = http is None
-        self._http = http or httpx.Client(headers={"User-Agent": "task-shim/0.1"})
+        self._tls = httpx.create_ssl_context()  # verifying certificates, shared by clients
+        self._http = http or httpx.Client(headers={"User-Agent": "task-shim/0.1"}, verify=self._tls)
         self._make_clients()
         self._dispatch = dispatch = ThreadDispatcher(
             workers=workers, capacity=queue_size, on_error=self._internal_error
@@ -192,7 +195,7 @@ class Shim:
         (The dispatcher, the recorder and file flags restart their own threads.)"""
         if self._owns_http:
             # Not closed: the sockets are shared with the parent, which still uses them.
-            self._http = httpx.Client(headers={"User-Agent": "task-shim/0.1"})
+            self._http = httpx.Client(headers={"User-Agent": "task-shim/0.1"}, verify=self._tls)
             self._make_clients()
         self._loops = weakref.WeakKeyDictionary()
 
@@ -839,11 +842,14 @@ class Shim:
         return breaker.state if breaker else None
 
     def stats(self) -> dict[str, Any]:
-        """Counters: records written, drops not yet written, internal errors by operation."""
+        """Counters: record lines written, held while the log cannot be written and lost
+        for good, failed writes, comparisons pending, internal errors by operation."""
         with self._errors_lock:
             errors = dict(self._errors)
         return {
             "records_written": self._recorder.written,
+            "records_unwritten": self._recorder.unwritten,
+            "records_lost": self._recorder.lost,
             "write_errors": self._recorder.write_errors,
             "pending": self._dispatch.pending,
             "internal_errors": errors,
@@ -854,7 +860,8 @@ class Shim:
         deadline = time.monotonic() + timeout
         while self._dispatch.pending and time.monotonic() < deadline:
             time.sleep(0.005)
-        return self._recorder.flush(max(0.0, deadline - time.monotonic()))
+        flushed = self._recorder.flush(max(0.0, deadline - time.monotonic()))
+        return flushed and not self._recorder.unwritten
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from comparators import ModelNames
 from shim import FileSink
-from shim._records import Recorder, StreamSink
+from shim._records import PartialWrite, Recorder, StreamSink
 
 
 def _append(path: str, writer: int, lines: int) -> None:
@@ -120,4 +120,65 @@ def test_an_unusable_log_path_never_stops_the_program(tmp_path: Path) -> None:
     recorder.event("shim.flags", None, None, level="info", n=2)
     assert recorder.close(5)
     rows = [json.loads(line) for line in (blocker / "log.jsonl").read_text().splitlines()]
-    assert [r["n"] for r in rows] == [2]
+    assert [r["n"] for r in rows] == [1, 2], "the line held while the path failed is kept"
+    assert recorder.lost == 0
+
+
+class Flaky:
+    """A sink that fails while ``down``, writing only the first ``partial`` lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.down = True
+        self.partial = 0
+
+    def write(self, lines: list[str]) -> None:
+        if self.down:
+            done = min(self.partial, len(lines) - 1)
+            self.lines += lines[:done]
+            if done:
+                raise PartialWrite(done, OSError(28, "No space left on device"))
+            raise OSError(28, "No space left on device")
+        self.lines += lines
+
+    def close(self) -> None:
+        pass
+
+
+def test_lines_are_held_while_the_sink_fails_and_written_in_order_after(tmp_path: Path) -> None:
+    sink, errors = Flaky(), []
+    sink.partial = 1
+    recorder = Recorder(
+        sink, names=ModelNames(), on_error=lambda op, exc: errors.append(op), flush_interval=60
+    )
+    for n in range(5):
+        recorder.event("shim.flags", "kiwi", "ocr", n=n)
+        recorder.flush(5)
+    sink.partial = 0
+    for n in range(5, 8):
+        recorder.event("shim.flags", "kiwi", "ocr", n=n)
+    recorder.flush(5)
+    assert recorder.unwritten > 0 and recorder.write_errors >= 2
+    assert errors == ["write"], "an outage is reported once, not per batch"
+    sink.down = False
+    assert recorder.close(5)
+    assert [json.loads(line)["n"] for line in sink.lines] == list(range(8))
+    assert recorder.lost == 0 and recorder.unwritten == 0
+
+
+def test_beyond_capacity_held_lines_are_counted_as_dropped_per_task() -> None:
+    sink = Flaky()
+    recorder = Recorder(
+        sink, names=ModelNames(), on_error=lambda op, exc: None, capacity=10, flush_interval=60
+    )
+    for n in range(25):
+        recorder.event("shim.flags", "kiwi", "ocr", n=n)
+        if n % 5 == 4:
+            recorder.flush(5)
+    assert recorder.unwritten == 10 and recorder.lost == 15
+    sink.down = False
+    assert recorder.close(5)
+    rows = [json.loads(line) for line in sink.lines]
+    assert [r["n"] for r in rows if r["event"] == "shim.flags"] == list(range(10))
+    [drop] = [r for r in rows if r["event"] == "shim.dropped"]
+    assert (drop["task"], drop["reason"], drop["count"]) == ("ocr", "sink_unavailable", 15)

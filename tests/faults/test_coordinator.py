@@ -1,0 +1,231 @@
+"""A misbehaving coordinator, in shadow and in serve stage, from sync and async call
+sites: the caller always gets legacy's own result, every call is a record or a counted
+drop, the breaker opens and probes, and threads, tasks and memory come back."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import threading
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shim import BreakerPolicy, Shim
+
+from ..shimkit import Driver, make_shim, records, wait_for
+from .conftest import Row
+from .misbehave import OUTPUT, Misbehaving, free_port
+
+TIMEOUT = 0.4
+BREAKER = BreakerPolicy(failures=3, cooldown=0.3)
+CALLS = 24
+
+#: name: (fault, parameters, what the comparison record's candidate error says)
+SHADOW_FAULTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
+    "coordinator down": ("down", {}, r"ConnectError"),
+    "connection reset on accept": ("refuse", {}, r"RemoteProtocolError|ReadError|ConnectError"),
+    "slow (1 s, past the timeout)": ("slow", {"delay": 1.0}, r"no answer within 0.4 s"),
+    "hanging": ("hang", {}, r"no answer within 0.4 s"),
+    "5xx burst (6 x 503)": ("burst", {"count": 6}, r"coordinator answered 503"),
+    "404 task not registered": ("status", {"status": 404}, r"TaskNotRegistered"),
+    "401 unauthorised": ("status", {"status": 401}, r"coordinator answered 401"),
+    "malformed JSON": ("malformed", {}, r"malformed JSON"),
+    "truncated JSON": ("truncated", {}, r"RemoteProtocolError"),
+    "reset mid-body": ("reset", {}, r"RemoteProtocolError|ReadError"),
+    "slow drip (a byte / 50 ms)": ("drip", {"delay": 0.05}, r"no answer within 0.4 s"),
+    "node completion fails": ("node_fails", {}, r"node node-x answered 500"),
+    "allocation release fails": ("release_fails", {}, None),
+}
+SERVE_FAULTS = ("coordinator down", "hanging", "5xx burst (6 x 503)", "reset mid-body")
+
+
+def _threads() -> int:
+    """Threads of the process under test (not the misbehaving server's)."""
+    return sum(not t.name.startswith("misbehaving") for t in threading.enumerate())
+
+
+class Legacy:
+    """The legacy call site: a fresh object per call, and every fourth call raises."""
+
+    def __init__(self) -> None:
+        self.made: dict[int, Any] = {}
+
+    def __call__(self, i: int) -> Any:
+        if i % 4 == 3:
+            error = ValueError(f"legacy failure {i}")
+            self.made[i] = error
+            raise error
+        self.made[i] = out = {"plan": i}
+        return out
+
+
+class Run:
+    """One scenario: a shim on ``url``, a wrapped call site, and what callers saw."""
+
+    def __init__(self, kind: str, url: str, tmp_path: Path, flag: str) -> None:
+        self.log = tmp_path / "log.jsonl"
+        self.legacy = Legacy()
+        self.shim: Shim = make_shim(
+            url, tmp_path, flag, timeout=TIMEOUT, shadow_timeout=TIMEOUT, breaker=BREAKER
+        )
+        self.site = Driver(kind).wrap(self.shim, self.legacy)
+        self.got: dict[int, Any] = {}
+        self.slowest = 0.0
+        self.n = 0
+
+    async def call(self) -> Any:
+        i, self.n = self.n, self.n + 1
+        started = time.perf_counter()
+        try:
+            out = self.site(i)
+            if inspect.isawaitable(out):
+                out = await out
+        except Exception as exc:
+            out = exc
+        self.slowest = max(self.slowest, time.perf_counter() - started)
+        self.got[i] = out
+        return out
+
+    def legacy_unaffected(self, served: Callable[[Any], bool] = lambda _: False) -> int:
+        """Every call got legacy's own object (or raised its own exception), unless the
+        task path served it; returns how many legacy raised."""
+        for i, out in self.got.items():
+            assert served(out) or out is self.legacy.made[i], f"call {i} got {out!r}"
+        return sum(isinstance(self.legacy.made.get(i), Exception) for i in self.got)
+
+    def accounted(self) -> tuple[list[dict[str, Any]], Counter[str]]:
+        """Comparison records and counted drops, which together are every call."""
+        rows = records(self.log)
+        drops: Counter[str] = Counter()
+        for r in records(self.log, "shim.dropped"):
+            drops[r["reason"]] += r["count"]
+        return rows, drops
+
+    async def close(self) -> None:
+        await self.shim.aclose(timeout=10)
+
+
+async def _scenario(kind: str, name: str, tmp_path: Path, fault_row: Row, *, serve: bool) -> None:
+    fault, params, error = SHADOW_FAULTS[name]
+    port = free_port()
+    server = None if fault == "down" else Misbehaving(port)
+    if server:
+        server.set(fault, **params)
+    tasks = len(asyncio.all_tasks())
+    flag = "kiwi.meal_plan: {serve: 100}\n" if serve else "kiwi.meal_plan: {shadow: 100}\n"
+    run = Run(kind, f"http://127.0.0.1:{port}", tmp_path, flag)
+    tracemalloc.start()
+    try:  # three rounds: the first warms up (lazy imports, pools); then memory stays flat
+        traced = []
+        for _ in range(3):
+            for _ in range(CALLS // 3):
+                await run.call()
+            await run.shim.aflush(10)
+            traced.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    grew = traced[2] - traced[0]
+    raised = run.legacy_unaffected()
+    assert grew < 256 * 1024, f"memory grew {grew} bytes over {2 * CALLS // 3} failing calls"
+    if serve:
+        assert run.slowest < TIMEOUT + 0.5, "a failing task path falls back within the timeout"
+    else:
+        assert run.slowest < 0.1, "the caller never waits for the shadow"
+
+    # Every call is a comparison record or a counted drop.
+    rows, drops = run.accounted()
+    assert len(rows) + sum(drops.values()) == CALLS, (len(rows), drops)
+    if error is not None:
+        failed = [r for r in rows if not r["candidate"]["ok"]]
+        assert failed, "the failures are recorded"
+        for r in failed:
+            assert re.search(error, r["candidate"]["error"]), r["candidate"]["error"]
+        breaker = records(run.log, "shim.breaker")
+        assert breaker and breaker[0]["to"] == "open", "the breaker opens"
+        if fault != "burst":  # a burst may end while the first calls are still in flight
+            assert drops["breaker_open"] > 0
+            assert run.shim.breaker_state("kiwi.meal_plan") != "closed"
+        if serve:
+            assert {r["served_by"] for r in rows} == {"legacy_fallback"}
+    else:  # the release fails: each comparison stands, each failed release is recorded
+        released = records(run.log, "shim.release_failed")
+        assert len(released) == len(rows) == CALLS and not drops
+        assert all(r["candidate"]["ok"] for r in rows)
+        assert run.shim.stats()["internal_errors"] == {"release": CALLS}
+
+    # Recovery: the fault clears; how long until the task path answers again?
+    if server is None:
+        server = Misbehaving(port)
+    server.set("ok")
+    cleared = time.monotonic()
+    recovered = None
+    while recovered is None and time.monotonic() - cleared < 10:
+        await asyncio.sleep(0.005)  # traffic at a steady pace, not a spin
+        out = await run.call()
+        if serve:
+            recovered = time.monotonic() if out == OUTPUT else None
+        else:
+            await run.shim.aflush(10)
+            if any(r["candidate"]["ok"] for r in records(run.log)[len(rows) :]):
+                recovered = time.monotonic()
+    assert recovered is not None, "the task path is used again once the fault clears"
+    run.legacy_unaffected(served=lambda out: serve and out == OUTPUT)
+    await run.close()
+    server.close()
+    assert len(asyncio.all_tasks()) == tasks, "no asyncio task is left behind"
+
+    rows, drops = run.accounted()
+    served = sum(out == OUTPUT for out in run.got.values())  # no comparison asked for
+    assert len(rows) + sum(drops.values()) + served == run.n, "nothing lost after recovery"
+    stage = "serve" if serve else "shadow"
+    caller = (
+        f"{'legacy fallback' if serve else 'legacy'} result, same object, {CALLS}/{CALLS} "
+        f"({raised} legacy exceptions re-raised as is); slowest call "
+        f"{run.slowest * 1000:.0f} ms"
+    )
+    why = f"; candidate error `{_short(rows, error)}`" if error else ""
+    written = (
+        f"{len(rows)} comparisons + {sum(drops.values())} counted drops "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(drops.items())) or 'none'})"
+        + (f" + {served} served by the task path" if served else "")
+        + f" = {run.n} calls{why}"
+    )
+    if error is None:
+        written += f"; {len(records(run.log, 'shim.release_failed'))} shim.release_failed"
+    fault_row(
+        f"{name} ({stage}, {kind})",
+        caller,
+        written,
+        f"{recovered - cleared:.2f} s to the first good task-path call"
+        + (" (breaker cooldown 0.3 s)" if error else ""),
+    )
+
+
+def _short(rows: list[dict[str, Any]], error: str | None) -> str:
+    for r in rows:
+        if not r["candidate"]["ok"] and error and re.search(error, r["candidate"]["error"]):
+            return str(r["candidate"]["error"])[:70].replace("|", "/")
+    return ""
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("name", list(SHADOW_FAULTS))
+def test_shadow_stage_fault(kind: str, name: str, tmp_path: Path, fault_row: Row) -> None:
+    threads = _threads()
+    asyncio.run(_scenario(kind, name, tmp_path, fault_row, serve=False))
+    wait_for(lambda: _threads() <= threads, 5)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("name", SERVE_FAULTS)
+def test_serve_stage_fault(kind: str, name: str, tmp_path: Path, fault_row: Row) -> None:
+    threads = _threads()
+    asyncio.run(_scenario(kind, name, tmp_path, fault_row, serve=True))
+    wait_for(lambda: _threads() <= threads, 5)
