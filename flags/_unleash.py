@@ -10,7 +10,8 @@ strategies, another group id) is decided by the SDK's own engine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from shim._context import current_context
@@ -23,6 +24,9 @@ from ._source import Events, FlagListener
 __all__ = ["UnleashFlags", "compile_features"]
 
 _SUFFIXES = (".serve", ".shadow")
+# The SDK's cache keys (UnleashClient.constants ETAG and FEATURES_URL); not imported, so
+# that importing flags does not load the SDK.
+_ETAG, _FEATURES = "etag", "/client/features"
 
 
 def _plain(feature: Mapping[str, Any]) -> tuple[int, str] | None:
@@ -114,19 +118,41 @@ def _unleash_context(sticky: str | None, stickiness: str) -> dict[str, Any]:
 
 
 class _MemoryCache:
-    """The SDK's cache, in memory: no state shared through ``~/.cache`` between runs."""
+    """The SDK's cache, in memory: no state shared through ``~/.cache`` between runs.
 
-    def __init__(self) -> None:
+    It also tells whether each poll reached the server (the SDK reports a failed fetch
+    only in its log): every poll reads the ETag first and the features last, and
+    :meth:`heard`, a requests response hook, notes in between that the server answered
+    (a 200 or a 304; Unleash sends a 304 without an ETag, so the cache is not written).
+    """
+
+    def __init__(self, on_poll: Callable[[bool], None] | None = None) -> None:
         self.data: dict[str, Any] = {}
         self.bootstrapped = False
+        self._on_poll = on_poll
+        self._polling = self._answered = False
 
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value
+
+    def heard(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        """requests' response hook: the features endpoint answered."""
+        if response.status_code in (200, 304) and response.url.split("?")[0].endswith(
+            "/client/features"
+        ):
+            self._answered = True
+        return response
 
     def mset(self, data: dict[str, Any]) -> None:
         self.data.update(data)
 
     def get(self, key: str, default: Any = None) -> Any:
+        if key == _ETAG:  # a poll begins
+            self._polling, self._answered = True, False
+        elif key == _FEATURES and self._polling:  # ... and ends
+            self._polling = False
+            if self._on_poll is not None:
+                self._on_poll(self._answered)
         return self.data.get(key, default)
 
     def exists(self, key: str) -> bool:
@@ -140,8 +166,10 @@ class UnleashFlags:
     """Per-task flags from an Unleash server (``url`` ends in ``/api``).
 
     Until the first successful fetch every task is off (legacy) and a ``warning`` event
-    says so; afterwards a server that goes away leaves the last fetched flags in force.
-    ``refresh_interval`` is the SDK's polling period in seconds.
+    says so; afterwards a server that goes away leaves the last fetched flags in force,
+    with a ``warning`` event when a poll first fails and an ``info`` event when the
+    server answers again (``failed_polls`` counts them). ``refresh_interval`` is the
+    SDK's polling period in seconds.
     """
 
     def __init__(
@@ -161,8 +189,10 @@ class UnleashFlags:
         self.url = url
         self.rules = Rules()
         self.version = 0
+        self.failed_polls = 0
+        self._down_since: float | None = None
         self._events = Events(url)
-        cache = _MemoryCache()
+        cache = _MemoryCache(self._on_poll)
         BaseCache.register(_MemoryCache)
         self._client = UnleashClient(
             url=url,
@@ -170,6 +200,7 @@ class UnleashFlags:
             environment=environment,
             refresh_interval=refresh_interval,
             custom_headers={"Authorization": api_token},
+            custom_options={"hooks": {"response": cache.heard}},
             disable_metrics=disable_metrics,
             cache=cache,  # type: ignore[arg-type]
             event_callback=self._on_event,
@@ -221,6 +252,20 @@ class UnleashFlags:
         self.version += 1
         if first:
             self._emit("info", f"Unleash at {self.url}: {len(rules.state.tasks)} tasks")
+
+    def _on_poll(self, answered: bool) -> None:
+        if not answered:
+            self.failed_polls += 1
+            if self._down_since is None and self.version > 0:
+                self._down_since = time.monotonic()
+                self._emit(
+                    "warning",
+                    f"Unleash at {self.url} did not answer; keeping the last flags "
+                    f"(version {self.version}) until it does",
+                )
+        elif self._down_since is not None:
+            down, self._down_since = time.monotonic() - self._down_since, None
+            self._emit("info", f"Unleash at {self.url} answers again after {down:.1f} s")
 
     def _emit(self, level: str, message: str) -> None:
         self._events.emit(level, message, self.version)

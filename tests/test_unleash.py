@@ -346,14 +346,27 @@ def test_flags_arrive_once_an_unreachable_server_answers(tmp_path: Path) -> None
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    Thread(target=server.serve_forever, daemon=True).start()
+    def serve() -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    server = serve()
     try:
         wait_for(lambda: source.decide("kiwi.meal_plan", "u").serve, timeout=10)
+        assert len(events) == 2
         server.shutdown()
         server.server_close()
-        time.sleep(1.5)  # at least one failed refresh while the server is gone
+        # A failed poll is said once, and the last known flags stay in force.
+        wait_for(lambda: len(events) == 3, timeout=5)
+        assert "did not answer; keeping the last flags (version 1)" in events[2].message
         assert source.decide("kiwi.meal_plan", "u").serve, "last known flags kept"
+        server = serve()
+        wait_for(lambda: len(events) == 4, timeout=5)
+        assert "answers again after" in events[3].message
+        assert source.failed_polls >= 1
     finally:
+        server.shutdown()
+        server.server_close()
         source.close()
-    assert [e.level for e in events] == ["warning", "info"]
+    assert [e.level for e in events] == ["warning", "info", "warning", "info"]

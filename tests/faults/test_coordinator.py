@@ -229,3 +229,45 @@ def test_serve_stage_fault(kind: str, name: str, tmp_path: Path, fault_row: Row)
     threads = _threads()
     asyncio.run(_scenario(kind, name, tmp_path, fault_row, serve=True))
     wait_for(lambda: _threads() <= threads, 5)
+
+
+def test_an_untrusted_certificate_is_refused(tmp_path: Path, fault_row: Row) -> None:
+    """TLS verification is on by default: a coordinator with a self-signed certificate
+    is never talked to, and the caller does not notice."""
+    import http.server
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    self_signed = "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
+    self_signed += " -addext subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        ["openssl", *self_signed.split(), "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name="misbehaving-tls", daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    run = Run("sync", url, tmp_path, "kiwi.meal_plan: {shadow: 100}\n")
+    try:
+        for _ in range(3):
+            asyncio.run(run.call())
+        asyncio.run(run.close())
+    finally:
+        server.shutdown()
+        server.server_close()
+    raised = run.legacy_unaffected()
+    rows, drops = run.accounted()
+    assert len(rows) == 3 and not drops
+    errors = {r["candidate"]["error"] for r in rows}
+    assert all("CERTIFICATE_VERIFY_FAILED" in e for e in errors), errors
+    fault_row(
+        "coordinator with an untrusted (self-signed) certificate",
+        f"legacy result, same object, 3/3 ({raised} legacy exceptions re-raised as is)",
+        "3 comparisons; candidate error `ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED]`",
+        "n/a: verification stays on (pass a configured http= client to trust a private CA)",
+    )
