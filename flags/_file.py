@@ -32,8 +32,9 @@ class FileFlags:
     The file is read once here (a bad or missing file raises :class:`ConfigError`), then
     a daemon thread re-reads it every ``poll_interval`` seconds and, when its content
     changed, swaps in the new rules.
-    An invalid or vanished file keeps the last good rules and emits an ``error`` event
-    once per change. ``decide`` reads one attribute: no I/O, no lock.
+    An invalid, empty (half-written) or vanished file keeps the last good rules and
+    emits an ``error`` event once per change; ``{}`` is the file that turns every task
+    off. ``decide`` reads one attribute: no I/O, no lock.
     """
 
     def __init__(self, path: str | Path, *, poll_interval: float = 0.25) -> None:
@@ -78,6 +79,9 @@ class FileFlags:
             self._emit(
                 "error", f"{self.path}: file is missing or unreadable; keeping the last good flags"
             )
+            return False
+        if not content.strip():  # an editor that truncates, then writes: caught between
+            self._emit("error", f"{self.path}: file is empty; keeping the last good flags")
             return False
         try:
             rules = Rules(self._parse(content))

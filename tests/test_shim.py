@@ -410,9 +410,25 @@ def test_flag_file_changes_take_effect_within_a_second(sim: Simulator, tmp_path:
     s.close()
     flag_rows = records(tmp_path / "log.jsonl", "shim.flags")
     errors = [r for r in flag_rows if r["level"] == "error"]
-    assert len(errors) == 1
-    assert "flags.yaml:1: kiwi.meal_plan.serve" in errors[0]["message"]
-    assert "keeping the last good flags" in errors[0]["message"]
+    # (A poll between write_text's truncate and write adds a "file is empty" error.)
+    assert "flags.yaml:1: kiwi.meal_plan.serve" in errors[-1]["message"]
+    assert "keeping the last good flags" in errors[-1]["message"]
+
+
+def test_an_empty_flags_file_is_taken_for_a_write_in_progress(tmp_path: Path) -> None:
+    import flags
+
+    source = flags.FileFlags(write_flags(tmp_path / "flags.yaml", "kiwi.ocr: {shadow: 100}\n"))
+    events: list[flags.FlagEvent] = []
+    source.subscribe(events.append)
+    (tmp_path / "flags.yaml").write_text("  \n")
+    source.reload()  # (or the poller, whichever comes first)
+    assert source.decide("kiwi.ocr", None).compare, "the last good flags stay"
+    assert events[-1].level == "error" and "file is empty" in events[-1].message
+    (tmp_path / "flags.yaml").write_text("{}\n")  # the way to turn every task off
+    source.reload()
+    assert not source.decide("kiwi.ocr", None).compare
+    source.close()
 
 
 # -- bounded background work ----------------------------------------------------------

@@ -4,7 +4,9 @@ prints the table and writes it to ``.cache/fault-table.md``."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,22 @@ HEADER = ("fault", "what the caller saw", "records written", "recovery")
 TABLE = Path(__file__).resolve().parents[2] / ".cache" / "fault-table.md"
 
 Row = Callable[[str, str, str, str], None]
+
+
+def _threads() -> list[str]:
+    """Threads of the process under test (not the misbehaving servers')."""
+    return [t.name for t in threading.enumerate() if not t.name.startswith("misbehaving")]
+
+
+@pytest.fixture(autouse=True)
+def _threads_come_back() -> Iterator[None]:
+    """After every fault, the process is back to the threads it had before."""
+    before = _threads()
+    yield
+    deadline = time.monotonic() + 5
+    while len(_threads()) > len(before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_threads()) <= len(before), f"threads left behind: {_threads()} vs {before}"
 
 
 @pytest.fixture
