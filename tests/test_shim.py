@@ -111,11 +111,13 @@ def test_shadow_records_one_schema_1_comparison_per_call(
     sim: Simulator, tmp_path: Path, driver: Driver
 ) -> None:
     s = make_shim(sim.url, tmp_path, SHADOW)
+
+    def legacy(i: int) -> list[dict[str, Any]]:
+        time.sleep(0.002)  # a legacy call that takes a measurable time (see latency_ratio)
+        return [{"day": i, "meal_type": "dinner", "recipe_id": 1, "suggestion": "soup"}]
+
     wrapped = driver.wrap(
-        s,
-        lambda i: [{"day": i, "meal_type": "dinner", "recipe_id": 1, "suggestion": "soup"}],
-        response=lambda r: json.loads(r.text),
-        legacy_model="Qwen/Qwen2.5-3B-Instruct",
+        s, legacy, response=lambda r: json.loads(r.text), legacy_model="Qwen/Qwen2.5-3B-Instruct"
     )
     driver.run(s, wrapped, [(i,) for i in range(20)])
     rows = records(tmp_path / "log.jsonl")
