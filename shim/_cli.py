@@ -616,12 +616,14 @@ def watch(
 @app.command()
 def demo(
     seed: Annotated[int, typer.Option(help="Seed for the simulator and the traffic.")] = 7,
-    calls: Annotated[int, typer.Option(help="Calls to make across kiwi's tasks.", min=1)] = 1000,
+    calls: Annotated[
+        int, typer.Option(help="Calls across kiwi's tasks in the shadow act.", min=100)
+    ] = 2000,
     out_dir: Annotated[
         Path, typer.Option("--out", help="Where flags.yaml and the log go.", file_okay=False)
     ] = Path("shim-demo"),
 ) -> None:
-    """Shadow kiwi's call sites on the simulator and summarise the comparison log."""
+    """A whole rollout on the simulator: shadow, report, ramp to live, rollback drill."""
     from ._demo import run_demo
 
     run_demo(seed=seed, calls=calls, out=out_dir, console=out)

@@ -1,14 +1,23 @@
-"""``shim demo``: kiwi's call sites in shadow on the simulator, then what the log says."""
+"""``shim demo``: a whole rollout of kiwi's tasks on the simulator, in about a minute.
+
+Shadow every task, read the report, ramp the task that earned it to live with
+``shim promote --evidence``, drill an automatic rollback with ``shim watch``, and end
+with the report as a table and an HTML page. The CLI steps run as an operator would
+type them, against the flags file and the log of the running call sites.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,9 +25,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from flags import FileFlags
+from flags._store import FileStore
+
 from ._orch import OrchConfig, default_config_path
 from ._report import build_report
 from ._report_format import table
+from ._report_html import render_html
 
 __all__ = ["run_demo"]
 
@@ -40,12 +53,12 @@ PANTRY = [
 def _profile(seed: int) -> Any:
     from .sim import Profile
 
-    # Legacy services are a little slower; the vision task path drifts now and then,
-    # as a new vision model that sometimes renames or drops a key would.
+    # Legacy services are a little slower than the task path; the vision task path
+    # drifts, as a new vision model that sometimes renames or drops a key would.
     return Profile(
         seed=seed,
-        defaults={"latency_ms": 30, "latency_p99_ms": 110},
-        legacy={"latency_ms": 40, "latency_p99_ms": 150},
+        defaults={"latency_ms": 8, "latency_p99_ms": 30},
+        legacy={"latency_ms": 10, "latency_p99_ms": 40},
         tasks={"kiwi.ocr": {"drift_rate": 0.3, "drift_kinds": ["missing_key", "renamed_key"]}},
     )
 
@@ -62,51 +75,198 @@ def _callsites(env: dict[str, str]) -> Any:
     return importlib.import_module(name)
 
 
-def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str, Any]:
-    """Shadow every kiwi task at 100 % for ``calls`` calls; print and return the report."""
-    from .sim import Simulator
+class _Story:
+    """The demo's running parts: the simulator, kiwi's call sites, flags, log, output."""
 
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "comparisons.jsonl"
-    log.unlink(missing_ok=True)
-    flags = out / "flags.yaml"
-    flags.write_text(
-        "# written by shim demo: every kiwi task compared on every call\n"
-        + "".join(f"{t}: {{serve: 0, shadow: 100}}\n" for t in TASKS)
-    )
-    rng = random.Random(seed)
-    with Simulator(OrchConfig.default(), _profile(seed)) as sim:
-        console.print(f"simulator listening on {sim.url}; flags {flags}; log {log}")
-        kiwi = _callsites(
-            {
-                "CF_ORCH_URL": sim.url,
-                "SHIM_FLAGS": str(flags),
-                "SHIM_LOG": str(log),
-                "SHIM_REGISTRY": str(default_config_path("model_registry.yaml")),
-                "SHIM_ASSIGNMENTS": str(default_config_path("assignments.yaml")),
-            }
+    def __init__(self, kiwi: Any, out: Path, console: Console, rng: random.Random) -> None:
+        self.kiwi = kiwi
+        self.out = out
+        self.log = out / "comparisons.jsonl"
+        self.flags = out / "flags.yaml"
+        self.console = console
+        self.rng = rng
+
+    def shim_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the ``shim`` CLI as an operator would, showing the command and its output."""
+        shown = " ".join(["shim", *args]).replace(str(self.out), self.out.name)
+        self.console.print(f"[bold]$ {shown}[/]")
+        done = subprocess.run(
+            [sys.executable, "-m", "shim", *args], capture_output=True, text=True, timeout=120
         )
-        plan = [rng.choice(TASKS) for _ in range(calls)]
-        started = time.perf_counter()
+        for line in (done.stdout + done.stderr).strip().splitlines():
+            self.console.print("  " + line.replace(str(self.out), self.out.name), markup=False)
+        return done
+
+    def traffic(self, description: str, plan: list[str]) -> None:
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=console,
-            transient=False,
+            console=self.console,
         ) as progress:
-            bar = progress.add_task("kiwi traffic, shadow 100 %", total=calls)
-            _drive(kiwi, plan, rng, lambda: progress.advance(bar))
-        kiwi.shim.close(timeout=30)
-    took = time.perf_counter() - started
-    report = build_report([str(log)])
-    console.print(table(report))
+            bar = progress.add_task(description, total=len(plan))
+            _drive(self.kiwi, plan, self.rng, lambda: progress.advance(bar))
+        self.kiwi.shim.flush(timeout=30)
+
+    def serve_percent(self, task: str) -> int:
+        """The task's serve % in the flags file (what the CLI left there)."""
+        return FileStore(self.flags).read().tasks[task].serve
+
+    def until_running(self, task: str) -> int:
+        """Wait until the running process has picked up the file's serve % for ``task``."""
+        serve = self.serve_percent(task)
+        deadline = time.monotonic() + 5
+        running: FileFlags = self.kiwi.shim.flags
+        while running.rules.state.tasks[task].serve != serve:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the running process did not pick up {task}'s flags")
+            time.sleep(0.02)
+        return serve
+
+    def served(self, task: str, since: int) -> Counter[str]:
+        """How the comparisons of ``task`` logged after byte ``since`` were served."""
+        with self.log.open("rb") as handle:
+            handle.seek(since)
+            rows = [json.loads(line) for line in handle]
+        name = task.partition(".")[2]
+        return Counter(
+            r["served_by"] for r in rows if r["event"] == "shim.comparison" and r["task"] == name
+        )
+
+    def report(self, title: str) -> dict[str, Any]:
+        report = build_report([str(self.log)])
+        self.console.rule(title)
+        self.console.print(table(report))
+        return report
+
+
+def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str, Any]:
+    """The whole rollout on the simulator; returns the final report."""
+    from .sim import Simulator
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("comparisons.jsonl", "report.html"):
+        (out / stale).unlink(missing_ok=True)
+    (out / "flags.yaml").write_text(
+        "# written by shim demo; `shim promote` and `shim rollback` edit it from here on\n"
+        + "".join(f"{t}: {{serve: 0, shadow: 100}}\n" for t in TASKS)
+    )
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    with Simulator(OrchConfig.default(), _profile(seed)) as sim:
+        env = {
+            "CF_ORCH_URL": sim.url,
+            "SHIM_FLAGS": str(out / "flags.yaml"),
+            "SHIM_LOG": str(out / "comparisons.jsonl"),
+            "SHIM_REGISTRY": str(default_config_path("model_registry.yaml")),
+            "SHIM_ASSIGNMENTS": str(default_config_path("assignments.yaml")),
+        }
+        story = _Story(_callsites(env), out, console, rng)
+        console.print(f"simulator on {sim.url}; kiwi's call sites wrapped; flags {story.flags}")
+        _act_shadow(story, calls)
+        _act_promote(story, "kiwi.meal_plan")
+        _act_drill(story, "kiwi.ocr")
+        story.kiwi.shim.close(timeout=30)
+    report = story.report("4. Final report")
+    html = out / "report.html"
+    html.write_text(render_html(report))
+    story.shim_cli("status", "--flags", str(story.flags))
     console.print(
-        f"{calls:,} calls in {took:.1f} s; every comparison is a line in {log}; "
-        f"read it again with: shim report {log}"
+        f"The story took {time.perf_counter() - started:.0f} s. The log is {story.log}, "
+        f"the HTML report {html}; read the log again with: shim report {story.log}"
     )
     return report
+
+
+def _act_shadow(story: _Story, calls: int) -> None:
+    story.console.rule("1. Shadow every kiwi task at 100 %")
+    share = {"kiwi.meal_plan": 0.35, "kiwi.recipe_generation": 0.35, "kiwi.ocr": 0.15}
+    plan = [t for t, p in share.items() for _ in range(round(calls * p))]
+    plan += ["kiwi.barcode_scan"] * (calls - len(plan))
+    story.rng.shuffle(plan)
+    story.traffic("kiwi traffic, legacy serving, task path compared", plan)
+    story.report("2. What the comparisons say")
+    story.console.print(
+        "meal_plan and recipe_generation may go further; ocr's vision output drifts "
+        "from legacy's structure, so it stays on legacy."
+    )
+
+
+def _act_promote(story: _Story, task: str, calls_per_rung: int = 150) -> None:
+    story.console.rule(f"3. Ramp {task} from shadow to live, with the evidence at each rung")
+    while True:
+        done = story.shim_cli(
+            "promote",
+            task,
+            "--flags",
+            str(story.flags),
+            "--evidence",
+            str(story.log),
+            "--log",
+            str(story.log),
+        )
+        if done.returncode != 0:
+            break
+        serve = story.until_running(task)
+        since = story.log.stat().st_size
+        story.traffic(f"{task} at serve {serve} %", [task] * calls_per_rung)
+        split = story.served(task, since)
+        story.console.print(
+            f"  {split['task']} of {sum(split.values())} calls served by the task path, "
+            f"{split['legacy']} by legacy, {split['legacy_fallback']} fell back"
+        )
+        if serve == 100:
+            break
+
+
+def _act_drill(story: _Story, task: str) -> None:
+    story.console.rule(f"Drill: automatic rollback of {task}")
+    story.console.print(
+        f"{task}'s verdict says ROLLBACK; to show the watchdog at work it is forced to serve "
+        "25 % anyway (the record says forced)."
+    )
+    story.shim_cli(
+        "promote",
+        task,
+        "--serve",
+        "25",
+        "--force",
+        "--flags",
+        str(story.flags),
+        "--log",
+        str(story.log),
+    )
+    story.until_running(task)
+    command = ["watch", str(story.log), "--auto-rollback", "--flags", str(story.flags)]
+    story.console.print(
+        f"[bold]$ shim {' '.join(command).replace(str(story.out), story.out.name)}[/]"
+        " (in the background)"
+    )
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "shim", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert watch.stdout is not None
+    story.console.print(
+        "  " + watch.stdout.readline().strip().replace(str(story.out), story.out.name), markup=False
+    )
+    started, sent = time.monotonic(), 0
+    while story.serve_percent(task) and sent < 3000:
+        story.traffic(f"{task} at serve 25 %", [task] * 100)
+        sent += 100
+    took = time.monotonic() - started
+    story.until_running(task)
+    watch.terminate()
+    output, _ = watch.communicate(timeout=10)
+    for line in output.strip().splitlines():
+        story.console.print("  " + line.replace(str(story.out), story.out.name), markup=False)
+    story.console.print(
+        f"{task} is back on legacy (serve {story.serve_percent(task)} %) after {sent} calls "
+        f"({took:.1f} s); the shim.rollback record in the log says why."
+    )
 
 
 def _drive(kiwi: Any, plan: list[str], rng: random.Random, tick: Any) -> None:
