@@ -167,7 +167,7 @@ def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str,
         _act_shadow(story, calls)
         _act_promote(story, "kiwi.meal_plan")
         _act_drill(story, "kiwi.ocr")
-        story.kiwi.shim.close(timeout=30)
+        story.kiwi.close()
     report = story.report("4. Final report")
     html = out / "report.html"
     html.write_text(render_html(report))
@@ -298,7 +298,7 @@ def _drive(kiwi: Any, plan: list[str], rng: random.Random, tick: Any) -> None:
 
         for start in range(0, async_calls, 16):
             await asyncio.gather(*(scan() for _ in range(min(16, async_calls - start))))
-        await kiwi.shim.aflush(timeout=30)
+        await kiwi.aclose()  # this loop's comparisons and HTTP client
 
     loop_thread = threading.Thread(target=asyncio.run, args=(barcodes(),), name="kiwi-async")
     loop_thread.start()
