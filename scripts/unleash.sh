@@ -12,7 +12,7 @@
 set -euo pipefail
 
 UNLEASH_VERSION=7.5.1
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)"  # also when run through a symlink
 state="$root/.cache/unleash"
 export UNLEASH_PORT="${UNLEASH_PORT:-44242}"
 export UNLEASH_PG_PORT="${UNLEASH_PG_PORT:-55432}"
