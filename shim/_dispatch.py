@@ -181,9 +181,16 @@ class LoopDispatcher:
     """Background tasks on one event loop, at most ``capacity`` at a time, each held
     by a strong reference until done."""
 
-    def __init__(self, *, capacity: int, on_error: ErrorHook) -> None:
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        on_error: ErrorHook,
+        on_cancelled: Callable[[str], None] | None = None,
+    ) -> None:
         self.capacity = capacity
         self._on_error = on_error
+        self._on_cancelled = on_cancelled  # told of each task cancelled before it finished
         self._pending = 0
         self._tasks: dict[asyncio.Task[None], str] = {}
 
@@ -210,14 +217,17 @@ class LoopDispatcher:
         job.add_done_callback(self._done)
 
     def _done(self, job: asyncio.Task[None]) -> None:
-        self._tasks.pop(job, None)
+        task = self._tasks.pop(job, "?")
         self._pending -= 1
-        if not job.cancelled() and (exc := job.exception()) is not None:
+        if job.cancelled():  # by drain, or by the loop's end (asyncio.run cancels all)
+            if self._on_cancelled is not None:
+                self._on_cancelled(task)
+        elif (exc := job.exception()) is not None:
             self._on_error("dispatch", exc)
 
     async def drain(self, timeout: float, *, cancel: bool = True) -> Counter[str]:
-        """Wait up to ``timeout`` for running tasks; cancel the rest (unless told not to)
-        and count them."""
+        """Wait up to ``timeout`` for running tasks; cancel the rest (unless told not to;
+        each one cancelled is also told to ``on_cancelled``) and count them."""
         unfinished: Counter[str] = Counter()
         if self._tasks:
             _, late = await asyncio.wait(list(self._tasks), timeout=timeout)

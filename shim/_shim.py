@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import inspect
 import logging
@@ -15,7 +16,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -69,7 +70,21 @@ class _LoopState:
             for timeout in (shim.timeout, shim.shadow_timeout)
         )
         self.http = http
-        self.dispatch = LoopDispatcher(capacity=shim.concurrency, on_error=shim._internal_error)
+        self.dispatch = LoopDispatcher(
+            capacity=shim.concurrency, on_error=shim._internal_error, on_cancelled=shim._cancelled
+        )
+        # The loop's end, heard through an async generator: asyncio.run (and any runner
+        # that calls loop.shutdown_asyncgens) closes it, and its finally closes the client.
+        self._closer = self._close_at_loop_end()
+        step: Any = self._closer.__anext__()
+        with contextlib.suppress(StopIteration):
+            step.send(None)  # started: suspended at its yield, known to the loop
+
+    async def _close_at_loop_end(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.http.aclose()
 
 
 class Shim:
@@ -796,6 +811,12 @@ class Shim:
         if operation not in ("write", "render", "sink_close"):  # the recorder is the problem
             self._recorder.event("shim.error", None, None, operation=operation, error=describe(exc))
 
+    def _cancelled(self, task: str) -> None:
+        """A background comparison cancelled before it finished (at shutdown, or when
+        its event loop ended): counted as dropped, reason ``shutdown``."""
+        product, _, name = task.partition(".")
+        self._recorder.dropped(product, name, "shutdown")
+
     def _release_failed(self, product: str, task: str, allocation_id: str, error: str) -> None:
         """An allocation the coordinator would not take back: counted and recorded."""
         with self._errors_lock:
@@ -895,9 +916,7 @@ class Shim:
         deadline = time.monotonic() + timeout
         state = self._loops.pop(asyncio.get_running_loop(), None)
         if state is not None:
-            for task, count in (await state.dispatch.drain(timeout)).items():
-                product, _, name = task.partition(".")
-                self._recorder.dropped(product, name, "shutdown", count)
+            await state.dispatch.drain(timeout)  # the cancelled are counted as they end
             await state.http.aclose()
         await asyncio.to_thread(self.close, max(0.5, deadline - time.monotonic()))
 

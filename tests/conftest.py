@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,27 @@ from shim.sim import Profile, Simulator
 
 KIWI = Path(__file__).resolve().parent.parent / "examples" / "kiwi"
 
+#: The license key tests hand to the shim; no record the suite writes may contain it.
+SECRET = "cf-lic-7f3a9c2e5b1d"
+
 #: No waiting, no faults: tests that want knobs set them.
 QUIET = Profile(seed=1, defaults={"latency_ms": 0, "latency_p99_ms": 0})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_record_carries_a_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite: every log any test wrote (in-process or by a subprocess,
+    under the session's temporary directory) is free of the secrets the suite used."""
+    yield
+    tokens = [os.environ.get(k, "") for k in ("UNLEASH_API_TOKEN", "UNLEASH_ADMIN_TOKEN")]
+    secrets = {SECRET, *(t for t in tokens if t), *(t.rsplit(".", 1)[-1] for t in tokens if t)}
+    found = []
+    for folder, _, files in os.walk(tmp_path_factory.getbasetemp()):  # symlinks not followed
+        for name in files:
+            if name.endswith(".jsonl"):
+                text = Path(folder, name).read_text(errors="replace")
+                found += [f"{folder}/{name}: {s[:6]}..." for s in secrets if s in text]
+    assert not found, f"secrets in records: {found}"
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,8 @@ import pytest
 
 from shim import TaskClient, TaskFailed, TaskRequest
 
+from .conftest import SECRET
 from .shimkit import make_shim
-
-SECRET = "cf-lic-7f3a9c2e5b1d"
 
 
 def echoing(request: httpx.Request) -> httpx.Response:

@@ -58,3 +58,31 @@ def test_the_interpreter_exits_promptly_with_work_in_flight(sim: Simulator, tmp_
     assert done.stdout.strip() == "legacy"
     assert time.monotonic() - started < 10, "exit waits at most the close deadline"
     assert dropped(tmp_path / "log.jsonl", "shutdown") == 1, "the hanging comparison is counted"
+
+
+def test_an_event_loop_that_ends_without_aclose_loses_nothing_silently(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """asyncio.run per request, no aclose: comparisons still running when the loop ends
+    are counted, and the loop's HTTP client is closed (no unclosed-socket warning)."""
+    import asyncio
+    import gc
+    import warnings
+
+    sim.set_profile(Profile(seed=1, defaults={"latency_ms": 2000, "latency_p99_ms": 2000}))
+    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {shadow: 100}\n")
+
+    async def plan(i: int) -> int:
+        return i
+
+    wrapped = s.shadow(
+        product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=str(i))
+    )(plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i in range(3):
+            assert asyncio.run(wrapped(i)) == i  # each loop ends with its comparison running
+        gc.collect()
+    s.close()
+    log = tmp_path / "log.jsonl"
+    assert records(log) == [] and dropped(log, "shutdown") == 3
