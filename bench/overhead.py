@@ -145,23 +145,11 @@ def unleash_client(tmp: Path) -> Any:
 
 
 @contextmanager
-def simulator() -> Iterator[str]:
+def simulator(latency_ms: float = 50) -> Iterator[str]:
     """The simulator in its own process, as a coordinator is: its work must not share
     this process's interpreter lock with the calls being timed."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "shim",
-        "sim",
-        "--port",
-        "0",
-        "--seed",
-        "1",
-        "--latency-ms",
-        "50",
-        "--latency-p99-ms",
-        "50",
-    ]
+    cmd = [sys.executable, "-m", "shim", "sim", "--port", "0", "--seed", "1"]
+    cmd += ["--latency-ms", str(latency_ms), "--latency-p99-ms", str(latency_ms)]
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     ) as proc:

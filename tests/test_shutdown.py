@@ -63,26 +63,42 @@ def test_the_interpreter_exits_promptly_with_work_in_flight(sim: Simulator, tmp_
 def test_an_event_loop_that_ends_without_aclose_loses_nothing_silently(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    """asyncio.run per request, no aclose: comparisons still running when the loop ends
-    are counted, and the loop's HTTP client is closed (no unclosed-socket warning)."""
+    """asyncio.run per request, no aclose. Shadow comparisons run on the worker threads
+    and outlive the loop; a served call's background legacy run, which lives on the
+    loop, is cancelled with it and counted. The loop's HTTP client is closed at its end
+    (no unclosed-socket warning)."""
     import asyncio
     import gc
     import warnings
 
-    sim.set_profile(Profile(seed=1, defaults={"latency_ms": 2000, "latency_p99_ms": 2000}))
-    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {shadow: 100}\n")
+    sim.set_profile(Profile(seed=1, defaults={"latency_ms": 200, "latency_p99_ms": 200}))
+    s = make_shim(
+        sim.url, tmp_path, "kiwi.meal_plan: {shadow: 100}\nkiwi.ocr: {serve: 100, shadow: 100}\n"
+    )
 
     async def plan(i: int) -> int:
         return i
 
-    wrapped = s.shadow(
+    async def scan(i: int) -> int:
+        await asyncio.sleep(5)  # legacy, re-run in the background to compare
+        return i
+
+    shadowed = s.shadow(
         product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=str(i))
     )(plan)
+    served = s.shadow(
+        product="kiwi",
+        task="ocr",
+        request=lambda i: TaskRequest(prompt=str(i)),
+        response=lambda result: "task",
+    )(scan)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for i in range(3):
-            assert asyncio.run(wrapped(i)) == i  # each loop ends with its comparison running
+            assert asyncio.run(shadowed(i)) == i  # each loop ends, its comparison running
+            assert asyncio.run(served(i)) == "task"
         gc.collect()
-    s.close()
+    s.close(timeout=10)
     log = tmp_path / "log.jsonl"
-    assert records(log) == [] and dropped(log, "shutdown") == 3
+    assert len(records(log)) == 3, "the shadow comparisons finished after their loops"
+    assert dropped(log, "shutdown") == 3, "the served calls' legacy runs were counted"

@@ -1,0 +1,203 @@
+"""Sustained shadow traffic: 1,000 calls per second against the simulator in its own
+process, from a sync call site (8 caller threads) and from an async one, side by side
+with the same call site undecorated.
+
+    python bench/load.py            # 60 s per call-site kind
+    python bench/load.py --quick    # 5 s per kind, for CI
+
+For each kind: every call accounted for (a comparison record or a counted drop), the
+drop rate, RSS after warm-up and at the end, and what the decorator adds on the
+caller's path (median and p99 of the wrapped call minus the bare one, measured in the
+same run). Targets: drops < 0.1 %, RSS growth < 20 MB after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from overhead import pct, simulator
+
+import flags
+from shim import Shim, TaskRequest
+
+RATE = 1000  # calls per second, all callers together
+THREADS = 8
+
+
+def rss_mb() -> float:
+    """Resident set size now, in MB (from /proc: ru_maxrss is only the peak)."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 1e6
+
+
+def legacy(i: int) -> dict[str, Any]:
+    return {"day": i % 7, "meal_type": "dinner", "recipe_id": i, "suggestion": "soup"}
+
+
+async def alegacy(i: int) -> dict[str, Any]:
+    return legacy(i)
+
+
+def make(url: str, tmp: Path, name: str) -> Shim:
+    (tmp / f"{name}.yaml").write_text("kiwi.meal_plan: {serve: 0, shadow: 100}\n")
+    return Shim(
+        url,
+        flags=flags.FileFlags(tmp / f"{name}.yaml"),
+        log_path=tmp / f"{name}.jsonl",
+        workers=16,
+        queue_size=2000,
+        concurrency=256,
+    )
+
+
+def wrap(shim: Shim, fn: Any) -> Any:
+    return shim.shadow(
+        product="kiwi",
+        task="meal_plan",
+        request=lambda i: TaskRequest(prompt=f"plan {i}"),
+        response=lambda result: result.output,
+        legacy_model="qwen2.5-3b-instruct",
+    )(fn)
+
+
+def drive_sync(fn: Any, seconds: float, samples: list[int]) -> int:
+    """THREADS callers, RATE calls/s in all, each call timed; returns calls made."""
+    per_thread = RATE / THREADS
+    stop_at = time.perf_counter() + seconds
+    counts = [0] * THREADS
+
+    def caller(k: int) -> None:
+        next_at = time.perf_counter()
+        i = k
+        local: list[int] = []
+        while (now := time.perf_counter()) < stop_at:
+            next_at += 1 / per_thread
+            if next_at > now:
+                time.sleep(next_at - now)
+            t0 = time.perf_counter_ns()
+            fn(i)
+            local.append(time.perf_counter_ns() - t0)
+            i += THREADS
+            counts[k] += 1
+        samples.extend(local)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts)
+
+
+async def drive_async(fn: Any, seconds: float, samples: list[int]) -> int:
+    """One event loop, RATE calls/s, each awaited call timed; returns calls made."""
+    stop_at = time.perf_counter() + seconds
+    next_at = time.perf_counter()
+    i = 0
+    while (now := time.perf_counter()) < stop_at:
+        next_at += 1 / RATE
+        if next_at > now:
+            await asyncio.sleep(next_at - now)
+        t0 = time.perf_counter_ns()
+        await fn(i)
+        samples.append(time.perf_counter_ns() - t0)
+        i += 1
+    return i
+
+
+def accounted(log: Path) -> tuple[int, Counter[str]]:
+    compared, drops = 0, Counter[str]()
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        if row["event"] == "shim.comparison":
+            compared += 1
+        elif row["event"] == "shim.dropped":
+            drops[row["reason"]] += row["count"]
+    return compared, drops
+
+
+def run_kind(kind: str, url: str, tmp: Path, seconds: float) -> dict[str, Any]:
+    shim = make(url, tmp, kind)
+    warm = min(10.0, seconds / 3)
+    bare: list[int] = []
+    wrapped: list[int] = []
+    if kind == "sync":
+        fn = wrap(shim, legacy)
+        drive_sync(fn, warm, [])  # warm-up: pools, connections, first allocations
+        rss_warm = rss_mb()
+        calls = drive_sync(fn, seconds, wrapped)
+        drive_sync(legacy, min(5.0, seconds), bare)
+        shim.close(timeout=30)
+    else:
+
+        async def main() -> tuple[int, float]:
+            fn = wrap(shim, alegacy)
+            await drive_async(fn, warm, [])
+            rss = rss_mb()
+            made = await drive_async(fn, seconds, wrapped)
+            await drive_async(alegacy, min(5.0, seconds), bare)
+            await shim.aclose(timeout=30)
+            return made, rss
+
+        calls, rss_warm = asyncio.run(main())
+    rss_end = rss_mb()
+    compared, drops = accounted(tmp / f"{kind}.jsonl")
+    total = compared + sum(drops.values())
+    return {
+        "calls_timed": calls,
+        "calls_total": total,
+        "compared": compared,
+        "drops": dict(drops),
+        "drop_rate": sum(drops.values()) / total if total else 0.0,
+        "rss_warm_mb": round(rss_warm, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "rss_growth_mb": round(rss_end - rss_warm, 1),
+        "added_p50_us": round(pct(wrapped, 50) - pct(bare, 50), 1),
+        "added_p99_us": round(pct(wrapped, 99) - pct(bare, 99), 1),
+        "rate_per_s": round(calls / seconds),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 s per kind")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    seconds = 5.0 if args.quick else 60.0
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmpdir, simulator(latency_ms=5) as url:
+        for kind in ("sync", "async"):
+            results[kind] = run_kind(kind, url, Path(tmpdir), seconds)
+    ok = True
+    print(f"{RATE:,} shadowed calls/s for {seconds:.0f} s per kind, simulator in its own process")
+    for kind, r in results.items():
+        passed = r["drop_rate"] < 0.001 and r["rss_growth_mb"] < 20
+        ok &= passed
+        print(
+            f"{kind:5s}: {r['calls_total']:,} calls, {r['compared']:,} compared, drops "
+            f"{r['drop_rate'] * 100:.3f} % {r['drops'] or ''}; RSS {r['rss_warm_mb']} -> "
+            f"{r['rss_end_mb']} MB ({r['rss_growth_mb']:+} MB); added on the caller's path "
+            f"p50 {r['added_p50_us']} us, p99 {r['added_p99_us']} us; "
+            f"{'PASS' if passed else 'FAIL'}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print(f"target: drops < 0.1 % and RSS growth < 20 MB: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok or args.quick else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
