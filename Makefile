@@ -19,15 +19,11 @@ test: lint  ## ruff, mypy --strict, pytest (with PostgreSQL, Unleash and Chromiu
 	scripts/ensure-chromium.sh
 	scripts/with-unleash.sh $(BIN)/python -m pytest
 
-bench: $(STAMP)  ## every benchmark, full size
-	$(BIN)/python bench/overhead.py
-	$(BIN)/python bench/compare.py
-	$(BIN)/python bench/report.py
+bench: $(STAMP)  ## every benchmark, full size; writes bench/RESULTS.md and bench/results.json
+	$(BIN)/python bench/results.py
 
-bench-smoke: $(STAMP)  ## every benchmark, small: keeps them working in CI
-	$(BIN)/python bench/overhead.py --quick
-	$(BIN)/python bench/compare.py --quick
-	$(BIN)/python bench/report.py --quick
+bench-smoke: $(STAMP)  ## every benchmark, small: keeps them working in CI (writes nothing)
+	$(BIN)/python bench/results.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

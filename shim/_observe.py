@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import pickle
@@ -139,14 +140,24 @@ def envelope(
     event: str, product: str | None, task: str | None, when: float | None = None
 ) -> dict[str, Any]:
     """The fields every record starts with."""
-    stamp = datetime.fromtimestamp(time.time() if when is None else when, UTC)
     return {
         "event": event,
         "schema": SCHEMA,
-        "ts": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "ts": _stamp(time.time() if when is None else when),
         "product": product,
         "task": task,
     }
+
+
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _stamp(when: float) -> str:
+    """``2026-11-26T12:00:00.123456Z``; the seconds part is formatted once per second."""
+    whole = int(when)
+    return f"{_second(whole)}.{int((when - whole) * 1_000_000):06d}Z"
 
 
 def _digest(value: Any) -> tuple[str | None, int | None]:

@@ -182,8 +182,12 @@ def _order(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mapping[str
     return ordered
 
 
+# One encoder for every record: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr)
+
+
 def _dumps(obj: Any, **_: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=repr)
+    return _ENCODER.encode(obj)
 
 
 _STOP = object()

@@ -103,7 +103,8 @@ class Shim:
     ``timeout`` bounds a task-path call that serves; ``shadow_timeout`` one that only
     runs for comparison. Comparisons, from sync and async call sites, share ``workers``
     threads and a queue of ``queue_size``; a served async call that is compared runs
-    legacy in the background on its event loop, at most ``concurrency`` at a time. Records go to ``log_path`` (``-``: stdout) or ``sink``.
+    legacy in the background on its event loop, at most ``concurrency`` at a time.
+    Records go to ``log_path`` (``-``: stdout) or ``sink``.
 
     ``max_serving`` bounds the task-path calls that serve at once (threads and event loops
     together); a call beyond it is served by legacy at once and counted (``serve_full``),
