@@ -171,6 +171,68 @@ def run_kind(kind: str, url: str, tmp: Path, seconds: float) -> dict[str, Any]:
     }
 
 
+STUCK_RATE = 200  # calls per second against a candidate that cannot keep up
+
+
+def run_stuck(url: str, tmp: Path, name: str, seconds: float) -> dict[str, Any]:
+    """A sync call site at STUCK_RATE calls/s while every task-path call takes 2 s or
+    never answers: how much work is in flight at most, what the caller pays, memory."""
+    (tmp / f"{name}.yaml").write_text("kiwi.meal_plan: {serve: 0, shadow: 100}\n")
+    workers, queue = 16, 500
+    shim = Shim(
+        url,
+        flags=flags.FileFlags(tmp / f"{name}.yaml"),
+        log_path=tmp / f"{name}.jsonl",
+        workers=workers,
+        queue_size=queue,
+        shadow_timeout=3.0,
+    )
+    fn = wrap(shim, legacy)
+    wrapped: list[int] = []
+    bare: list[int] = []
+    peak = 0
+    rss_start = rss_mb()
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.wait(0.01):
+            peak = max(peak, shim.stats()["pending"])
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    stop_at = time.perf_counter() + seconds
+    next_at = time.perf_counter()
+    i = 0
+    while (now := time.perf_counter()) < stop_at:
+        next_at += 1 / STUCK_RATE
+        if next_at > now:
+            time.sleep(next_at - now)
+        t0 = time.perf_counter_ns()
+        fn(i)
+        wrapped.append(time.perf_counter_ns() - t0)
+        t0 = time.perf_counter_ns()
+        legacy(i)
+        bare.append(time.perf_counter_ns() - t0)
+        i += 1
+    rss_end = rss_mb()
+    stop.set()
+    watcher.join()
+    shim.close(timeout=5)
+    compared, drops = accounted(tmp / f"{name}.jsonl")
+    return {
+        "calls": i,
+        "compared": compared,
+        "drops": dict(drops),
+        "accounted": compared + sum(drops.values()) == i,
+        "peak_in_flight": peak,
+        "bound": workers + queue,
+        "rss_growth_mb": round(rss_end - rss_start, 1),
+        "added_p50_us": round(pct(wrapped, 50) - pct(bare, 50), 1),
+        "added_p99_us": round(pct(wrapped, 99) - pct(bare, 99), 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 s per kind")
@@ -178,12 +240,19 @@ def main() -> int:
     args = parser.parse_args()
     seconds = 5.0 if args.quick else 60.0
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmpdir, simulator(latency_ms=5) as url:
-        for kind in ("sync", "async"):
-            results[kind] = run_kind(kind, url, Path(tmpdir), seconds)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        with simulator(latency_ms=5) as url:
+            for kind in ("sync", "async"):
+                results[kind] = run_kind(kind, url, Path(tmpdir), seconds)
+        stuck_s = 5.0 if args.quick else 20.0
+        with simulator(latency_ms=2000) as url:
+            results["slow_2s"] = run_stuck(url, Path(tmpdir), "slow", stuck_s)
+        with simulator(latency_ms=5, extra=["--hang-rate", "1.0"]) as url:
+            results["hanging"] = run_stuck(url, Path(tmpdir), "hanging", stuck_s)
     ok = True
     print(f"{RATE:,} shadowed calls/s for {seconds:.0f} s per kind, simulator in its own process")
-    for kind, r in results.items():
+    for kind in ("sync", "async"):
+        r = results[kind]
         passed = r["drop_rate"] < 0.001 and r["rss_growth_mb"] < 20
         ok &= passed
         print(
@@ -193,9 +262,20 @@ def main() -> int:
             f"p50 {r['added_p50_us']} us, p99 {r['added_p99_us']} us; "
             f"{'PASS' if passed else 'FAIL'}"
         )
+    for name in ("slow_2s", "hanging"):
+        r = results[name]
+        held = r["peak_in_flight"] <= r["bound"] and r["accounted"] and r["rss_growth_mb"] < 20
+        ok &= held
+        print(
+            f"{name:8s}: {r['calls']:,} calls at {STUCK_RATE}/s; at most {r['peak_in_flight']} "
+            f"in flight (bound {r['bound']}); {r['compared']:,} compared, drops {r['drops']}; "
+            f"every call accounted: {r['accounted']}; RSS {r['rss_growth_mb']:+} MB; caller "
+            f"added p50 {r['added_p50_us']} us, p99 {r['added_p99_us']} us; "
+            f"{'PASS' if held else 'FAIL'}"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    print(f"target: drops < 0.1 % and RSS growth < 20 MB: {'PASS' if ok else 'FAIL'}")
+    print(f"target: drops < 0.1 %, RSS growth < 20 MB, work bounded: {'PASS' if ok else 'FAIL'}")
     return 0 if ok or args.quick else 1
 
 

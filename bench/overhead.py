@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -145,11 +145,11 @@ def unleash_client(tmp: Path) -> Any:
 
 
 @contextmanager
-def simulator(latency_ms: float = 50) -> Iterator[str]:
+def simulator(latency_ms: float = 50, extra: Sequence[str] = ()) -> Iterator[str]:
     """The simulator in its own process, as a coordinator is: its work must not share
     this process's interpreter lock with the calls being timed."""
     cmd = [sys.executable, "-m", "shim", "sim", "--port", "0", "--seed", "1"]
-    cmd += ["--latency-ms", str(latency_ms), "--latency-p99-ms", str(latency_ms)]
+    cmd += ["--latency-ms", str(latency_ms), "--latency-p99-ms", str(latency_ms), *extra]
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     ) as proc:
