@@ -43,11 +43,17 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / 1e6
 
 
-def legacy(i: int) -> dict[str, Any]:
-    return {"day": i % 7, "meal_type": "dinner", "recipe_id": i, "suggestion": "soup"}
+def legacy(i: int) -> list[dict[str, Any]]:
+    """A week's meal plan, shaped as the simulator's task path answers (so the pairs
+    match, as they mostly do in a rollout; a mismatch costs a deepdiff)."""
+    return [
+        {"day": d, "meal_type": m, "recipe_id": i + d, "suggestion": "lentil soup"}
+        for d in range(1, 8)
+        for m in ("breakfast", "lunch", "dinner")
+    ]
 
 
-async def alegacy(i: int) -> dict[str, Any]:
+async def alegacy(i: int) -> list[dict[str, Any]]:
     return legacy(i)
 
 
