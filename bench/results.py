@@ -126,6 +126,23 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     + verdict(k["drop_rate"] < 0.001 and k["rss_growth_mb"] < 20),
                 )
             )
+        for name, label in (("slow_2s", "takes 2 s"), ("hanging", "never answers")):
+            k = load.get(name)
+            if not k:
+                continue
+            drops = ", ".join(f"{r} {n:,}" for r, n in sorted(k["drops"].items()))
+            out.append(
+                (
+                    f"load: the task path {label}, 200 calls/s ({k['calls']:,} calls)",
+                    f"at most {k['peak_in_flight']} in flight; drops counted ({drops}); "
+                    f"RSS {k['rss_growth_mb']:+.1f} MB; added p50 {k['added_p50_us']} us, "
+                    f"p99 {k['added_p99_us']} us",
+                    f"bound {k['bound']} (workers + queue)",
+                    "",
+                    "bounded, every call accounted: "
+                    + verdict(k["peak_in_flight"] <= k["bound"] and k["accounted"]),
+                )
+            )
     rec = f["records"]
     if rec:
         out.append(
@@ -176,7 +193,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke sizes")
     parser.add_argument("--out", type=Path, help="where RESULTS.md and results.json go")
+    parser.add_argument(
+        "--table-only", action="store_true", help="rewrite RESULTS.md from results.json"
+    )
     args = parser.parse_args()
+    if args.table_only:
+        saved = json.loads((HERE / "results.json").read_text())
+        table = markdown(saved, saved["machine"], saved["date"], saved["quick"])
+        (HERE / "RESULTS.md").write_text(table)
+        print(table)
+        return 0
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or (Path(tmp) if args.quick else HERE)
