@@ -151,6 +151,9 @@ def build_report(
     every = max(1, sum(Path(f).stat().st_size for f in files) // 700 // 20_000)
     try:
         con = duckdb.connect()
+        # The result is ordered by task at the end; rows need not keep the logs' order
+        # on the way (measured: about 0.1 s less per GB).
+        con.execute("SET preserve_insertion_order = false")
         source = _sql_list(files)
         columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}"
         cursor = con.execute(
