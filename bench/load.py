@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,25 +80,27 @@ def wrap(shim: Shim, fn: Any) -> Any:
     )(fn)
 
 
+def schedule(rate: float, seconds: float) -> Iterator[float]:
+    """For each call that keeps ``rate`` calls/s for ``seconds``: how long to wait first."""
+    stop_at = time.perf_counter() + seconds
+    next_at = time.perf_counter()
+    while (now := time.perf_counter()) < stop_at:
+        next_at += 1 / rate
+        yield max(0.0, next_at - now)
+
+
 def drive_sync(fn: Any, seconds: float, samples: list[int]) -> int:
     """THREADS callers, RATE calls/s in all, each call timed; returns calls made."""
-    per_thread = RATE / THREADS
-    stop_at = time.perf_counter() + seconds
     counts = [0] * THREADS
 
     def caller(k: int) -> None:
-        next_at = time.perf_counter()
-        i = k
         local: list[int] = []
-        while (now := time.perf_counter()) < stop_at:
-            next_at += 1 / per_thread
-            if next_at > now:
-                time.sleep(next_at - now)
+        for n, wait in enumerate(schedule(RATE / THREADS, seconds)):
+            time.sleep(wait)
             t0 = time.perf_counter_ns()
-            fn(i)
+            fn(k + n * THREADS)
             local.append(time.perf_counter_ns() - t0)
-            i += THREADS
-            counts[k] += 1
+        counts[k] = len(local)
         samples.extend(local)
 
     threads = [threading.Thread(target=caller, args=(k,)) for k in range(THREADS)]
@@ -110,18 +113,13 @@ def drive_sync(fn: Any, seconds: float, samples: list[int]) -> int:
 
 async def drive_async(fn: Any, seconds: float, samples: list[int]) -> int:
     """One event loop, RATE calls/s, each awaited call timed; returns calls made."""
-    stop_at = time.perf_counter() + seconds
-    next_at = time.perf_counter()
-    i = 0
-    while (now := time.perf_counter()) < stop_at:
-        next_at += 1 / RATE
-        if next_at > now:
-            await asyncio.sleep(next_at - now)
+    calls = 0
+    for calls, wait in enumerate(schedule(RATE, seconds), 1):
+        await asyncio.sleep(wait)
         t0 = time.perf_counter_ns()
-        await fn(i)
+        await fn(calls)
         samples.append(time.perf_counter_ns() - t0)
-        i += 1
-    return i
+    return calls
 
 
 def accounted(log: Path) -> tuple[int, Counter[str]]:
@@ -207,20 +205,15 @@ def run_stuck(url: str, tmp: Path, name: str, seconds: float) -> dict[str, Any]:
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    stop_at = time.perf_counter() + seconds
-    next_at = time.perf_counter()
     i = 0
-    while (now := time.perf_counter()) < stop_at:
-        next_at += 1 / STUCK_RATE
-        if next_at > now:
-            time.sleep(next_at - now)
+    for i, wait in enumerate(schedule(STUCK_RATE, seconds), 1):
+        time.sleep(wait)
         t0 = time.perf_counter_ns()
         fn(i)
         wrapped.append(time.perf_counter_ns() - t0)
         t0 = time.perf_counter_ns()
         legacy(i)
         bare.append(time.perf_counter_ns() - t0)
-        i += 1
     rss_end = rss_mb()
     stop.set()
     watcher.join()

@@ -86,15 +86,23 @@ class _Story:
         self.console = console
         self.rng = rng
 
+    def command(self, args: list[str], note: str = "") -> None:
+        """Show a CLI command as an operator would type it (paths short)."""
+        shown = " ".join(["shim", *args]).replace(str(self.out), self.out.name)
+        self.console.print(f"[bold]$ {shown}[/]{note}")
+
+    def output(self, text: str) -> None:
+        """Show a command's output, indented (paths short)."""
+        for line in text.strip().splitlines():
+            self.console.print("  " + line.replace(str(self.out), self.out.name), markup=False)
+
     def shim_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the ``shim`` CLI as an operator would, showing the command and its output."""
-        shown = " ".join(["shim", *args]).replace(str(self.out), self.out.name)
-        self.console.print(f"[bold]$ {shown}[/]")
+        self.command(list(args))
         done = subprocess.run(
             [sys.executable, "-m", "shim", *args], capture_output=True, text=True, timeout=120
         )
-        for line in (done.stdout + done.stderr).strip().splitlines():
-            self.console.print("  " + line.replace(str(self.out), self.out.name), markup=False)
+        self.output(done.stdout + done.stderr)
         return done
 
     def traffic(self, description: str, plan: list[str]) -> None:
@@ -239,10 +247,7 @@ def _act_drill(story: _Story, task: str) -> None:
     )
     story.until_running(task)
     command = ["watch", str(story.log), "--auto-rollback", "--flags", str(story.flags)]
-    story.console.print(
-        f"[bold]$ shim {' '.join(command).replace(str(story.out), story.out.name)}[/]"
-        " (in the background)"
-    )
+    story.command(command, " (in the background)")
     watch = subprocess.Popen(
         [sys.executable, "-m", "shim", *command],
         stdout=subprocess.PIPE,
@@ -250,9 +255,7 @@ def _act_drill(story: _Story, task: str) -> None:
         text=True,
     )
     assert watch.stdout is not None
-    story.console.print(
-        "  " + watch.stdout.readline().strip().replace(str(story.out), story.out.name), markup=False
-    )
+    story.output(watch.stdout.readline())
     started, sent = time.monotonic(), 0
     while story.serve_percent(task) and sent < 3000:
         story.traffic(f"{task} at serve 25 %", [task] * 100)
@@ -260,9 +263,7 @@ def _act_drill(story: _Story, task: str) -> None:
     took = time.monotonic() - started
     story.until_running(task)
     watch.terminate()
-    output, _ = watch.communicate(timeout=10)
-    for line in output.strip().splitlines():
-        story.console.print("  " + line.replace(str(story.out), story.out.name), markup=False)
+    story.output(watch.communicate(timeout=10)[0])
     story.console.print(
         f"{task} is back on legacy (serve {story.serve_percent(task)} %) after {sent} calls "
         f"({took:.1f} s); the shim.rollback record in the log says why."

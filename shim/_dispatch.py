@@ -225,20 +225,16 @@ class LoopDispatcher:
         elif (exc := job.exception()) is not None:
             self._on_error("dispatch", exc)
 
-    async def drain(self, timeout: float, *, cancel: bool = True) -> Counter[str]:
-        """Wait up to ``timeout`` for running tasks; cancel the rest (unless told not to;
-        each one cancelled is also told to ``on_cancelled``) and count them."""
-        unfinished: Counter[str] = Counter()
-        if self._tasks:
-            _, late = await asyncio.wait(list(self._tasks), timeout=timeout)
-            if not cancel:
-                return Counter(self._tasks.get(job, "?") for job in late)
+    async def drain(self, timeout: float, *, cancel: bool = True) -> None:
+        """Wait up to ``timeout`` for running tasks; cancel the rest unless told not to
+        (each one cancelled is told to ``on_cancelled`` as it ends)."""
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(list(self._tasks), timeout=timeout)
+        if cancel and late:
             for job in late:
-                unfinished[self._tasks.get(job, "?")] += 1
                 job.cancel()
-            if late:
-                await asyncio.wait(late, timeout=1.0)
-        return unfinished
+            await asyncio.wait(late, timeout=1.0)
 
 
 class Gate:

@@ -59,15 +59,13 @@ class _LoopState:
         # The shim's TLS context: loading CA certificates per event loop would cost the
         # loop's first caller ~25 ms.
         http = httpx.AsyncClient(headers={"User-Agent": "task-shim/0.1"}, verify=shim._tls)
-        self.client, self.shadow_client = (
-            AsyncTaskClient(
-                shim.orch_url,
-                api_key=shim._api_key,
-                timeout=timeout,
-                http=http,
-                on_release_failed=shim._release_failed,
-            )
-            for timeout in (shim.timeout, shim.shadow_timeout)
+        # (Shadow comparisons run on the worker threads; only serving calls use this.)
+        self.client = AsyncTaskClient(
+            shim.orch_url,
+            api_key=shim._api_key,
+            timeout=shim.timeout,
+            http=http,
+            on_release_failed=shim._release_failed,
         )
         self.http = http
         self.dispatch = LoopDispatcher(

@@ -134,6 +134,47 @@ def test_noise_calibration_marks_differences_legacy_makes_by_itself(
     assert all(r["structure"]["noise_paths"] == note for r in rows), "explained by noise"
 
 
+def test_noise_calibration_of_an_async_call_site_reruns_legacy_on_its_loop(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The comparison runs on a worker thread; legacy's second run goes back to the
+    caller's event loop (it is a coroutine), and is told apart by a context variable the
+    caller sets."""
+    import asyncio
+    import contextvars
+
+    by_caller = contextvars.ContextVar("by_caller", default=False)
+    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {shadow: 100}\n", noise_sample=1.0)
+    loops: set[int] = set()
+
+    @s.shadow(
+        product="kiwi",
+        task="meal_plan",
+        request=lambda: TaskRequest(prompt="x"),
+        response=lambda r: json.loads(r.text),
+    )
+    async def plan() -> list[dict[str, Any]]:
+        loops.add(id(asyncio.get_running_loop()))
+        rows = json.loads(generate("meal_plan", random.Random(1)))
+        if by_caller.get():
+            for row in rows:
+                row["note"] = "leftovers"
+        return rows
+
+    async def main() -> None:
+        by_caller.set(True)
+        for _ in range(4):
+            await plan()
+        await s.aclose(timeout=30)
+
+    asyncio.run(main())
+    rows = records(tmp_path / "log.jsonl")
+    assert len(rows) == 4 and len(loops) == 1, "re-runs happen on the caller's loop"
+    note = ["[].note: missing in candidate"]
+    assert all(r["structure"]["noise"] == {"match": False, "diff": note} for r in rows)
+    assert all(r["structure"]["noise_paths"] == note for r in rows)
+
+
 def test_a_comparator_that_raises_never_reaches_the_caller(sim: Simulator, tmp_path: Path) -> None:
     class Broken:
         def compare(self, legacy: Any, candidate: Any) -> comparators.Structure:
