@@ -188,6 +188,14 @@ def test_bad_lines_are_counted_never_a_crash(tmp_path: Path, planted_log: Path) 
     report = build_report([str(path)])
     assert report["bad_lines"] == 3
     assert report["records"] == sum(s["n"] for s in PLANTED.values()) + 1
+    # A whole last line is read strictly first; a bad line in the middle sends the
+    # logs to a second, tolerant read, and the figures are the same.
+    lines = planted_log.read_text().splitlines(keepends=True)
+    middle = len(lines) // 2
+    path.write_text("".join(lines[:middle] + ["not json\n", "[1, 2]\n"] + lines[middle:]))
+    again = build_report([str(path)])
+    assert again["bad_lines"] == 2
+    assert again["tasks"] == build_report([str(planted_log)])["tasks"]
 
 
 def test_no_data_is_hold_never_a_pass(tmp_path: Path) -> None:
@@ -209,6 +217,44 @@ def test_no_data_is_hold_never_a_pass(tmp_path: Path) -> None:
     [task] = build_report([str(path)])["tasks"]
     assert (task["task"], task["verdict"], task["n"]) == ("kiwi.ocr", "HOLD", 0)
     assert task["reasons"] == ["no comparisons yet"]
+
+
+def test_verdicts_and_models_are_counted_exactly(tmp_path: Path) -> None:
+    """Every verdict (an unfamiliar one too) and every candidate model a task saw:
+    one model per task is the common case, several the case a model change brings."""
+    rng = random.Random(5)
+    lines = []
+    plan = {
+        "kiwi.one": [("same", "m")] * 40,
+        "kiwi.two": [("same", "m")] * 30
+        + [("alias", "M-q4")] * 5
+        + [("different", "rogue")] * 3
+        + [("unknown", None)] * 2
+        + [("renamed", "m")] * 4,
+    }
+    for task, calls in plan.items():
+        for verdict, model in calls:
+            r = record(task, rng, legacy_err=0, cand_err=0, mismatch=0, speed=1)
+            r["model"]["verdict"], r["candidate"]["model"] = verdict, model
+            lines.append(json.dumps(r))
+    path = tmp_path / "models.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("defaults: {min_pairs: 10, allowed_models: [m, M-q4]}\n")
+    report = build_report([str(path)], policy=Policy.load(policy_file))
+    one, two = report["tasks"]
+    assert (one["model_verdicts"], one["candidate_models"]) == ({"same": 40}, ["m"])
+    assert two["model_verdicts"] == {
+        "alias": 5,
+        "different": 3,
+        "renamed": 4,
+        "same": 30,
+        "unknown": 2,
+    }
+    assert two["candidate_models"] == ["M-q4", "m", "rogue"]
+    assert one["verdict"] != "ROLLBACK"
+    assert two["verdict"] == "ROLLBACK"
+    assert any("rogue" in reason for reason in two["reasons"]), two["reasons"]
 
 
 def test_policy_overrides_per_task(tmp_path: Path, planted_log: Path) -> None:
