@@ -111,6 +111,9 @@ class Shim:
     Prompts and outputs are not recorded; ``capture=Capture(...)`` records them, capped
     and redacted (emails, phone numbers, card-like numbers, your own patterns).
 
+    Task-path calls from threads go over the task client's own keep-alive connections;
+    ``http=httpx.Client(...)`` puts them on yours instead (proxies, client certificates).
+
     ``noise_sample`` is the share of shadowed calls on which legacy also runs a second
     time in the background: the legacy-vs-legacy difference (``structure.noise``) tells
     a difference the model makes by itself from one the task path brings.
@@ -164,9 +167,8 @@ class Shim:
         self._recorder = Recorder(
             sink, names=names, on_error=self._internal_error, secrets=secrets, capture=capture
         )
-        self._owns_http = http is None
         self._tls = httpx.create_ssl_context()  # verifying certificates, shared by clients
-        self._http = http or httpx.Client(headers={"User-Agent": "task-shim/0.1"}, verify=self._tls)
+        self._http = http  # None: the task clients keep their own connections
         self._make_clients()
         self._dispatch = dispatch = ThreadDispatcher(
             workers=workers, capacity=queue_size, on_error=self._internal_error
@@ -199,6 +201,7 @@ class Shim:
                 api_key=self._api_key,
                 timeout=timeout,
                 http=self._http,
+                tls=self._tls,
                 on_release_failed=self._release_failed,
             )
             for timeout in (self.timeout, self.shadow_timeout)
@@ -207,10 +210,8 @@ class Shim:
     def _after_fork(self) -> None:
         """In a forked child: connections and event loops are the parent's; start anew.
         (The dispatcher, the recorder and file flags restart their own threads.)"""
-        if self._owns_http:
-            # Not closed: the sockets are shared with the parent, which still uses them.
-            self._http = httpx.Client(headers={"User-Agent": "task-shim/0.1"}, verify=self._tls)
-            self._make_clients()
+        # Not closed: the sockets are shared with the parent, which still uses them.
+        self._make_clients()
         self._loops = weakref.WeakKeyDictionary()
 
     # -- construction from the environment -------------------------------------------
@@ -887,8 +888,8 @@ class Shim:
             product, _, name = task.partition(".")
             self._recorder.dropped(product, name, "shutdown", count)
         self._recorder.close(max(0.5, deadline - time.monotonic()))
-        if self._owns_http:
-            self._http.close()
+        self._client.close()
+        self._shadow_client.close()
         if self._owns_flags:
             self.flags.close()
         _live.discard(self)

@@ -192,7 +192,7 @@ def test_bad_lines_are_counted_never_a_crash(tmp_path: Path, planted_log: Path) 
     # logs to a second, tolerant read, and the figures are the same.
     lines = planted_log.read_text().splitlines(keepends=True)
     middle = len(lines) // 2
-    path.write_text("".join(lines[:middle] + ["not json\n", "[1, 2]\n"] + lines[middle:]))
+    path.write_text("".join([*lines[:middle], "not json\n", "[1, 2]\n", *lines[middle:]]))
     again = build_report([str(path)])
     assert again["bad_lines"] == 2
     assert again["tasks"] == build_report([str(planted_log)])["tasks"]
