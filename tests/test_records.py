@@ -7,6 +7,8 @@ import multiprocessing
 import os
 from pathlib import Path
 
+import pytest
+
 from comparators import ModelNames
 from shim import FileSink
 from shim._records import PartialWrite, Recorder, StreamSink
@@ -68,6 +70,25 @@ def test_recorder_writes_envelopes_and_aggregated_drops(tmp_path: Path) -> None:
     drops = {r["reason"]: r["count"] for r in rows if r["event"] == "shim.dropped"}
     assert drops == {"queue_full": 7, "budget": 3}
     assert errors == []
+
+
+def test_every_line_is_valid_json_whatever_the_fields_hold(tmp_path: Path) -> None:
+    """NaN and infinities become null, a lone surrogate is escaped, odd types are
+    written as their repr: no value makes a line that a JSON reader refuses."""
+    recorder = Recorder(
+        FileSink(tmp_path / "log.jsonl"), names=ModelNames(), on_error=lambda op, exc: None
+    )
+    odd = object()
+    recorder.event("shim.x", "kiwi", "ocr", ratio=float("nan"), top=float("inf"), n=1.5)
+    recorder.event("shim.x", "kiwi", "ocr", error="bad \ud800 byte")
+    recorder.event("shim.x", "kiwi", "ocr", thing=odd, keys={1: "a"}, text="día ✓")
+    assert recorder.close(5)
+    raw = (tmp_path / "log.jsonl").read_bytes().decode("utf-8")
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(c)) for line in raw.splitlines()]
+    assert (rows[0]["ratio"], rows[0]["top"], rows[0]["n"]) == (None, None, 1.5)
+    assert rows[1]["error"] == "bad \ud800 byte"
+    assert (rows[2]["thing"], rows[2]["keys"], rows[2]["text"]) == (repr(odd), {"1": "a"}, "día ✓")
+    assert "día ✓" in raw  # non-ASCII text is written as is, not escaped
 
 
 def test_full_recorder_counts_what_it_turns_away(tmp_path: Path) -> None:
