@@ -31,13 +31,20 @@ def stage_of(serve: int, shadow: int) -> str:
 
 
 class TaskFlags(BaseModel):
-    """One task's percentages: ``serve`` (task path serves) and ``shadow`` (compared)."""
+    """One task's percentages: ``serve`` (task path serves) and ``shadow`` (compared).
+
+    ``shadow_rate`` caps the comparisons per second and ``shadow_tokens_per_hour`` the
+    tokens the task path spends on them; past either, comparisons are skipped and
+    counted (``shim.dropped``, ``reason: budget``). Unset: the Shim's own budget, if any.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     serve: Percent = 0
     shadow: Percent = 0
     stickiness: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "default"
+    shadow_rate: Annotated[float, Field(gt=0)] | None = None
+    shadow_tokens_per_hour: Annotated[int, Field(gt=0, strict=True)] | None = None
 
     @property
     def stage(self) -> str:

@@ -75,10 +75,16 @@ class FlagStore(Protocol):
 _FLOW = re.compile(r"^(?P<head>\s*[^\s#][^#]*?:\s*)\{(?P<body>[^}]*)\}(?P<tail>\s*(#.*)?)$")
 
 
+_BUDGET = ("shadow_rate", "shadow_tokens_per_hour")
+
+
 def _flow_body(flags: TaskFlags, setting: Setting) -> str:
     body = f"serve: {setting.serve}, shadow: {setting.shadow}"
     if flags.stickiness != "default":
         body += f", stickiness: {flags.stickiness}"
+    for budget in _BUDGET:
+        if getattr(flags, budget) is not None:
+            body += f", {budget}: {getattr(flags, budget):g}"
     return body
 
 
@@ -110,7 +116,7 @@ def edit_flags_text(path: str, text: str, changes: Mapping[str, Setting]) -> str
                 child = next(
                     (
                         doc.lines[(task, f)]
-                        for f in ("serve", "shadow", "stickiness")
+                        for f in ("serve", "shadow", "stickiness", *_BUDGET)
                         if (task, f) in doc.lines
                     ),
                     None,
@@ -129,7 +135,10 @@ def edit_flags_text(path: str, text: str, changes: Mapping[str, Setting]) -> str
     check = parse_flags(load_yaml(path, text=new_text))
     for task, setting in changes.items():
         got = check.tasks.get(task)
-        if got is None or (got.serve, got.shadow) != (setting.serve, setting.shadow):
+        want = state.tasks.get(task, TaskFlags()).model_copy(
+            update={"serve": setting.serve, "shadow": setting.shadow}
+        )
+        if got != want:  # the other keys (stickiness, budget) kept as they were
             raise ConfigError(
                 [
                     Problem(

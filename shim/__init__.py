@@ -16,10 +16,12 @@ from ._observe import NOT_RECORDED
 from ._orch import OrchConfig, ResolvedTask
 from ._records import FileSink, RecordSink, StreamSink
 from ._shim import Shim
+from ._spend import Backoff, ShadowBudget
 
 __all__ = [
     "NOT_RECORDED",
     "AsyncTaskClient",
+    "Backoff",
     "BreakerPolicy",
     "Capture",
     "ConfigError",
@@ -28,6 +30,7 @@ __all__ = [
     "Problem",
     "RecordSink",
     "ResolvedTask",
+    "ShadowBudget",
     "Shim",
     "ShimError",
     "StreamSink",

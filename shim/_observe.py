@@ -9,7 +9,7 @@ import json
 import pickle
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -104,6 +104,7 @@ class Observation:
     node_id: str | None = None
     status: int | None = None
     prompt: str | None = None  # the task request's prompt (kept only if capture is on)
+    usage: Mapping[str, Any] | None = None  # as reported (OpenAI-style or GenAI names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class CallSite:
     fallback: bool
     expected_model: str | None
     allocation: bool = False  # the call site returns a context manager yielding one
+    legacy_usage: Callable[[Any], Mapping[str, Any] | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,28 @@ def _digest(value: Any) -> tuple[str | None, int | None]:
     return hashlib.sha256(data).hexdigest(), len(data)
 
 
+_USAGE_NAMES = (
+    ("input_tokens", ("input_tokens", "prompt_tokens")),
+    ("output_tokens", ("output_tokens", "completion_tokens")),
+    ("gpu_s", ("gpu_s", "gpu_seconds")),
+)
+
+
+def usage_record(usage: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A path's usage as records keep it: ``input_tokens``, ``output_tokens`` (from the
+    OpenAI names too) and ``gpu_s``, each only if reported as a number."""
+    if not usage:
+        return {}
+    out: dict[str, Any] = {}
+    for name, accepted in _USAGE_NAMES:
+        for key in accepted:
+            value = usage.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+                out[name] = value
+                break
+    return out
+
+
 def _side(
     obs: Observation, value: Any, *, candidate: bool, capture: Capture | None = None
 ) -> dict[str, Any]:
@@ -186,6 +210,9 @@ def _side(
     if candidate:
         side.update(service_type=obs.service_type, node_id=obs.node_id, status=obs.status)
     side.update(error=obs.error, output_sha256=sha, output_bytes=size)
+    usage = usage_record(obs.usage)
+    if usage:
+        side["usage"] = usage
     if capture is not None:
         side["output"] = None if value is NOT_RECORDED else capture.text(value)
         if candidate:
@@ -232,7 +259,13 @@ def comparison_record(
             legacy_model = site.legacy_model(legacy_value)
         except Exception as exc:
             on_error("legacy_model", exc)
-    legacy = replace(pending.legacy, model=legacy_model)
+    legacy_usage = pending.legacy.usage
+    if site.legacy_usage is not None and pending.legacy.ok and legacy_value is not NOT_RECORDED:
+        try:
+            legacy_usage = site.legacy_usage(legacy_value)
+        except Exception as exc:
+            on_error("legacy_usage", exc)
+    legacy = replace(pending.legacy, model=legacy_model, usage=legacy_usage)
     if (
         legacy.ok
         and pending.candidate.ok

@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -35,9 +35,18 @@ from ._context import sticky_value
 from ._dispatch import Gate, LoopDispatcher, ThreadDispatcher
 from ._errors import ConfigError, Problem, ShimError
 from ._names import check_task_name
-from ._observe import NOT_RECORDED, CallSite, Observation, Pending, capture, describe
+from ._observe import (
+    NOT_RECORDED,
+    CallSite,
+    Observation,
+    Pending,
+    capture,
+    describe,
+    usage_record,
+)
 from ._orch import SERVICE_TYPES, AssignmentsFile, OrchConfig, RegistryFile, parse_file
 from ._records import FileSink, Recorder, RecordSink, StreamSink
+from ._spend import BUSY, Backoff, ShadowBudget, Spend
 
 __all__ = ["Shim"]
 
@@ -139,6 +148,8 @@ class Shim:
         noise_sample: float = 0.0,
         max_serving: int = 64,
         capture: Capture | None = None,
+        budgets: Mapping[str, ShadowBudget] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.orch_url = orch_url.rstrip("/")
         self.flags = flags
@@ -149,6 +160,10 @@ class Shim:
             raise ValueError(f"noise_sample must be a share from 0 to 1, got {noise_sample}")
         self.noise_sample = noise_sample
         self.breaker_policy = breaker or BreakerPolicy()
+        self.backoff = backoff or Backoff()
+        self._budgets = dict(budgets or {})
+        self._budget_cache: dict[tuple[str, float | None, int | None], ShadowBudget] = {}
+        self._spends: dict[str, Spend] = {}
         self._api_key = api_key
         self._errors: Counter[str] = Counter()
         self._errors_lock = threading.Lock()
@@ -262,6 +277,7 @@ class Shim:
         key: Callable[..., Any] | None = None,
         fallback: bool = True,
         allocation: bool = False,
+        legacy_usage: Callable[[Any], Mapping[str, Any] | None] | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Wrap a call site of ``product.task``.
 
@@ -276,6 +292,10 @@ class Shim:
         allocate``), ``response`` turns a :class:`TaskAllocation` into what the call
         site yields (default: its dict), and shadow allocations are released as soon
         as they are compared.
+
+        ``legacy_usage`` reads the legacy path's usage from its result (OpenAI-style
+        ``prompt_tokens``/``completion_tokens``, or ``input_tokens``/``output_tokens``,
+        and ``gpu_s``), for the records and the report's token and cost figures.
         """
         name = f"{product}.{task}"
         check_task_name(name)
@@ -295,11 +315,13 @@ class Shim:
                 fallback=fallback,
                 expected_model=assigned,
                 allocation=allocation,
+                legacy_usage=legacy_usage,
             )
             static_model = legacy_model if isinstance(legacy_model, str) else None
             self._breakers.setdefault(
                 name, CircuitBreaker(name, self.breaker_policy, on_transition=self._breaker_event)
             )
+            self._spends.setdefault(name, Spend(self.backoff))
             self._sites[site.call_site] = site
             if allocation:
                 return self._allocation_wrapper(site, static_model, fn)
@@ -450,10 +472,72 @@ class Shim:
         if breaker.state != "closed" and not breaker.may_probe():
             self._recorder.dropped(site.product, site.task, "breaker_open")
             return False
+        if not self._within_spend(site, None):
+            return False
         if not reserve():
             self._recorder.dropped(site.product, site.task, "queue_full")
             return False
         return True
+
+    def _within_spend(self, site: CallSite, rule: flagpkg.Rule | None) -> bool:
+        """Not backing off from a full coordinator, and within the task's budget?"""
+        spend = self._spends[site.name]
+        budget = self._budget(site, rule)
+        if not spend.until and budget is None:
+            return True
+        reason = spend.admit(budget)
+        if reason is None:
+            return True
+        self._recorder.dropped(site.product, site.task, reason)
+        return False
+
+    def _budget(self, site: CallSite, rule: flagpkg.Rule | None) -> ShadowBudget | None:
+        """The task's budget: the flags' ``shadow_rate``/``shadow_tokens_per_hour`` over
+        the Shim's ``budgets``."""
+        default = self._budgets.get(site.name)
+        if rule is None:
+            rule = self.flags.rules.active.get(site.name)
+            if rule is None:
+                return default
+        rate, tokens = rule.flags.shadow_rate, rule.flags.shadow_tokens_per_hour
+        if rate is None and tokens is None:
+            return default
+        key = (site.name, rate, tokens)
+        budget = self._budget_cache.get(key)
+        if budget is None:
+            base = default or ShadowBudget()
+            budget = ShadowBudget(
+                per_second=base.per_second if rate is None else rate,
+                burst=base.burst if rate is None else None,
+                tokens_per_hour=base.tokens_per_hour if tokens is None else tokens,
+            )
+            self._budget_cache[key] = budget
+        return budget
+
+    def _busy(self, site: CallSite, status: int) -> None:
+        """The coordinator had no capacity: stop shadowing the task for a while."""
+        spend = self._spends[site.name]
+        pause = spend.busy()
+        if not pause:
+            return  # already paused
+        self._recorder.event(
+            "shim.backoff",
+            site.product,
+            site.task,
+            state="paused",
+            status=status,
+            seconds=round(pause, 3),
+            busy_in_a_row=spend.busy_streak,
+        )
+
+    def _answered(self, site: CallSite, result: TaskResult | TaskAllocation) -> None:
+        spend = self._spends[site.name]
+        if spend.answered():
+            self._recorder.event("shim.backoff", site.product, site.task, state="resumed")
+        usage = usage_record(getattr(result, "usage", None))
+        tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+        if tokens:
+            spend.charge(self._budget(site, None), int(tokens))
 
     # -- sync ------------------------------------------------------------------------
 
@@ -486,6 +570,8 @@ class Shim:
         breaker = self._breakers[site.name]
         if breaker.state != "closed" and not breaker.may_probe():
             self._recorder.dropped(site.product, site.task, "breaker_open")
+            return fn(*args, **kwargs)
+        if not self._within_spend(site, rule):
             return fn(*args, **kwargs)
         if not self._dispatch.try_reserve():
             self._recorder.dropped(site.product, site.task, "queue_full")
@@ -533,6 +619,9 @@ class Shim:
             legacy = Observation(True, elapsed * 1000, outcome.value, model=model)
         else:
             legacy = Observation(False, elapsed * 1000, error=describe(outcome), model=model)
+        if self._spends[site.name].paused():  # queued before the coordinator said it was full
+            self._recorder.dropped(site.product, site.task, "backoff")
+            return
         candidate, _, _ = self._run_task(site, args, kwargs, self._shadow_client)
         if candidate is None:
             return
@@ -574,11 +663,17 @@ class Shim:
                 result = client.infer(site.product, site.task, request)
             value = site.response(result)
         except Exception as exc:
-            breaker.failure()
+            status = getattr(exc, "status", None)
+            if status in BUSY:
+                self._busy(site, status)
+            # No capacity is not broken: only the serving path's breaker counts it.
+            if status not in BUSY or client is not self._shadow_client:
+                breaker.failure()
             if isinstance(result, TaskAllocation):
                 client.release(site.product, site.task, result)
             return _failed_candidate(exc, started, result, prompt), exc, None
         breaker.success()
+        self._answered(site, result)
         observed = _ok_candidate(result, value, started, prompt)
         if isinstance(result, TaskAllocation) and not keep:
             client.release(site.product, site.task, result)  # compared: give it back now
@@ -1006,6 +1101,7 @@ def _ok_candidate(
         result.node_id,
         200,
         prompt,
+        getattr(result, "usage", None),
     )
 
 

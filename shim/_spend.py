@@ -1,0 +1,169 @@
+"""What shadow traffic may spend: a budget per task, and back-off when cf-orch is full.
+
+Every compared call runs a second inference on the GPUs that serve production. A
+:class:`ShadowBudget` caps it per task (comparisons per second, a token bucket; task-path
+tokens per hour), and :class:`Backoff` stops shadowing a task for a growing, jittered
+interval when the coordinator answers 429 or 503 (no capacity). Serving calls are not
+governed here: they have the breaker and the fallback.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Backoff", "ShadowBudget"]
+
+#: Coordinator answers that mean "no capacity now", not "broken".
+BUSY = frozenset({429, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowBudget:
+    """A task's shadow allowance. ``per_second``: comparisons per second, evenly spread
+    (``burst`` lets that many go at once after a quiet spell; default 1);
+    ``tokens_per_hour``: input plus output tokens the task path may spend on
+    comparisons, refilled evenly over the hour."""
+
+    per_second: float | None = None
+    burst: float | None = None
+    tokens_per_hour: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("per_second", "burst", "tokens_per_hour"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"ShadowBudget.{name} must be positive, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long shadowing pauses after a 429 or 503: ``initial`` seconds, doubled on
+    each busy answer in a row up to ``maximum``, each drawn from [50 %, 100 %] of that
+    (jitter, so many processes do not come back at once). One probe call then goes
+    through; a good answer ends the back-off."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise ValueError(f"Backoff needs 0 < initial <= maximum, got {self}")
+
+
+class Spend:
+    """One task's shadow spend: its buckets and its back-off. Thread-safe."""
+
+    __slots__ = (
+        "_calls",
+        "_calls_at",
+        "_lock",
+        "_random",
+        "_tokens",
+        "_tokens_at",
+        "backoff",
+        "busy_streak",
+        "clock",
+        "pause",
+        "probe_at",
+        "until",
+    )
+
+    def __init__(
+        self,
+        backoff: Backoff,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.backoff = backoff
+        self.clock = clock
+        self._random = (rng or random.Random()).random
+        self._lock = threading.Lock()
+        self.until = 0.0  # no comparisons before this (clock time); 0: not backing off
+        self.pause = 0.0  # the current pause, in seconds
+        self.probe_at = 0.0  # when the last probe was let through
+        self.busy_streak = 0
+        self._calls: float | None = None  # tokens in the rate bucket; None: full
+        self._calls_at = 0.0
+        self._tokens: float | None = None  # LLM tokens left this hour; None: full
+        self._tokens_at = 0.0
+
+    def admit(self, budget: ShadowBudget | None) -> str | None:
+        """May one more call be compared now? None if so, else the drop reason."""
+        if self.until:
+            now = self.clock()
+            with self._lock:
+                if self.until and (
+                    now < self.until
+                    or (self.probe_at >= self.until and now - self.probe_at < self.pause)
+                ):
+                    return "backoff"
+                if self.until:
+                    # This call is the probe; no other until it answers (or, if it never
+                    # does, until another pause has passed).
+                    self.probe_at = now
+        if budget is None:
+            return None
+        with self._lock:
+            now = self.clock()
+            if budget.tokens_per_hour is not None:
+                left = self._refill_tokens(budget.tokens_per_hour, now)
+                if left <= 0:
+                    return "budget"
+            if budget.per_second is not None:
+                burst = budget.burst or 1.0
+                calls = self._calls if self._calls is not None else burst
+                calls = min(burst, calls + (now - self._calls_at) * budget.per_second)
+                self._calls_at = now
+                if calls < 1:
+                    self._calls = calls
+                    return "budget"
+                self._calls = calls - 1
+        return None
+
+    def charge(self, budget: ShadowBudget | None, tokens: int) -> None:
+        """Count the tokens a compared call spent on the task path."""
+        if budget is None or budget.tokens_per_hour is None or tokens <= 0:
+            return
+        with self._lock:
+            left = self._refill_tokens(budget.tokens_per_hour, self.clock())
+            self._tokens = left - tokens
+
+    def _refill_tokens(self, per_hour: int, now: float) -> float:
+        left = self._tokens if self._tokens is not None else float(per_hour)
+        left = min(float(per_hour), left + (now - self._tokens_at) * per_hour / 3600)
+        self._tokens, self._tokens_at = left, now
+        return left
+
+    def paused(self) -> bool:
+        """In a pause now: work queued before it began should not go out."""
+        return bool(self.until) and self.clock() < self.until
+
+    def busy(self) -> float:
+        """The coordinator had no capacity: pause; returns the pause in seconds, 0 if
+        already paused (an answer to a call sent before the pause began)."""
+        with self._lock:
+            now = self.clock()
+            if self.until and now < self.until:
+                return 0.0
+            self.busy_streak += 1
+            self.pause = self._interval()
+            self.until = now + self.pause
+            return self.pause
+
+    def answered(self) -> bool:
+        """A good answer: the back-off, if any, is over. True if one was."""
+        if not self.until and not self.busy_streak:
+            return False
+        with self._lock:
+            was = bool(self.busy_streak)
+            self.until, self.busy_streak, self.pause = 0.0, 0, 0.0
+            return was
+
+    def _interval(self) -> float:
+        base = self.backoff.initial * 2 ** max(0, self.busy_streak - 1)
+        return float(min(self.backoff.maximum, base) * (0.5 + 0.5 * self._random()))

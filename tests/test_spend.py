@@ -1,0 +1,181 @@
+"""Shadow spend: a per-task budget (comparisons per second, task-path tokens per hour) and
+back-off when the coordinator is full, against the simulator over real sockets."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flags
+from flags import load_flags_file
+from shim import Backoff, ConfigError, ShadowBudget, Shim, TaskRequest
+from shim._spend import Spend
+from shim.sim import Profile, Simulator
+
+from .conftest import QUIET
+from .shimkit import Driver, dropped, records
+
+
+def make_shim(sim: Simulator, tmp_path: Path, flags_yaml: str, **options: Any) -> Shim:
+    (tmp_path / "flags.yaml").write_text(flags_yaml)
+    return Shim(
+        sim.url,
+        flags=flags.FileFlags(tmp_path / "flags.yaml"),
+        log_path=tmp_path / "log.jsonl",
+        **options,
+    )
+
+
+def legacy_plan(i: int) -> list[dict[str, Any]]:
+    return [{"day": 1, "meal_type": "dinner", "recipe_id": i, "suggestion": "soup"}]
+
+
+def paced(fn: Any, rate: float, seconds: float) -> list[tuple[float, Any, Any]]:
+    """Call ``fn(i)`` ``rate`` times a second for ``seconds``: (time, result, expected)."""
+    out = []
+    start = time.monotonic()
+    i = 0
+    while (now := time.monotonic()) - start < seconds:
+        i += 1
+        time.sleep(max(0.0, start + i / rate - now))
+        out.append((time.monotonic(), fn(i), i))
+    return out
+
+
+def test_a_budget_of_5_per_second_holds_at_200_calls_per_second(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    shim = make_shim(
+        sim, tmp_path, "kiwi.meal_plan: {serve: 0, shadow: 100, shadow_rate: 5}\n", workers=8
+    )
+    wrapped = shim.shadow(
+        product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan {i}")
+    )(legacy_plan)
+    calls = paced(wrapped, 200, 3.0)
+    shim.close(timeout=30)
+    assert all(result[0]["recipe_id"] == i for _, result, i in calls)  # legacy's own answers
+    log = tmp_path / "log.jsonl"
+    compared = records(log, "shim.comparison")
+    budget = dropped(log, "budget")
+    assert len(compared) + budget == len(calls)  # every call: compared or counted
+    assert len(calls) > 500
+    assert 13 <= len(compared) <= 17, len(compared)  # 5 a second for 3 s, give or take one
+    # no second of the run saw more than 5 + 1 comparisons
+    stamps = sorted(_seconds(r["ts"]) for r in compared)
+    busiest = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
+    assert busiest <= 6, stamps
+
+
+def test_a_token_budget_per_hour_stops_comparisons_when_spent(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The simulator reports usage; the third comparison spends what remains of 300."""
+    shim_budget = {"kiwi.meal_plan": ShadowBudget(tokens_per_hour=300)}
+    shim = make_shim(
+        sim, tmp_path, "kiwi.meal_plan: {serve: 0, shadow: 100}\n", budgets=shim_budget, workers=1
+    )
+    wrapped = shim.shadow(
+        product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan {i}")
+    )(legacy_plan)
+    for i in range(40):
+        wrapped(i)
+        shim.flush()  # one at a time, so each comparison is charged before the next call
+    shim.close()
+    log = tmp_path / "log.jsonl"
+    compared = records(log, "shim.comparison")
+    spent = [r["candidate"]["usage"] for r in compared]
+    assert all(u["input_tokens"] > 0 and u["output_tokens"] > 0 for u in spent)
+    totals = [u["input_tokens"] + u["output_tokens"] for u in spent]
+    assert sum(totals[:-1]) < 300 <= sum(totals) + 1  # stopped once the budget was spent
+    assert dropped(log, "budget") == 40 - len(compared)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_full_coordinator_is_backed_off_and_shadowing_resumes(
+    sim: Simulator, tmp_path: Path, kind: str
+) -> None:
+    shim = make_shim(
+        sim,
+        tmp_path,
+        "kiwi.meal_plan: {serve: 0, shadow: 100}\n",
+        backoff=Backoff(initial=0.1, maximum=0.4),
+        workers=8,
+    )
+    driver = Driver(kind)
+    legacy_answers: list[Any] = []
+
+    def body(i: int) -> dict[str, int]:
+        legacy_answers.append({"n": i})
+        return legacy_answers[-1]
+
+    wrapped = driver.wrap(shim, body)
+    sim.set_profile(
+        Profile(seed=2, defaults={"latency_ms": 0, "error_rate": 1.0, "error_status": 429})
+    )
+    reached = lambda: sim.stats()["counts"].get("requests.task", 0)  # noqa: E731
+    first = driver.run(shim, wrapped, [(i,) for i in range(100)], close=False)
+    shim.flush()  # what was queued before the first 429 came back is dropped, not sent
+    before = reached()
+    calls = []
+    start = time.monotonic()
+    while time.monotonic() - start < 2.0:  # 200 calls a second for 2 s, all still 429
+        calls += driver.run(shim, wrapped, [(len(calls),)], close=False)
+        time.sleep(0.005)
+    busy_reached = reached() - before
+    assert busy_reached < 0.05 * len(calls), (busy_reached, len(calls))
+    sim.set_profile(QUIET)
+    more: list[Any] = []
+    start = time.monotonic()
+    while time.monotonic() - start < 1.5:
+        more += driver.run(shim, wrapped, [(len(more),)], close=False)
+        time.sleep(0.005)
+    driver.run(shim, wrapped, [], close=True)
+    assert [*first, *calls, *more] == legacy_answers  # legacy's own objects, throughout
+    assert all(a is b for a, b in zip([*first, *calls, *more], legacy_answers, strict=True))
+    log = tmp_path / "log.jsonl"
+    events = records(log, "shim.backoff")
+    assert events[0]["state"] == "paused" and events[0]["status"] == 429
+    assert events[-1]["state"] == "resumed"
+    pauses = [e["seconds"] for e in events if e["state"] == "paused"]
+    assert max(pauses) <= 0.4 and max(pauses) > pauses[0]  # it grew, within the cap
+    ok = [r for r in records(log, "shim.comparison") if r["candidate"]["ok"]]
+    assert len(ok) > 20  # shadowing resumed once the coordinator had room
+    assert dropped(log, "backoff") > 0 and dropped(log, "breaker_open") == 0
+
+
+def test_backoff_grows_with_jitter_and_one_probe_goes_through() -> None:
+    now = [100.0]
+    spend = Spend(Backoff(initial=1.0, maximum=8.0), clock=lambda: now[0], rng=random.Random(3))
+    pauses = []
+    for _ in range(6):
+        pauses.append(spend.busy())
+        assert spend.busy() == 0.0  # an answer to a call sent before the pause: no escalation
+        assert spend.admit(None) == "backoff" and spend.paused()
+        now[0] += pauses[-1]
+        assert spend.admit(None) is None  # the probe
+        assert spend.admit(None) == "backoff"  # and only the probe
+    assert all(cap / 2 <= p <= cap for p, cap in zip(pauses, (1, 2, 4, 8, 8, 8), strict=True))
+    assert len(set(pauses)) == len(pauses)  # jittered
+    assert spend.answered() is True
+    assert spend.admit(None) is None and spend.admit(None) is None
+
+
+def test_budget_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="per_second must be positive"):
+        ShadowBudget(per_second=0)
+    with pytest.raises(ValueError, match="initial <= maximum"):
+        Backoff(initial=5, maximum=1)
+    path = tmp_path / "flags.yaml"
+    path.write_text("kiwi.ocr: {shadow: 100, shadow_rate: 0}\n")
+    with pytest.raises(ConfigError, match=r"flags.yaml:1: kiwi.ocr.shadow_rate"):
+        load_flags_file(path)
+
+
+def _seconds(ts: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
