@@ -12,7 +12,7 @@ from ._names import TaskName
 from ._stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 from ._yaml import load_yaml, validate
 
-__all__ = ["Gates", "Policy"]
+__all__ = ["Gates", "Policy", "Price"]
 
 
 def _pct(x: float) -> str:
@@ -90,13 +90,28 @@ class Gates(BaseModel):
         return reasons
 
 
+Money = Annotated[float, Field(ge=0.0)]
+
+
+class Price(BaseModel):
+    """What a model costs: per 1,000 input and output tokens, and per GPU-hour."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_1k: Money = 0.0
+    output_per_1k: Money = 0.0
+    gpu_hour: Money = 0.0
+
+
 class Policy(BaseModel):
-    """``policy.yaml``: ``defaults`` for every task, ``tasks`` to override per task."""
+    """``policy.yaml``: ``defaults`` for every task, ``tasks`` to override per task, and
+    optional ``prices`` per model (ids as the records name them) for the cost figures."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     defaults: Gates = Gates()
     tasks: dict[TaskName, dict[str, Any]] = {}
+    prices: dict[str, Price] = {}
 
     def for_task(self, task: str) -> Gates:
         """The gates in force for ``task``."""

@@ -11,17 +11,18 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._errors import ShimError
-from ._policy import Gates, Policy
+from ._policy import Gates, Policy, Price
 from ._stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 
 __all__ = ["ReportError", "build_report"]
 
+_USAGE = "STRUCT(input_tokens BIGINT, output_tokens BIGINT, gpu_s DOUBLE)"
 _COLUMNS = {
     "event": "VARCHAR",
     "schema": "INTEGER",
@@ -32,8 +33,8 @@ _COLUMNS = {
     "served_by": "VARCHAR",
     "reason": "VARCHAR",
     "count": "BIGINT",
-    "legacy": "STRUCT(ok BOOLEAN, latency_ms DOUBLE)",
-    "candidate": "STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR)",
+    "legacy": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE})",
+    "candidate": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE})",
     "model": "STRUCT(verdict VARCHAR, routing_error BOOLEAN)",
     "structure": "STRUCT(match BOOLEAN, legacy_valid BOOLEAN, candidate_valid BOOLEAN, "
     "diff VARCHAR[], noise_paths VARCHAR[])",
@@ -149,6 +150,7 @@ SELECT product, task,
   max(candidate.model) FILTER (cmp) AS model_max,
   list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.dropped')
     AS drops,
+{usage}
   list({{'legacy': legacy.latency_ms, 'task': candidate.latency_ms}}) FILTER (
     cmp AND legacy.ok AND candidate.ok AND legacy.latency_ms > 0
     AND candidate.latency_ms IS NOT NULL AND hash(legacy.latency_ms) % {every} = 0) AS pairs
@@ -156,6 +158,41 @@ FROM {source}
 GROUP BY ALL ORDER BY product, task
 """
 )
+
+
+def _usage_sql(prices: Mapping[str, Price]) -> str:
+    """Per path: calls that reported usage, tokens in and out, GPU-seconds (reported, or
+    the call's latency where not), and the cost at ``prices`` (None without prices)."""
+    parts = []
+    for path in ("legacy", "candidate"):
+        u = f"{path}.usage"
+        parts += [
+            f"  count({u}.input_tokens) FILTER (cmp AND {path}.ok) AS {path}_usage_calls,",
+            f"  sum({u}.input_tokens) FILTER (cmp AND {path}.ok) AS {path}_input_tokens,",
+            f"  sum({u}.output_tokens) FILTER (cmp AND {path}.ok) AS {path}_output_tokens,",
+            f"  sum(coalesce({u}.gpu_s, {path}.latency_ms / 1000)) FILTER (cmp AND {path}.ok)"
+            f" AS {path}_gpu_s,",
+            f"  count({u}.gpu_s) FILTER (cmp AND {path}.ok) AS {path}_gpu_reported,",
+        ]
+        if prices:
+
+            def price(field: str, path: str = path) -> str:
+                entries = ", ".join(
+                    f"{_literal(model)}: {float(getattr(p, field))!r}"
+                    for model, p in prices.items()
+                )
+                return f"coalesce(MAP {{{entries}}}[{path}.model], 0)"
+
+            parts.append(
+                f"  sum(coalesce({u}.input_tokens, 0) * {price('input_per_1k')} / 1000"
+                f" + coalesce({u}.output_tokens, 0) * {price('output_per_1k')} / 1000"
+                f" + coalesce({u}.gpu_s, {path}.latency_ms / 1000) * {price('gpu_hour')} / 3600)"
+                f" FILTER (cmp AND {path}.ok) AS {path}_cost,"
+            )
+        else:
+            parts.append(f"  NULL AS {path}_cost,")
+    return "\n".join(parts)
+
 
 _MODELS = """
 SELECT product, task, list(DISTINCT candidate.model) FILTER (candidate.model IS NOT NULL)
@@ -207,7 +244,12 @@ def build_report(
                 columns=columns,
                 tolerant=str(tolerant).lower(),
             )
-            query = _AGGREGATE.format(source=source, every=every, known=repr(_VERDICTS))
+            query = _AGGREGATE.format(
+                source=source,
+                every=every,
+                known=repr(_VERDICTS),
+                usage=_usage_sql(policy.prices),
+            )
             try:
                 cursor = con.execute(query)
                 break
@@ -324,6 +366,27 @@ def _pct(x: float) -> str:
     return f"{x * 100:.2f} %"
 
 
+def _usage(r: Mapping[str, Any]) -> dict[str, Any]:
+    """Each path's spend over the compared calls, and the task path's minus legacy's."""
+    paths: dict[str, dict[str, Any]] = {}
+    for path in ("legacy", "candidate"):
+        cost = r.get(f"{path}_cost")
+        paths[path] = {
+            "calls_with_usage": int(r.get(f"{path}_usage_calls") or 0),
+            "input_tokens": int(r.get(f"{path}_input_tokens") or 0),
+            "output_tokens": int(r.get(f"{path}_output_tokens") or 0),
+            "gpu_s": round(float(r.get(f"{path}_gpu_s") or 0.0), 3),
+            "gpu_s_reported_calls": int(r.get(f"{path}_gpu_reported") or 0),
+            "cost": None if cost is None else round(float(cost), 6),
+        }
+    legacy, task = paths["legacy"], paths["candidate"]
+    delta: dict[str, Any] = {
+        key: round(task[key] - legacy[key], 6) if task[key] is not None else None
+        for key in ("input_tokens", "output_tokens", "gpu_s", "cost")
+    }
+    return {"legacy": legacy, "candidate": task, "delta": delta}
+
+
 def _task_report(t: _Task, gates: Gates, seed: int) -> dict[str, Any]:
     r = t.row
     n = int(r.get("n") or 0)
@@ -375,6 +438,7 @@ def _task_report(t: _Task, gates: Gates, seed: int) -> dict[str, Any]:
         "routing_errors": int(r.get("routing_errors") or 0),
         "candidate_models": sorted(t.models),
         "latency_histogram": _histogram(t.pairs),
+        "usage": _usage(r),
     }
     counts = {
         "pairs": n,

@@ -257,6 +257,54 @@ def test_verdicts_and_models_are_counted_exactly(tmp_path: Path) -> None:
     assert any("rogue" in reason for reason in two["reasons"]), two["reasons"]
 
 
+def test_tokens_gpu_seconds_and_cost_per_path(tmp_path: Path) -> None:
+    """Usage sums per path, GPU-seconds (reported, else the call's latency), cost at the
+    policy's prices, and the task path's spend minus legacy's."""
+    rng = random.Random(9)
+    lines = []
+    for i in range(10):
+        r = record("kiwi.meal_plan", rng, legacy_err=0, cand_err=0, mismatch=0, speed=1)
+        r["legacy"].update(model="big", latency_ms=2000.0)
+        r["legacy"]["usage"] = {"input_tokens": 100, "output_tokens": 300}  # no gpu_s
+        r["candidate"].update(model="small", latency_ms=500.0)
+        r["candidate"]["usage"] = {"input_tokens": 100, "output_tokens": 200, "gpu_s": 0.25}
+        if i == 9:
+            del r["candidate"]["usage"]  # a coordinator that did not say
+        lines.append(json.dumps(r))
+    path = tmp_path / "usage.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
+        "prices:\n"
+        "  big: {input_per_1k: 0.5, output_per_1k: 1.5, gpu_hour: 3.6}\n"
+        "  small: {input_per_1k: 0.1, output_per_1k: 0.2, gpu_hour: 1.8}\n"
+    )
+    [task] = build_report([str(path)], policy=Policy.load(policy_file))["tasks"]
+    legacy, candidate, delta = (task["usage"][k] for k in ("legacy", "candidate", "delta"))
+    assert legacy == {
+        "calls_with_usage": 10,
+        "input_tokens": 1000,
+        "output_tokens": 3000,
+        "gpu_s": 20.0,  # not reported: 2 s of latency each
+        "gpu_s_reported_calls": 0,
+        "cost": pytest.approx(10 * (0.05 + 0.45 + 2 * 0.001)),
+    }
+    assert candidate == {
+        "calls_with_usage": 9,
+        "input_tokens": 900,
+        "output_tokens": 1800,
+        "gpu_s": 9 * 0.25 + 0.5,
+        "gpu_s_reported_calls": 9,
+        "cost": pytest.approx(9 * (0.01 + 0.04 + 0.25 * 0.0005) + 0.5 * 0.0005),
+    }
+    assert delta["input_tokens"] == -100 and delta["output_tokens"] == -1200
+    assert delta["cost"] == pytest.approx(candidate["cost"] - legacy["cost"], abs=1e-6)
+    [unpriced] = build_report([str(path)])["tasks"]
+    assert (
+        unpriced["usage"]["legacy"]["cost"] is None and unpriced["usage"]["delta"]["cost"] is None
+    )
+
+
 def test_policy_overrides_per_task(tmp_path: Path, planted_log: Path) -> None:
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(
