@@ -127,6 +127,7 @@ class ServedAllocation:
         """After the task path ran: True when it serves; raises when it failed and the
         call site has no fallback; False to fall back to legacy."""
         if candidate is not None and candidate.ok:
+            self._shim._served(self._site, "task")
             self._held = held
             self._shim._compare_served_allocation(
                 self._site,
@@ -140,7 +141,10 @@ class ServedAllocation:
             )
             return True
         if candidate is not None and not self._site.fallback:
+            self._shim._served(self._site, "task")
             raise value
+        if candidate is None:
+            self._shim._served(self._site, "legacy")
         self._legacy = self._fn(*self._args, **self._kwargs)
         return False
 

@@ -224,8 +224,10 @@ class Recorder:
         flush_interval: float = 0.5,
         secrets: tuple[str, ...] = (),
         capture: Capture | None = None,
+        observe: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         self.sink = sink
+        self._observe = observe  # told of every record as it is written (metrics)
         self.names = names
         self.capacity = capacity
         self.flush_interval = flush_interval
@@ -363,9 +365,17 @@ class Recorder:
                 record = comparison_record(item, self.names, self._on_error, self.capture)
             else:
                 record = item
+            self._seen(record)
             self._log.info(record.pop("event"), **record)
         except Exception as exc:
             self._on_error("render", exc)
+
+    def _seen(self, record: Mapping[str, Any]) -> None:
+        if self._observe is not None:
+            try:
+                self._observe(record)
+            except Exception as exc:
+                self._on_error("metrics", exc)
 
     def _render_drops(self) -> None:
         with self._lock:
@@ -373,6 +383,7 @@ class Recorder:
         for (product, task, reason), count in sorted(drops.items()):
             record = envelope("shim.dropped", product, task)
             record.update(reason=reason, count=count)
+            self._seen(record)
             self._log.info(record.pop("event"), **record)
 
     @property

@@ -47,6 +47,8 @@ from ._observe import (
 from ._orch import SERVICE_TYPES, AssignmentsFile, OrchConfig, RegistryFile, parse_file
 from ._records import FileSink, Recorder, RecordSink, StreamSink
 from ._spend import BUSY, Backoff, ShadowBudget, Spend
+from ._tracing import end_span, start_span
+from .metrics import PrometheusMetrics
 
 __all__ = ["Shim"]
 
@@ -150,6 +152,8 @@ class Shim:
         capture: Capture | None = None,
         budgets: Mapping[str, ShadowBudget] | None = None,
         backoff: Backoff | None = None,
+        metrics: PrometheusMetrics | None = None,
+        tracer: Any = None,
     ) -> None:
         self.orch_url = orch_url.rstrip("/")
         self.flags = flags
@@ -161,6 +165,8 @@ class Shim:
         self.noise_sample = noise_sample
         self.breaker_policy = breaker or BreakerPolicy()
         self.backoff = backoff or Backoff()
+        self._metrics = metrics
+        self._tracer = tracer
         self._budgets = dict(budgets or {})
         self._budget_cache: dict[tuple[str, float | None, int | None], ShadowBudget] = {}
         self._spends: dict[str, Spend] = {}
@@ -180,7 +186,12 @@ class Shim:
         )
         self._capture = capture
         self._recorder = Recorder(
-            sink, names=names, on_error=self._internal_error, secrets=secrets, capture=capture
+            sink,
+            names=names,
+            on_error=self._internal_error,
+            secrets=secrets,
+            capture=capture,
+            observe=None if metrics is None else metrics.record,
         )
         self._tls = httpx.create_ssl_context()  # verifying certificates, shared by clients
         self._http = http  # None: the task clients keep their own connections
@@ -372,6 +383,8 @@ class Shim:
             decision = self._decide(site, rule, args, kwargs)
             if decision.serve:
                 return cast(R, ServedAllocation(self, site, model, decision, fn, args, kwargs))
+            if self._metrics is not None:
+                self._served(site, "legacy")
             if not decision.compare:
                 return fn(*args, **kwargs)
             cm = fn(*args, **kwargs)
@@ -514,6 +527,20 @@ class Shim:
             self._budget_cache[key] = budget
         return budget
 
+    def _span(self, site: CallSite, serving: bool) -> Any:
+        try:
+            return start_span(self._tracer, site, self.orch_url, "serve" if serving else "shadow")
+        except Exception as exc:  # tracing never costs a call
+            self._internal_error("tracing", exc)
+            return None
+
+    def _served(self, site: CallSite, by: str) -> None:
+        if self._metrics is not None:
+            try:
+                self._metrics.served(site.name, by)
+            except Exception as exc:
+                self._internal_error("metrics", exc)
+
     def _busy(self, site: CallSite, status: int) -> None:
         """The coordinator had no capacity: stop shadowing the task for a while."""
         spend = self._spends[site.name]
@@ -565,6 +592,8 @@ class Shim:
             return fn(*args, **kwargs)
         if decision.serve:
             return self._serve(site, model, decision, fn, args, kwargs)
+        if self._metrics is not None:
+            self._served(site, "legacy")
         if not decision.compare:
             return fn(*args, **kwargs)
         breaker = self._breakers[site.name]
@@ -651,6 +680,7 @@ class Shim:
         if not breaker.allow():
             self._recorder.dropped(site.product, site.task, "breaker_open")
             return None, NOT_RECORDED, None
+        span = None if self._tracer is None else self._span(site, client is self._client)
         started = _perf()
         result: TaskResult | TaskAllocation | None = None
         prompt: str | None = None
@@ -671,10 +701,15 @@ class Shim:
                 breaker.failure()
             if isinstance(result, TaskAllocation):
                 client.release(site.product, site.task, result)
-            return _failed_candidate(exc, started, result, prompt), exc, None
+            failed = _failed_candidate(exc, started, result, prompt)
+            if span is not None:
+                end_span(span, failed, result, exc)
+            return failed, exc, None
         breaker.success()
         self._answered(site, result)
         observed = _ok_candidate(result, value, started, prompt)
+        if span is not None:
+            end_span(span, observed, result, None)
         if isinstance(result, TaskAllocation) and not keep:
             client.release(site.product, site.task, result)  # compared: give it back now
             result = None
@@ -691,13 +726,17 @@ class Shim:
     ) -> R:
         if not self._serving.try_enter():  # as many task-path calls in flight as allowed
             self._recorder.dropped(site.product, site.task, "serve_full")
+            self._served(site, "legacy")
             return fn(*args, **kwargs)
         try:
             candidate, value, _ = self._run_task(site, args, kwargs, self._client)
         finally:
             self._serving.leave()
         if candidate is None:  # breaker open: the task path is not called at all
+            self._served(site, "legacy")
             return fn(*args, **kwargs)
+        if candidate.ok or not site.fallback:
+            self._served(site, "task")
         if candidate.ok:
             if decision.compare and self._admit(site, self._dispatch.try_reserve):
                 kept = replace(candidate, value=capture(value))
@@ -755,6 +794,8 @@ class Shim:
         kwargs: dict[str, Any],
     ) -> Any:
         decision = self._decide(site, rule, args, kwargs)
+        if not decision.serve and self._metrics is not None:
+            self._served(site, "legacy")
         if not decision.serve and not decision.compare:
             return await fn(*args, **kwargs)
         if decision.serve:
@@ -807,6 +848,7 @@ class Shim:
         if not breaker.allow():
             self._recorder.dropped(site.product, site.task, "breaker_open")
             return None, NOT_RECORDED, None
+        span = None if self._tracer is None else self._span(site, True)
         started = _perf()
         result: TaskResult | TaskAllocation | None = None
         prompt: str | None = None
@@ -820,11 +862,20 @@ class Shim:
             value = site.response(result)
         except Exception as exc:
             breaker.failure()
+            status = getattr(exc, "status", None)
+            if status in BUSY:
+                self._busy(site, status)
             if isinstance(result, TaskAllocation):
                 await client.release(site.product, site.task, result)
-            return _failed_candidate(exc, started, result, prompt), exc, None
+            failed = _failed_candidate(exc, started, result, prompt)
+            if span is not None:
+                end_span(span, failed, result, exc)
+            return failed, exc, None
         breaker.success()
+        self._answered(site, result)
         observed = _ok_candidate(result, value, started, prompt)
+        if span is not None:
+            end_span(span, observed, result, None)
         if isinstance(result, TaskAllocation) and not keep:
             await client.release(site.product, site.task, result)
             result = None
@@ -842,13 +893,17 @@ class Shim:
     ) -> Any:
         if not self._serving.try_enter():
             self._recorder.dropped(site.product, site.task, "serve_full")
+            self._served(site, "legacy")
             return await fn(*args, **kwargs)
         try:
             candidate, value, _ = await self._arun_task(site, args, kwargs, state.client)
         finally:
             self._serving.leave()
         if candidate is None:
+            self._served(site, "legacy")
             return await fn(*args, **kwargs)
+        if candidate.ok or not site.fallback:
+            self._served(site, "task")
         if candidate.ok:
             if decision.compare and self._admit(site, state.dispatch.try_reserve):
                 kept = replace(candidate, value=capture(value))
@@ -922,6 +977,7 @@ class Shim:
         legacy: Observation,
         candidate: Observation,
     ) -> None:
+        self._served(site, "legacy_fallback")
         self._recorder.comparison(
             Pending(site, decision.stage, "legacy_fallback", legacy, candidate)
         )

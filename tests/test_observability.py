@@ -1,0 +1,131 @@
+"""Prometheus metrics scraped over HTTP after a known sequence of calls, and
+OpenTelemetry spans with the GenAI attributes, from a Shim against the simulator."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+import flags
+from shim import BreakerPolicy, Shim, TaskRequest
+from shim.metrics import PrometheusMetrics
+from shim.sim import Profile, Simulator
+
+from .conftest import QUIET
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def plan(i: int) -> list[dict[str, Any]]:
+    return [{"day": 1, "meal_type": "dinner", "recipe_id": i, "suggestion": "soup"}]
+
+
+def test_prometheus_metrics_after_a_known_sequence(sim: Simulator, tmp_path: Path) -> None:
+    registry = prometheus_client.CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    port = free_port()
+    server, _ = metrics.serve(port)
+    flags_file = tmp_path / "flags.yaml"
+    flags_file.write_text("kiwi.meal_plan: {serve: 0, shadow: 100}\nkiwi.ocr: {serve: 100}\n")
+    shim = Shim(
+        sim.url,
+        flags=flags.FileFlags(flags_file),
+        log_path=tmp_path / "log.jsonl",
+        metrics=metrics,
+        breaker=BreakerPolicy(failures=3, window=60, cooldown=60),
+    )
+    shadowed = shim.shadow(
+        product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"p{i}")
+    )(plan)
+    served = shim.shadow(
+        product="kiwi", task="ocr", request=lambda i: TaskRequest(prompt="scan", payload={"i": i})
+    )(lambda i: {"legacy": i})
+    try:
+        for i in range(10):
+            shadowed(i)
+        shim.flush()
+        for i in range(4):
+            served(i)  # the task path serves
+        sim.set_profile(Profile(seed=3, defaults={"error_rate": 1.0, "error_status": 500}))
+        for i in range(5):
+            served(i)  # 3 fall back and open the breaker; 2 go straight to legacy
+        shim.flush()
+        found = scrape(port)
+    finally:
+        sim.set_profile(QUIET)
+        shim.close()
+        server.shutdown()
+        server.server_close()
+    meal = (("task", "kiwi.meal_plan"),)
+    ocr = (("task", "kiwi.ocr"),)
+    assert found[("shim_calls_total", (("served_by", "legacy"), *meal))] == 10
+    assert found[("shim_calls_total", (("served_by", "task"), *ocr))] == 4
+    assert found[("shim_calls_total", (("served_by", "legacy_fallback"), *ocr))] == 3
+    assert found[("shim_calls_total", (("served_by", "legacy"), *ocr))] == 2
+    assert found[("shim_comparisons_total", (("outcome", "match"), *meal))] == 10
+    assert found[("shim_comparisons_total", (("outcome", "error"), *ocr))] == 3
+    assert found[("shim_dropped_total", (("reason", "breaker_open"), *ocr))] == 2
+    assert found[("shim_breaker_state", ocr)] == 2  # open
+    assert found[("shim_latency_seconds_count", (("path", "task"), *meal))] == 10
+    assert found[("shim_latency_seconds_count", (("path", "legacy"), *meal))] == 10
+    assert found[("shim_latency_seconds_count", (("path", "legacy"), *ocr))] == 3
+
+
+def test_opentelemetry_spans_carry_the_genai_attributes(sim: Simulator, tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    flags_file = tmp_path / "flags.yaml"
+    flags_file.write_text("kiwi.meal_plan: {serve: 100}\n")
+    shim = Shim(
+        sim.url,
+        flags=flags.FileFlags(flags_file),
+        log_path=tmp_path / "log.jsonl",
+        tracer=provider.get_tracer("task-shim"),
+        registry=Path(__file__).parents[1] / "examples/kiwi/orch/model_registry.yaml",
+        assignments=Path(__file__).parents[1] / "examples/kiwi/orch/assignments.yaml",
+    )
+    served = shim.shadow(
+        product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan week {i}")
+    )(plan)
+    served(1)
+    sim.set_profile(Profile(seed=3, defaults={"error_rate": 1.0, "error_status": 429}))
+    served(2)  # falls back: the span says why
+    sim.set_profile(QUIET)
+    shim.close()
+    ok, busy = exporter.get_finished_spans()
+    assert ok.name == "chat qwen2.5-3b-instruct"
+    assert ok.kind.name == "CLIENT"
+    attributes = dict(ok.attributes or {})
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.request.model"] == "qwen2.5-3b-instruct"
+    assert attributes["gen_ai.response.model"] == "qwen2.5-3b-instruct"
+    assert attributes["gen_ai.usage.input_tokens"] > 0
+    assert attributes["gen_ai.usage.output_tokens"] > 0
+    assert attributes["server.address"] == "127.0.0.1"
+    assert attributes["shim.task"] == "kiwi.meal_plan" and attributes["shim.path"] == "serve"
+    assert ok.status.is_ok
+    assert dict(busy.attributes or {})["error.type"] == "429"
+    assert not busy.status.is_ok
