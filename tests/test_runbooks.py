@@ -25,6 +25,7 @@ EXPECT: dict[str, list[str]] = {
         "-> live (serve 100 %",
         "refused (exit 1)",
     ],
+    "shadow-spend": ["skipped for budget", "task path spent"],
 }
 
 
