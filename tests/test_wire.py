@@ -308,3 +308,20 @@ def test_tls_verifies_with_the_given_context(
     assert post(trusting, server.url()) == (200, b'{"output": "x"}')
     assert post(trusting, server.url()) == (200, b'{"output": "x"}')
     assert server.connections == 1  # kept alive (the refused handshake never connected)
+
+
+def test_a_proxy_in_the_environment_is_used_through_httpx(
+    serve: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only httpx knows proxies: with HTTP_PROXY set, the task client's requests reach
+    the proxy, in absolute form."""
+    from shim import TaskClient, TaskRequest
+
+    proxy = serve(lambda i, _: ok(b'{"output": "via proxy", "model": "m"}'))
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with TaskClient("http://cf-orch.internal:8700", api_key="k") as client:
+        result = client.infer("kiwi", "meal_plan", TaskRequest(prompt="x"))
+    assert result.output == "via proxy"
+    assert proxy.requests[0].startswith(b"POST http://cf-orch.internal:8700/api/inference/task ")
