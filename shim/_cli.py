@@ -299,7 +299,7 @@ def status(
     if state.kill:
         title += "  [bold red]shim.kill is ON: every task is legacy[/]"
     table = Table(title=title, title_justify="left")
-    for column in ("task", "stage", "serve %", "shadow %", "stickiness", "breaker"):
+    for column in ("task", "stage", "serve %", "shadow %", "stickiness", "budget", "breaker"):
         table.add_column(column, justify="right" if "%" in column else "left", no_wrap=True)
     colours = {"live": "green", "canary": "yellow", "shadow": "cyan", "off": "dim"}
     for row in rows:
@@ -310,9 +310,20 @@ def status(
             str(row["serve"]),
             str(row["shadow"]),
             row["stickiness"],
+            _budget_text(row),
             f"[red]{breaker}[/]" if breaker in ("open", "half_open") else breaker,
         )
     out.print(table)
+
+
+def _budget_text(row: dict[str, Any]) -> str:
+    """``5/s, 200,000 tokens/h``; ``-`` for none in the flags."""
+    parts = []
+    if row["shadow_rate"] is not None:
+        parts.append(f"{row['shadow_rate']:g}/s")
+    if row["shadow_tokens_per_hour"] is not None:
+        parts.append(f"{row['shadow_tokens_per_hour']:,} tokens/h")
+    return ", ".join(parts) or "-"
 
 
 def _guard(action: Any, *args: Any, **kwargs: Any) -> Any:

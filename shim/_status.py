@@ -45,6 +45,8 @@ def status_rows(
                 "serve": serve,
                 "shadow": shadow,
                 "stickiness": flags.stickiness if flags else "default",
+                "shadow_rate": flags.shadow_rate if flags else None,
+                "shadow_tokens_per_hour": flags.shadow_tokens_per_hour if flags else None,
                 "breaker": (breakers.get(name, "closed") if breakers is not None else None),
             }
         )

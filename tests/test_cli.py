@@ -223,10 +223,11 @@ def test_status_shows_stages_and_breakers(tmp_path: Path) -> None:
         '{"event":"shim.comparison","product":"kiwi","task":"ocr"}\n'
     )
     flags = tmp_path / "flags.yaml"
-    flags.write_text("kiwi.meal_plan: {shadow: 100}\nkiwi.ocr: {serve: 5}\n")
+    flags.write_text("kiwi.meal_plan: {shadow: 100, shadow_rate: 2.5}\nkiwi.ocr: {serve: 5}\n")
     result = runner.invoke(app, ["status", "--flags", str(flags), "--log", str(log)])
     assert result.exit_code == 0, result.output
     assert "kiwi.ocr" in result.output and "canary" in result.output and "open" in result.output
+    assert "2.5/s" in result.output
     data = json.loads(
         runner.invoke(app, ["status", "--flags", str(flags), "--log", str(log), "--json"]).stdout
     )
@@ -237,6 +238,8 @@ def test_status_shows_stages_and_breakers(tmp_path: Path) -> None:
             "serve": 0,
             "shadow": 100,
             "stickiness": "default",
+            "shadow_rate": 2.5,
+            "shadow_tokens_per_hour": None,
             "breaker": "closed",
         },
         {
@@ -245,6 +248,8 @@ def test_status_shows_stages_and_breakers(tmp_path: Path) -> None:
             "serve": 5,
             "shadow": 0,
             "stickiness": "default",
+            "shadow_rate": None,
+            "shadow_tokens_per_hour": None,
             "breaker": "open",
         },
     ]
