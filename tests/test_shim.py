@@ -150,7 +150,14 @@ def test_shadow_records_one_schema_1_comparison_per_call(
         "output_sha256",
         "output_bytes",
     }
-    assert set(row["candidate"]) == set(row["legacy"]) | {"service_type", "node_id", "status"}
+    # usage: an optional key, there when the path reported it (the simulator does)
+    assert set(row["candidate"]) == set(row["legacy"]) | {
+        "service_type",
+        "node_id",
+        "status",
+        "usage",
+    }
+    assert set(row["candidate"]["usage"]) == {"input_tokens", "output_tokens"}
     assert row["candidate"]["service_type"] == "cf-text"
     assert row["model"] == {
         "verdict": "alias",

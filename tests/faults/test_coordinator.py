@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shim import BreakerPolicy, Shim
+from shim import Backoff, BreakerPolicy, Shim
 
 from ..shimkit import Driver, make_shim, records
 from .conftest import Row
@@ -25,12 +25,17 @@ from .misbehave import OUTPUT, Misbehaving, free_port
 
 TIMEOUT = 0.4
 BREAKER = BreakerPolicy(failures=3, cooldown=0.3)
+BACKOFF = Backoff(initial=0.1, maximum=0.3)  # a full coordinator (429/503) in shadow
 CALLS = 24
 
 #: name: (fault, parameters, what the comparison record's candidate error says)
 SHADOW_FAULTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "coordinator down": ("down", {}, r"ConnectError"),
-    "connection reset on accept": ("refuse", {}, r"RemoteProtocolError|ReadError|ConnectError"),
+    "connection reset on accept": (
+        "refuse",
+        {},
+        r"RemoteProtocolError|ReadError|WriteError|ConnectError",
+    ),
     "slow (1 s, past the timeout)": ("slow", {"delay": 1.0}, r"no answer within 0.4 s"),
     "hanging": ("hang", {}, r"no answer within 0.4 s"),
     "5xx burst (6 x 503)": ("burst", {"count": 6}, r"coordinator answered 503"),
@@ -68,7 +73,13 @@ class Run:
         self.log = tmp_path / "log.jsonl"
         self.legacy = Legacy()
         self.shim: Shim = make_shim(
-            url, tmp_path, flag, timeout=TIMEOUT, shadow_timeout=TIMEOUT, breaker=BREAKER
+            url,
+            tmp_path,
+            flag,
+            timeout=TIMEOUT,
+            shadow_timeout=TIMEOUT,
+            breaker=BREAKER,
+            backoff=BACKOFF,
         )
         self.site = Driver(kind).wrap(self.shim, self.legacy)
         self.got: dict[int, Any] = {}
@@ -156,8 +167,14 @@ async def _faulty(
         assert failed, "the failures are recorded"
         for r in failed:
             assert re.search(error, r["candidate"]["error"]), r["candidate"]["error"]
-        breaker = records(run.log, "shim.breaker")
-        assert breaker and breaker[0]["to"] == "open", "the breaker opens"
+        busy = fault == "burst" and not serve
+        if busy:  # no capacity is not broken: shadowing pauses, the breaker stays closed
+            paused = records(run.log, "shim.backoff")
+            assert paused and paused[0]["state"] == "paused" and paused[0]["status"] == 503
+            assert not records(run.log, "shim.breaker")
+        else:
+            breaker = records(run.log, "shim.breaker")
+            assert breaker and breaker[0]["to"] == "open", "the breaker opens"
         if fault != "burst":  # a burst may end while the first calls are still in flight
             assert drops["breaker_open"] > 0
             assert run.shim.breaker_state("kiwi.meal_plan") != "closed"
@@ -213,7 +230,13 @@ async def _faulty(
         caller,
         written,
         f"{recovered - cleared:.2f} s to the first good task-path call"
-        + (" (breaker cooldown 0.3 s)" if error else ""),
+        + (
+            " (back-off 0.1-0.3 s)"
+            if fault == "burst" and not serve
+            else " (breaker cooldown 0.3 s)"
+            if error
+            else ""
+        ),
     )
 
 
