@@ -79,6 +79,8 @@ class Rule:
     shadow_engine: Engine | None = None
     #: The context field that keeps a caller on one path (``default``: user, session).
     stickiness: str = field(init=False)
+    #: The flags set a shadow budget (``shadow_rate`` or ``shadow_tokens_per_hour``).
+    budgeted: bool = field(init=False)
     _table: tuple[Decision, Decision, Decision, Decision] = field(init=False, repr=False)
     _serve: int = field(init=False, repr=False)
     _shadow: int = field(init=False, repr=False)
@@ -94,6 +96,8 @@ class Rule:
         set_ = object.__setattr__
         set_(self, "_table", table)
         set_(self, "stickiness", self.flags.stickiness)
+        budget = (self.flags.shadow_rate, self.flags.shadow_tokens_per_hour)
+        set_(self, "budgeted", budget != (None, None))
         set_(self, "_serve", self.flags.serve)
         set_(self, "_shadow", self.flags.shadow)
         set_(self, "_serve_prefix", serve_flag(self.task) + ":")

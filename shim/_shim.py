@@ -512,9 +512,9 @@ class Shim:
             rule = self.flags.rules.active.get(site.name)
             if rule is None:
                 return default
-        rate, tokens = rule.flags.shadow_rate, rule.flags.shadow_tokens_per_hour
-        if rate is None and tokens is None:
+        if not rule.budgeted:
             return default
+        rate, tokens = rule.flags.shadow_rate, rule.flags.shadow_tokens_per_hour
         key = (site.name, rate, tokens)
         budget = self._budget_cache.get(key)
         if budget is None:
@@ -559,12 +559,15 @@ class Shim:
 
     def _answered(self, site: CallSite, result: TaskResult | TaskAllocation) -> None:
         spend = self._spends[site.name]
-        if spend.answered():
+        if (spend.until or spend.busy_streak) and spend.answered():
             self._recorder.event("shim.backoff", site.product, site.task, state="resumed")
+        budget = self._budget(site, None)
+        if budget is None or budget.tokens_per_hour is None:
+            return
         usage = usage_record(getattr(result, "usage", None))
         tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
         if tokens:
-            spend.charge(self._budget(site, None), int(tokens))
+            spend.charge(budget, int(tokens))
 
     # -- sync ------------------------------------------------------------------------
 
@@ -600,7 +603,9 @@ class Shim:
         if breaker.state != "closed" and not breaker.may_probe():
             self._recorder.dropped(site.product, site.task, "breaker_open")
             return fn(*args, **kwargs)
-        if not self._within_spend(site, rule):
+        if (
+            self._spends[site.name].until or rule.budgeted or self._budgets
+        ) and not self._within_spend(site, rule):
             return fn(*args, **kwargs)
         if not self._dispatch.try_reserve():
             self._recorder.dropped(site.product, site.task, "queue_full")
