@@ -557,6 +557,46 @@ class Shim:
             busy_in_a_row=spend.busy_streak,
         )
 
+    def _task_failed(
+        self,
+        site: CallSite,
+        exc: Exception,
+        started: float,
+        result: TaskResult | TaskAllocation | None,
+        prompt: str | None,
+        span: Any,
+        *,
+        shadow: bool,
+    ) -> Observation:
+        """A task-path call failed (sync or async): breaker, back-off, span, observation."""
+        status = getattr(exc, "status", None)
+        if status in BUSY:
+            self._busy(site, status)
+        # No capacity is not broken: only the serving path's breaker counts it.
+        if status not in BUSY or not shadow:
+            self._breakers[site.name].failure()
+        failed = _failed_candidate(exc, started, result, prompt)
+        if span is not None:
+            end_span(span, failed, result, exc)
+        return failed
+
+    def _task_answered(
+        self,
+        site: CallSite,
+        result: TaskResult | TaskAllocation,
+        value: Any,
+        started: float,
+        prompt: str | None,
+        span: Any,
+    ) -> Observation:
+        """A task-path call answered (sync or async): breaker, spend, span, observation."""
+        self._breakers[site.name].success()
+        self._answered(site, result)
+        observed = _ok_candidate(result, value, started, prompt)
+        if span is not None:
+            end_span(span, observed, result, None)
+        return observed
+
     def _answered(self, site: CallSite, result: TaskResult | TaskAllocation) -> None:
         spend = self._spends[site.name]
         if (spend.until or spend.busy_streak) and spend.answered():
@@ -698,23 +738,12 @@ class Shim:
                 result = client.infer(site.product, site.task, request)
             value = site.response(result)
         except Exception as exc:
-            status = getattr(exc, "status", None)
-            if status in BUSY:
-                self._busy(site, status)
-            # No capacity is not broken: only the serving path's breaker counts it.
-            if status not in BUSY or client is not self._shadow_client:
-                breaker.failure()
+            shadow = client is self._shadow_client
+            failed = self._task_failed(site, exc, started, result, prompt, span, shadow=shadow)
             if isinstance(result, TaskAllocation):
                 client.release(site.product, site.task, result)
-            failed = _failed_candidate(exc, started, result, prompt)
-            if span is not None:
-                end_span(span, failed, result, exc)
             return failed, exc, None
-        breaker.success()
-        self._answered(site, result)
-        observed = _ok_candidate(result, value, started, prompt)
-        if span is not None:
-            end_span(span, observed, result, None)
+        observed = self._task_answered(site, result, value, started, prompt, span)
         if isinstance(result, TaskAllocation) and not keep:
             client.release(site.product, site.task, result)  # compared: give it back now
             result = None
@@ -866,21 +895,11 @@ class Shim:
                 result = await client.infer(site.product, site.task, request)
             value = site.response(result)
         except Exception as exc:
-            breaker.failure()
-            status = getattr(exc, "status", None)
-            if status in BUSY:
-                self._busy(site, status)
+            failed = self._task_failed(site, exc, started, result, prompt, span, shadow=False)
             if isinstance(result, TaskAllocation):
                 await client.release(site.product, site.task, result)
-            failed = _failed_candidate(exc, started, result, prompt)
-            if span is not None:
-                end_span(span, failed, result, exc)
             return failed, exc, None
-        breaker.success()
-        self._answered(site, result)
-        observed = _ok_candidate(result, value, started, prompt)
-        if span is not None:
-            end_span(span, observed, result, None)
+        observed = self._task_answered(site, result, value, started, prompt, span)
         if isinstance(result, TaskAllocation) and not keep:
             await client.release(site.product, site.task, result)
             result = None

@@ -14,12 +14,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-import flags
-from shim import BreakerPolicy, Shim, TaskRequest
+from shim import BreakerPolicy, TaskRequest
 from shim.metrics import PrometheusMetrics
 from shim.sim import Profile, Simulator
 
 from .conftest import QUIET
+from .shimkit import make_shim
 
 
 def free_port() -> int:
@@ -47,12 +47,10 @@ def test_prometheus_metrics_after_a_known_sequence(sim: Simulator, tmp_path: Pat
     metrics = PrometheusMetrics(registry)
     port = free_port()
     server, _ = metrics.serve(port)
-    flags_file = tmp_path / "flags.yaml"
-    flags_file.write_text("kiwi.meal_plan: {serve: 0, shadow: 100}\nkiwi.ocr: {serve: 100}\n")
-    shim = Shim(
+    shim = make_shim(
         sim.url,
-        flags=flags.FileFlags(flags_file),
-        log_path=tmp_path / "log.jsonl",
+        tmp_path,
+        "kiwi.meal_plan: {serve: 0, shadow: 100}\nkiwi.ocr: {serve: 100}\n",
         metrics=metrics,
         breaker=BreakerPolicy(failures=3, window=60, cooldown=60),
     )
@@ -97,15 +95,8 @@ def test_opentelemetry_spans_carry_the_genai_attributes(sim: Simulator, tmp_path
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    flags_file = tmp_path / "flags.yaml"
-    flags_file.write_text("kiwi.meal_plan: {serve: 100}\n")
-    shim = Shim(
-        sim.url,
-        flags=flags.FileFlags(flags_file),
-        log_path=tmp_path / "log.jsonl",
-        tracer=provider.get_tracer("task-shim"),
-        registry=Path(__file__).parents[1] / "examples/kiwi/orch/model_registry.yaml",
-        assignments=Path(__file__).parents[1] / "examples/kiwi/orch/assignments.yaml",
+    shim = make_shim(
+        sim.url, tmp_path, "kiwi.meal_plan: {serve: 100}\n", tracer=provider.get_tracer("t")
     )
     served = shim.shadow(
         product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan week {i}")

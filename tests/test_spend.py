@@ -10,24 +10,13 @@ from typing import Any
 
 import pytest
 
-import flags
 from flags import load_flags_file
-from shim import Backoff, ConfigError, ShadowBudget, Shim, TaskRequest
+from shim import Backoff, ConfigError, ShadowBudget, TaskRequest
 from shim._spend import Spend
 from shim.sim import Profile, Simulator
 
 from .conftest import QUIET
-from .shimkit import Driver, dropped, records
-
-
-def make_shim(sim: Simulator, tmp_path: Path, flags_yaml: str, **options: Any) -> Shim:
-    (tmp_path / "flags.yaml").write_text(flags_yaml)
-    return Shim(
-        sim.url,
-        flags=flags.FileFlags(tmp_path / "flags.yaml"),
-        log_path=tmp_path / "log.jsonl",
-        **options,
-    )
+from .shimkit import Driver, dropped, make_shim, records
 
 
 def legacy_plan(i: int) -> list[dict[str, Any]]:
@@ -50,7 +39,7 @@ def test_a_budget_of_5_per_second_holds_at_200_calls_per_second(
     sim: Simulator, tmp_path: Path
 ) -> None:
     shim = make_shim(
-        sim, tmp_path, "kiwi.meal_plan: {serve: 0, shadow: 100, shadow_rate: 5}\n", workers=8
+        sim.url, tmp_path, "kiwi.meal_plan: {serve: 0, shadow: 100, shadow_rate: 5}\n", workers=8
     )
     wrapped = shim.shadow(
         product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan {i}")
@@ -76,7 +65,11 @@ def test_a_token_budget_per_hour_stops_comparisons_when_spent(
     """The simulator reports usage; the third comparison spends what remains of 300."""
     shim_budget = {"kiwi.meal_plan": ShadowBudget(tokens_per_hour=300)}
     shim = make_shim(
-        sim, tmp_path, "kiwi.meal_plan: {serve: 0, shadow: 100}\n", budgets=shim_budget, workers=1
+        sim.url,
+        tmp_path,
+        "kiwi.meal_plan: {serve: 0, shadow: 100}\n",
+        budgets=shim_budget,
+        workers=1,
     )
     wrapped = shim.shadow(
         product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan {i}")
@@ -99,7 +92,7 @@ def test_a_full_coordinator_is_backed_off_and_shadowing_resumes(
     sim: Simulator, tmp_path: Path, kind: str
 ) -> None:
     shim = make_shim(
-        sim,
+        sim.url,
         tmp_path,
         "kiwi.meal_plan: {serve: 0, shadow: 100}\n",
         backoff=Backoff(initial=0.1, maximum=0.4),
