@@ -4,6 +4,7 @@ Each compares what the legacy path and the task path produced for one call, with
 I/O, so that records can be assembled anywhere.
 """
 
+from ._allocation import AllocationOutput, allocation_view
 from ._latency import latency_delta, latency_ratio, percentile, ratio_interval
 from ._model import ModelCheck, ModelNames, normalise
 from ._output import (
@@ -24,6 +25,7 @@ KIWI_RECIPE = TextOutput(
 
 __all__ = [
     "KIWI_RECIPE",
+    "AllocationOutput",
     "Comparator",
     "JsonOutput",
     "ModelCheck",
@@ -31,6 +33,7 @@ __all__ = [
     "OutputComparator",
     "Structure",
     "TextOutput",
+    "allocation_view",
     "extract_json",
     "latency_delta",
     "latency_ratio",

@@ -185,6 +185,12 @@ class JsonOutput:
         if l_ok != c_ok:
             side = "candidate" if l_ok else "legacy"
             return Structure(False, l_ok, c_ok, (f"$: {side} output is not JSON",), extra)
+        l_empty, c_empty = _empty(l_val), _empty(c_val)
+        if l_empty != c_empty:
+            # An empty result has no shape to disagree with: it is what a call site
+            # returns when it swallowed a failure, so it never matches an answer.
+            side, value = ("legacy", l_val) if l_empty else ("candidate", c_val)
+            return Structure(False, True, True, (f"$: {side} output is empty ({value!r})",), extra)
         l_valid = self._valid(l_val)
         c_valid = self._valid(c_val)
         diffs = self._shape_diff(l_val, c_val)
@@ -243,6 +249,10 @@ class JsonOutput:
         except pydantic.ValidationError:
             return False
         return True
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, list | dict) and not value)
 
 
 def _as_json(value: Any) -> tuple[str, Any]:

@@ -10,8 +10,18 @@ leaving releases it; a failure falls back to the legacy context manager.
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
+import dataclasses
+import threading
 import time
+import typing
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from ._task import TaskAllocation
 
 if TYPE_CHECKING:
     import flags as flagpkg
@@ -19,9 +29,85 @@ if TYPE_CHECKING:
     from ._observe import CallSite
     from ._shim import Shim
 
-__all__ = ["ServedAllocation", "ShadowedAllocation"]
+__all__ = ["HeldAllocation", "ServedAllocation", "ShadowedAllocation", "declared_allocation"]
 
 _perf = time.perf_counter
+
+
+class HeldAllocation:
+    """The ``ctx`` of a served ``(value, ctx)`` call site: already entered, it holds the
+    task path's allocation until the caller leaves it (``ctx.__exit__(...)`` or a
+    ``with ctx:`` block), which releases it. Leaving twice releases once."""
+
+    __slots__ = ("_lock", "_release", "allocation")
+
+    def __init__(self, allocation: TaskAllocation, release: Callable[[], None]) -> None:
+        self.allocation = allocation
+        self._release: Callable[[], None] | None = release
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> TaskAllocation:
+        return self.allocation
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            release, self._release = self._release, None
+        if release is not None:
+            release()  # never raises: a failed release is recorded by the client
+
+
+_CONTEXT_ORIGINS = (
+    collections.abc.Iterator,
+    collections.abc.Generator,
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncGenerator,
+    contextlib.AbstractContextManager,
+    contextlib.AbstractAsyncContextManager,
+)
+
+
+def _yielded_type(fn: Callable[..., Any]) -> Any:
+    """What ``fn``'s context manager yields, from its return annotation: ``X`` of
+    ``Iterator[X]``, ``AsyncIterator[X]``, ``Generator[X, ...]``, ``ContextManager[X]``."""
+    hints = typing.get_type_hints(getattr(fn, "__wrapped__", fn))
+    declared = hints.get("return")
+    if typing.get_origin(declared) in _CONTEXT_ORIGINS and typing.get_args(declared):
+        return typing.get_args(declared)[0]
+    return None
+
+
+def _converter(kind: Any) -> Callable[[TaskAllocation], Any]:
+    fields = TaskAllocation.__dataclass_fields__
+    if kind is dict or typing.get_origin(kind) is dict:
+        return TaskAllocation.as_dict
+    if isinstance(kind, type) and issubclass(kind, pydantic.BaseModel):
+        return lambda alloc: kind.model_validate(alloc.as_dict())
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        names = [f.name for f in dataclasses.fields(kind) if f.init and f.name in fields]
+        return lambda alloc: kind(**{n: getattr(alloc, n) for n in names})
+    if isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields"):
+        names = [n for n in kind._fields if n in fields]
+        return lambda alloc: kind(**{n: getattr(alloc, n) for n in names})
+    return lambda alloc: alloc
+
+
+def declared_allocation(fn: Callable[..., Any]) -> Callable[[TaskAllocation], Any]:
+    """The default ``response`` of an allocating call site: the task path's allocation
+    as the type the call site declares it yields (a dataclass, NamedTuple, pydantic
+    model or dict, built from the fields they share), else the TaskAllocation itself,
+    which has every field kiwi reads (``url``, ``allocation_id``, ``service``, ...).
+    The annotation is read on first use, when forward references resolve."""
+    chosen: list[Callable[[TaskAllocation], Any]] = []
+
+    def convert(alloc: TaskAllocation) -> Any:
+        if not chosen:
+            try:
+                chosen.append(_converter(_yielded_type(fn)))
+            except Exception:  # an annotation that does not resolve: the allocation itself
+                chosen.append(lambda a: a)
+        return chosen[0](alloc)
+
+    return convert
 
 
 class ShadowedAllocation:

@@ -4,8 +4,10 @@
 
     ShimError                   base of everything task-shim raises
     ├── ConfigError             a config file is invalid; carries every Problem found
-    └── TaskFailed              the task path failed: non-2xx, malformed reply, transport
-        └── TaskNotRegistered   the coordinator answered 404: product.task is not assigned
+    ├── TaskFailed              the task path failed: non-2xx, malformed reply, transport
+    │   └── TaskNotRegistered   the coordinator answered 404: product.task is not assigned
+    └── SoftFailure             the task path answered, but with what the call site
+                                counts as a failure (None, "", an empty container)
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["ConfigError", "Problem", "ShimError", "TaskFailed", "TaskNotRegistered"]
+__all__ = [
+    "ConfigError",
+    "Problem",
+    "ShimError",
+    "SoftFailure",
+    "TaskFailed",
+    "TaskNotRegistered",
+]
 
 
 class ShimError(Exception):
@@ -90,3 +99,15 @@ class TaskNotRegistered(TaskFailed):
             task=task,
             status=404,
         )
+
+
+class SoftFailure(ShimError):
+    """The task path answered, but ``response`` made of it what the call site's
+    ``soft_failure`` rule counts as a failure (by default ``None``, ``""`` or an empty
+    container). Serving, it falls back to legacy like any task-path failure."""
+
+    def __init__(self, message: str, *, product: str, task: str) -> None:
+        super().__init__(message)
+        self.product = product
+        self.task = task
+        self.status = 200  # the coordinator and the node did answer

@@ -28,7 +28,9 @@ __all__ = [
     "comparison_record",
     "describe",
     "envelope",
+    "is_soft_failure",
     "restore",
+    "soft_failure_error",
 ]
 
 SCHEMA = 1
@@ -122,8 +124,14 @@ class CallSite:
     key: Callable[..., Any] | None
     fallback: bool
     expected_model: str | None
-    allocation: bool = False  # the call site returns a context manager yielding one
+    #: False; True: returns a context manager yielding an allocation; "entered":
+    #: returns ``(value, ctx)`` with ``ctx`` entered and holding one.
+    allocation: bool | str = False
     legacy_usage: Callable[[Any], Mapping[str, Any] | None] | None = None
+    #: The service to release a task allocation from when the answer names none.
+    service_hint: str | Callable[..., str | None] | None = None
+    #: True for a value the call site returns instead of failing (None, "", []).
+    soft_failure: Callable[[Any], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +251,24 @@ def _with_noise(
     return structure
 
 
+def is_soft_failure(value: Any) -> bool:
+    """The default soft-failure rule: ``None``, a blank string, or an empty container
+    is what a call site returns when it swallowed a failure, not an answer."""
+    if value is None:
+        return True
+    if isinstance(value, str | bytes):
+        return not value.strip()
+    if isinstance(value, list | tuple | dict | set | frozenset):
+        return not value
+    return False
+
+
+def soft_failure_error(side: str, value: Any) -> str:
+    """The ``error`` of a side whose value was a soft failure."""
+    shown = repr(value) if value is None or len(repr(value)) <= 20 else type(value).__name__
+    return f"SoftFailure: {side} returned {shown}, which the call site counts as a failure"
+
+
 def comparison_record(
     pending: Pending,
     names: ModelNames,
@@ -266,6 +292,14 @@ def comparison_record(
         except Exception as exc:
             on_error("legacy_usage", exc)
     legacy = replace(pending.legacy, model=legacy_model, usage=legacy_usage)
+    if legacy.ok and legacy_value is not NOT_RECORDED and site.soft_failure is not None:
+        try:
+            soft = site.soft_failure(legacy_value)
+        except Exception as exc:
+            on_error("soft_failure", exc)
+            soft = False
+        if soft:  # legacy swallowed a failure into an empty value: never a match
+            legacy = replace(legacy, ok=False, error=soft_failure_error("legacy", legacy_value))
     if (
         legacy.ok
         and pending.candidate.ok

@@ -20,20 +20,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ParamSpec, Self, TypeVar, cast
+from typing import Any, Literal, ParamSpec, Self, TypeVar, cast
 
 import httpx
 
 import flags as flagpkg
-from comparators import JsonOutput, ModelNames, OutputComparator
+from comparators import AllocationOutput, JsonOutput, ModelNames, OutputComparator
 
-from ._allocation import ServedAllocation, ShadowedAllocation
+from ._allocation import HeldAllocation, ServedAllocation, ShadowedAllocation, declared_allocation
 from ._breaker import BreakerPolicy, CircuitBreaker
 from ._capture import Capture
-from ._client import AsyncTaskClient, TaskAllocation, TaskClient, TaskRequest, TaskResult
+from ._client import AsyncTaskClient, TaskClient
 from ._context import sticky_value
 from ._dispatch import Gate, LoopDispatcher, ThreadDispatcher
-from ._errors import ConfigError, Problem, ShimError
+from ._errors import ConfigError, Problem, ShimError, SoftFailure
 from ._names import check_task_name
 from ._observe import (
     NOT_RECORDED,
@@ -42,11 +42,14 @@ from ._observe import (
     Pending,
     capture,
     describe,
+    is_soft_failure,
+    soft_failure_error,
     usage_record,
 )
 from ._orch import SERVICE_TYPES, AssignmentsFile, OrchConfig, RegistryFile, parse_file
 from ._records import FileSink, Recorder, RecordSink, StreamSink
 from ._spend import BUSY, Backoff, ShadowBudget, Spend
+from ._task import TaskAllocation, TaskRequest, TaskResult
 from ._tracing import end_span, start_span
 from .metrics import PrometheusMetrics
 
@@ -57,6 +60,9 @@ R = TypeVar("R")
 
 _log = logging.getLogger("shim")
 _perf = time.perf_counter
+#: How many ``product.task`` names one call site may serve when they come from its
+#: arguments: more is a name built from user input, not a task.
+_MAX_ROUTED = 64
 
 
 def _output(result: TaskResult) -> Any:
@@ -175,7 +181,8 @@ class Shim:
         self._errors_lock = threading.Lock()
         self._owns_flags = False
         self._closed = False
-        self._names = names = _load_orch(registry, assignments)
+        self._names, self._services = names, _ = _load_orch(registry, assignments)
+        self.enabled = True  # False: built without a coordinator, every call is legacy
         if sink is None:
             sink = StreamSink() if log_path in (None, "-") else FileSink(cast(Path, log_path))
         key = os.environ.get("CF_LICENSE_KEY") if api_key is None else api_key
@@ -205,7 +212,6 @@ class Shim:
         self._handoff = dispatch.handoff  # bound once: the shadow path calls it per call
         self._serving = Gate(max_serving)
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._sites: dict[str, CallSite] = {}
         flags.subscribe(self._flag_event)
         _live.add(self)
         ref = weakref.ref(self)
@@ -245,20 +251,16 @@ class Shim:
     @classmethod
     def from_env(cls, **overrides: Any) -> Shim:
         """A Shim configured by ``CF_ORCH_URL``, ``CF_LICENSE_KEY``, ``SHIM_FLAGS``,
-        ``SHIM_LOG``, ``SHIM_REGISTRY`` and ``SHIM_ASSIGNMENTS``; keyword arguments win."""
+        ``SHIM_LOG``, ``SHIM_REGISTRY`` and ``SHIM_ASSIGNMENTS``; keyword arguments win.
+
+        Without ``CF_ORCH_URL`` (an app running self-hosted, with no coordinator) the
+        Shim is disabled: every wrapped call runs legacy and nothing is compared; it
+        says so once, as a warning and a ``shim.error`` record (``operation:
+        configure``). ``enabled`` tells which."""
         env = os.environ
         url = overrides.pop("orch_url", None) or env.get("CF_ORCH_URL")
         if not url:
-            raise ConfigError(
-                [
-                    Problem(
-                        "environment",
-                        None,
-                        "CF_ORCH_URL",
-                        "not set; set it to the coordinator's base URL",
-                    )
-                ]
-            )
+            return cls._disabled(overrides)
         owns_flags = "flags" not in overrides
         if owns_flags:
             overrides["flags"] = _flags_from_env()
@@ -274,21 +276,37 @@ class Shim:
         shim._owns_flags = owns_flags
         return shim
 
+    @classmethod
+    def _disabled(cls, overrides: dict[str, Any]) -> Shim:
+        log_path = overrides.get("log_path") or os.environ.get("SHIM_LOG") or None
+        sink = overrides.get("sink")
+        shim = cls("", flags=_NO_FLAGS, log_path=log_path, sink=sink)
+        shim.enabled = False
+        message = (
+            "CF_ORCH_URL is not set: task-shim is off and every wrapped call runs its "
+            "legacy path; set CF_ORCH_URL to the coordinator's base URL to compare"
+        )
+        _log.warning("task-shim: %s", message)
+        shim._recorder.event("shim.error", None, None, operation="configure", error=message)
+        return shim
+
     # -- the decorator ---------------------------------------------------------------
 
     def shadow(
         self,
         *,
-        product: str,
-        task: str,
+        product: str | Callable[..., str],
+        task: str | Callable[..., str],
         request: Callable[..., TaskRequest],
         response: Callable[[Any], Any] | None = None,
         legacy_model: str | Callable[[Any], str | None] | None = None,
         output: OutputComparator | None = None,
         key: Callable[..., Any] | None = None,
         fallback: bool = True,
-        allocation: bool = False,
+        allocation: bool | Literal["entered"] = False,
         legacy_usage: Callable[[Any], Mapping[str, Any] | None] | None = None,
+        service_hint: str | Callable[..., str | None] | None = None,
+        soft_failure: Callable[[Any], bool] | None = is_soft_failure,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Wrap a call site of ``product.task``.
 
@@ -296,51 +314,144 @@ class Shim:
         the task result into what the call site returns. ``legacy_model`` names the
         legacy model (or reads it from the legacy result). ``key`` returns the sticky
         value from the arguments (else ``shim.context`` supplies it). With ``fallback``
-        a failing task path that serves falls back to legacy.
+        a failing task path that serves falls back to legacy. ``product`` and ``task``
+        may be callables on the call's arguments, for a shared helper that serves
+        several tasks (``task_allocate(product, task, ...)``).
 
         ``allocation=True`` is for call sites that return a context manager yielding an
-        allocation: the task path then asks cf-orch for an allocation (``mode:
-        allocate``), ``response`` turns a :class:`TaskAllocation` into what the call
-        site yields (default: its dict), and shadow allocations are released as soon
-        as they are compared.
+        allocation: the task path asks cf-orch for an allocation (kiwi's body,
+        ``{product, task, payload: {}}``); ``response`` turns a :class:`TaskAllocation`
+        into what the call site yields (default: the type the function's annotation
+        names, such as kiwi's frozen ``Allocation``, else the TaskAllocation itself);
+        shadow allocations are released as soon as they are compared.
+        ``allocation="entered"`` is for sync call sites that return ``(value, ctx)``
+        with ``ctx`` already entered and holding an allocation (kiwi's
+        ``get_meal_plan_router()``): served, the call returns ``(response(alloc),
+        ctx)`` and exiting ``ctx`` releases the task path's allocation.
+        ``service_hint`` (or a callable on the arguments) names the service to release
+        an allocation from when the coordinator's answer does not; by default the
+        registry's service for the task's model.
+
+        ``soft_failure`` says which values are failures the call site swallowed
+        (default: ``None``, ``""``, an empty container): such a legacy value is recorded
+        as a legacy failure, never a match; such a task-path value is a task-path
+        failure (serving, legacy answers instead). ``None`` turns this off.
 
         ``legacy_usage`` reads the legacy path's usage from its result (OpenAI-style
         ``prompt_tokens``/``completion_tokens``, or ``input_tokens``/``output_tokens``,
         and ``gpu_s``), for the records and the report's token and cost figures.
         """
+        options: dict[str, Any] = {
+            "request": request,
+            "response": response,
+            "legacy_model": legacy_model,
+            "output": output,
+            "key": key,
+            "fallback": fallback,
+            "allocation": allocation,
+            "legacy_usage": legacy_usage,
+            "service_hint": service_hint,
+            "soft_failure": soft_failure,
+        }
+        if allocation not in (False, True, "entered"):
+            raise ValueError(f"allocation must be False, True or 'entered', got {allocation!r}")
+        if allocation == "entered" and response is None:
+            raise ValueError("allocation='entered' needs response= (allocation -> value)")
+        if callable(product) or callable(task):
+            return lambda fn: self._routed(product, task, fn, options)
         name = f"{product}.{task}"
         check_task_name(name)
         assigned = self._names.expected.get(name)
 
         def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+            if allocation == "entered" and inspect.iscoroutinefunction(fn):
+                raise TypeError("allocation='entered' wraps sync call sites only")
+            soft = soft_failure
+            if soft is not None and allocation == "entered":
+                soft = _first_of_pair(soft)
+            served = response or (declared_allocation(fn) if allocation else _output)
             site = CallSite(
                 product=product,
                 task=task,
                 name=name,
                 call_site=f"{fn.__module__}:{fn.__qualname__}",
                 request=request,
-                response=response or (TaskAllocation.as_dict if allocation else _output),
+                response=served,
                 legacy_model=legacy_model if callable(legacy_model) else None,
-                output=output or JsonOutput(),
+                output=output or (AllocationOutput() if allocation else JsonOutput()),
                 key=key,
                 fallback=fallback,
                 expected_model=assigned,
                 allocation=allocation,
                 legacy_usage=legacy_usage,
+                service_hint=service_hint or self._services.get(name),
+                soft_failure=soft,
             )
             static_model = legacy_model if isinstance(legacy_model, str) else None
             self._breakers.setdefault(
                 name, CircuitBreaker(name, self.breaker_policy, on_transition=self._breaker_event)
             )
             self._spends.setdefault(name, Spend(self.backoff))
-            self._sites[site.call_site] = site
-            if allocation:
+            if allocation is True:
                 return self._allocation_wrapper(site, static_model, fn)
             if inspect.iscoroutinefunction(fn):
                 return cast(Callable[P, R], self._async_wrapper(site, static_model, fn))
             return self._sync_wrapper(site, static_model, fn)
 
         return decorate
+
+    def _routed(
+        self,
+        product: str | Callable[..., str],
+        task: str | Callable[..., str],
+        fn: Callable[P, R],
+        options: dict[str, Any],
+    ) -> Callable[P, R]:
+        """A call site whose product or task come from its arguments: each call picks
+        (and on first use wraps) the call site of its own ``product.task``."""
+        wrapped: dict[tuple[str, str], Callable[..., Any]] = {}
+        lock = threading.Lock()
+        source = self.flags
+
+        def pick(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any] | None:
+            if not source.rules.active:  # every task off: no need to know which
+                return None
+            try:
+                p = product(*args, **kwargs) if callable(product) else product
+                t = task(*args, **kwargs) if callable(task) else task
+                site = wrapped.get((p, t))
+                if site is None:
+                    with lock:
+                        site = wrapped.get((p, t))
+                        if site is None:
+                            if len(wrapped) >= _MAX_ROUTED:
+                                raise ValueError(f"more than {_MAX_ROUTED} tasks at one call site")
+                            site = self.shadow(product=p, task=t, **options)(fn)
+                            wrapped[(p, t)] = site
+                return site
+            except Exception as exc:  # a name that does not fit: legacy, counted
+                self._internal_error("task_of_call", exc)
+                return None
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def arouted(*args: P.args, **kwargs: P.kwargs) -> Any:
+                site = pick(args, kwargs)
+                if site is None:
+                    return await cast(Callable[..., Awaitable[Any]], fn)(*args, **kwargs)
+                return await site(*args, **kwargs)
+
+            return cast(Callable[P, R], arouted)
+
+        @functools.wraps(fn)
+        def routed(*args: P.args, **kwargs: P.kwargs) -> R:
+            site = pick(args, kwargs)
+            if site is None:
+                return fn(*args, **kwargs)
+            return cast(R, site(*args, **kwargs))
+
+        return routed
 
     def _sync_wrapper(
         self, site: CallSite, model: str | None, fn: Callable[P, R]
@@ -402,7 +513,7 @@ class Shim:
 
     @staticmethod
     def _returned(value: Any) -> Any:
-        return _Returned(capture(value))
+        return _Returned(value)  # an allocation is compared by reference (see _call)
 
     def _shadow_allocation(
         self,
@@ -668,11 +779,15 @@ class Shim:
             self._dispatch.release()
             raise
         elapsed = _perf() - started
+        # An allocation (or a router holding one) is compared by reference: it may hold
+        # connections that cannot be copied, and nothing in it is read but attributes.
+        kept = _Returned(result if site.allocation else capture(result))
+        again = None if site.allocation else fn  # a held allocation is not taken twice
         self._handoff(
             (
                 site.name,
                 self._candidate_job,
-                (site, decision, model, elapsed, _Returned(capture(result)), args, kwargs, fn),
+                (site, decision, model, elapsed, kept, args, kwargs, again),
             )
         )
         return result
@@ -730,13 +845,14 @@ class Shim:
         result: TaskResult | TaskAllocation | None = None
         prompt: str | None = None
         try:
-            request = site.request(*args, **kwargs)
-            prompt = request.prompt if self._capture is not None else None
+            hint = _hint(site, args, kwargs)
             if site.allocation:
-                result = client.allocate(site.product, site.task, request)
+                result = client.allocate(site.product, site.task, service_hint=hint)
             else:
-                result = client.infer(site.product, site.task, request)
-            value = site.response(result)
+                request = site.request(*args, **kwargs)
+                prompt = request.prompt if self._capture is not None else None
+                result = client.infer(site.product, site.task, request, service_hint=hint)
+            value = _checked(site, site.response(result))
         except Exception as exc:
             shadow = client is self._shadow_client
             failed = self._task_failed(site, exc, started, result, prompt, span, shadow=shadow)
@@ -762,8 +878,9 @@ class Shim:
             self._recorder.dropped(site.product, site.task, "serve_full")
             self._served(site, "legacy")
             return fn(*args, **kwargs)
+        entered = site.allocation == "entered"
         try:
-            candidate, value, _ = self._run_task(site, args, kwargs, self._client)
+            candidate, value, held = self._run_task(site, args, kwargs, self._client, keep=entered)
         finally:
             self._serving.leave()
         if candidate is None:  # breaker open: the task path is not called at all
@@ -773,10 +890,15 @@ class Shim:
             self._served(site, "task")
         if candidate.ok:
             if decision.compare and self._admit(site, self._dispatch.try_reserve):
-                kept = replace(candidate, value=capture(value))
+                kept = replace(candidate, value=value if entered else capture(value))
+                legacy = _entered_and_left(fn) if entered else fn
                 self._dispatch.submit(
-                    site.name, self._legacy_job, site, model, decision, kept, fn, args, kwargs
+                    site.name, self._legacy_job, site, model, decision, kept, legacy, args, kwargs
                 )
+            if entered:
+                client, product, name = self._client, site.product, site.task
+                release = functools.partial(client.release, product, name, held)
+                return cast(R, (value, HeldAllocation(held, release)))
             return cast(R, value)
         if not site.fallback:
             raise value
@@ -887,13 +1009,14 @@ class Shim:
         result: TaskResult | TaskAllocation | None = None
         prompt: str | None = None
         try:
-            request = site.request(*args, **kwargs)
-            prompt = request.prompt if self._capture is not None else None
+            hint = _hint(site, args, kwargs)
             if site.allocation:
-                result = await client.allocate(site.product, site.task, request)
+                result = await client.allocate(site.product, site.task, service_hint=hint)
             else:
-                result = await client.infer(site.product, site.task, request)
-            value = site.response(result)
+                request = site.request(*args, **kwargs)
+                prompt = request.prompt if self._capture is not None else None
+                result = await client.infer(site.product, site.task, request, service_hint=hint)
+            value = _checked(site, site.response(result))
         except Exception as exc:
             failed = self._task_failed(site, exc, started, result, prompt, span, shadow=False)
             if isinstance(result, TaskAllocation):
@@ -1119,6 +1242,48 @@ def _legacy(
     return Observation(True, ms, capture(result) if copy else result, model=model)
 
 
+def _hint(site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The service a task allocation of this call is released from, if the answer
+    names none."""
+    hint = site.service_hint
+    return hint(*args, **kwargs) if callable(hint) else hint
+
+
+def _checked(site: CallSite, value: Any) -> Any:
+    """The task path's value, unless the call site counts it as a (soft) failure."""
+    if site.soft_failure is not None and site.soft_failure(value):
+        raise SoftFailure(
+            soft_failure_error("the task path", value), product=site.product, task=site.task
+        )
+    return value
+
+
+def _pair_value(value: Any) -> Any:
+    """The value of a ``(value, ctx)`` pair; anything else as it is."""
+    if isinstance(value, tuple) and len(value) == 2 and hasattr(value[1], "__exit__"):
+        return value[0]
+    return value
+
+
+def _first_of_pair(soft: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """A soft-failure rule for ``(value, ctx)`` call sites: it judges the value."""
+    return lambda value: soft(_pair_value(value))
+
+
+def _entered_and_left(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` returns ``(value, ctx)`` with ctx entered: call it, leave ctx (giving back
+    what it holds), and return the pair, for a comparison in the background."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        pair = fn(*args, **kwargs)
+        ctx = pair[1] if isinstance(pair, tuple) and len(pair) == 2 else None
+        if ctx is not None and hasattr(ctx, "__exit__"):
+            ctx.__exit__(None, None, None)
+        return pair
+
+    return run
+
+
 def _close_at_worker_exit(shim: Shim) -> None:
     """In a multiprocessing worker: close (write what was compared) when it exits."""
     multiprocessing.util.Finalize(shim, shim.close, kwargs={"timeout": 2.0}, exitpriority=10)
@@ -1185,25 +1350,35 @@ def _ok_candidate(
     )
 
 
-def _load_orch(registry: str | Path | None, assignments: str | Path | None) -> ModelNames:
-    """Aliases, expected models and fitting service types from the optional files."""
+def _load_orch(
+    registry: str | Path | None, assignments: str | Path | None
+) -> tuple[ModelNames, dict[str, str]]:
+    """Aliases, expected models and fitting service types from the optional files; and
+    each task's service type (its model's, in the registry) when both files are given."""
     aliases: dict[str, list[str]] = {}
     assigned: dict[str, Any] = {}
+    services: dict[str, str] = {}
     if registry is not None and assignments is not None:
         config = OrchConfig(assignments, registry)
-        aliases = {m: list(e.alias) for m, e in config.registry.models.items()}
+        models = config.registry.models
+        aliases = {m: list(e.alias) for m, e in models.items()}
         assigned = dict(config.assignments.assignments)
+        for name in assigned:
+            resolved = config.resolve(name)
+            if resolved is not None:
+                services[name] = resolved.service_type
     else:
         if registry is not None:
             models = parse_file(registry, RegistryFile)[0].models
             aliases = {m: list(e.alias) for m, e in models.items()}
         if assignments is not None:
             assigned = dict(parse_file(assignments, AssignmentsFile)[0].assignments)
-    return ModelNames(
+    names = ModelNames(
         aliases,
         expected={t: a.model for t, a in assigned.items()},
         allowed_services={t: SERVICE_TYPES[a.modality] for t, a in assigned.items()},
     )
+    return names, services
 
 
 def _flags_from_env() -> flagpkg.FlagSource:
@@ -1236,6 +1411,23 @@ def _flags_from_env() -> flagpkg.FlagSource:
         )
     return flagpkg.FileFlags(value)
 
+
+class _NoFlags:
+    """The flags of a disabled Shim: every task off, for good."""
+
+    rules = flagpkg.Rules()
+
+    def decide(self, task: str, sticky: str | None) -> flagpkg.Decision:
+        return flagpkg.OFF
+
+    def subscribe(self, listener: flagpkg.FlagListener) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_NO_FLAGS = _NoFlags()
 
 # Shims still open at interpreter exit get a short, bounded close: records are written,
 # exit never hangs.

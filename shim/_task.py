@@ -1,0 +1,90 @@
+"""What a call site asks of a task and what comes back: the task client's values."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["TaskAllocation", "TaskRequest", "TaskResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """What a call site asks of a task: the prompt and anything else the task takes.
+
+    ``payload`` is any JSON value; ``params`` are generation parameters
+    (``temperature``, ``max_tokens``, ...; ``hint`` for a document node's
+    ``/extract``). ``images`` are base64 images (or ``data:`` URLs): image parts of the
+    chat message on a vision node, ``image_b64`` on a document node. ``mode="allocate"``
+    asks the coordinator for an allocation that the client completes itself.
+    """
+
+    prompt: str | None = None
+    system: str | None = None
+    payload: Any = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    mode: Literal["output", "allocate"] | None = None
+    images: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What the task path produced, and where.
+
+    ``output`` is a string or a JSON value, as the coordinator (or node) sent it;
+    ``text`` is the same as a string. ``latency_ms`` runs from the first byte sent to
+    the output received (an allocation's release is not included).
+    """
+
+    output: Any
+    model: str | None
+    service_type: str | None
+    node_id: str | None
+    allocation_id: str | None
+    latency_ms: float
+    usage: Mapping[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        """``output`` as a string: itself if it is one, else compact JSON."""
+        if isinstance(self.output, str):
+            return self.output
+        return json.dumps(self.output, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAllocation:
+    """An allocation the coordinator granted for a task: a node at ``url`` until
+    released. Only ``url`` and ``allocation_id`` come from every coordinator;
+    ``service`` is the answer's or else the caller's hint, ``model`` the answer's or
+    else the first model the node lists; the rest is ``None`` when not told."""
+
+    url: str
+    allocation_id: str
+    service: str | None
+    node_id: str | None
+    gpu_id: int | str | None
+    model: str | None
+    started: bool | None
+    warm: bool | None
+    latency_ms: float
+
+    @property
+    def service_type(self) -> str | None:
+        """``service``, under the name a TaskResult uses."""
+        return self.service
+
+    def as_dict(self) -> dict[str, Any]:
+        """The allocation as the coordinator's JSON names it."""
+        return {
+            "url": self.url,
+            "allocation_id": self.allocation_id,
+            "service": self.service,
+            "node_id": self.node_id,
+            "gpu_id": self.gpu_id,
+            "model": self.model,
+            "started": self.started,
+            "warm": self.warm,
+        }

@@ -1,0 +1,192 @@
+"""The task client against a coordinator that answers exactly as kiwi's code and tests
+describe: an allocation of ``{url, allocation_id}`` and little else, no ``service``
+before cf-orch#63, no ``model`` or ``node_id``. Sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from shim import AsyncTaskClient, TaskClient, TaskRequest
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+#: The answer kiwi's tests use: no service, no model, no node.
+KIWI_ANSWER = {"url": "http://node.test:8080", "allocation_id": "alloc-123", "gpu_id": 0,
+               "started": True, "warm": False}  # fmt: skip
+
+
+def completion(content: str, model: str = "qwen2.5-3b-instruct") -> dict[str, Any]:
+    return {"model": model, "choices": [{"message": {"role": "assistant", "content": content}}]}
+
+
+class Coordinator:
+    """A coordinator and its nodes as kiwi describes them, remembering every request."""
+
+    def __init__(self, answer: dict[str, Any] | None = None, release_status: int = 200) -> None:
+        self.answer = answer or dict(KIWI_ANSWER)
+        self.release_status = release_status
+        self.seen: list[tuple[str, str, Any, str | None]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        where = f"{request.url.scheme}://{request.url.netloc.decode()}{request.url.path}"
+        self.seen.append((request.method, where, body, request.headers.get("authorization")))
+        path = request.url.path
+        if path == "/api/inference/task":
+            return httpx.Response(200, json=self.answer)
+        if path.endswith("/v1/models"):
+            return httpx.Response(200, json={"data": [{"id": "qwen2.5-3b-instruct"}]})
+        if path.endswith("/v1/chat/completions"):
+            return httpx.Response(200, json=completion("a plan"))
+        if path.endswith("/extract"):
+            return httpx.Response(200, json={"raw_text": "STORE $12.34", "metadata": {}})
+        if request.method == "DELETE":
+            return httpx.Response(self.release_status, json={"released": True})
+        return httpx.Response(404)
+
+    def paths(self, method: str | None = None) -> list[str]:
+        return [w for m, w, _, _ in self.seen if method is None or m == method]
+
+
+Run = Callable[..., Any]
+
+
+@pytest.fixture(params=["sync", "async"])
+def run(request: pytest.FixtureRequest) -> Run:
+    """``run(handler, lambda client: client.allocate(...), **options)`` on a sync or an
+    async client (an async method's coroutine is awaited)."""
+
+    def sync(handler: Handler, use: Callable[[Any], Any], **kw: Any) -> Any:
+        http = httpx.Client(transport=httpx.MockTransport(handler))
+        with TaskClient("http://orch.test", http=http, **kw) as client:
+            return use(client)
+
+    def async_(handler: Handler, use: Callable[[Any], Any], **kw: Any) -> Any:
+        async def main() -> Any:
+            http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+            async with AsyncTaskClient("http://orch.test", http=http, **kw) as client:
+                result = use(client)
+                return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run(main())
+
+    return sync if request.param == "sync" else async_
+
+
+def test_allocate_sends_exactly_kiwis_body(run: Run) -> None:
+    orch = Coordinator()
+    run(orch, lambda c: c.allocate("kiwi", "meal_plan", service_hint="cf-text"))
+    method, where, body, _ = orch.seen[0]
+    assert (method, where) == ("POST", "http://orch.test/api/inference/task")
+    assert body == {"product": "kiwi", "task": "meal_plan", "payload": {}}
+
+
+def test_allocation_without_service_model_or_node_takes_the_hint_and_the_nodes_model(
+    run: Run,
+) -> None:
+    orch = Coordinator()
+    alloc = run(orch, lambda c: c.allocate("kiwi", "meal_plan", service_hint="cf-text"))
+    assert (alloc.url, alloc.allocation_id) == ("http://node.test:8080", "alloc-123")
+    assert alloc.service == "cf-text", "no service in the answer: the hint"
+    assert alloc.model == "qwen2.5-3b-instruct", "the model the node lists first (data[0])"
+    assert alloc.node_id is None and alloc.gpu_id == 0
+
+
+def test_the_answers_service_wins_over_the_hint(run: Run) -> None:
+    orch = Coordinator({**KIWI_ANSWER, "service": "cf-vision"})
+    alloc = run(orch, lambda c: c.allocate("kiwi", "ocr", service_hint="cf-docuvision"))
+    assert alloc.service == "cf-vision"
+
+
+def test_release_of_an_allocation_naming_no_service_never_raises(run: Run) -> None:
+    """Was: StopIteration (sync) / RuntimeError (async) out of ``release``."""
+    told: list[tuple[str, str, str, str]] = []
+    orch = Coordinator()
+
+    def use(client: Any) -> Any:
+        async def both() -> None:
+            alloc = await client.allocate("kiwi", "meal_plan")
+            await client.release("kiwi", "meal_plan", alloc)
+
+        if isinstance(client, AsyncTaskClient):
+            return both()
+        client.release("kiwi", "meal_plan", client.allocate("kiwi", "meal_plan"))
+        return None
+
+    run(orch, use, on_release_failed=lambda *a: told.append(a))
+    [(product, task, allocation_id, error)] = told
+    assert (product, task, allocation_id) == ("kiwi", "meal_plan", "alloc-123")
+    assert "pass service_hint=" in error
+    assert orch.paths("DELETE") == [], "nothing to release from"
+
+
+def test_inference_on_an_allocation_releases_it_from_the_hinted_service(run: Run) -> None:
+    orch = Coordinator()
+    result = run(
+        orch,
+        lambda c: c.infer("kiwi", "meal_plan", TaskRequest(prompt="plan"), service_hint="cf-text"),
+    )
+    assert result.output == "a plan" and result.model == "qwen2.5-3b-instruct"
+    assert result.service_type == "cf-text"
+    assert orch.paths() == [
+        "http://orch.test/api/inference/task",
+        "http://node.test:8080/v1/models",
+        "http://node.test:8080/v1/chat/completions",
+        "http://orch.test/api/services/cf-text/allocations/alloc-123",
+    ]
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_a_release_the_coordinator_refuses_is_told_not_raised(run: Run, status: int) -> None:
+    told: list[str] = []
+    orch = Coordinator(release_status=status)
+    result = run(
+        orch,
+        lambda c: c.infer("kiwi", "meal_plan", TaskRequest(prompt="p"), service_hint="cf-text"),
+        on_release_failed=lambda *a: told.append(a[3]),
+    )
+    assert result.output == "a plan"
+    assert told and f"answered {status}" in told[0]
+
+
+def test_images_go_to_a_vision_node_as_image_parts(run: Run) -> None:
+    orch = Coordinator({**KIWI_ANSWER, "service": "cf-vision"})
+    request = TaskRequest(prompt="Read the label.", images=("iVBORw0KGgo=",))
+    run(orch, lambda c: c.infer("kiwi", "barcode_scan", request))
+    [chat] = [b for m, w, b, _ in orch.seen if w.endswith("/chat/completions")]
+    [message] = chat["messages"]
+    assert message["content"] == [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "text", "text": "Read the label."},
+    ]
+
+
+def test_a_document_node_reads_images_at_extract(run: Run) -> None:
+    orch = Coordinator({**KIWI_ANSWER, "service": "cf-docuvision"})
+    images = ("/9j/4AAQ", "data:image/png;base64,iVBOR")
+    request = TaskRequest(images=images, params={"hint": "text"})
+    result = run(orch, lambda c: c.infer("kiwi", "ocr", request))
+    extracts = [b for m, w, b, _ in orch.seen if w.endswith("/extract")]
+    assert extracts == [{"image_b64": "/9j/4AAQ", "hint": "text"},
+                        {"image_b64": "iVBOR", "hint": "text"}]  # fmt: skip
+    assert result.output == "STORE $12.34\n\nSTORE $12.34"
+    assert not [w for w in orch.paths() if w.endswith("/v1/models")], "no chat on a document node"
+
+
+def test_the_key_goes_to_a_node_only_on_the_coordinators_own_origin(run: Run) -> None:
+    orch = Coordinator({**KIWI_ANSWER, "url": "http://orch.test/nodes/node-a/a/alloc-123"})
+    plan = TaskRequest(prompt="p")
+    run(orch, lambda c: c.infer("kiwi", "meal_plan", plan, service_hint="cf-text"), api_key="k")
+    assert {auth for _, _, _, auth in orch.seen} == {"Bearer k"}
+    elsewhere = Coordinator()
+    run(
+        elsewhere, lambda c: c.infer("kiwi", "meal_plan", plan, service_hint="cf-text"), api_key="k"
+    )
+    node_auth = {a for _, w, _, a in elsewhere.seen if w.startswith("http://node.test")}
+    assert node_auth == {None}, "never to another host"
