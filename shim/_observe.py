@@ -264,9 +264,9 @@ def is_soft_failure(value: Any) -> bool:
 
 
 def soft_failure_error(side: str, value: Any) -> str:
-    """The ``error`` of a side whose value was a soft failure."""
+    """Why a side's value was a soft failure (the message of a ``SoftFailure``)."""
     shown = repr(value) if value is None or len(repr(value)) <= 20 else type(value).__name__
-    return f"SoftFailure: {side} returned {shown}, which the call site counts as a failure"
+    return f"{side} returned {shown}, which the call site counts as a failure"
 
 
 def comparison_record(
@@ -299,7 +299,8 @@ def comparison_record(
             on_error("soft_failure", exc)
             soft = False
         if soft:  # legacy swallowed a failure into an empty value: never a match
-            legacy = replace(legacy, ok=False, error=soft_failure_error("legacy", legacy_value))
+            error = f"SoftFailure: {soft_failure_error('legacy', legacy_value)}"
+            legacy = replace(legacy, ok=False, error=error)
     if (
         legacy.ok
         and pending.candidate.ok
