@@ -5,14 +5,20 @@ before cf-orch#63, no ``model`` or ``node_id``. Sync and async."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from shim import AsyncTaskClient, TaskClient, TaskRequest
+from shim import AsyncTaskClient, Shim, TaskClient, TaskRequest
+from shim.sim import Simulator
+
+from .conftest import QUIET
+from .shimkit import make_shim, records, wait_for
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -190,3 +196,72 @@ def test_the_key_goes_to_a_node_only_on_the_coordinators_own_origin(run: Run) ->
     )
     node_auth = {a for _, w, _, a in elsewhere.seen if w.startswith("http://node.test")}
     assert node_auth == {None}, "never to another host"
+
+
+# -- against the simulator answering as a coordinator before cf-orch#63 ----------------
+
+PRE_63 = QUIET.model_copy(update={"omit_service": True, "task_ttl_s": 0.5})
+
+
+def shadowed_sites(s: Shim) -> tuple[Any, Any]:
+    """A plain call site and an allocating one of kiwi.meal_plan, both shadowed."""
+
+    @s.shadow(product="kiwi", task="meal_plan", request=lambda: TaskRequest(prompt="plan"))
+    def plan() -> str:
+        return '[{"day": 0, "meal_type": "dinner", "recipe_id": null, "suggestion": "Soup"}]'
+
+    @s.shadow(product="kiwi", task="meal_plan", request=lambda: TaskRequest(), allocation=True)
+    @contextlib.contextmanager
+    def node() -> Iterator[dict[str, str]]:
+        yield {"url": "http://legacy.node", "allocation_id": "legacy-1", "service": "cf-text"}
+
+    return plan, node
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_no_allocation_leaks_when_the_answer_names_no_service(
+    sim: Simulator, tmp_path: Path, kind: str
+) -> None:
+    """The registry tells the shim which service a task's allocation is released from."""
+    sim.set_profile(PRE_63)
+    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {serve: 0, shadow: 100}\n")
+    plan, node = shadowed_sites(s)
+    for _ in range(3):
+        assert plan().startswith("[")
+        with node() as alloc:
+            assert alloc["allocation_id"] == "legacy-1"
+    if kind == "async":
+
+        async def served() -> str:
+            async with AsyncTaskClient(sim.url) as client:
+                alloc = await client.allocate("kiwi", "meal_plan", service_hint="cf-text")
+                await client.release("kiwi", "meal_plan", alloc)
+                return alloc.service or ""
+
+        assert asyncio.run(served()) == "cf-text"
+    s.close()
+    rows = records(tmp_path / "log.jsonl")
+    assert len(rows) == 6 and all(r["candidate"]["ok"] for r in rows), rows
+    assert {r["candidate"]["service_type"] for r in rows} == {"cf-text"}
+    assert records(tmp_path / "log.jsonl", "shim.release_failed") == []
+    assert sim.stats()["allocations_active"] == 0
+    assert sim.stats()["counts"].get("allocations.expired", 0) == 0, "released, not expired"
+
+
+def test_an_allocation_with_no_service_to_release_from_is_recorded_and_expires(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Without a registry or a hint nothing says where to release: the caller never
+    sees it, a record says so, and the coordinator's TTL takes the allocation back."""
+    sim.set_profile(PRE_63)
+    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {shadow: 100}\n", registry=None)
+    _, node = shadowed_sites(s)
+    with node() as alloc:
+        assert alloc["allocation_id"] == "legacy-1"
+    s.close()
+    [failed] = records(tmp_path / "log.jsonl", "shim.release_failed")
+    assert (failed["product"], failed["task"]) == ("kiwi", "meal_plan")
+    assert "pass service_hint=" in failed["error"]
+    assert s.stats()["internal_errors"] == {"release": 1}
+    wait_for(lambda: sim.stats()["allocations_active"] == 0, timeout=5)
+    assert sim.stats()["counts"]["allocations.expired"] == 1
