@@ -18,9 +18,10 @@ from ._output import (
 )
 from ._shape import extract_json, shape
 
-#: Kiwi's recipe text: four sections, two of them lists.
+#: Kiwi's recipe text: four sections; ``Ingredients`` inline (``a, b, c``, split on
+#: commas by kiwi's parser), ``Directions`` numbered steps.
 KIWI_RECIPE = TextOutput(
-    sections=("Title", "Ingredients", "Directions", "Notes"), lists=("Ingredients", "Directions")
+    sections=("Title", "Ingredients", "Directions", "Notes"), lists=("Directions",)
 )
 
 __all__ = [

@@ -252,7 +252,8 @@ class JsonOutput:
 
 
 def _empty(value: Any) -> bool:
-    return value is None or (isinstance(value, list | dict) and not value)
+    # null and [] have no shape to differ in (an empty object shows its missing keys)
+    return value is None or value == []
 
 
 def _as_json(value: Any) -> tuple[str, Any]:
@@ -354,9 +355,11 @@ class TextOutput:
     """Structure of text output: which sections are there, and which are lists.
 
     ``sections`` are the headings expected (case does not matter), ``lists`` those whose
-    body is a bulleted or numbered list. A side is valid when every expected section is
-    there and each list section is a list; the pair matches when both sides have the
-    same expected sections with the same list-ness. The record also carries
+    body must be a bulleted or numbered list. A side is valid when every expected
+    section is there and each list section is a list; the pair matches when both sides
+    have the same expected sections, each with the same list-ness (an inline
+    ``Ingredients: a, b`` that became a bulleted list breaks a parser that splits on
+    commas as surely as numbered steps that became one line). The record also carries
     ``length_ratio`` (candidate length over legacy length).
     """
 
@@ -374,7 +377,7 @@ class TextOutput:
                 diffs.append(f"{name}: missing in candidate")
             elif key in c_secs and key not in l_secs:
                 diffs.append(f"{name}: only in candidate")
-        for name in self.lists:
+        for name in self.sections:  # a section that changes list-ness breaks its parser
             key = name.casefold()
             if key in l_secs and key in c_secs:
                 l_list, c_list = _is_list(l_secs[key]), _is_list(c_secs[key])

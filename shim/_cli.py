@@ -125,6 +125,29 @@ def sim(
             metavar="[SCOPE:]NAME=VALUE",
         ),
     ] = None,
+    omit_service: Annotated[
+        bool,
+        typer.Option(
+            "--omit-service",
+            help="Leave 'service' out of task allocations, as coordinators before cf-orch#63.",
+        ),
+    ] = False,
+    task_ttl_s: Annotated[
+        float | None,
+        typer.Option(help="Lifetime of a task-path allocation nobody releases [120]."),
+    ] = None,
+    max_streams: Annotated[
+        int | None,
+        typer.Option(help="Recipe streams held at once before /proxy/authorize answers 429 [4]."),
+    ] = None,
+    product_key: Annotated[
+        str | None,
+        typer.Option(
+            "--product-key",
+            help="The only product_key /proxy/authorize accepts (default: any non-empty one).",
+            metavar="KEY",
+        ),
+    ] = None,
 ) -> None:
     """Run the cf-orch simulator (first line: 'listening on http://HOST:PORT')."""
     from .sim import Profile, parse_knob, serve
@@ -150,6 +173,10 @@ def sim(
                 prof = prof.with_knob("defaults", name, value)
         for spec in knob or []:
             prof = prof.with_knob(*parse_knob(spec))
+        options: dict[str, Any] = {"task_ttl_s": task_ttl_s, "max_streams": max_streams}
+        if omit_service:
+            options["omit_service"] = True
+        prof = prof.with_options(**{k: v for k, v in options.items() if v is not None})
     except ConfigError as exc:
         _fail(exc)
     for problem in config.problems():
@@ -159,7 +186,15 @@ def sim(
         print(line, flush=True)
 
     try:
-        serve(config, prof, host=host, port=port, require_key=require_key, announce=announce)
+        serve(
+            config,
+            prof,
+            host=host,
+            port=port,
+            require_key=require_key,
+            product_key=product_key,
+            announce=announce,
+        )
     except OSError as exc:
         err.print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", markup=False)
         raise typer.Exit(2) from None

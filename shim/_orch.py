@@ -35,7 +35,7 @@ Modality = Literal["text", "vision"]
 #: Service types that may serve a task of each modality.
 SERVICE_TYPES: dict[str, frozenset[str]] = {
     "text": frozenset({"cf-text", "vllm"}),
-    "vision": frozenset({"cf-vision"}),
+    "vision": frozenset({"cf-vision", "cf-docuvision"}),
 }
 
 

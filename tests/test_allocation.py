@@ -136,7 +136,7 @@ def test_task_client_allocate_and_release(sim: Simulator) -> None:
     from shim import TaskClient
 
     with TaskClient(sim.url) as client:
-        alloc = client.allocate("kiwi", "barcode_scan", TaskRequest())
+        alloc = client.allocate("kiwi", "barcode_scan", service_hint="cf-vision")
         assert isinstance(alloc, TaskAllocation)
         assert (alloc.model, alloc.service_type) == ("florence-2-large", "cf-vision")
         assert sim.stats()["allocations_active"] == 1

@@ -84,9 +84,25 @@ def test_sim_knobs_and_key_from_the_command_line() -> None:
 
 
 @pytest.mark.subprocess
+def test_sim_coordinator_options_from_the_command_line() -> None:
+    """--omit-service, --max-streams and --product-key shape kiwi's flows."""
+    with running_sim("--omit-service", "--max-streams", "1", "--product-key", "pk") as first:
+        base = first.removeprefix("listening on ")
+        task = {"product": "kiwi", "task": "meal_plan", "payload": {}}
+        alloc = httpx.post(f"{base}/api/inference/task", json=task).json()
+        assert "service" not in alloc and alloc["url"].startswith(f"{base}/nodes/")
+        body = {"product": "kiwi", "product_key": "pk", "prompt": "p"}
+        assert httpx.post(f"{base}/proxy/authorize", json=body).status_code == 200
+        assert httpx.post(f"{base}/proxy/authorize", json=body).status_code == 429
+        body["product_key"] = "other"
+        assert httpx.post(f"{base}/proxy/authorize", json=body).status_code == 401
+
+
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--task-ttl-s", "0"], "--task-ttl-s"),
         (["--knob", "kiwi.ocr:colour=1"], "unknown knob 'colour'"),
         (["--knob", "kiwi.ocr:error_rate=2"], "kiwi.ocr:error_rate"),
         (["--error-rate", "-1"], "error_rate"),
@@ -119,7 +135,7 @@ def test_check_passes_on_kiwi_with_a_table() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "kiwi.recipe_generation" in result.output and "canary" in result.output
-    assert "ok: 5 tasks, 8 models" in result.output
+    assert "ok: 5 tasks, 9 models" in result.output
 
 
 def test_check_names_file_and_line_when_ocr_runs_on_cf_text(tmp_path: Path) -> None:

@@ -23,7 +23,9 @@ KIWI_TASKS = ["meal_plan", "recipe_generation", "ocr", "barcode_scan", "recipe_s
 def test_every_kiwi_task_resolves_in_both_modes(
     sim: Simulator, infer: Infer, task: str, mode: str, kiwi_config: OrchConfig
 ) -> None:
-    result = infer(sim.url, "kiwi", task, TaskRequest(prompt="hi", mode=mode))  # type: ignore[arg-type]
+    images = ("iVBORw0KGgo=",) if task in ("ocr", "barcode_scan", "recipe_scan") else ()
+    request = TaskRequest(prompt="hi", mode=mode, images=images)  # type: ignore[arg-type]
+    result = infer(sim.url, "kiwi", task, request)
     resolved = kiwi_config.resolve(f"kiwi.{task}")
     assert resolved is not None
     assert (result.model, result.service_type) == (resolved.model, resolved.service_type)

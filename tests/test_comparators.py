@@ -171,10 +171,11 @@ def test_recipe_sections_and_list_ness() -> None:
     flattened = KIWI_RECIPE.compare(
         recipe, apply_drift(recipe, "recipe", "type_change", random.Random(1))
     )
-    assert flattened.diff == ("Ingredients: list -> text", "Directions: list -> text")
-    markdown = "## Title\nSoup\n## Ingredients\n- water\n## Directions\n1. boil\n## Notes\nhot"
+    assert flattened.diff == ("Ingredients: text -> list", "Directions: list -> text")
+    assert flattened.legacy_valid and not flattened.candidate_valid
+    markdown = "## Title\nSoup\n## Ingredients\nwater, salt\n## Directions\n1. boil\n## Notes\nhot"
     assert (
-        TextOutput(("Title", "Ingredients"), ("Ingredients",)).compare(recipe, markdown).match
+        TextOutput(("Title", "Directions"), ("Directions",)).compare(recipe, markdown).match
         is True
     )
 

@@ -19,29 +19,44 @@ from .conftest import KIWI, QUIET
 from .shimkit import make_shim, records
 
 
-class Merchant(pydantic.BaseModel):
+class _Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-    name: str
-    address: str
 
 
-class Item(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+class Merchant(_Strict):
     name: str
-    quantity: int
-    unit_price: float
+    address: str | None
+    phone: str | None
+
+
+class Item(_Strict):
+    name: str
+    quantity: int | float
+    unit_price: float | None
+    total_price: float | None
+    category: str | None
+    tax_code: str | None
+    discount: float | None
+
+
+class Totals(_Strict):
+    subtotal: float
+    tax: float
+    discount: float
     total: float
+    payment_method: str | None
+    amount_paid: float | None
+    change: float | None
 
 
-class Receipt(pydantic.BaseModel):
-    """What kiwi's receipt parser needs; the ground truth for 'did this call drift?'."""
+class Receipt(_Strict):
+    """The receipt kiwi's prompt asks for; the ground truth for 'did this call drift?'."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
     merchant: Merchant
-    transaction: dict[str, str]
+    transaction: dict[str, str | None]
     items: list[Item]
-    totals: dict[str, float]
-    confidence: float
+    totals: Totals
+    confidence: dict[str, float]
 
 
 def drifted(output: Any) -> bool:
@@ -214,4 +229,4 @@ def test_a_vision_task_resolved_to_cf_text_is_a_routing_error(tmp_path: Path) ->
         s.close()
     [row] = records(tmp_path / "run" / "log.jsonl")
     assert row["model"]["routing_error"] is True
-    assert row["model"]["reason"] == "kiwi.ocr resolved to service cf-text; it needs cf-vision"
+    assert row["model"]["reason"] == "kiwi.ocr resolved to service cf-text; it needs cf-docuvision or cf-vision"

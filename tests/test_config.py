@@ -37,9 +37,13 @@ def test_kiwi_tasks_resolve_through_the_registry(kiwi_config: OrchConfig) -> Non
         "cf-text",
         "text",
     )
-    for task in ("kiwi.ocr", "kiwi.barcode_scan", "kiwi.recipe_scan"):
+    for task, service in (
+        ("kiwi.ocr", "cf-vision"),
+        ("kiwi.barcode_scan", "cf-vision"),
+        ("kiwi.recipe_scan", "cf-docuvision"),  # kiwi's hint for recipe scans
+    ):
         vision = kiwi_config.resolve(task)
-        assert vision is not None and vision.service_type == "cf-vision"
+        assert vision is not None and vision.service_type == service
     assert kiwi_config.resolve("kiwi.unknown") is None
     assert kiwi_config.problems() == []
 
@@ -122,7 +126,7 @@ def test_vision_task_on_a_text_service_points_at_the_registry_line(tmp_path: Pat
     assert [str(p) for p in problems] == [
         f"{registry}:{line}: models.qwen2.5-vl-7b-instruct.service_type: kiwi.ocr is a "
         "vision task but its model 'qwen2.5-vl-7b-instruct' has service_type 'cf-text'; "
-        "expected cf-vision"
+        "expected cf-docuvision or cf-vision"
     ]
 
 

@@ -477,7 +477,12 @@ def test_shim_from_env(sim: Simulator, tmp_path: Path, monkeypatch: pytest.Monke
     s.close()
     assert len(records(tmp_path / "env.jsonl")) == 1
     monkeypatch.delenv("CF_ORCH_URL")
-    with pytest.raises(shim.ConfigError, match="CF_ORCH_URL: not set"):
+    disabled = Shim.from_env()  # self-hosted: no coordinator, legacy only
+    assert disabled.enabled is False
+    disabled.close()
+    monkeypatch.setenv("CF_ORCH_URL", sim.url)
+    monkeypatch.delenv("SHIM_FLAGS")
+    with pytest.raises(shim.ConfigError, match="SHIM_FLAGS: not set"):
         Shim.from_env()
 
 

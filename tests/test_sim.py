@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
@@ -16,6 +17,7 @@ import pytest
 
 from shim import ConfigError, OrchConfig
 from shim.sim import DRIFT_KINDS, Profile, Simulator, generate, parse_knob
+from shim.sim._outputs import OUTPUT_KINDS, DriftKind, apply_drift
 
 from .conftest import QUIET
 
@@ -37,6 +39,16 @@ def task(sim: Simulator, name: str, **body: Any) -> httpx.Response:
     return post(sim, "/api/inference/task", {"product": "kiwi", "task": name, **body})
 
 
+def infer(sim: Simulator, name: str, **body: Any) -> httpx.Response:
+    """A task request carrying a prompt: answered with output (this project's extension)."""
+    return task(sim, name, prompt="p", **body)
+
+
+def active(sim: Simulator) -> int:
+    count: int = http.get(f"{sim.url}/_sim/stats").json()["allocations_active"]
+    return count
+
+
 def test_unknown_task_is_404_with_a_json_error(sim: Simulator) -> None:
     reply = task(sim, "soup", prompt="x")
     assert reply.status_code == 404
@@ -52,7 +64,7 @@ def test_unknown_task_is_404_with_a_json_error(sim: Simulator) -> None:
         {"product": "kiwi"},
         {"product": "kiwi", "task": 3},
         {"product": "kiwi", "task": "ocr", "mode": "stream"},
-        {"product": "kiwi", "task": "ocr", "colour": "red"},
+        {"product": "", "task": "ocr"},
         [1, 2],
     ],
 )
@@ -71,7 +83,35 @@ def test_body_that_is_not_json_is_422(sim: Simulator) -> None:
     assert reply.status_code == 422
 
 
-def test_require_key_guards_the_api_not_the_nodes(kiwi_config: OrchConfig) -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/inference/task", {"product": "kiwi", "task": "ocr", "colour": "red"}),
+        ("/api/inference", {"model": "ouro-1.4b", "colour": "red"}),
+        ("/api/services/cf-text/allocate", {"gpu_id": 0, "params": {}, "colour": "red"}),
+        ("/proxy/authorize", {"product": "kiwi", "product_key": "k", "colour": "red"}),
+    ],
+)
+def test_unknown_fields_are_ignored(sim: Simulator, path: str, body: dict[str, Any]) -> None:
+    """As a default FastAPI model does: a newer client's extra fields are no error."""
+    assert post(sim, path, body).status_code == 200
+
+
+def test_unknown_fields_are_ignored_by_nodes(sim: Simulator) -> None:
+    """Chat and extract bodies too (OpenAI clients send many optional fields)."""
+    alloc = task(sim, "ocr", payload={}).json()
+    chat = http.post(
+        f"{alloc['url']}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}], "n": 1, "logprobs": False},
+    )
+    assert chat.status_code == 200
+    extract = http.post(f"{alloc['url']}/extract", json={"image_b64": "AAAA", "pages": 2})
+    assert extract.status_code == 200
+    bad = http.post(f"{alloc['url']}/extract", json={"image_b64": "not base64!"})
+    assert bad.status_code == 422 and bad.json()["error"] == "bad_image"
+
+
+def test_require_key_guards_every_route_but_health(kiwi_config: OrchConfig) -> None:
     with Simulator(kiwi_config, QUIET, require_key="k") as locked:
         body = {"product": "kiwi", "task": "ocr"}
         url = f"{locked.url}/api/inference/task"
@@ -82,31 +122,82 @@ def test_require_key_guards_the_api_not_the_nodes(kiwi_config: OrchConfig) -> No
         assert http.post(url, json=body, headers={"Authorization": "Bearer x"}).status_code == 401
         assert http.post(url, json=body, headers={"Authorization": "k"}).status_code == 401
         assert http.post(url, json=body, headers={"Authorization": "Bearer k"}).status_code == 200
-        assert http.get(f"{locked.url}/nodes/node-a/v1/models").status_code == 200
+        assert http.get(f"{locked.url}/nodes/node-a/v1/models").status_code == 401
+        assert http.get(f"{locked.url}/_sim/stats").status_code == 401
+        assert http.get(f"{locked.url}/health").status_code == 200
+        assert locked.stats()["counts"]["unauthorized"] == 5
+
+
+def test_kiwis_task_body_answers_the_real_allocation_shape(sim: Simulator) -> None:
+    """{product, task, payload: {}} gets what the real coordinator sends: no model, no
+    node_id; mode=allocate adds them (this project's extension)."""
+    real = task(sim, "barcode_scan", payload={}).json()
+    assert set(real) == {"url", "allocation_id", "service", "gpu_id", "started", "warm"}
+    assert real["url"] == f"{sim.url}/nodes/node-v/a/{real['allocation_id']}"
+    assert (real["started"], real["warm"]) == (True, False), "nothing ran yet"
+    extended = task(sim, "barcode_scan", mode="allocate").json()
+    assert set(extended) == set(real) | {"node_id", "model"}
+    assert extended["model"] == "florence-2-large"
+    assert active(sim) == 2
+    sim.set_profile(QUIET.with_options(omit_service=True))
+    assert "service" not in task(sim, "ocr").json()
 
 
 def test_allocation_lifecycle(sim: Simulator) -> None:
     alloc = task(sim, "barcode_scan", mode="allocate").json()
-    assert alloc["url"] == f"{sim.url}/nodes/{alloc['node_id']}"
+    assert alloc["url"] == f"{sim.url}/nodes/{alloc['node_id']}/a/{alloc['allocation_id']}"
     assert (alloc["service"], alloc["model"]) == ("cf-vision", "florence-2-large")
-    assert {"gpu_id", "started", "warm"} <= set(alloc)
+    models = http.get(f"{alloc['url']}/v1/models").json()["data"]
+    assert [m["id"] for m in models] == ["florence-2-large"], "exactly the allocation's model"
     chat = http.post(
         f"{alloc['url']}/v1/chat/completions",
         json={"messages": [{"role": "user", "content": "scan"}]},
-        headers={"X-Allocation-Id": alloc["allocation_id"]},
     ).json()
-    content = json.loads(chat["choices"][0]["message"]["content"])
-    assert content["format"] == "EAN-13" and len(content["code"]) == 13
+    label = json.loads(chat["choices"][0]["message"]["content"])
+    assert {"product_name", "allergens", "confidence"} <= set(label)
     assert chat["object"] == "chat.completion" and chat["usage"]["total_tokens"] > 0
+    assert chat["model"] == "florence-2-large"
     path = f"/api/services/cf-vision/allocations/{alloc['allocation_id']}"
-    assert http.delete(f"{sim.url}{path}").status_code == 204
+    assert http.delete(f"{sim.url}/api/services/cf-text/allocations/x").status_code == 404
+    wrong = http.delete(f"{sim.url}/api/services/cf-text/allocations/{alloc['allocation_id']}")
+    assert wrong.status_code == 404, "another service's allocation"
+    released = http.delete(f"{sim.url}{path}")
+    assert released.status_code == 200
+    assert released.json() == {"released": True, "allocation_id": alloc["allocation_id"]}
     assert http.delete(f"{sim.url}{path}").status_code == 404
     late = http.post(
-        f"{alloc['url']}/v1/chat/completions",
+        f"{sim.url}/nodes/{alloc['node_id']}/v1/chat/completions",
         json={"messages": [{"role": "user", "content": "scan"}]},
         headers={"X-Allocation-Id": alloc["allocation_id"]},
     )
-    assert late.status_code == 409
+    assert late.status_code == 409 and late.json()["detail"].endswith("was released")
+    unknown = http.get(f"{sim.url}/nodes/node-v/a/alloc-999999/v1/models")
+    assert unknown.status_code == 404 and unknown.json()["error"] == "allocation_not_found"
+
+
+def test_header_and_url_must_name_the_same_allocation(sim: Simulator) -> None:
+    one, two = (task(sim, "meal_plan", mode="allocate").json() for _ in range(2))
+    clash = http.post(
+        f"{one['url']}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}]},
+        headers={"X-Allocation-Id": two["allocation_id"]},
+    )
+    assert clash.status_code == 409 and clash.json()["error"] == "allocation_mismatch"
+    elsewhere = http.get(f"{sim.url}/nodes/node-v/a/{one['allocation_id']}/v1/models")
+    assert elsewhere.status_code == 409, "the allocation is not on that node"
+
+
+def test_chat_can_stream_server_sent_events(sim: Simulator) -> None:
+    alloc = task(sim, "recipe_generation", payload={}).json()
+    reply = http.post(
+        f"{alloc['url']}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}], "stream": True},
+    )
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    events = [e.removeprefix("data: ") for e in reply.text.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    assert text.startswith("Title: ") and "\nDirections:\n1. " in text
 
 
 def test_legacy_endpoints_take_an_explicit_model(sim: Simulator) -> None:
@@ -116,20 +207,76 @@ def test_legacy_endpoints_take_an_explicit_model(sim: Simulator) -> None:
     assert (data["model"], data["service_type"]) == ("Qwen/Qwen2.5-3B-Instruct", "cf-text")
     assert isinstance(json.loads(data["output"]), list), "meal_plan's model answers a plan"
     assert post(sim, "/api/inference", {"model": "gpt-9"}).status_code == 404
-    wrong = post(sim, "/api/services/cf-text/allocate", {"model": "florence-2-large"})
-    assert wrong.status_code == 400 and "served by cf-vision" in wrong.json()["detail"]
-    alloc = post(
-        sim,
-        "/api/services/cf-docuvision/allocate",
-        {"model": "docuvision-receipts", "caller": "kiwi"},
-    )
-    assert alloc.status_code == 200
-    assert (
-        http.delete(
-            f"{sim.url}/api/services/cf-docuvision/allocations/{alloc.json()['allocation_id']}"
-        ).status_code
-        == 204
-    )
+
+
+@pytest.mark.parametrize(
+    ("service", "body", "status", "model"),
+    [
+        ("cf-text", {}, 200, "qwen2.5-3b-instruct"),  # the model assigned on cf-text
+        ("vllm", {"model_candidates": ["gpt-9", "BYTEDANCE/OURO-1.4B"]}, 200, "ouro-1.4b"),
+        ("cf-docuvision", {"model_candidates": ["cf-docuvision"]}, 200, "docuvision-receipts"),
+        ("cf-docuvision", {"model": "docuvision-receipts"}, 200, "docuvision-receipts"),
+        ("cf-text", {"model_candidates": ["florence-2-large"]}, 503, None),
+        ("cf-audio", {}, 422, None),
+    ],
+)
+def test_direct_allocation_picks_a_candidate(
+    sim: Simulator, service: str, body: dict[str, Any], status: int, model: str | None
+) -> None:
+    """The first candidate registered on the service, else its default; a service no
+    model runs on is 422, candidates that all fail 503."""
+    reply = post(sim, f"/api/services/{service}/allocate", body)
+    assert reply.status_code == status, reply.text
+    if model is None:
+        assert active(sim) == 0
+        return
+    alloc = reply.json()
+    assert list(alloc) == [
+        "allocation_id",
+        "service",
+        "node_id",
+        "gpu_id",
+        "model",
+        "url",
+        "started",
+        "warm",
+    ]
+    assert (alloc["service"], alloc["model"]) == (service, model)
+    assert http.get(f"{alloc['url']}/v1/models").json()["data"][0]["id"] == model
+    path = f"/api/services/{service}/allocations/{alloc['allocation_id']}"
+    assert http.delete(f"{sim.url}{path}").status_code == 200
+    assert active(sim) == 0
+
+
+@pytest.mark.parametrize(
+    ("caller", "reads"),
+    [("kiwi-recipe-scan", "a recipe card"), ("kiwi-ocr", "a receipt"), ("", "a receipt")],
+)
+def test_a_direct_allocations_caller_names_its_task(
+    sim: Simulator, caller: str, reads: str
+) -> None:
+    """docuvision-receipts is assigned no task: the caller says what its node reads."""
+    body = {"model_candidates": ["docuvision-receipts"], "caller": caller}
+    alloc = post(sim, "/api/services/cf-docuvision/allocate", body).json()
+    text = http.post(f"{alloc['url']}/extract", json={"image_b64": "AAAA"}).json()["raw_text"]
+    assert ("merchant" in json.loads(text)) if reads == "a receipt" else "Directions:" in text
+
+
+def test_allocations_expire_lazily_and_are_counted(sim: Simulator) -> None:
+    """An allocation past its ttl_s leaves allocations_active, is counted, and its node
+    traffic answers 409 "expired"."""
+    expired = sim.stats()["counts"].get("allocations.expired", 0)  # the sim is shared
+    alloc = post(sim, "/api/services/cf-text/allocate", {"ttl_s": 0.2}).json()
+    keep = post(sim, "/api/services/cf-text/allocate", {"ttl_s": 60}).json()
+    deadline = time.monotonic() + 5
+    while sim.stats()["active"] != [keep["allocation_id"]]:
+        assert time.monotonic() < deadline, sim.stats()
+        time.sleep(0.01)
+    assert sim.stats()["counts"]["allocations.expired"] - expired == 1
+    late = http.get(f"{alloc['url']}/v1/models")
+    assert late.status_code == 409 and "expired" in late.json()["detail"]
+    gone = f"{sim.url}/api/services/cf-text/allocations/{alloc['allocation_id']}"
+    assert http.delete(gone).status_code == 404
 
 
 def test_node_models_list_what_the_node_serves(sim: Simulator) -> None:
@@ -143,6 +290,12 @@ def test_node_models_list_what_the_node_serves(sim: Simulator) -> None:
         json={"model": "ouro-1.4b", "messages": [{"role": "user", "content": "x"}]},
     )
     assert chat.status_code == 404 and chat.json()["error"] == "model_not_loaded"
+    alloc = task(sim, "meal_plan", payload={}).json()
+    other = http.post(
+        f"{alloc['url']}/v1/chat/completions",
+        json={"model": "llama3.2-3b-instruct", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert other.status_code == 404 and other.json()["error"] == "model_not_found"
 
 
 # -- knobs --------------------------------------------------------------------------------
@@ -164,7 +317,7 @@ def test_latency_and_cold_start_are_served(kiwi_config: OrchConfig) -> None:
         Profile(
             seed=1,
             defaults={"latency_ms": 30, "latency_p99_ms": 30},
-            tasks={"kiwi.recipe_scan": {"cold_start_ms": 300}},
+            tasks={"kiwi.barcode_scan": {"cold_start_ms": 300}},
         ),
     )
     with cold as sim:
@@ -172,26 +325,26 @@ def test_latency_and_cold_start_are_served(kiwi_config: OrchConfig) -> None:
 
 
 def check_cold_start(sim: Simulator) -> None:
-    first_alloc = task(sim, "recipe_scan", mode="allocate").json()
+    first_alloc = task(sim, "barcode_scan", mode="allocate").json()
     timings = []
     for _ in range(3):
         started = time.perf_counter()
-        assert task(sim, "recipe_scan").status_code == 200
+        assert infer(sim, "barcode_scan").status_code == 200
         timings.append(time.perf_counter() - started)
     assert timings[0] >= 0.3 + 0.03, "the first request on a node pays the cold start"
     assert all(0.03 <= t < 0.3 for t in timings[1:]), timings
     assert first_alloc["warm"] is False
-    assert task(sim, "recipe_scan", mode="allocate").json()["warm"] is True
+    assert task(sim, "barcode_scan", mode="allocate").json()["warm"] is True
 
 
 def test_error_rate_and_status(sim: Simulator) -> None:
     sim.set_profile(
         Profile(seed=2, defaults={"latency_ms": 0, "error_rate": 0.5, "error_status": 429})
     )
-    statuses = [task(sim, "meal_plan").status_code for _ in range(200)]
+    statuses = [infer(sim, "meal_plan").status_code for _ in range(200)]
     assert set(statuses) == {200, 429}
     assert 0.38 < statuses.count(429) / 200 < 0.62
-    reply = next(r for r in (task(sim, "meal_plan") for _ in range(50)) if r.status_code == 429)
+    reply = next(r for r in (infer(sim, "meal_plan") for _ in range(50)) if r.status_code == 429)
     assert reply.headers["retry-after"] == "1"
     assert reply.json() == {"error": "injected", "detail": "simulated 429"}
 
@@ -211,7 +364,7 @@ def test_malformed_rate_cuts_replies(sim: Simulator) -> None:
     assert broken.status_code == 200 and broken.headers["content-type"] == "application/json"
     with pytest.raises(json.JSONDecodeError):
         json.loads(broken.content)
-    assert task(sim, "meal_plan").json()["output"], "other tasks are untouched"
+    assert infer(sim, "meal_plan").json()["output"], "other tasks are untouched"
 
 
 def shape_of(value: Any) -> Any:
@@ -228,7 +381,7 @@ def test_drift_changes_the_task_paths_structure_only(sim: Simulator, kind: str) 
         QUIET.with_knob("defaults", "drift_rate", 1.0).with_knob("defaults", "drift_kinds", [kind])
     )
     reference = generate("barcode", random.Random(0))
-    drifted = task(sim, "barcode_scan").json()["output"]
+    drifted = infer(sim, "barcode_scan").json()["output"]
     if kind in ("fence", "prose"):
         assert isinstance(drifted, str)
         assert ("```json" in drifted) == (kind == "fence")
@@ -253,22 +406,104 @@ def test_drift_in_text_outputs(sim: Simulator) -> None:
             tasks={"kiwi.recipe_generation": {"drift_rate": 1.0, "drift_kinds": ["missing_key"]}},
         )
     )
-    recipe = task(sim, "recipe_generation").json()["output"]
+    recipe = infer(sim, "recipe_generation").json()["output"]
     headings = [h for h in ("Title:", "Ingredients:", "Directions:", "Notes:") if h in recipe]
     assert len(headings) == 3
-    plan = task(sim, "meal_plan").json()["output"]
+    plan = infer(sim, "meal_plan").json()["output"]
     assert all(
         set(d) == {"day", "meal_type", "recipe_id", "suggestion"} for d in json.loads(plan)
     ), "drift was set for recipe_generation only"
 
 
 def test_meal_plan_days_and_types(sim: Simulator) -> None:
-    plan = json.loads(task(sim, "meal_plan").json()["output"])
+    plan = json.loads(infer(sim, "meal_plan").json()["output"])
+    assert 5 <= len(plan) <= 7 and len({e["day"] for e in plan}) == len(plan)
     for entry in plan:
-        assert 0 <= entry["day"] <= 6
-        assert entry["meal_type"] in {"breakfast", "lunch", "dinner"}
+        assert isinstance(entry["day"], int) and 0 <= entry["day"] <= 6
+        assert entry["meal_type"] == "dinner"
         assert entry["recipe_id"] is None or isinstance(entry["recipe_id"], int)
         assert isinstance(entry["suggestion"], str)
+
+
+def test_drift_follows_the_allocation_however_it_is_addressed(sim: Simulator) -> None:
+    """A task-path allocation's node output drifts by URL, by header and on /extract; a
+    direct allocation's never does."""
+    sim.set_profile(
+        QUIET.with_knob("defaults", "drift_rate", 1.0).with_knob(
+            "defaults", "drift_kinds", ["fence"]
+        )
+    )
+    before = sim.stats()["counts"].get("fault.drift.fence", 0)  # the sim is shared
+    body = {"messages": [{"role": "user", "content": "plan"}]}
+    via_task = task(sim, "meal_plan", mode="allocate").json()
+    by_url = http.post(f"{via_task['url']}/v1/chat/completions", json=body).json()
+    by_header = http.post(
+        f"{sim.url}/nodes/{via_task['node_id']}/v1/chat/completions",
+        json=body,
+        headers={"X-Allocation-Id": via_task["allocation_id"]},
+    ).json()
+    for reply in (by_url, by_header):
+        assert reply["choices"][0]["message"]["content"].startswith("```json")
+    ocr = task(sim, "ocr", payload={}).json()
+    extracted = http.post(f"{ocr['url']}/extract", json={"image_b64": "AAAA"}).json()
+    assert extracted["raw_text"].startswith("```json")
+    direct = post(sim, "/api/services/cf-text/allocate", {}).json()
+    plain = http.post(f"{direct['url']}/v1/chat/completions", json=body).json()
+    assert json.loads(plain["choices"][0]["message"]["content"]), "direct never drifts"
+    assert sim.stats()["counts"]["fault.drift.fence"] - before == 3
+
+
+def test_faults_apply_to_node_traffic(sim: Simulator) -> None:
+    """Error knobs of the allocation's task apply to its chat and /extract calls."""
+    alloc = task(sim, "ocr", payload={}).json()
+    before = sim.stats()["counts"].get("fault.error.node", 0)
+    sim.set_profile(
+        QUIET.with_knob("kiwi.ocr", "error_rate", 1.0).with_knob("kiwi.ocr", "error_status", 500)
+    )
+    chat = http.post(
+        f"{alloc['url']}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
+    )
+    extract = http.post(f"{alloc['url']}/extract", json={"image_b64": "AAAA"})
+    assert (chat.status_code, extract.status_code) == (500, 500)
+    assert sim.stats()["counts"]["fault.error.node"] - before == 2
+
+
+def test_a_timing_prompt_is_answered_with_two_integers(sim: Simulator) -> None:
+    """Kiwi's timing estimate asks the meal plan's model for prep and cook minutes."""
+    system = "Estimate prep_time and cook_time in minutes; reply with two integers."
+    output = task(sim, "meal_plan", system=system, prompt="Soup").json()["output"]
+    assert re.fullmatch(r"\d+\n\d+", output), output
+
+
+@pytest.mark.parametrize("kind", sorted(OUTPUT_KINDS))
+@pytest.mark.parametrize("drift", DRIFT_KINDS)
+def test_every_drift_changes_every_kind(kind: str, drift: DriftKind) -> None:
+    """Each drift kind changes each output format (a drift that left it alone would
+    measure nothing)."""
+    original = generate(kind, random.Random(3))
+    drifted = apply_drift(copy.deepcopy(original), kind, drift, random.Random(3))
+    assert drifted != original
+
+
+def test_text_drift_breaks_what_kiwis_recipe_parser_reads() -> None:
+    """Renamed headings are ones kiwi does not know; type_change turns the ingredient
+    line into bullets and the numbered directions into one line."""
+    recipe = generate("recipe", random.Random(5))
+    renamed = apply_drift(recipe, "recipe", "renamed_key", random.Random(5))
+    known = ("Title:", "Ingredients:", "Directions:", "Notes:")
+    assert sum(h in renamed for h in known) == 3
+    retyped = apply_drift(recipe, "recipe", "type_change", random.Random(5))
+    assert "\nIngredients:\n- " in retyped and re.search(r"^Directions: \S", retyped, re.M)
+    timing = generate("timing", random.Random(5))
+    for drift in ("fence", "prose", "renamed_key", "type_change"):
+        with pytest.raises(ValueError, match="invalid literal"):
+            int(apply_drift(timing, "timing", drift, random.Random(5)).strip().splitlines()[0])
+
+
+def test_with_options_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError, match="--task-ttl-s"):
+        Profile().with_options(task_ttl_s=0)
+    assert Profile().with_options(max_streams=0).max_streams == 0
 
 
 def test_legacy_scope_applies_to_legacy_endpoints_only(sim: Simulator) -> None:
@@ -282,7 +517,7 @@ def test_same_seed_same_outputs(kiwi_config: OrchConfig) -> None:
         profile = Profile(seed=seed, defaults={"latency_ms": 1, "drift_rate": 0.5})
         with Simulator(kiwi_config, profile) as one:
             return [
-                task(one, name).json()["output"]
+                infer(one, name).json()["output"]
                 for name in ("meal_plan", "ocr", "recipe_generation") * 3
             ]
 

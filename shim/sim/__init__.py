@@ -1,9 +1,14 @@
 """A cf-orch simulator for tests, demos and benchmarks (extra ``task-shim[sim]``).
 
-It serves the task endpoint, the legacy endpoints, allocations and per-node
-OpenAI-compatible APIs from an assignments.yaml and a model_registry.yaml, with kiwi-
-shaped outputs and knobs for latency, cold starts, errors, hangs, malformed JSON and
-structural drift (see :class:`Profile`).
+It speaks the protocol kiwi's code speaks: the task endpoint answering allocations,
+direct allocation and release with TTLs, per-allocation node URLs with an
+OpenAI-compatible ``/v1`` and docuvision's ``/extract``, stream authorisation with
+one-time tokens and server-sent events; plus the seed's legacy endpoint and this
+project's extension (task output for a request that carries a prompt). Models and
+services come from an assignments.yaml and a model_registry.yaml; outputs follow kiwi's
+prompted formats; knobs set latency, cold starts, errors, hangs, malformed JSON and
+structural drift (see :class:`Profile`). Routes are documented in ``_coordinator``,
+``_nodes`` and ``_streams``.
 """
 
 from ._app import create_app

@@ -1,7 +1,27 @@
-"""Kiwi-shaped model outputs, and the structural drift a task path may add to them.
+"""Kiwi-shaped model outputs, in the formats kiwi's prompts ask for and its parsers read.
 
 Text varies from call to call inside a stable structure, so comparators see what they
-see in production: equal shapes, different words. Drift breaks the shape on purpose.
+see in production: equal shapes, different words. Drift (:mod:`._drift`) breaks the
+shape on purpose.
+
+=================  ===========================================================  =======
+kind               format (what kiwi's parser reads)                            travels
+=================  ===========================================================  =======
+meal_plan          a bare JSON array of ``{day 0-6, meal_type, recipe_id,        JSON in
+                   suggestion}``, no fence (kiwi: strict ``json.loads``)         text
+recipe             ``Title: ...`` / ``Ingredients: a, b, c`` / ``Directions:``   text
+                   with numbered lines / ``Notes: ...``
+timing             two integers on two lines, prep minutes then cook minutes     text
+receipt            ``{merchant, transaction, items, totals, confidence}``; the   JSON
+                   items' ``total_price`` add up to ``totals.subtotal``
+barcode            a packet's label: ``{product_name, brand, serving_size_g,     JSON
+                   calories, ..., ingredient_names, allergens, confidence}``
+recipe_card        a scanned card: ``{title, subtitle, servings, cook_time,      JSON
+                   source_note, ingredients[{name, qty, unit, raw}], steps,
+                   notes, confidence, warnings}``
+recipe_card_ocr    the same card as OCR'd plain text (docuvision's ``/extract``) text
+chat, caption      anything else a text or vision model is asked
+=================  ===========================================================  =======
 """
 
 from __future__ import annotations
@@ -9,24 +29,23 @@ from __future__ import annotations
 import json
 import random
 import re
-from typing import Any, Literal
+from typing import Any
 
-__all__ = ["DRIFT_KINDS", "OUTPUT_KINDS", "DriftKind", "apply_drift", "generate", "kind_for"]
+from ._corpus import DISHES, INGREDIENTS, LABELS, MERCHANTS, NOTES, PAYMENTS, PRODUCTS, SOURCES
+from ._corpus import STEPS as STEP_TEXTS
+from ._drift import DRIFT_KINDS, OUTPUT_KINDS, DriftKind, apply_drift
 
-DriftKind = Literal["fence", "prose", "missing_key", "renamed_key", "type_change"]
-DRIFT_KINDS: tuple[DriftKind, ...] = ("fence", "prose", "missing_key", "renamed_key", "type_change")
-
-# How each output kind travels: JSON inside text (what a text model writes), a JSON
-# value (what a vision service returns), or sectioned text.
-OUTPUT_KINDS: dict[str, Literal["json_text", "json_value", "text"]] = {
-    "meal_plan": "json_text",
-    "recipe": "text",
-    "receipt": "json_value",
-    "barcode": "json_value",
-    "recipe_card": "json_value",
-    "chat": "text",
-    "caption": "json_value",
-}
+__all__ = [
+    "DRIFT_KINDS",
+    "OUTPUT_KINDS",
+    "DriftKind",
+    "apply_drift",
+    "as_text",
+    "asks_for_timing",
+    "extract_kind",
+    "generate",
+    "kind_for",
+]
 
 _BY_TASK = {
     "meal_plan": "meal_plan",
@@ -36,76 +55,29 @@ _BY_TASK = {
     "recipe_scan": "recipe_card",
 }
 
-_DISHES = [
-    "lemon garlic chickpea skillet",
-    "miso glazed salmon",
-    "tomato lentil soup",
-    "spinach feta omelette",
-    "black bean tacos",
-    "peanut noodle bowl",
-    "roasted veg traybake",
-    "overnight oats",
-    "chicken fried rice",
-    "pesto pasta",
-    "sweet potato curry",
-    "greek salad wraps",
-    "mushroom risotto",
-    "banana pancakes",
-]
-_INGREDIENTS = [
-    "1 can chickpeas",
-    "2 cloves garlic",
-    "1 lemon",
-    "200 g spinach",
-    "1 onion",
-    "2 tbsp olive oil",
-    "400 g chopped tomatoes",
-    "1 tsp cumin",
-    "150 g rice",
-    "2 eggs",
-    "100 g feta",
-    "1 sweet potato",
-    "250 ml stock",
-    "1 tbsp soy sauce",
-    "a handful of basil",
-    "salt and pepper",
-]
-_STEPS = [
-    "Heat the oil in a wide pan over medium heat.",
-    "Soften the onion for 5 minutes.",
-    "Add the garlic and spices and cook for a minute.",
-    "Stir in the tomatoes.",
-    "Simmer until thickened, about 15 minutes.",
-    "Fold in the greens until wilted.",
-    "Season to taste.",
-    "Finish with lemon and herbs and serve warm.",
-]
-_NOTES = [
-    "Keeps 3 days in the fridge.",
-    "Swap spinach for kale if that is what you have.",
-    "Freezes well in portions.",
-    "Uses up the open tin of tomatoes in the pantry.",
-]
-_MERCHANTS = [
-    ("Green Basket Market", "12 Mill Lane"),
-    ("FreshCo", "88 High Street"),
-    ("Corner Pantry", "3 Station Road"),
-    ("Harvest Foods", "210 Elm Avenue"),
-]
-_PRODUCTS = [
-    ("Oat Milk 1L", "Oatly", "dairy alternatives"),
-    ("Chopped Tomatoes 400g", "Mutti", "tinned goods"),
-    ("Basmati Rice 1kg", "Tilda", "grains"),
-    ("Greek Yoghurt 500g", "Fage", "dairy"),
-    ("Peanut Butter 340g", "Pip & Nut", "spreads"),
-]
-_MEALS = ["breakfast", "lunch", "dinner", "snack"]
+_TIMING = re.compile(r"(?=.*\bprep)(?=.*\bcook)(?=.*\b(minute|integer))", re.I | re.S)
 
 
 def kind_for(task: str, modality: str = "text") -> str:
     """The output kind the simulator produces for ``product.task``."""
     name = task.rpartition(".")[2]
     return _BY_TASK.get(name, "caption" if modality == "vision" else "chat")
+
+
+def asks_for_timing(system: str | None) -> bool:
+    """Whether a system prompt asks for prep and cook minutes (kiwi's timing estimate,
+    which shares the meal plan's text node)."""
+    return bool(system) and _TIMING.match(system or "") is not None
+
+
+def extract_kind(task: str | None) -> str:
+    """What a document node's ``/extract`` reads for ``task``: a receipt as JSON text
+    for OCR (and when the allocation names no task), a recipe card as plain text for
+    recipe scans."""
+    if task is None:
+        return "receipt"
+    kind = kind_for(task, "vision")
+    return "recipe_card_ocr" if kind == "recipe_card" else kind
 
 
 def generate(kind: str, rng: random.Random) -> Any:
@@ -116,84 +88,154 @@ def generate(kind: str, rng: random.Random) -> Any:
     return value
 
 
+def as_text(output: Any) -> str:
+    """An output as a model's text: itself if a string, else JSON."""
+    return output if isinstance(output, str) else json.dumps(output, indent=2)
+
+
 def _meal_plan(rng: random.Random) -> list[dict[str, Any]]:
-    plan = []
-    for day in range(7):
-        for meal in rng.sample(_MEALS[:3], rng.randint(1, 3)):
-            dish = rng.choice(_DISHES)
-            style = rng.choice(["quick", "batch", "light"])
-            plan.append(
-                {
-                    "day": day,
-                    "meal_type": meal,
-                    "recipe_id": rng.randint(1000, 9999) if rng.random() < 0.7 else None,
-                    "suggestion": f"{dish.capitalize()} ({style})",
-                }
-            )
-    return plan
+    days = sorted(rng.sample(range(7), rng.randint(5, 7)))
+    return [
+        {
+            "day": day,
+            "meal_type": "dinner",
+            "recipe_id": rng.randint(1000, 9999) if rng.random() < 0.6 else None,
+            "suggestion": rng.choice(DISHES).title(),
+        }
+        for day in days
+    ]
 
 
 def _recipe(rng: random.Random) -> str:
-    ingredients = rng.sample(_INGREDIENTS, rng.randint(4, 8))
-    steps = rng.sample(_STEPS, rng.randint(3, 6))
+    ingredients = [raw for *_, raw in rng.sample(INGREDIENTS, rng.randint(4, 8))]
+    steps = rng.sample(STEP_TEXTS, rng.randint(3, 6))
     return (
-        f"Title: {rng.choice(_DISHES).title()}\n\n"
-        "Ingredients:\n" + "".join(f"- {i}\n" for i in ingredients) + "\n"
-        "Directions:\n" + "".join(f"{n}. {s}\n" for n, s in enumerate(steps, 1)) + "\n"
-        f"Notes:\n{rng.choice(_NOTES)}\n"
+        f"Title: {rng.choice(DISHES).title()}\n"
+        f"Ingredients: {', '.join(ingredients)}\n"
+        "Directions:\n"
+        + "".join(f"{n}. {s}\n" for n, s in enumerate(steps, 1))
+        + f"Notes: {rng.choice(NOTES)}\n"
     )
 
 
+def _timing(rng: random.Random) -> str:
+    return f"{rng.choice([5, 10, 15, 20, 25])}\n{rng.choice([0, 10, 20, 30, 45, 60])}"
+
+
 def _receipt(rng: random.Random) -> dict[str, Any]:
-    name, address = rng.choice(_MERCHANTS)
+    name, address, phone = rng.choice(MERCHANTS)
     items: list[dict[str, Any]] = []
-    for product, _brand, _cat in rng.sample(_PRODUCTS, rng.randint(1, 5)):
+    for product, category in rng.sample(PRODUCTS, rng.randint(1, 5)):
         qty = rng.randint(1, 3)
         price = round(rng.uniform(0.5, 6.0), 2)
         items.append(
-            {"name": product, "quantity": qty, "unit_price": price, "total": round(qty * price, 2)}
+            {
+                "name": product,
+                "quantity": qty,
+                "unit_price": price,
+                "total_price": round(qty * price, 2),
+                "category": category,
+                "tax_code": rng.choice(["A", "B", None]),
+                "discount": 0.0,
+            }
         )
-    subtotal = round(sum(i["total"] for i in items), 2)
+    subtotal = round(sum(i["total_price"] for i in items), 2)
     tax = round(subtotal * 0.05, 2)
+    total = round(subtotal + tax, 2)
+    payment = rng.choice(PAYMENTS)
+    paid = float(-(-total // 5) * 5) if payment == "Cash" else total
+    scores = [round(rng.uniform(0.8, 0.99), 2) for _ in range(3)]
     return {
-        "merchant": {"name": name, "address": address},
+        "merchant": {"name": name, "address": address, "phone": phone},
         "transaction": {
             "date": f"2026-11-{rng.randint(1, 28):02d}",
-            "time": f"{rng.randint(8, 21):02d}:{rng.randint(0, 59):02d}",
+            "time": f"{rng.randint(8, 21):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}",
             "receipt_number": f"R{rng.randint(100000, 999999)}",
+            "register": str(rng.randint(1, 8)),
+            "cashier": rng.choice(["SAM", "ALEX", "JO", None]),
         },
         "items": items,
-        "totals": {"subtotal": subtotal, "tax": tax, "total": round(subtotal + tax, 2)},
-        "confidence": round(rng.uniform(0.82, 0.99), 3),
+        "totals": {
+            "subtotal": subtotal,
+            "tax": tax,
+            "discount": 0.0,
+            "total": total,
+            "payment_method": payment,
+            "amount_paid": paid,
+            "change": round(paid - total, 2),
+        },
+        "confidence": {
+            "overall": round(min(scores), 2),
+            "merchant": scores[0],
+            "items": scores[1],
+            "totals": scores[2],
+        },
     }
 
 
 def _barcode(rng: random.Random) -> dict[str, Any]:
-    digits = [rng.randint(0, 9) for _ in range(12)]
-    check = (10 - sum(d * (3 if i % 2 else 1) for i, d in enumerate(digits)) % 10) % 10
-    name, brand, category = rng.choice(_PRODUCTS)
+    name, brand, ingredients, allergens = rng.choice(LABELS)
+    fat = round(rng.uniform(0.5, 15.0), 1)
+    carbs = round(rng.uniform(1.0, 40.0), 1)
+    protein = round(rng.uniform(0.5, 12.0), 1)
     return {
-        "code": "".join(map(str, digits)) + str(check),
-        "format": "EAN-13",
-        "product": {"name": name, "brand": brand, "category": category},
+        "product_name": name,
+        "brand": brand,
+        "serving_size_g": rng.choice([15, 30, 40, 100, 125, 250]),
+        "calories": round(9 * fat + 4 * carbs + 4 * protein),
+        "fat_g": fat,
+        "saturated_fat_g": round(fat * rng.uniform(0.1, 0.5), 1),
+        "carbs_g": carbs,
+        "sugar_g": round(carbs * rng.uniform(0.05, 0.6), 1),
+        "fiber_g": round(rng.uniform(0.0, 6.0), 1),
+        "protein_g": protein,
+        "sodium_mg": rng.randint(0, 600),
+        "ingredient_names": list(ingredients),
+        "allergens": list(allergens),
+        "confidence": round(rng.uniform(0.7, 0.97), 2),
     }
 
 
 def _recipe_card(rng: random.Random) -> dict[str, Any]:
+    chosen = rng.sample(INGREDIENTS, rng.randint(3, 7))
     return {
-        "title": rng.choice(_DISHES).title(),
-        "ingredients": rng.sample(_INGREDIENTS, rng.randint(3, 7)),
-        "directions": rng.sample(_STEPS, rng.randint(2, 5)),
+        "title": rng.choice(DISHES).title(),
+        "subtitle": rng.choice([None, "A weeknight favourite"]),
+        "servings": rng.choice(["2", "4", "4-6", "8"]),
+        "cook_time": rng.choice(["15 min", "25 min", "1 hour", None]),
+        "source_note": rng.choice(SOURCES),
+        "ingredients": [
+            {"name": name, "qty": qty, "unit": unit, "raw": raw} for qty, unit, name, raw in chosen
+        ],
+        "steps": rng.sample(STEP_TEXTS, rng.randint(2, 5)),
+        "notes": rng.choice([None, *NOTES]),
+        "confidence": rng.choice(["high", "high", "medium"]),
+        "warnings": [],
     }
 
 
+def _recipe_card_ocr(rng: random.Random) -> str:
+    card = _recipe_card(rng)
+    lines = [card["title"].upper()]
+    if card["source_note"]:
+        lines.append(card["source_note"])
+    lines.append(f"Serves: {card['servings']}")
+    if card["cook_time"]:
+        lines.append(f"Cook time: {card['cook_time']}")
+    lines += ["Ingredients:", *(i["raw"] for i in card["ingredients"])]
+    lines += ["Directions:", *(f"{n}. {s}" for n, s in enumerate(card["steps"], 1))]
+    if card["notes"]:
+        lines.append(f"Notes: {card['notes']}")
+    return "".join(f"{line}\n" for line in lines)
+
+
 def _chat(rng: random.Random) -> str:
-    return f"Try the {rng.choice(_DISHES)} tonight; it uses {rng.choice(_INGREDIENTS)}."
+    return f"Try the {rng.choice(DISHES)} tonight; it uses {rng.choice(INGREDIENTS)[2]}."
 
 
 def _caption(rng: random.Random) -> dict[str, Any]:
     return {
-        "caption": f"A photo of {rng.choice(_DISHES)}",
+        "caption": f"A photo of {rng.choice(DISHES)}",
         "confidence": round(rng.uniform(0.6, 0.99), 3),
     }
 
@@ -201,94 +243,11 @@ def _caption(rng: random.Random) -> dict[str, Any]:
 _GENERATORS = {
     "meal_plan": _meal_plan,
     "recipe": _recipe,
+    "timing": _timing,
     "receipt": _receipt,
     "barcode": _barcode,
     "recipe_card": _recipe_card,
+    "recipe_card_ocr": _recipe_card_ocr,
     "chat": _chat,
     "caption": _caption,
 }
-
-
-# -- drift -----------------------------------------------------------------------------
-
-
-def apply_drift(output: Any, kind: str, drift: DriftKind, rng: random.Random) -> Any:
-    """``output`` (of ``kind``) with one structural change of type ``drift``."""
-    travel = OUTPUT_KINDS[kind]
-    if travel == "text":
-        return _drift_text(str(output), drift, rng)
-    value = json.loads(output) if travel == "json_text" else output
-    if drift in ("fence", "prose"):
-        body = json.dumps(value, indent=2)
-        if drift == "fence":
-            return f"```json\n{body}\n```"
-        return f"Sure! Here is what I found:\n\n{body}\n\nLet me know if you need anything else."
-    value = _drift_json(value, drift, rng)
-    return json.dumps(value, indent=2) if travel == "json_text" else value
-
-
-def _drift_json(value: Any, drift: DriftKind, rng: random.Random) -> Any:
-    # A list of records drifts in every record, as a model that changed its habits would.
-    records = [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-    target = records[0] if records else value
-    if not isinstance(target, dict) or not target:
-        return value
-    key = rng.choice(sorted(target))
-    for record in records or [value]:
-        if key not in record:
-            continue
-        if drift == "missing_key":
-            del record[key]
-        elif drift == "renamed_key":
-            record[_renamed(key)] = record.pop(key)
-        else:
-            record[key] = _retyped(record[key])
-    return value
-
-
-def _renamed(key: str) -> str:
-    camel = re.sub(r"_(\w)", lambda m: m.group(1).upper(), key)
-    return camel if camel != key else f"{key}_value"
-
-
-def _retyped(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str):
-        return [value]
-    if value is None:
-        return "none"
-    return json.dumps(value)
-
-
-_SECTION = re.compile(r"^(\w[\w ]*):[ \t]*(.*)$", re.M)
-
-
-def _drift_text(text: str, drift: DriftKind, rng: random.Random) -> str:
-    if drift == "fence":
-        return f"```markdown\n{text}```"
-    headings = [m.group(1) for m in _SECTION.finditer(text)]
-    if drift == "prose" or not headings:
-        return f"Of course! Here's a recipe you might enjoy.\n\n{text}\nHappy cooking!"
-    heading = rng.choice(headings)
-    if drift == "renamed_key":
-        renamed = {
-            "Directions": "Steps",
-            "Ingredients": "What you need",
-            "Notes": "Tips",
-            "Title": "Recipe",
-        }.get(heading, heading.upper())
-        return re.sub(rf"^{re.escape(heading)}:", f"{renamed}:", text, count=1, flags=re.M)
-    blocks = re.split(r"\n\n", text.strip())
-    if drift == "missing_key":
-        kept = [b for b in blocks if not b.startswith(f"{heading}:")]
-        return "\n\n".join(kept) + "\n"
-    # type_change: a list section turns into one run-on line
-    out = []
-    for block in blocks:
-        head, _, body = block.partition("\n")
-        items = [re.sub(r"^(-|\d+\.)\s*", "", line) for line in body.splitlines() if line]
-        out.append(f"{head} {', '.join(items)}" if len(items) > 1 else block)
-    return "\n\n".join(out) + "\n"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .._errors import ConfigError, Problem
 from .._names import TaskName
 from .._yaml import load_yaml, validate
-from ._outputs import DRIFT_KINDS, DriftKind
+from ._drift import DRIFT_KINDS, DriftKind
 
 __all__ = ["KNOB_NAMES", "Knobs", "NodeSpec", "Profile", "Settings", "parse_knob"]
 
@@ -101,10 +101,16 @@ _NODES = [
 
 
 class Profile(_Strict):
-    """A simulator profile (YAML): seed, knobs by scope, nodes.
+    """A simulator profile (YAML): seed, knobs by scope, nodes, coordinator behaviour.
 
-    ``defaults`` apply everywhere, ``legacy`` to the legacy endpoints, ``tasks`` to one
-    task on the task path. Drift only ever applies to the task path.
+    ``defaults`` apply everywhere, ``legacy`` to the legacy endpoints and to direct
+    allocations, ``tasks`` to one task on the task path (its allocations' node traffic
+    included). Drift only ever applies to the task path.
+
+    ``omit_service`` leaves ``service`` out of the task endpoint's allocations, as
+    coordinators before cf-orch#63 do; ``task_ttl_s`` is how long a task-path
+    allocation lives unreleased (kiwi sends no TTL); ``max_streams`` caps the recipe
+    streams authorised and not yet finished or expired (more answer 429).
     """
 
     seed: int | None = None
@@ -112,6 +118,9 @@ class Profile(_Strict):
     legacy: Knobs = Knobs()
     tasks: dict[TaskName, Knobs] = {}
     nodes: Annotated[list[NodeSpec], Field(min_length=1)] = _NODES
+    omit_service: bool = False
+    task_ttl_s: Annotated[float, Field(gt=0)] = 120.0
+    max_streams: Annotated[int, Field(ge=0)] = 4
 
     @model_validator(mode="after")
     def _legacy_does_not_drift(self) -> Self:
@@ -152,6 +161,18 @@ class Profile(_Strict):
             err = exc.errors(include_url=False)[0]
             raise ConfigError(
                 [Problem("--knob", None, f"{scope}:{name}", f"{err['msg']} (got {value!r})")]
+            ) from None
+
+    def with_options(self, **options: Any) -> Profile:
+        """A copy with top-level options set (``omit_service``, ``task_ttl_s``,
+        ``max_streams``); raises ConfigError naming the bad one."""
+        try:
+            return Profile.model_validate({**self.model_dump(), **options})
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            name = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(
+                [Problem(f"--{name.replace('_', '-')}", None, name, err["msg"])]
             ) from None
 
 

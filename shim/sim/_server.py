@@ -32,9 +32,9 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _server(
-    config: OrchConfig, profile: Profile | None, require_key: str | None
+    config: OrchConfig, profile: Profile | None, require_key: str | None, product_key: str | None
 ) -> tuple[uvicorn.Server, SimState]:
-    app = create_app(config, profile, require_key=require_key)
+    app = create_app(config, profile, require_key=require_key, product_key=product_key)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -58,7 +58,9 @@ class Simulator:
             client = TaskClient(sim.url)
 
     ``port=0`` picks a free port; ``url`` tells which. ``set_profile`` changes the
-    knobs while it runs; ``stats()`` returns its counters.
+    knobs while it runs; ``stats()`` returns its counters. ``require_key`` makes every
+    route but ``/health`` and the stream URL want ``Authorization: Bearer KEY``;
+    ``product_key`` is the only key ``/proxy/authorize`` takes (None: any non-empty).
     """
 
     def __init__(
@@ -69,8 +71,11 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         require_key: str | None = None,
+        product_key: str | None = None,
     ) -> None:
-        self._server, self._state = _server(config or OrchConfig.default(), profile, require_key)
+        self._server, self._state = _server(
+            config or OrchConfig.default(), profile, require_key, product_key
+        )
         self._host, self._port = host, port
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -104,8 +109,9 @@ class Simulator:
         self._state.set_profile(profile)
 
     def reset(self, profile: Profile) -> int:
-        """Use ``profile`` and forget active allocations (an answer the client could not
-        read leaves one behind): a clean slate between runs. Returns the forgotten."""
+        """Use ``profile`` and forget active allocations and stream grants (an answer the
+        client could not read leaves one behind): a clean slate between runs. Returns
+        how many allocations were forgotten."""
         self._state.set_profile(profile)
         return self._state.forget_allocations()
 
@@ -132,11 +138,12 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     require_key: str | None = None,
+    product_key: str | None = None,
     announce: Callable[[str], None] = print,
 ) -> None:
     """Serve in the foreground until interrupted; ``announce`` gets the listening line
     before the first request can arrive."""
-    server, _ = _server(config, profile, require_key)
+    server, _ = _server(config, profile, require_key, product_key)
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     announce(f"listening on http://{bound_host}:{bound_port}")
