@@ -11,8 +11,8 @@ from ._breaker import BreakerPolicy
 from ._capture import Capture
 from ._client import AsyncTaskClient, TaskAllocation, TaskClient, TaskRequest, TaskResult
 from ._context import context, current_context
-from ._errors import ConfigError, Problem, ShimError, TaskFailed, TaskNotRegistered
-from ._observe import NOT_RECORDED
+from ._errors import ConfigError, Problem, ShimError, SoftFailure, TaskFailed, TaskNotRegistered
+from ._observe import NOT_RECORDED, is_soft_failure
 from ._orch import OrchConfig, ResolvedTask
 from ._records import FileSink, RecordSink, StreamSink
 from ._shim import Shim
@@ -33,6 +33,7 @@ __all__ = [
     "ShadowBudget",
     "Shim",
     "ShimError",
+    "SoftFailure",
     "StreamSink",
     "TaskAllocation",
     "TaskClient",
@@ -42,4 +43,5 @@ __all__ = [
     "TaskResult",
     "context",
     "current_context",
+    "is_soft_failure",
 ]

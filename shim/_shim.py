@@ -280,7 +280,7 @@ class Shim:
     def _disabled(cls, overrides: dict[str, Any]) -> Shim:
         log_path = overrides.get("log_path") or os.environ.get("SHIM_LOG") or None
         sink = overrides.get("sink")
-        shim = cls("", flags=_NO_FLAGS, log_path=log_path, sink=sink)
+        shim = cls("", flags=_NoFlags(), log_path=log_path, sink=sink)
         shim.enabled = False
         message = (
             "CF_ORCH_URL is not set: task-shim is off and every wrapped call runs its "
@@ -1415,7 +1415,9 @@ def _flags_from_env() -> flagpkg.FlagSource:
 class _NoFlags:
     """The flags of a disabled Shim: every task off, for good."""
 
-    rules = flagpkg.Rules()
+    def __init__(self) -> None:
+        # Built here, not at import time: the flags package imports shim in turn.
+        self.rules = flagpkg.Rules()
 
     def decide(self, task: str, sticky: str | None) -> flagpkg.Decision:
         return flagpkg.OFF
@@ -1426,8 +1428,6 @@ class _NoFlags:
     def close(self) -> None:
         pass
 
-
-_NO_FLAGS = _NoFlags()
 
 # Shims still open at interpreter exit get a short, bounded close: records are written,
 # exit never hangs.
