@@ -1,14 +1,15 @@
-"""``shim demo``: a whole rollout of kiwi's tasks on the simulator, in about a minute.
+"""``shim demo``: a whole rollout of kiwi's tasks on the simulator, in under a minute.
 
-Shadow every task, read the report, ramp the task that earned it to live with
-``shim promote --evidence``, drill an automatic rollback with ``shim watch``, and end
-with the report as a table and an HTML page. The CLI steps run as an operator would
-type them, against the flags file and the log of the running call sites.
+Kiwi's wrapped call sites (``examples/kiwi``) take its app's requests
+(``examples/kiwi/traffic.py``) against ``shim sim``. Shadow every task, read the
+report, ramp the task that earned it to live with ``shim promote --evidence``, drill an
+automatic rollback with ``shim watch``, and end with the report as a table and an HTML
+page. The CLI steps run as an operator would type them, against the flags file and the
+log of the running call sites.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import os
@@ -18,7 +19,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,51 +30,77 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from flags import FileFlags
 from flags._store import FileStore
 
-from ._orch import OrchConfig, default_config_path
+from ._orch import default_config_path
 from ._report import build_report
 from ._report_format import table
 from ._report_html import render_html
 
 __all__ = ["run_demo"]
 
-TASKS = ("kiwi.meal_plan", "kiwi.recipe_generation", "kiwi.ocr", "kiwi.barcode_scan")
-PANTRY = [
-    "rice",
-    "chickpeas",
-    "spinach",
-    "eggs",
-    "feta",
-    "tomatoes",
-    "lemons",
-    "oats",
-    "peanut butter",
-    "sweet potato",
-]
+TASKS = (
+    "kiwi.meal_plan",
+    "kiwi.recipe_generation",
+    "kiwi.ocr",
+    "kiwi.barcode_scan",
+    "kiwi.recipe_scan",
+)
 
 
-def _profile(seed: int) -> Any:
-    from .sim import Profile
+#: The simulator's knobs: legacy services a little slower than the task path; the
+#: vision task path drifts, as a new vision model that sometimes renames or drops a
+#: key would.
+SIM_KNOBS = (
+    "--latency-ms",
+    "8",
+    "--latency-p99-ms",
+    "30",
+    "--knob",
+    "legacy:latency_ms=10",
+    "--knob",
+    "legacy:latency_p99_ms=40",
+    "--knob",
+    "kiwi.ocr:drift_rate=0.3",
+    "--knob",
+    "kiwi.ocr:drift_kinds=missing_key,renamed_key",
+)
 
-    # Legacy services are a little slower than the task path; the vision task path
-    # drifts, as a new vision model that sometimes renames or drops a key would.
-    return Profile(
-        seed=seed,
-        defaults={"latency_ms": 8, "latency_p99_ms": 30},
-        legacy={"latency_ms": 10, "latency_p99_ms": 40},
-        tasks={"kiwi.ocr": {"drift_rate": 0.3, "drift_kinds": ["missing_key", "renamed_key"]}},
+
+@contextmanager
+def _simulator(seed: int) -> Iterator[str]:
+    """``shim sim`` in a process of its own, as an operator would start it (kiwi's call
+    sites and the shim keep this interpreter to themselves); yields its URL."""
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "shim", "sim", "--port", "0", "--seed", str(seed), *SIM_KNOBS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
+    try:
+        assert sim.stdout is not None
+        first = sim.stdout.readline()
+        if not first.startswith("listening on "):
+            raise RuntimeError(f"shim sim did not start: {first.strip() or 'no output'}")
+        threading.Thread(target=sim.stdout.read, name="shim-sim-out", daemon=True).start()
+        yield first.split()[-1]
+    finally:
+        sim.terminate()
+        try:
+            sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait()
 
 
 def _callsites(env: dict[str, str]) -> Any:
-    """Import kiwi's call sites with this environment (fresh, as a new process would)."""
+    """Import kiwi's call sites with this environment, fresh, as a new process would:
+    every module of the example is imported again, so its decorators see ``env``."""
     root = Path(__file__).resolve().parent.parent
     if (root / "examples" / "kiwi" / "callsites.py").is_file() and str(root) not in sys.path:
         sys.path.insert(0, str(root))
     os.environ.update(env)
-    name = "examples.kiwi.callsites"
-    if name in sys.modules:
-        return importlib.reload(sys.modules[name])
-    return importlib.import_module(name)
+    for name in [m for m in sys.modules if m.startswith("examples.kiwi.")]:
+        del sys.modules[name]
+    return importlib.import_module("examples.kiwi.callsites")
 
 
 class _Story:
@@ -151,8 +179,6 @@ class _Story:
 
 def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str, Any]:
     """The whole rollout on the simulator; returns the final report."""
-    from .sim import Simulator
-
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("comparisons.jsonl", "report.html"):
         (out / stale).unlink(missing_ok=True)
@@ -162,16 +188,16 @@ def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str,
     )
     rng = random.Random(seed)
     started = time.perf_counter()
-    with Simulator(OrchConfig.default(), _profile(seed)) as sim:
+    with _simulator(seed) as url:
         env = {
-            "CF_ORCH_URL": sim.url,
+            "CF_ORCH_URL": url,
             "SHIM_FLAGS": str(out / "flags.yaml"),
             "SHIM_LOG": str(out / "comparisons.jsonl"),
             "SHIM_REGISTRY": str(default_config_path("model_registry.yaml")),
             "SHIM_ASSIGNMENTS": str(default_config_path("assignments.yaml")),
         }
         story = _Story(_callsites(env), out, console, rng)
-        console.print(f"simulator on {sim.url}; kiwi's call sites wrapped; flags {story.flags}")
+        console.print(f"simulator on {url}; kiwi's call sites wrapped; flags {story.flags}")
         _act_shadow(story, calls)
         _act_promote(story, "kiwi.meal_plan")
         _act_drill(story, "kiwi.ocr")
@@ -189,7 +215,12 @@ def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str,
 
 def _act_shadow(story: _Story, calls: int) -> None:
     story.console.rule("1. Shadow every kiwi task at 100 %")
-    share = {"kiwi.meal_plan": 0.35, "kiwi.recipe_generation": 0.35, "kiwi.ocr": 0.15}
+    share = {
+        "kiwi.meal_plan": 0.3,
+        "kiwi.recipe_generation": 0.3,
+        "kiwi.ocr": 0.15,
+        "kiwi.recipe_scan": 0.1,
+    }
     plan = [t for t, p in share.items() for _ in range(round(calls * p))]
     plan += ["kiwi.barcode_scan"] * (calls - len(plan))
     story.rng.shuffle(plan)
@@ -271,38 +302,7 @@ def _act_drill(story: _Story, task: str) -> None:
 
 
 def _drive(kiwi: Any, plan: list[str], rng: random.Random, tick: Any) -> None:
-    """Sync call sites from 8 threads, the async one on its own event loop."""
-    users = [f"user-{i}" for i in range(200)]
-    sync_calls = [t for t in plan if t != "kiwi.barcode_scan"]
-    async_calls = len(plan) - len(sync_calls)
-    args = [(t, rng.choice(users), rng.sample(PANTRY, 4)) for t in sync_calls]
-
-    def one(task: str, user: str, pantry: list[str]) -> None:
-        try:
-            if task == "kiwi.meal_plan":
-                kiwi.plan_week(pantry, user_id=user)
-            elif task == "kiwi.recipe_generation":
-                kiwi.router.complete(
-                    "You write recipes.", "Something with " + pantry[0], user_id=user
-                )
-            else:
-                kiwi.scan_receipt("iVBORw0KGgo=")
-        finally:
-            tick()
-
-    async def barcodes() -> None:
-        async def scan() -> None:
-            try:
-                await kiwi.scan_barcode("R0lGODlh")
-            finally:
-                tick()
-
-        for start in range(0, async_calls, 16):
-            await asyncio.gather(*(scan() for _ in range(min(16, async_calls - start))))
-        await kiwi.aclose()  # this loop's comparisons and HTTP client
-
-    loop_thread = threading.Thread(target=asyncio.run, args=(barcodes(),), name="kiwi-async")
-    loop_thread.start()
-    with ThreadPoolExecutor(8, thread_name_prefix="kiwi") as pool:
-        list(pool.map(lambda a: one(*a), args))
-    loop_thread.join()
+    """The app's requests for ``plan`` (kiwi's own traffic driver: sync call sites from
+    threads, the async one on its own event loop)."""
+    traffic = importlib.import_module("examples.kiwi.traffic")
+    traffic.drive(kiwi, [t.partition(".")[2] for t in plan], rng, tick)

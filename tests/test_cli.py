@@ -217,10 +217,11 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "comparisons.jsonl").read_text().splitlines()]
     compared = [r for r in rows if r["event"] == "shim.comparison"]
     assert {r["call_site"] for r in compared} == {
-        "examples.kiwi.callsites:TextRouter.complete",
-        "examples.kiwi.callsites:plan_week",
-        "examples.kiwi.callsites:scan_receipt",
-        "examples.kiwi.callsites:scan_barcode",
+        "examples.kiwi.llm_router:get_meal_plan_router",
+        "examples.kiwi.llm_recipe:LLMRecipeGenerator._call_llm",
+        "examples.kiwi.vl_model:try_docuvision",
+        "examples.kiwi.label_capture:extract_label",
+        "examples.kiwi.node_allocation:allocate_for",
     }
     [rollback] = [r for r in rows if r["event"] == "shim.rollback"]
     assert rollback["task"] == "ocr" and "structure mismatch" in rollback["reason"]

@@ -175,8 +175,7 @@ def test_recipe_sections_and_list_ness() -> None:
     assert flattened.legacy_valid and not flattened.candidate_valid
     markdown = "## Title\nSoup\n## Ingredients\nwater, salt\n## Directions\n1. boil\n## Notes\nhot"
     assert (
-        TextOutput(("Title", "Directions"), ("Directions",)).compare(recipe, markdown).match
-        is True
+        TextOutput(("Title", "Directions"), ("Directions",)).compare(recipe, markdown).match is True
     )
 
 
