@@ -297,7 +297,7 @@ class Shim:
         *,
         product: str | Callable[..., str],
         task: str | Callable[..., str],
-        request: Callable[..., TaskRequest],
+        request: Callable[..., TaskRequest] | None = None,
         response: Callable[[Any], Any] | None = None,
         legacy_model: str | Callable[[Any], str | None] | None = None,
         output: OutputComparator | None = None,
@@ -310,7 +310,8 @@ class Shim:
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Wrap a call site of ``product.task``.
 
-        ``request`` builds the task request from the call's arguments; ``response`` turns
+        ``request`` builds the task request from the call's arguments (an allocating call
+        site sends none: kiwi's body is ``{product, task, payload: {}}``); ``response`` turns
         the task result into what the call site returns. ``legacy_model`` names the
         legacy model (or reads it from the legacy result). ``key`` returns the sticky
         value from the arguments (else ``shim.context`` supplies it). With ``fallback``
@@ -355,6 +356,8 @@ class Shim:
         }
         if allocation not in (False, True, "entered"):
             raise ValueError(f"allocation must be False, True or 'entered', got {allocation!r}")
+        if request is None and not allocation:
+            raise TypeError("shadow() needs request= (the call's arguments -> TaskRequest)")
         if allocation == "entered" and response is None:
             raise ValueError("allocation='entered' needs response= (allocation -> value)")
         if callable(product) or callable(task):
@@ -375,7 +378,7 @@ class Shim:
                 task=task,
                 name=name,
                 call_site=f"{fn.__module__}:{fn.__qualname__}",
-                request=request,
+                request=request or _no_request,
                 response=served,
                 legacy_model=legacy_model if callable(legacy_model) else None,
                 output=output or (AllocationOutput() if allocation else JsonOutput()),
@@ -1240,6 +1243,11 @@ def _legacy(
     if exc is not None:
         return Observation(False, ms, error=describe(exc), model=model)
     return Observation(True, ms, capture(result) if copy else result, model=model)
+
+
+def _no_request(*args: Any, **kwargs: Any) -> TaskRequest:
+    """An allocating call site's request: kiwi's allocation body carries none."""
+    return TaskRequest()
 
 
 def _hint(site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

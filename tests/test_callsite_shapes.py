@@ -151,8 +151,7 @@ def shared_helper(s: Shim, sim: Simulator, calls: list[tuple[str, str]]) -> Any:
     @s.shadow(
         product=lambda product, task, **kw: product,
         task=lambda product, task, **kw: task,
-        request=lambda *a, **kw: TaskRequest(),
-        allocation=True,
+        allocation=True,  # no request=: kiwi's allocation body carries none
         service_hint=lambda product, task, *, service_hint, ttl_s=120.0: service_hint,
     )
     @contextlib.contextmanager
@@ -301,3 +300,10 @@ def test_without_cf_orch_url_the_app_runs_on_legacy(
     rows = records(tmp_path / "log.jsonl", None)
     assert [r["event"] for r in rows] == ["shim.error"]
     assert rows[0]["operation"] == "configure" and "CF_ORCH_URL" in rows[0]["error"]
+
+
+def test_a_plain_call_site_needs_a_request(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, "{}\n")
+    with pytest.raises(TypeError, match="needs request="):
+        s.shadow(product="kiwi", task="meal_plan")(lambda: None)
+    s.close()
