@@ -18,8 +18,6 @@ import logging
 from contextlib import AbstractContextManager
 from typing import Any
 
-from shim import TaskRequest
-
 from .local_llm import LOCAL_MODEL, LocalRouter
 from .migration import nodes, orch_url, shim
 from .orch_client import OrchClient
@@ -86,7 +84,6 @@ def _router_model(legacy: Any) -> str | None:
     product="kiwi",
     task="meal_plan",
     allocation="entered",  # returns (router, ctx), ctx entered and holding the node
-    request=lambda: TaskRequest(),
     response=lambda alloc: OrchTextRouter(alloc.url),  # the task path's node -> a router
     legacy_model=_router_model,  # the model legacy's router talks to
     service_hint=_SERVICE_TYPE,  # cf-text: where to release when the coordinator won't say
