@@ -10,12 +10,15 @@ leaving releases it; a failure falls back to the legacy context manager.
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc
 import contextlib
 import dataclasses
+import functools
 import threading
 import time
 import typing
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,26 +37,54 @@ __all__ = ["HeldAllocation", "ServedAllocation", "ShadowedAllocation", "declared
 _perf = time.perf_counter
 
 
+def _release_dropped(release: Callable[[], None]) -> None:
+    """The release of a holder nobody left (garbage-collected, or at exit): a
+    collection can run on an event loop's thread, so the HTTP call gets its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        release()
+    else:
+        threading.Thread(target=release, name="shim-release", daemon=True).start()
+
+
+class _Release:
+    """A release that happens once: when the holder is left, or else when it is
+    dropped (kiwi's generator context managers release on garbage collection too)."""
+
+    __slots__ = ("_finalizer",)
+
+    def __init__(self, owner: object, release: Callable[[], None]) -> None:
+        self._finalizer = weakref.finalize(owner, _release_dropped, release)
+
+    def take(self) -> bool:
+        """True the first time only: the caller releases, the finaliser no longer will."""
+        return self._finalizer.detach() is not None
+
+    def __call__(self) -> None:
+        found = self._finalizer.detach()  # None once released: leaving twice is harmless
+        if found is not None:
+            _, _, (release,), _ = found
+            release()  # never raises: a failed release is recorded by the client
+
+
 class HeldAllocation:
     """The ``ctx`` of a served ``(value, ctx)`` call site: already entered, it holds the
     task path's allocation until the caller leaves it (``ctx.__exit__(...)`` or a
-    ``with ctx:`` block), which releases it. Leaving twice releases once."""
+    ``with ctx:`` block), which releases it. Leaving twice releases once; a holder that
+    is dropped without being left releases when it is collected."""
 
-    __slots__ = ("_lock", "_release", "allocation")
+    __slots__ = ("__weakref__", "_release", "allocation")
 
     def __init__(self, allocation: TaskAllocation, release: Callable[[], None]) -> None:
         self.allocation = allocation
-        self._release: Callable[[], None] | None = release
-        self._lock = threading.Lock()
+        self._release = _Release(self, release)
 
     def __enter__(self) -> TaskAllocation:
         return self.allocation
 
     def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            release, self._release = self._release, None
-        if release is not None:
-            release()  # never raises: a failed release is recorded by the client
+        self._release()
 
 
 _CONTEXT_ORIGINS = (
@@ -183,6 +214,7 @@ class ServedAllocation:
     """The task path serves: allocate through cf-orch on entry, release on exit."""
 
     __slots__ = (
+        "__weakref__",
         "_args",
         "_decision",
         "_fn",
@@ -214,7 +246,9 @@ class ServedAllocation:
         call site has no fallback; False to fall back to legacy."""
         if candidate is not None and candidate.ok:
             self._shim._served(self._site, "task")
-            self._held = held
+            client, site = self._shim._client, self._site
+            release = functools.partial(client.release, site.product, site.task, held)
+            self._held = (_Release(self, release), held)
             self._shim._compare_served_allocation(
                 self._site,
                 self._model,
@@ -259,8 +293,7 @@ class ServedAllocation:
 
     def __exit__(self, *exc: Any) -> Any:
         if self._held is not None:
-            held, self._held = self._held, None
-            self._shim._client.release(self._site.product, self._site.task, held)
+            self._held[0]()
             return False
         if self._legacy is not None:
             return self._legacy.__exit__(*exc)
@@ -284,8 +317,10 @@ class ServedAllocation:
 
     async def __aexit__(self, *exc: Any) -> Any:
         if self._held is not None:
-            held, self._held = self._held, None
-            await self._shim._loop_state().client.release(self._site.product, self._site.task, held)
+            guard, held = self._held
+            if guard.take():
+                client = self._shim._loop_state().client
+                await client.release(self._site.product, self._site.task, held)
             return False
         if self._legacy is not None:
             return await self._legacy.__aexit__(*exc)

@@ -307,3 +307,28 @@ def test_a_plain_call_site_needs_a_request(sim: Simulator, tmp_path: Path) -> No
     with pytest.raises(TypeError, match="needs request="):
         s.shadow(product="kiwi", task="meal_plan")(lambda: None)
     s.close()
+
+
+def test_a_served_holder_dropped_without_being_left_releases_its_allocation(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A caller that raises before ``ctx.__exit__`` (or enters a served allocation by
+    hand and never leaves it) does not leak: the holder releases when collected, as
+    kiwi's generator context managers do."""
+    import gc
+
+    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {serve: 100}\nkiwi.ocr: {serve: 100}\n")
+    get_router = router_site(s, sim)
+    task_allocate = shared_helper(s, sim, [])
+
+    def caller_that_fails() -> None:
+        _router, _ctx = get_router()
+        cm = task_allocate("kiwi", "ocr", service_hint="cf-docuvision")
+        cm.__enter__()
+        raise RuntimeError("the plan failed before ctx.__exit__")
+
+    with pytest.raises(RuntimeError):
+        caller_that_fails()
+    gc.collect()
+    wait_for(lambda: active(sim) == 0)
+    s.close()
