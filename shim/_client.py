@@ -157,7 +157,9 @@ class TaskClient(_ClientBase):
     ) -> TaskAllocation:
         """Ask only for an allocation, with exactly kiwi's body ``{product, task,
         payload: {}}``; give it back with :meth:`release` when done."""
-        steps = allocate_steps(self.orch_url, product, task, self._auth, service_hint)
+        steps = allocate_steps(
+            self.orch_url, product, task, self._auth, service_hint, self.on_release_failed
+        )
         return self._run(steps, product, task)
 
     def release(self, product: str, task: str, allocation: TaskAllocation) -> None:
@@ -249,7 +251,9 @@ class AsyncTaskClient(_ClientBase):
         self, product: str, task: str, *, service_hint: str | None = None
     ) -> TaskAllocation:
         """Ask only for an allocation, with exactly kiwi's body; release it when done."""
-        steps = allocate_steps(self.orch_url, product, task, self._auth, service_hint)
+        steps = allocate_steps(
+            self.orch_url, product, task, self._auth, service_hint, self.on_release_failed
+        )
         return await self._run(steps, product, task)
 
     async def release(self, product: str, task: str, allocation: TaskAllocation) -> None:

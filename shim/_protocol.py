@@ -285,6 +285,7 @@ def allocate_steps(
     task: str,
     auth: Mapping[str, str],
     hint: str | None = None,
+    hook: ReleaseHook | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Generator[Call, Reply, TaskAllocation]:
     """Ask for an allocation with exactly kiwi's body; learn its model from the node
@@ -295,10 +296,14 @@ def allocate_steps(
     if not isinstance(answer, _AllocationReply):
         raise _fail(product, task, "coordinator answered with output, not an allocation", status)
     alloc = _granted(answer, hint, started, clock)
-    if alloc.model is None and alloc.service not in EXTRACT_SERVICES:
+    if alloc.model is None:  # a node that lists no models (a document node) leaves it None
         node = alloc.url.rstrip("/")
         headers = _node_headers(base, node, auth, alloc.allocation_id)
-        model = yield from _listed_model(base, node, headers)
+        try:
+            model = yield from _listed_model(base, node, headers)
+        except BaseException:  # cancelled after the grant: give it back, then go
+            yield from release_steps(base, product, task, alloc, auth, hook)
+            raise
         alloc = _granted(answer.model_copy(update={"model": model}), hint, started, clock)
     return alloc
 
@@ -346,7 +351,10 @@ def _complete(
                 texts.append(_Extracted.model_validate(check(reply, "node")).raw_text)
             except pydantic.ValidationError:
                 raise _fail(product, task, "node reply has no raw_text", reply.status) from None
-        return result("\n\n".join(texts), alloc.model)
+        model = alloc.model
+        if model is None:  # a document node may list its model; None if it does not
+            model = yield from _listed_model(base, node, headers)
+        return result("\n\n".join(texts), model)
     model = alloc.model
     if model is None:
         model = yield from _listed_model(base, node, headers)

@@ -182,7 +182,8 @@ def test_a_document_node_reads_images_at_extract(run: Run) -> None:
     assert extracts == [{"image_b64": "/9j/4AAQ", "hint": "text"},
                         {"image_b64": "iVBOR", "hint": "text"}]  # fmt: skip
     assert result.output == "STORE $12.34\n\nSTORE $12.34"
-    assert not [w for w in orch.paths() if w.endswith("/v1/models")], "no chat on a document node"
+    assert not [w for w in orch.paths() if w.endswith("/chat/completions")], "no chat there"
+    assert result.model == "qwen2.5-3b-instruct", "the model the node lists, when it lists one"
 
 
 def test_the_key_goes_to_a_node_only_on_the_coordinators_own_origin(run: Run) -> None:
@@ -265,3 +266,25 @@ def test_an_allocation_with_no_service_to_release_from_is_recorded_and_expires(
     assert s.stats()["internal_errors"] == {"release": 1}
     wait_for(lambda: sim.stats()["allocations_active"] == 0, timeout=5)
     assert sim.stats()["counts"]["allocations.expired"] == 1
+
+
+def test_an_allocate_interrupted_after_the_grant_gives_the_allocation_back(run: Run) -> None:
+    """Cancelled (async) or interrupted (sync) while learning the node's model: the
+    granted allocation is released before the interruption goes on."""
+    orch = Coordinator({**KIWI_ANSWER, "service": "cf-text"})
+    interrupt: type[BaseException] = KeyboardInterrupt
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/v1/models"):
+            raise interrupt("interrupted")
+        return orch(request)
+
+    def use(client: Any) -> Any:
+        nonlocal interrupt
+        if isinstance(client, AsyncTaskClient):
+            interrupt = asyncio.CancelledError
+        return client.allocate("kiwi", "meal_plan")
+
+    with pytest.raises((KeyboardInterrupt, asyncio.CancelledError)):
+        run(handler, use)
+    assert orch.paths("DELETE") == ["http://orch.test/api/services/cf-text/allocations/alloc-123"]
