@@ -173,6 +173,8 @@ class JsonOutput:
 
     def compare(self, legacy: Any, candidate: Any) -> Structure:
         """The structural verdict for one pair of outputs."""
+        if (empty := _emptiness(legacy, candidate)) is not None:
+            return empty
         l_wrap, l_val = _as_json(legacy)
         c_wrap, c_val = _as_json(candidate)
         l_ok, c_ok = l_wrap != "none", c_wrap != "none"
@@ -185,12 +187,8 @@ class JsonOutput:
         if l_ok != c_ok:
             side = "candidate" if l_ok else "legacy"
             return Structure(False, l_ok, c_ok, (f"$: {side} output is not JSON",), extra)
-        l_empty, c_empty = _empty(l_val), _empty(c_val)
-        if l_empty != c_empty:
-            # An empty result has no shape to disagree with: it is what a call site
-            # returns when it swallowed a failure, so it never matches an answer.
-            side, value = ("legacy", l_val) if l_empty else ("candidate", c_val)
-            return Structure(False, True, True, (f"$: {side} output is empty ({value!r})",), extra)
+        if (empty := _emptiness(l_val, c_val)) is not None:  # "[]" or "null" as text
+            return empty
         l_valid = self._valid(l_val)
         c_valid = self._valid(c_val)
         diffs = self._shape_diff(l_val, c_val)
@@ -252,8 +250,23 @@ class JsonOutput:
 
 
 def _empty(value: Any) -> bool:
-    # null and [] have no shape to differ in (an empty object shows its missing keys)
-    return value is None or value == []
+    # An empty object is left to the shape diff, which lists the keys it lacks.
+    if isinstance(value, str | bytes):
+        return not value.strip()
+    return value is None or (isinstance(value, list | tuple) and not value)
+
+
+def _emptiness(legacy: Any, candidate: Any) -> Structure | None:
+    """A mismatch when either side is empty (``None``, ``""``, ``[]``), else None.
+
+    An empty result has no shape to agree or disagree with: it is what a call site
+    returns when it swallowed a failure, so it never counts as a structural match, not
+    even against another empty result."""
+    empty = [(side, v) for side, v in (("legacy", legacy), ("candidate", candidate)) if _empty(v)]
+    if not empty:
+        return None
+    diffs = tuple(f"$: {side} output is empty ({value!r})" for side, value in empty)
+    return Structure(False, not _empty(legacy), not _empty(candidate), diffs)
 
 
 def _as_json(value: Any) -> tuple[str, Any]:
@@ -368,6 +381,8 @@ class TextOutput:
 
     def compare(self, legacy: Any, candidate: Any) -> Structure:
         """The structural verdict for one pair of outputs."""
+        if (empty := _emptiness(legacy, candidate)) is not None:
+            return empty
         l_text, c_text = str(legacy), str(candidate)
         l_secs, c_secs = sections(l_text), sections(c_text)
         diffs: list[str] = []

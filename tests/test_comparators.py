@@ -9,6 +9,7 @@ from typing import Any
 import pydantic
 import pytest
 
+import comparators
 from comparators import (
     KIWI_RECIPE,
     JsonOutput,
@@ -263,3 +264,23 @@ def test_json_schema_validity() -> None:
     }
     result = JsonOutput(schema=schema).compare(PLAN, mutate(PLAN, lambda r: r.pop("day")))
     assert (result.legacy_valid, result.candidate_valid) == (True, False)
+
+
+EMPTIES = {
+    "json": (JsonOutput(), [None, [], "", "   ", "[]", "null"]),
+    "text": (KIWI_RECIPE, [None, "", "   "]),
+    "allocation": (comparators.AllocationOutput(), [None]),
+}
+
+
+@pytest.mark.parametrize("kind", EMPTIES)
+def test_an_empty_output_never_counts_as_a_structural_match(kind: str) -> None:
+    """What a call site returns when it swallowed a failure has no structure to agree
+    with: not an answer's, not another empty result's."""
+    comparator, empties = EMPTIES[kind]
+    answers = ['[{"day": 0}]', [{"day": 0}], "Title: Soup\nDirections:\n1. Boil"]
+    for empty in empties:
+        for other in [empty, *answers]:
+            verdict = comparator.compare(empty, other)
+            assert verdict.match is False, (kind, empty, other)
+            assert verdict.diff, (kind, empty, other)
