@@ -104,10 +104,13 @@ class TaskNotRegistered(TaskFailed):
 class SoftFailure(ShimError):
     """The task path answered, but ``response`` made of it what the call site's
     ``soft_failure`` rule counts as a failure (by default ``None``, ``""`` or an empty
-    container). Serving, it falls back to legacy like any task-path failure."""
+    container). Serving, it falls back to legacy like any task-path failure; without
+    ``fallback`` the caller gets ``value``, as the call site's contract says, never this
+    exception."""
 
-    def __init__(self, message: str, *, product: str, task: str) -> None:
+    def __init__(self, message: str, *, product: str, task: str, value: object = None) -> None:
         super().__init__(message)
         self.product = product
         self.task = task
         self.status = 200  # the coordinator and the node did answer
+        self.value = value  # what ``response`` made of the answer

@@ -904,7 +904,8 @@ class Shim:
                 return cast(R, (value, HeldAllocation(held, release)))
             return cast(R, value)
         if not site.fallback:
-            raise value
+            unfallen = _unfallen(value)  # a soft failure's value, or the error raised
+            return cast(R, (unfallen, contextlib.nullcontext(None)) if entered else unfallen)
         started = _perf()
         try:
             result = fn(*args, **kwargs)
@@ -1062,7 +1063,7 @@ class Shim:
                 )
             return value
         if not site.fallback:
-            raise value
+            return _unfallen(value)
         started = _perf()
         try:
             result = await fn(*args, **kwargs)
@@ -1260,10 +1261,17 @@ def _hint(site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str 
 def _checked(site: CallSite, value: Any) -> Any:
     """The task path's value, unless the call site counts it as a (soft) failure."""
     if site.soft_failure is not None and site.soft_failure(value):
-        raise SoftFailure(
-            soft_failure_error("the task path", value), product=site.product, task=site.task
-        )
+        message = soft_failure_error("the task path", value)
+        raise SoftFailure(message, product=site.product, task=site.task, value=value)
     return value
+
+
+def _unfallen(error: BaseException) -> Any:
+    """A served call that failed with no fallback: the task path's own empty value for a
+    soft failure (the call site returns it on failure), else the error, raised."""
+    if isinstance(error, SoftFailure):
+        return error.value
+    raise error
 
 
 def _pair_value(value: Any) -> Any:

@@ -332,3 +332,24 @@ def test_a_served_holder_dropped_without_being_left_releases_its_allocation(
     gc.collect()
     wait_for(lambda: active(sim) == 0)
     s.close()
+
+
+def test_without_fallback_a_served_soft_failure_is_returned_not_raised(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The call site's contract is "an empty value on failure": the task path's empty
+    value reaches the caller as such, never as an exception."""
+    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {serve: 100}\n")
+
+    @s.shadow(
+        product="kiwi",
+        task="meal_plan",
+        request=lambda: TaskRequest(prompt="plan"),
+        response=lambda result: [],
+        fallback=False,
+    )
+    def plan() -> list[str]:
+        return ["Mon: soup"]
+
+    assert plan() == []
+    s.close()
