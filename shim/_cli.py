@@ -132,6 +132,14 @@ def sim(
             help="Leave 'service' out of task allocations, as coordinators before cf-orch#63.",
         ),
     ] = False,
+    allocate_only: Annotated[
+        bool,
+        typer.Option(
+            "--allocate-only",
+            help="Answer every task request with an allocation, as the real coordinator does "
+            "(no output answers, this project's extension).",
+        ),
+    ] = False,
     task_ttl_s: Annotated[
         float | None,
         typer.Option(help="Lifetime of a task-path allocation nobody releases [120]."),
@@ -176,6 +184,8 @@ def sim(
         options: dict[str, Any] = {"task_ttl_s": task_ttl_s, "max_streams": max_streams}
         if omit_service:
             options["omit_service"] = True
+        if allocate_only:
+            options["allocate_only"] = True
         prof = prof.with_options(**{k: v for k, v in options.items() if v is not None})
     except ConfigError as exc:
         _fail(exc)

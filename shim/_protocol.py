@@ -168,9 +168,7 @@ def _task_body(product: str, task: str, req: TaskRequest) -> dict[str, Any]:
             body[key] = value
     if req.params:
         body["params"] = dict(req.params)
-    if req.images:
-        body["images"] = list(req.images)
-    return body
+    return body  # images go to the node, never through the coordinator
 
 
 _IMAGE_TYPES = (("iVBOR", "image/png"), ("R0lGOD", "image/gif"), ("UklGR", "image/webp"))

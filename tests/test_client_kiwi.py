@@ -294,3 +294,50 @@ def test_an_allocate_interrupted_after_the_grant_gives_the_allocation_back(run: 
     with pytest.raises((KeyboardInterrupt, asyncio.CancelledError)):
         run(handler, use)
     assert orch.paths("DELETE") == ["http://orch.test/api/services/cf-text/allocations/alloc-123"]
+
+
+# -- the production flow: a coordinator that only allocates --------------------------
+
+REAL = QUIET.model_copy(update={"omit_service": True, "allocate_only": True})
+REQUESTS = {
+    "meal_plan": (TaskRequest(system="Reply with a JSON array only.", prompt="Pantry: rice"),
+                  "qwen2.5-3b-instruct", "cf-text"),
+    "barcode_scan": (TaskRequest(prompt="Read the label.", images=("iVBORw0KGgo=",)),
+                     "florence-2-large", "cf-vision"),
+    "recipe_scan": (TaskRequest(images=("/9j/4AAQ",), params={"hint": "text"}),
+                    "docuvision-pages", "cf-docuvision"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["shadow", "live"])
+@pytest.mark.parametrize("task", REQUESTS)
+def test_plain_call_sites_through_allocate_complete_release(
+    sim: Simulator, tmp_path: Path, task: str, stage: str
+) -> None:
+    """Against a coordinator that answers every request with an allocation (and no
+    service), a plain call site's task path allocates, completes on the node (chat with
+    image parts, or /extract) and releases: the caller's value and the record are
+    right, and nothing stays allocated."""
+    sim.set_profile(REAL)
+    flags = "{serve: 0, shadow: 100}" if stage == "shadow" else "{serve: 100, shadow: 0}"
+    s = make_shim(sim.url, tmp_path, f"kiwi.{task}: {flags}\n")
+    request, model, service = REQUESTS[task]
+    legacy_text = "legacy's answer"
+
+    @s.shadow(product="kiwi", task=task, request=lambda: request, response=lambda r: r.text)
+    def call() -> str:
+        return legacy_text
+
+    got = [call() for _ in range(3)]
+    s.close()
+    if stage == "shadow":
+        assert all(g is legacy_text for g in got)
+        rows = records(tmp_path / "log.jsonl")
+        assert len(rows) == 3
+        for row in rows:
+            assert row["candidate"]["ok"], row["candidate"]
+            assert (row["candidate"]["model"], row["candidate"]["service_type"]) == (model, service)
+    else:
+        assert all(g and g != legacy_text for g in got), got
+    assert records(tmp_path / "log.jsonl", "shim.release_failed") == []
+    assert sim.stats()["allocations_active"] == 0

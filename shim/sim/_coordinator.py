@@ -8,7 +8,9 @@ allocation and release.
     answers the same with ``node_id`` and ``model`` added. A body carrying an input
     (``prompt``, ``system``, a non-empty ``payload``) or ``mode: output`` answers
     output ``{output, model, service_type, node_id, allocation_id, usage}``: this
-    project's extension. 404 for a task not in assignments.yaml.
+    project's extension, which the profile's ``allocate_only`` turns off (every answer
+    an allocation, as the real coordinator gives). 404 for a task not in
+    assignments.yaml.
 ``POST /api/inference``
     The seed's route with an explicit ``model``; answers output, never drifts.
 ``POST /api/services/{service}/allocate``
@@ -102,7 +104,7 @@ def coordinator_routes(state: SimState) -> APIRouter:
                 503, "no_capacity", f"no node runs {model.service_type}", **{"Retry-After": "1"}
             )
         node, _ = placed
-        if not body.wants_output():
+        if state.profile.allocate_only or not body.wants_output():
             state.count("allocations.task")
             ttl_s = state.profile.task_ttl_s
             alloc, answer = allocation(

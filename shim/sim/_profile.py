@@ -110,7 +110,9 @@ class Profile(_Strict):
     ``omit_service`` leaves ``service`` out of the task endpoint's allocations, as
     coordinators before cf-orch#63 do; ``task_ttl_s`` is how long a task-path
     allocation lives unreleased (kiwi sends no TTL); ``max_streams`` caps the recipe
-    streams authorised and not yet finished or expired (more answer 429).
+    streams authorised and not yet finished or expired (more answer 429);
+    ``allocate_only`` answers every task request with an allocation, as the real
+    coordinator does, never with output (this project's extension).
     """
 
     seed: int | None = None
@@ -121,6 +123,7 @@ class Profile(_Strict):
     omit_service: bool = False
     task_ttl_s: Annotated[float, Field(gt=0)] = 120.0
     max_streams: Annotated[int, Field(ge=0)] = 4
+    allocate_only: bool = False
 
     @model_validator(mode="after")
     def _legacy_does_not_drift(self) -> Self:
