@@ -253,15 +253,26 @@ class Shim:
         """A Shim configured by ``CF_ORCH_URL``, ``CF_LICENSE_KEY``, ``SHIM_FLAGS``,
         ``SHIM_LOG``, ``SHIM_REGISTRY`` and ``SHIM_ASSIGNMENTS``; keyword arguments win.
 
-        Without ``CF_ORCH_URL`` (an app running self-hosted, with no coordinator) the
-        Shim is disabled: every wrapped call runs legacy and nothing is compared; it
-        says so once, as a warning and a ``shim.error`` record (``operation:
-        configure``). ``enabled`` tells which."""
+        Without ``CF_ORCH_URL`` (an app running self-hosted, with no coordinator), or
+        without ``SHIM_FLAGS``, the Shim is disabled: every wrapped call runs legacy and
+        nothing is compared; it says so once, as a warning and a ``shim.error`` record
+        (``operation: configure``). ``enabled`` tells which. A flags source that is
+        named but broken is an error, as before."""
         env = os.environ
         url = overrides.pop("orch_url", None) or env.get("CF_ORCH_URL")
         if not url:
-            return cls._disabled(overrides)
+            return cls._disabled(
+                overrides,
+                "CF_ORCH_URL is not set: task-shim is off and every wrapped call runs its "
+                "legacy path; set CF_ORCH_URL to the coordinator's base URL to compare",
+            )
         owns_flags = "flags" not in overrides
+        if owns_flags and not env.get("SHIM_FLAGS"):
+            return cls._disabled(
+                overrides,
+                "SHIM_FLAGS is not set: task-shim is off and every wrapped call runs its "
+                "legacy path; set SHIM_FLAGS to a flags.yaml path, or to 'unleash'",
+            )
         if owns_flags:
             overrides["flags"] = _flags_from_env()
         for key, var in (
@@ -277,15 +288,11 @@ class Shim:
         return shim
 
     @classmethod
-    def _disabled(cls, overrides: dict[str, Any]) -> Shim:
+    def _disabled(cls, overrides: dict[str, Any], message: str) -> Shim:
         log_path = overrides.get("log_path") or os.environ.get("SHIM_LOG") or None
         sink = overrides.get("sink")
         shim = cls("", flags=_NoFlags(), log_path=log_path, sink=sink)
         shim.enabled = False
-        message = (
-            "CF_ORCH_URL is not set: task-shim is off and every wrapped call runs its "
-            "legacy path; set CF_ORCH_URL to the coordinator's base URL to compare"
-        )
         _log.warning("task-shim: %s", message)
         shim._recorder.event("shim.error", None, None, operation="configure", error=message)
         return shim

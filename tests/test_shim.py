@@ -482,8 +482,13 @@ def test_shim_from_env(sim: Simulator, tmp_path: Path, monkeypatch: pytest.Monke
     disabled.close()
     monkeypatch.setenv("CF_ORCH_URL", sim.url)
     monkeypatch.delenv("SHIM_FLAGS")
-    with pytest.raises(shim.ConfigError, match="SHIM_FLAGS: not set"):
-        Shim.from_env()
+    unflagged = Shim.from_env()  # the flags not configured yet: legacy, said once
+    assert unflagged.enabled is False
+    unflagged.close()
+    monkeypatch.setenv("SHIM_FLAGS", "unleash")
+    monkeypatch.delenv("UNLEASH_URL", raising=False)
+    with pytest.raises(shim.ConfigError, match="UNLEASH_URL: not set"):
+        Shim.from_env()  # named but broken: an error
 
 
 def test_context_nests_and_resets() -> None:
