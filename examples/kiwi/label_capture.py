@@ -1,6 +1,10 @@
 """Kiwi's label capture: after a barcode kiwi does not know, a vision model reads the
 product's nutrition label into a dict.
 
+Kiwi reads labels with a vision model in process today, not through cf-orch; this is
+the async shape its cf-orch clients offer (``allocate_async``), for ``kiwi.barcode_scan``
+once the label read moves onto the coordinator, and the one async call site here.
+
 ``extract_label(image)`` is async. Before the migration it allocates a cf-vision node
 directly and sends the photo as an ``image_url`` data-URL part to the node's chat API;
 any failure is a zero-confidence placeholder, so the app asks the user to review it.
