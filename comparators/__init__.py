@@ -4,7 +4,7 @@ Each compares what the legacy path and the task path produced for one call, with
 I/O, so that records can be assembled anywhere.
 """
 
-from ._allocation import AllocationOutput, allocation_view
+from ._allocation import AllocationOutput, allocation_view, held_value
 from ._latency import latency_delta, latency_ratio, percentile, ratio_interval
 from ._model import ModelCheck, ModelNames, normalise
 from ._output import (
@@ -36,6 +36,7 @@ __all__ = [
     "TextOutput",
     "allocation_view",
     "extract_json",
+    "held_value",
     "latency_delta",
     "latency_ratio",
     "normalise",

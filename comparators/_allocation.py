@@ -17,16 +17,23 @@ import pydantic
 
 from ._output import JsonOutput, Structure
 
-__all__ = ["AllocationOutput", "allocation_view"]
+__all__ = ["AllocationOutput", "allocation_view", "held_value"]
 
 _SCALARS = (str, int, float, bool, type(None))
+
+
+def held_value(value: Any) -> Any:
+    """The value of a ``(value, ctx)`` pair (``ctx`` a context manager holding what the
+    value uses, as kiwi's meal-plan router returns); anything else as it is."""
+    if isinstance(value, tuple) and len(value) == 2 and hasattr(value[1], "__exit__"):
+        return value[0]
+    return value
 
 
 def allocation_view(value: Any) -> Any:
     """The public, JSON-like attributes of an allocation (or of the first element of a
     ``(value, ctx)`` pair), as a dict; ``None`` stays ``None``."""
-    if isinstance(value, tuple) and len(value) == 2 and hasattr(value[1], "__exit__"):
-        value = value[0]
+    value = held_value(value)
     if value is None or isinstance(value, dict):
         return value
     if isinstance(value, pydantic.BaseModel):

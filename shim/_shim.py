@@ -29,11 +29,20 @@ from comparators import AllocationOutput, JsonOutput, ModelNames, OutputComparat
 
 from ._allocation import HeldAllocation, ServedAllocation, ShadowedAllocation, declared_allocation
 from ._breaker import BreakerPolicy, CircuitBreaker
+from ._callsite import (
+    checked,
+    entered_and_left,
+    first_of_pair,
+    hint_of,
+    no_request,
+    routed,
+    unfallen,
+)
 from ._capture import Capture
 from ._client import AsyncTaskClient, TaskClient
 from ._context import sticky_value
 from ._dispatch import Gate, LoopDispatcher, ThreadDispatcher
-from ._errors import ConfigError, Problem, ShimError, SoftFailure
+from ._errors import ConfigError, Problem, ShimError
 from ._names import check_task_name
 from ._observe import (
     NOT_RECORDED,
@@ -43,7 +52,6 @@ from ._observe import (
     capture,
     describe,
     is_soft_failure,
-    soft_failure_error,
     usage_record,
 )
 from ._orch import SERVICE_TYPES, AssignmentsFile, OrchConfig, RegistryFile, parse_file
@@ -60,9 +68,6 @@ R = TypeVar("R")
 
 _log = logging.getLogger("shim")
 _perf = time.perf_counter
-#: How many ``product.task`` names one call site may serve when they come from its
-#: arguments: more is a name built from user input, not a task.
-_MAX_ROUTED = 64
 
 
 def _output(result: TaskResult) -> Any:
@@ -368,7 +373,9 @@ class Shim:
         if allocation == "entered" and response is None:
             raise ValueError("allocation='entered' needs response= (allocation -> value)")
         if callable(product) or callable(task):
-            return lambda fn: self._routed(product, task, fn, options)
+            return lambda fn: routed(
+                self.shadow, self._internal_error, self.flags, product, task, fn, options
+            )
         name = f"{product}.{task}"
         check_task_name(name)
         assigned = self._names.expected.get(name)
@@ -378,14 +385,14 @@ class Shim:
                 raise TypeError("allocation='entered' wraps sync call sites only")
             soft = soft_failure
             if soft is not None and allocation == "entered":
-                soft = _first_of_pair(soft)
+                soft = first_of_pair(soft)
             served = response or (declared_allocation(fn) if allocation else _output)
             site = CallSite(
                 product=product,
                 task=task,
                 name=name,
                 call_site=f"{fn.__module__}:{fn.__qualname__}",
-                request=request or _no_request,
+                request=request or no_request,
                 response=served,
                 legacy_model=legacy_model if callable(legacy_model) else None,
                 output=output or (AllocationOutput() if allocation else JsonOutput()),
@@ -409,59 +416,6 @@ class Shim:
             return self._sync_wrapper(site, static_model, fn)
 
         return decorate
-
-    def _routed(
-        self,
-        product: str | Callable[..., str],
-        task: str | Callable[..., str],
-        fn: Callable[P, R],
-        options: dict[str, Any],
-    ) -> Callable[P, R]:
-        """A call site whose product or task come from its arguments: each call picks
-        (and on first use wraps) the call site of its own ``product.task``."""
-        wrapped: dict[tuple[str, str], Callable[..., Any]] = {}
-        lock = threading.Lock()
-        source = self.flags
-
-        def pick(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any] | None:
-            if not source.rules.active:  # every task off: no need to know which
-                return None
-            try:
-                p = product(*args, **kwargs) if callable(product) else product
-                t = task(*args, **kwargs) if callable(task) else task
-                site = wrapped.get((p, t))
-                if site is None:
-                    with lock:
-                        site = wrapped.get((p, t))
-                        if site is None:
-                            if len(wrapped) >= _MAX_ROUTED:
-                                raise ValueError(f"more than {_MAX_ROUTED} tasks at one call site")
-                            site = self.shadow(product=p, task=t, **options)(fn)
-                            wrapped[(p, t)] = site
-                return site
-            except Exception as exc:  # a name that does not fit: legacy, counted
-                self._internal_error("task_of_call", exc)
-                return None
-
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def arouted(*args: P.args, **kwargs: P.kwargs) -> Any:
-                site = pick(args, kwargs)
-                if site is None:
-                    return await cast(Callable[..., Awaitable[Any]], fn)(*args, **kwargs)
-                return await site(*args, **kwargs)
-
-            return cast(Callable[P, R], arouted)
-
-        @functools.wraps(fn)
-        def routed(*args: P.args, **kwargs: P.kwargs) -> R:
-            site = pick(args, kwargs)
-            if site is None:
-                return fn(*args, **kwargs)
-            return cast(R, site(*args, **kwargs))
-
-        return routed
 
     def _sync_wrapper(
         self, site: CallSite, model: str | None, fn: Callable[P, R]
@@ -855,14 +809,14 @@ class Shim:
         result: TaskResult | TaskAllocation | None = None
         prompt: str | None = None
         try:
-            hint = _hint(site, args, kwargs)
+            hint = hint_of(site, args, kwargs)
             if site.allocation:
                 result = client.allocate(site.product, site.task, service_hint=hint)
             else:
                 request = site.request(*args, **kwargs)
                 prompt = request.prompt if self._capture is not None else None
                 result = client.infer(site.product, site.task, request, service_hint=hint)
-            value = _checked(site, site.response(result))
+            value = checked(site, site.response(result))
         except Exception as exc:
             shadow = client is self._shadow_client
             failed = self._task_failed(site, exc, started, result, prompt, span, shadow=shadow)
@@ -901,7 +855,7 @@ class Shim:
         if candidate.ok:
             if decision.compare and self._admit(site, self._dispatch.try_reserve):
                 kept = replace(candidate, value=value if entered else capture(value))
-                legacy = _entered_and_left(fn) if entered else fn
+                legacy = entered_and_left(fn) if entered else fn
                 self._dispatch.submit(
                     site.name, self._legacy_job, site, model, decision, kept, legacy, args, kwargs
                 )
@@ -911,8 +865,8 @@ class Shim:
                 return cast(R, (value, HeldAllocation(held, release)))
             return cast(R, value)
         if not site.fallback:
-            unfallen = _unfallen(value)  # a soft failure's value, or the error raised
-            return cast(R, (unfallen, contextlib.nullcontext(None)) if entered else unfallen)
+            given = unfallen(value)  # a soft failure's value, or the error raised
+            return cast(R, (given, contextlib.nullcontext(None)) if entered else given)
         started = _perf()
         try:
             result = fn(*args, **kwargs)
@@ -1020,14 +974,14 @@ class Shim:
         result: TaskResult | TaskAllocation | None = None
         prompt: str | None = None
         try:
-            hint = _hint(site, args, kwargs)
+            hint = hint_of(site, args, kwargs)
             if site.allocation:
                 result = await client.allocate(site.product, site.task, service_hint=hint)
             else:
                 request = site.request(*args, **kwargs)
                 prompt = request.prompt if self._capture is not None else None
                 result = await client.infer(site.product, site.task, request, service_hint=hint)
-            value = _checked(site, site.response(result))
+            value = checked(site, site.response(result))
         except Exception as exc:
             failed = self._task_failed(site, exc, started, result, prompt, span, shadow=False)
             if isinstance(result, TaskAllocation):
@@ -1070,7 +1024,7 @@ class Shim:
                 )
             return value
         if not site.fallback:
-            return _unfallen(value)
+            return unfallen(value)
         started = _perf()
         try:
             result = await fn(*args, **kwargs)
@@ -1251,60 +1205,6 @@ def _legacy(
     if exc is not None:
         return Observation(False, ms, error=describe(exc), model=model)
     return Observation(True, ms, capture(result) if copy else result, model=model)
-
-
-def _no_request(*args: Any, **kwargs: Any) -> TaskRequest:
-    """An allocating call site's request: kiwi's allocation body carries none."""
-    return TaskRequest()
-
-
-def _hint(site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-    """The service a task allocation of this call is released from, if the answer
-    names none."""
-    hint = site.service_hint
-    return hint(*args, **kwargs) if callable(hint) else hint
-
-
-def _checked(site: CallSite, value: Any) -> Any:
-    """The task path's value, unless the call site counts it as a (soft) failure."""
-    if site.soft_failure is not None and site.soft_failure(value):
-        message = soft_failure_error("the task path", value)
-        raise SoftFailure(message, product=site.product, task=site.task, value=value)
-    return value
-
-
-def _unfallen(error: BaseException) -> Any:
-    """A served call that failed with no fallback: the task path's own empty value for a
-    soft failure (the call site returns it on failure), else the error, raised."""
-    if isinstance(error, SoftFailure):
-        return error.value
-    raise error
-
-
-def _pair_value(value: Any) -> Any:
-    """The value of a ``(value, ctx)`` pair; anything else as it is."""
-    if isinstance(value, tuple) and len(value) == 2 and hasattr(value[1], "__exit__"):
-        return value[0]
-    return value
-
-
-def _first_of_pair(soft: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    """A soft-failure rule for ``(value, ctx)`` call sites: it judges the value."""
-    return lambda value: soft(_pair_value(value))
-
-
-def _entered_and_left(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` returns ``(value, ctx)`` with ctx entered: call it, leave ctx (giving back
-    what it holds), and return the pair, for a comparison in the background."""
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        pair = fn(*args, **kwargs)
-        ctx = pair[1] if isinstance(pair, tuple) and len(pair) == 2 else None
-        if ctx is not None and hasattr(ctx, "__exit__"):
-            ctx.__exit__(None, None, None)
-        return pair
-
-    return run
 
 
 def _close_at_worker_exit(shim: Shim) -> None:
