@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +114,20 @@ def _outcome(call: Callable[[], Any]) -> Any:
         return call()
     except Exception as exc:
         return exc
+
+
+@contextmanager
+def running_sim(*args: str) -> Iterator[str]:
+    """``shim sim --port 0 ARGS`` in its own process; yields its first line."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "shim", "sim", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout.readline().strip()
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,27 +18,11 @@ from typer.testing import CliRunner
 from shim._cli import app
 
 from .conftest import KIWI
+from .shimkit import running_sim
 
 runner = CliRunner()
 ASSIGNMENTS = KIWI / "orch" / "assignments.yaml"
 REGISTRY = KIWI / "orch" / "model_registry.yaml"
-
-
-@contextmanager
-def running_sim(*args: str) -> Iterator[str]:
-    """``shim sim --port 0 ARGS`` in its own process; yields its first line."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "shim", "sim", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as proc:
-        assert proc.stdout is not None
-        try:
-            yield proc.stdout.readline().strip()
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 @pytest.fixture

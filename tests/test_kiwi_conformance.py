@@ -34,6 +34,7 @@ from shim import OrchConfig
 from shim.sim import NodeSpec, Simulator
 
 from .conftest import QUIET
+from .shimkit import running_sim
 
 http = httpx.Client(timeout=10)
 
@@ -755,40 +756,26 @@ def test_every_kiwi_flow_against_the_shim_sim_command(monkeypatch: pytest.Monkey
     """A new user's run: ``shim sim`` as a coordinator before cf-orch#63, and kiwi's
     plumbing through allocate, chat, release, 404, fallback allocate, stream
     authorisation and docuvision extract; nothing is left allocated."""
-    import subprocess
-    import sys
-
-    args = ["--port", "0", "--seed", "5", "--latency-ms", "1", "--omit-service"]
-    with subprocess.Popen(
-        [sys.executable, "-m", "shim", "sim", *args, "--product-key", KIWI_KEY],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as proc:
-        assert proc.stdout is not None
-        try:
-            first = proc.stdout.readline().strip()
-            assert first.startswith("listening on http://127.0.0.1:"), first
-            url = first.removeprefix("listening on ")
-            monkeypatch.setenv("CF_ORCH_URL", url)
-            monkeypatch.setenv("COORDINATOR_URL", url)
-            monkeypatch.setenv("COORDINATOR_KIWI_KEY", KIWI_KEY)
-            with task_allocate("kiwi", "meal_plan", service_hint="cf-text") as alloc:
-                assert alloc.service == "cf-text", "no service in the answer: the hint"
-                plan = chat(alloc.url, [{"role": "system", "content": PLAN_SYSTEM},
-                                        {"role": "user", "content": "Pantry: rice"}],
-                            model=first_model(alloc.url))  # fmt: skip
-                assert parse_meal_plan(plan.json()["choices"][0]["message"]["content"])
-            with pytest.raises(TaskNotRegistered):
-                task_allocate("kiwi", "soup", service_hint="cf-text").__enter__()
-            with OrchClient(url).allocate("cf-text", ttl_s=120.0, caller="kiwi-meal-plan") as n:
-                assert first_model(n.url) == n.model
-            with task_allocate("kiwi", "recipe_scan", service_hint="cf-docuvision") as card:
-                page = DocuvisionClient(card.url).extract_text(b"\x89PNG page", hint="text")
-                assert page.text.strip()
-            grant = asyncio.run(coordinator_authorize("Soup from rice", ttl_s=60))
-            assert "Directions:" in asyncio.run(read_stream(grant))
-            assert http.get(f"{url}/_sim/stats").json()["allocations_active"] == 0
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    args = ["--seed", "5", "--latency-ms", "1", "--omit-service", "--product-key", KIWI_KEY]
+    with running_sim(*args) as first:
+        assert first.startswith("listening on http://127.0.0.1:"), first
+        url = first.removeprefix("listening on ")
+        monkeypatch.setenv("CF_ORCH_URL", url)
+        monkeypatch.setenv("COORDINATOR_URL", url)
+        monkeypatch.setenv("COORDINATOR_KIWI_KEY", KIWI_KEY)
+        with task_allocate("kiwi", "meal_plan", service_hint="cf-text") as alloc:
+            assert alloc.service == "cf-text", "no service in the answer: the hint"
+            plan = chat(alloc.url, [{"role": "system", "content": PLAN_SYSTEM},
+                                    {"role": "user", "content": "Pantry: rice"}],
+                        model=first_model(alloc.url))  # fmt: skip
+            assert parse_meal_plan(plan.json()["choices"][0]["message"]["content"])
+        with pytest.raises(TaskNotRegistered):
+            task_allocate("kiwi", "soup", service_hint="cf-text").__enter__()
+        with OrchClient(url).allocate("cf-text", ttl_s=120.0, caller="kiwi-meal-plan") as n:
+            assert first_model(n.url) == n.model
+        with task_allocate("kiwi", "recipe_scan", service_hint="cf-docuvision") as card:
+            page = DocuvisionClient(card.url).extract_text(b"\x89PNG page", hint="text")
+            assert page.text.strip()
+        grant = asyncio.run(coordinator_authorize("Soup from rice", ttl_s=60))
+        assert "Directions:" in asyncio.run(read_stream(grant))
+        assert http.get(f"{url}/_sim/stats").json()["allocations_active"] == 0
