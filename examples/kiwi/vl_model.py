@@ -56,8 +56,10 @@ _SKELETON: dict[str, Any] = {
 @shim.shadow(
     product="kiwi",
     task="ocr",
-    request=lambda image_path: TaskRequest(
-        images=(image_b64(image_path),), params={"hint": "text"}
+    request=lambda image_path: TaskRequest(  # a vision node reads the prompt, a
+        prompt=RECEIPT_PROMPT,  # document node the image and the hint
+        images=(image_b64(image_path),),
+        params={"hint": "text"},
     ),
     response=lambda result: result.text or None,
     legacy_model=_MODEL_CANDIDATES[0],
