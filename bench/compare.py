@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from comparators import KIWI_RECIPE, JsonOutput
+from shim.comparators import KIWI_RECIPE, JsonOutput
 from shim.sim import generate
 from shim.sim._outputs import apply_drift
 

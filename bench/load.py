@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overhead import pct, simulator
 
-import flags
-from shim import Shim, TaskRequest
+from shim import Shim, TaskRequest, flags
 
 RATE = 1000  # calls per second, all callers together
 THREADS = 8

@@ -36,8 +36,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import flags
-from shim import Shim, TaskClient, TaskRequest
+from shim import Shim, TaskClient, TaskRequest, flags
 
 TARGETS = {"off": (1.0, None), "shadow": (15.0, 60.0)}
 

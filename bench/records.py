@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from comparators import JsonOutput, ModelNames
-from shim._observe import CallSite, Observation, Pending, capture
-from shim._records import FileSink, Recorder
+from shim.comparators import JsonOutput, ModelNames
+from shim.records.observe import CallSite, Observation, Pending, capture
+from shim.records.recorder import FileSink, Recorder
 
 PLAN = [
     {"day": d, "meal_type": m, "recipe_id": d * 3 + i, "suggestion": "lentil soup with lemon"}
@@ -75,7 +75,7 @@ class SlowSink:
 def run_written(sink: Any, n: int) -> dict[str, Any]:
     """The writing alone: comparison records already made (as the recorder makes them),
     rendered as JSON lines and appended, through the same thread and batches."""
-    from shim._observe import comparison_record
+    from shim.records.observe import comparison_record
 
     record = comparison_record(pending(), ModelNames(), lambda op, exc: None, None)
     fields = {k: v for k, v in record.items() if k not in ("event", "product", "task")}

@@ -25,8 +25,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from shim._report import build_report
-from shim._stats import newcombe_difference, wilson
+from shim.analysis.report import build_report
+from shim.analysis.stats import newcombe_difference, wilson
 
 TASKS = ("kiwi.meal_plan", "kiwi.recipe_generation", "kiwi.ocr", "kiwi.barcode_scan")
 
@@ -37,7 +37,7 @@ def write_log(path: Path, n: int, seed: int = 1) -> None:
         "event": "shim.comparison",
         "schema": 1,
         "ts": "2026-11-26T12:00:00.000000Z",
-        "call_site": "examples.kiwi.callsites:plan_week",
+        "call_site": "shim.demo.kiwi.callsites:plan_week",
         "call_id": "0" * 32,
         "stage": "shadow",
         "served_by": "legacy",

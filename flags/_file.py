@@ -7,8 +7,8 @@ import threading
 import weakref
 from pathlib import Path
 
-from shim._errors import ConfigError, Problem
-from shim._yaml import load_yaml
+from shim.base.errors import ConfigError, Problem
+from shim.base.yamlfile import load_yaml
 
 from ._model import FlagState, load_flags_file, parse_flags
 from ._rules import Decision, Rules

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
-from shim._errors import ConfigError
-from shim._names import TaskName
-from shim._yaml import Located, load_yaml, validate
+from shim.base.errors import ConfigError
+from shim.base.names import TaskName
+from shim.base.yamlfile import Located, load_yaml, validate
 
 __all__ = ["KILL_SWITCH", "FlagState", "TaskFlags", "load_flags_file", "parse_flags", "stage_of"]
 

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from shim._errors import ConfigError, Problem, ShimError
-from shim._yaml import load_yaml
+from shim.base.errors import ConfigError, Problem, ShimError
+from shim.base.yamlfile import load_yaml
 
 from ._model import FlagState, TaskFlags, parse_flags, stage_of
 from ._rules import serve_flag, shadow_flag

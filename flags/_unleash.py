@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from shim._context import current_context
-from shim._names import check_task_name
+from shim.base.context import current_context
+from shim.base.names import check_task_name
 
 from ._model import KILL_SWITCH, FlagState, TaskFlags
 from ._rules import Decision, Engine, Rules

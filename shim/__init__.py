@@ -3,20 +3,69 @@
 Wrap a call site with :meth:`Shim.shadow`; flags decide per call which path serves and
 whether the other path runs in the background for comparison; every comparison is one
 JSON line. The task client (:class:`TaskClient`, :class:`AsyncTaskClient`) speaks the
-coordinator's task endpoint; :func:`context` sets who is calling. The simulator is
-``shim.sim``. Every error is a :class:`ShimError`.
+coordinator's task endpoint; :func:`context` sets who is calling. Flag sources are in
+``shim.flags``, comparators in ``shim.comparators``, the simulator in ``shim.sim``, a
+test mode in ``shim.testing``. Every error is a :class:`ShimError`.
+
+``import shim`` is cheap: each name below loads its module on first use.
 """
 
-from ._breaker import BreakerPolicy
-from ._capture import Capture
-from ._client import AsyncTaskClient, TaskAllocation, TaskClient, TaskRequest, TaskResult
-from ._context import context, current_context
-from ._errors import ConfigError, Problem, ShimError, SoftFailure, TaskFailed, TaskNotRegistered
-from ._observe import NOT_RECORDED, is_soft_failure
-from ._orch import OrchConfig, ResolvedTask
-from ._records import FileSink, RecordSink, StreamSink
-from ._shim import Shim
-from ._spend import Backoff, ShadowBudget
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shim import comparators as comparators
+    from shim import flags as flags
+    from shim.base.context import context, current_context
+    from shim.base.errors import (
+        ConfigError,
+        Problem,
+        ShimError,
+        SoftFailure,
+        TaskFailed,
+        TaskNotRegistered,
+    )
+    from shim.base.orch import OrchConfig, ResolvedTask
+    from shim.client.task import TaskAllocation, TaskRequest, TaskResult
+    from shim.client.task_client import AsyncTaskClient, TaskClient
+    from shim.core.breaker import BreakerPolicy
+    from shim.core.shim import Shim
+    from shim.core.spend import Backoff, ShadowBudget
+    from shim.records.capture import Capture
+    from shim.records.observe import NOT_RECORDED, is_soft_failure
+    from shim.records.recorder import FileSink, RecordSink, StreamSink
+
+# name -> the module that defines it
+_HOME = {
+    "AsyncTaskClient": "shim.client.task_client",
+    "Backoff": "shim.core.spend",
+    "BreakerPolicy": "shim.core.breaker",
+    "Capture": "shim.records.capture",
+    "ConfigError": "shim.base.errors",
+    "FileSink": "shim.records.recorder",
+    "NOT_RECORDED": "shim.records.observe",
+    "OrchConfig": "shim.base.orch",
+    "Problem": "shim.base.errors",
+    "RecordSink": "shim.records.recorder",
+    "ResolvedTask": "shim.base.orch",
+    "ShadowBudget": "shim.core.spend",
+    "Shim": "shim.core.shim",
+    "ShimError": "shim.base.errors",
+    "SoftFailure": "shim.base.errors",
+    "StreamSink": "shim.records.recorder",
+    "TaskAllocation": "shim.client.task",
+    "TaskClient": "shim.client.task_client",
+    "TaskFailed": "shim.base.errors",
+    "TaskNotRegistered": "shim.base.errors",
+    "TaskRequest": "shim.client.task",
+    "TaskResult": "shim.client.task",
+    "context": "shim.base.context",
+    "current_context": "shim.base.context",
+    "is_soft_failure": "shim.records.observe",
+}
+_SUBPACKAGES = {"comparators", "flags", "metrics", "sim", "testing"}
 
 __all__ = [
     "NOT_RECORDED",
@@ -45,3 +94,18 @@ __all__ = [
     "current_context",
     "is_soft_failure",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"shim.{name}")
+    else:
+        raise AttributeError(f"module 'shim' has no attribute {name!r}")
+    globals()[name] = value  # found once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME, *_SUBPACKAGES})

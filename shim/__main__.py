@@ -1,3 +1,3 @@
-from ._cli import main
+from shim.cli import main
 
 main()

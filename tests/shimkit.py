@@ -12,8 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import flags
-from shim import Shim
+from shim import Shim, flags
 
 from .conftest import KIWI
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from shim import BreakerPolicy
-from shim._breaker import CircuitBreaker
+from shim.core.breaker import CircuitBreaker
 
 
 class Clock:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from shim._cli import app
+from shim.cli.app import app
 
 from .conftest import KIWI
 from .shimkit import running_sim
@@ -200,11 +200,11 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "comparisons.jsonl").read_text().splitlines()]
     compared = [r for r in rows if r["event"] == "shim.comparison"]
     assert {r["call_site"] for r in compared} == {
-        "examples.kiwi.llm_router:get_meal_plan_router",
-        "examples.kiwi.llm_recipe:LLMRecipeGenerator._call_llm",
-        "examples.kiwi.vl_model:try_docuvision",
-        "examples.kiwi.label_capture:extract_label",
-        "examples.kiwi.node_allocation:allocate_for",
+        "shim.demo.kiwi.llm_router:get_meal_plan_router",
+        "shim.demo.kiwi.llm_recipe:LLMRecipeGenerator._call_llm",
+        "shim.demo.kiwi.vl_model:try_docuvision",
+        "shim.demo.kiwi.label_capture:extract_label",
+        "shim.demo.kiwi.node_allocation:allocate_for",
     }
     [rollback] = [r for r in rows if r["event"] == "shim.rollback"]
     assert rollback["task"] == "ocr" and "structure mismatch" in rollback["reason"]

@@ -9,8 +9,8 @@ from typing import Any
 import pydantic
 import pytest
 
-import comparators
-from comparators import (
+from shim import comparators
+from shim.comparators import (
     KIWI_RECIPE,
     JsonOutput,
     ModelNames,

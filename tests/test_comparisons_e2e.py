@@ -11,8 +11,7 @@ from typing import Any
 
 import pydantic
 
-import comparators
-from shim import OrchConfig, TaskRequest
+from shim import OrchConfig, TaskRequest, comparators
 from shim.sim import Profile, Simulator, generate
 
 from .conftest import KIWI, QUIET

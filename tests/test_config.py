@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import flags
-from shim import ConfigError, OrchConfig
-from shim._check import run_check
+from shim import ConfigError, OrchConfig, flags
+from shim.ops.check import run_check
 
 from .conftest import KIWI
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from shim import context
-from shim._demo import TASKS, _callsites
+from shim.demo.run import TASKS, _callsites
 from shim.sim import Profile, Simulator
 
 from .conftest import KIWI
@@ -296,7 +296,7 @@ def test_allocation_helper_yields_an_allocation_of_the_serving_path(
     """The helper yields kiwi's frozen ``Allocation`` (read by attribute) on a node that
     reads pages, from the path that serves; released when the block ends."""
     k = load(flags(stage, "recipe_scan"))
-    from examples.kiwi.docuvision_client import DocuvisionClient
+    from shim.demo.kiwi.docuvision_client import DocuvisionClient
 
     holders = []
     for n, user in enumerate(USERS):
@@ -330,7 +330,7 @@ def test_allocation_helper_records_the_task_its_arguments_name(
     released(sim)
     rows = log_of(tmp_path)
     assert Counter(r["task"] for r in rows) == {"ocr": 6, "recipe_scan": 6}
-    assert {r["call_site"] for r in rows} == {"examples.kiwi.node_allocation:allocate_for"}
+    assert {r["call_site"] for r in rows} == {"shim.demo.kiwi.node_allocation:allocate_for"}
 
 
 def test_allocation_helper_releases_by_service_hint_when_the_coordinator_omits_service(
@@ -371,7 +371,7 @@ def test_every_call_site_is_compared_once_per_app_request(
 ) -> None:
     """kiwi's traffic driver, one request of each task at shadow 100 %: one comparison
     per call site, legacy served each, the task path answered each."""
-    from examples.kiwi import traffic
+    from shim.demo.kiwi import traffic
 
     k = load(flags("shadow", *(t.partition(".")[2] for t in TASKS)))
     tasks = [t.partition(".")[2] for t in TASKS]
@@ -416,7 +416,7 @@ def test_recipe_stream_is_authorised_and_read_unwrapped(
 def test_recipe_stream_refused_without_a_product_key(load: Callable[..., Kiwi]) -> None:
     """No product key: kiwi's API would answer 503, before any request."""
     k = load("{}\n", COORDINATOR_KIWI_KEY=None)
-    from examples.kiwi.coordinator_proxy import CoordinatorError
+    from shim.demo.kiwi.coordinator_proxy import CoordinatorError
 
     with pytest.raises(CoordinatorError) as refused:
         asyncio.run(k.stream_token(k.RecipeRequest(pantry_items=PANTRY)))
@@ -428,7 +428,7 @@ def test_local_mode_runs_every_call_site_locally_and_records_one_error(
 ) -> None:
     """``CF_ORCH_URL`` unset: the shim is off (one shim.error says so), every call site
     answers from its local path, and no comparison is made, whatever the flags."""
-    from examples.kiwi import traffic
+    from shim.demo.kiwi import traffic
 
     k = load(flags("live", *(t.partition(".")[2] for t in TASKS)), CF_ORCH_URL=None)
     assert k.shim.enabled is False
@@ -456,7 +456,7 @@ def test_coordinator_down_every_call_site_answers_from_its_local_path(
 ) -> None:
     """cf-orch unreachable while shadowing: callers get legacy's local fallbacks, the
     records say the task path failed."""
-    from examples.kiwi import traffic
+    from shim.demo.kiwi import traffic
 
     tasks = ("meal_plan", "ocr", "recipe_generation")
     k = load(flags("shadow", *tasks), CF_ORCH_URL="http://127.0.0.1:9")  # nothing listens
@@ -473,7 +473,7 @@ def test_coordinator_down_every_call_site_answers_from_its_local_path(
 def test_with_every_flag_off_nothing_is_compared(
     load: Callable[..., Kiwi], sim: Simulator, tmp_path: Path
 ) -> None:
-    from examples.kiwi import traffic
+    from shim.demo.kiwi import traffic
 
     k = load("{}\n")
     tasks = [t.partition(".")[2] for t in TASKS]

@@ -6,10 +6,10 @@ import mmh3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import flags
 import shim
-from flags import FlagState, Rules, TaskFlags
-from shim._context import sticky_value
+from shim import flags
+from shim.base.context import sticky_value
+from shim.flags import FlagState, Rules, TaskFlags
 
 
 def unleash_in(group: str, sticky: str, percent: int) -> bool:

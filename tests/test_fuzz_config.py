@@ -12,9 +12,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import flags
-from shim import ConfigError, OrchConfig
-from shim._policy import Policy
+from shim import ConfigError, OrchConfig, flags
+from shim.analysis.policy import Policy
 from shim.sim import Profile
 
 from .conftest import KIWI

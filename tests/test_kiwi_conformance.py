@@ -20,17 +20,17 @@ from typing import Any
 import httpx
 import pytest
 
-from examples.kiwi import coordinator_proxy, orch_client, task_inference
-from examples.kiwi.coordinator_proxy import (
+from shim import OrchConfig
+from shim.demo.kiwi import coordinator_proxy, orch_client, task_inference
+from shim.demo.kiwi.coordinator_proxy import (
     CoordinatorError,
     StreamTokenResult,
     coordinator_authorize,
     read_stream,
 )
-from examples.kiwi.docuvision_client import DocuvisionClient, DocuvisionResult
-from examples.kiwi.orch_client import OrchClient
-from examples.kiwi.task_inference import Allocation, TaskNotRegistered, task_allocate
-from shim import OrchConfig
+from shim.demo.kiwi.docuvision_client import DocuvisionClient, DocuvisionResult
+from shim.demo.kiwi.orch_client import OrchClient
+from shim.demo.kiwi.task_inference import Allocation, TaskNotRegistered, task_allocate
 from shim.sim import NodeSpec, Simulator
 
 from .conftest import QUIET

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import flags
-from flags._store import FileStore, Setting, edit_flags_text, next_rung
-from shim._cli import app
+from shim import flags
+from shim.cli.app import app
+from shim.flags._store import FileStore, Setting, edit_flags_text, next_rung
 
 runner = CliRunner()
 
@@ -176,7 +176,7 @@ def test_concurrent_edits_are_serialised_by_the_lock(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from flags._store import FileStore, Setting
+from shim.flags._store import FileStore, Setting
 store = FileStore(sys.argv[1])
 i = 0
 while True:

@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["shim", "shim.sim", "flags", "comparators"])
+@pytest.mark.parametrize("name", ["shim", "shim.sim", "shim.flags", "shim.comparators"])
 def test_all_is_sorted_and_every_name_exists(name: str) -> None:
     module = importlib.import_module(name)
 
@@ -41,6 +41,6 @@ def test_importing_shim_does_not_import_the_simulator_stack() -> None:
     import subprocess
     import sys
 
-    code = "import sys, shim, flags, comparators; print('fastapi' in sys.modules)"
+    code = "import sys, shim, shim.flags, shim.comparators; print('fastapi' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

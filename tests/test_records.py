@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from comparators import ModelNames
 from shim import FileSink
-from shim._records import PartialWrite, Recorder, StreamSink
+from shim.comparators import ModelNames
+from shim.records.recorder import PartialWrite, Recorder, StreamSink
 
 
 def _append(path: str, writer: int, lines: int) -> None:

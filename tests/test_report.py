@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from shim import ConfigError
-from shim._cli import app
-from shim._policy import Policy
-from shim._report import build_report
+from shim.analysis.policy import Policy
+from shim.analysis.report import build_report
+from shim.cli.app import app
 
 runner = CliRunner()
 
@@ -386,7 +386,7 @@ def test_promote_demands_a_promote_verdict_from_the_evidence(
     assert held.exit_code == 1
     assert "refusing to promote kiwi.drifty: the evidence says HOLD" in held.output
     assert "mismatch upper bound" in held.output
-    import flags
+    from shim import flags
 
     assert flags.load_flags_file(flags_file).tasks["kiwi.drifty"].serve == 0, "unchanged"
     ok = runner.invoke(app, ["promote", "kiwi.good", "--evidence", str(planted_log), *base])
@@ -456,7 +456,7 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path, planted_log: P
 
 
 def test_interval_statistics() -> None:
-    from shim._stats import Z_ONE_SIDED_95, newcombe_difference, wilson
+    from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 
     rate, low, high = wilson(0, 300, z=Z_ONE_SIDED_95) or (1, 1, 1)
     assert (rate, low) == (0.0, 0.0)

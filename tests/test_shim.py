@@ -348,7 +348,7 @@ def test_without_fallback_the_task_error_reaches_the_caller(
 
 
 def test_canary_share_is_sticky_and_monotonic(tmp_path: Path) -> None:
-    import flags
+    from shim import flags
 
     def served(percent: int) -> set[str]:
         path = write_flags(tmp_path / f"f{percent}.yaml", f"kiwi.meal_plan: {{serve: {percent}}}\n")
@@ -371,7 +371,7 @@ def test_canary_through_the_decorator_uses_key_and_context(
     sim: Simulator, tmp_path: Path, driver: Driver
 ) -> None:
     s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {serve: 30, stickiness: user_id}\n")
-    import flags
+    from shim import flags
 
     rule = s.flags.rules.active["kiwi.meal_plan"]
     users = [f"u{i}" for i in range(60)]
@@ -425,7 +425,7 @@ def test_flag_file_changes_take_effect_within_a_second(sim: Simulator, tmp_path:
 
 
 def test_an_empty_flags_file_is_taken_for_a_write_in_progress(tmp_path: Path) -> None:
-    import flags
+    from shim import flags
 
     source = flags.FileFlags(write_flags(tmp_path / "flags.yaml", "kiwi.ocr: {shadow: 100}\n"))
     events: list[flags.FlagEvent] = []

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from flags import load_flags_file
 from shim import Backoff, ConfigError, ShadowBudget, TaskRequest
-from shim._spend import Spend
+from shim.core.spend import Spend
+from shim.flags import load_flags_file
 from shim.sim import Profile, Simulator
 
 from .conftest import QUIET

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-import flags
-from flags._store import Setting, UnleashAdminStore
+from shim import flags
+from shim.flags._store import Setting, UnleashAdminStore
 
 from .shimkit import wait_for
 
@@ -86,7 +86,7 @@ def test_richer_flags_are_left_to_the_sdk_engine(tmp_path: Path) -> None:
     other_group = rollout("kiwi.grp.serve", 50, groupId="shared")
     features = [constrained, other_group, {"name": "shim.kill", "enabled": False, "strategies": []}]
     client = offline_client(features, tmp_path)
-    from flags._unleash import _unleash_context
+    from shim.flags._unleash import _unleash_context
 
     rules = flags.compile_features(
         features,

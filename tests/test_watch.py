@@ -12,9 +12,9 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-import flags
-from shim._cli import app
-from shim._watch import Watch, follow
+from shim import flags
+from shim.cli.app import app
+from shim.ops.watch import Watch, follow
 
 from .test_report import record
 

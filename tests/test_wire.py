@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shim._wire import TooLarge, Wire
+from shim.client.wire import TooLarge, Wire
 
 #: Given the request number (from 0) and the raw request, what to send back; None
 #: closes the connection without a word.

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from comparators import KIWI_RECIPE
 from shim import TaskRequest
+from shim.comparators import KIWI_RECIPE
 
 from .local_llm import LocalRouter
 from .migration import nodes, orch_url, shim

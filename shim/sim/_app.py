@@ -20,7 +20,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from pydantic import ValidationError
 
-from .._orch import OrchConfig
+from shim.base.orch import OrchConfig
+
 from ._coordinator import coordinator_routes
 from ._nodes import node_routes
 from ._profile import Profile

@@ -35,7 +35,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from .._orch import ModelEntry
+from shim.base.orch import ModelEntry
+
 from ._bodies import AllocateBody, LegacyBody, TaskBody
 from ._outputs import asks_for_timing
 from ._profile import NodeSpec

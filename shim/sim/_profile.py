@@ -10,9 +10,10 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .._errors import ConfigError, Problem
-from .._names import TaskName
-from .._yaml import load_yaml, validate
+from shim.base.errors import ConfigError, Problem
+from shim.base.names import TaskName
+from shim.base.yamlfile import load_yaml, validate
+
 from ._drift import DRIFT_KINDS, DriftKind
 
 __all__ = ["KNOB_NAMES", "Knobs", "NodeSpec", "Profile", "Settings", "parse_knob"]

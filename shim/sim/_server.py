@@ -10,7 +10,8 @@ from typing import Any, Self
 
 import uvicorn
 
-from .._orch import OrchConfig
+from shim.base.orch import OrchConfig
+
 from ._app import SimState, create_app
 from ._profile import Profile
 

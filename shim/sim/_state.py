@@ -19,7 +19,8 @@ from typing import Any
 from fastapi import Response
 from fastapi.responses import JSONResponse
 
-from .._orch import ModelEntry, OrchConfig
+from shim.base.orch import ModelEntry, OrchConfig
+
 from ._outputs import apply_drift, generate, kind_for
 from ._profile import NodeSpec, Profile, Settings
 

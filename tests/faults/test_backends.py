@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 
-import flags
-from flags._store import Setting, UnleashAdminStore
-from shim import Shim
+from shim import Shim, flags
+from shim.flags._store import Setting, UnleashAdminStore
 
 from ..conftest import KIWI
 from ..shimkit import Driver, make_shim, records, wait_for

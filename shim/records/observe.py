@@ -14,9 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from comparators import ModelNames, OutputComparator, Structure
-
-from ._capture import Capture
+from shim.comparators import ModelNames, OutputComparator, Structure
+from shim.records.capture import Capture
 
 __all__ = [
     "NOT_RECORDED",

@@ -10,12 +10,11 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
-import flags as flagpkg
-from comparators import held_value
-
-from ._errors import SoftFailure
-from ._observe import CallSite, soft_failure_error
-from ._task import TaskRequest
+from shim import flags as flagpkg
+from shim.base.errors import SoftFailure
+from shim.client.task import TaskRequest
+from shim.comparators import held_value
+from shim.records.observe import CallSite, soft_failure_error
 
 __all__ = [
     "checked",

@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from ._errors import ConfigError, Problem
-from ._names import TaskName
-from ._yaml import Located, load_yaml, validate
+from shim.base.errors import ConfigError, Problem
+from shim.base.names import TaskName
+from shim.base.yamlfile import Located, load_yaml, validate
 
 __all__ = [
     "SERVICE_TYPES",

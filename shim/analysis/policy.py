@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._errors import ConfigError
-from ._names import TaskName
-from ._stats import Z_ONE_SIDED_95, newcombe_difference, wilson
-from ._yaml import load_yaml, validate
+from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, wilson
+from shim.base.errors import ConfigError
+from shim.base.names import TaskName
+from shim.base.yamlfile import load_yaml, validate
 
 __all__ = ["Gates", "Policy", "Price"]
 

@@ -19,8 +19,8 @@ from typing import Any, Self, TypeVar, cast
 import httpx
 import structlog
 
-from ._errors import TaskFailed
-from ._protocol import (
+from shim.base.errors import TaskFailed
+from shim.client.protocol import (
     Call,
     ReleaseHook,
     Reply,
@@ -28,8 +28,8 @@ from ._protocol import (
     infer_steps,
     release_steps,
 )
-from ._task import TaskAllocation, TaskRequest, TaskResult
-from ._wire import TooLarge, Wire
+from shim.client.task import TaskAllocation, TaskRequest, TaskResult
+from shim.client.wire import TooLarge, Wire
 
 __all__ = ["AsyncTaskClient", "TaskAllocation", "TaskClient", "TaskRequest", "TaskResult"]
 

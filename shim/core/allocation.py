@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from ._task import TaskAllocation
+from shim.client.task import TaskAllocation
 
 if TYPE_CHECKING:
-    import flags as flagpkg
-
-    from ._observe import CallSite
-    from ._shim import Shim
+    from shim import flags as flagpkg
+    from shim.core.shim import Shim
+    from shim.records.observe import CallSite
 
 __all__ = ["HeldAllocation", "ServedAllocation", "ShadowedAllocation", "declared_allocation"]
 

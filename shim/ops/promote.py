@@ -11,13 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flags import FlagState
-from flags._store import DEFAULT_RAMP, FileStore, FlagStore, Setting, UnleashAdminStore, next_rung
-
-from ._errors import ConfigError, ShimError
-from ._names import check_task_name
-from ._observe import envelope
-from ._records import FileSink
+from shim.base.errors import ConfigError, ShimError
+from shim.base.names import check_task_name
+from shim.flags import FlagState
+from shim.flags._store import (
+    DEFAULT_RAMP,
+    FileStore,
+    FlagStore,
+    Setting,
+    UnleashAdminStore,
+    next_rung,
+)
+from shim.records.observe import envelope
+from shim.records.recorder import FileSink
 
 __all__ = [
     "Change",
@@ -177,7 +183,7 @@ def record(
 
 def known_tasks(assignments: Path | None) -> list[str]:
     """Tasks in assignments.yaml (SHIM_ASSIGNMENTS or kiwi's), for name checks."""
-    from ._orch import AssignmentsFile, default_config_path, parse_file
+    from shim.base.orch import AssignmentsFile, default_config_path, parse_file
 
     path = assignments or Path(
         os.environ.get("SHIM_ASSIGNMENTS") or default_config_path("assignments.yaml")

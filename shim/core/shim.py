@@ -24,12 +24,22 @@ from typing import Any, Literal, ParamSpec, Self, TypeVar, cast
 
 import httpx
 
-import flags as flagpkg
-from comparators import AllocationOutput, JsonOutput, ModelNames, OutputComparator
-
-from ._allocation import HeldAllocation, ServedAllocation, ShadowedAllocation, declared_allocation
-from ._breaker import BreakerPolicy, CircuitBreaker
-from ._callsite import (
+from shim import flags as flagpkg
+from shim.base.context import sticky_value
+from shim.base.errors import ConfigError, Problem, ShimError
+from shim.base.names import check_task_name
+from shim.base.orch import SERVICE_TYPES, AssignmentsFile, OrchConfig, RegistryFile, parse_file
+from shim.client.task import TaskAllocation, TaskRequest, TaskResult
+from shim.client.task_client import AsyncTaskClient, TaskClient
+from shim.comparators import AllocationOutput, JsonOutput, ModelNames, OutputComparator
+from shim.core.allocation import (
+    HeldAllocation,
+    ServedAllocation,
+    ShadowedAllocation,
+    declared_allocation,
+)
+from shim.core.breaker import BreakerPolicy, CircuitBreaker
+from shim.core.callsite import (
     checked,
     entered_and_left,
     first_of_pair,
@@ -38,13 +48,11 @@ from ._callsite import (
     routed,
     unfallen,
 )
-from ._capture import Capture
-from ._client import AsyncTaskClient, TaskClient
-from ._context import sticky_value
-from ._dispatch import Gate, LoopDispatcher, ThreadDispatcher
-from ._errors import ConfigError, Problem, ShimError
-from ._names import check_task_name
-from ._observe import (
+from shim.core.dispatch import Gate, LoopDispatcher, ThreadDispatcher
+from shim.core.spend import BUSY, Backoff, ShadowBudget, Spend
+from shim.metrics import PrometheusMetrics
+from shim.records.capture import Capture
+from shim.records.observe import (
     NOT_RECORDED,
     CallSite,
     Observation,
@@ -54,12 +62,8 @@ from ._observe import (
     is_soft_failure,
     usage_record,
 )
-from ._orch import SERVICE_TYPES, AssignmentsFile, OrchConfig, RegistryFile, parse_file
-from ._records import FileSink, Recorder, RecordSink, StreamSink
-from ._spend import BUSY, Backoff, ShadowBudget, Spend
-from ._task import TaskAllocation, TaskRequest, TaskResult
-from ._tracing import end_span, start_span
-from .metrics import PrometheusMetrics
+from shim.records.recorder import FileSink, Recorder, RecordSink, StreamSink
+from shim.records.tracing import end_span, start_span
 
 __all__ = ["Shim"]
 

@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flags import FlagState, parse_flags
-
-from ._errors import ConfigError, Problem
-from ._orch import OrchConfig
-from ._yaml import load_yaml
+from shim.base.errors import ConfigError, Problem
+from shim.base.orch import OrchConfig
+from shim.base.yamlfile import load_yaml
+from shim.flags import FlagState, parse_flags
 
 __all__ = ["CheckReport", "run_check"]
 

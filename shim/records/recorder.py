@@ -24,10 +24,9 @@ from typing import IO, Any, Protocol, runtime_checkable
 import pydantic_core
 import structlog
 
-from comparators import ModelNames
-
-from ._capture import Capture
-from ._observe import Pending, comparison_record, envelope
+from shim.comparators import ModelNames
+from shim.records.capture import Capture
+from shim.records.observe import Pending, comparison_record, envelope
 
 __all__ = ["FileSink", "PartialWrite", "RecordSink", "Recorder", "StreamSink"]
 

@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 import pydantic
 import structlog
 
-from ._errors import TaskFailed, TaskNotRegistered
-from ._task import TaskAllocation, TaskRequest, TaskResult
+from shim.base.errors import TaskFailed, TaskNotRegistered
+from shim.client.task import TaskAllocation, TaskRequest, TaskResult
 
 __all__ = [
     "Call",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._observe import CallSite, Observation, usage_record
+from shim.records.observe import CallSite, Observation, usage_record
 
 __all__ = ["end_span", "start_span"]
 

@@ -17,7 +17,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from ._errors import ConfigError, Problem
+from shim.base.errors import ConfigError, Problem
 
 __all__ = ["Located", "load_yaml", "validate"]
 

@@ -27,13 +27,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from flags import FileFlags
-from flags._store import FileStore
-
-from ._orch import default_config_path
-from ._report import build_report
-from ._report_format import table
-from ._report_html import render_html
+from shim.analysis.report import build_report
+from shim.analysis.report_format import table
+from shim.analysis.report_html import render_html
+from shim.base.orch import default_config_path
+from shim.flags import FileFlags
+from shim.flags._store import FileStore
 
 __all__ = ["run_demo"]
 
@@ -91,16 +90,18 @@ def _simulator(seed: int) -> Iterator[str]:
             sim.wait()
 
 
+# The example app (``examples/kiwi`` in the repository), shipped inside the package so an
+# installed ``shim demo`` has it too.
+_KIWI = "shim.demo.kiwi"
+
+
 def _callsites(env: dict[str, str]) -> Any:
     """Import kiwi's call sites with this environment, fresh, as a new process would:
     every module of the example is imported again, so its decorators see ``env``."""
-    root = Path(__file__).resolve().parent.parent
-    if (root / "examples" / "kiwi" / "callsites.py").is_file() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
     os.environ.update(env)
-    for name in [m for m in sys.modules if m.startswith("examples.kiwi.")]:
+    for name in [m for m in sys.modules if m.startswith(f"{_KIWI}.")]:
         del sys.modules[name]
-    return importlib.import_module("examples.kiwi.callsites")
+    return importlib.import_module(f"{_KIWI}.callsites")
 
 
 class _Story:
@@ -304,5 +305,5 @@ def _act_drill(story: _Story, task: str) -> None:
 def _drive(kiwi: Any, plan: list[str], rng: random.Random, tick: Any) -> None:
     """The app's requests for ``plan`` (kiwi's own traffic driver: sync call sites from
     threads, the async one on its own event loop)."""
-    traffic = importlib.import_module("examples.kiwi.traffic")
+    traffic = importlib.import_module(f"{_KIWI}.traffic")
     traffic.drive(kiwi, [t.partition(".")[2] for t in plan], rng, tick)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import ShimError
-from ._policy import Gates, Policy, Price
-from ._stats import Z_ONE_SIDED_95, newcombe_difference, wilson
+from shim.analysis.policy import Gates, Policy, Price
+from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, wilson
+from shim.base.errors import ShimError
 
 __all__ = ["ReportError", "build_report"]
 

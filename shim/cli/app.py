@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._errors import ConfigError
-from ._orch import OrchConfig, default_config_path
+from shim.base.errors import ConfigError
+from shim.base.orch import OrchConfig, default_config_path
 
 app = typer.Typer(
     name="shim",
@@ -158,7 +158,7 @@ def sim(
     ] = None,
 ) -> None:
     """Run the cf-orch simulator (first line: 'listening on http://HOST:PORT')."""
-    from .sim import Profile, parse_knob, serve
+    from shim.sim import Profile, parse_knob, serve
 
     config = _load_config(assignments, registry)
     try:
@@ -227,7 +227,7 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Validate assignments, registry and flags; 'file:line: message' for each problem."""
-    from ._check import run_check
+    from shim.ops.check import run_check
 
     a_path, r_path = _config_paths(assignments, registry)
     if flags is None and os.environ.get("SHIM_FLAGS", "unleash") != "unleash":
@@ -314,7 +314,7 @@ def _log_path(given: Path | None) -> Path | None:
 
 
 def _store(flags: Path | None) -> Any:
-    from ._ops import OpsError, open_store
+    from shim.ops.promote import OpsError, open_store
 
     try:
         return open_store(flags)
@@ -330,7 +330,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
 ) -> None:
     """Stage, serve %, shadow % and breaker state of every task."""
-    from ._status import breaker_states, status_rows
+    from shim.ops.status import breaker_states, status_rows
 
     store = _store(flags)
     state = _guard(store.read)
@@ -373,7 +373,7 @@ def _budget_text(row: dict[str, Any]) -> str:
 
 def _guard(action: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a flag operation; its errors become a message and exit 2."""
-    from ._errors import ShimError
+    from shim.base.errors import ShimError
 
     try:
         return action(*args, **kwargs)
@@ -396,8 +396,8 @@ def _evidence(
     task: str, logs: list[str] | None, policy: Path | None, force: bool
 ) -> dict[str, Any]:
     """The report's verdict on ``task``; exits 1 unless it is PROMOTE or ``force``."""
-    from ._policy import Policy
-    from ._report import build_report
+    from shim.analysis.policy import Policy
+    from shim.analysis.report import build_report
 
     if not logs:
         if not force:
@@ -434,7 +434,7 @@ def _record(
     log: Path | None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    from ._ops import record
+    from shim.ops.promote import record
 
     path = _log_path(log)
     record(event, changes, store, path, extra=extra)
@@ -475,7 +475,7 @@ def promote(
     Shadowing needs no evidence; serving more does: the verdict of `shim report` over
     --evidence must be PROMOTE, or --force (which the shim.promote record says).
     """
-    from ._ops import apply, check_request, known_tasks, plan_promote
+    from shim.ops.promote import apply, check_request, known_tasks, plan_promote
 
     try:
         rungs = [int(r) for r in ramp.split(",")]
@@ -512,7 +512,7 @@ def rollback(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the change only.")] = False,
 ) -> None:
     """Serve 0 % at once (shadow kept), for TASK or --all."""
-    from ._ops import apply, check_request, known_tasks, plan_rollback
+    from shim.ops.promote import apply, check_request, known_tasks, plan_rollback
 
     if (task is None) == (not all_tasks):
         err.print("name one task or pass --all", markup=False)
@@ -556,9 +556,9 @@ def report(
     ] = None,
 ) -> None:
     """Per-task statistics and a verdict (PROMOTE, HOLD, ROLLBACK); exit 1 on ROLLBACK."""
-    from ._policy import Policy
-    from ._report import build_report
-    from ._report_format import markdown, table
+    from shim.analysis.policy import Policy
+    from shim.analysis.report import build_report
+    from shim.analysis.report_format import markdown, table
 
     if fmt not in ("table", "json", "markdown", "html"):
         err.print(f"--format must be table, json, markdown or html, got {fmt!r}", markup=False)
@@ -574,7 +574,7 @@ def report(
         build_report, logs, policy=gates, task=task, since=since, until=until, stage=stage
     )
     if fmt == "html":
-        from ._report_html import render_html
+        from shim.analysis.report_html import render_html
 
         assert out_file is not None
         out_file.write_text(render_html(result), encoding="utf-8")
@@ -613,11 +613,10 @@ def watch(
     ] = False,
 ) -> None:
     """Evaluate rolling windows of LOG as it grows; with --auto-rollback, act on a breach."""
-    from flags._store import Setting
-
-    from ._ops import Change, apply, read_state, record
-    from ._policy import Policy
-    from ._watch import Watch, follow
+    from shim.analysis.policy import Policy
+    from shim.flags._store import Setting
+    from shim.ops.promote import Change, apply, read_state, record
+    from shim.ops.watch import Watch, follow
 
     try:
         gates = Policy.load(policy) if policy else Policy()
@@ -680,7 +679,7 @@ def demo(
     ] = Path("shim-demo"),
 ) -> None:
     """A whole rollout on the simulator: shadow, report, ramp to live, rollback drill."""
-    from ._demo import run_demo
+    from shim.demo.run import run_demo
 
     run_demo(seed=seed, calls=calls, out=out_dir, console=out)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._policy import Policy
+from shim.analysis.policy import Policy
 
 __all__ = ["Breach", "Watch", "follow"]
 

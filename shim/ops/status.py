@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flags import FlagState
+from shim.flags import FlagState
 
 __all__ = ["breaker_states", "status_rows"]
 

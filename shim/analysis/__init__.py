@@ -1,0 +1,1 @@
+"""Reading comparison logs: statistics, the promotion policy and the report."""

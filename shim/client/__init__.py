@@ -1,0 +1,1 @@
+"""cf-orch's task protocol (sans-I/O) and its sync and async clients."""

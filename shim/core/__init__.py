@@ -1,0 +1,1 @@
+"""The Shim and its decorator: decisions, admission, the task path, background comparison."""

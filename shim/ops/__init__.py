@@ -1,0 +1,1 @@
+"""Acting on flags: promote, roll back, watch, status and check."""
