@@ -27,6 +27,15 @@ __all__ = ["PrometheusMetrics"]
 _BREAKER = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 #: From 5 ms to 2 minutes: LLM calls.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+#: Each family's help, by its name after the prefix.
+_HELP = {
+    "calls": "Calls by task and the path that served them",
+    "comparisons": "Comparisons by task and outcome",
+    "dropped": "Comparisons not made, by reason",
+    "breaker_state": "Circuit breaker: 0 closed, 1 half-open, 2 open",
+    "backoff": "Shadow pauses after the coordinator had no capacity",
+    "latency_seconds": "Latency of each path in compared calls",
+}
 
 
 class PrometheusMetrics:
@@ -36,41 +45,16 @@ class PrometheusMetrics:
         import prometheus_client as prom
 
         self.registry = registry if registry is not None else prom.REGISTRY
-        r = self.registry
-        self.calls = prom.Counter(
-            f"{prefix}_calls",
-            "Calls by task and the path that served them",
-            ["task", "served_by"],
-            registry=r,
-        )
-        self.comparisons = prom.Counter(
-            f"{prefix}_comparisons",
-            "Comparisons by task and outcome",
-            ["task", "outcome"],
-            registry=r,
-        )
-        self.dropped = prom.Counter(
-            f"{prefix}_dropped", "Comparisons not made, by reason", ["task", "reason"], registry=r
-        )
-        self.breaker = prom.Gauge(
-            f"{prefix}_breaker_state",
-            "Circuit breaker: 0 closed, 1 half-open, 2 open",
-            ["task"],
-            registry=r,
-        )
-        self.backoff = prom.Counter(
-            f"{prefix}_backoff",
-            "Shadow pauses after the coordinator had no capacity",
-            ["task"],
-            registry=r,
-        )
-        self.latency = prom.Histogram(
-            f"{prefix}_latency_seconds",
-            "Latency of each path in compared calls",
-            ["task", "path"],
-            buckets=_BUCKETS,
-            registry=r,
-        )
+
+        def family(kind: Any, name: str, *labels: str, **options: Any) -> Any:
+            return kind(f"{prefix}_{name}", _HELP[name], labels, registry=self.registry, **options)
+
+        self.calls = family(prom.Counter, "calls", "task", "served_by")
+        self.comparisons = family(prom.Counter, "comparisons", "task", "outcome")
+        self.dropped = family(prom.Counter, "dropped", "task", "reason")
+        self.breaker = family(prom.Gauge, "breaker_state", "task")
+        self.backoff = family(prom.Counter, "backoff", "task")
+        self.latency = family(prom.Histogram, "latency_seconds", "task", "path", buckets=_BUCKETS)
         self._served: dict[tuple[str, str], Any] = {}
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> Any:

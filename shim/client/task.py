@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = ["TaskAllocation", "TaskRequest", "TaskResult"]
@@ -77,14 +77,6 @@ class TaskAllocation:
         return self.service
 
     def as_dict(self) -> dict[str, Any]:
-        """The allocation as the coordinator's JSON names it."""
-        return {
-            "url": self.url,
-            "allocation_id": self.allocation_id,
-            "service": self.service,
-            "node_id": self.node_id,
-            "gpu_id": self.gpu_id,
-            "model": self.model,
-            "started": self.started,
-            "warm": self.warm,
-        }
+        """The allocation as the coordinator's JSON names it: every field but
+        ``latency_ms``, which is ours."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "latency_ms"}

@@ -1,8 +1,9 @@
 """The cf-orch task client: ``POST /api/inference/task`` as production will speak it.
 
-The protocol lives in ``_protocol.py`` as generators that yield the HTTP calls they
-need, without I/O; :class:`TaskClient` and :class:`AsyncTaskClient` are the same few
-lines each: send what the steps ask for, hand back what came of it.
+The protocol lives in :mod:`shim.client.protocol` and its neighbours as generators that
+yield the HTTP calls they need, without I/O; :class:`TaskClient` and
+:class:`AsyncTaskClient` are the same few lines each: send what the steps ask for, hand
+back what came of it.
 """
 
 from __future__ import annotations
@@ -13,45 +14,79 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Generator
-from types import TracebackType
-from typing import Any, Self, TypeVar, cast
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
 
 import httpx
-import structlog
 
-from shim.base.errors import TaskFailed
-from shim.client.protocol import (
-    Call,
-    ReleaseHook,
-    Reply,
-    allocate_steps,
-    infer_steps,
-    release_steps,
-)
+from shim.client.allocation import allocate_steps, release_steps
+from shim.client.inference import infer_steps
+from shim.client.protocol import Call, Exchange, ReleaseHook, Reply
 from shim.client.task import TaskAllocation, TaskRequest, TaskResult
 from shim.client.wire import TooLarge, Wire
 
 __all__ = ["AsyncTaskClient", "TaskAllocation", "TaskClient", "TaskRequest", "TaskResult"]
 
-_log = structlog.get_logger("shim")
 T = TypeVar("T")
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
 #: Replies larger than this are refused rather than buffered.
 MAX_REPLY_BYTES = 32 * 1024 * 1024
 _USER_AGENT = "task-shim/0.1"
 
 
-# -- drivers --------------------------------------------------------------------------
+# -- what the sync and async clients share --------------------------------------------
 
 
-class _ClientBase:
+@dataclass(frozen=True, slots=True)
+class _Done(Generic[T]):
+    """The steps are done: what they returned."""
+
+    value: T
+
+
+def _advance(steps: Generator[Call, Reply, T], reply: Any) -> Call | _Done[T]:
+    """Hand the steps what came of their last call (a reply, or an error to throw;
+    None to start them): the call they need next, or what they returned."""
+    try:
+        return steps.throw(reply) if isinstance(reply, BaseException) else steps.send(reply)
+    except StopIteration as stop:
+        return _Done(stop.value)
+
+
+class _Body:
+    """A reply body read chunk by chunk: refused past ``MAX_REPLY_BYTES`` or the
+    deadline."""
+
+    __slots__ = ("content", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.content = bytearray()
+        self.deadline = deadline
+
+    def add(self, chunk: bytes) -> None:
+        self.content += chunk
+        if len(self.content) > MAX_REPLY_BYTES:
+            raise TooLarge(f"reply larger than {MAX_REPLY_BYTES} bytes")
+        if time.perf_counter() > self.deadline:
+            raise httpx.ReadTimeout("total deadline passed while reading the reply")
+
+
+class _ClientBase(Generic[H]):
+    """What the sync and async clients share: options, the key, errors, timeouts."""
+
+    _wire: Wire | None = None  # the sync client's own HTTP/1.1, when it speaks it
+
     def __init__(
         self,
         orch_url: str,
         *,
-        api_key: str | None,
-        timeout: float,
-        on_release_failed: ReleaseHook | None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        http: H | None = None,
+        tls: ssl.SSLContext | None = None,
+        on_release_failed: ReleaseHook | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
@@ -62,20 +97,33 @@ class _ClientBase:
         # The key goes to the coordinator only, never to the node URLs it hands out.
         self._auth = {"Authorization": f"Bearer {key}"} if key else {}
         self.secret = key or None  # never repeated in an error message, even if echoed
+        self._owned = http is None
+        self._http: H = self._connect(http, tls)
 
-    def _scrubbed(self, status: int, content: bytes) -> Reply:
-        """An error body, with the key taken out if the server echoed it back."""
+    def _connect(self, http: H | None, tls: ssl.SSLContext | None) -> H:
+        """The httpx client to send with: ``http``, or one of our own."""
+        raise NotImplementedError
+
+    def _exchange(self, product: str, task: str, hint: str | None = None) -> Exchange:
+        return Exchange(self.orch_url, product, task, self._auth, self.on_release_failed, hint)
+
+    def _scrubbed(self, status: int, content: bytes | bytearray) -> Reply:
+        """A reply; an error body with the key taken out if the server echoed it back."""
         if self.secret and status >= 300:
             content = content.replace(self.secret.encode(), b"[redacted]")
-        return Reply(status, content)
+        return Reply(status, bytes(content))
 
-    def _timeout_for(self, call: Call, deadline: float) -> httpx.Timeout:
+    def _limits(self, call: Call, deadline: float) -> tuple[httpx.Timeout, float]:
+        """The call's timeouts, and the deadline its reply must be read by: the
+        exchange's, or a release's own."""
         remaining = min(5.0, self.timeout) if call.release else deadline - time.perf_counter()
         if remaining <= 0:
             raise httpx.ReadTimeout("deadline passed before the call")
-        return httpx.Timeout(remaining, connect=min(remaining, 5.0))
+        if call.release:
+            deadline = time.perf_counter() + remaining
+        return httpx.Timeout(remaining, connect=min(remaining, 5.0)), deadline
 
-    def _failed(self, exc: BaseException, product: str, task: str) -> BaseException:
+    def _failed(self, exc: BaseException, ex: Exchange) -> BaseException:
         """The error the steps see: transport errors become TaskFailed, the rest as is."""
         if isinstance(exc, httpx.TimeoutException):
             message = f"no answer within {self.timeout:g} s ({type(exc).__name__})"
@@ -83,7 +131,7 @@ class _ClientBase:
             message = f"{type(exc).__name__}: {exc}"
         else:
             return exc
-        error = TaskFailed(f"{product}.{task}: {message}", product=product, task=task, status=None)
+        error = ex.fail(message, None)
         error.__cause__ = exc
         return error
 
@@ -99,14 +147,10 @@ def _proxied() -> bool:
     return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
-def _check_size(size: int, deadline: float) -> None:
-    if size > MAX_REPLY_BYTES:
-        raise TooLarge(f"reply larger than {MAX_REPLY_BYTES} bytes")
-    if time.perf_counter() > deadline:
-        raise httpx.ReadTimeout("total deadline passed while reading the reply")
+# -- the drivers ----------------------------------------------------------------------
 
 
-class TaskClient(_ClientBase):
+class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]):
     """Synchronous client for cf-orch's task endpoint, over pooled keep-alive connections.
 
     ``api_key`` defaults to ``CF_LICENSE_KEY`` (sent as a Bearer token to the
@@ -119,26 +163,12 @@ class TaskClient(_ClientBase):
     that failed (they are logged as ``shim.release_failed`` and never raised).
     """
 
-    def __init__(
-        self,
-        orch_url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        http: httpx.Client | None = None,
-        tls: ssl.SSLContext | None = None,
-        on_release_failed: ReleaseHook | None = None,
-    ) -> None:
-        super().__init__(
-            orch_url, api_key=api_key, timeout=timeout, on_release_failed=on_release_failed
-        )
-        self._owned = http is None
-        self._wire: Wire | None = None
+    def _connect(self, http: httpx.Client | None, tls: ssl.SSLContext | None) -> httpx.Client:
         if http is None and not _proxied():
             self._wire = Wire(
                 headers={"User-Agent": _USER_AGENT}, tls=tls, max_body=MAX_REPLY_BYTES
             )
-        self._http = http or httpx.Client(headers={"User-Agent": _USER_AGENT}, verify=tls or True)
+        return http or httpx.Client(headers={"User-Agent": _USER_AGENT}, verify=tls or True)
 
     def infer(
         self, product: str, task: str, request: TaskRequest, *, service_hint: str | None = None
@@ -147,64 +177,56 @@ class TaskClient(_ClientBase):
 
         ``service_hint`` is the service to release an allocation from when the
         coordinator's answer names none (coordinators before cf-orch#63)."""
-        steps = infer_steps(
-            self.orch_url, product, task, request, self._auth, self.on_release_failed, service_hint
-        )
-        return self._run(steps, product, task)
+        ex = self._exchange(product, task, service_hint)
+        return self._run(ex, infer_steps(ex, request))
 
     def allocate(
         self, product: str, task: str, *, service_hint: str | None = None
     ) -> TaskAllocation:
         """Ask only for an allocation, with exactly kiwi's body ``{product, task,
         payload: {}}``; give it back with :meth:`release` when done."""
-        steps = allocate_steps(
-            self.orch_url, product, task, self._auth, service_hint, self.on_release_failed
-        )
-        return self._run(steps, product, task)
+        ex = self._exchange(product, task, service_hint)
+        return self._run(ex, allocate_steps(ex))
 
     def release(self, product: str, task: str, allocation: TaskAllocation) -> None:
         """Give an allocation back. Never raises: a failure is logged
         (``shim.release_failed``) and told to ``on_release_failed``."""
-        steps = release_steps(
-            self.orch_url, product, task, allocation, self._auth, self.on_release_failed
-        )
-        self._run(steps, product, task)
+        ex = self._exchange(product, task)
+        self._run(ex, release_steps(ex, allocation))
 
-    def _run(self, steps: Generator[Call, Reply, T], product: str, task: str) -> T:
+    def _run(self, ex: Exchange, steps: Generator[Call, Reply, T]) -> T:
         deadline = time.perf_counter() + self.timeout
-        send: Any = None  # what goes into the steps next: a reply, or an error to throw
-        while True:
-            try:
-                call = steps.throw(send) if isinstance(send, BaseException) else steps.send(send)
-            except StopIteration as stop:
-                return cast(T, stop.value)
-            try:
-                send = self._send(call, deadline)
-            except BaseException as exc:  # the steps decide; cancellation included
-                send = self._failed(exc, product, task)
+        step = _advance(steps, None)
+        while isinstance(step, Call):
+            step = _advance(steps, self._send(step, deadline, ex))
+        return step.value
 
-    def _send(self, call: Call, deadline: float) -> Reply:
-        timeout = self._timeout_for(call, deadline)
-        if call.release:
-            deadline = time.perf_counter() + timeout.read  # type: ignore[operator]
-        if self._wire is not None:
-            status, body = self._wire.send(
-                call.method,
-                call.url,
-                None if call.body is None else _json_bytes(call.body),
-                call.headers,
-                connect_timeout=cast(float, timeout.connect),
-                deadline=deadline,
-            )
-            return self._scrubbed(status, body)
-        with self._http.stream(
-            call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
-        ) as response:
-            content = bytearray()
-            for chunk in response.iter_bytes():
-                content += chunk
-                _check_size(len(content), deadline)
-            return self._scrubbed(response.status_code, bytes(content))
+    def _send(self, call: Call, deadline: float, ex: Exchange) -> Reply | BaseException:
+        """The reply to ``call``, or the error to throw into the steps (they decide;
+        cancellation included)."""
+        try:
+            timeout, deadline = self._limits(call, deadline)
+            if self._wire is not None:
+                data = None if call.body is None else _json_bytes(call.body)
+                connect = cast(float, timeout.connect)
+                status, content = self._wire.send(
+                    call.method,
+                    call.url,
+                    data,
+                    call.headers,
+                    connect_timeout=connect,
+                    deadline=deadline,
+                )
+                return self._scrubbed(status, content)
+            with self._http.stream(
+                call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
+            ) as response:
+                body = _Body(deadline)
+                for chunk in response.iter_bytes():
+                    body.add(chunk)
+                return self._scrubbed(response.status_code, body.content)
+        except BaseException as exc:
+            return self._failed(exc, ex)
 
     def close(self) -> None:
         """Close the connections, or the httpx.Client if this client created it."""
@@ -213,95 +235,67 @@ class TaskClient(_ClientBase):
         if self._owned:
             self._http.close()
 
-    def __enter__(self) -> Self:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class AsyncTaskClient(_ClientBase):
-    """Asynchronous twin of :class:`TaskClient`, over one reusable httpx.AsyncClient."""
+class AsyncTaskClient(
+    _ClientBase[httpx.AsyncClient], AbstractAsyncContextManager["AsyncTaskClient"]
+):
+    """Asynchronous twin of :class:`TaskClient`, over one reusable httpx.AsyncClient
+    (``http``, or one of its own that verifies certificates with ``tls`` or the
+    system's CAs)."""
 
-    def __init__(
-        self,
-        orch_url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        http: httpx.AsyncClient | None = None,
-        on_release_failed: ReleaseHook | None = None,
-    ) -> None:
-        super().__init__(
-            orch_url, api_key=api_key, timeout=timeout, on_release_failed=on_release_failed
-        )
-        self._owned = http is None
-        self._http = http or httpx.AsyncClient(headers={"User-Agent": _USER_AGENT})
+    def _connect(
+        self, http: httpx.AsyncClient | None, tls: ssl.SSLContext | None
+    ) -> httpx.AsyncClient:
+        return http or httpx.AsyncClient(headers={"User-Agent": _USER_AGENT}, verify=tls or True)
 
     async def infer(
         self, product: str, task: str, request: TaskRequest, *, service_hint: str | None = None
     ) -> TaskResult:
         """Run ``product.task`` on the task path; raises TaskNotRegistered / TaskFailed."""
-        steps = infer_steps(
-            self.orch_url, product, task, request, self._auth, self.on_release_failed, service_hint
-        )
-        return await self._run(steps, product, task)
+        ex = self._exchange(product, task, service_hint)
+        return await self._run(ex, infer_steps(ex, request))
 
     async def allocate(
         self, product: str, task: str, *, service_hint: str | None = None
     ) -> TaskAllocation:
         """Ask only for an allocation, with exactly kiwi's body; release it when done."""
-        steps = allocate_steps(
-            self.orch_url, product, task, self._auth, service_hint, self.on_release_failed
-        )
-        return await self._run(steps, product, task)
+        ex = self._exchange(product, task, service_hint)
+        return await self._run(ex, allocate_steps(ex))
 
     async def release(self, product: str, task: str, allocation: TaskAllocation) -> None:
         """Give an allocation back. Never raises: a failure is logged
         (``shim.release_failed``) and told to ``on_release_failed``."""
-        steps = release_steps(
-            self.orch_url, product, task, allocation, self._auth, self.on_release_failed
-        )
-        await self._run(steps, product, task)
+        ex = self._exchange(product, task)
+        await self._run(ex, release_steps(ex, allocation))
 
-    async def _run(self, steps: Generator[Call, Reply, T], product: str, task: str) -> T:
+    async def _run(self, ex: Exchange, steps: Generator[Call, Reply, T]) -> T:
         deadline = time.perf_counter() + self.timeout
-        send: Any = None
-        while True:
-            try:
-                call = steps.throw(send) if isinstance(send, BaseException) else steps.send(send)
-            except StopIteration as stop:
-                return cast(T, stop.value)
-            try:
-                send = await self._send(call, deadline)
-            except BaseException as exc:  # the steps decide; cancellation included
-                send = self._failed(exc, product, task)
+        step = _advance(steps, None)
+        while isinstance(step, Call):
+            step = _advance(steps, await self._send(step, deadline, ex))
+        return step.value
 
-    async def _send(self, call: Call, deadline: float) -> Reply:
-        timeout = self._timeout_for(call, deadline)
-        if call.release:
-            deadline = time.perf_counter() + timeout.read  # type: ignore[operator]
-        async with self._http.stream(
-            call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
-        ) as response:
-            content = bytearray()
-            async for chunk in response.aiter_bytes():
-                content += chunk
-                _check_size(len(content), deadline)
-            return self._scrubbed(response.status_code, bytes(content))
+    async def _send(self, call: Call, deadline: float, ex: Exchange) -> Reply | BaseException:
+        """The reply to ``call``, or the error to throw into the steps."""
+        try:
+            timeout, deadline = self._limits(call, deadline)
+            async with self._http.stream(
+                call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
+            ) as response:
+                body = _Body(deadline)
+                async for chunk in response.aiter_bytes():
+                    body.add(chunk)
+                return self._scrubbed(response.status_code, body.content)
+        except BaseException as exc:  # the steps decide; cancellation included
+            return self._failed(exc, ex)
 
     async def aclose(self) -> None:
         """Close the underlying httpx.AsyncClient if this client created it."""
         if self._owned:
             await self._http.aclose()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()

@@ -96,14 +96,10 @@ def coordinator_routes(state: SimState) -> APIRouter:
                 f"{entry.model} (assigned to {name}) is not in model_registry.yaml",
             )
         model_id, model = registered
-        s = state.profile.settings(name, legacy=False)
-        if (failure := await state.fault(s, "task")) is not None:
-            return failure
-        placed = state.pick_node(model.service_type)
-        if placed is None:
-            return error(
-                503, "no_capacity", f"no node runs {model.service_type}", **{"Retry-After": "1"}
-            )
+        found = await state.place(name, model.service_type, legacy=False, where="task", retry=True)
+        if isinstance(found, Response):
+            return found
+        s, placed = found
         node, _ = placed
         if state.profile.allocate_only or not body.wants_output():
             state.count("allocations.task")
@@ -138,12 +134,10 @@ def coordinator_routes(state: SimState) -> APIRouter:
             return error(404, "model_not_found", f"{body.model} is not in model_registry.yaml")
         model_id, model = registered
         task = state.task_of_model(model_id, body.product, body.task)
-        s = state.profile.settings(task, legacy=True)
-        if (failure := await state.fault(s, "legacy")) is not None:
-            return failure
-        placed = state.pick_node(model.service_type)
-        if placed is None:
-            return error(503, "no_capacity", f"no node runs {model.service_type}")
+        found = await state.place(task, model.service_type, legacy=True, where="legacy")
+        if isinstance(found, Response):
+            return found
+        s, placed = found
         kind = "timing" if asks_for_timing(body.system) else state.kind_of(task, model_id)
         output = await state.produce(s, kind, placed[0].id, model_id, drift=False)
         return state.reply(
@@ -183,12 +177,10 @@ def coordinator_routes(state: SimState) -> APIRouter:
         model_id, model = chosen
         task = state.task_of_model(model_id, body.product, body.task)
         task = task or state.task_of_caller(body.caller)
-        s = state.profile.settings(task, legacy=True)
-        if (failure := await state.fault(s, "allocate")) is not None:
-            return failure
-        placed = state.pick_node(service)
-        if placed is None:
-            return error(503, "no_capacity", f"no node runs {service}", **{"Retry-After": "1"})
+        found = await state.place(task, service, legacy=True, where="allocate", retry=True)
+        if isinstance(found, Response):
+            return found
+        s, placed = found
         state.count("allocations.direct")
         alloc, answer = allocation(
             request, placed, model_id, model, task, via_task=False, ttl_s=body.ttl_s

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 __all__ = [
     "DISHES",
     "INGREDIENTS",
@@ -31,27 +33,39 @@ DISHES = [
     "skillet cornbread",
 ]
 
+
+def _table(text: str) -> list[tuple[str | None, ...]]:
+    """Rows of a ``|``-separated table, cells stripped; ``-`` is a cell left empty."""
+    rows = [line.split("|") for line in text.strip().splitlines()]
+    return [tuple(None if c.strip() == "-" else c.strip() for c in row) for row in rows]
+
+
 #: (quantity, unit, generic name, as a recipe card prints it); no commas, so that
 #: kiwi's comma-split ingredient line keeps each one whole.
-INGREDIENTS: list[tuple[str | None, str | None, str, str]] = [
-    ("1", "can", "chickpeas", "1 can chickpeas"),
-    ("2", "cloves", "garlic", "2 cloves garlic"),
-    ("1", None, "lemon", "1 lemon"),
-    ("200", "g", "spinach", "200 g fresh spinach"),
-    ("1", None, "onion", "1 onion"),
-    ("2", "tbsp", "olive oil", "2 tbsp olive oil"),
-    ("400", "g", "chopped tomatoes", "400 g tin chopped tomatoes"),
-    ("1", "tsp", "cumin", "1 tsp ground cumin"),
-    ("150", "g", "rice", "150 g basmati rice"),
-    ("2", None, "egg", "2 eggs"),
-    ("100", "g", "feta", "100 g feta"),
-    ("1", None, "sweet potato", "1 large sweet potato"),
-    ("250", "ml", "stock", "250 ml vegetable stock"),
-    ("1", "tbsp", "soy sauce", "1 tbsp soy sauce"),
-    ("1/2", "cup", "basil", "1/2 cup basil leaves"),
-    ("1", "cup", "cornmeal", "1 c. yellow cornmeal"),
-    (None, None, "salt and pepper", "salt and pepper to taste"),
-]
+INGREDIENTS = cast(
+    list[tuple[str | None, str | None, str, str]],
+    _table(
+        """
+        1   | can    | chickpeas        | 1 can chickpeas
+        2   | cloves | garlic           | 2 cloves garlic
+        1   | -      | lemon            | 1 lemon
+        200 | g      | spinach          | 200 g fresh spinach
+        1   | -      | onion            | 1 onion
+        2   | tbsp   | olive oil        | 2 tbsp olive oil
+        400 | g      | chopped tomatoes | 400 g tin chopped tomatoes
+        1   | tsp    | cumin            | 1 tsp ground cumin
+        150 | g      | rice             | 150 g basmati rice
+        2   | -      | egg              | 2 eggs
+        100 | g      | feta             | 100 g feta
+        1   | -      | sweet potato     | 1 large sweet potato
+        250 | ml     | stock            | 250 ml vegetable stock
+        1   | tbsp   | soy sauce        | 1 tbsp soy sauce
+        1/2 | cup    | basil            | 1/2 cup basil leaves
+        1   | cup    | cornmeal         | 1 c. yellow cornmeal
+        -   | -      | salt and pepper  | salt and pepper to taste
+        """
+    ),
+)
 
 STEPS = [
     "Heat the oil in a wide pan over medium heat.",

@@ -34,12 +34,12 @@ import binascii
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ._bodies import ChatBody, ExtractBody, system_prompt, user_prompt
 from ._outputs import as_text, asks_for_timing, extract_kind
-from ._profile import NodeSpec
+from ._profile import NodeSpec, Settings
 from ._state import SimAllocation, SimState, error, usage
 from ._streams import sse_chunks
 
@@ -52,32 +52,51 @@ Target = tuple[NodeSpec, SimAllocation | None]
 AllocHeader = Annotated[str | None, Header()]
 
 
+async def _target(  # async only so that FastAPI runs it on the loop, not in a thread
+    request: Request, node_id: str, x_allocation_id: AllocHeader = None
+) -> Target | Response:
+    """The node a route addresses and the allocation its URL or ``X-Allocation-Id``
+    names (None when neither does); or the error answer."""
+    state: SimState = request.app.state.sim
+    in_path = request.path_params.get("allocation_id")  # only an allocation's URL has it
+    in_header = x_allocation_id
+    node = state.nodes.get(node_id)
+    if node is None:
+        return error(404, "node_not_found", f"no node {node_id}")
+    if in_path and in_header and in_path != in_header:
+        return error(
+            409, "allocation_mismatch", f"URL names {in_path}, X-Allocation-Id {in_header}"
+        )
+    wanted = in_path or in_header
+    if not wanted:
+        return node, None
+    found = state.allocation(wanted)
+    if isinstance(found, str):
+        if found == "unknown":
+            return error(404, "allocation_not_found", f"no allocation {wanted}")
+        return error(409, "allocation_not_active", f"allocation {wanted} was {found}")
+    if found.node_id != node_id:
+        return error(409, "allocation_not_active", f"allocation {wanted} is not on {node_id}")
+    return node, found
+
+
+Found = Annotated[Target | Response, Depends(_target)]
+
+
 def node_routes(state: SimState) -> APIRouter:
-    """The node routes over ``state``, both addressing styles."""
-    router = APIRouter()
+    """The node routes over ``state``, both addressing styles: the same routes at an
+    allocation's base URL and at the node's."""
+    routes = APIRouter()
 
-    def target(node_id: str, in_path: str | None, in_header: str | None) -> Target | Response:
-        node = state.nodes.get(node_id)
-        if node is None:
-            return error(404, "node_not_found", f"no node {node_id}")
-        if in_path and in_header and in_path != in_header:
-            return error(
-                409, "allocation_mismatch", f"URL names {in_path}, X-Allocation-Id {in_header}"
-            )
-        wanted = in_path or in_header
-        if not wanted:
-            return node, None
-        found = state.allocation(wanted)
-        if isinstance(found, str):
-            if found == "unknown":
-                return error(404, "allocation_not_found", f"no allocation {wanted}")
-            return error(409, "allocation_not_active", f"allocation {wanted} was {found}")
-        if found.node_id != node_id:
-            return error(409, "allocation_not_active", f"allocation {wanted} is not on {node_id}")
-        return node, found
+    async def knobs(alloc: SimAllocation | None, task: str | None) -> Settings | Response:
+        """The knobs for this traffic (an allocation's task path, else legacy), or the
+        fault injected instead."""
+        s = state.profile.settings(task, legacy=not _via_task(alloc))
+        failure = await state.fault(s, "node")
+        return s if failure is None else failure
 
-    def models(node_id: str, in_path: str | None, in_header: str | None) -> Response:
-        found = target(node_id, in_path, in_header)
+    @routes.get("/v1/models")
+    async def models(found: Found) -> Response:
         if isinstance(found, Response):
             return found
         node, alloc = found
@@ -92,14 +111,17 @@ def node_routes(state: SimState) -> APIRouter:
         data = [{"id": m, "object": "model", "owned_by": "cf-orch"} for m in ids]
         return JSONResponse({"object": "list", "data": data})
 
-    async def chat(
-        node_id: str, in_path: str | None, in_header: str | None, body: ChatBody
-    ) -> Response:
+    @routes.post("/v1/chat/completions")
+    async def chat(body: ChatBody, found: Found) -> Response:
         state.count("requests.chat")
-        found = target(node_id, in_path, in_header)
-        if isinstance(found, Response):
-            return found
-        node, alloc = found
+        return found if isinstance(found, Response) else await complete(body, *found)
+
+    @routes.post("/extract")
+    async def extract(body: ExtractBody, found: Found) -> Response:
+        state.count("requests.extract")
+        return found if isinstance(found, Response) else await read(body, *found)
+
+    async def complete(body: ChatBody, node: NodeSpec, alloc: SimAllocation | None) -> Response:
         name = body.model or (alloc.model if alloc else None)
         registered = state.lookup(name) if name else None
         if alloc is not None and (registered is None or registered[0] != alloc.model):
@@ -107,16 +129,16 @@ def node_routes(state: SimState) -> APIRouter:
                 404, "model_not_found", f"The model `{name}` does not exist on {alloc.id}."
             )
         if registered is None or registered[1].service_type not in node.services:
-            return error(404, "model_not_loaded", f"{name} is not served by {node_id}")
+            return error(404, "model_not_loaded", f"{name} is not served by {node.id}")
         model_id = registered[0]
         task = alloc.task if alloc else state.task_of_model(model_id, None, None)
-        via_task = alloc is not None and alloc.via_task
-        s = state.profile.settings(task, legacy=not via_task)
-        if (failure := await state.fault(s, "node")) is not None:
-            return failure
+        s = await knobs(alloc, task)
+        if isinstance(s, Response):
+            return s
         timing = asks_for_timing(system_prompt(body.messages))
         kind = "timing" if timing else state.kind_of(task, model_id)
-        content = as_text(await state.produce(s, kind, node_id, model_id, drift=via_task))
+        output = await state.produce(s, kind, node.id, model_id, drift=_via_task(alloc))
+        content = as_text(output)
         chat_id = state.next_id("chatcmpl")
         if body.stream:
             return StreamingResponse(
@@ -140,65 +162,34 @@ def node_routes(state: SimState) -> APIRouter:
             s,
         )
 
-    async def extract(
-        node_id: str, in_path: str | None, in_header: str | None, body: ExtractBody
-    ) -> Response:
-        state.count("requests.extract")
-        found = target(node_id, in_path, in_header)
-        if isinstance(found, Response):
-            return found
-        node, alloc = found
+    async def read(body: ExtractBody, node: NodeSpec, alloc: SimAllocation | None) -> Response:
         service = alloc.service if alloc else "cf-docuvision"
         if service not in EXTRACT_SERVICES or service not in node.services:
-            return error(404, "not_found", f"{service} on {node_id} has no /extract")
+            return error(404, "not_found", f"{service} on {node.id} has no /extract")
         try:
             base64.b64decode(body.image_b64, validate=True)
         except (binascii.Error, ValueError):
             return error(422, "bad_image", "image_b64 is not base64")
         model_id = alloc.model if alloc else _first_model(state, service)
         task = alloc.task if alloc else None
-        via_task = alloc is not None and alloc.via_task
-        s = state.profile.settings(task, legacy=not via_task)
-        if (failure := await state.fault(s, "node")) is not None:
-            return failure
-        output = await state.produce(s, extract_kind(task), node_id, model_id, drift=via_task)
+        s = await knobs(alloc, task)
+        if isinstance(s, Response):
+            return s
+        drift = _via_task(alloc)
+        output = await state.produce(s, extract_kind(task), node.id, model_id, drift=drift)
         confidence = round(0.75 + 0.24 * state.rng.random(), 3)
         meta: dict[str, Any] = {"confidence": confidence, "hint": body.hint, "model": model_id}
         return state.reply({"raw_text": as_text(output), "metadata": meta}, s)
 
-    @router.get("/nodes/{node_id}/a/{allocation_id}/v1/models")
-    async def allocation_models(node_id: str, allocation_id: str) -> Response:
-        return models(node_id, allocation_id, None)
-
-    @router.get("/nodes/{node_id}/v1/models")
-    async def node_models(node_id: str, x_allocation_id: AllocHeader = None) -> Response:
-        return models(node_id, None, x_allocation_id)
-
-    @router.post("/nodes/{node_id}/a/{allocation_id}/v1/chat/completions")
-    async def allocation_chat(
-        node_id: str, allocation_id: str, body: ChatBody, x_allocation_id: AllocHeader = None
-    ) -> Response:
-        return await chat(node_id, allocation_id, x_allocation_id, body)
-
-    @router.post("/nodes/{node_id}/v1/chat/completions")
-    async def node_chat(
-        node_id: str, body: ChatBody, x_allocation_id: AllocHeader = None
-    ) -> Response:
-        return await chat(node_id, None, x_allocation_id, body)
-
-    @router.post("/nodes/{node_id}/a/{allocation_id}/extract")
-    async def allocation_extract(
-        node_id: str, allocation_id: str, body: ExtractBody, x_allocation_id: AllocHeader = None
-    ) -> Response:
-        return await extract(node_id, allocation_id, x_allocation_id, body)
-
-    @router.post("/nodes/{node_id}/extract")
-    async def node_extract(
-        node_id: str, body: ExtractBody, x_allocation_id: AllocHeader = None
-    ) -> Response:
-        return await extract(node_id, None, x_allocation_id, body)
-
+    router = APIRouter()
+    router.include_router(routes, prefix="/nodes/{node_id}/a/{allocation_id}")
+    router.include_router(routes, prefix="/nodes/{node_id}")
     return router
+
+
+def _via_task(alloc: SimAllocation | None) -> bool:
+    """The traffic is on a task-path allocation (which may drift; direct ones never do)."""
+    return alloc is not None and alloc.via_task
 
 
 def _first_model(state: SimState, service: str) -> str:

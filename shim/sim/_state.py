@@ -12,7 +12,8 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,8 +118,7 @@ class SimState:
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, allocation and stream state, as ``GET /_sim/stats`` shows them."""
-        with self.lock:
-            self._sweep()
+        with self._swept():
             return {
                 "counts": dict(sorted(self.counts.items())),
                 "allocations_active": len(self.allocations),
@@ -140,6 +140,13 @@ class SimState:
         self._ended[key] = why
         while len(self._ended) > _ENDED_KEPT:
             self._ended.popitem(last=False)
+
+    @contextmanager
+    def _swept(self) -> Iterator[None]:
+        """The lock, held, with expired allocations and spent grants dropped."""
+        with self.lock:
+            self._sweep()
+            yield
 
     def _sweep(self) -> None:
         """Drop expired allocations and spent grants (lock held)."""
@@ -163,26 +170,18 @@ class SimState:
         via_task: bool,
         ttl_s: float,
     ) -> SimAllocation:
+        """A new allocation of ``model_id`` on ``node``'s GPU ``gpu``, held ``ttl_s``."""
+        until = self.clock() + ttl_s
         alloc = SimAllocation(
-            self.next_id("alloc"),
-            node.id,
-            gpu,
-            service,
-            model_id,
-            task,
-            via_task,
-            ttl_s,
-            self.clock() + ttl_s,
+            self.next_id("alloc"), node.id, gpu, service, model_id, task, via_task, ttl_s, until
         )
-        with self.lock:
-            self._sweep()
+        with self._swept():
             self.allocations[alloc.id] = alloc
         return alloc
 
     def allocation(self, allocation_id: str) -> SimAllocation | str:
         """The active allocation, or why there is none (released, expired, unknown)."""
-        with self.lock:
-            self._sweep()
+        with self._swept():
             alloc = self.allocations.get(allocation_id)
             if alloc is not None:
                 return alloc
@@ -190,8 +189,7 @@ class SimState:
 
     def release(self, service: str, allocation_id: str) -> bool:
         """End an active allocation of ``service``; False if there is none."""
-        with self.lock:
-            self._sweep()
+        with self._swept():
             alloc = self.allocations.get(allocation_id)
             if alloc is None or alloc.service != service:
                 return False
@@ -210,26 +208,19 @@ class SimState:
         self, product: str, caller: str, task: str, node_id: str, model: str, ttl_s: float
     ) -> StreamGrant | None:
         """A new one-time token; None when ``max_streams`` are already held."""
-        with self.lock:
-            self._sweep()
+        with self._swept():
             if len(self.grants) >= self.profile.max_streams:
                 return None
+            expires_at = self.clock() + ttl_s
             grant = StreamGrant(
-                secrets.token_urlsafe(18),
-                product,
-                caller,
-                task,
-                node_id,
-                model,
-                self.clock() + ttl_s,
+                secrets.token_urlsafe(18), product, caller, task, node_id, model, expires_at
             )
             self.grants[grant.token] = grant
         return grant
 
     def claim(self, token: str) -> StreamGrant | str:
         """Use a token (once): its grant, or why it cannot be used."""
-        with self.lock:
-            self._sweep()
+        with self._swept():
             grant = self.grants.get(token)
             if grant is None:
                 return self._ended.get(token, "unknown")
@@ -337,6 +328,28 @@ class SimState:
             self.count(f"fault.drift.{change}")
             output = apply_drift(output, kind, change, self.rng)
         return output
+
+    async def place(
+        self,
+        task: str | None,
+        service: str,
+        *,
+        legacy: bool,
+        where: str,
+        busy: str = "no_capacity",
+        retry: bool = False,
+    ) -> tuple[Settings, tuple[NodeSpec, int]] | Response:
+        """The knobs for ``task``'s path and a node (and GPU) that runs ``service``; or
+        the answer instead: a fault injected at ``where``, or 503 ``busy`` when no node
+        runs the service (with ``Retry-After`` if ``retry``)."""
+        s = self.profile.settings(task, legacy=legacy)
+        if (failure := await self.fault(s, where)) is not None:
+            return failure
+        placed = self.pick_node(service)
+        if placed is None:
+            headers = {"Retry-After": "1"} if retry else {}
+            return error(503, busy, f"no node runs {service}", **headers)
+        return s, placed
 
     def reply(self, body: dict[str, Any], s: Settings, status: int = 200) -> Response:
         """A JSON answer, cut in half when the malformed knob says so."""

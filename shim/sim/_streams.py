@@ -83,12 +83,12 @@ def stream_token_routes(state: SimState, product_key: str | None) -> APIRouter:
         entry = state.config.resolve(task)
         if entry is None:
             return error(503, "no_gpu", f"{task} is not registered: nothing can stream")
-        s = state.profile.settings(task, legacy=False)
-        if (failure := await state.fault(s, "authorize")) is not None:
-            return failure
-        placed = state.pick_node(entry.service_type)
-        if placed is None:
-            return error(503, "no_gpu", f"no node runs {entry.service_type}")
+        found = await state.place(
+            task, entry.service_type, legacy=False, where="authorize", busy="no_gpu"
+        )
+        if isinstance(found, Response):
+            return found
+        _, placed = found
         grant = state.grant(body.product, body.caller, task, placed[0].id, entry.model, body.ttl_s)
         if grant is None:
             state.count("streams.refused.busy")

@@ -1,0 +1,310 @@
+"""Reading comparison logs for ``shim report``: one streaming DuckDB pass over files,
+globs or ``.gz`` logs, giving each task's counts, latency sample and spend.
+
+Every line that is not a schema-1 record (corrupt, truncated, another schema) is
+counted as a bad line.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shim.analysis.policy import Price
+from shim.base.errors import ShimError
+
+__all__ = ["Logs", "ReportError", "TaskRows", "read_logs"]
+
+_USAGE = "STRUCT(input_tokens BIGINT, output_tokens BIGINT, gpu_s DOUBLE)"
+_COLUMNS = {
+    "event": "VARCHAR",
+    "schema": "INTEGER",
+    "ts": "VARCHAR",
+    "product": "VARCHAR",
+    "task": "VARCHAR",
+    "stage": "VARCHAR",
+    "served_by": "VARCHAR",
+    "reason": "VARCHAR",
+    "count": "BIGINT",
+    "legacy": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE})",
+    "candidate": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE})",
+    "model": "STRUCT(verdict VARCHAR, routing_error BOOLEAN)",
+    "structure": "STRUCT(match BOOLEAN, legacy_valid BOOLEAN, candidate_valid BOOLEAN, "
+    "diff VARCHAR[], noise_paths VARCHAR[])",
+}
+
+
+class ReportError(ShimError):
+    """The logs cannot be read (exit 2)."""
+
+
+def _files(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Paths to read, and temporary files to delete afterwards (stdin)."""
+    files: list[str] = []
+    temps: list[str] = []
+    for item in inputs:
+        if item == "-":
+            fd, tmp = tempfile.mkstemp(suffix=".jsonl")
+            with os.fdopen(fd, "wb") as out:
+                out.write(sys.stdin.buffer.read())
+            files.append(tmp)
+            temps.append(tmp)
+            continue
+        matched = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
+        if not matched:
+            raise ReportError(f"{item}: no log matches")
+        for path in matched:
+            if not Path(path).is_file():
+                raise ReportError(f"{path}: no such log file")
+        files += matched
+    return files, temps
+
+
+def _ends_whole(path: str, window: int = 1 << 16) -> bool:
+    """The log ends with a complete JSON object on a line of its own (a process that
+    died mid-write leaves a torn last line). Compressed logs cannot be checked cheaply."""
+    if path.endswith(".gz"):
+        return False
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - window))
+        tail = handle.read()
+    if not tail.endswith(b"\n"):
+        return size == 0
+    last = tail.rstrip(b"\n").rpartition(b"\n")[2]
+    try:
+        return isinstance(json.loads(last), dict) if last.strip() else True
+    except ValueError:
+        return False
+
+
+def _sql_list(files: Sequence[str]) -> str:
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
+@dataclass
+class TaskRows:
+    """What the logs say of one task: its aggregate row (as the query names its
+    columns), model verdicts, candidate models, drops by reason and a sample of
+    (legacy, task) latency pairs."""
+
+    name: str
+    row: dict[str, Any]
+    verdicts: dict[str, int] = field(default_factory=dict)
+    models: set[str] = field(default_factory=set)
+    dropped: dict[str, int] = field(default_factory=dict)
+    pairs: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Logs:
+    """The logs read: how many records, how many bad lines, and each task in them."""
+
+    records: int
+    bad_lines: int
+    tasks: list[TaskRows]
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# One streaming pass computes everything per task; materialising the parsed log in a
+# table first costs more than parsing it (measured: 1.5-1.9 s against 0.6 s per GB).
+# Nothing in it is DISTINCT or a histogram: either makes DuckDB fan the scan out to a
+# second aggregate, about 0.3 s of CPU per GB. Verdicts are counted one by one, and a
+# task's candidate models are read as min and max; only a task that saw more than one
+# model needs the second, smaller pass (_MODELS).
+_VERDICTS = ("same", "alias", "different", "unknown")
+
+_SOURCE = """(
+  SELECT *, good AND {scope} AS scoped, good AND {scope} AND event = 'shim.comparison' AS cmp
+  FROM (SELECT *, coalesce(event IS NOT NULL AND schema = 1, false) AS good
+        -- a line that does not parse comes back as a row of NULLs: a bad line
+        FROM read_ndjson({files}, ignore_errors={tolerant}, columns={columns}))
+)"""
+
+_AGGREGATE = (
+    """
+SELECT product, task,
+  count(*) AS all_rows,
+  count(*) FILTER (good) AS all_records,
+  count(*) FILTER (cmp) AS n,
+  count(*) FILTER (cmp AND served_by = 'legacy') AS served_legacy,
+  count(*) FILTER (cmp AND served_by = 'task') AS served_task,
+  count(*) FILTER (cmp AND served_by = 'legacy_fallback') AS served_fallback,
+  count(*) FILTER (cmp AND NOT legacy.ok) AS legacy_errors,
+  count(*) FILTER (cmp AND NOT candidate.ok) AS candidate_errors,
+  count(*) FILTER (cmp AND structure.match IS NOT NULL) AS compared,
+  count(*) FILTER (cmp AND structure.match) AS matches,
+  count(*) FILTER (cmp AND structure.match = false AND NOT (
+      coalesce(len(structure.noise_paths), 0) > 0 AND len(list_filter(structure.diff,
+      lambda x: NOT list_contains(structure.noise_paths, x))) = 0)) AS real_mismatches,
+  count(*) FILTER (cmp AND structure.candidate_valid IS NOT NULL) AS validated,
+  count(*) FILTER (cmp AND structure.legacy_valid) AS legacy_valid,
+  count(*) FILTER (cmp AND structure.candidate_valid) AS candidate_valid,
+  count(*) FILTER (cmp AND model.routing_error) AS routing_errors,
+  quantile_cont(legacy.latency_ms, [0.5, 0.95, 0.99]) FILTER (cmp AND legacy.ok) AS legacy_q,
+  quantile_cont(candidate.latency_ms, [0.5, 0.95, 0.99]) FILTER (cmp AND candidate.ok)
+    AS candidate_q,
+"""
+    + "".join(
+        f"  count(*) FILTER (cmp AND model.verdict = '{v}') AS verdict_{v},\n" for v in _VERDICTS
+    )
+    + """  list(model.verdict) FILTER (cmp AND model.verdict NOT IN {known}) AS verdict_other,
+  min(candidate.model) FILTER (cmp) AS model_min,
+  max(candidate.model) FILTER (cmp) AS model_max,
+  list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.dropped')
+    AS drops,
+{usage}
+  list({{'legacy': legacy.latency_ms, 'task': candidate.latency_ms}}) FILTER (
+    cmp AND legacy.ok AND candidate.ok AND legacy.latency_ms > 0
+    AND candidate.latency_ms IS NOT NULL AND hash(legacy.latency_ms) % {every} = 0) AS pairs
+FROM {source}
+GROUP BY ALL ORDER BY product, task
+"""
+)
+
+
+def _usage_sql(prices: Mapping[str, Price]) -> str:
+    """Per path: calls that reported usage, tokens in and out, GPU-seconds (reported, or
+    the call's latency where not), and the cost at ``prices`` (None without prices).
+    CASE inside the aggregate, not FILTER: about 7 % less for the whole query."""
+    parts = []
+    for path in ("legacy", "candidate"):
+        u, ok = f"{path}.usage", f"cmp AND {path}.ok"
+        gpu = f"coalesce({u}.gpu_s, {path}.latency_ms / 1000)"
+        parts += [
+            f"  count(CASE WHEN {ok} THEN {u}.input_tokens END) AS {path}_usage_calls,",
+            f"  sum(CASE WHEN {ok} THEN {u}.input_tokens END) AS {path}_input_tokens,",
+            f"  sum(CASE WHEN {ok} THEN {u}.output_tokens END) AS {path}_output_tokens,",
+            f"  sum(CASE WHEN {ok} THEN {gpu} END) AS {path}_gpu_s,",
+            f"  count(CASE WHEN {ok} THEN {u}.gpu_s END) AS {path}_gpu_reported,",
+        ]
+        if prices:
+
+            def price(field: str, path: str = path) -> str:
+                entries = ", ".join(
+                    f"{_literal(model)}: {float(getattr(p, field))!r}"
+                    for model, p in prices.items()
+                )
+                return f"coalesce(MAP {{{entries}}}[{path}.model], 0)"
+
+            cost = (
+                f"coalesce({u}.input_tokens, 0) * {price('input_per_1k')} / 1000"
+                f" + coalesce({u}.output_tokens, 0) * {price('output_per_1k')} / 1000"
+                f" + {gpu} * {price('gpu_hour')} / 3600"
+            )
+            parts.append(f"  sum(CASE WHEN {ok} THEN {cost} END) AS {path}_cost,")
+        else:
+            parts.append(f"  NULL AS {path}_cost,")
+    return "\n".join(parts)
+
+
+_MODELS = """
+SELECT product, task, list(DISTINCT candidate.model) FILTER (candidate.model IS NOT NULL)
+FROM {source} WHERE cmp AND product || '.' || task IN {tasks}
+GROUP BY ALL
+"""
+
+
+def read_logs(
+    inputs: Sequence[str],
+    *,
+    prices: Mapping[str, Price],
+    task: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    stage: str | None = None,
+) -> Logs:
+    """The logs at ``inputs`` (paths, globs, ``-`` for stdin), within the filters;
+    ReportError when they cannot be read."""
+    import duckdb
+
+    files, temps = _files(inputs)
+    scope = ["true"]
+    if task:
+        scope.append(f"product || '.' || task = {_literal(task)}")
+    if since:
+        scope.append(f"ts >= {_literal(since)}")
+    if until:
+        scope.append(f"ts < {_literal(until)}")
+    if stage:
+        scope.append(f"(stage = {_literal(stage)} OR event <> 'shim.comparison')")
+    # Latency pairs for the bootstrap: a deterministic sample of about 20,000 per log.
+    every = max(1, sum(Path(f).stat().st_size for f in files) // 700 // 20_000)
+    try:
+        con = duckdb.connect()
+        # The result is ordered by task at the end; rows need not keep the logs' order
+        # on the way (measured: about 0.1 s less per GB).
+        con.execute("SET preserve_insertion_order = false")
+        columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}"
+        # A strict read is about 13 % faster than one that tolerates bad lines. Logs
+        # whose last line is whole are read strictly first; a bad line anywhere makes
+        # DuckDB stop, and the logs are read again, tolerantly, counting bad lines.
+        strict = all(_ends_whole(f) for f in files)
+        for tolerant in (False, True)[0 if strict else 1 :]:
+            source = _SOURCE.format(
+                scope=" AND ".join(scope),
+                files=_sql_list(files),
+                columns=columns,
+                tolerant=str(tolerant).lower(),
+            )
+            query = _AGGREGATE.format(
+                source=source,
+                every=every,
+                known=repr(_VERDICTS),
+                usage=_usage_sql(prices),
+            )
+            try:
+                cursor = con.execute(query)
+                break
+            except duckdb.InvalidInputException:
+                if tolerant:
+                    raise
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+        several = [f"{r['product']}.{r['task']}" for r in rows if r["model_min"] != r["model_max"]]
+        models: dict[str, list[str]] = {}
+        if several:
+            listed = "(" + ", ".join(_literal(name) for name in several) + ")"
+            query = _MODELS.format(source=source, tasks=listed)
+            models = {f"{p}.{t}": found for p, t, found in con.execute(query).fetchall()}
+    except duckdb.Error as exc:
+        raise ReportError(f"cannot read the logs: {exc}") from None
+    finally:
+        for tmp in temps:
+            os.unlink(tmp)
+    total_lines = sum(int(r["all_rows"]) for r in rows)
+    records = sum(int(r["all_records"]) for r in rows)
+    tasks = [
+        _task_rows(row, models)
+        for row in rows
+        # bad lines, or only records outside the filters
+        if row["product"] is not None and row["task"] is not None and (row["n"] or row["drops"])
+    ]
+    return Logs(records, max(0, total_lines - records), tasks)
+
+
+def _task_rows(row: dict[str, Any], models: Mapping[str, list[str]]) -> TaskRows:
+    entry = TaskRows(f"{row['product']}.{row['task']}", row)
+    for verdict in _VERDICTS:
+        if row[f"verdict_{verdict}"]:
+            entry.verdicts[verdict] = int(row[f"verdict_{verdict}"])
+    for verdict in row["verdict_other"] or ():
+        if verdict is not None:
+            entry.verdicts[str(verdict)] = entry.verdicts.get(str(verdict), 0) + 1
+    found = models.get(entry.name) or (row["model_min"], row["model_max"])
+    entry.models = {str(m) for m in found if m is not None}
+    for drop in row["drops"] or ():
+        reason = str(drop["reason"])
+        entry.dropped[reason] = entry.dropped.get(reason, 0) + int(drop["count"] or 0)
+    entry.pairs = [(p["legacy"], p["task"]) for p in row["pairs"] or ()]
+    return entry
