@@ -28,6 +28,7 @@ bench-smoke: $(STAMP)  ## every benchmark, small: keeps them working in CI (writ
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/check_layers.py
 	$(BIN)/mypy shim flags comparators
 
 format: $(STAMP)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overhead import pct, simulator
 
-from shim import Shim, TaskRequest, flags
+from shim import Limits, Shim, TaskRequest, Timeouts, flags
 
 RATE = 1000  # calls per second, all callers together
 THREADS = 8
@@ -63,9 +63,7 @@ def make(url: str, tmp: Path, name: str) -> Shim:
         url,
         flags=flags.FileFlags(tmp / f"{name}.yaml"),
         log_path=tmp / f"{name}.jsonl",
-        workers=16,
-        queue_size=2000,
-        concurrency=256,
+        limits=Limits(workers=16, queue_size=2000, concurrency=256),
     )
 
 
@@ -186,9 +184,8 @@ def run_stuck(url: str, tmp: Path, name: str, seconds: float) -> dict[str, Any]:
         url,
         flags=flags.FileFlags(tmp / f"{name}.yaml"),
         log_path=tmp / f"{name}.jsonl",
-        workers=workers,
-        queue_size=queue,
-        shadow_timeout=3.0,
+        limits=Limits(workers=workers, queue_size=queue),
+        timeouts=Timeouts(shadow=3.0),
     )
     fn = wrap(shim, legacy)
     wrapped: list[int] = []

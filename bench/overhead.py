@@ -36,7 +36,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from shim import Shim, TaskClient, TaskRequest, flags
+from shim import Limits, Shim, TaskClient, TaskRequest, flags
 
 TARGETS = {"off": (1.0, None), "shadow": (15.0, 60.0)}
 
@@ -98,8 +98,7 @@ def make_shim(url: str, tmp: Path, flag_text: str, name: str) -> Shim:
         url,
         flags=flags.FileFlags(path),
         log_path=tmp / f"{name}.jsonl",
-        workers=32,
-        queue_size=2000,
+        limits=Limits(workers=32, queue_size=2000),
     )
 
 

@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import pydantic
-from deepdiff import DeepDiff
 
 from ._shape import extract_json, label, shape
 
 __all__ = [
     "Comparator",
     "JsonOutput",
-    "OutputComparator",
     "Structure",
     "TextOutput",
     "readable_path",
@@ -65,9 +63,6 @@ class Comparator(Protocol):
     def compare(self, legacy: Any, candidate: Any) -> Structure:
         """The structural verdict for one pair of outputs."""
         ...
-
-
-OutputComparator = Comparator  # the earlier name
 
 
 def _capped(diffs: Sequence[str]) -> tuple[str, ...]:
@@ -215,6 +210,8 @@ class JsonOutput:
         a, b = _unify(a, b)
         if a == b:
             return []
+        from deepdiff import DeepDiff  # lazily: it imports numpy (~150 ms)
+
         found = DeepDiff(a, b, view="tree")
         diffs = []
         for item in found.get("dictionary_item_removed", []):

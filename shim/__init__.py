@@ -31,11 +31,12 @@ if TYPE_CHECKING:
     from shim.client.task import TaskAllocation, TaskRequest, TaskResult
     from shim.client.task_client import AsyncTaskClient, TaskClient
     from shim.core.breaker import BreakerPolicy
+    from shim.core.config import Limits, Timeouts
     from shim.core.shim import Shim
     from shim.core.spend import Backoff, ShadowBudget
     from shim.records.capture import Capture
     from shim.records.observe import NOT_RECORDED, is_soft_failure
-    from shim.records.recorder import FileSink, RecordSink, StreamSink
+    from shim.records.sinks import FileSink, RecordSink, StreamSink
 
 # name -> the module that defines it
 _HOME = {
@@ -44,23 +45,25 @@ _HOME = {
     "BreakerPolicy": "shim.core.breaker",
     "Capture": "shim.records.capture",
     "ConfigError": "shim.base.errors",
-    "FileSink": "shim.records.recorder",
+    "FileSink": "shim.records.sinks",
+    "Limits": "shim.core.config",
     "NOT_RECORDED": "shim.records.observe",
     "OrchConfig": "shim.base.orch",
     "Problem": "shim.base.errors",
-    "RecordSink": "shim.records.recorder",
+    "RecordSink": "shim.records.sinks",
     "ResolvedTask": "shim.base.orch",
     "ShadowBudget": "shim.core.spend",
     "Shim": "shim.core.shim",
     "ShimError": "shim.base.errors",
     "SoftFailure": "shim.base.errors",
-    "StreamSink": "shim.records.recorder",
+    "StreamSink": "shim.records.sinks",
     "TaskAllocation": "shim.client.task",
     "TaskClient": "shim.client.task_client",
     "TaskFailed": "shim.base.errors",
     "TaskNotRegistered": "shim.base.errors",
     "TaskRequest": "shim.client.task",
     "TaskResult": "shim.client.task",
+    "Timeouts": "shim.core.config",
     "context": "shim.base.context",
     "current_context": "shim.base.context",
     "is_soft_failure": "shim.records.observe",
@@ -75,6 +78,7 @@ __all__ = [
     "Capture",
     "ConfigError",
     "FileSink",
+    "Limits",
     "OrchConfig",
     "Problem",
     "RecordSink",
@@ -90,6 +94,7 @@ __all__ = [
     "TaskNotRegistered",
     "TaskRequest",
     "TaskResult",
+    "Timeouts",
     "context",
     "current_context",
     "is_soft_failure",

@@ -1,3 +1,6 @@
+"""``python -m shim``: the ``shim`` command line."""
+
 from shim.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import subprocess
 import sys
@@ -75,6 +76,9 @@ class Driver:
             async def site(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
                 return body(*args, **kwargs)
 
+        # The call site takes what the body takes: the decorator checks its options
+        # against this signature.
+        site.__signature__ = inspect.signature(body)  # type: ignore[attr-defined]
         return shim.shadow(**shadow)(site)
 
     def run(

@@ -260,3 +260,50 @@ def test_status_without_flags_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) 
     result = runner.invoke(app, ["status"])
     assert result.exit_code == 2
     assert "pass --flags PATH or set SHIM_FLAGS" in result.output
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("blocked", "verb", "extra"),
+    [("typer", "--help", "cli"), ("duckdb", "report", "cli"), ("fastapi", "sim", "sim")],
+)
+def test_without_an_extra_the_command_says_what_to_install(
+    blocked: str, verb: str, extra: str
+) -> None:
+    """An interpreter where the extra's module cannot be imported (as without
+    `pip install 'task-shim[cli]'`) gets one line to act on and exit 2, no traceback."""
+    code = f"import sys; sys.modules[{blocked!r}] = None; from shim.cli import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", code, verb], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert f"'{extra}' extra ({blocked} is not installed)" in done.stderr
+    assert f"pip install 'task-shim[{extra}]'" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+LAZY = ("httpx", "pydantic", "yaml", "duckdb", "numpy", "fastapi", "uvicorn", "deepdiff")
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import shim",
+        "import sys; sys.argv = ['shim', '--help']; from shim.cli import main; main()",
+    ],
+    ids=["import shim", "shim --help"],
+)
+def test_start_up_imports_nothing_it_does_not_use(code: str) -> None:
+    """`import shim` and `shim --help` stay fast (bench/startup.py: <= 150 ms and
+    <= 300 ms) because neither loads httpx, pydantic, duckdb, the simulator..."""
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{LAZY!r} or m.startswith(('shim.core', 'shim.sim', 'shim.analysis', "
+        "'shim.client', 'shim.flags', 'shim.comparators'))), file=sys.stderr))\n"
+        f"{code}\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"

@@ -16,10 +16,7 @@ from shim.comparators import (
     ModelNames,
     TextOutput,
     extract_json,
-    latency_ratio,
     normalise,
-    percentile,
-    ratio_interval,
     shape,
 )
 from shim.sim import generate
@@ -232,16 +229,6 @@ def test_routing_errors_differ_from_intended_changes() -> None:
         "kiwi.meal_plan", "Qwen/Qwen2.5-3B-Instruct", "qwen2.5-3b-instruct-q4_k_m", "cf-text"
     )
     assert (quantised.verdict, quantised.routing_error) == ("alias", False)
-
-
-def test_latency_helpers() -> None:
-    assert latency_ratio(200.0, 100.0) == 0.5
-    assert latency_ratio(0.0, 100.0) is None
-    assert percentile([1, 2, 3, 4], 50) == 2.5
-    assert percentile([], 50) is None
-    legacy = [100.0 + i for i in range(200)]
-    estimate, low, high = ratio_interval(legacy, [x * 0.8 for x in legacy]) or (0, 0, 0)
-    assert estimate == pytest.approx(0.8) and low <= 0.8 <= high
 
 
 def test_shapes_and_extraction() -> None:

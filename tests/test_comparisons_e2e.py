@@ -11,7 +11,7 @@ from typing import Any
 
 import pydantic
 
-from shim import OrchConfig, TaskRequest, comparators
+from shim import Limits, OrchConfig, TaskRequest, comparators
 from shim.sim import Profile, Simulator, generate
 
 from .conftest import KIWI, QUIET
@@ -89,7 +89,7 @@ def test_structure_mismatch_exactly_on_the_drifted_calls(sim: Simulator, tmp_pat
         )
     )
     drifted_before = drifts(sim)  # the simulator is shared by the session's tests
-    s = make_shim(sim.url, tmp_path, "kiwi.ocr: {shadow: 100}\n", workers=1)
+    s = make_shim(sim.url, tmp_path, "kiwi.ocr: {shadow: 100}\n", limits=Limits(workers=1))
     seen: dict[str, bool] = {}
 
     def keep(result: Any) -> Any:

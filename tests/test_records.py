@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
+import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shim import FileSink
 from shim.comparators import ModelNames
-from shim.records.recorder import PartialWrite, Recorder, StreamSink
+from shim.records.recorder import Recorder
+from shim.records.sinks import PartialWrite, StreamSink
 
 
 def _append(path: str, writer: int, lines: int) -> None:
@@ -91,16 +96,38 @@ def test_every_line_is_valid_json_whatever_the_fields_hold(tmp_path: Path) -> No
     assert "día ✓" in raw  # non-ASCII text is written as is, not escaped
 
 
-def test_full_recorder_counts_what_it_turns_away(tmp_path: Path) -> None:
-    import io
+def test_a_full_recorder_writes_what_it_turned_away_as_dropped() -> None:
+    """An event that finds the recorder full is not queued; the log says so in a
+    ``shim.dropped`` record of its task (reason ``recorder_full``)."""
+    stream = io.StringIO()
+    busy, release = threading.Event(), threading.Event()
+
+    def observe(record: Mapping[str, Any]) -> None:
+        if record["event"] == "shim.flags":  # hold the recorder's thread on the first event
+            busy.set()
+            release.wait(5)
 
     recorder = Recorder(
-        StreamSink(io.StringIO()), names=ModelNames(), on_error=lambda op, exc: None, capacity=1
+        StreamSink(stream),
+        names=ModelNames(),
+        on_error=lambda op, exc: None,
+        capacity=1,
+        observe=observe,
     )
-    recorder._queued = 1  # as if one record were waiting
-    recorder.event("shim.flags", None, None, level="info")
-    assert recorder.drop_counts() == {("", "", "recorder_full"): 1}
-    recorder.close(5)
+    recorder.event("shim.flags", "kiwi", "ocr", n=1)
+    assert busy.wait(5)
+    recorder.event("shim.flags", "kiwi", "ocr", n=2)  # the one place is still taken
+    release.set()
+    assert recorder.close(5)
+    rows = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [r["n"] for r in rows if r["event"] == "shim.flags"] == [1]
+    [drop] = [r for r in rows if r["event"] == "shim.dropped"]
+    assert (drop["product"], drop["task"], drop["reason"], drop["count"]) == (
+        "kiwi",
+        "ocr",
+        "recorder_full",
+        1,
+    )
 
 
 def test_write_errors_are_counted_and_reported(tmp_path: Path) -> None:

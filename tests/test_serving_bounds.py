@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from shim import BreakerPolicy, TaskRequest
+from shim import BreakerPolicy, Limits, TaskRequest, Timeouts
 from shim.sim import Simulator
 
 from .conftest import QUIET
@@ -24,8 +24,8 @@ def test_ten_thousand_calls_never_hold_more_than_max_serving(
         sim.url,
         tmp_path,
         "kiwi.meal_plan: {serve: 100}\n",
-        timeout=0.3,
-        max_serving=20,
+        timeouts=Timeouts(serve=0.3),
+        limits=Limits(max_serving=20),
         breaker=NO_BREAKER,
     )
 
@@ -47,7 +47,7 @@ def test_ten_thousand_calls_never_hold_more_than_max_serving(
     results = asyncio.run(main())
     took = time.monotonic() - started
     assert results == [f"legacy {i}" for i in range(10_000)], "every caller got legacy"
-    assert s._serving.peak <= 20
+    assert s._engine.serving.peak <= 20
     assert took < 30
     log = tmp_path / "log.jsonl"
     fallbacks = records(log)
@@ -61,7 +61,7 @@ def test_ten_thousand_calls_never_hold_more_than_max_serving(
 
 def test_threads_return_to_baseline_after_close(sim: Simulator, tmp_path: Path) -> None:
     before = threading.active_count()
-    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {shadow: 100}\n", workers=4)
+    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {shadow: 100}\n", limits=Limits(workers=4))
     wrapped = s.shadow(product="kiwi", task="meal_plan", request=lambda: TaskRequest())(lambda: 1)
     for _ in range(20):
         wrapped()

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shim
-from shim import BreakerPolicy, Shim, TaskFailed, TaskRequest, TaskResult
+from shim import BreakerPolicy, Limits, Shim, TaskFailed, TaskRequest, TaskResult, Timeouts
 from shim.sim import Profile, Simulator
 
 from .conftest import QUIET
@@ -259,8 +259,8 @@ def test_broken_coordinator_never_reaches_the_caller(
         url,
         tmp_path,
         SHADOW,
-        shadow_timeout=0.3,
-        workers=8,
+        timeouts=Timeouts(shadow=0.3),
+        limits=Limits(workers=8),
         breaker=BreakerPolicy(failures=1000, ratio=1.0, min_calls=1000),
     )
     values = [object() for _ in range(8)]
@@ -296,7 +296,11 @@ def test_broken_coordinator_never_reaches_the_caller(
 
 def test_breaker_opens_and_stops_calling_the_task_path(tmp_path: Path, driver: Driver) -> None:
     s = make_shim(
-        closed_port(), tmp_path, SHADOW, workers=1, breaker=BreakerPolicy(failures=3, cooldown=60)
+        closed_port(),
+        tmp_path,
+        SHADOW,
+        limits=Limits(workers=1),
+        breaker=BreakerPolicy(failures=3, cooldown=60),
     )
     driver.run(s, driver.wrap(s, lambda: 1), [()] * 12)
     log = tmp_path / "log.jsonl"
@@ -445,7 +449,7 @@ def test_an_empty_flags_file_is_taken_for_a_write_in_progress(tmp_path: Path) ->
 
 def test_close_writes_every_queued_comparison(sim: Simulator, tmp_path: Path) -> None:
     sim.set_profile(Profile(seed=1, defaults={"latency_ms": 10, "latency_p99_ms": 10}))
-    s = make_shim(sim.url, tmp_path, SHADOW, workers=4, queue_size=1000)
+    s = make_shim(sim.url, tmp_path, SHADOW, limits=Limits(workers=4, queue_size=1000))
     wrapped = Driver("sync").wrap(s, lambda i: i)
     for i in range(500):
         wrapped(i)
@@ -459,7 +463,7 @@ def test_queue_full_drops_are_counted_exactly(
     sim: Simulator, tmp_path: Path, driver: Driver
 ) -> None:
     sim.set_profile(Profile(seed=1, defaults={"latency_ms": 100, "latency_p99_ms": 100}))
-    s = make_shim(sim.url, tmp_path, SHADOW, workers=2, queue_size=5, concurrency=5)
+    s = make_shim(sim.url, tmp_path, SHADOW, limits=Limits(workers=2, queue_size=5, concurrency=5))
     driver.run(s, driver.wrap(s, lambda i: i), [(i,) for i in range(200)])
     log = tmp_path / "log.jsonl"
     compared = len(records(log))

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from shim import TaskRequest
+from shim import Limits, TaskRequest, Timeouts
 from shim.sim import Profile, Simulator
 
 from .shimkit import dropped, make_shim, records
@@ -17,7 +17,11 @@ from .shimkit import dropped, make_shim, records
 def test_close_keeps_its_deadline_and_counts_the_unfinished(sim: Simulator, tmp_path: Path) -> None:
     sim.set_profile(Profile(seed=1, defaults={"latency_ms": 3000, "latency_p99_ms": 3000}))
     s = make_shim(
-        sim.url, tmp_path, "kiwi.meal_plan: {shadow: 100}\n", workers=2, shadow_timeout=10
+        sim.url,
+        tmp_path,
+        "kiwi.meal_plan: {shadow: 100}\n",
+        limits=Limits(workers=2),
+        timeouts=Timeouts(shadow=10),
     )
     wrapped = s.shadow(
         product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=str(i))
@@ -33,10 +37,10 @@ def test_close_keeps_its_deadline_and_counts_the_unfinished(sim: Simulator, tmp_
 
 
 EXIT_SCRIPT = """
-import sys, flags
-from shim import Shim, TaskRequest
+import sys
+from shim import Shim, TaskRequest, Timeouts, flags
 s = Shim(sys.argv[1], flags=flags.FileFlags(sys.argv[2]), log_path=sys.argv[3],
-         shadow_timeout=60)
+         timeouts=Timeouts(shadow=60))
 wrapped = s.shadow(product="kiwi", task="meal_plan",
                    request=lambda: TaskRequest())(lambda: "legacy")
 print(wrapped())

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shim import Backoff, ConfigError, ShadowBudget, TaskRequest
+from shim import Backoff, ConfigError, Limits, ShadowBudget, TaskRequest
 from shim.core.spend import Spend
 from shim.flags import load_flags_file
 from shim.sim import Profile, Simulator
@@ -39,7 +39,10 @@ def test_a_budget_of_5_per_second_holds_at_200_calls_per_second(
     sim: Simulator, tmp_path: Path
 ) -> None:
     shim = make_shim(
-        sim.url, tmp_path, "kiwi.meal_plan: {serve: 0, shadow: 100, shadow_rate: 5}\n", workers=8
+        sim.url,
+        tmp_path,
+        "kiwi.meal_plan: {serve: 0, shadow: 100, shadow_rate: 5}\n",
+        limits=Limits(workers=8),
     )
     wrapped = shim.shadow(
         product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan {i}")
@@ -69,7 +72,7 @@ def test_a_token_budget_per_hour_stops_comparisons_when_spent(
         tmp_path,
         "kiwi.meal_plan: {serve: 0, shadow: 100}\n",
         budgets=shim_budget,
-        workers=1,
+        limits=Limits(workers=1),
     )
     wrapped = shim.shadow(
         product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan {i}")
@@ -96,7 +99,7 @@ def test_a_full_coordinator_is_backed_off_and_shadowing_resumes(
         tmp_path,
         "kiwi.meal_plan: {serve: 0, shadow: 100}\n",
         backoff=Backoff(initial=0.1, maximum=0.4),
-        workers=8,
+        limits=Limits(workers=8),
     )
     driver = Driver(kind)
     legacy_answers: list[Any] = []

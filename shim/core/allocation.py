@@ -14,26 +14,27 @@ import asyncio
 import collections.abc
 import contextlib
 import dataclasses
-import functools
 import threading
-import time
 import typing
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pydantic
 
 from shim.client.task import TaskAllocation
+from shim.core.call import Call
+from shim.core.steps import AsyncLane, Lane, Steps, SyncLane, enter, leave, release
+from shim.records.observe import CallSite, Observation
 
-if TYPE_CHECKING:
-    from shim import flags as flagpkg
-    from shim.core.shim import Shim
-    from shim.records.observe import CallSite
-
-__all__ = ["HeldAllocation", "ServedAllocation", "ShadowedAllocation", "declared_allocation"]
-
-_perf = time.perf_counter
+__all__ = [
+    "Core",
+    "HeldAllocation",
+    "ServedAllocation",
+    "ShadowedAllocation",
+    "declared_allocation",
+    "holder",
+]
 
 
 def _release_dropped(release: Callable[[], None]) -> None:
@@ -140,187 +141,133 @@ def declared_allocation(fn: Callable[..., Any]) -> Callable[[TaskAllocation], An
     return convert
 
 
+class Core(Protocol):
+    """What the allocation holders use of the shim's core (the Engine): its two
+    drivers, the shadow and task paths, and what a served call records."""
+
+    @property
+    def threads(self) -> SyncLane:
+        """The driver for ``with``."""
+        ...
+
+    @property
+    def loops(self) -> AsyncLane:
+        """The driver for ``async with``."""
+        ...
+
+    def shadowed(self, call: Call, step: Any, lane: Lane) -> Steps[Any]:
+        """Legacy (``step``) serves; the task path is compared in the background."""
+        ...
+
+    def task(
+        self, call: Call, *, serving: bool, keep: bool = False
+    ) -> Steps[tuple[Observation | None, Any, TaskAllocation | None]]:
+        """Call the task path: (observation or None, value or error, allocation)."""
+        ...
+
+    def served(self, site: CallSite, by: str) -> None:
+        """Count who served a call."""
+        ...
+
+    def compare_served(self, call: Call, candidate: Observation, value: Any, lane: Lane) -> None:
+        """The task path served: compare legacy in the background if the call is."""
+        ...
+
+    def fall_back(self, call: Call, step: Any, candidate: Observation) -> Steps[Any]:
+        """The task path failed: legacy (``step``) answers, and the pair is recorded."""
+        ...
+
+    def releaser(self, site: CallSite, held: TaskAllocation) -> Callable[[], None]:
+        """How to give a served allocation back, from any thread."""
+        ...
+
+
+def holder(core: Core, call: Call) -> Any:
+    """What a decided call of an allocating call site returns: a holder that serves
+    from the task path, one that compares legacy's, or legacy's context manager."""
+    if call.decision.serve:
+        return ServedAllocation(core, call)
+    core.served(call.site, "legacy")
+    if not call.decision.compare:
+        return call.fn(*call.args, **call.kwargs)
+    return ShadowedAllocation(core, call, call.fn(*call.args, **call.kwargs))
+
+
 class ShadowedAllocation:
     """Legacy serves; the task path's allocation is compared in the background."""
 
-    __slots__ = ("_args", "_cm", "_decision", "_kwargs", "_model", "_shim", "_site")
+    __slots__ = ("_call", "_cm", "_core")
 
-    def __init__(
-        self,
-        shim: Shim,
-        site: CallSite,
-        model: str | None,
-        decision: flagpkg.Decision,
-        cm: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self._shim, self._site, self._model, self._decision = shim, site, model, decision
-        self._cm, self._args, self._kwargs = cm, args, kwargs
+    def __init__(self, core: Core, call: Call, cm: Any) -> None:
+        self._core, self._call, self._cm = core, call, cm
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cm, name)
 
-    def _compare(self, started: float, outcome: Any) -> None:
-        self._shim._shadow_allocation(
-            self._site,
-            self._decision,
-            self._model,
-            _perf() - started,
-            outcome,
-            self._args,
-            self._kwargs,
-        )
-
     def __enter__(self) -> Any:
-        if not self._shim._admit(self._site, self._shim._dispatch.try_reserve):
-            return self._cm.__enter__()
-        started = _perf()
-        try:
-            value = self._cm.__enter__()
-        except Exception as exc:
-            self._compare(started, exc)
-            raise
-        except BaseException:
-            self._shim._dispatch.release()
-            raise
-        self._compare(started, self._shim._returned(value))
-        return value
+        lane = self._core.threads
+        return lane.run(self._core.shadowed(self._call, enter(self._cm), lane))
 
     def __exit__(self, *exc: Any) -> Any:
         return self._cm.__exit__(*exc)
 
     async def __aenter__(self) -> Any:
-        if not self._shim._admit(self._site, self._shim._dispatch.try_reserve):
-            return await self._cm.__aenter__()
-        started = _perf()
-        try:
-            value = await self._cm.__aenter__()
-        except Exception as exc:
-            self._compare(started, exc)
-            raise
-        except BaseException:
-            self._shim._dispatch.release()
-            raise
-        self._compare(started, self._shim._returned(value))
-        return value
+        lane = self._core.loops
+        return await lane.run(self._core.shadowed(self._call, enter(self._cm), lane))
 
     async def __aexit__(self, *exc: Any) -> Any:
         return await self._cm.__aexit__(*exc)
 
 
 class ServedAllocation:
-    """The task path serves: allocate through cf-orch on entry, release on exit."""
+    """The task path serves: allocate through cf-orch on entry, release on exit; a
+    failure falls back to legacy's context manager."""
 
-    __slots__ = (
-        "__weakref__",
-        "_args",
-        "_decision",
-        "_fn",
-        "_held",
-        "_kwargs",
-        "_legacy",
-        "_model",
-        "_shim",
-        "_site",
-    )
+    __slots__ = ("__weakref__", "_call", "_core", "_held", "_legacy", "_release")
 
-    def __init__(
-        self,
-        shim: Shim,
-        site: CallSite,
-        model: str | None,
-        decision: flagpkg.Decision,
-        fn: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self._shim, self._site, self._model, self._decision = shim, site, model, decision
-        self._fn, self._args, self._kwargs = fn, args, kwargs
-        self._held: Any = None
+    def __init__(self, core: Core, call: Call) -> None:
+        self._core, self._call = core, call
+        self._held: TaskAllocation | None = None
+        self._release: _Release | None = None
         self._legacy: Any = None
 
-    def _serves(self, candidate: Any, value: Any, held: Any) -> bool:
-        """After the task path ran: True when it serves; raises when it failed and the
-        call site has no fallback; False to fall back to legacy."""
-        if candidate is not None and candidate.ok:
-            self._shim._served(self._site, "task")
-            client, site = self._shim._client, self._site
-            release = functools.partial(client.release, site.product, site.task, held)
-            self._held = (_Release(self, release), held)
-            self._shim._compare_served_allocation(
-                self._site,
-                self._model,
-                self._decision,
-                candidate,
-                value,
-                self._fn,
-                self._args,
-                self._kwargs,
-            )
-            return True
-        if candidate is not None and not self._site.fallback:
-            self._shim._served(self._site, "task")
-            raise value
+    def _enter(self, lane: Lane) -> Steps[Any]:
+        core, call, site = self._core, self._call, self._call.site
+        candidate, value, held = yield from core.task(call, serving=True, keep=True)
+        if candidate is not None and (candidate.ok or not site.fallback):
+            core.served(site, "task")
+            if not candidate.ok:
+                raise value
+            assert held is not None
+            self._held, self._release = held, _Release(self, core.releaser(site, held))
+            core.compare_served(call, candidate, value, lane)
+            return value
+        if candidate is None:  # the breaker kept the task path out of it
+            core.served(site, "legacy")
+        self._legacy = cm = call.fn(*call.args, **call.kwargs)
         if candidate is None:
-            self._shim._served(self._site, "legacy")
-        self._legacy = self._fn(*self._args, **self._kwargs)
-        return False
+            return (yield enter(cm))
+        return (yield from core.fall_back(call, enter(cm), candidate))
 
-    def _fell_back(
-        self, candidate: Any, started: float, result: Any = None, exc: BaseException | None = None
-    ) -> None:
-        if candidate is not None:  # None: the breaker kept the task path out of it
-            legacy = self._shim._legacy_obs(started, self._model, result, exc=exc)
-            self._shim._fell_back(self._site, self._decision, legacy, candidate)
+    def _exit(self, exc: tuple[Any, ...]) -> Steps[Any]:
+        if self._release is not None and self._held is not None:
+            if self._release.take():  # leaving twice releases once
+                yield release(self._call.site, self._held, serving=True)
+            return False
+        if self._legacy is not None:
+            return (yield leave(self._legacy, exc))
+        return False
 
     def __enter__(self) -> Any:
-        shim = self._shim
-        candidate, value, held = shim._run_task(
-            self._site, self._args, self._kwargs, shim._client, keep=True
-        )
-        if self._serves(candidate, value, held):
-            return value
-        started = _perf()
-        try:
-            result = self._legacy.__enter__()
-        except Exception as exc:
-            self._fell_back(candidate, started, exc=exc)
-            raise
-        self._fell_back(candidate, started, result)
-        return result
+        lane = self._core.threads
+        return lane.run(self._enter(lane))
 
     def __exit__(self, *exc: Any) -> Any:
-        if self._held is not None:
-            self._held[0]()
-            return False
-        if self._legacy is not None:
-            return self._legacy.__exit__(*exc)
-        return False
+        return self._core.threads.run(self._exit(exc))
 
     async def __aenter__(self) -> Any:
-        shim = self._shim
-        candidate, value, held = await shim._arun_task(
-            self._site, self._args, self._kwargs, shim._loop_state().client, keep=True
-        )
-        if self._serves(candidate, value, held):
-            return value
-        started = _perf()
-        try:
-            result = await self._legacy.__aenter__()
-        except Exception as exc:
-            self._fell_back(candidate, started, exc=exc)
-            raise
-        self._fell_back(candidate, started, result)
-        return result
+        lane = self._core.loops
+        return await lane.run(self._enter(lane))
 
     async def __aexit__(self, *exc: Any) -> Any:
-        if self._held is not None:
-            guard, held = self._held
-            if guard.take():
-                client = self._shim._loop_state().client
-                await client.release(self._site.product, self._site.task, held)
-            return False
-        if self._legacy is not None:
-            return await self._legacy.__aexit__(*exc)
-        return False
+        return await self._core.loops.run(self._exit(exc))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BreakerPolicy", "CircuitBreaker"]
+__all__ = ["BreakerPolicy", "CircuitBreaker", "Transition"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 

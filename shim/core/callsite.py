@@ -1,13 +1,13 @@
 """What a wrapped call site needs besides its flags: its task taken from its arguments,
 the service its allocations are released from, the values it returns instead of
-failing, and the ``(value, ctx)`` pairs some call sites return."""
+failing, and the soft-failure rule of the ``(value, ctx)`` pairs some return."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from shim import flags as flagpkg
@@ -18,7 +18,6 @@ from shim.records.observe import CallSite, soft_failure_error
 
 __all__ = [
     "checked",
-    "entered_and_left",
     "first_of_pair",
     "hint_of",
     "no_request",
@@ -67,38 +66,25 @@ def first_of_pair(soft: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: soft(held_value(value))
 
 
-def entered_and_left(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` returns ``(value, ctx)`` with ctx entered: call it, leave ctx (giving back
-    what it holds), and return the pair, for a comparison in the background."""
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        pair = fn(*args, **kwargs)
-        if held_value(pair) is not pair:
-            pair[1].__exit__(None, None, None)
-        return pair
-
-    return run
-
-
 def routed(
-    shadow: Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]],
+    wrap: Callable[[str, str], Callable[[Callable[..., Any]], Callable[..., Any]]],
     on_error: Callable[[str, BaseException], None],
     source: flagpkg.FlagSource,
     product: str | Callable[..., str],
     task: str | Callable[..., str],
     fn: Callable[P, R],
-    options: dict[str, Any],
 ) -> Callable[P, R]:
     """A call site whose product or task come from its arguments: each call picks (and
-    on first use wraps, with ``shadow`` and ``options``) the call site of its own
+    on first use wraps, with ``wrap(product, task)``) the call site of its own
     ``product.task``. A name that does not fit runs legacy and is told to ``on_error``
     (``task_of_call``)."""
     wrapped: dict[tuple[str, str], Callable[..., Any]] = {}
     lock = threading.Lock()
 
-    def pick(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any] | None:
+    def pick(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
+        """The wrapped call site for this call's task; ``fn`` itself when none."""
         if not source.rules.active:  # every task off: no need to know which
-            return None
+            return fn
         try:
             p = product(*args, **kwargs) if callable(product) else product
             t = task(*args, **kwargs) if callable(task) else task
@@ -109,28 +95,23 @@ def routed(
                     if site is None:
                         if len(wrapped) >= MAX_ROUTED:
                             raise ValueError(f"more than {MAX_ROUTED} tasks at one call site")
-                        site = wrapped[(p, t)] = shadow(product=p, task=t, **options)(fn)
+                        site = wrapped[(p, t)] = wrap(p, t)(fn)
             return site
         except Exception as exc:  # a name that does not fit: legacy, counted
             on_error("task_of_call", exc)
-            return None
+            return fn
 
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def arouted(*args: P.args, **kwargs: P.kwargs) -> Any:
-            site = pick(args, kwargs)
-            if site is None:
-                return await cast(Callable[..., Awaitable[Any]], fn)(*args, **kwargs)
-            return await site(*args, **kwargs)
+            return await pick(args, kwargs)(*args, **kwargs)
 
         return cast(Callable[P, R], arouted)
 
     @functools.wraps(fn)
     def sync_routed(*args: P.args, **kwargs: P.kwargs) -> R:
-        site = pick(args, kwargs)
-        if site is None:
-            return fn(*args, **kwargs)
-        return cast(R, site(*args, **kwargs))
+        result: R = pick(args, kwargs)(*args, **kwargs)
+        return result
 
     return sync_routed

@@ -17,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["Gate", "LoopDispatcher", "ThreadDispatcher"]
+__all__ = ["ErrorHook", "Gate", "LoopDispatcher", "ThreadDispatcher"]
 
 Job = tuple[str, Callable[..., None], tuple[Any, ...]]  # (task name, work, its arguments)
 ErrorHook = Callable[[str, BaseException], None]
@@ -59,29 +59,35 @@ class ThreadDispatcher:
         self._wake = threading.Event()
         self._pump_asleep = False
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._pending = 0
+        # The free slots, as tokens: taking one is one C call and no lock, which every
+        # compared call pays.
+        self._free: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(self.capacity):
+            self._free.put(None)
         self._running: dict[int, str] = {}
         self._threads: list[threading.Thread] = []
         self._closed = False
 
     @property
     def pending(self) -> int:
-        """Jobs queued or running."""
-        return self._pending
+        """Jobs reserved, queued or running."""
+        return self.capacity - self._free.qsize()
 
     def try_reserve(self) -> bool:
         """Take a slot for one job; False (at once) when all are taken."""
-        with self._lock:
-            if self._pending >= self.capacity or self._closed:
-                return False
-            self._pending += 1
-            return True
+        if self._closed:
+            return False
+        try:
+            self._free.get_nowait()
+        except queue.Empty:
+            return False
+        return True
 
     def release(self) -> None:
-        """Give back a reserved slot that will not be used."""
-        with self._lock:
-            self._pending -= 1
-            if self._pending == 0:
+        """Give back a slot: its job ended, or will not be used."""
+        self._free.put(None)
+        if self._free.qsize() == self.capacity:  # idle: close may be waiting for it
+            with self._lock:
                 self._idle.notify_all()
 
     def submit(self, task: str, work: Callable[..., None], *args: Any) -> None:
@@ -116,7 +122,7 @@ class ThreadDispatcher:
                 while inbox:
                     put(inbox.popleft())
                 continue
-            if self._closed and self._pending == 0:
+            if self._closed and not self.pending:
                 return
             idle += 1
             if idle < 100:
@@ -156,7 +162,7 @@ class ThreadDispatcher:
         self._wake.set()
         with self._lock:
             self._closed = True
-            while self._pending and self._threads:
+            while self.pending and self._threads:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._idle.wait(left):
                     break

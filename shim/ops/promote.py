@@ -23,7 +23,7 @@ from shim.flags._store import (
     next_rung,
 )
 from shim.records.observe import envelope
-from shim.records.recorder import FileSink
+from shim.records.sinks import FileSink
 
 __all__ = [
     "Change",

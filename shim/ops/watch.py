@@ -13,11 +13,11 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shim.analysis.policy import Policy
+from shim.analysis.policy import Gates, Policy
 
 __all__ = ["Breach", "Watch", "follow"]
 
@@ -49,7 +49,6 @@ class _TaskWatch:
     since_eval: int = 0
     consecutive: int = 0
     cumulative: int = 0
-    last_reasons: list[str] = field(default_factory=list)
 
 
 class Watch:
@@ -96,7 +95,6 @@ class Watch:
             return None
         state.consecutive += 1
         state.cumulative += 1
-        state.last_reasons = reasons
         if state.consecutive >= gates.watch_consecutive or (
             state.cumulative >= gates.watch_cumulative
         ):
@@ -114,7 +112,7 @@ class Watch:
         return None
 
     @staticmethod
-    def _failing(state: _TaskWatch, gates: Any) -> list[str]:
+    def _failing(state: _TaskWatch, gates: Gates) -> list[str]:
         rows = list(state.window)
         compared = [r[2] for r in rows if r[2] is not None]
         return list(

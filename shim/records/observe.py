@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from shim.comparators import ModelNames, OutputComparator, Structure
+from shim.comparators import Comparator, ModelNames, Structure
 from shim.records.capture import Capture
 
 __all__ = [
@@ -119,7 +119,7 @@ class CallSite:
     request: Callable[..., Any]
     response: Callable[[Any], Any]
     legacy_model: str | Callable[[Any], str | None] | None
-    output: OutputComparator
+    output: Comparator
     key: Callable[..., Any] | None
     fallback: bool
     expected_model: str | None
@@ -145,14 +145,12 @@ class Pending:
     noise: Any = NOT_RECORDED  # legacy's output from a second run, for calibration
 
 
-def envelope(
-    event: str, product: str | None, task: str | None, when: float | None = None
-) -> dict[str, Any]:
-    """The fields every record starts with."""
+def envelope(event: str, product: str | None, task: str | None) -> dict[str, Any]:
+    """The fields every record starts with, stamped now."""
     return {
         "event": event,
         "schema": SCHEMA,
-        "ts": _stamp(time.time() if when is None else when),
+        "ts": _stamp(time.time()),
         "product": product,
         "task": task,
     }

@@ -2,8 +2,8 @@
 
 The :class:`Recorder` thread turns finished comparisons and events into records
 (comparing outputs there, not on the caller's thread), renders them with structlog,
-and hands whole lines to a :class:`RecordSink` in batches. Drops are counted per task
-and reason and written as aggregated ``shim.dropped`` records.
+and hands whole lines to a :class:`~shim.records.sinks.RecordSink` in batches. Drops
+are counted per task and reason and written as aggregated ``shim.dropped`` records.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ import json
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 
 import pydantic_core
 import structlog
@@ -27,132 +25,11 @@ import structlog
 from shim.comparators import ModelNames
 from shim.records.capture import Capture
 from shim.records.observe import Pending, comparison_record, envelope
+from shim.records.sinks import PartialWrite, RecordSink
 
-__all__ = ["FileSink", "PartialWrite", "RecordSink", "Recorder", "StreamSink"]
+__all__ = ["Recorder"]
 
 _log = logging.getLogger("shim")
-
-# Concurrent O_APPEND writers never interleave inside one write() of a regular file on
-# Linux; keep each write to whole lines and well under the page-cache chunk sizes.
-_MAX_WRITE = 64 * 1024
-
-
-@runtime_checkable
-class RecordSink(Protocol):
-    """Where record lines go. ``write`` gets whole lines, each ending in a newline."""
-
-    def write(self, lines: Sequence[str]) -> None:
-        """Write these lines, in order."""
-        ...
-
-    def close(self) -> None:
-        """Release the destination."""
-        ...
-
-
-class FileSink:
-    """Appends to a file that other processes append to and that logrotate may move.
-
-    Opened with ``O_APPEND``; every batch goes out as whole lines in writes of at most
-    64 KiB. When the path stops naming the open file (rotated, deleted), the sink
-    reopens the path, at most once per ``check_every`` seconds. A path that cannot be
-    opened does not stop the program: each write raises (the recorder counts and logs
-    it) and the sink tries the path again, so recording resumes once it is fixed.
-    """
-
-    def __init__(self, path: str | Path, *, check_every: float = 1.0) -> None:
-        self.path = Path(path)
-        self.check_every = check_every
-        self._fd = -1
-        self._ino: tuple[int, int] | None = None
-        self._checked = 0.0
-        try:
-            self._open()
-        except OSError:
-            self._checked = 0.0  # the first write tries again and reports the error
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        st = os.fstat(fd)
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd, self._ino = fd, (st.st_dev, st.st_ino)
-        self._checked = time.monotonic()
-
-    def _reopen_if_moved(self) -> None:
-        if self._fd < 0:
-            self._open()  # raises while the path is unusable: the batch counts as failed
-            return
-        now = time.monotonic()
-        if now - self._checked < self.check_every:
-            return
-        self._checked = now
-        try:
-            st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == self._ino:
-                return
-        except FileNotFoundError:
-            pass
-        self._open()
-
-    def write(self, lines: Sequence[str]) -> None:
-        """Append whole lines; on a failure after some batches went out, raises
-        :class:`PartialWrite` saying how many lines did."""
-        self._reopen_if_moved()
-        chunk: list[bytes] = []
-        size = done = 0
-        try:
-            for line in lines:
-                data = line.encode()
-                if chunk and size + len(data) > _MAX_WRITE:
-                    self._write_all(b"".join(chunk))
-                    done += len(chunk)
-                    chunk, size = [], 0
-                chunk.append(data)
-                size += len(data)
-            if chunk:
-                self._write_all(b"".join(chunk))
-        except OSError as exc:
-            if done:
-                raise PartialWrite(done, exc) from exc
-            raise
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-
-    def close(self) -> None:
-        """Close the file."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-class PartialWrite(OSError):
-    """A sink wrote the first ``written`` lines of a batch, then failed."""
-
-    def __init__(self, written: int, cause: OSError) -> None:
-        super().__init__(cause.errno, cause.strerror)
-        self.written = written
-
-
-class StreamSink:
-    """Writes to a text stream (stdout by default), flushing after every batch."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout
-
-    def write(self, lines: Sequence[str]) -> None:
-        """Write and flush."""
-        self.stream.write("".join(lines))
-        self.stream.flush()
-
-    def close(self) -> None:
-        """Flush; the stream is not ours to close."""
-        self.stream.flush()
 
 
 class _Lines:
@@ -240,18 +117,11 @@ class Recorder:
             wrapper_class=structlog.BoundLogger,
         ).bind()
         self._start()
-        ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            recorder = ref()
-            if recorder is not None and not recorder._closed:
-                recorder._start()
-
-        os.register_at_fork(after_in_child=after_fork)
+        _recorders.add(self)
 
     def _start(self) -> None:
-        # Also the after-fork hook: what the parent had queued is the parent's to write;
-        # the child starts empty, with a thread of its own.
+        # Also what a forked child runs: what the parent had queued is the parent's to
+        # write; the child starts empty, with a thread of its own.
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._queued = 0
@@ -293,11 +163,6 @@ class Recorder:
         """Count comparisons that will not happen; written as ``shim.dropped``."""
         with self._lock:
             self._drops[(product, task, reason)] += count
-
-    def drop_counts(self) -> dict[tuple[str, str, str], int]:
-        """Drops counted so far and not yet written."""
-        with self._lock:
-            return dict(self._drops)
 
     def _admit(self) -> bool:
         with self._lock:
@@ -440,3 +305,17 @@ class Recorder:
                 pass
         del self._held[self.capacity :]
         self.lost += extra
+
+
+# Every recorder: in a forked child, those not closed restart their threads. One hook
+# for all, registered once (os.register_at_fork cannot remove a hook per recorder).
+_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def _restart_in_child() -> None:
+    for recorder in list(_recorders):
+        if not recorder._closed:
+            recorder._start()
+
+
+os.register_at_fork(after_in_child=_restart_in_child)

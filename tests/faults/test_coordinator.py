@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shim import Backoff, BreakerPolicy, Shim
+from shim import Backoff, BreakerPolicy, Shim, Timeouts
 
 from ..shimkit import Driver, make_shim, records
 from .conftest import Row
@@ -76,8 +76,7 @@ class Run:
             url,
             tmp_path,
             flag,
-            timeout=TIMEOUT,
-            shadow_timeout=TIMEOUT,
+            timeouts=Timeouts(serve=TIMEOUT, shadow=TIMEOUT),
             breaker=BREAKER,
             backoff=BACKOFF,
         )

@@ -1,0 +1,176 @@
+"""Whether the task path may be called for a task now: its circuit breaker, its shadow
+spend (budget and back-off), and room for the work. One path for every wrapper."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from shim import flags as flagpkg
+from shim.client.task import TaskAllocation, TaskResult
+from shim.core.breaker import BreakerPolicy, CircuitBreaker, Transition
+from shim.core.call import Call
+from shim.core.spend import BUSY, Backoff, ShadowBudget, Spend
+from shim.records.observe import CallSite, usage_record
+from shim.records.recorder import Recorder
+
+__all__ = ["Admission"]
+
+
+class _Task:
+    """One task's breaker and shadow spend."""
+
+    __slots__ = ("breaker", "spend")
+
+    def __init__(self, breaker: CircuitBreaker, spend: Spend) -> None:
+        self.breaker = breaker
+        self.spend = spend
+
+
+class Admission:
+    """Each wrapped task's breaker and shadow spend, and the one admission path
+    (:meth:`admit`) a comparison goes through. What is turned away is counted
+    (``shim.dropped``) by reason: ``breaker_open``, ``backoff``, ``budget``,
+    ``queue_full``.
+
+    ``budgets`` are the Shim's per-task :class:`ShadowBudget`; the flags'
+    ``shadow_rate``/``shadow_tokens_per_hour`` override them.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: BreakerPolicy,
+        backoff: Backoff,
+        budgets: Mapping[str, ShadowBudget],
+        flags: flagpkg.FlagSource,
+        recorder: Recorder,
+        on_transition: Transition,
+    ) -> None:
+        self.policy = policy
+        self.backoff = backoff
+        self._budgets = dict(budgets)
+        self._budget_cache: dict[tuple[str, float | None, int | None], ShadowBudget] = {}
+        self._flags = flags
+        self._recorder = recorder
+        self._on_transition = on_transition
+        self._tasks: dict[str, _Task] = {}
+
+    def add(self, name: str) -> None:
+        """Keep a breaker and a spend for the task ``name`` (once per task)."""
+        if name not in self._tasks:
+            breaker = CircuitBreaker(name, self.policy, on_transition=self._on_transition)
+            self._tasks[name] = _Task(breaker, Spend(self.backoff))
+
+    def state(self, name: str) -> str | None:
+        """The task's breaker state; None for a task never wrapped."""
+        task = self._tasks.get(name)
+        return task.breaker.state if task else None
+
+    def admit(self, call: Call, reserve: Callable[[], bool]) -> bool:
+        """Room for a comparison of ``call`` (``reserve`` takes a slot for it), and a
+        task path that is neither cooling down nor over its spend?"""
+        site = call.site
+        task = self._tasks[site.name]
+        breaker = task.breaker
+        if breaker.state != "closed" and not breaker.may_probe():
+            self._recorder.dropped(site.product, site.task, "breaker_open")
+            return False
+        # Most calls have no back-off and no budget: two attribute reads and done.
+        if (task.spend.until or call.rule.budgeted or self._budgets) and not self._within_spend(
+            site, task.spend, call.rule
+        ):
+            return False
+        if not reserve():
+            self._recorder.dropped(site.product, site.task, "queue_full")
+            return False
+        return True
+
+    def allow(self, site: CallSite) -> bool:
+        """May the task path be called now (the breaker, which lets one probe through
+        when half open)? Counted as dropped (``breaker_open``) if not."""
+        if self._tasks[site.name].breaker.allow():
+            return True
+        self._recorder.dropped(site.product, site.task, "breaker_open")
+        return False
+
+    def paused(self, site: CallSite) -> bool:
+        """Shadowing the task is paused (the coordinator said it was full after this
+        comparison was queued): counted as dropped (``backoff``)."""
+        if not self._tasks[site.name].spend.paused():
+            return False
+        self._recorder.dropped(site.product, site.task, "backoff")
+        return True
+
+    def failed(self, site: CallSite, status: int | None, *, shadow: bool) -> None:
+        """The task path failed with ``status``: no capacity pauses shadowing; other
+        failures count against the breaker (no capacity too, when serving)."""
+        if status in BUSY:
+            self._busy(site, status)
+        if status not in BUSY or not shadow:
+            self._tasks[site.name].breaker.failure()
+
+    def answered(self, site: CallSite, result: TaskResult | TaskAllocation) -> None:
+        """The task path answered: the breaker hears of it, a back-off ends, and the
+        tokens it spent count against the task's budget."""
+        task = self._tasks[site.name]
+        task.breaker.success()
+        spend = task.spend
+        if (spend.until or spend.busy_streak) and spend.answered():
+            self._recorder.event("shim.backoff", site.product, site.task, state="resumed")
+        budget = self._budget(site, None)
+        if budget is None or budget.tokens_per_hour is None:
+            return
+        usage = usage_record(getattr(result, "usage", None))
+        tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+        if tokens:
+            spend.charge(budget, int(tokens))
+
+    def _within_spend(self, site: CallSite, spend: Spend, rule: flagpkg.Rule | None) -> bool:
+        """Not backing off from a full coordinator, and within the task's budget?"""
+        budget = self._budget(site, rule)
+        if not spend.until and budget is None:
+            return True
+        reason = spend.admit(budget)
+        if reason is None:
+            return True
+        self._recorder.dropped(site.product, site.task, reason)
+        return False
+
+    def _budget(self, site: CallSite, rule: flagpkg.Rule | None) -> ShadowBudget | None:
+        """The task's budget: the flags' ``shadow_rate``/``shadow_tokens_per_hour`` over
+        the Shim's ``budgets``."""
+        default = self._budgets.get(site.name)
+        if rule is None:
+            rule = self._flags.rules.active.get(site.name)
+            if rule is None:
+                return default
+        if not rule.budgeted:
+            return default
+        rate, tokens = rule.flags.shadow_rate, rule.flags.shadow_tokens_per_hour
+        key = (site.name, rate, tokens)
+        budget = self._budget_cache.get(key)
+        if budget is None:
+            base = default or ShadowBudget()
+            budget = ShadowBudget(
+                per_second=base.per_second if rate is None else rate,
+                burst=base.burst if rate is None else None,
+                tokens_per_hour=base.tokens_per_hour if tokens is None else tokens,
+            )
+            self._budget_cache[key] = budget
+        return budget
+
+    def _busy(self, site: CallSite, status: int) -> None:
+        """The coordinator had no capacity: stop shadowing the task for a while."""
+        spend = self._tasks[site.name].spend
+        pause = spend.busy()
+        if not pause:
+            return  # already paused
+        self._recorder.event(
+            "shim.backoff",
+            site.product,
+            site.task,
+            state="paused",
+            status=status,
+            seconds=round(pause, 3),
+            busy_in_a_row=spend.busy_streak,
+        )

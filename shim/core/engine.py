@@ -1,0 +1,343 @@
+"""The decision and execution core that sync and async call sites share.
+
+Each call is decided here and run as steps (:mod:`shim.core.steps`): generators that
+yield "run legacy", "call the task path", "enter this context manager", and are sent
+the results. They time, count, admit and hand off, and never block or await: a
+:class:`~shim.core.lanes.Threads` driver performs the steps of a sync call site, a
+:class:`~shim.core.lanes.Loops` driver awaits those of an async one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from shim import flags as flagpkg
+from shim.base.context import sticky_value
+from shim.client.task import TaskAllocation, TaskResult
+from shim.comparators import held_value
+from shim.core.admission import Admission
+from shim.core.allocation import HeldAllocation
+from shim.core.call import (
+    Call,
+    candidate_answered,
+    candidate_failed,
+    legacy_observation,
+)
+from shim.core.callsite import checked, hint_of, unfallen
+from shim.core.dispatch import Gate
+from shim.core.events import Events
+from shim.core.lanes import Loops, Threads
+from shim.core.steps import Lane, Steps, allocate, enter, infer, leave, only, release
+from shim.flags import OFF
+from shim.records.observe import (
+    NOT_RECORDED,
+    CallSite,
+    Observation,
+    Pending,
+    capture,
+    describe,
+)
+from shim.records.tracing import end_span
+
+__all__ = ["Engine"]
+
+_perf = time.perf_counter
+#: What the task path did: its observation (None: the breaker kept it from being
+#: called), the call site's value (or the error), and the allocation it holds.
+TaskOutcome = tuple[Observation | None, Any, TaskAllocation | None]
+
+
+class Engine:
+    """Decides each call of every wrapped call site and runs it as steps.
+
+    One decision (:meth:`call`), one admission (``admission``), one shadow path
+    (:meth:`shadowed`, written out once more in :meth:`sync` for the sync caller's
+    sake), one task path (:meth:`task`) and one serving path (:meth:`serve`) for sync,
+    async and allocating call sites; ``threads`` and ``loops`` are the two drivers.
+    """
+
+    def __init__(
+        self,
+        *,
+        admission: Admission,
+        events: Events,
+        threads: Threads,
+        loops: Loops,
+        max_serving: int,
+        noise_sample: float,
+        capture_prompts: bool,
+    ) -> None:
+        self.admission = admission
+        self.events = events
+        self.recorder = events.recorder
+        self.threads = threads
+        self.loops = loops
+        self.serving = Gate(max_serving)
+        self.noise_sample = noise_sample
+        self.capture_prompts = capture_prompts
+        self.metered = events.metrics is not None
+        self.closed = False
+        self._dispatch = threads.dispatch
+        self._reserve = threads.dispatch.try_reserve  # bound once: per shadowed call
+        self._handoff = threads.dispatch.handoff
+
+    # -- deciding ------------------------------------------------------------------
+
+    def call(
+        self,
+        site: CallSite,
+        model: str | None,
+        rule: flagpkg.Rule,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Call:
+        """One call, decided: OFF once the Shim is closed, or when deciding failed
+        (counted as an internal error, ``decide``)."""
+        decision = OFF
+        if not self.closed:
+            try:
+                key = site.key
+                if key is None:
+                    decision = rule.decide(sticky_value(rule.stickiness))
+                else:
+                    raw = key(*args, **kwargs)
+                    decision = rule.decide(None if raw is None else str(raw))
+            except Exception as exc:
+                self.events.internal_error("decide", exc)
+        return Call(site, model, rule, decision, fn, args, kwargs)
+
+    def sync(self, call: Call) -> Any:
+        """A decided call of a sync call site, performed here.
+
+        Legacy serving (compared or not) is written out, not driven as steps: a
+        generator per call would double what the shim adds to every shadowed call
+        (``bench/overhead.py``). It goes through the same admission and the same
+        hand-off (:meth:`_raised`, :meth:`_returned`) as :meth:`shadowed`; serving
+        runs as steps."""
+        decision = call.decision
+        if decision.serve:
+            return self.threads.run(self.serve(call, self.threads))
+        if self.metered:
+            self.events.served(call.site, "legacy")
+        fn, args, kwargs = call.fn, call.args, call.kwargs
+        if not decision.compare or not self.admission.admit(call, self._reserve):
+            return fn(*args, **kwargs)
+        started = _perf()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._raised(call, started, exc)
+            raise
+        self._returned(call, started, result, self.threads)
+        return result
+
+    def steps(self, lane: Lane, call: Call) -> Steps[Any]:
+        """What a decided call does, as steps for ``lane``'s driver."""
+        if call.decision.serve:
+            return self.serve(call, lane)
+        if self.metered:
+            self.events.served(call.site, "legacy")
+        if not call.decision.compare:
+            return only(call)
+        return self.shadowed(call, call, lane)
+
+    # -- legacy serves -------------------------------------------------------------
+
+    def shadowed(self, call: Call, step: Any, lane: Lane) -> Steps[Any]:
+        """Legacy serves and the task path is compared in the background: the shadow
+        path of async call sites and of allocations (``step`` runs legacy: the call,
+        or entering what it returned). The caller gets legacy's very value or error."""
+        if not self.admission.admit(call, self._reserve):
+            return (yield step)
+        started = _perf()
+        try:
+            result = yield step
+        except BaseException as exc:
+            self._raised(call, started, exc)
+            raise
+        self._returned(call, started, result, lane)
+        return result
+
+    def _raised(self, call: Call, started: float, exc: BaseException) -> None:
+        """Legacy raised on a compared call: the comparison goes on without it (its
+        error is legacy's side); cancelled or interrupted, the slot is given back."""
+        if isinstance(exc, Exception):
+            job = (call, _perf() - started, NOT_RECORDED, exc, None)
+            self._handoff((call.site.name, self.candidate_job, job))
+        else:
+            self._dispatch.release()
+
+    def _returned(self, call: Call, started: float, result: Any, lane: Lane) -> None:
+        """Legacy returned on a compared call: time it, copy its result (an allocation
+        is kept by reference: it may hold connections, and only its attributes are
+        read; nor is it taken twice for noise) and hand the comparison to the workers."""
+        elapsed = _perf() - started
+        site = call.site
+        kept, again = result, None
+        if not site.allocation:
+            kept = capture(result)
+            again = lane.again(call.fn) if self.noise_sample else None
+        self._handoff((site.name, self.candidate_job, (call, elapsed, kept, None, again)))
+
+    def candidate_job(
+        self,
+        call: Call,
+        elapsed: float,
+        value: Any,
+        error: BaseException | None,
+        again: Callable[..., Any] | None,
+    ) -> None:
+        """Worker side of a shadowed call: legacy took ``elapsed`` seconds and
+        returned (a copy of) ``value`` or raised ``error``. Run the task path, queue
+        the comparison (with legacy run once more for ``noise_sample`` of them)."""
+        site = call.site
+        ms = elapsed * 1000
+        if error is not None:
+            legacy = Observation(False, ms, error=describe(error), model=call.model)
+        else:
+            legacy = Observation(True, ms, value, model=call.model)
+        if self.admission.paused(site):  # queued before the coordinator said it was full
+            return
+        candidate, _, _ = self.threads.run(self.task(call, serving=False))
+        if candidate is None:
+            return
+        noise = NOT_RECORDED
+        if again is not None and legacy.ok and random.random() < self.noise_sample:
+            try:
+                noise = again(*call.args, **call.kwargs)  # how much does legacy vary by itself?
+            except Exception as exc:
+                self.events.internal_error("noise", exc)
+        stage = call.decision.stage
+        self.recorder.comparison(Pending(site, stage, "legacy", legacy, candidate, noise))
+
+    # -- the task path -------------------------------------------------------------
+
+    def task(self, call: Call, *, serving: bool, keep: bool = False) -> Steps[TaskOutcome]:
+        """Call the task path: what it did (see ``TaskOutcome``). An allocating call
+        site gets an allocation, given back at once unless ``keep`` (it serves)."""
+        site = call.site
+        if not self.admission.allow(site):
+            return None, NOT_RECORDED, None
+        span = None if self.events.tracer is None else self.events.span(site, serving)
+        started = _perf()
+        result: TaskResult | TaskAllocation | None = None
+        prompt: str | None = None
+        try:
+            hint = hint_of(site, call.args, call.kwargs)
+            if site.allocation:
+                result = yield allocate(site, hint, serving=serving)
+            else:
+                request = site.request(*call.args, **call.kwargs)
+                prompt = request.prompt if self.capture_prompts else None
+                result = yield infer(site, request, hint, serving=serving)
+            value = checked(site, site.response(result))
+        except Exception as exc:
+            self.admission.failed(site, getattr(exc, "status", None), shadow=not serving)
+            failed = candidate_failed(exc, started, result, prompt)
+            if span is not None:
+                end_span(span, failed, result, exc)
+            if isinstance(result, TaskAllocation):
+                yield release(site, result, serving=serving)
+            return failed, exc, None
+        assert result is not None
+        self.admission.answered(site, result)
+        answered = candidate_answered(result, value, started, prompt)
+        if span is not None:
+            end_span(span, answered, result, None)
+        held = result if isinstance(result, TaskAllocation) else None
+        if held is not None and not keep:
+            yield release(site, held, serving=serving)  # compared: give it back now
+            held = None
+        return answered, value, held
+
+    # -- the task path serves ------------------------------------------------------
+
+    def serve(self, call: Call, lane: Lane) -> Steps[Any]:
+        """The task path serves the call: within the serving limit, unless the breaker
+        is open; legacy answers instead if it fails (``fallback``), and is compared in
+        the background if the call is."""
+        site = call.site
+        if not self.serving.try_enter():  # as many task-path calls in flight as allowed
+            self.recorder.dropped(site.product, site.task, "serve_full")
+            self.events.served(site, "legacy")
+            return (yield call)
+        entered = site.allocation == "entered"
+        try:
+            candidate, value, held = yield from self.task(call, serving=True, keep=entered)
+        finally:
+            self.serving.leave()
+        if candidate is None:  # breaker open: the task path is not called at all
+            self.events.served(site, "legacy")
+            return (yield call)
+        if candidate.ok or not site.fallback:
+            self.events.served(site, "task")
+        if candidate.ok:
+            self.compare_served(call, candidate, value, lane)
+            if entered:
+                assert held is not None
+                return value, HeldAllocation(held, self.releaser(site, held))
+            return value
+        if not site.fallback:
+            given = unfallen(value)  # a soft failure's value, or the error raised
+            return (given, contextlib.nullcontext(None)) if entered else given
+        return (yield from self.fall_back(call, call, candidate))
+
+    def compare_served(self, call: Call, candidate: Observation, value: Any, lane: Lane) -> None:
+        """The task path served ``value``: if the call is compared, legacy runs in the
+        background on ``lane`` and the pair is recorded (``served_by: task``)."""
+        if not call.decision.compare or not self.admission.admit(call, lane.try_reserve):
+            return
+        kept = value if call.site.allocation == "entered" else capture(value)
+        lane.spawn(call.site.name, self._legacy_job(call, replace(candidate, value=kept)))
+
+    def _legacy_job(self, call: Call, candidate: Observation) -> Steps[None]:
+        """Background side of a served call: run legacy, queue the comparison. What
+        legacy holds is given back: an allocation's context manager is entered and
+        left; a ``(value, ctx)`` pair's ctx is left."""
+        site = call.site
+        started = _perf()
+        try:
+            if site.allocation is True:
+                cm = call.fn(*call.args, **call.kwargs)
+                result = yield enter(cm)
+                yield leave(cm)
+            else:
+                result = yield call
+                if site.allocation == "entered" and held_value(result) is not result:
+                    yield leave(result[1])
+        except Exception as exc:
+            legacy = legacy_observation(started, call.model, exc=exc)
+        else:
+            legacy = legacy_observation(started, call.model, result, copy=False)
+        self.recorder.comparison(Pending(site, call.decision.stage, "task", legacy, candidate))
+
+    def fall_back(self, call: Call, step: Any, candidate: Observation) -> Steps[Any]:
+        """The task path failed while serving: legacy (``step``) answers instead, and
+        the pair is recorded (``served_by: legacy_fallback``)."""
+        started = _perf()
+        try:
+            result = yield step
+        except Exception as exc:
+            self._fell_back(call, legacy_observation(started, call.model, exc=exc), candidate)
+            raise
+        self._fell_back(call, legacy_observation(started, call.model, result), candidate)
+        return result
+
+    def _fell_back(self, call: Call, legacy: Observation, candidate: Observation) -> None:
+        self.events.served(call.site, "legacy_fallback")
+        stage = call.decision.stage
+        self.recorder.comparison(Pending(call.site, stage, "legacy_fallback", legacy, candidate))
+
+    def served(self, site: CallSite, by: str) -> None:
+        """Count who served a call (metrics)."""
+        self.events.served(site, by)
+
+    def releaser(self, site: CallSite, held: TaskAllocation) -> Callable[[], None]:
+        """How to give back a task-path allocation that serves, from any thread."""
+        return lambda: self.threads.run(only(release(site, held, serving=True)))

@@ -1,0 +1,117 @@
+"""What a Shim tells about itself: its records (through the recorder), metrics, spans,
+and its own failures, which never reach a caller."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from shim import flags as flagpkg
+from shim.comparators import ModelNames
+from shim.records.capture import Capture
+from shim.records.observe import CallSite, describe
+from shim.records.recorder import Recorder
+from shim.records.sinks import RecordSink
+from shim.records.tracing import start_span
+
+if TYPE_CHECKING:
+    from shim.metrics import PrometheusMetrics
+
+__all__ = ["Events"]
+
+_log = logging.getLogger("shim")
+
+
+class Events:
+    """The records, counters, metrics and spans of one Shim. Every failure of the
+    shim's own work goes through :meth:`internal_error`: counted, logged, recorded."""
+
+    def __init__(
+        self,
+        sink: RecordSink,
+        *,
+        names: ModelNames,
+        secrets: tuple[str, ...],
+        capture: Capture | None,
+        metrics: PrometheusMetrics | None,
+        tracer: Any,
+        orch_url: str,
+    ) -> None:
+        self.metrics = metrics
+        self.tracer = tracer
+        self.orch_url = orch_url
+        self._errors: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.recorder = Recorder(
+            sink,
+            names=names,
+            on_error=self.internal_error,
+            secrets=secrets,
+            capture=capture,
+            observe=None if metrics is None else metrics.record,
+        )
+
+    def internal_error(self, operation: str, exc: BaseException) -> None:
+        """A failure of the shim's own work (``operation``): counted, logged, recorded."""
+        with self._lock:
+            self._errors[operation] += 1
+        _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
+        if operation not in ("write", "render", "sink_close"):  # the recorder is the problem
+            self.recorder.event("shim.error", None, None, operation=operation, error=describe(exc))
+
+    def errors(self) -> dict[str, int]:
+        """Internal errors so far, by operation."""
+        with self._lock:
+            return dict(self._errors)
+
+    def cancelled(self, task: str) -> None:
+        """A background comparison cancelled before it finished (at shutdown, or when
+        its event loop ended): counted as dropped, reason ``shutdown``."""
+        product, _, name = task.partition(".")
+        self.recorder.dropped(product, name, "shutdown")
+
+    def release_failed(self, product: str, task: str, allocation_id: str, error: str) -> None:
+        """An allocation the coordinator would not take back: counted and recorded."""
+        with self._lock:
+            self._errors["release"] += 1
+        self.recorder.event(
+            "shim.release_failed", product, task, allocation_id=allocation_id, error=error
+        )
+
+    def breaker(self, task: str, before: str, after: str, details: dict[str, Any]) -> None:
+        """A task's circuit breaker changed state."""
+        product, _, name = task.partition(".")
+        self.recorder.event(
+            "shim.breaker", product, name, **{"from": before, "to": after}, **details
+        )
+
+    def flags(self, event: flagpkg.FlagEvent) -> None:
+        """The flag source said something (reloaded, or kept the last good flags)."""
+        self.recorder.event(
+            "shim.flags",
+            None,
+            None,
+            level=event.level,
+            message=event.message,
+            source=event.source,
+            version=event.version,
+        )
+
+    def served(self, site: CallSite, by: str) -> None:
+        """Count who served a call (``legacy``, ``task``, ``legacy_fallback``)."""
+        if self.metrics is not None:
+            try:
+                self.metrics.served(site.name, by)
+            except Exception as exc:
+                self.internal_error("metrics", exc)
+
+    def span(self, site: CallSite, serving: bool) -> Any:
+        """A tracing span for a task-path call; None if tracing failed (it never costs
+        a call)."""
+        try:
+            return start_span(self.tracer, site, self.orch_url, "serve" if serving else "shadow")
+        except Exception as exc:
+            self.internal_error("tracing", exc)
+            return None
