@@ -77,3 +77,29 @@ def test_a_multiprocessing_pool_of_forked_workers(sim: Simulator, tmp_path: Path
     s.close(timeout=10)
     rows = records(tmp_path / "log.jsonl")
     assert sorted(r["candidate"]["ok"] for r in rows) == [True] * 9, "1 parent + 8 workers"
+
+
+def _worker_shim(url: str, directory: str) -> None:
+    """A pool worker's initializer: the worker makes its own Shim, as an app's module
+    does when forkserver or spawn imports it anew."""
+    s = make_shim(url, Path(directory), "kiwi.meal_plan: {serve: 0, shadow: 100}\n")
+
+    @s.shadow(product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=str(i)))
+    def plan(i: int) -> int:
+        return i * 2
+
+    _POOL["plan"] = plan
+
+
+def test_forkserver_workers_that_make_their_own_shim_write_what_they_compared(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    pool = context.Pool(2, initializer=_worker_shim, initargs=(sim.url, str(tmp_path)))
+    assert pool.map(_pool_call, range(1, 9)) == [i * 2 for i in range(1, 9)]
+    pool.close()
+    pool.join()  # workers leave through os._exit: their finaliser closes their Shims
+    rows = records(tmp_path / "log.jsonl")
+    assert sorted(r["candidate"]["ok"] for r in rows) == [True] * 8

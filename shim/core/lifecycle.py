@@ -46,8 +46,11 @@ def keep(shim: Closable, parts: Iterable[Forkable]) -> None:
     _open.add(shim)
     _forkable.update(parts)
     # multiprocessing's workers leave through os._exit, which skips atexit, and start
-    # with its finaliser registry cleared: register the close where it will run.
+    # with its finaliser registry cleared: register the close where it will run. A Shim
+    # made in a worker already (forkserver, spawn) gets its finaliser now.
     multiprocessing.util.register_after_fork(shim, _close_at_worker_exit)
+    if multiprocessing.parent_process() is not None:
+        _close_at_worker_exit(shim)
 
 
 def forget(shim: Closable, parts: Iterable[Forkable]) -> None:
