@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from shim import flags
 from shim.cli.app import app
-from shim.flags._store import FileStore, Setting, edit_flags_text, next_rung
+from shim.flags.store import FileStore, Setting, edit_flags_text, next_rung
 
 runner = CliRunner()
 
@@ -176,7 +176,7 @@ def test_concurrent_edits_are_serialised_by_the_lock(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from shim.flags._store import FileStore, Setting
+from shim.flags.store import FileStore, Setting
 store = FileStore(sys.argv[1])
 i = 0
 while True:

@@ -86,7 +86,7 @@ def test_runbook_commands_run(name: str, tmp_path: Path) -> None:
 def test_unleash_runbook_commands_run(tmp_path: Path) -> None:
     """The runbook's placeholders become the suite's server and tokens. Its last command,
     `scripts/unleash.sh stop`, is left to `make test`, which runs it after the suite."""
-    from shim.flags._store import Setting, UnleashAdminStore
+    from shim.flags.store import Setting, UnleashAdminStore
 
     store = UnleashAdminStore(
         os.environ["UNLEASH_URL"], os.environ["UNLEASH_ADMIN_TOKEN"], environment="development"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from shim import flags
-from shim.flags._store import Setting, UnleashAdminStore
+from shim.flags.store import Setting, UnleashAdminStore
 
 from .shimkit import wait_for
 

@@ -12,7 +12,7 @@ import typer
 from .options import FlagsOpt, PolicyOpt, err, guard, load_policy, open_store, out
 
 if TYPE_CHECKING:
-    from shim.flags._store import FlagStore
+    from shim.flags.store import FlagStore
     from shim.ops.watch import Breach
 
 __all__ = ["report", "watch"]
@@ -101,7 +101,7 @@ def watch(
 
 def _roll_back(breach: Breach, store: FlagStore, log: Path) -> None:
     """Serve 0 % for the breaching task (shadow kept), recorded as automatic in ``log``."""
-    from shim.flags._store import Setting
+    from shim.flags.store import Setting
     from shim.ops.promote import Change, apply, read_state, record
 
     state = guard(read_state, store)

@@ -21,7 +21,7 @@ from shim.base.errors import ShimError
 if TYPE_CHECKING:
     from shim.analysis.policy import Policy
     from shim.base.orch import OrchConfig
-    from shim.flags._store import FlagStore
+    from shim.flags.store import FlagStore
 
 __all__ = [
     "AssignmentsOpt",

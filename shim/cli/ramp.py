@@ -22,7 +22,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from shim.flags._store import FlagStore
+    from shim.flags.store import FlagStore
     from shim.ops.promote import Change
 
 __all__ = ["promote", "rollback"]

@@ -55,7 +55,7 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
 
     ::
 
-        s = Shim("http://orch:8700", flags=flags.FileFlags("flags.yaml"),
+        s = Shim("http://orch:8700", flags=shim.flags.FileFlags("flags.yaml"),
                  log_path="comparisons.jsonl")
 
         @s.shadow(product="kiwi", task="meal_plan",

@@ -32,7 +32,7 @@ from shim.analysis.report_format import table
 from shim.analysis.report_html import render_html
 from shim.base.orch import default_config_path
 from shim.flags import FileFlags
-from shim.flags._store import FileStore
+from shim.flags.store import FileStore
 
 __all__ = ["run_demo"]
 

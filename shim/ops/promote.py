@@ -14,7 +14,7 @@ from typing import Any
 from shim.base.errors import ConfigError, ShimError
 from shim.base.names import check_task_name
 from shim.flags import FlagState
-from shim.flags._store import (
+from shim.flags.store import (
     DEFAULT_RAMP,
     FileStore,
     FlagStore,

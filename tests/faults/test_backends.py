@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from shim import Shim, flags
-from shim.flags._store import Setting, UnleashAdminStore
+from shim.flags.store import Setting, UnleashAdminStore
 
 from ..conftest import KIWI
 from ..shimkit import Driver, make_shim, records, wait_for
