@@ -58,7 +58,9 @@ class Structure:
 class Comparator(Protocol):
     """Compares the legacy and candidate outputs of one call (both as the call site
     returns them). Runs off the caller's path; if it raises, the shim counts and logs
-    an internal error and the record says nothing about structure."""
+    an internal error (a ``shim.error`` record for the task), the record's
+    ``structure.match`` is null with the reason in ``structure.error``, and the report
+    counts the pair as not compared (no PROMOTE on it)."""
 
     def compare(self, legacy: Any, candidate: Any) -> Structure:
         """The structural verdict for one pair of outputs."""

@@ -66,14 +66,16 @@ _KILL = dict[str, StrictBool]
 
 def parse_flags(doc: Located) -> FlagState:
     """Validate flags.yaml data: ``product.task: {serve, shadow, stickiness}`` and
-    an optional ``shim.kill: true|false``."""
+    an optional ``shim.kill: true|false``. A task (or field) written twice is an error
+    naming both lines: which one the file meant cannot be told."""
     data: Any = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
         raise ConfigError([doc.problem((), "expected a mapping of product.task to flags")])
     data = dict(data)
     kill, kill_problems = validate(doc, _KILL, {KILL_SWITCH: data.pop(KILL_SWITCH, False)})
     tasks, problems = validate(doc, _TASKS, data)
-    problems += kill_problems
+    # The parts are validated separately, so the document's own problems are added once.
+    problems = [*doc.problems, *problems, *kill_problems]
     if problems:
         raise ConfigError(problems)
     return FlagState(tasks=tasks, kill=kill[KILL_SWITCH])

@@ -1,5 +1,10 @@
 """Changing flags: the ramp, and the two places flags live (a YAML file, an Unleash
-server). ``shim promote`` and ``shim rollback`` are built on these."""
+server). ``shim promote`` and ``shim rollback`` are built on these.
+
+Every change is one read-modify-write (:meth:`FlagStore.update`): the store takes its
+lock, reads the flags, asks a plan what to write, writes it and says what it replaced,
+so two operators (or an operator and ``shim watch``) never act on a stale read.
+"""
 
 from __future__ import annotations
 
@@ -8,66 +13,39 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import httpx
 
 from shim.base.errors import ConfigError, Problem, ShimError
 from shim.base.yamlfile import load_yaml
 
-from ._model import FlagState, TaskFlags, parse_flags, stage_of
-from ._rules import serve_flag, shadow_flag
+from ._admin import UnleashAdminStore
+from ._change import (
+    DEFAULT_RAMP,
+    Change,
+    FlagStore,
+    Plan,
+    Setting,
+    changes_from,
+    next_rung,
+    setting_of,
+)
+from ._model import FlagState, TaskFlags, parse_flags
 
-__all__ = ["DEFAULT_RAMP", "FileStore", "FlagStore", "Setting", "UnleashAdminStore", "next_rung"]
-
-#: Serve percentages a task climbs through after shadowing at 100 %.
-DEFAULT_RAMP: tuple[int, ...] = (1, 5, 25, 50, 100)
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """A task's two percentages."""
-
-    serve: int
-    shadow: int
-
-    @property
-    def stage(self) -> str:
-        """``off``, ``shadow``, ``canary`` or ``live``."""
-        return stage_of(self.serve, self.shadow)
-
-    def as_record(self) -> dict[str, Any]:
-        """For ``shim.promote`` / ``shim.rollback`` records."""
-        return {"serve": self.serve, "shadow": self.shadow, "stage": self.stage}
-
-
-def next_rung(current: Setting, ramp: Sequence[int] = DEFAULT_RAMP) -> Setting | None:
-    """The next step up: shadow at 100 %, then each serve percentage of ``ramp``.
-    None when the task is already live."""
-    if current.serve == 0 and current.shadow < 100:
-        return Setting(0, 100)
-    for serve in ramp:
-        if serve > current.serve:
-            return Setting(serve, current.shadow)
-    return None
-
-
-class FlagStore(Protocol):
-    """Where ``shim promote`` / ``shim rollback`` read and write flags."""
-
-    description: str
-
-    def read(self) -> FlagState:
-        """Every task's flags now."""
-        ...
-
-    def apply(self, changes: Mapping[str, Setting]) -> None:
-        """Set these tasks' percentages (all or nothing, as far as the store allows)."""
-        ...
+__all__ = [
+    "DEFAULT_RAMP",
+    "Change",
+    "FileStore",
+    "FlagStore",
+    "Plan",
+    "Setting",
+    "UnleashAdminStore",
+    "changes_from",
+    "edit_flags_text",
+    "next_rung",
+    "setting_of",
+]
 
 
 # -- the file -------------------------------------------------------------------------
@@ -154,20 +132,64 @@ def edit_flags_text(path: str, text: str, changes: Mapping[str, Setting]) -> str
 
 class FileStore:
     """A flags.yaml, edited in place: under a lock, written to a temporary file and
-    renamed over the old one, so a reader (or a crash) sees the old file or the new."""
+    renamed over the old one, so a reader (or a crash) sees the old file or the new.
+
+    A symlinked flags.yaml stays a link: the file it points at is locked and replaced.
+    The lock is ``flock`` on ``.<name>.lock`` beside that file, so every process editing
+    it through any path to it takes the same lock.
+    """
 
     def __init__(self, path: str | Path, *, lock_timeout: float = 10.0) -> None:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
         self.description = str(self.path)
 
-    def read(self) -> FlagState:
-        """Every task's flags now."""
+    def target(self) -> Path:
+        """The file edits replace: ``path`` with every symlink followed."""
+        return Path(os.path.realpath(self.path))
+
+    def read(self, tasks: Collection[str] | None = None) -> FlagState:
+        """Every task's flags now (without the lock: a snapshot, for showing and for
+        planning ahead; :meth:`update` reads again under the lock)."""
         return parse_flags(load_yaml(self.path))
 
+    def update(
+        self,
+        plan: Plan,
+        *,
+        tasks: Collection[str] | None = None,
+        on_applied: Callable[[list[Change]], None] | None = None,
+    ) -> list[Change]:
+        """Lock, read, plan, write atomically, tell ``on_applied``, unlock."""
+        target = self.target()
+        with self._locked(target):
+            text = self._text(target)
+            state = parse_flags(load_yaml(self.path, text=text))
+            changes = changes_from(state, plan(state))
+            if changes:
+                wanted = {c.task: c.after for c in changes}
+                self._replace(target, edit_flags_text(str(self.path), text, wanted))
+                if on_applied is not None:
+                    on_applied(changes)
+        return changes
+
+    def apply(self, changes: Mapping[str, Setting]) -> None:
+        """Set these tasks atomically, whatever they were."""
+        self.update(lambda _state: changes)
+
+    def _text(self, target: Path) -> str:
+        try:
+            return target.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError([Problem(str(self.path), None, None, "file not found")]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                [Problem(str(self.path), None, None, f"cannot read file: {exc}")]
+            ) from None
+
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        lock_path = self.path.with_name(f".{self.path.name}.lock")
+    def _locked(self, target: Path) -> Iterator[None]:
+        lock_path = target.with_name(f".{target.name}.lock")
         with open(lock_path, "a") as handle:
             deadline = time.monotonic() + self.lock_timeout
             while True:
@@ -186,160 +208,22 @@ class FileStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def apply(self, changes: Mapping[str, Setting]) -> None:
-        """Set these tasks atomically."""
-        with self._locked():
-            text = self.path.read_text(encoding="utf-8")
-            new_text = edit_flags_text(str(self.path), text, changes)
-            mode = self.path.stat().st_mode & 0o777
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    out.write(new_text)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.chmod(tmp, mode)
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            dir_fd = os.open(self.path.parent, os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-
-
-# -- the Unleash server ---------------------------------------------------------------
-
-
-class UnleashAdminStore:
-    """Flags on an Unleash server, changed through its Admin API.
-
-    ``url`` is the server's base (``http://host:4242``; a trailing ``/api`` is accepted).
-    Missing flags are created with one flexibleRollout strategy (``groupId`` = flag
-    name); 0 % disables the flag in ``environment``, more enables it.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        admin_token: str,
-        *,
-        environment: str = "development",
-        project: str = "default",
-        http: httpx.Client | None = None,
-    ) -> None:
-        base = url.rstrip("/").removesuffix("/api")
-        self.description = f"Unleash {base} ({environment})"
-        self.environment = environment
-        self._project = f"/api/admin/projects/{project}/features"
-        self._http = http or httpx.Client(
-            base_url=base, timeout=10.0, headers={"Authorization": admin_token}
-        )
-
-    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    @staticmethod
+    def _replace(target: Path, new_text: str) -> None:
+        mode = target.stat().st_mode & 0o777
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         try:
-            reply = self._http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise ShimError(
-                f"{self.description}: {type(exc).__name__}: {exc}; is the "
-                "server up and UNLEASH_URL right?"
-            ) from None
-        if reply.status_code in (401, 403):
-            raise ShimError(
-                f"{self.description} refused the admin token "
-                f"({reply.status_code}); check UNLEASH_ADMIN_TOKEN"
-            )
-        return reply
-
-    def _flag(self, name: str) -> tuple[int, str] | None:
-        reply = self._call("GET", f"{self._project}/{name}")
-        if reply.status_code == 404:
-            return None
-        self._ok(reply, f"read {name}")
-        for env in reply.json().get("environments", []):
-            if env.get("name") != self.environment:
-                continue
-            rollout = next(
-                (s for s in env.get("strategies", []) if s.get("name") == "flexibleRollout"), None
-            )
-            params = (rollout or {}).get("parameters", {})
-            percent = int(float(params.get("rollout", 100 if env.get("enabled") else 0)))
-            return (percent if env.get("enabled") else 0), str(
-                params.get("stickiness") or "default"
-            )
-        return 0, "default"
-
-    def read(self) -> FlagState:
-        """Every task with a serve or shadow flag in the project."""
-        reply = self._call("GET", self._project)
-        self._ok(reply, "list flags")
-        names = [f["name"] for f in reply.json().get("features", [])]
-        tasks: dict[str, TaskFlags] = {}
-        for task in sorted(
-            {n.rsplit(".", 1)[0] for n in names if n.endswith((".serve", ".shadow"))}
-        ):
-            serve = self._flag(serve_flag(task)) or (0, "default")
-            shadow = self._flag(shadow_flag(task)) or (0, "default")
-            try:
-                tasks[task] = TaskFlags(serve=serve[0], shadow=shadow[0], stickiness=serve[1])
-            except ValueError:
-                continue
-        kill = self._flag("shim.kill")
-        return FlagState(tasks, kill=bool(kill and kill[0] >= 100))
-
-    def apply(self, changes: Mapping[str, Setting]) -> None:
-        """Set both flags of each task."""
-        for task, setting in changes.items():
-            self._set(serve_flag(task), setting.serve)
-            self._set(shadow_flag(task), setting.shadow)
-
-    def _set(self, name: str, percent: int) -> None:
-        if self._call("GET", f"{self._project}/{name}").status_code == 404:
-            self._ok(
-                self._call("POST", self._project, json={"name": name, "type": "release"}),
-                f"create {name}",
-            )
-        path = f"{self._project}/{name}/environments/{self.environment}"
-        reply = self._call("GET", f"{path}/strategies")
-        self._ok(reply, f"read strategies of {name}")
-        rollout = next((s for s in reply.json() if s.get("name") == "flexibleRollout"), None)
-        params = {"rollout": str(percent), "stickiness": "default", "groupId": name}
-        if rollout is None:
-            self._ok(
-                self._call(
-                    "POST",
-                    f"{path}/strategies",
-                    json={"name": "flexibleRollout", "parameters": params, "constraints": []},
-                ),
-                f"add a rollout to {name}",
-            )
-        elif str(rollout.get("parameters", {}).get("rollout")) != str(percent):
-            params = {**rollout.get("parameters", {}), "rollout": str(percent)}
-            self._ok(
-                self._call(
-                    "PUT",
-                    f"{path}/strategies/{rollout['id']}",
-                    json={
-                        "name": "flexibleRollout",
-                        "parameters": params,
-                        "constraints": rollout.get("constraints", []),
-                    },
-                ),
-                f"set {name} to {percent} %",
-            )
-        self._ok(
-            self._call("POST", f"{path}/{'on' if percent > 0 else 'off'}"),
-            f"switch {name} {'on' if percent > 0 else 'off'}",
-        )
-
-    def _ok(self, reply: httpx.Response, what: str) -> None:
-        if reply.status_code >= 300:
-            raise ShimError(
-                f"{self.description}: cannot {what}: {reply.status_code} {reply.text[:200]}"
-            )
-
-    def close(self) -> None:
-        """Close the HTTP client."""
-        self._http.close()
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(new_text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(target.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

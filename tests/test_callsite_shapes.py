@@ -209,8 +209,9 @@ def test_a_task_name_from_arguments_that_does_not_fit_runs_legacy_and_is_counted
     s.close()
     assert calls == [("kiwi", "no such/task")]
     [error] = records(tmp_path / "log.jsonl", "shim.error")
-    assert error["operation"] == "task_of_call"
-    assert s.stats()["internal_errors"] == {"task_of_call": 1}
+    assert error["operation"] == "call_site.task", "the app's name, not the shim's error"
+    assert error["call_site"].endswith(":shared_helper.<locals>.task_allocate")
+    assert s.stats()["internal_errors"] == {"call_site.task": 1}
     assert active(sim) == 0
 
 

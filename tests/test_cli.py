@@ -194,7 +194,7 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
     assert verdicts["kiwi.meal_plan"] == verdicts["kiwi.recipe_generation"] == "PROMOTE"
     assert verdicts["kiwi.ocr"] == "ROLLBACK"
     assert story.count("$ shim promote kiwi.meal_plan") == 5, "every rung, with evidence"
-    assert "150 of 150 calls served by the task path" in story, "live serves everything"
+    assert "320 of 320 calls served by the task path" in story, "live serves everything"
     assert "BREACH kiwi.ocr" in story and "rolled back kiwi.ocr: serve 25 % -> 0 %" in story
 
     rows = [json.loads(line) for line in (tmp_path / "comparisons.jsonl").read_text().splitlines()]

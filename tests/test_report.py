@@ -139,7 +139,9 @@ def test_every_verdict_is_the_planted_one(planted_log: Path) -> None:
     report = build_report([str(planted_log)])
     assert {t["task"]: t["verdict"] for t in report["tasks"]} == VERDICTS
     by = {t["task"]: t for t in report["tasks"]}
-    assert by["kiwi.few"]["reasons"] == ["120 pairs; at least 300 are needed to decide"]
+    assert by["kiwi.few"]["reasons"] == [
+        "120 pairs; at least 300 are needed to decide: needs 180 more"
+    ]
     assert "error rate is higher" in by["kiwi.failing"]["reasons"][0]
     assert any("latency p50 ratio 1.40" in r for r in by["kiwi.slow"]["reasons"])
     assert any("mismatch upper bound" in r for r in by["kiwi.drifty"]["reasons"])
@@ -372,6 +374,8 @@ def test_promote_demands_a_promote_verdict_from_the_evidence(
     flags_file = tmp_path / "flags.yaml"
     flags_file.write_text("kiwi.good: {shadow: 100}\nkiwi.drifty: {shadow: 100}\n")
     log = tmp_path / "changes.jsonl"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("defaults: {min_soak: 0}\n")  # the planted pairs share one second
     base = [
         "--flags",
         str(flags_file),
@@ -379,12 +383,16 @@ def test_promote_demands_a_promote_verdict_from_the_evidence(
         str(log),
         "--assignments",
         str(tmp_path / "none.yaml"),
+        "--policy",
+        str(policy),
     ]
     refused = runner.invoke(app, ["promote", "kiwi.drifty", *base])
     assert refused.exit_code == 1 and "needs evidence" in refused.output
     held = runner.invoke(app, ["promote", "kiwi.drifty", "--evidence", str(planted_log), *base])
     assert held.exit_code == 1
-    assert "refusing to promote kiwi.drifty: the evidence says HOLD" in held.output
+    assert "refusing to promote kiwi.drifty: the evidence from stage shadow says HOLD" in (
+        held.output
+    )
     assert "mismatch upper bound" in held.output
     from shim import flags
 
@@ -394,7 +402,10 @@ def test_promote_demands_a_promote_verdict_from_the_evidence(
     forced = runner.invoke(
         app, ["promote", "kiwi.drifty", "--evidence", str(planted_log), "--force", *base]
     )
-    assert forced.exit_code == 0 and "forced past a HOLD verdict" in forced.output
+    assert (
+        forced.exit_code == 0
+        and "forced past it (the evidence from stage shadow says HOLD)" in (forced.output)
+    )
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(r["task"], r["forced"], r["evidence"]["verdict"]) for r in rows] == [
         ("good", False, "PROMOTE"),

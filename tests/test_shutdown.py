@@ -69,8 +69,8 @@ def test_an_event_loop_that_ends_without_aclose_loses_nothing_silently(
 ) -> None:
     """asyncio.run per request, no aclose. Shadow comparisons run on the worker threads
     and outlive the loop; a served call's background legacy run, which lives on the
-    loop, is cancelled with it and counted. The loop's HTTP client is closed at its end
-    (no unclosed-socket warning)."""
+    loop, is finished before the loop ends (within the shadow timeout), so nothing is
+    lost. The loop's HTTP client is closed at its end (no unclosed-socket warning)."""
     import asyncio
     import gc
     import warnings
@@ -84,7 +84,7 @@ def test_an_event_loop_that_ends_without_aclose_loses_nothing_silently(
         return i
 
     async def scan(i: int) -> int:
-        await asyncio.sleep(5)  # legacy, re-run in the background to compare
+        await asyncio.sleep(0.2)  # legacy, re-run in the background to compare
         return i
 
     shadowed = s.shadow(
@@ -104,5 +104,5 @@ def test_an_event_loop_that_ends_without_aclose_loses_nothing_silently(
         gc.collect()
     s.close(timeout=10)
     log = tmp_path / "log.jsonl"
-    assert len(records(log)) == 3, "the shadow comparisons finished after their loops"
-    assert dropped(log, "shutdown") == 3, "the served calls' legacy runs were counted"
+    assert len(records(log)) == 6, "shadow comparisons outlive their loops; served ones finish"
+    assert dropped(log) == 0

@@ -146,18 +146,26 @@ def test_a_full_coordinator_is_backed_off_and_shadowing_resumes(
 def test_backoff_grows_with_jitter_and_one_probe_goes_through() -> None:
     now = [100.0]
     spend = Spend(Backoff(initial=1.0, maximum=8.0), clock=lambda: now[0], rng=random.Random(3))
+    sent, early = spend.current, spend.current  # two calls out before the first 429
     pauses = []
     for _ in range(6):
-        pauses.append(spend.busy())
-        assert spend.busy() == 0.0  # an answer to a call sent before the pause: no escalation
+        pauses.append(spend.busy(sent))
+        assert spend.busy(early) == 0.0  # an answer to a call sent before the pause: no escalation
         assert spend.admit(None) == "backoff" and spend.paused()
+        assert spend.probe() is None  # not before the pause is over
         now[0] += pauses[-1]
         assert spend.admit(None) is None  # the probe
         assert spend.admit(None) == "backoff"  # and only the probe
+        probe = spend.probe()
+        assert probe is not None and probe.probe
+        assert spend.probe() is None  # one probe out at a time
+        assert spend.answered(early) is False  # still not the probe's answer
+        sent = probe
     assert all(cap / 2 <= p <= cap for p, cap in zip(pauses, (1, 2, 4, 8, 8, 8), strict=True))
     assert len(set(pauses)) == len(pauses)  # jittered
-    assert spend.answered() is True
+    assert spend.answered(sent) is True
     assert spend.admit(None) is None and spend.admit(None) is None
+    assert spend.current is not None and spend.busy(early) == 0.0  # stale for good
 
 
 def test_budget_validation(tmp_path: Path) -> None:

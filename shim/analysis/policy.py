@@ -28,6 +28,9 @@ class Gates(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_pairs: Annotated[int, Field(ge=1)] = 300
+    #: shim promote: seconds from the first to the last comparison of the current stage
+    #: the evidence must span (a stage needs time as well as pairs); 0 turns it off
+    min_soak: Annotated[float, Field(ge=0)] = 600.0
     #: promote when the one-sided 95 % upper bound of (candidate - legacy) error rate
     #: is at most this
     max_error_increase: Share = 0.005
@@ -62,9 +65,11 @@ class Gates(BaseModel):
         compared: int,
         mismatches: int,
         routing_errors: int,
+        mismatch_name: str = "structure mismatch",
     ) -> list[str]:
         """Why these counts cross a rollback line (one-sided 95 % lower bounds); empty
-        when they do not. Shared by ``shim report`` and ``shim watch``."""
+        when they do not. Shared by ``shim report`` and ``shim watch``; the reason
+        calls the mismatch rate ``mismatch_name`` (say which rate the counts are)."""
         reasons = []
         errors = newcombe_difference(
             candidate_errors, pairs, legacy_errors, pairs, z=Z_ONE_SIDED_95
@@ -79,7 +84,7 @@ class Gates(BaseModel):
         mismatch = wilson(mismatches, compared, z=Z_ONE_SIDED_95)
         if mismatch is not None and mismatch[1] > self.rollback_mismatch:
             reasons.append(
-                f"structure mismatch {_pct(mismatch[0])} (at least {_pct(mismatch[1])}, "
+                f"{mismatch_name} {_pct(mismatch[0])} (at least {_pct(mismatch[1])}, "
                 f"one-sided 95 %), over the {_pct(self.rollback_mismatch)} rollback line"
             )
         if routing_errors:

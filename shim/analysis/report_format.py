@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from shim.analysis.report_verdict import untasked_line
 
 __all__ = ["markdown", "table"]
 
@@ -26,20 +30,39 @@ def _ratio(task: dict[str, Any], q: str) -> str:
     return "-" if not found else f"{found['ratio']:.2f} [{found['low']:.2f}..{found['high']:.2f}]"
 
 
+def _mismatch(task: dict[str, Any]) -> str:
+    """The raw rate (1 - structure_match_rate), and the adjusted one the gates use
+    when legacy's own noise explains some of it."""
+    raw = task.get("mismatch_rate")
+    if raw is None:
+        return "-"
+    if task.get("noise_explained"):
+        return f"{_pct(raw)} (adj. {_pct(task['mismatch_rate_adjusted'])})"
+    return _pct(raw)
+
+
 def _row(task: dict[str, Any]) -> list[str]:
-    mismatch = task["intervals"]["mismatch_rate"]
     lat = task["latency_ms"]
     return [
         task["task"],
         f"{task['n']:,}",
         f"{_pct(task['legacy_error_rate'])} / {_pct(task['candidate_error_rate'])}",
-        "-" if not mismatch else f"{_pct(mismatch['rate'])}",
+        _mismatch(task),
         ", ".join(f"{k} {v}" for k, v in task["model_verdicts"].items()) or "-",
         f"{_ms(lat['legacy'], 'p50')} / {_ms(lat['candidate'], 'p50')}",
         f"{_ms(lat['legacy'], 'p95')} / {_ms(lat['candidate'], 'p95')}",
         _ratio(task, "p50"),
         f"{task['dropped']:,}",
+        f"{task.get('shim_errors', 0):,}",
+        f"{task.get('comparator_errors', 0):,}",
     ]
+
+
+def _width(report: dict[str, Any], *, always: bool) -> int:
+    """How many of the columns to show: the error counts only where a task has some
+    (or ``always``), so a clean report keeps to one line in 160 columns."""
+    errors = any(t.get("shim_errors") or t.get("comparator_errors") for t in report["tasks"])
+    return len(_HEAD) if always or errors else len(_HEAD) - 2
 
 
 # "L / T": legacy / task path
@@ -53,6 +76,8 @@ _HEAD = [
     "p95 ms L / T",
     "p50 ratio [95 % CI]",
     "dropped",
+    "shim errors",
+    "comparator errors",
 ]
 
 
@@ -63,7 +88,8 @@ def table(report: dict[str, Any]) -> Group:
         title_justify="left",
     )
     out.add_column("verdict", no_wrap=True)
-    for name in _HEAD:
+    shown = _width(report, always=False)
+    for name in _HEAD[:shown]:
         out.add_column(
             name,
             justify="left" if name in ("task", "models") else "right",
@@ -72,8 +98,14 @@ def table(report: dict[str, Any]) -> Group:
     reasons = []
     for task in report["tasks"]:
         colour = _COLOURS[task["verdict"]]
-        out.add_row(f"[bold {colour}]{task['verdict']}[/]", *_row(task))
-        reasons.append(f"[{colour}]{task['task']}[/]: " + "; ".join(task["reasons"]))
+        out.add_row(f"[bold {colour}]{task['verdict']}[/]", *_row(task)[:shown])
+        reasons.append(
+            Text.from_markup(f"[{colour}]{escape(task['task'])}[/]: ")
+            + Text("; ".join(task["reasons"]))
+        )
+    untasked = untasked_line(report)
+    if untasked:
+        reasons.append(Text(untasked, style="yellow"))
     return Group(out, *reasons)
 
 
@@ -90,4 +122,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     for task in report["tasks"]:
         lines.append(f"- **{task['task']}** ({task['verdict']}): " + "; ".join(task["reasons"]))
+    untasked = untasked_line(report)
+    if untasked:
+        lines.append(f"- {untasked}")
     return "\n".join(lines) + "\n"

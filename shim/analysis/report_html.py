@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from shim.analysis.report_verdict import untasked_line
+
 __all__ = ["render_html"]
 
 _COLOURS = {"PROMOTE": "#1a7f37", "HOLD": "#9a6700", "ROLLBACK": "#cf222e"}
@@ -65,6 +67,8 @@ def _rates_svg(task: dict[str, Any]) -> str:
         ("task-path errors", task["intervals"]["candidate_error_rate"], _TASK),
         ("structure mismatch", task["intervals"]["mismatch_rate"], _TASK),
     ]
+    if task.get("noise_explained"):  # the rate the gates use, when noise changes it
+        rows.append(("mismatch, adjusted", task["intervals"]["mismatch_rate_adjusted"], _TASK))
     rows = [(label, r, c) for label, r, c in rows if r]
     if not rows:
         return ""
@@ -127,6 +131,23 @@ def _card(task: dict[str, Any]) -> str:
             else f"{ratio['ratio']:.2f} ({ratio['low']:.2f} to {ratio['high']:.2f})",
         ),
         ("dropped comparisons", f"{task['dropped']:,}"),
+        (
+            "comparator errors",
+            f"{task.get('comparator_errors', 0):,}"
+            + (
+                f" ({task['comparator_error_example']})"
+                if task.get("comparator_error_example")
+                else ""
+            ),
+        ),
+        (
+            "shim errors",
+            f"{task.get('shim_errors', 0):,}"
+            + "".join(
+                f"; {op} {e['count']:,}" + (f" ({e['example']})" if e.get("example") else "")
+                for op, e in (task.get("shim_errors_by_operation") or {}).items()
+            ),
+        ),
     ]
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     reasons = "".join(f"<li>{_e(r)}</li>" for r in task["reasons"])
@@ -157,6 +178,8 @@ def render_html(report: dict[str, Any]) -> str:
         or "no tasks"
     )
     cards = "".join(_card(t) for t in report["tasks"])
+    untasked = untasked_line(report)
+    note = f"<div>{_e(untasked)}</div>" if untasked else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -174,7 +197,7 @@ h3 {{ font-size: 13px; margin: 6px 0; }}
 .muted {{ color: #57606a; }}
 </style></head><body>
 <header><h1>task-shim report: {summary}</h1>
-<div>{report["records"]:,} records, {report["bad_lines"]:,} bad lines</div></header>
+<div>{report["records"]:,} records, {report["bad_lines"]:,} bad lines</div>{note}</header>
 <main>{cards or "<p class='muted'>No comparisons in these logs.</p>"}</main>
 </body></html>
 """

@@ -1,5 +1,6 @@
 """Reading comparison logs for ``shim report``: one streaming DuckDB pass over files,
-globs or ``.gz`` logs, giving each task's counts, latency sample and spend.
+globs or ``.gz`` logs, giving each task's counts, latency sample, spend, drops and the
+shim's own errors (``shim.error``).
 
 Every line that is not a schema-1 record (corrupt, truncated, another schema) is
 counted as a bad line.
@@ -33,11 +34,17 @@ _COLUMNS = {
     "served_by": "VARCHAR",
     "reason": "VARCHAR",
     "count": "BIGINT",
+    # shim.error: what failed, the error, and for the call site's own callables which
+    # call site and which callable (``call_site.key``, ``call_site.request``, ...)
+    "operation": "VARCHAR",
+    "error": "VARCHAR",
+    "call_site": "VARCHAR",
+    "callable": "VARCHAR",
     "legacy": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE})",
     "candidate": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE})",
     "model": "STRUCT(verdict VARCHAR, routing_error BOOLEAN)",
     "structure": "STRUCT(match BOOLEAN, legacy_valid BOOLEAN, candidate_valid BOOLEAN, "
-    "diff VARCHAR[], noise_paths VARCHAR[])",
+    "diff VARCHAR[], noise_paths VARCHAR[], error VARCHAR)",
 }
 
 
@@ -59,8 +66,10 @@ def _files(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
             continue
         matched = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
         if not matched:
-            raise ReportError(f"{item}: no log matches")
+            raise ReportError(f"{item}: no log matches this pattern")
         for path in matched:
+            if Path(path).is_dir():
+                raise ReportError(f"{path}: not a file (a log is a file; for a folder, a glob)")
             if not Path(path).is_file():
                 raise ReportError(f"{path}: no such log file")
         files += matched
@@ -92,24 +101,29 @@ def _sql_list(files: Sequence[str]) -> str:
 @dataclass
 class TaskRows:
     """What the logs say of one task: its aggregate row (as the query names its
-    columns), model verdicts, candidate models, drops by reason and a sample of
-    (legacy, task) latency pairs."""
+    columns), model verdicts, candidate models, drops by reason, its ``shim.error``
+    records by operation and a sample of (legacy, task) latency pairs."""
 
     name: str
     row: dict[str, Any]
     verdicts: dict[str, int] = field(default_factory=dict)
     models: set[str] = field(default_factory=set)
     dropped: dict[str, int] = field(default_factory=dict)
+    shim_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
     pairs: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class Logs:
-    """The logs read: how many records, how many bad lines, and each task in them."""
+    """The logs read: how many records, how many bad lines, each task in the filters,
+    every task the logs name at all (filters aside), and the ``shim.error`` records
+    tied to no task, by operation."""
 
     records: int
     bad_lines: int
     tasks: list[TaskRows]
+    named: list[str] = field(default_factory=list)
+    untasked_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _literal(value: str) -> str:
@@ -137,6 +151,15 @@ SELECT product, task,
   count(*) AS all_rows,
   count(*) FILTER (good) AS all_records,
   count(*) FILTER (cmp) AS n,
+  -- the evidence each gate has: pairs where both paths ran (error gate), pairs with
+  -- a structure verdict (mismatch gate, below), pairs with both latencies (latency)
+  count(*) FILTER (cmp AND legacy.ok IS NOT NULL AND candidate.ok IS NOT NULL) AS ran,
+  count(*) FILTER (cmp AND legacy.ok AND candidate.ok AND legacy.latency_ms > 0
+    AND candidate.latency_ms IS NOT NULL) AS latency_pairs,
+  -- both paths answered and still no structure verdict: the comparator failed
+  count(*) FILTER (cmp AND legacy.ok AND candidate.ok AND structure.match IS NULL)
+    AS comparator_errors,
+  min(structure.error) FILTER (cmp AND structure.match IS NULL) AS comparator_error,
   count(*) FILTER (cmp AND served_by = 'legacy') AS served_legacy,
   count(*) FILTER (cmp AND served_by = 'task') AS served_task,
   count(*) FILTER (cmp AND served_by = 'legacy_fallback') AS served_fallback,
@@ -163,6 +186,8 @@ SELECT product, task,
   max(candidate.model) FILTER (cmp) AS model_max,
   list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.dropped')
     AS drops,
+  list({{'operation': operation, 'error': error, 'call_site': call_site,
+    'callable': callable}}) FILTER (scoped AND event = 'shim.error') AS shim_errors,
 {usage}
   list({{'legacy': legacy.latency_ms, 'task': candidate.latency_ms}}) FILTER (
     cmp AND legacy.ok AND candidate.ok AND legacy.latency_ms > 0
@@ -284,13 +309,34 @@ def read_logs(
             os.unlink(tmp)
     total_lines = sum(int(r["all_rows"]) for r in rows)
     records = sum(int(r["all_records"]) for r in rows)
+    tasked = [r for r in rows if r["product"] is not None and r["task"] is not None]
     tasks = [
         _task_rows(row, models)
-        for row in rows
-        # bad lines, or only records outside the filters
-        if row["product"] is not None and row["task"] is not None and (row["n"] or row["drops"])
+        for row in tasked
+        # only records outside the filters, or none that say anything of the task
+        if row["n"] or row["drops"] or row["shim_errors"]
     ]
-    return Logs(records, max(0, total_lines - records), tasks)
+    untasked: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["product"] is None or row["task"] is None:
+            _count_errors(untasked, row["shim_errors"])
+    named = [f"{r['product']}.{r['task']}" for r in tasked if r["all_records"]]
+    return Logs(records, max(0, total_lines - records), tasks, named, untasked)
+
+
+def _count_errors(
+    into: dict[str, dict[str, Any]], found: Sequence[Mapping[str, Any]] | None
+) -> None:
+    """``shim.error`` records by operation: how many, and the first one's error (with
+    the call site and callable that raised, when the record names them)."""
+    for entry in found or ():
+        operation = str(entry["operation"] or "unknown")
+        slot = into.setdefault(operation, {"count": 0, "example": None})
+        slot["count"] += 1
+        if slot["example"] is None and entry["error"]:
+            where = [str(entry[k]) for k in ("callable", "call_site") if entry[k]]
+            by = f"{where[0]}= of {where[1]}" if len(where) == 2 else ", ".join(where)
+            slot["example"] = str(entry["error"]) + (f", from {by}" if by else "")
 
 
 def _task_rows(row: dict[str, Any], models: Mapping[str, list[str]]) -> TaskRows:
@@ -306,5 +352,6 @@ def _task_rows(row: dict[str, Any], models: Mapping[str, list[str]]) -> TaskRows
     for drop in row["drops"] or ():
         reason = str(drop["reason"])
         entry.dropped[reason] = entry.dropped.get(reason, 0) + int(drop["count"] or 0)
+    _count_errors(entry.shim_errors, row["shim_errors"])
     entry.pairs = [(p["legacy"], p["task"]) for p in row["pairs"] or ()]
     return entry

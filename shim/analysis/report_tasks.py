@@ -100,19 +100,31 @@ def _usage(r: Mapping[str, Any]) -> dict[str, Any]:
     return {"legacy": legacy, "candidate": task, "delta": delta}
 
 
-def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
+def task_report(
+    t: TaskRows, gates: Gates, seed: int, compare_error: str | None = None
+) -> dict[str, Any]:
+    """One task's statistics and verdict. ``compare_error`` is a comparator failure's
+    message to show when the task's own records carry none (the shim records those
+    as ``shim.error`` tied to no task)."""
     r = t.row
     n = int(r.get("n") or 0)
+    # Rates are over the pairs where both paths ran (the contract); that is every pair
+    # a Shim writes, but a record without a side's ``ok`` says nothing of errors.
+    ran = int(r.get("ran") or 0)
     legacy_q = r.get("legacy_q") or [None, None, None]
     candidate_q = r.get("candidate_q") or [None, None, None]
     ratios = _ratios(t.pairs, seed)
     cand_err, legacy_err = int(r.get("candidate_errors") or 0), int(r.get("legacy_errors") or 0)
-    errors = newcombe_difference(cand_err, n, legacy_err, n)
+    errors = newcombe_difference(cand_err, ran, legacy_err, ran)
     compared = int(r.get("compared") or 0)
+    matches = int(r.get("matches") or 0)
     real_mismatches = int(r.get("real_mismatches") or 0)
-    mismatch = _rate(real_mismatches, compared)
+    mismatch = _rate(compared - matches, compared)
+    adjusted = _rate(real_mismatches, compared)
+    comparator_errors = int(r.get("comparator_errors") or 0)
+    shim_errors = dict(sorted(t.shim_errors.items()))
     # The gates are one-sided tests at 95 %: a 90 % two-sided interval's bounds.
-    gate_errors = newcombe_difference(cand_err, n, legacy_err, n, z=Z_ONE_SIDED_95)
+    gate_errors = newcombe_difference(cand_err, ran, legacy_err, ran, z=Z_ONE_SIDED_95)
     gate_mismatch = wilson(real_mismatches, compared, z=Z_ONE_SIDED_95)
     report: dict[str, Any] = {
         "task": t.name,
@@ -122,23 +134,40 @@ def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
             "task": r.get("served_task", 0),
             "legacy_fallback": r.get("served_fallback", 0),
         },
-        "legacy_error_rate": (r["legacy_errors"] / n) if n else None,
-        "candidate_error_rate": (r["candidate_errors"] / n) if n else None,
-        "structure_match_rate": (r["matches"] / compared) if compared else None,
+        "legacy_error_rate": (legacy_err / ran) if ran else None,
+        "candidate_error_rate": (cand_err / ran) if ran else None,
+        # Both over the structurally compared pairs: they add up to 1.
+        "structure_match_rate": (matches / compared) if compared else None,
+        "mismatch_rate": mismatch["rate"] if mismatch else None,
+        # What the mismatch gates use: mismatches less those legacy's own noise explains.
+        "mismatch_rate_adjusted": adjusted["rate"] if adjusted else None,
+        "noise_explained": compared - matches - real_mismatches,
         "model_verdicts": dict(sorted(t.verdicts.items())),
         "dropped": sum(t.dropped.values()),
         "dropped_by_reason": t.dropped,
+        "evidence": {
+            "ran": ran,
+            "compared": compared,
+            "latency_pairs": int(r.get("latency_pairs") or 0),
+        },
+        "comparator_errors": comparator_errors,
+        "comparator_error_example": (r.get("comparator_error") or compare_error)
+        if comparator_errors
+        else None,
+        "shim_errors": sum(e["count"] for e in shim_errors.values()),
+        "shim_errors_by_operation": shim_errors,
         "latency_ms": {
             "legacy": dict(zip(("p50", "p95", "p99"), legacy_q, strict=True)),
             "candidate": dict(zip(("p50", "p95", "p99"), candidate_q, strict=True)),
         },
         "intervals": {
-            "legacy_error_rate": _rate(int(r.get("legacy_errors") or 0), n),
-            "candidate_error_rate": _rate(int(r.get("candidate_errors") or 0), n),
+            "legacy_error_rate": _rate(legacy_err, ran),
+            "candidate_error_rate": _rate(cand_err, ran),
             "error_rate_difference": None
             if errors is None
             else dict(zip(("difference", "low", "high"), errors, strict=True)),
             "mismatch_rate": mismatch,
+            "mismatch_rate_adjusted": adjusted,
             "legacy_schema_valid": _rate(
                 int(r.get("legacy_valid") or 0), int(r.get("validated") or 0)
             ),
@@ -146,7 +175,8 @@ def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
                 int(r.get("candidate_valid") or 0), int(r.get("validated") or 0)
             ),
         },
-        "mismatch_rate_noise_adjusted": mismatch["rate"] if mismatch else None,
+        # Deprecated: the name mismatch_rate_adjusted had before it had its own.
+        "mismatch_rate_noise_adjusted": adjusted["rate"] if adjusted else None,
         "latency_ratio": ratios,
         "routing_errors": int(r.get("routing_errors") or 0),
         "candidate_models": sorted(t.models),
@@ -154,7 +184,7 @@ def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
         "usage": _usage(r),
     }
     counts = {
-        "pairs": n,
+        "pairs": ran,
         "legacy_errors": legacy_err,
         "candidate_errors": cand_err,
         "compared": compared,

@@ -1,4 +1,11 @@
-"""The verdict of ``shim report`` for one task: PROMOTE, HOLD or ROLLBACK, and why."""
+"""The verdict of ``shim report`` for one task: PROMOTE, HOLD or ROLLBACK, and why.
+
+PROMOTE needs evidence for every gate it passes: ``min_pairs`` pairs where both paths
+ran (the error gate), ``min_pairs`` pairs with a structure verdict (the mismatch gate)
+and ``min_pairs`` pairs with both latencies (the latency gates). Short of any of them
+the task HOLDs, and the reasons say how many more of which kind are needed. ROLLBACK
+needs no minimum: its lines are lower bounds, which few pairs keep low.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,86 @@ from typing import Any
 
 from shim.analysis.policy import Gates
 
-__all__ = ["verdict"]
+__all__ = ["shim_error_line", "untasked_line", "verdict"]
 
 
 def _pct(x: float) -> str:
     return f"{x * 100:.2f} %"
+
+
+def shim_error_line(
+    count: int, by_operation: dict[str, dict[str, Any]], what: str = "shim.error record(s)"
+) -> str:
+    """``50 shim.error record(s): call_site.key 50 (KeyError: ...)``: what the shim
+    could not do, by operation (most first), with the first error of each."""
+    parts = [
+        f"{op} {e['count']}" + (f" ({e['example']})" if e.get("example") else "")
+        for op, e in sorted(by_operation.items(), key=lambda item: -item[1]["count"])
+    ]
+    return f"{count} {what}: " + "; ".join(parts)
+
+
+def untasked_line(report: dict[str, Any]) -> str | None:
+    """The report's ``shim.error`` records tied to no task, as one line; None if none."""
+    found = report.get("shim_errors_without_task") or {}
+    if not found.get("count"):
+        return None
+    return shim_error_line(
+        found["count"], found["by_operation"], "shim.error records tied to no task"
+    )
+
+
+def _shortfalls(report: dict[str, Any], gates: Gates) -> list[str]:
+    """Why the evidence cannot decide yet: one line per kind of pair that is short."""
+    n, need = report["n"], gates.min_pairs
+    evidence = report["evidence"]
+    lines = []
+    if n < need:
+        lines.append(f"{n} pairs; at least {need} are needed to decide: needs {need - n} more")
+    # A kind short only because all pairs are few is said by the line above.
+    ran = evidence["ran"]
+    if ran < need and ran < n:
+        lines.append(
+            f"both paths ran on {ran} of {n} pairs: needs {need - ran} more pairs where "
+            "both paths ran (the error gate)"
+        )
+    compared = evidence["compared"]
+    if compared < need and compared < n:
+        why = []
+        if report["comparator_errors"]:
+            example = report.get("comparator_error_example")
+            why.append(
+                f"the comparator failed on {report['comparator_errors']}"
+                + (f": {example}" if example else "")
+            )
+        failed = n - compared - report["comparator_errors"]
+        if failed > 0:
+            why.append(f"a path failed on {failed}, so there was nothing to compare")
+        lines.append(
+            f"structure compared on {compared} of {n} pairs: needs {need - compared} more "
+            "structurally compared pairs" + (f" ({'; '.join(why)})" if why else "")
+        )
+    timed = evidence["latency_pairs"]
+    if timed < need and timed < n:
+        lines.append(
+            f"latency measured on both paths for {timed} of {n} pairs: needs {need - timed} "
+            "more pairs where both paths answered with a latency"
+        )
+    return lines
+
+
+def _mismatch_line(report: dict[str, Any], bound: float, gates: Gates) -> str:
+    raw, adjusted = report["mismatch_rate"], report["mismatch_rate_adjusted"]
+    noise = report["noise_explained"]
+    how = (
+        f"raw {_pct(raw)} less {noise} pair(s) legacy's own noise explains"
+        if noise
+        else "equal to the raw rate"
+    )
+    return (
+        f"mismatch upper bound {_pct(bound)} vs {_pct(gates.max_mismatch)} allowed "
+        f"(on mismatch_rate_adjusted {_pct(adjusted)}, {how})"
+    )
 
 
 def verdict(
@@ -21,18 +103,31 @@ def verdict(
     mismatch: tuple[float, float, float] | None,
 ) -> tuple[str, list[str]]:
     """PROMOTE, HOLD or ROLLBACK, with one-sided 95 % bounds against the policy."""
-    n = counts["pairs"]
-    if n == 0:
-        return "HOLD", ["no comparisons yet"]
-    rollback = gates.rollback_reasons(**counts)
+    notes = []
+    failed = report["comparator_errors"]
+    if failed and report["evidence"]["compared"] >= min(gates.min_pairs, report["n"]):
+        # Enough was compared to decide, but the pairs it failed on are not in the rate.
+        example = report.get("comparator_error_example")
+        notes.append(
+            f"the comparator failed on {failed} of {report['n']} pairs, which have no "
+            "structure verdict" + (f": {example}" if example else "")
+        )
+    if report["shim_errors"]:
+        notes.append(shim_error_line(report["shim_errors"], report["shim_errors_by_operation"]))
+    if report["n"] == 0:
+        return "HOLD", ["no comparisons yet", *notes]
+    rollback = gates.rollback_reasons(
+        **counts, mismatch_name="structure mismatch (mismatch_rate_adjusted)"
+    )
     if gates.allowed_models is not None:
         outside = sorted(set(report["candidate_models"]) - set(gates.allowed_models))
         if outside:
             rollback.append(f"model(s) outside the allow-list: {', '.join(outside)}")
     if rollback:
-        return "ROLLBACK", rollback
-    if n < gates.min_pairs:
-        return "HOLD", [f"{n} pairs; at least {gates.min_pairs} are needed to decide"]
+        return "ROLLBACK", rollback + notes
+    short = _shortfalls(report, gates)
+    if short:
+        return "HOLD", short + notes
     hold: list[str] = []
     passed: list[str] = []
     if errors is not None:
@@ -42,22 +137,24 @@ def verdict(
         )
         (passed if errors[2] <= gates.max_error_increase else hold).append(line)
     if mismatch is not None:
-        line = f"mismatch upper bound {_pct(mismatch[2])} vs {_pct(gates.max_mismatch)} allowed"
+        line = _mismatch_line(report, mismatch[2], gates)
         (passed if mismatch[2] <= gates.max_mismatch else hold).append(line)
     limits = {
         "p50": gates.max_latency_ratio_p50,
         "p95": gates.max_latency_ratio_p95,
         "p99": gates.max_latency_ratio_p99,
     }
+    timed = report["evidence"]["latency_pairs"]
     for q, limit in limits.items():
         found = report["latency_ratio"].get(q)
         if found is None:
+            hold.append(f"latency {q} ratio: no latency sample to compare")
             continue
         line = f"latency {q} ratio {found['ratio']:.2f} vs {limit:.2f} allowed"
-        if q == "p99" and n < gates.p99_min_pairs:
+        if q == "p99" and timed < gates.p99_min_pairs:
             passed.append(line + f" (advisory below {gates.p99_min_pairs} pairs)")
         else:
             (passed if found["ratio"] <= limit else hold).append(line)
     if hold:
-        return "HOLD", hold
-    return "PROMOTE", passed
+        return "HOLD", hold + notes
+    return "PROMOTE", passed + notes

@@ -51,8 +51,11 @@ class Located:
 def load_yaml(path: str | Path, *, text: str | None = None) -> Located:
     """Read ``path`` (or ``text`` attributed to it) into data with line numbers.
 
-    Raises ConfigError for unreadable files and YAML syntax errors. Duplicate keys keep
-    the first value and are reported in ``problems``, alongside validation problems.
+    Raises ConfigError for unreadable files and YAML syntax errors. A duplicate key (or
+    a key that is not a plain value) is a problem in ``problems``, located at the
+    repeat and naming the first line; :func:`validate` reports them, alongside the
+    validation problems, so every file loaded here refuses them. The first value is the
+    one in ``data``, for the messages that follow.
     """
     name = str(path)
     if text is None:
@@ -92,12 +95,15 @@ def validate(doc: Located, schema: Any, data: Any = _WHOLE) -> tuple[Any, list[P
     """Validate ``data`` (default: the whole document) against ``schema``.
 
     ``schema`` is a pydantic model class or any type pydantic validates. Returns the
-    value (None when invalid) and the located problems, the document's own (duplicate
-    keys) first.
+    value (None when invalid) and the located problems. When ``data`` is the document's
+    own data (the default, or ``doc.data`` passed in), the document's own problems
+    (duplicate keys) come first; a caller that validates parts of a document one by one
+    adds ``doc.problems`` itself, once.
     """
+    whole = data is _WHOLE or data is doc.data
     value = doc.data if data is _WHOLE else data
     adapter = _adapter(schema)
-    problems = list(doc.problems) if data is _WHOLE else []
+    problems = list(doc.problems) if whole else []
     try:
         result = adapter.validate_python(value)
     except pydantic.ValidationError as exc:

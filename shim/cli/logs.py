@@ -28,12 +28,24 @@ def report(
         typer.Option("--out", help="Where --format html writes its page.", dir_okay=False),
     ] = None,
     task: Annotated[str | None, typer.Option(help="Only this product.task.")] = None,
-    since: Annotated[str | None, typer.Option(help="ISO time, inclusive.")] = None,
-    until: Annotated[str | None, typer.Option(help="ISO time, exclusive.")] = None,
-    stage: Annotated[str | None, typer.Option(help="Only comparisons in this stage.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="From this time, inclusive: ISO 8601 (2026-12-01, 2026-12-01T12:00:00Z; "
+            "UTC without a zone) or a duration back from now (90m, 24h, 7d)."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Up to this time, exclusive; as --since.")
+    ] = None,
+    stage: Annotated[
+        str | None,
+        typer.Option(help="Only comparisons in this stage: off, shadow, canary or live."),
+    ] = None,
     policy: PolicyOpt = None,
 ) -> None:
-    """Per-task statistics and a verdict (PROMOTE, HOLD, ROLLBACK); exit 1 on ROLLBACK."""
+    """Per-task statistics and a verdict (PROMOTE, HOLD, ROLLBACK); exit 1 on ROLLBACK,
+    2 when the logs cannot be read or hold nothing within the filters."""
     from shim.analysis.report import build_report
     from shim.analysis.report_format import markdown, table
 
@@ -45,7 +57,14 @@ def report(
         raise typer.Exit(2)
     gates = load_policy(policy)
     result = guard(
-        build_report, logs, policy=gates, task=task, since=since, until=until, stage=stage
+        build_report,
+        logs,
+        policy=gates,
+        task=task,
+        since=since,
+        until=until,
+        stage=stage,
+        require_records=True,
     )
     if fmt == "html":
         from shim.analysis.report_html import render_html
@@ -64,7 +83,10 @@ def report(
 
 
 def watch(
-    log: Annotated[Path, typer.Argument(help="The comparison log to follow.", dir_okay=False)],
+    log: Annotated[
+        Path,
+        typer.Argument(help="The comparison log to follow (or a glob naming one).", dir_okay=False),
+    ],
     auto_rollback: Annotated[
         bool, typer.Option("--auto-rollback", help="Roll a breaching task back (serve 0 %).")
     ] = False,
@@ -76,12 +98,32 @@ def watch(
     once: Annotated[
         bool, typer.Option("--once", help="Stop at the end of the log instead of following it.")
     ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Wait for a log that does not exist yet (read it from its start)."
+        ),
+    ] = False,
 ) -> None:
-    """Evaluate rolling windows of LOG as it grows; with --auto-rollback, act on a breach."""
+    """Evaluate rolling windows of LOG as it grows; with --auto-rollback, act on a breach.
+    A LOG that is not there is an error (exit 2) unless --wait."""
     from shim.ops.watch import Watch, follow
 
+    found = _watched(log)
+    if found is None and wait and any(c in str(log) for c in "*?["):
+        err.print(f"{log}: matches no log; --wait needs the file's name", markup=False)
+        raise typer.Exit(2)
+    if found is None and not wait:
+        err.print(f"{log}: no such log file; to wait for it to appear, add --wait", markup=False)
+        raise typer.Exit(2)
     watcher = Watch(load_policy(policy))
     store = open_store(flags) if auto_rollback else None
+    if found is None:
+        # Every line of a log that appears later is new: read it from its start.
+        from_start = True
+        out.print(f"waiting for {log} to appear", markup=False)
+    else:
+        log = found
     out.print(f"watching {log}" + (" (auto-rollback on)" if auto_rollback else ""), markup=False)
     breaches = 0
     try:
@@ -99,32 +141,35 @@ def watch(
         raise typer.Exit(1)
 
 
-def _roll_back(breach: Breach, store: FlagStore, log: Path) -> None:
-    """Serve 0 % for the breaching task (shadow kept), recorded as automatic in ``log``."""
-    from shim.flags.store import Setting
-    from shim.ops.promote import Change, apply, read_state, record
+def _watched(log: Path) -> Path | None:
+    """The one file ``log`` names (itself, or the single match of a glob); None if it
+    names none. A glob matching several is an input error: watch follows one log."""
+    import glob
 
-    state = guard(read_state, store)
-    current = state.tasks.get(breach.task)
-    if current is None or current.serve == 0:
+    if log.is_file():
+        return log
+    text = str(log)
+    if not any(c in text for c in "*?["):
+        return None
+    matched = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+    if len(matched) > 1:
+        names = ", ".join(str(p) for p in matched)
+        err.print(f"{log}: matches {len(matched)} logs ({names}); watch one", markup=False)
+        raise typer.Exit(2)
+    return matched[0] if matched else None
+
+
+def _roll_back(breach: Breach, store: FlagStore, log: Path) -> None:
+    """Serve 0 % for the breaching task (shadow kept), recorded as automatic in ``log``:
+    one read-modify-write under the store's lock (:func:`shim.ops.watch.auto_rollback`)."""
+    from shim.ops.watch import auto_rollback
+
+    change = guard(auto_rollback, breach, store, log)
+    if change is None:
         err.print(f"{breach.task} already serves 0 %; nothing to roll back", markup=False)
         return
-    change = Change(breach.task, Setting(current.serve, current.shadow), Setting(0, current.shadow))
-    guard(apply, store, [change])
-    record(
-        "shim.rollback",
-        [change],
-        store,
-        log,
-        reason=breach.describe(),
-        extra={
-            "automatic": True,
-            "consecutive": breach.consecutive,
-            "cumulative": breach.cumulative,
-            "pairs": breach.pairs,
-        },
-    )
     out.print(
-        f"rolled back {breach.task}: serve {current.serve} % -> 0 % ({'; '.join(breach.reasons)})",
+        f"rolled back {breach.task}: serve {change.before.serve} % -> {change.after.serve} % "
+        f"({'; '.join(breach.reasons)})",
         markup=False,
     )

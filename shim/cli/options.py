@@ -42,9 +42,10 @@ __all__ = [
 ]
 
 # Help texts are rich markup: "\\[" keeps a bracket that looks like a tag ("[env X]").
-# Piped output has no terminal width to fit; 160 columns keep table rows on one line.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+# Piped output has no terminal width to fit; 200 columns keep table rows on one line,
+# with the error-count columns a report shows when a task has errors.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 AssignmentsOpt = Annotated[
     Path | None,

@@ -22,7 +22,6 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from shim.flags.store import FlagStore
     from shim.ops.promote import Change
 
 __all__ = ["promote", "rollback"]
@@ -40,8 +39,9 @@ def promote(
         list[str] | None,
         typer.Option(
             "--evidence",
-            help="Comparison logs (files, globs, .gz); serving more needs the "
-            "task's verdict over them to be PROMOTE. Repeatable.",
+            help="Comparison logs (files, globs, .gz); serving more needs the task's "
+            "verdict over its current stage's comparisons to be PROMOTE, soaked for the "
+            "policy's min_soak. Repeatable.",
         ),
     ] = None,
     policy: PolicyOpt = None,
@@ -53,9 +53,13 @@ def promote(
     """Move TASK to the next rung: shadow 100 %, then serve 1, 5, 25, 50, 100 %.
 
     Shadowing needs no evidence; serving more does: the verdict of `shim report` over
-    --evidence must be PROMOTE, or --force (which the shim.promote record says).
+    the comparisons --evidence holds for the task's current stage, since its last
+    change, must be PROMOTE, and span the policy's min_soak (10 min by default); or
+    --force (which the shim.promote record says). The flags are read, changed and
+    recorded under one lock.
     """
-    from shim.ops.promote import check_request, known_tasks, plan_promote
+    from shim.ops.promote import check_request, known_tasks
+    from shim.ops.promote import promote as promote_task
 
     try:
         rungs = [int(r) for r in ramp.split(",")]
@@ -66,17 +70,34 @@ def promote(
         raise typer.Exit(2) from None
     guard(check_request, [task], serve, shadow)
     store = open_store(flags)
-    state = guard(store.read)
-    change = guard(
-        plan_promote, state, task, known_tasks(assignments), serve=serve, shadow=shadow, ramp=rungs
+    path = log_path(log)
+
+    def gate(change: Change) -> dict[str, Any]:
+        return _evidence(change, evidence, policy, force, path)
+
+    change, _ = guard(
+        promote_task,
+        store,
+        task,
+        known_tasks(assignments),
+        serve=serve,
+        shadow=shadow,
+        ramp=rungs,
+        gate=gate,
+        log=path,
+        dry_run=dry_run,
     )
     if change is None:
         out.print(f"{task} is already live (serve 100 %); nothing to promote", markup=False)
         raise typer.Exit(1)
-    extra: dict[str, Any] = {}
-    if change.after.serve > change.before.serve:
-        extra = _evidence(task, evidence, policy, force)
-    _change("shim.promote", [change], store, log, dry_run, extra)
+    if change.before == change.after:
+        out.print(
+            f"{task} is already at serve {change.after.serve} %, shadow "
+            f"{change.after.shadow} %; nothing to change",
+            markup=False,
+        )
+        return
+    _show("shim.promote", [change], dry_run, path)
 
 
 def rollback(
@@ -87,8 +108,10 @@ def rollback(
     assignments: AssignmentsOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Serve 0 % at once (shadow kept), for TASK or --all."""
-    from shim.ops.promote import check_request, known_tasks, plan_rollback
+    """Serve 0 % at once (shadow kept), for TASK or --all; read, changed and recorded
+    under one lock, so it is never undone by a change that read the flags before it."""
+    from shim.ops.promote import check_request, known_tasks
+    from shim.ops.promote import rollback as roll_back
 
     if (task is None) == (not all_tasks):
         err.print("name one task or pass --all", markup=False)
@@ -96,21 +119,23 @@ def rollback(
     if task is not None:
         guard(check_request, [task])
     store = open_store(flags)
-    state = guard(store.read)
-    tasks = [task] if task else [t for t, f in state.tasks.items() if f.serve]
-    changes = guard(plan_rollback, state, tasks, known_tasks(assignments))
+    path = log_path(log)
+    tasks = [task] if task else None
+    changes = guard(roll_back, store, tasks, known_tasks(assignments), log=path, dry_run=dry_run)
     if not changes:
         out.print("nothing serves from the task path; nothing to roll back", markup=False)
         return
-    _change("shim.rollback", changes, store, log, dry_run)
+    _show("shim.rollback", changes, dry_run, path)
 
 
 def _evidence(
-    task: str, logs: list[str] | None, policy: Path | None, force: bool
+    change: Change, logs: list[str] | None, policy: Path | None, force: bool, changes: Path | None
 ) -> dict[str, Any]:
-    """The report's verdict on ``task``; exits 1 unless it is PROMOTE or ``force``."""
-    from shim.analysis.report import build_report
+    """The current stage's evidence for ``change``; exits 1 unless it promotes, or
+    ``force``. What the shim.promote record adds."""
+    from shim.ops.evidence import stage_evidence
 
+    task, stage = change.task, change.before.stage
     if not logs:
         if not force:
             err.print(
@@ -120,36 +145,29 @@ def _evidence(
             )
             raise typer.Exit(1)
         return {"forced": True, "evidence": None}
-    report = guard(build_report, logs, policy=load_policy(policy), task=task)
-    found = next(iter(report["tasks"]), None)
-    verdict = found["verdict"] if found else "HOLD"
-    reasons = found["reasons"] if found else ["no comparisons of this task in the evidence"]
-    summary = {"verdict": verdict, "reasons": reasons, "n": found["n"] if found else 0}
-    if verdict != "PROMOTE":
+    found = guard(stage_evidence, task, stage, logs, load_policy(policy), changes_log=changes)
+    refusals = found.refusals()
+    if refusals:
+        why = (
+            f"the evidence from stage {stage} says {found.verdict}"
+            if found.verdict != "PROMOTE"
+            else f"stage {stage} has not soaked long enough"
+        )
         if not force:
-            err.print(f"refusing to promote {task}: the evidence says {verdict}", markup=False)
-            for reason in reasons:
+            err.print(f"refusing to promote {task}: {why}", markup=False)
+            for reason in refusals:
                 err.print(f"  - {reason}", markup=False)
             raise typer.Exit(1)
-        err.print(f"forced past a {verdict} verdict; the record says so", markup=False)
-    return {"forced": force and verdict != "PROMOTE", "evidence": summary}
+        err.print(f"forced past it ({why}); the record says so", markup=False)
+    return {"forced": force and bool(refusals), "evidence": found.summary()}
 
 
 # event -> (what a dry run would do, what was done)
 _WORDS = {"shim.promote": ("promote", "promoted"), "shim.rollback": ("roll back", "rolled back")}
 
 
-def _change(
-    event: str,
-    changes: list[Change],
-    store: FlagStore,
-    log: Path | None,
-    dry_run: bool,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Show ``changes``; unless ``dry_run``, apply them and record them as ``event``."""
-    from shim.ops.promote import apply, record
-
+def _show(event: str, changes: list[Change], dry_run: bool, log: Path | None) -> None:
+    """Say what was done (recorded as ``event``), or, with ``dry_run``, would be."""
     verb, done = _WORDS[event]
     for c in changes:
         out.print(
@@ -158,10 +176,5 @@ def _change(
             f"-> {c.after.stage} (serve {c.after.serve} %, shadow {c.after.shadow} %)",
             markup=False,
         )
-    if dry_run:
-        return
-    guard(apply, store, changes)
-    path = log_path(log)
-    record(event, changes, store, path, extra=extra)
-    if path is None:
+    if not dry_run and log is None:
         err.print(f"note: no --log or SHIM_LOG, so no {event} record was written", markup=False)

@@ -10,20 +10,45 @@ from shim.client.task import TaskAllocation, TaskResult
 from shim.core.breaker import BreakerPolicy, CircuitBreaker, Transition
 from shim.core.call import Call
 from shim.core.spend import BUSY, Backoff, ShadowBudget, Spend
+from shim.core.ticket import Ticket
 from shim.records.observe import CallSite, usage_record
 from shim.records.recorder import Recorder
 
-__all__ = ["Admission"]
+__all__ = ["Admission", "Admitted"]
 
 
 class _Task:
-    """One task's breaker and shadow spend."""
+    """One task's breaker and shadow spend, and the last admission for a comparison and
+    for a serving call (reused while the tickets in it are current: nothing is
+    allocated per call while the breaker is closed and shadowing is not paused)."""
 
-    __slots__ = ("breaker", "spend")
+    __slots__ = ("breaker", "serving", "shadowing", "spend")
 
     def __init__(self, breaker: CircuitBreaker, spend: Spend) -> None:
         self.breaker = breaker
         self.spend = spend
+        self.shadowing: Admitted | None = None
+        self.serving: Admitted | None = None
+
+
+class Admitted:
+    """A call let through to the task path (:meth:`Admission.allow`): what its result
+    is reported with (:meth:`Admission.failed`, :meth:`Admission.answered`). Its
+    tickets name the breaker's and the back-off's state when it went out, so a result
+    that comes back after either changed counts for nothing."""
+
+    __slots__ = ("breaker", "shadow", "site", "spend", "task")
+
+    def __init__(
+        self, site: CallSite, task: _Task, breaker: Ticket, spend: Ticket | None, shadow: bool
+    ) -> None:
+        self.site = site
+        self.task = task
+        self.breaker = breaker
+        #: The back-off's ticket; None for a serving call sent while shadowing is
+        #: paused (serving is not paused, and its answer neither ends nor extends it).
+        self.spend = spend
+        self.shadow = shadow
 
 
 class Admission:
@@ -85,13 +110,37 @@ class Admission:
             return False
         return True
 
-    def allow(self, site: CallSite) -> bool:
-        """May the task path be called now (the breaker, which lets one probe through
-        when half open)? Counted as dropped (``breaker_open``) if not."""
-        if self._tasks[site.name].breaker.allow():
-            return True
-        self._recorder.dropped(site.product, site.task, "breaker_open")
-        return False
+    def allow(self, site: CallSite, *, shadow: bool) -> Admitted | None:
+        """May the task path be called now: the breaker (one probe at a time when half
+        open) and, for a comparison (``shadow``), the back-off (one probe at a time once
+        a pause is over)? What to report the result with if so; if not, None, counted
+        as dropped (``breaker_open``, ``backoff``)."""
+        task = self._tasks[site.name]
+        breaker = task.breaker.allow()
+        if breaker is None:
+            self._recorder.dropped(site.product, site.task, "breaker_open")
+            return None
+        spend = task.spend.current  # the lock-free common case: not backing off
+        if spend is None and shadow:
+            spend = task.spend.probe()
+            if spend is None:
+                task.breaker.cancel(breaker)  # it is not going out after all
+                self._recorder.dropped(site.product, site.task, "backoff")
+                return None
+        last = task.shadowing if shadow else task.serving
+        if (
+            last is not None
+            and last.breaker is breaker
+            and last.spend is spend
+            and last.site is site
+        ):
+            return last
+        admitted = Admitted(site, task, breaker, spend, shadow)
+        if shadow:
+            task.shadowing = admitted
+        else:
+            task.serving = admitted
+        return admitted
 
     def paused(self, site: CallSite) -> bool:
         """Shadowing the task is paused (the coordinator said it was full after this
@@ -101,21 +150,35 @@ class Admission:
         self._recorder.dropped(site.product, site.task, "backoff")
         return True
 
-    def failed(self, site: CallSite, status: int | None, *, shadow: bool) -> None:
+    def failed(self, admitted: Admitted, status: int | None) -> None:
         """The task path failed with ``status``: no capacity pauses shadowing; other
-        failures count against the breaker (no capacity too, when serving)."""
+        failures count against the breaker (no capacity too, when serving). Only the
+        results of calls sent in the breaker's and the back-off's current state count."""
+        task, spend = admitted.task, admitted.spend
         if status in BUSY:
-            self._busy(site, status)
-        if status not in BUSY or not shadow:
-            self._tasks[site.name].breaker.failure()
+            self._busy(admitted, status)
+            if admitted.shadow:
+                # Full, not broken: the breaker neither counts it nor waits on it.
+                task.breaker.cancel(admitted.breaker)
+                return
+        elif spend is not None and spend.probe:
+            task.spend.cancel(spend)  # the back-off learnt nothing: the next call probes
+        task.breaker.failure(admitted.breaker)
 
-    def answered(self, site: CallSite, result: TaskResult | TaskAllocation) -> None:
-        """The task path answered: the breaker hears of it, a back-off ends, and the
-        tokens it spent count against the task's budget."""
-        task = self._tasks[site.name]
-        task.breaker.success()
-        spend = task.spend
-        if (spend.until or spend.busy_streak) and spend.answered():
+    def abandoned(self, admitted: Admitted) -> None:
+        """The call ended before the task path answered (cancelled, interrupted): its
+        result says nothing, and a probe's turn goes to the next call at once."""
+        admitted.task.breaker.cancel(admitted.breaker)
+        if admitted.spend is not None and admitted.spend.probe:
+            admitted.task.spend.cancel(admitted.spend)
+
+    def answered(self, admitted: Admitted, result: TaskResult | TaskAllocation) -> None:
+        """The task path answered: the breaker hears of it, the back-off ends if this
+        was its probe, and the tokens it spent count against the task's budget."""
+        site, task = admitted.site, admitted.task
+        task.breaker.success(admitted.breaker)
+        ticket = admitted.spend
+        if ticket is not None and ticket.probe and task.spend.answered(ticket):
             self._recorder.event("shim.backoff", site.product, site.task, state="resumed")
         budget = self._budget(site, None)
         if budget is None or budget.tokens_per_hour is None:
@@ -123,7 +186,7 @@ class Admission:
         usage = usage_record(getattr(result, "usage", None))
         tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
         if tokens:
-            spend.charge(budget, int(tokens))
+            task.spend.charge(budget, int(tokens))
 
     def _within_spend(self, site: CallSite, spend: Spend, rule: flagpkg.Rule | None) -> bool:
         """Not backing off from a full coordinator, and within the task's budget?"""
@@ -159,12 +222,14 @@ class Admission:
             self._budget_cache[key] = budget
         return budget
 
-    def _busy(self, site: CallSite, status: int) -> None:
-        """The coordinator had no capacity: stop shadowing the task for a while."""
-        spend = self._tasks[site.name].spend
-        pause = spend.busy()
+    def _busy(self, admitted: Admitted, status: int) -> None:
+        """The coordinator had no capacity: stop shadowing the task for a while (unless
+        the call was sent before the current pause began, or during it but not as its
+        probe)."""
+        site, spend = admitted.site, admitted.task.spend
+        pause = spend.busy(admitted.spend)
         if not pause:
-            return  # already paused
+            return
         self._recorder.event(
             "shim.backoff",
             site.product,

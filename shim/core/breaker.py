@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from shim.core.ticket import Ticket
+
 __all__ = ["BreakerPolicy", "CircuitBreaker", "Transition"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -17,8 +19,11 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 @dataclass(frozen=True, slots=True)
 class BreakerPolicy:
     """When to open: ``failures`` in a row, or a failure share of at least ``ratio``
-    over the last ``window`` calls (once ``min_calls`` are in it). After ``cooldown``
-    seconds one probe call is let through: success closes, failure reopens."""
+    over the last ``window`` calls, counted once ``min_calls`` are in it (by default:
+    5 in a row, or half of the last 20 once 10 are in). After ``cooldown`` seconds one
+    probe call is let through: its success closes, its failure reopens for another
+    cooldown. Only the probe decides: results of calls let through before the breaker
+    last changed state count for nothing."""
 
     failures: int = 5
     window: int = 20
@@ -39,9 +44,17 @@ Transition = Callable[[str, str, str, dict[str, Any]], None]
 
 
 class CircuitBreaker:
-    """One task's breaker. ``allow()`` before calling the task path; then exactly one
-    of ``success()`` / ``failure()``. Thread-safe; ``allow()`` takes no lock while
-    closed. ``on_transition(task, from, to, details)`` hears every change of state."""
+    """One task's breaker. ``allow()`` before calling the task path: a
+    :class:`~shim.core.ticket.Ticket`, or None (do not call); then exactly one of
+    ``success(ticket)`` / ``failure(ticket)`` (or ``cancel(ticket)``: not called after
+    all). Thread-safe; ``allow()`` takes no lock while closed.
+    ``on_transition(task, from, to, details)`` hears every change of state, under the
+    breaker's lock (so in order).
+
+    Each change of state counts ``generation`` one up and retires the tickets handed
+    out before it: a call in flight when the breaker opened cannot close it, nor can
+    a call sent before it closed again reopen it. Only the probe, let through after the
+    cooldown, ends the open state."""
 
     def __init__(
         self,
@@ -54,73 +67,103 @@ class CircuitBreaker:
         self.task = task
         self.policy = policy
         self.state = CLOSED
+        self.generation = 0
         self._on_transition = on_transition
         self._clock = clock
         self._lock = threading.Lock()
         self._recent: deque[bool] = deque(maxlen=policy.window)
         self._consecutive = 0
         self._opened_at = 0.0
-        self._probe_since: float | None = None
+        # The closed state's ticket, None unless closed: one read decides allow() while
+        # closed, with no lock and nothing allocated per call.
+        self._closed: Ticket | None = Ticket(0)
+        self._probe: Ticket | None = None  # the probe in flight, half open only
+        self._probe_since = 0.0
 
-    def allow(self) -> bool:
-        """May the task path be called now? In half-open state, True once (the probe)."""
-        if self.state is CLOSED:
-            return True
+    def allow(self) -> Ticket | None:
+        """May the task path be called now? Its ticket if so: the closed state's, or,
+        after the cooldown, the probe's (one at a time). None if not."""
+        ticket = self._closed
+        if ticket is not None:
+            return ticket
         with self._lock:
             now = self._clock()
+            if self.state == CLOSED:  # closed again since the read above
+                return self._closed
             if self.state == OPEN:
                 if now - self._opened_at < self.policy.cooldown:
-                    return False
+                    return None
                 self._move(HALF_OPEN, "cooldown over; probing")
             # One probe at a time; a probe that never reported back is replaced after
-            # another cooldown, so a lost probe cannot wedge the breaker half-open.
-            if self._probe_since is not None and now - self._probe_since < self.policy.cooldown:
-                return False
+            # another cooldown, so a lost probe cannot wedge the breaker half-open. The
+            # one it replaces is stale from then on.
+            elif self._probe is not None and now - self._probe_since < self.policy.cooldown:
+                return None
+            self._probe = Ticket(self.generation, probe=True)
             self._probe_since = now
-            return True
+            return self._probe
 
     def may_probe(self) -> bool:
         """Lock-free hint for callers: could :meth:`allow` say yes now?"""
-        if self.state == HALF_OPEN:
-            return self._probe_since is None
-        return self.state == CLOSED or self._clock() - self._opened_at >= self.policy.cooldown
+        if self._closed is not None:
+            return True
+        if self.state == OPEN:
+            return self._clock() - self._opened_at >= self.policy.cooldown
+        return self._probe is None or self._clock() - self._probe_since >= self.policy.cooldown
 
-    def success(self) -> None:
-        """The task path answered."""
+    def success(self, ticket: Ticket) -> None:
+        """The call let through with ``ticket`` answered."""
         with self._lock:
-            self._consecutive = 0
-            self._recent.append(True)
-            if self.state != CLOSED:
-                self._probe_since = None
-                self._recent.clear()
+            if ticket is self._closed:
+                self._consecutive = 0
+                self._recent.append(True)
+            elif ticket is self._probe:
                 self._move(CLOSED, "probe succeeded")
 
-    def failure(self) -> None:
-        """The task path failed."""
+    def failure(self, ticket: Ticket) -> None:
+        """The call let through with ``ticket`` failed."""
         with self._lock:
-            self._consecutive += 1
-            self._recent.append(False)
-            if self.state == HALF_OPEN:
-                self._probe_since = None
+            if ticket is self._probe:
                 self._open("probe failed")
                 return
-            if self.state == OPEN:
-                return
-            failed = self._recent.count(False)
-            if self._consecutive >= self.policy.failures:
+            if ticket is not self._closed:
+                return  # sent before the breaker last changed state
+            self._consecutive += 1
+            self._recent.append(False)
+            failed, seen = self._recent.count(False), len(self._recent)
+            policy = self.policy
+            if self._consecutive >= policy.failures:
                 self._open(f"{self._consecutive} consecutive failures")
-            elif (
-                len(self._recent) >= self.policy.min_calls
-                and failed / len(self._recent) >= self.policy.ratio
-            ):
-                self._open(f"{failed} of the last {len(self._recent)} calls failed")
+            elif seen >= policy.min_calls and failed / seen >= policy.ratio:
+                self._open(
+                    f"{failed} of the last {seen} calls failed (opens at {policy.ratio * 100:g} %"
+                    f" of the last {policy.window} once {policy.min_calls} are in)"
+                )
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The call let through with ``ticket`` was not made, or its result says nothing
+        about the task path (no capacity, while shadowing): a probe's turn goes to the
+        next call."""
+        if ticket.probe:
+            with self._lock:
+                if ticket is self._probe:
+                    self._probe = None
 
     def _open(self, reason: str) -> None:
         self._opened_at = self._clock()
         self._move(OPEN, reason)
 
     def _move(self, to: str, reason: str) -> None:
+        """Change state (under the lock), retiring every ticket handed out so far."""
         before, self.state = self.state, to
+        self.generation += 1
+        self._probe = None
+        if to == CLOSED:
+            self._consecutive = 0
+            self._recent.clear()
+            self._closed = Ticket(self.generation)
+        else:
+            self._closed = None
         if self._on_transition is not None:
             failed = self._recent.count(False)
             self._on_transition(

@@ -32,6 +32,13 @@ class Call:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    #: A compared call's task request and service hint, built from the arguments when
+    #: the call was made (the caller may change them once legacy has returned); the
+    #: request is a private copy (:func:`~shim.records.observe.capture`) if it holds
+    #: values the caller could change.
+    prepared: tuple[Any, str | None] | None = None
+    #: The arguments for a second legacy run (noise), copied when the call was made.
+    again: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
 
 def legacy_observation(

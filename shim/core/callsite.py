@@ -14,13 +14,16 @@ from shim import flags as flagpkg
 from shim.base.errors import SoftFailure
 from shim.client.task import TaskRequest
 from shim.comparators import held_value
-from shim.records.observe import CallSite, soft_failure_error
+from shim.records.observe import NOT_RECORDED, CallSite, capture, soft_failure_error
 
 __all__ = [
+    "CallSiteError",
     "checked",
     "first_of_pair",
-    "hint_of",
+    "kept_arguments",
     "no_request",
+    "prepare",
+    "responded",
     "routed",
     "unfallen",
 ]
@@ -38,16 +41,86 @@ def no_request(*args: Any, **kwargs: Any) -> TaskRequest:
     return TaskRequest()
 
 
-def hint_of(site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-    """The service a task allocation of this call is released from, if the answer
-    names none."""
+class CallSiteError(Exception):
+    """The call site's own callable (``request=``, ``response=``, ...) raised: a bug in
+    the app's code, never the task path's failure. ``name`` is the keyword, ``fn`` the
+    callable, ``error`` what it raised."""
+
+    def __init__(self, name: str, fn: Any, error: Exception) -> None:
+        super().__init__(f"{name}= raised {type(error).__name__}: {error}")
+        self.name, self.fn, self.error = name, fn, error
+
+
+def prepare(
+    site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[TaskRequest | None, str | None]:
+    """What the task path sends for this call, built from its arguments: the request
+    (None for an allocating call site: kiwi's body carries none; a private copy, see
+    :func:`~shim.records.observe.capture`, if it holds values the caller could change
+    afterwards) and the service an allocation is released from if the answer names
+    none. CallSiteError if the call site's ``request=`` or ``service_hint=`` raised."""
     hint = site.service_hint
-    return hint(*args, **kwargs) if callable(hint) else hint
+    if callable(hint):
+        try:
+            hint = hint(*args, **kwargs)
+        except Exception as exc:
+            raise CallSiteError("service_hint", site.service_hint, exc) from exc
+    if site.allocation:
+        return None, hint
+    try:
+        request: TaskRequest = site.request(*args, **kwargs)
+    except Exception as exc:
+        raise CallSiteError("request", site.request, exc) from exc
+    if _settled(request):
+        return request, hint
+    kept = capture(request)
+    return (request if kept is NOT_RECORDED else kept), hint
+
+
+#: Values the caller cannot change once the call is made.
+_SETTLED = (str, bytes, int, float, bool, type(None))
+
+
+def _settled(request: TaskRequest) -> bool:
+    """Does ``request`` hold only values the caller cannot change afterwards (then it
+    need not be copied: most requests are a prompt and a few numbers)?"""
+    return (
+        request.payload is None
+        and type(request.images) is tuple
+        and all(type(v) in _SETTLED for v in request.params.values())
+    )
+
+
+def kept_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The arguments for a second legacy run (noise), copied so that the caller's later
+    changes cannot reach them (:func:`~shim.records.observe.restore` gives them back);
+    the arguments themselves if they cannot be copied."""
+    kept = capture((args, kwargs))
+    return (args, dict(kwargs)) if kept is NOT_RECORDED else kept
+
+
+def responded(site: CallSite, result: Any) -> Any:
+    """The call site's value from the task path's ``result`` (its ``response=``),
+    unless the call site counts it as a (soft) failure: SoftFailure, the task path's.
+    CallSiteError if ``response=`` or ``soft_failure=`` raised."""
+    try:
+        value = site.response(result)
+    except Exception as exc:
+        raise CallSiteError("response", site.response, exc) from exc
+    return checked(site, value)
 
 
 def checked(site: CallSite, value: Any) -> Any:
-    """The task path's value, unless the call site counts it as a (soft) failure."""
-    if site.soft_failure is not None and site.soft_failure(value):
+    """The task path's value, unless the call site counts it as a (soft) failure.
+    CallSiteError if ``soft_failure=`` raised."""
+    soft = site.soft_failure
+    if soft is None:
+        return value
+    try:
+        failed = soft(value)
+    except Exception as exc:
+        raise CallSiteError("soft_failure", soft, exc) from exc
+    if failed:
         message = soft_failure_error("the task path", value)
         raise SoftFailure(message, product=site.product, task=site.task, value=value)
     return value
@@ -68,7 +141,7 @@ def first_of_pair(soft: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 def routed(
     wrap: Callable[[str, str], Callable[[Callable[..., Any]], Callable[..., Any]]],
-    on_error: Callable[[str, BaseException], None],
+    on_error: Callable[[Exception], None],
     source: flagpkg.FlagSource,
     product: str | Callable[..., str],
     task: str | Callable[..., str],
@@ -76,8 +149,8 @@ def routed(
 ) -> Callable[P, R]:
     """A call site whose product or task come from its arguments: each call picks (and
     on first use wraps, with ``wrap(product, task)``) the call site of its own
-    ``product.task``. A name that does not fit runs legacy and is told to ``on_error``
-    (``task_of_call``)."""
+    ``product.task``. A name that does not fit runs legacy and is told to
+    ``on_error`` (the call site's error, not the shim's)."""
     wrapped: dict[tuple[str, str], Callable[..., Any]] = {}
     lock = threading.Lock()
 
@@ -98,7 +171,7 @@ def routed(
                         site = wrapped[(p, t)] = wrap(p, t)(fn)
             return site
         except Exception as exc:  # a name that does not fit: legacy, counted
-            on_error("task_of_call", exc)
+            on_error(exc)
             return fn
 
     if inspect.iscoroutinefunction(fn):

@@ -46,6 +46,8 @@ class ShadowOptions:
     legacy_usage: Callable[[Any], Mapping[str, Any] | None] | None = None
     service_hint: str | Callable[..., str | None] | None = None
     soft_failure: Callable[[Any], bool] | None = is_soft_failure
+    side_effects: bool = False
+    serve_without_side_effects: bool = False
 
     def __post_init__(self) -> None:
         if self.allocation not in (False, True, "entered"):
@@ -56,6 +58,10 @@ class ShadowOptions:
             raise TypeError("shadow() needs request= (the call's arguments -> TaskRequest)")
         if self.allocation == "entered" and self.response is None:
             raise ValueError("allocation='entered' needs response= (allocation -> value)")
+        if self.serve_without_side_effects and not self.side_effects:
+            raise ValueError(
+                "serve_without_side_effects=True only means something with side_effects=True"
+            )
 
     def as_keywords(self) -> dict[str, Any]:
         """The options as the decorator's keywords."""
@@ -103,7 +109,11 @@ class Decorator:
         fn: Callable[P, R],
     ) -> Callable[P, R]:
         _check(fn, product, task, options)
-        on_error = self._engine.events.internal_error
+        events, chooser = self._engine.events, task if callable(task) else product
+
+        def on_error(exc: Exception) -> None:
+            events.call_site_error("task", chooser, exc, call_site=_call_site(fn))
+
         wrapper = routed(
             lambda p, t: self.shadow(p, t, options), on_error, self._flags, product, task, fn
         )
@@ -139,6 +149,7 @@ class Decorator:
             legacy_usage=options.legacy_usage,
             service_hint=options.service_hint or self._services.get(name),
             soft_failure=soft,
+            side_effects="serve" if options.serve_without_side_effects else options.side_effects,
         )
         self._engine.admission.add(name)
         model = legacy_model if isinstance(legacy_model, str) else None
@@ -206,6 +217,15 @@ def _check(
     task: str | Callable[..., str],
     options: ShadowOptions,
 ) -> None:
-    """The options' callables fit ``fn``'s signature (TypeError naming the call site)."""
+    """The options' callables fit ``fn``'s signature (TypeError naming the call site),
+    and ``fn`` is not a generator: a stream would be compared as its repr."""
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
+        raise TypeError(
+            f"{_call_site(fn)} is {kind} function: streaming call sites are not supported "
+            "yet. Wrap the function that collects the stream into one value instead "
+            "(or, for a context manager that yields an allocation, apply "
+            "@contextmanager first and pass allocation=True)"
+        )
     given = [("product", product), ("task", task), *options.as_keywords().items()]
     check_fits(fn, _call_site(fn), given)

@@ -17,10 +17,20 @@ from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from shim.core.loopend import ending
+
 __all__ = ["ErrorHook", "Gate", "LoopDispatcher", "ThreadDispatcher"]
 
 Job = tuple[str, Callable[..., None], tuple[Any, ...]]  # (task name, work, its arguments)
 ErrorHook = Callable[[str, BaseException], None]
+DropHook = Callable[[str, str, str], None]  # (product, task, reason)
+
+_LOOP_CLOSED = (
+    "an event loop ended while a compared call's legacy run was still running in the "
+    "background, and that run could not be kept (it was cancelled with the loop's other "
+    "tasks); such comparisons are counted as dropped. End each job with "
+    "`await s.aflush()` before its loop ends to keep them"
+)
 
 
 class ThreadDispatcher:
@@ -185,7 +195,15 @@ class ThreadDispatcher:
 
 class LoopDispatcher:
     """Background tasks on one event loop, at most ``capacity`` at a time, each held
-    by a strong reference until done."""
+    by a strong reference until done.
+
+    A task cancelled before it finished is told to ``on_cancelled`` (``aclose``
+    cancels what is late). One cancelled because its loop ended (``asyncio.run``
+    returning; see :mod:`shim.core.loopend`, which keeps most of them running to the
+    end) is counted through ``on_dropped`` (reason ``loop_closed``; without it,
+    ``on_cancelled``), and the first one on a loop is reported to ``on_error``
+    (``loop_closed``): a warning that names ``aflush``, once per loop.
+    """
 
     def __init__(
         self,
@@ -193,10 +211,13 @@ class LoopDispatcher:
         capacity: int,
         on_error: ErrorHook,
         on_cancelled: Callable[[str], None] | None = None,
+        on_dropped: DropHook | None = None,
     ) -> None:
         self.capacity = capacity
         self._on_error = on_error
         self._on_cancelled = on_cancelled  # told of each task cancelled before it finished
+        self._on_dropped = on_dropped
+        self._told_loop_closed = False
         self._pending = 0
         self._tasks: dict[asyncio.Task[None], str] = {}
 
@@ -226,10 +247,23 @@ class LoopDispatcher:
         task = self._tasks.pop(job, "?")
         self._pending -= 1
         if job.cancelled():  # by drain, or by the loop's end (asyncio.run cancels all)
-            if self._on_cancelled is not None:
+            if ending(job.get_loop()):
+                self._loop_closed(task)
+            elif self._on_cancelled is not None:
                 self._on_cancelled(task)
         elif (exc := job.exception()) is not None:
             self._on_error("dispatch", exc)
+
+    def _loop_closed(self, task: str) -> None:
+        """A comparison the loop's end took with it: counted, and said once per loop."""
+        if self._on_dropped is not None:
+            product, _, name = task.partition(".")
+            self._on_dropped(product, name, "loop_closed")
+        elif self._on_cancelled is not None:
+            self._on_cancelled(task)
+        if not self._told_loop_closed:
+            self._told_loop_closed = True
+            self._on_error("loop_closed", RuntimeError(_LOOP_CLOSED))
 
     async def drain(self, timeout: float, *, cancel: bool = True) -> None:
         """Wait up to ``timeout`` for running tasks; cancel the rest unless told not to

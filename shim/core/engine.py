@@ -28,7 +28,7 @@ from shim.core.call import (
     candidate_failed,
     legacy_observation,
 )
-from shim.core.callsite import checked, hint_of, unfallen
+from shim.core.callsite import CallSiteError, kept_arguments, prepare, responded, unfallen
 from shim.core.dispatch import Gate
 from shim.core.events import Events
 from shim.core.lanes import Loops, Threads
@@ -41,6 +41,7 @@ from shim.records.observe import (
     Pending,
     capture,
     describe,
+    restore,
 )
 from shim.records.tracing import end_span
 
@@ -97,20 +98,57 @@ class Engine:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Call:
-        """One call, decided: OFF once the Shim is closed, or when deciding failed
-        (counted as an internal error, ``decide``)."""
+        """One call, decided: OFF once the Shim is closed, when the call site's ``key=``
+        raised (the call site's error, ``call_site.key``) or when deciding failed (an
+        internal error, ``decide``). A call site with side effects is never served by
+        the task path unless it allows that (``serve_without_side_effects``)."""
         decision = OFF
         if not self.closed:
+            key = site.key
             try:
-                key = site.key
                 if key is None:
-                    decision = rule.decide(sticky_value(rule.stickiness))
+                    sticky = sticky_value(rule.stickiness)
                 else:
                     raw = key(*args, **kwargs)
-                    decision = rule.decide(None if raw is None else str(raw))
+                    sticky = None if raw is None else str(raw)
+            except Exception as exc:  # the call site's key= does not fit its arguments
+                self.events.call_site_error("key", key, exc, site=site)
+                return Call(site, model, rule, OFF, fn, args, kwargs)
+            try:
+                decision = rule.decide(sticky)
             except Exception as exc:
                 self.events.internal_error("decide", exc)
+            if decision.serve and site.side_effects is True:
+                decision = self._keep_side_effects(site, decision)
         return Call(site, model, rule, decision, fn, args, kwargs)
+
+    def _keep_side_effects(self, site: CallSite, decision: flagpkg.Decision) -> flagpkg.Decision:
+        """The flags say the task path serves, but legacy's side effects must happen on
+        every call: legacy serves (compared as in shadow), counted as dropped
+        (``side_effects``) so the report shows the serving that did not happen."""
+        self.recorder.dropped(site.product, site.task, "side_effects")
+        return flagpkg.Decision(serve=False, compare=decision.compare, stage=decision.stage)
+
+    def prepared(self, call: Call) -> bool:
+        """Build the task request of a compared call now, from the arguments as legacy
+        sees them: the caller may change them once legacy has returned. A request that
+        holds values the caller could change is copied. False (counted and recorded as
+        the call site's error; nothing is compared) if the call site's own callable
+        raised."""
+        site = call.site
+        try:
+            request, hint = prepare(site, call.args, call.kwargs)
+        except CallSiteError as err:
+            self.events.call_site_error(err.name, err.fn, err.error, site=site)
+            return False
+        call.prepared = (request, hint)
+        if (
+            self.noise_sample
+            and not (site.side_effects or site.allocation or call.decision.serve)
+            and random.random() < self.noise_sample
+        ):
+            call.again = kept_arguments(call.args, call.kwargs)
+        return True
 
     def sync(self, call: Call) -> Any:
         """A decided call of a sync call site, performed here.
@@ -127,6 +165,9 @@ class Engine:
             self.events.served(call.site, "legacy")
         fn, args, kwargs = call.fn, call.args, call.kwargs
         if not decision.compare or not self.admission.admit(call, self._reserve):
+            return fn(*args, **kwargs)
+        if not self.prepared(call):
+            self._dispatch.release()
             return fn(*args, **kwargs)
         started = _perf()
         try:
@@ -155,6 +196,9 @@ class Engine:
         or entering what it returned). The caller gets legacy's very value or error."""
         if not self.admission.admit(call, self._reserve):
             return (yield step)
+        if not self.prepared(call):
+            self._dispatch.release()
+            return (yield step)
         started = _perf()
         try:
             result = yield step
@@ -182,7 +226,7 @@ class Engine:
         kept, again = result, None
         if not site.allocation:
             kept = capture(result)
-            again = lane.again(call.fn) if self.noise_sample else None
+            again = lane.again(call.fn) if call.again is not None else None
         self._handoff((site.name, self.candidate_job, (call, elapsed, kept, None, again)))
 
     def candidate_job(
@@ -208,9 +252,10 @@ class Engine:
         if candidate is None:
             return
         noise = NOT_RECORDED
-        if again is not None and legacy.ok and random.random() < self.noise_sample:
+        if again is not None and call.again is not None and legacy.ok:
+            args, kwargs = restore(call.again)
             try:
-                noise = again(*call.args, **call.kwargs)  # how much does legacy vary by itself?
+                noise = again(*args, **kwargs)  # how much does legacy vary by itself?
             except Exception as exc:
                 self.events.internal_error("noise", exc)
         stage = call.decision.stage
@@ -222,31 +267,47 @@ class Engine:
         """Call the task path: what it did (see ``TaskOutcome``). An allocating call
         site gets an allocation, given back at once unless ``keep`` (it serves)."""
         site = call.site
-        if not self.admission.allow(site):
+        if call.prepared is None and not self.prepared(call):
+            return None, NOT_RECORDED, None
+        assert call.prepared is not None
+        request, hint = call.prepared
+        admitted = self.admission.allow(site, shadow=not serving)
+        if admitted is None:
             return None, NOT_RECORDED, None
         span = None if self.events.tracer is None else self.events.span(site, serving)
         started = _perf()
         result: TaskResult | TaskAllocation | None = None
         prompt: str | None = None
         try:
-            hint = hint_of(site, call.args, call.kwargs)
             if site.allocation:
                 result = yield allocate(site, hint, serving=serving)
             else:
-                request = site.request(*call.args, **call.kwargs)
+                request = restore(request)
                 prompt = request.prompt if self.capture_prompts else None
                 result = yield infer(site, request, hint, serving=serving)
-            value = checked(site, site.response(result))
+            value = responded(site, result)
+        except CallSiteError as err:  # the app's own code: not the task path's failure
+            assert result is not None
+            self.admission.answered(admitted, result)
+            self.events.call_site_error(err.name, err.fn, err.error, site=site)
+            if span is not None:
+                end_span(span, candidate_answered(result, None, started, prompt), result, None)
+            if isinstance(result, TaskAllocation):
+                yield release(site, result, serving=serving)
+            return None, NOT_RECORDED, None
         except Exception as exc:
-            self.admission.failed(site, getattr(exc, "status", None), shadow=not serving)
+            self.admission.failed(admitted, getattr(exc, "status", None))
             failed = candidate_failed(exc, started, result, prompt)
             if span is not None:
                 end_span(span, failed, result, exc)
             if isinstance(result, TaskAllocation):
                 yield release(site, result, serving=serving)
             return failed, exc, None
+        except BaseException:  # cancelled: a probe must not wait out another cooldown
+            self.admission.abandoned(admitted)
+            raise
         assert result is not None
-        self.admission.answered(site, result)
+        self.admission.answered(admitted, result)
         answered = candidate_answered(result, value, started, prompt)
         if span is not None:
             end_span(span, answered, result, None)
@@ -272,7 +333,7 @@ class Engine:
             candidate, value, held = yield from self.task(call, serving=True, keep=entered)
         finally:
             self.serving.leave()
-        if candidate is None:  # breaker open: the task path is not called at all
+        if candidate is None:  # breaker open, or the call site's own callable raised
             self.events.served(site, "legacy")
             return (yield call)
         if candidate.ok or not site.fallback:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["Events"]
 
 _log = logging.getLogger("shim")
+#: The call site's callables a record is made with: their errors are the call site's.
+_CALLABLES = frozenset({"legacy_model", "legacy_usage", "soft_failure"})
 
 
 class Events:
@@ -43,6 +45,7 @@ class Events:
         self.tracer = tracer
         self.orch_url = orch_url
         self._errors: Counter[str] = Counter()
+        self._told: set[tuple[str | None, str]] = set()
         self._lock = threading.Lock()
         self.recorder = Recorder(
             sink,
@@ -51,15 +54,71 @@ class Events:
             secrets=secrets,
             capture=capture,
             observe=None if metrics is None else metrics.record,
+            on_site_error=self.site_error,
         )
 
-    def internal_error(self, operation: str, exc: BaseException) -> None:
-        """A failure of the shim's own work (``operation``): counted, logged, recorded."""
+    def internal_error(
+        self, operation: str, exc: BaseException, site: CallSite | None = None
+    ) -> None:
+        """A failure of the shim's own work (``operation``; for one call site's task,
+        if ``site``): counted, logged, recorded."""
         with self._lock:
             self._errors[operation] += 1
         _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
         if operation not in ("write", "render", "sink_close"):  # the recorder is the problem
-            self.recorder.event("shim.error", None, None, operation=operation, error=describe(exc))
+            product, task = (site.product, site.task) if site is not None else (None, None)
+            self.recorder.event(
+                "shim.error", product, task, operation=operation, error=describe(exc)
+            )
+
+    def site_error(self, site: CallSite, operation: str, exc: BaseException) -> None:
+        """A failure while a comparison of ``site`` became a record: the call site's own
+        callable's (``legacy_model=``, ``legacy_usage=``, ``soft_failure=``), or the
+        shim's (a comparator, an output that cannot be rendered), tied to its task."""
+        if operation in _CALLABLES:
+            self.call_site_error(operation, getattr(site, operation), exc, site=site)
+        else:
+            self.internal_error(operation, exc, site)
+
+    def call_site_error(
+        self,
+        name: str,
+        fn: Any,
+        exc: BaseException,
+        *,
+        site: CallSite | None = None,
+        call_site: str | None = None,
+    ) -> None:
+        """The call site's own callable ``name`` (``request``, ``response``, ``key``,
+        ...: the user's code, ``fn``) raised: not the task path's failure, so neither
+        the breaker nor the verdict hears of it. Counted (``call_site.<name>``),
+        recorded as ``shim.error`` naming the call site and the callable, and logged as
+        a warning the first time per call site and callable."""
+        operation = f"call_site.{name}"
+        where = site.call_site if site is not None else call_site
+        function = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+        with self._lock:
+            self._errors[operation] += 1
+            first = (where, name) not in self._told
+            self._told.add((where, name))
+        if first:
+            _log.warning(
+                "task-shim: %s= of %s raised %s (counted and recorded as shim.error; "
+                "the call goes on as legacy)",
+                name,
+                where,
+                describe(exc),
+            )
+        self.recorder.event(
+            "shim.error",
+            site.product if site is not None else None,
+            site.task if site is not None else None,
+            operation=operation,
+            call_site=where,
+            callable=name,
+            function=function,
+            error=describe(exc),
+        )
 
     def errors(self) -> dict[str, int]:
         """Internal errors so far, by operation."""

@@ -3,6 +3,14 @@
 :class:`Threads` performs steps on the calling thread with the Shim's own task clients
 and runs background work on the worker threads; :class:`Loops` awaits them on the
 running event loop with that loop's client and runs background work as tasks there.
+
+Where an async call site's work runs, which the docs say the same way: legacy serving,
+legacy is awaited on the caller's loop and the task path it is compared with runs on
+the worker threads (outliving the loop); the task path serving, it is awaited on the
+caller's loop and, if the call is compared, legacy (the app's own coroutine, which may
+hold what belongs to that loop) runs in the background as a task on that loop, within
+``Timeouts.shadow``. When that loop ends (``asyncio.run`` returning), it waits for
+those tasks, up to that deadline (:mod:`shim.core.loopend`).
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar, cast
@@ -19,7 +28,8 @@ import httpx
 from shim.client.protocol import ReleaseHook
 from shim.client.task_client import AsyncTaskClient, TaskClient
 from shim.core.call import Call
-from shim.core.dispatch import ErrorHook, LoopDispatcher, ThreadDispatcher
+from shim.core.dispatch import DropHook, ErrorHook, LoopDispatcher, ThreadDispatcher
+from shim.core.loopend import outlast
 from shim.core.steps import Run, Step, Steps
 
 __all__ = ["USER_AGENT", "LoopState", "Loops", "Threads", "task_clients"]
@@ -27,6 +37,8 @@ __all__ = ["USER_AGENT", "LoopState", "Loops", "Threads", "task_clients"]
 T = TypeVar("T")
 
 USER_AGENT = "task-shim/0.1"
+
+_LOOP_GONE = "the caller's event loop has ended: legacy cannot run again there"
 
 
 def task_clients(
@@ -110,7 +122,9 @@ class Threads:
 
 class LoopState:
     """What a Shim keeps per event loop: its task client (httpx.AsyncClient is bound to
-    its loop) and its background tasks."""
+    its loop) and its background tasks. Those the loop's end still takes with it are
+    counted through ``on_dropped`` (reason ``loop_closed``; without it,
+    ``on_cancelled``) and said once per loop (see :class:`LoopDispatcher`)."""
 
     def __init__(
         self,
@@ -124,6 +138,7 @@ class LoopState:
         on_error: ErrorHook,
         on_cancelled: Callable[[str], None],
         on_release_failed: ReleaseHook,
+        on_dropped: DropHook | None = None,
     ) -> None:
         # The shim's TLS context: loading CA certificates per event loop would cost the
         # loop's first caller ~25 ms.
@@ -139,7 +154,7 @@ class LoopState:
         )
         self.http = http
         self.dispatch = LoopDispatcher(
-            capacity=capacity, on_error=on_error, on_cancelled=on_cancelled
+            capacity=capacity, on_error=on_error, on_cancelled=on_cancelled, on_dropped=on_dropped
         )
         # The loop's end, heard through an async generator: asyncio.run (and any runner
         # that calls loop.shutdown_asyncgens) closes it, and its finally closes the client.
@@ -158,7 +173,8 @@ class LoopState:
 class Loops:
     """The async lane: steps awaited on the running event loop with that loop's task
     client, background work as tasks on the loop (legacy runs there within
-    ``shadow_timeout`` seconds). ``make_state`` makes a loop's state on first use."""
+    ``shadow_timeout`` seconds, through the loop's end if it comes first).
+    ``make_state`` makes a loop's state on first use."""
 
     def __init__(self, make_state: Callable[[], LoopState], shadow_timeout: float) -> None:
         self._make_state = make_state
@@ -184,8 +200,9 @@ class Loops:
         return self._states.pop(asyncio.get_running_loop(), None)
 
     async def run(self, steps: Steps[T], *, within: float | None = None) -> T:
-        """Await ``steps`` here; what they return. With ``within``, each step must end
-        within that many seconds of the start (TimeoutError is thrown in if not)."""
+        """Await ``steps`` here; what they return. With ``within`` (background work),
+        each step must end within that many seconds of the start (TimeoutError is
+        thrown in if not), and the loop's end does not cancel it before then."""
         deadline = None if within is None else asyncio.get_running_loop().time() + within
         try:  # (written out, no helper objects: every shadowed async call comes through)
             step = steps.send(None)
@@ -195,9 +212,9 @@ class Loops:
                         reply = await step.fn(*step.args, **step.kwargs)
                     elif deadline is None:
                         reply = await self._perform(step)
-                    else:
+                    else:  # background work: it outlasts the loop's end, to the deadline
                         async with asyncio.timeout_at(deadline):
-                            reply = await self._perform(step)
+                            reply = await outlast(self._perform(step), deadline)
                 except BaseException as exc:  # the steps decide; cancellation included
                     step = steps.throw(exc)
                 else:
@@ -219,16 +236,38 @@ class Loops:
         return self.state().dispatch.try_reserve()
 
     def spawn(self, task: str, steps: Steps[None]) -> None:
-        """Await ``steps`` as a task on this loop, within the shadow timeout."""
+        """Await ``steps`` as a task on this loop, within the shadow timeout; the
+        loop's end waits for it (up to that timeout) instead of cancelling it."""
         self.state().dispatch.spawn(task, self.run(steps, within=self._shadow_timeout))
 
     def again(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` made callable from a worker thread: it runs on this event loop."""
+        """``fn`` made callable from a worker thread: it runs on this event loop, within
+        the shadow timeout. Once the loop has ended (one loop per job) it cannot run
+        there any more: that raises at once, rather than holding the worker."""
         loop, timeout = asyncio.get_running_loop(), self._shadow_timeout
 
         def again(*args: Any, **kwargs: Any) -> Any:
+            if loop.is_closed():
+                raise RuntimeError(_LOOP_GONE)
             coro = cast(Coroutine[Any, Any, Any], fn(*args, **kwargs))
-            return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+            try:
+                future = asyncio.run_coroutine_threadsafe(coro, loop)
+            except RuntimeError:  # closed just now
+                coro.close()
+                raise
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    return future.result(min(0.1, max(0.0, deadline - time.monotonic())))
+                except TimeoutError:
+                    # Polled, not waited on once: a loop that ends meanwhile never
+                    # runs the coroutine, and the worker would wait the whole timeout.
+                    if loop.is_closed():
+                        future.cancel()
+                        raise RuntimeError(_LOOP_GONE) from None
+                    if time.monotonic() >= deadline:
+                        future.cancel()
+                        raise
 
         return again
 

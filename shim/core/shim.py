@@ -160,6 +160,7 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
             capacity=limits.concurrency,
             on_error=events.internal_error,
             on_cancelled=events.cancelled,
+            on_dropped=events.recorder.dropped,
             on_release_failed=events.release_failed,
         )
         self._engine = Engine(
@@ -221,6 +222,8 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         legacy_usage: Callable[[Any], Mapping[str, Any] | None] | None = None,
         service_hint: str | Callable[..., str | None] | None = None,
         soft_failure: Callable[[Any], bool] | None = is_soft_failure,
+        side_effects: bool = False,
+        serve_without_side_effects: bool = False,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Wrap a call site of ``product.task``.
 
@@ -260,6 +263,26 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         ``legacy_usage`` reads the legacy path's usage from its result (OpenAI-style
         ``prompt_tokens``/``completion_tokens``, or ``input_tokens``/``output_tokens``,
         and ``gpu_s``), for the records and the report's token and cost figures.
+
+        ``side_effects=True`` says legacy does something besides returning (writes a
+        row, sends a mail) that must happen once per call: legacy is never run a second
+        time for noise, and where the flags say the task path serves, legacy serves
+        instead (compared as in shadow; counted as dropped, reason ``side_effects``).
+        ``serve_without_side_effects=True`` lets the task path serve all the same: the
+        app has moved the side effect out of the wrapped function, or accepts that
+        calls the task path serves do without it.
+
+        The callables are the app's code: an exception from ``request``, ``response``,
+        ``key``, ``soft_failure``, ``service_hint`` (or ``product``/``task``) is the
+        call site's error, recorded as ``shim.error`` (``operation:
+        call_site.<keyword>``, with ``call_site`` and ``function``) and counted in
+        ``stats()``; the call goes on as legacy, and neither the circuit breaker nor
+        the verdict counts it against the task path. The task request is built from
+        the arguments when the call is made, before legacy runs, so that the caller
+        changing them afterwards cannot change what the task path is sent.
+
+        Generator functions are refused (TypeError): a stream would be compared as
+        its repr.
         """
         options = ShadowOptions(
             request=request,
@@ -272,6 +295,8 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
             legacy_usage=legacy_usage,
             service_hint=service_hint,
             soft_failure=soft_failure,
+            side_effects=side_effects,
+            serve_without_side_effects=serve_without_side_effects,
         )
         decorate = self._decorator.shadow(product, task, options)
         return cast(Callable[[Callable[P, R]], Callable[P, R]], decorate)
@@ -308,7 +333,11 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish queued comparisons (within ``timeout``), write every record, and say
-        what could not finish as ``shim.dropped`` (reason ``shutdown``)."""
+        what could not finish as ``shim.dropped`` (reason ``shutdown``).
+
+        On an event loop that keeps running, use :meth:`aclose`: a background legacy
+        run still going on this loop when ``close`` returns cannot be written any
+        more (counted in ``stats()["records_lost"]``, and said once)."""
         engine, recorder = self._engine, self._events.recorder
         if engine.closed:
             return
@@ -326,7 +355,11 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         lifecycle.forget(self, self._lanes)
 
     async def aflush(self, timeout: float = 5.0) -> bool:
-        """Wait for this event loop's background comparisons, then :meth:`flush`."""
+        """Wait for this event loop's background comparisons, then :meth:`flush`: their
+        records are written when it returns (a test reading them, a job that wants
+        them now). Not needed to keep them: when a loop ends (``asyncio.run``
+        returning), its background legacy runs finish first, within
+        ``Timeouts.shadow``."""
         deadline = time.monotonic() + timeout
         state = self._engine.loops.found()
         if state is not None:
@@ -334,7 +367,8 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         return await asyncio.to_thread(self.flush, max(0.0, deadline - time.monotonic()))
 
     async def aclose(self, timeout: float = 5.0) -> None:
-        """Async twin of :meth:`close`: also drains this event loop's background tasks."""
+        """Async twin of :meth:`close`: also drains this event loop's background tasks
+        (those still running at ``timeout`` are cancelled and counted, ``shutdown``)."""
         deadline = time.monotonic() + timeout
         state = self._engine.loops.forget()
         if state is not None:

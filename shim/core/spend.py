@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shim.core.ticket import Ticket
+
 __all__ = ["Backoff", "ShadowBudget"]
 
 #: Coordinator answers that mean "no capacity now", not "broken".
@@ -44,7 +46,9 @@ class Backoff:
     """How long shadowing pauses after a 429 or 503: ``initial`` seconds, doubled on
     each busy answer in a row up to ``maximum``, each drawn from [50 %, 100 %] of that
     (jitter, so many processes do not come back at once). One probe call then goes
-    through; a good answer ends the back-off."""
+    through: a good answer to it ends the back-off, a 429 or 503 pauses again, for
+    longer. Only the probe's answer counts: answers to calls sent before the pause
+    began neither end it nor make it longer."""
 
     initial: float = 1.0
     maximum: float = 60.0
@@ -55,18 +59,28 @@ class Backoff:
 
 
 class Spend:
-    """One task's shadow spend: its buckets and its back-off. Thread-safe."""
+    """One task's shadow spend: its buckets and its back-off. Thread-safe.
+
+    A call about to go to the task path takes a :class:`~shim.core.ticket.Ticket`:
+    ``current`` while not backing off (read without a lock), else :meth:`probe` (one
+    call at a time, once the pause is over); it hands the ticket back with the answer
+    (:meth:`busy`, :meth:`answered`). Each pause and each resumption counts
+    ``generation`` one up and retires the tickets handed out before it."""
 
     __slots__ = (
         "_calls",
         "_calls_at",
         "_lock",
+        "_probe",
+        "_probe_sent",
         "_random",
         "_tokens",
         "_tokens_at",
         "backoff",
         "busy_streak",
         "clock",
+        "current",
+        "generation",
         "pause",
         "probe_at",
         "until",
@@ -85,15 +99,22 @@ class Spend:
         self._lock = threading.Lock()
         self.until = 0.0  # no comparisons before this (clock time); 0: not backing off
         self.pause = 0.0  # the current pause, in seconds
-        self.probe_at = 0.0  # when the last probe was let through
+        self.probe_at = 0.0  # when a caller last let a probe in (admit)
         self.busy_streak = 0
+        self.generation = 0
+        #: The ticket of a call sent while not backing off; None while backing off.
+        self.current: Ticket | None = Ticket(0)
+        self._probe: Ticket | None = None  # the probe in flight, backing off only
+        self._probe_sent = 0.0
         self._calls: float | None = None  # tokens in the rate bucket; None: full
         self._calls_at = 0.0
         self._tokens: float | None = None  # LLM tokens left this hour; None: full
         self._tokens_at = 0.0
 
     def admit(self, budget: ShadowBudget | None) -> str | None:
-        """May one more call be compared now? None if so, else the drop reason."""
+        """May one more call be compared now? None if so, else the drop reason. While
+        backing off, one call per pause once it is over (the probe to be: it still takes
+        its ticket from :meth:`probe` when it goes out)."""
         if self.until:
             now = self.clock()
             with self._lock:
@@ -143,26 +164,62 @@ class Spend:
         """In a pause now: work queued before it began should not go out."""
         return bool(self.until) and self.clock() < self.until
 
-    def busy(self) -> float:
-        """The coordinator had no capacity: pause; returns the pause in seconds, 0 if
-        already paused (an answer to a call sent before the pause began)."""
+    def probe(self) -> Ticket | None:
+        """Backing off: the probe's ticket if this call may go out as the probe (the
+        pause is over, and no other probe is out, or it has been out for a whole pause
+        without an answer); else None. Not backing off (any more): ``current``."""
         with self._lock:
+            if self.current is not None:
+                return self.current
             now = self.clock()
-            if self.until and now < self.until:
+            if now < self.until:
+                return None
+            if self._probe is not None and now - self._probe_sent < self.pause:
+                return None
+            # A probe lost on the way is replaced: the one it replaces is stale from now.
+            self._probe = Ticket(self.generation, probe=True)
+            self._probe_sent = now
+            return self._probe
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The call sent with ``ticket`` was not made, or failed otherwise than busy: if
+        it was the probe, the next call may probe."""
+        if ticket.probe:
+            with self._lock:
+                if ticket is self._probe:
+                    self._probe = None
+
+    def busy(self, ticket: Ticket | None) -> float:
+        """The coordinator had no capacity for the call sent with ``ticket``: pause
+        (again, for longer, if it was the probe). The pause in seconds; 0 if the answer
+        is stale (the call was sent before the last pause began or ended; None: sent
+        while backing off, but not as the probe)."""
+        if ticket is None:
+            return 0.0
+        with self._lock:
+            if ticket is not self.current and ticket is not self._probe:
                 return 0.0
+            now = self.clock()
             self.busy_streak += 1
             self.pause = self._interval()
             self.until = now + self.pause
+            self.generation += 1
+            self.current = self._probe = None
             return self.pause
 
-    def answered(self) -> bool:
-        """A good answer: the back-off, if any, is over. True if one was."""
-        if not self.until and not self.busy_streak:
+    def answered(self, ticket: Ticket | None) -> bool:
+        """A good answer to the call sent with ``ticket``: if it was the probe, the
+        back-off is over. True if one was."""
+        if ticket is None or ticket is self.current:
             return False
         with self._lock:
-            was = bool(self.busy_streak)
+            if ticket is not self._probe:
+                return False
             self.until, self.busy_streak, self.pause = 0.0, 0, 0.0
-            return was
+            self.generation += 1
+            self._probe = None
+            self.current = Ticket(self.generation)
+            return True
 
     def _interval(self) -> float:
         base = self.backoff.initial * 2 ** max(0, self.busy_streak - 1)

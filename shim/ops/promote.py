@@ -1,4 +1,5 @@
-"""Promote and roll back: pick the flag store, compute the change, apply, record it."""
+"""Promote and roll back: pick the flag store, then one read-modify-write under the
+store's lock: read the flags, plan the change from them, apply it, record it."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import getpass
 import json
 import os
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +16,20 @@ from shim.base.names import check_task_name
 from shim.flags import FlagState
 from shim.flags.store import (
     DEFAULT_RAMP,
+    Change,
     FileStore,
     FlagStore,
     Setting,
     UnleashAdminStore,
     next_rung,
+    setting_of,
 )
 from shim.records.observe import envelope
 from shim.records.sinks import FileSink
 
 __all__ = [
     "Change",
+    "Gate",
     "OpsError",
     "apply",
     "check_request",
@@ -34,22 +37,27 @@ __all__ = [
     "open_store",
     "plan_promote",
     "plan_rollback",
+    "promote",
     "read_state",
     "record",
+    "rollback",
 ]
+
+#: Called with a change that serves more, before it is applied: returns what the
+#: ``shim.promote`` record adds (the evidence), or raises to refuse.
+Gate = Callable[[Change], dict[str, Any]]
+
+# Evidence is read outside the lock (a report over big logs takes seconds, and a
+# rollback must not wait for it); when the task moved meanwhile, it is read again.
+_GATE_ATTEMPTS = 8
 
 
 class OpsError(ShimError):
     """A promote or rollback that cannot go ahead; the message says why (exit 2)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One task moving from one setting to another."""
-
-    task: str
-    before: Setting
-    after: Setting
+class _Moved(Exception):
+    """The task is no longer where the evidence was read for."""
 
 
 def open_store(flags_path: Path | None) -> FlagStore:
@@ -74,11 +82,6 @@ def open_store(flags_path: Path | None) -> FlagStore:
         env["UNLEASH_ADMIN_TOKEN"],
         environment=env.get("UNLEASH_ENVIRONMENT") or "development",
     )
-
-
-def _setting(state: FlagState, task: str) -> Setting:
-    flags = state.tasks.get(task)
-    return Setting(flags.serve, flags.shadow) if flags else Setting(0, 0)
 
 
 def check_request(
@@ -121,7 +124,7 @@ def plan_promote(
     _check_task(task, state, known)
     _percent("serve", serve)
     _percent("shadow", shadow)
-    before = _setting(state, task)
+    before = setting_of(state, task)
     if serve is not None or shadow is not None:
         after = Setting(
             before.serve if serve is None else serve, before.shadow if shadow is None else shadow
@@ -139,7 +142,7 @@ def plan_rollback(state: FlagState, tasks: Sequence[str], known: Sequence[str]) 
     changes = []
     for task in tasks:
         _check_task(task, state, known)
-        before = _setting(state, task)
+        before = setting_of(state, task)
         if before.serve:
             changes.append(Change(task, before, Setting(0, before.shadow)))
     return changes
@@ -194,17 +197,138 @@ def known_tasks(assignments: Path | None) -> list[str]:
         return []
 
 
-def read_state(store: FlagStore) -> FlagState:
-    """The store's flags, with load errors turned into OpsError."""
+def read_state(store: FlagStore, tasks: Sequence[str] | None = None) -> FlagState:
+    """The store's flags (all, or at least ``tasks``'), with load errors turned into
+    OpsError."""
     try:
-        return store.read()
+        return store.read(tasks)
     except ConfigError as exc:
         raise OpsError(str(exc)) from None
+
+
+def _update(
+    store: FlagStore,
+    plan: Callable[[FlagState], Mapping[str, Setting]],
+    tasks: Sequence[str] | None,
+    then: Callable[[list[Change]], None] | None,
+) -> list[Change]:
+    try:
+        return store.update(plan, tasks=tasks, on_applied=then)
+    except ConfigError as exc:
+        raise OpsError(str(exc)) from None
+
+
+def _recorder(
+    event: str,
+    store: FlagStore,
+    log: Path | None,
+    reason: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Callable[[list[Change]], None]:
+    def write(changes: list[Change]) -> None:
+        record(event, changes, store, log, reason=reason, extra=extra)
+
+    return write
+
+
+def promote(
+    store: FlagStore,
+    task: str,
+    known: Sequence[str],
+    *,
+    serve: int | None = None,
+    shadow: int | None = None,
+    ramp: Sequence[int] = DEFAULT_RAMP,
+    gate: Gate | None = None,
+    log: Path | None = None,
+    dry_run: bool = False,
+) -> tuple[Change | None, dict[str, Any]]:
+    """Promote ``task`` in one read-modify-write; returns the change applied (None when
+    already live; ``before == after``, nothing written, when explicit percentages were
+    already set) and what its record added.
+
+    ``gate`` sees a change that serves more before it is applied, and is asked again
+    if the task moved before the lock was taken (evidence belongs to one stage).
+    With ``dry_run`` nothing is written: the change is planned from a plain read.
+    """
+    for _ in range(_GATE_ATTEMPTS):
+        planned = plan_promote(
+            read_state(store, [task]), task, known, serve=serve, shadow=shadow, ramp=ramp
+        )
+        if planned is None:
+            return None, {}
+        needs_gate = gate is not None and planned.after.serve > planned.before.serve
+        extra = gate(planned) if gate is not None and needs_gate else {}
+        if dry_run:
+            return planned, extra
+
+        locked: list[Change] = []
+
+        def plan(
+            state: FlagState, planned: Change = planned, locked: list[Change] = locked
+        ) -> dict[str, Setting]:
+            change = plan_promote(state, task, known, serve=serve, shadow=shadow, ramp=ramp)
+            if change is None:
+                raise _Moved
+            gated = gate is not None and change.after.serve > change.before.serve
+            # The same setting plans the same change; another one may need the gate, or
+            # the evidence of another stage: read it again.
+            if gated and change.before != planned.before:
+                raise _Moved
+            locked.append(change)
+            return {task: change.after}
+
+        try:
+            _update(store, plan, [task], _recorder("shim.promote", store, log, extra=extra))
+        except _Moved:
+            continue
+        # Unchanged (before == after) when explicit percentages were already in place.
+        return locked[-1], extra
+    raise OpsError(
+        f"{task} kept changing while its evidence was read ({_GATE_ATTEMPTS} times); "
+        "nothing was changed: check `shim status` and run the command again"
+    )
+
+
+def rollback(
+    store: FlagStore,
+    tasks: Sequence[str] | None,
+    known: Sequence[str],
+    *,
+    log: Path | None = None,
+    reason: str | None = None,
+    extra: dict[str, Any] | None = None,
+    dry_run: bool = False,
+) -> list[Change]:
+    """Serve 0 for ``tasks`` (None: every task that serves, as the flags are under the
+    lock), in one read-modify-write; returns the changes applied, each recorded as
+    ``shim.rollback`` with the setting it actually replaced."""
+
+    def plan(state: FlagState) -> dict[str, Setting]:
+        names = tasks if tasks is not None else [t for t, f in state.tasks.items() if f.serve]
+        return {c.task: c.after for c in plan_rollback(state, names, known)}
+
+    if dry_run:
+        state = read_state(store, tasks)
+        return [Change(t, setting_of(state, t), after) for t, after in plan(state).items()]
+    then = _recorder("shim.rollback", store, log, reason=reason, extra=extra)
+    return _update(store, plan, list(tasks) if tasks is not None else None, then)
 
 
 def apply(store: FlagStore, changes: Sequence[Change]) -> None:
-    """Apply the changes; errors become OpsError."""
-    try:
-        store.apply({c.task: c.after for c in changes})
-    except ConfigError as exc:
-        raise OpsError(str(exc)) from None
+    """Apply ``changes`` only if every task is still at its ``before`` (a compare-and-
+    set under the store's lock); OpsError, and nothing changed, when one moved. Prefer
+    :func:`promote` and :func:`rollback`, which plan from the flags under the lock."""
+
+    def plan(state: FlagState) -> dict[str, Setting]:
+        for change in changes:
+            now = setting_of(state, change.task)
+            if now != change.before:
+                raise OpsError(
+                    f"{change.task} changed since it was read: it is at serve {now.serve} %, "
+                    f"shadow {now.shadow} %, not {change.before.serve} % and "
+                    f"{change.before.shadow} %; nothing was changed: run the command again"
+                )
+        return {c.task: c.after for c in changes}
+
+    _update(store, plan, [c.task for c in changes], None)

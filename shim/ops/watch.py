@@ -4,6 +4,8 @@
 ``watch_window`` pairs every ``watch_step`` new pairs against the policy's rollback
 lines, and reports a breach after ``watch_consecutive`` failing evaluations in a row or
 ``watch_cumulative`` in the stage. :func:`follow` reads a growing log, across rotation.
+:func:`auto_rollback` acts on a breach: one read-modify-write under the flag store's
+lock, so a promote that read the flags before it cannot undo it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shim.analysis.policy import Gates, Policy
 
-__all__ = ["Breach", "Watch", "follow"]
+if TYPE_CHECKING:
+    from shim.flags.store import Change, FlagStore
+
+__all__ = ["Breach", "Watch", "auto_rollback", "follow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,28 @@ class Watch:
                 routing_errors=sum(r[3] for r in rows),
             )
         )
+
+
+def auto_rollback(breach: Breach, store: FlagStore, log: Path | None) -> Change | None:
+    """Serve 0 % for the breaching task (shadow kept), read, changed and recorded in
+    ``log`` (``shim.rollback``, ``automatic: true``) under the store's lock, with the
+    setting it actually replaced; None, and no record, when it already serves 0 %."""
+    from shim.ops.promote import rollback
+
+    changes = rollback(
+        store,
+        [breach.task],
+        [breach.task],  # seen in the log, so known, whatever assignments.yaml says
+        log=log,
+        reason=breach.describe(),
+        extra={
+            "automatic": True,
+            "consecutive": breach.consecutive,
+            "cumulative": breach.cumulative,
+            "pairs": breach.pairs,
+        },
+    )
+    return changes[0] if changes else None
 
 
 def follow(

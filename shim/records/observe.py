@@ -1,12 +1,12 @@
-"""What each path did on one call, and the comparison record built from both. No I/O."""
+"""What each path did on one call, and the comparison record built from both. No I/O.
+
+How values are copied, hashed and described is :mod:`shim.records.values`; its names
+are importable from here too.
+"""
 
 from __future__ import annotations
 
-import copy
 import functools
-import hashlib
-import json
-import pickle
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -16,12 +16,23 @@ from typing import Any
 
 from shim.comparators import Comparator, ModelNames, Structure
 from shim.records.capture import Capture
+from shim.records.values import (
+    NOT_RECORDED,
+    OnError,
+    OutputNotRecorded,
+    capture,
+    describe,
+    digest,
+    kept,
+    restore,
+)
 
 __all__ = [
     "NOT_RECORDED",
     "SCHEMA",
     "CallSite",
     "Observation",
+    "OutputNotRecorded",
     "Pending",
     "capture",
     "comparison_record",
@@ -33,63 +44,6 @@ __all__ = [
 ]
 
 SCHEMA = 1
-
-
-class _Sentinel:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-#: A value that was not recorded (the path failed, or its output could not be copied).
-NOT_RECORDED: Any = _Sentinel("NOT_RECORDED")
-
-_IMMUTABLE = (str, bytes, int, float, bool, type(None), frozenset)
-
-
-class _Pickled:
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-def capture(value: Any) -> Any:
-    """A private copy of ``value`` that later changes to ``value`` cannot reach.
-
-    Immutable values are kept as they are; others are pickled here (a few µs) and
-    unpickled off the caller's path by :func:`restore`.
-    """
-    if isinstance(value, _IMMUTABLE) or (
-        type(value) is tuple and all(isinstance(v, _IMMUTABLE) for v in value)
-    ):
-        return value
-    try:
-        return _Pickled(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    except Exception:
-        try:
-            return copy.deepcopy(value)
-        except Exception:
-            return NOT_RECORDED
-
-
-def restore(captured: Any) -> Any:
-    """The value :func:`capture` kept."""
-    if isinstance(captured, _Pickled):
-        return pickle.loads(captured.data)
-    return captured
-
-
-def describe(exc: BaseException) -> str:
-    """``ClassName: message``, one line, short; never a traceback."""
-    message = " ".join(str(exc).split())
-    if len(message) > 300:
-        message = message[:297] + "..."
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +85,9 @@ class CallSite:
     service_hint: str | Callable[..., str | None] | None = None
     #: True for a value the call site returns instead of failing (None, "", []).
     soft_failure: Callable[[Any], bool] | None = None
+    #: Legacy has side effects that must happen once per call: False; True (legacy
+    #: always runs, never twice); "serve" (the task path may serve all the same).
+    side_effects: bool | str = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,20 +124,6 @@ def _stamp(when: float) -> str:
     return f"{_second(whole)}.{int((when - whole) * 1_000_000):06d}Z"
 
 
-def _digest(value: Any) -> tuple[str | None, int | None]:
-    if value is NOT_RECORDED:
-        return None, None
-    if isinstance(value, bytes):
-        data = value
-    elif isinstance(value, str):
-        data = value.encode()
-    else:
-        data = json.dumps(
-            value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=repr
-        ).encode()
-    return hashlib.sha256(data).hexdigest(), len(data)
-
-
 _USAGE_NAMES = (
     ("input_tokens", ("input_tokens", "prompt_tokens")),
     ("output_tokens", ("output_tokens", "completion_tokens")),
@@ -204,9 +147,25 @@ def usage_record(usage: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _side(
-    obs: Observation, value: Any, *, candidate: bool, capture: Capture | None = None
+    obs: Observation,
+    value: Any,
+    *,
+    candidate: bool,
+    on_error: OnError,
+    why: str | None = None,
+    capture: Capture | None = None,
 ) -> dict[str, Any]:
-    sha, size = _digest(value)
+    """One path's side of the record. An output that cannot be hashed (a cycle, keys
+    JSON has no name for, a ``repr`` that raises) leaves ``output_sha256`` and
+    ``output_bytes`` null and says why in ``render_error``, counted (``render_output``);
+    so does one that was not recorded at all (``why``)."""
+    sha = size = None
+    if value is not NOT_RECORDED:
+        try:
+            sha, size = digest(value)
+        except Exception as exc:  # the record is still written, without the digest
+            on_error("render_output", exc)
+            why, value = f"not rendered: {describe(exc)}", NOT_RECORDED
     side: dict[str, Any] = {
         "ok": obs.ok,
         "latency_ms": round(obs.latency_ms, 3),
@@ -219,10 +178,22 @@ def _side(
     if usage:
         side["usage"] = usage
     if capture is not None:
-        side["output"] = None if value is NOT_RECORDED else capture.text(value)
+        side["output"] = None if value is NOT_RECORDED else _captured(capture, value, on_error)
         if candidate:
             side["prompt"] = capture.text(obs.prompt)
+    if why is not None:
+        side["render_error"] = why
     return side
+
+
+def _captured(capture: Capture, value: Any, on_error: OnError) -> str | None:
+    # The digest above rendered it already; a value that still fails here (a repr that
+    # raises only sometimes) is left out and counted, and the record written.
+    try:
+        return capture.text(value)
+    except Exception as exc:
+        on_error("render_output", exc)
+        return None
 
 
 def _with_noise(
@@ -262,24 +233,69 @@ def is_soft_failure(value: Any) -> bool:
 
 def soft_failure_error(side: str, value: Any) -> str:
     """Why a side's value was a soft failure (the message of a ``SoftFailure``)."""
-    shown = repr(value) if value is None or len(repr(value)) <= 20 else type(value).__name__
+    try:
+        shown = repr(value)
+    except Exception:  # the value's own repr failing must not lose the record
+        shown = type(value).__name__
+    if value is not None and len(shown) > 20:
+        shown = type(value).__name__
     return f"{side} returned {shown}, which the call site counts as a failure"
+
+
+Side = tuple[Observation, Any, str | None]  # what a path did, its output, why none
+
+
+def _structure(site: CallSite, legacy: Side, candidate: Side, on_error: OnError) -> dict[str, Any]:
+    """The record's ``structure``: the comparator's verdict on two answered sides; null
+    when a side failed (its ``error`` says why), or, with ``error`` saying why, when an
+    output was not recorded or the comparator raised (counted, ``compare``)."""
+    if not (legacy[0].ok and candidate[0].ok):
+        return _NO_STRUCTURE.as_record()
+    missing = [
+        f"{name} output {why}"
+        for name, (_, value, why) in (("legacy", legacy), ("candidate", candidate))
+        if value is NOT_RECORDED
+    ]
+    if missing:
+        return {**_NO_STRUCTURE.as_record(), "error": "; ".join(missing)}
+    try:
+        return site.output.compare(legacy[1], candidate[1]).as_record()
+    except Exception as exc:
+        on_error("compare", exc)
+        return {**_NO_STRUCTURE.as_record(), "error": describe(exc)}
+
+
+_NO_STRUCTURE = Structure(None, None, None, None)
+
+
+def _model_name(name: Any) -> str | None:
+    """What ``legacy_model=`` read from legacy's output, if it is a name."""
+    if name is None or isinstance(name, str):
+        return name
+    raise TypeError(f"legacy_model returned a {type(name).__name__}, not a model name")
 
 
 def comparison_record(
     pending: Pending,
     names: ModelNames,
-    on_error: Callable[[str, BaseException], None],
+    on_error: OnError,
     capture: Capture | None = None,
 ) -> dict[str, Any]:
-    """The schema-1 ``shim.comparison`` record for one call."""
+    """The schema-1 ``shim.comparison`` record for one call.
+
+    Whatever the outputs are, the record is made: an output that was not recorded or
+    cannot be rendered says why in its side's ``render_error``; a comparison that could
+    not be made leaves ``structure.match`` null and says why in ``structure.error``.
+    Each of these is counted through ``on_error``."""
     site = pending.site
-    legacy_value = restore(pending.legacy.value)
-    candidate_value = restore(pending.candidate.value)
+    legacy_value, legacy_why = kept(pending.legacy.value, pending.legacy.ok, "legacy", on_error)
+    candidate_value, candidate_why = kept(
+        pending.candidate.value, pending.candidate.ok, "candidate", on_error
+    )
     legacy_model = pending.legacy.model
     if legacy_model is None and pending.legacy.ok and callable(site.legacy_model):
         try:
-            legacy_model = site.legacy_model(legacy_value)
+            legacy_model = _model_name(site.legacy_model(legacy_value))
         except Exception as exc:
             on_error("legacy_model", exc)
     legacy_usage = pending.legacy.usage
@@ -291,26 +307,24 @@ def comparison_record(
     legacy = replace(pending.legacy, model=legacy_model, usage=legacy_usage)
     if legacy.ok and legacy_value is not NOT_RECORDED and site.soft_failure is not None:
         try:
-            soft = site.soft_failure(legacy_value)
+            soft = bool(site.soft_failure(legacy_value))
         except Exception as exc:
             on_error("soft_failure", exc)
             soft = False
         if soft:  # legacy swallowed a failure into an empty value: never a match
             error = f"SoftFailure: {soft_failure_error('legacy', legacy_value)}"
             legacy = replace(legacy, ok=False, error=error)
-    if (
-        legacy.ok
-        and pending.candidate.ok
-        and legacy_value is not NOT_RECORDED
-        and candidate_value is not NOT_RECORDED
-    ):
-        try:
-            structure = site.output.compare(legacy_value, candidate_value)
-        except Exception as exc:
-            on_error("compare", exc)
-            structure = Structure(None, None, None, None)
-    else:
-        structure = Structure(None, None, None, None)
+    structure = _structure(
+        site,
+        (legacy, legacy_value, legacy_why),
+        (pending.candidate, candidate_value, candidate_why),
+        on_error,
+    )
+    try:
+        compared = _with_noise(structure, site, legacy_value, pending, on_error)
+    except Exception as exc:  # a comparator's diff that is not text: keep the record
+        on_error("compare", exc)
+        compared = structure
     ratio = None
     if legacy.ok and pending.candidate.ok and legacy.latency_ms > 0:
         ratio = round(pending.candidate.latency_ms / legacy.latency_ms, 4)
@@ -321,8 +335,22 @@ def comparison_record(
             "call_id": uuid.uuid4().hex,
             "stage": pending.stage,
             "served_by": pending.served_by,
-            "legacy": _side(legacy, legacy_value, candidate=False, capture=capture),
-            "candidate": _side(pending.candidate, candidate_value, candidate=True, capture=capture),
+            "legacy": _side(
+                legacy,
+                legacy_value,
+                candidate=False,
+                on_error=on_error,
+                why=legacy_why,
+                capture=capture,
+            ),
+            "candidate": _side(
+                pending.candidate,
+                candidate_value,
+                candidate=True,
+                on_error=on_error,
+                why=candidate_why,
+                capture=capture,
+            ),
             "model": names.check(
                 site.name,
                 legacy_model,
@@ -330,7 +358,7 @@ def comparison_record(
                 pending.candidate.service_type,
                 site.expected_model,
             ).as_record(),
-            "structure": _with_noise(structure.as_record(), site, legacy_value, pending, on_error),
+            "structure": compared,
             "latency_ratio": ratio,
         }
     )

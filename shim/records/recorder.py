@@ -8,6 +8,7 @@ are counted per task and reason and written as aggregated ``shim.dropped`` recor
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import structlog
 
 from shim.comparators import ModelNames
 from shim.records.capture import Capture
-from shim.records.observe import Pending, comparison_record, envelope
+from shim.records.observe import CallSite, Pending, comparison_record, envelope
 from shim.records.sinks import PartialWrite, RecordSink
 
 __all__ = ["Recorder"]
@@ -59,9 +60,18 @@ def _order(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mapping[str
     return ordered
 
 
+def _repr(obj: Any) -> str:
+    # What the encoders write for a value JSON has no form for; a repr that raises
+    # leaves the type's name, so one odd field does not cost the whole record.
+    try:
+        return repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__}>"
+
+
 # For what pydantic-core cannot encode (a lone surrogate, say): escaped to ASCII, so
 # the line can be written as UTF-8. One encoder: json.dumps with options makes one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=repr)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_repr)
 
 
 def _dumps(obj: Any, **_: Any) -> str:
@@ -69,15 +79,25 @@ def _dumps(obj: Any, **_: Any) -> str:
     # time (2.4 against 7.6 us for a comparison record), and NaN and infinities as null,
     # which keeps every line valid JSON.
     try:
-        return pydantic_core.to_json(obj, fallback=repr, inf_nan_mode="null").decode()
+        return pydantic_core.to_json(obj, fallback=_repr, inf_nan_mode="null").decode()
     except pydantic_core.PydanticSerializationError:
         return _ENCODER.encode(obj)
+
+
+def _names(record: Any) -> tuple[str, str]:
+    """The product and task a record is about, as text ("" when it names none)."""
+    if not isinstance(record, Mapping):
+        return "", ""
+    product, task = record.get("product"), record.get("task")
+    return (product if isinstance(product, str) else ""), (task if isinstance(task, str) else "")
 
 
 _STOP = object()
 _FLUSH = "flush"
 
 ErrorHook = Callable[[str, BaseException], None]
+#: ``(site, operation, exc)``: a failure tied to one call site's comparison.
+SiteErrorHook = Callable[[CallSite, str, BaseException], None]
 
 
 class Recorder:
@@ -101,8 +121,12 @@ class Recorder:
         secrets: tuple[str, ...] = (),
         capture: Capture | None = None,
         observe: Callable[[Mapping[str, Any]], None] | None = None,
+        on_site_error: SiteErrorHook | None = None,
     ) -> None:
         self.sink = sink
+        # Told of failures while a call site's comparison is made into a record (its
+        # own legacy_model=, soft_failure=, ... or a comparator), with the call site.
+        self._on_site_error = on_site_error
         self._observe = observe  # told of every record as it is written (metrics)
         self.names = names
         self.capacity = capacity
@@ -134,17 +158,20 @@ class Recorder:
         self._failing_since: float | None = None
         self._retry_at = 0.0
         self._closed = False
+        self._done = False  # the last drop counts are written: nothing more will be
+        self._told_late = False
         self._thread = threading.Thread(target=self._run, name="shim-recorder", daemon=True)
         self._thread.start()
 
     # -- producers (any thread) ----------------------------------------------------
 
     def comparison(self, pending: Pending) -> None:
-        """Queue a finished comparison; counted as dropped if the recorder is full."""
+        """Queue a finished comparison; counted as dropped if the recorder is full
+        (``recorder_full``) or closing (``shutdown``)."""
         if self._admit():
             self._queue.put(pending)
         else:
-            self.dropped(pending.site.product, pending.site.task, "recorder_full")
+            self.dropped(pending.site.product, pending.site.task, self._refusal())
 
     def event(self, event: str, product: str | None, task: str | None, **fields: Any) -> None:
         """Queue any other record (``shim.breaker``, ``shim.flags``, ...)."""
@@ -157,12 +184,31 @@ class Recorder:
         elif self._admit():
             self._queue.put(record)
         else:
-            self.dropped(product or "", task or "", "recorder_full")
+            self.dropped(product or "", task or "", self._refusal())
 
     def dropped(self, product: str, task: str, reason: str, count: int = 1) -> None:
-        """Count comparisons that will not happen; written as ``shim.dropped``."""
+        """Count comparisons that will not happen; written as ``shim.dropped``. After
+        the recorder has written its last drop counts (closed), nothing more can be
+        written: what comes then is counted in ``lost`` and reported once."""
         with self._lock:
-            self._drops[(product, task, reason)] += count
+            if not self._done:
+                self._drops[(product, task, reason)] += count
+                return
+            self.lost += count
+            first, self._told_late = not self._told_late, True
+        if first:
+            _log.warning(
+                "task-shim: records made after the Shim was closed are not in the log "
+                "(the first: %s, %s.%s), only counted in stats()['records_lost']; close() "
+                "waits for what was queued before it: on an event loop that runs on, "
+                "await s.aflush() or s.aclose() instead",
+                reason,
+                product,
+                task,
+            )
+
+    def _refusal(self) -> str:
+        return "shutdown" if self._closed else "recorder_full"
 
     def _admit(self) -> bool:
         with self._lock:
@@ -215,6 +261,9 @@ class Recorder:
             now = time.monotonic()
             if stop or waiter is not None or now >= next_drops:
                 if self._failing_since is None or stop:  # while failing, counts wait
+                    if stop:
+                        with self._lock:
+                            self._done = True  # from here, drops are counted as lost
                     self._render_drops()
                 next_drops = now + self.flush_interval
             self._write(now, now=waiter is not None, final=stop)
@@ -224,15 +273,30 @@ class Recorder:
                 return
 
     def _render(self, item: Any) -> None:
+        """Render one record into the batch. One that cannot be (a field no encoder
+        can write, such as a list that holds itself) is counted as dropped, reason
+        ``unrenderable``, and reported: never lost without a trace."""
+        record: Any = None
         try:
             if isinstance(item, Pending):
-                record = comparison_record(item, self.names, self._on_error, self.capture)
+                on_error = self._on_error
+                if self._on_site_error is not None:
+                    on_error = functools.partial(self._on_site_error, item.site)
+                record = comparison_record(item, self.names, on_error, self.capture)
             else:
                 record = item
-            self._seen(record)
-            self._log.info(record.pop("event"), **record)
+            event = record.pop("event")
+            self._log.info(event, **record)
         except Exception as exc:
+            if isinstance(item, Pending):
+                product, task = item.site.product, item.site.task
+            else:
+                product, task = _names(item)
+            self.dropped(product, task, "unrenderable")
             self._on_error("render", exc)
+            return
+        record["event"] = event
+        self._seen(record)
 
     def _seen(self, record: Mapping[str, Any]) -> None:
         if self._observe is not None:

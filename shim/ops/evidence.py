@@ -1,0 +1,209 @@
+"""Promotion evidence: what the comparisons of a task's CURRENT stage say, and for how
+long they have been coming.
+
+Serving more of a task needs the report's verdict to be PROMOTE over the comparisons
+made in the stage the task is in now, since it last changed setting (the last
+``shim.promote``, ``shim.rollback`` or ``shim.rollout`` record for it in the logs), and
+those comparisons must span the policy's ``min_soak`` seconds, first to last. Evidence
+from an earlier stage, or from before the last change, says nothing about this one.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from shim.analysis.policy import Policy
+from shim.base.errors import ShimError
+
+__all__ = ["CHANGE_EVENTS", "Evidence", "EvidenceError", "stage_evidence"]
+
+#: The records that say a task changed setting.
+CHANGE_EVENTS = ("shim.promote", "shim.rollback", "shim.rollout")
+
+
+class EvidenceError(ShimError):
+    """The evidence logs cannot be read (exit 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """The current stage's evidence for one task, against its gates."""
+
+    task: str
+    stage: str
+    #: ts of the task's last change in the logs (None: the logs hold none)
+    since: str | None
+    verdict: str
+    reasons: tuple[str, ...]
+    n: int
+    #: seconds from the first to the last comparison of the stage since ``since``
+    soak_s: float
+    min_soak: float
+    min_pairs: int
+
+    @property
+    def soaked(self) -> bool:
+        """The comparisons span ``min_soak`` (always, when it is 0)."""
+        return self.soak_s >= self.min_soak
+
+    @property
+    def ok(self) -> bool:
+        """PROMOTE, and soaked."""
+        return self.verdict == "PROMOTE" and self.soaked
+
+    def refusals(self) -> list[str]:
+        """Why this evidence does not promote, one line each (empty when it does)."""
+        since = f"since {self.since} (its last change)" if self.since else "in the evidence"
+        if not self.n:
+            return [
+                f"no comparisons of this task in stage {self.stage} {since}: it needs "
+                f"{self.min_pairs} pairs compared in this stage over at least "
+                f"{_whole(self.min_soak)}"
+            ]
+        lines = [] if self.verdict == "PROMOTE" else list(self.reasons)
+        if not self.soaked:
+            line = (
+                f"soaked {_span(self.soak_s)} of {_whole(self.min_soak)} in stage "
+                f"{self.stage}, first to last comparison {since}: soak "
+                f"{_more(self.min_soak - self.soak_s)} more"
+            )
+            if self.n < self.min_pairs:
+                line += f", and compare {self.min_pairs - self.n} more pairs ({self.n} so far)"
+            lines.append(line)
+        return lines
+
+    def summary(self) -> dict[str, Any]:
+        """What the ``shim.promote`` record says of its evidence."""
+        return {
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "n": self.n,
+            "stage": self.stage,
+            "since": self.since,
+            "soak_s": round(self.soak_s, 3),
+            "min_soak": self.min_soak,
+        }
+
+
+def stage_evidence(
+    task: str,
+    stage: str,
+    logs: Sequence[str],
+    policy: Policy,
+    *,
+    changes_log: Path | None = None,
+) -> Evidence:
+    """The evidence in ``logs`` for ``task`` in ``stage``. The task's last change is
+    looked for in ``logs`` and in ``changes_log`` (where promote and rollback write
+    their records, when that is another file)."""
+    from shim.analysis.report import build_report
+
+    gates = policy.for_task(task)
+    with _readable(logs) as files:
+        extra = [str(changes_log)] if changes_log is not None and changes_log.is_file() else []
+        since, first, last = _window(task, stage, files, sorted({*files, *extra}))
+        report = build_report(files, policy=policy, task=task, since=since, stage=stage)
+    found = next((t for t in report["tasks"] if t["task"] == task), None)
+    soak = 0.0
+    if first is not None and last is not None:
+        try:
+            soak = (_parse(last) - _parse(first)).total_seconds()
+        except ValueError:  # a ts that is not ISO 8601: no soak can be shown
+            soak = 0.0
+    return Evidence(
+        task=task,
+        stage=stage,
+        since=since,
+        verdict=found["verdict"] if found else "HOLD",
+        reasons=tuple(found["reasons"]) if found else (),
+        n=int(found["n"]) if found else 0,
+        soak_s=soak,
+        min_soak=gates.min_soak,
+        min_pairs=gates.min_pairs,
+    )
+
+
+_COLUMNS = "{'event': 'VARCHAR', 'schema': 'INTEGER', 'ts': 'VARCHAR', 'product': 'VARCHAR', 'task': 'VARCHAR', 'stage': 'VARCHAR'}"  # noqa: E501
+
+
+def _window(
+    task: str, stage: str, evidence: Sequence[str], everything: Sequence[str]
+) -> tuple[str | None, str | None, str | None]:
+    """(the task's last change, its first and last comparison in ``stage`` after it).
+    Two narrow DuckDB scans, a few columns each: cheap next to the report's own."""
+    import duckdb
+
+    product, _, name = task.partition(".")
+    source = (
+        "SELECT event, ts, stage FROM read_ndjson(?, ignore_errors=true, "
+        f"columns={_COLUMNS}) WHERE schema = 1 AND product = ? AND task = ?"
+    )
+    events = "(" + ", ".join(f"'{e}'" for e in CHANGE_EVENTS) + ")"
+    try:
+        con = duckdb.connect()
+        row = con.execute(
+            f"SELECT max(ts) FROM ({source}) WHERE event IN {events}",
+            [list(everything), product, name],
+        ).fetchone()
+        since = row[0] if row else None
+        row = con.execute(
+            f"SELECT min(ts), max(ts) FROM ({source}) WHERE event = 'shim.comparison' "
+            "AND stage = ? AND (?::VARCHAR IS NULL OR ts > ?)",
+            [list(evidence), product, name, stage, since, since],
+        ).fetchone()
+    except duckdb.Error as exc:
+        raise EvidenceError(f"cannot read the evidence: {exc}") from None
+    first, last = (row[0], row[1]) if row else (None, None)
+    return since, first, last
+
+
+@contextmanager
+def _readable(logs: Sequence[str]) -> Iterator[list[str]]:
+    """The files behind ``logs`` (globs expanded; ``-``, stdin, copied to a temporary
+    file, as it is read twice); EvidenceError for one that matches nothing."""
+    files: list[str] = []
+    temps: list[str] = []
+    try:
+        for item in logs:
+            if item == "-":
+                fd, tmp = tempfile.mkstemp(suffix=".jsonl")
+                temps.append(tmp)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(sys.stdin.buffer.read())
+                files.append(tmp)
+                continue
+            matched = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
+            if not matched or not all(Path(m).is_file() for m in matched):
+                raise EvidenceError(f"{item}: no such evidence log")
+            files += matched
+        yield files
+    finally:
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _parse(ts: str) -> datetime:
+    return datetime.fromisoformat(ts)
+
+
+def _span(seconds: float) -> str:
+    whole = int(max(seconds, 0))
+    return f"{whole // 60} min {whole % 60} s" if whole >= 60 else f"{whole} s"
+
+
+def _whole(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else _span(seconds)
+
+
+def _more(seconds: float) -> str:
+    return f"{math.ceil(seconds / 60)} min" if seconds >= 60 else f"{math.ceil(seconds)} s"
