@@ -4,44 +4,40 @@ a time.
 Unleash has no transaction over several flags and no ``If-Match`` on its Admin API, so
 a change is made safe in two layers:
 
-- Between shim processes, a lock: the feature ``shim.ops.lock``. Creating a feature
-  whose name exists fails (409), so whoever creates it holds the lock; releasing it
-  archives and deletes it. Its description says who holds it and until when (``ttl``);
-  a lock past that time was left by a process that died, and is broken.
+- Between shim processes, a lock: the feature ``shim.ops.lock``, held for a lease the
+  holder renews while it works (:mod:`._admin_lock`).
 - Against edits outside shim (the UI, another tool), which take no lock: each rollout
   is written with a JSON Patch that first tests the rollout read (Unleash applies the
-  patch only if the test passes), and after writing, the tasks are read again. If
-  anything differs from what was planned, the plan runs again from what is there, up
-  to ``attempts`` times. The on/off switch of an environment has no such test: an edit
-  of it that lands between the write and the check is caught by the check, one that
-  lands after it is not (it is a later edit, and ``shim status`` shows it).
+  patch only if the test passes), and after writing, the tasks are read again. If a
+  test fails, or the read-back differs from the plan, shim first puts back what it
+  wrote in this attempt (each rollout by a tested patch from its value to the one read,
+  so a later edit is never undone), then reads and plans again, up to ``attempts``
+  times. A change is thus always planned from flags that hold none of shim's own
+  unrecorded writes, and one command never climbs two rungs. A failure part-way (the
+  server stops answering) puts back what was written too, and says so. The on/off
+  switch of an environment has no such test: an edit of it that lands between the
+  write and the check is caught by the check, one that lands after it is not (it is a
+  later edit, and ``shim status`` shows it).
 """
 
 from __future__ import annotations
 
-import contextlib
-import getpass
-import json
-import os
-import socket
-import time
-import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
-from shim.base.errors import ShimError
+from shim.base.errors import ConfigError, Problem, ShimError
 
+from ._admin_http import AdminApi, failed_test
+from ._admin_lock import LOCK_FLAG, AdminLock, Lease, LockLost
 from ._change import Change, Plan, Setting, changes_from, setting_of
 from ._model import KILL_SWITCH, FlagState, TaskFlags
 from ._rules import serve_flag, shadow_flag
 
 __all__ = ["LOCK_FLAG", "UnleashAdminStore"]
-
-#: The feature that, while it exists, says a shim process is changing flags.
-LOCK_FLAG = "shim.ops.lock"
 
 
 class _Conflict(Exception):
@@ -62,15 +58,35 @@ class _Flag:
 
     @property
     def percent(self) -> int:
-        """What the flag serves: its rollout when enabled (100 without a strategy)."""
+        """What the flag serves: its rollout when enabled (100 without a strategy);
+        ValueError when that rollout is no percentage."""
         if not self.enabled:
             return 0
-        return 100 if self.strategy is None else int(float(self.rollout or 0))
+        if self.strategy is None:
+            return 100
+        try:
+            percent = int(float(self.rollout or 0))
+        except (ValueError, OverflowError):
+            raise ValueError(f"rollout {self.rollout!r} is not a percentage") from None
+        if not 0 <= percent <= 100:
+            raise ValueError(f"rollout {self.rollout!r} is not a percentage from 0 to 100")
+        return percent
 
     @property
     def stickiness(self) -> str:
         params = (self.strategy or {}).get("parameters", {})
         return str(params.get("stickiness") or "default")
+
+
+@dataclass(frozen=True, slots=True)
+class _Wrote:
+    """One write of an attempt, with what puts it back."""
+
+    flag: str
+    what: str  # "create", "strategy", "rollout" or "switch"
+    old: Any = None  # the rollout (str) or the switch (bool) as read
+    new: Any = None
+    strategy_id: str | None = None
 
 
 class UnleashAdminStore:
@@ -80,7 +96,8 @@ class UnleashAdminStore:
     Missing flags are created with one flexibleRollout strategy (``groupId`` = flag
     name); 0 % disables the flag in ``environment``, more enables it. ``lock_timeout``
     is how long :meth:`update` waits for another process's change to finish;
-    ``lock_ttl`` how long a lock is honoured before it counts as abandoned.
+    ``lock_ttl`` the lease of the lock, renewed while a change runs, after which an
+    unrenewed lock counts as abandoned.
     """
 
     def __init__(
@@ -95,61 +112,21 @@ class UnleashAdminStore:
         lock_ttl: float = 60.0,
         attempts: int = 5,
     ) -> None:
-        base = url.rstrip("/").removesuffix("/api")
-        self.description = f"Unleash {base} ({environment})"
+        self._api = AdminApi(url, admin_token, environment=environment, project=project, http=http)
+        self._lock = AdminLock(self._api, timeout=lock_timeout, ttl=lock_ttl)
+        self.description = self._api.description
         self.environment = environment
         self.lock_timeout = lock_timeout
         self.lock_ttl = lock_ttl
         self.attempts = attempts
-        self._project = f"/api/admin/projects/{project}/features"
-        self._http = http or httpx.Client(
-            base_url=base, timeout=10.0, headers={"Authorization": admin_token}
-        )
 
     # -- reading ----------------------------------------------------------------------
 
     def read(self, tasks: Collection[str] | None = None) -> FlagState:
         """Every task with a serve or shadow flag in the project, or only ``tasks``
-        (two requests per task, so naming them is much quicker on a busy server)."""
-        return self._read(tasks)[0]
-
-    def _read(self, tasks: Collection[str] | None) -> tuple[FlagState, dict[str, _Flag]]:
-        if tasks is None:
-            reply = self._call("GET", self._project)
-            self._ok(reply, "list flags")
-            names = [f["name"] for f in reply.json().get("features", [])]
-            tasks = sorted(
-                {n.rsplit(".", 1)[0] for n in names if n.endswith((".serve", ".shadow"))}
-            )
-        raw: dict[str, _Flag] = {}
-        found: dict[str, TaskFlags] = {}
-        for task in tasks:
-            serve = raw[serve_flag(task)] = self._flag(serve_flag(task))
-            shadow = raw[shadow_flag(task)] = self._flag(shadow_flag(task))
-            if not (serve.exists or shadow.exists):
-                continue
-            try:
-                found[task] = TaskFlags(
-                    serve=serve.percent, shadow=shadow.percent, stickiness=serve.stickiness
-                )
-            except ValueError:
-                continue
-        kill = self._flag(KILL_SWITCH)
-        return FlagState(found, kill=kill.percent >= 100), raw
-
-    def _flag(self, name: str) -> _Flag:
-        reply = self._call("GET", f"{self._project}/{name}")
-        if reply.status_code == 404:
-            return _Flag()
-        self._ok(reply, f"read {name}")
-        for env in reply.json().get("environments", []):
-            if env.get("name") == self.environment:
-                rollout = next(
-                    (s for s in env.get("strategies", []) if s.get("name") == "flexibleRollout"),
-                    None,
-                )
-                return _Flag(True, bool(env.get("enabled")), rollout)
-        return _Flag(True)
+        (two requests per task, so naming them is much quicker on a busy server).
+        ConfigError, naming the flag, when a task's flag says no percentage."""
+        return _Session(self._api, None).read(tasks)[0]
 
     # -- changing ---------------------------------------------------------------------
 
@@ -160,142 +137,238 @@ class UnleashAdminStore:
         tasks: Collection[str] | None = None,
         on_applied: Callable[[list[Change]], None] | None = None,
     ) -> list[Change]:
-        """Under the lock: read, plan, write each rollout conditionally, read back; plan
-        again from what is there when anything moved underneath."""
-        with self._locked():
+        """Under the lock: read, plan, write each rollout conditionally, read back. When
+        anything moved underneath, put back what this attempt wrote, then read and plan
+        again."""
+        with self._lock.held() as lease:
+            session = _Session(self._api, lease)
             for _ in range(self.attempts):
-                state, raw = self._read(tasks)
+                state, raw = session.read(tasks)
                 changes = changes_from(state, plan(state))
                 if not changes:
                     return []
+                wrote: list[_Wrote] = []
                 try:
                     for change in changes:
-                        self._set(serve_flag(change.task), change.after.serve, raw)
-                        self._set(shadow_flag(change.task), change.after.shadow, raw)
+                        session.set(serve_flag(change.task), change.after.serve, raw, wrote)
+                        session.set(shadow_flag(change.task), change.after.shadow, raw, wrote)
+                    after, _ = session.read([c.task for c in changes])
                 except _Conflict:
+                    _put_back(session, wrote)
                     continue
-                after, _ = self._read([c.task for c in changes])
+                except LockLost as exc:
+                    # Not ours to put back: the new holder may have planned from it.
+                    raise LockLost(f"{exc}{_left(wrote)}") from None
+                except BaseException as exc:
+                    left = _put_back_quietly(session, wrote)
+                    if type(exc) is ShimError:
+                        raise ShimError(f"{exc}; {left}") from None
+                    raise
                 if all(setting_of(after, c.task) == c.after for c in changes):
                     if on_applied is not None:
                         on_applied(changes)
                     return changes
+                _put_back(session, wrote)
         raise ShimError(
             f"{self.description}: the flags kept changing while shim changed them "
-            f"({self.attempts} attempts); is someone editing them by hand? Check them "
-            "with `shim status`, then run the command again"
+            f"({self.attempts} attempts; each time, what shim had written was put back); "
+            "is someone editing them by hand? Check them with `shim status`, then run "
+            "the command again"
         )
 
     def apply(self, changes: Mapping[str, Setting]) -> None:
         """Set both flags of each task, whatever they were."""
         self.update(lambda _state: changes, tasks=list(changes))
 
-    def _set(self, name: str, percent: int, raw: Mapping[str, _Flag]) -> None:
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._api.close()
+
+
+def _put_back(session: _Session, wrote: list[_Wrote]) -> None:
+    """Put back what was written before planning again; an error says what is left."""
+    try:
+        session.put_back(wrote)
+    except ShimError as exc:
+        raise type(exc)(f"{exc}; shim was putting back its own writes{_left(wrote)}") from None
+
+
+def _put_back_quietly(session: _Session, wrote: list[_Wrote]) -> str:
+    """Put back what was written, for an error message: what became of it."""
+    if not wrote:
+        return "nothing had been written"
+    try:
+        session.put_back(wrote)
+    except ShimError as exc:
+        return f"what shim had written could not be put back ({exc}){_left(wrote)}"
+    return "what shim had written of this change was put back"
+
+
+def _left(wrote: list[_Wrote]) -> str:
+    """What of this attempt is still written, for an error message."""
+    if not wrote:
+        return ""
+    done = ", ".join(f"{w.flag} {_said(w)}" for w in wrote)
+    return f"; written and not recorded: {done}; check `shim status`"
+
+
+def _said(wrote: _Wrote) -> str:
+    if wrote.what == "create":
+        return "created"
+    if wrote.what == "strategy":
+        return f"rollout {wrote.new} % added"
+    if wrote.what == "rollout":
+        return f"rollout {wrote.old} -> {wrote.new} %"
+    return "switched on" if wrote.new else "switched off"
+
+
+class _Session:
+    """Reads and writes of one store, under ``lease`` (None: no lock, reads only):
+    every request first keeps the lease."""
+
+    def __init__(self, api: AdminApi, lease: Lease | None) -> None:
+        self._api = api
+        self._lease = lease
+        self._features = api.features
+
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        if self._lease is not None:
+            self._lease.keep()
+        return self._api.call(method, path, **kw)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def read(self, tasks: Collection[str] | None) -> tuple[FlagState, dict[str, _Flag]]:
+        if tasks is None:
+            reply = self.call("GET", self._features)
+            self._api.ok(reply, "list flags")
+            names = [f["name"] for f in reply.json().get("features", [])]
+            tasks = sorted(
+                {n.rsplit(".", 1)[0] for n in names if n.endswith((".serve", ".shadow"))}
+            )
+        raw: dict[str, _Flag] = {}
+        found: dict[str, TaskFlags] = {}
+        for task in tasks:
+            serve = raw[serve_flag(task)] = self._flag(serve_flag(task))
+            shadow = raw[shadow_flag(task)] = self._flag(shadow_flag(task))
+            if serve.exists or shadow.exists:
+                found[task] = self._task_flags(task, serve, shadow)
+        kill = self._flag(KILL_SWITCH)
+        return FlagState(found, kill=_full(kill)), raw
+
+    def _task_flags(self, task: str, serve: _Flag, shadow: _Flag) -> TaskFlags:
+        """The task's flags; ConfigError naming the flag that says no percentage (a task
+        left out would read as serving nothing while it may serve)."""
+        percents = {}
+        for name, flag in ((serve_flag(task), serve), (shadow_flag(task), shadow)):
+            try:
+                percents[name] = flag.percent
+            except ValueError as exc:
+                raise self._problem(name, f"{exc}; fix the flag in Unleash") from None
+        try:
+            return TaskFlags(
+                serve=percents[serve_flag(task)],
+                shadow=percents[shadow_flag(task)],
+                stickiness=serve.stickiness,
+            )
+        except ValidationError:
+            raise self._problem(
+                serve_flag(task),
+                f"stickiness {serve.stickiness!r} is not a context field name; fix the "
+                "flag in Unleash",
+            ) from None
+
+    def _problem(self, flag: str, message: str) -> ConfigError:
+        return ConfigError([Problem(self._api.description, None, flag, message)])
+
+    def _flag(self, name: str) -> _Flag:
+        reply = self.call("GET", f"{self._features}/{name}")
+        if reply.status_code == 404:
+            return _Flag()
+        self._api.ok(reply, f"read {name}")
+        for env in reply.json().get("environments", []):
+            if env.get("name") == self._api.environment:
+                rollout = next(
+                    (s for s in env.get("strategies", []) if s.get("name") == "flexibleRollout"),
+                    None,
+                )
+                return _Flag(True, bool(env.get("enabled")), rollout)
+        return _Flag(True)
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _env(self, name: str) -> str:
+        return f"{self._features}/{name}/environments/{self._api.environment}"
+
+    def set(self, name: str, percent: int, raw: Mapping[str, _Flag], wrote: list[_Wrote]) -> None:
+        """Write ``name`` at ``percent``, each write appended to ``wrote`` as it lands;
+        _Conflict when the flag is no longer as read."""
         read = raw.get(name, _Flag())
         if not read.exists:
-            reply = self._call("POST", self._project, json={"name": name, "type": "release"})
+            reply = self.call("POST", self._features, json={"name": name, "type": "release"})
             if reply.status_code == 409:
                 raise _Conflict(name)
-            self._ok(reply, f"create {name}")
-        path = f"{self._project}/{name}/environments/{self.environment}"
+            self._api.ok(reply, f"create {name}")
+            wrote.append(_Wrote(name, "create"))
+        path = self._env(name)
         if read.strategy is None:
             params = {"rollout": str(percent), "stickiness": "default", "groupId": name}
             body = {"name": "flexibleRollout", "parameters": params, "constraints": []}
-            self._ok(
-                self._call("POST", f"{path}/strategies", json=body), f"add a rollout to {name}"
-            )
+            reply = self.call("POST", f"{path}/strategies", json=body)
+            self._api.ok(reply, f"add a rollout to {name}")
+            wrote.append(_Wrote(name, "strategy", None, percent, str(reply.json().get("id"))))
         elif read.rollout != str(percent):
-            # The test makes the write conditional: Unleash refuses the whole patch when
-            # the rollout is no longer the one this plan was made from.
-            patch = [
-                {"op": "test", "path": "/parameters/rollout", "value": read.rollout},
-                {"op": "replace", "path": "/parameters/rollout", "value": str(percent)},
-            ]
-            reply = self._call("PATCH", f"{path}/strategies/{read.strategy['id']}", json=patch)
-            if reply.status_code == 404 or "TEST_OPERATION_FAILED" in reply.text:
+            if not self._swap_rollout(name, read.strategy["id"], read.rollout, str(percent)):
                 raise _Conflict(name)
-            self._ok(reply, f"set {name} to {percent} %")
+            wrote.append(_Wrote(name, "rollout", read.rollout, str(percent), read.strategy["id"]))
         if not read.exists or read.enabled != (percent > 0):
-            switch = "on" if percent > 0 else "off"
-            self._ok(self._call("POST", f"{path}/{switch}"), f"switch {name} {switch}")
+            self._switch(name, percent > 0)
+            wrote.append(_Wrote(name, "switch", read.enabled, percent > 0))
 
-    # -- the lock ---------------------------------------------------------------------
+    def _swap_rollout(self, name: str, strategy_id: str, old: str | None, new: str) -> bool:
+        # The test makes the write conditional: Unleash refuses the whole patch when the
+        # rollout is no longer ``old``.
+        patch = [
+            {"op": "test", "path": "/parameters/rollout", "value": old},
+            {"op": "replace", "path": "/parameters/rollout", "value": new},
+        ]
+        reply = self.call("PATCH", f"{self._env(name)}/strategies/{strategy_id}", json=patch)
+        if failed_test(reply):
+            return False
+        self._api.ok(reply, f"set {name} to {new} %")
+        return True
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        me = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            holder = {"holder": me, "expires": time.time() + self.lock_ttl}
-            body = {"name": LOCK_FLAG, "type": "operational", "description": json.dumps(holder)}
-            reply = self._call("POST", self._project, json=body)
-            if reply.status_code < 300:
-                break
-            if reply.status_code != 409:
-                self._ok(reply, f"take the lock {LOCK_FLAG}")
-            held = self._holder()
-            if held is None:
-                # Archived, not yet deleted: a lock being released (or left half-released
-                # by a process that died); deleting it from the archive is always safe.
-                self._call("DELETE", f"/api/admin/archive/{LOCK_FLAG}")
-            elif float(held.get("expires", 0)) < time.time():
-                self._drop(held)  # abandoned: its holder would have released it by now
-            elif time.monotonic() > deadline:
-                until = time.strftime("%H:%M:%S", time.localtime(float(held["expires"])))
-                raise ShimError(
-                    f"{self.description}: another change holds the lock (feature "
-                    f"{LOCK_FLAG}, held by {held.get('holder')}); try again. If that "
-                    f"process died, the lock lapses at {until}"
-                )
-            else:
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            self._drop(holder)
+    def _switch(self, name: str, on: bool) -> None:
+        switch = "on" if on else "off"
+        self._api.ok(self.call("POST", f"{self._env(name)}/{switch}"), f"switch {name} {switch}")
 
-    def _holder(self) -> dict[str, Any] | None:
-        reply = self._call("GET", f"{self._project}/{LOCK_FLAG}")
-        if reply.status_code == 404:
-            return None
-        self._ok(reply, f"read the lock {LOCK_FLAG}")
-        try:
-            held = json.loads(reply.json().get("description") or "{}")
-        except ValueError:
-            held = {}
-        return held if isinstance(held, dict) else {}
+    def put_back(self, wrote: list[_Wrote]) -> None:
+        """Undo ``wrote``, newest first, each only while it is still what shim wrote: a
+        rollout by a tested patch back to the value read (a later edit is kept); a
+        switch back to its old state (with two states, one changed since is there
+        already); a strategy or a flag shim added, removed. Empties ``wrote``."""
+        while wrote:
+            step = wrote[-1]
+            if step.what == "rollout" and step.strategy_id is not None:
+                self._swap_rollout(step.flag, step.strategy_id, step.new, step.old)
+            elif step.what == "switch":
+                self._switch(step.flag, bool(step.old))
+            elif step.what == "strategy":
+                reply = self.call("DELETE", f"{self._env(step.flag)}/strategies/{step.strategy_id}")
+                if reply.status_code != 404:
+                    self._api.ok(reply, f"remove the rollout shim added to {step.flag}")
+            elif step.what == "create":
+                # Switched off already (steps are undone newest first), so a flag that
+                # cannot be removed serves nothing.
+                self.call("DELETE", f"{self._features}/{step.flag}")  # archives it ...
+                self.call("DELETE", f"/api/admin/archive/{step.flag}")  # ... removes it
+            wrote.pop()
 
-    def _drop(self, holder: Mapping[str, Any]) -> None:
-        """Release the lock if ``holder`` still holds it (a lock broken as abandoned and
-        taken by another process is theirs now)."""
-        current = self._holder()
-        if current is None or current.get("holder") != holder.get("holder"):
-            return
-        self._call("DELETE", f"{self._project}/{LOCK_FLAG}")  # archives it ...
-        self._call("DELETE", f"/api/admin/archive/{LOCK_FLAG}")  # ... and frees the name
 
-    # -- HTTP -------------------------------------------------------------------------
-
-    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            reply = self._http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise ShimError(
-                f"{self.description}: {type(exc).__name__}: {exc}; is the "
-                "server up and UNLEASH_URL right?"
-            ) from None
-        if reply.status_code in (401, 403):
-            raise ShimError(
-                f"{self.description} refused the admin token "
-                f"({reply.status_code}); check UNLEASH_ADMIN_TOKEN"
-            )
-        return reply
-
-    def _ok(self, reply: httpx.Response, what: str) -> None:
-        if reply.status_code >= 300:
-            raise ShimError(
-                f"{self.description}: cannot {what}: {reply.status_code} {reply.text[:200]}"
-            )
-
-    def close(self) -> None:
-        """Close the HTTP client."""
-        self._http.close()
+def _full(flag: _Flag) -> bool:
+    """The kill switch is on when it serves everyone (a rollout that reads as no
+    percentage counts as off: the switch is a flag like any other)."""
+    try:
+        return flag.percent >= 100
+    except ValueError:
+        return False

@@ -100,7 +100,12 @@ class FlagStore(Protocol):
         new settings from them, write them, and call ``on_applied`` with the changes
         (still under the lock, so records land in the order the changes did). Returns
         the changes written, each with the setting it replaced. ``tasks`` names the
-        tasks ``plan`` looks at, when the store can read fewer (None: all)."""
+        tasks ``plan`` looks at, when the store can read fewer (None: all).
+
+        A store that writes in several steps and must plan again (an edit outside shim
+        landed meanwhile) first puts back what it wrote: ``plan`` never sees the store's
+        own unrecorded writes, and one update applies one plan. When the update fails
+        part-way, it puts back what it wrote, or its error says what is left."""
         ...
 
     def apply(self, changes: Mapping[str, Setting]) -> None:

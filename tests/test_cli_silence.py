@@ -192,3 +192,59 @@ def test_watch_wait_follows_a_log_that_appears_later(tmp_path: Path) -> None:
             timer.cancel()
             proc.terminate()
             proc.wait(10)
+
+
+def test_watch_wait_once_waits_for_the_log_then_evaluates_it(tmp_path: Path) -> None:
+    """`--wait --once` used to print "waiting..." and exit 0 at once, having read nothing."""
+    log = tmp_path / "later.jsonl"
+    with subprocess.Popen(
+        [sys.executable, "-m", "shim", "watch", str(log), "--wait", "--once"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        timer = threading.Timer(30, proc.terminate)  # never hang the suite
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            assert "waiting for" in proc.stdout.readline()
+            assert proc.poll() is None, "still waiting for the log"
+            rows = stream(random.Random(4), 100, 400)
+            whole = tmp_path / "whole.jsonl"  # appears whole: --once reads what is there
+            whole.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            whole.rename(log)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            timer.cancel()
+    assert proc.returncode == 1, (out, err)
+    assert "BREACH kiwi.meal_plan" in err
+
+
+def test_watch_wait_gives_up_after_its_timeout_with_exit_2(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = runner.invoke(
+        app, ["watch", str(tmp_path / "never.jsonl"), "--wait", "--once", "--wait-timeout", "0.5"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "never.jsonl did not appear within 0.5 s" in result.output
+    assert time.monotonic() - started >= 0.5
+
+
+@pytest.mark.parametrize("extra", [[], ["--from-start"]])
+def test_watch_once_that_reads_no_comparison_is_exit_2(tmp_path: Path, extra: list[str]) -> None:
+    """An empty log, or one read from its end: nothing was evaluated, so no exit 0."""
+    log = tmp_path / "comparisons.jsonl"
+    log.write_text("" if extra else json.dumps(stream(random.Random(5), 10, 0)[0]) + "\n")
+    result = runner.invoke(app, ["watch", str(log), "--once", *extra])
+    assert result.exit_code == 2, result.output
+    assert "read no comparison records" in result.output
+    if not extra:
+        assert "--from-start" in result.output, "says how to read what is already there"
+
+
+def test_watch_once_says_what_it_evaluated(tmp_path: Path) -> None:
+    log = tmp_path / "comparisons.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in stream(random.Random(6), 300, 0)))
+    result = runner.invoke(app, ["watch", str(log), "--once", "--from-start"])
+    assert result.exit_code == 0, result.output
+    assert "read 300 comparison records of 1 task(s); no breach" in result.output

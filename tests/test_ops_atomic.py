@@ -380,3 +380,94 @@ def test_a_soaked_stage_with_enough_pairs_promotes(tmp_path: Path) -> None:
 def test_min_soak_defaults_to_ten_minutes_and_zero_turns_it_off() -> None:
     assert Policy().defaults.min_soak == 600
     assert Policy.model_validate({"defaults": {"min_soak": 0}}).defaults.min_soak == 0
+
+
+def test_a_canary_without_a_change_record_is_refused_and_names_the_log(tmp_path: Path) -> None:
+    """No promote/rollback record for the task in the evidence or --log: the canary
+    comparisons of every rung look alike (1 % and 5 %), so none of them may promote."""
+    records = comparisons("canary", T0, 600, timedelta(seconds=2))  # good, soaked, 1 % or 5 %?
+    path, log = evidence_setup(tmp_path, 5, records)
+    code, out = invoke("promote", TASK, "--flags", str(path), "--evidence", str(log))
+    assert code == 1, out
+    assert "refusing to promote kiwi.meal_plan" in out
+    assert "no shim.promote, shim.rollback or shim.rollout record" in out
+    assert "shim promote --log" in out and "--force" in out
+    assert flags.load_flags_file(path).tasks[TASK].serve == 5, "nothing promoted"
+    changes = tmp_path / "changes.jsonl"
+    code, out = invoke(
+        "promote",
+        TASK,
+        "--flags",
+        str(path),
+        "--evidence",
+        str(log),
+        "--force",
+        "--log",
+        str(changes),
+    )
+    assert code == 0, out
+    [forced] = rows(changes)
+    assert forced["forced"] is True and forced["to"]["serve"] == 25
+
+
+def test_shadow_without_a_change_record_uses_the_whole_stage_and_says_so(tmp_path: Path) -> None:
+    """A shadow stage is one rung: with no change record every shadow comparison counts,
+    and the output says which window that was."""
+    records = comparisons("shadow", T0, 600, timedelta(seconds=2))
+    path, log = evidence_setup(tmp_path, 0, records)
+    code, out = invoke("promote", TASK, "--flags", str(path), "--evidence", str(log))
+    assert code == 0, out
+    assert flags.load_flags_file(path).tasks[TASK].serve == 1
+    assert (
+        "evidence: 600 pairs in stage shadow, every one in the logs (no change record for "
+        "kiwi.meal_plan), 2026-11-26T12:00:00" in out
+    )
+
+
+def test_the_output_names_the_window_after_a_change(tmp_path: Path) -> None:
+    records = [change("shim.promote", T0, (0, 100), (1, 100))]
+    records += comparisons("canary", T0 + timedelta(seconds=1), 600, timedelta(seconds=2))
+    path, log = evidence_setup(tmp_path, 1, records)
+    code, out = invoke("promote", TASK, "--flags", str(path), "--evidence", str(log))
+    assert code == 0, out
+    assert "evidence: 600 pairs in stage canary since 2026-11-26T12:00:00" in out
+
+
+def test_two_operators_promoting_on_evidence_at_once_climb_one_rung(tmp_path: Path) -> None:
+    """What runbooks/rollout.md promises: the first to take the lock climbs; the second
+    finds the task moved, reads its evidence again for the new rung (none yet) and is
+    refused (exit 1). Two rungs would need --force."""
+    import typer
+
+    for round_ in range(5):
+        records = [change("shim.promote", T0, (0, 100), (1, 100))]
+        records += comparisons("canary", T0 + timedelta(seconds=1), 600, timedelta(seconds=2))
+        folder = tmp_path / str(round_)
+        folder.mkdir()
+        path, log = evidence_setup(folder, 1, records)
+        codes: list[int] = []
+
+        def run(path: Path = path, log: Path = log, codes: list[int] = codes) -> None:
+            try:
+                ramp.promote(
+                    TASK,
+                    serve=None,
+                    shadow=None,
+                    ramp="1,5,25,50,100",
+                    flags=path,
+                    log=log,
+                    assignments=None,
+                    evidence=[str(log)],
+                    policy=None,
+                    force=False,
+                    dry_run=False,
+                )
+                codes.append(0)
+            except typer.Exit as exc:
+                codes.append(exc.exit_code)
+
+        race([run, run])
+        assert sorted(codes) == [0, 1], f"round {round_}: one climbs, one is refused"
+        assert flags.load_flags_file(path).tasks[TASK].serve == 5, f"round {round_}"
+        [promoted] = [r for r in rows(log, "shim.promote") if r["from"]["serve"] == 1]
+        assert promoted["to"]["serve"] == 5

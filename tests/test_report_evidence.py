@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,11 @@ def write(path: Path, rows: list[dict[str, Any]]) -> Path:
 @pytest.fixture
 def unjudged_log(tmp_path: Path) -> Path:
     """1,500 pairs, all clean and fast, none structurally compared: the comparator
-    raised on each (as JsonOutput(schema=...) does without jsonschema)."""
+    raised on each (as JsonOutput(schema=...) does without jsonschema), and each is a
+    shim.error record of the task (operation ``compare``)."""
     rng = random.Random(3)
     rows = [unjudged("kiwi.meal_plan", rng) for _ in range(1500)]
-    rows += [shim_error(None, "compare", SCHEMA_ERROR) for _ in range(1500)]
+    rows += [shim_error("kiwi.meal_plan", "compare", SCHEMA_ERROR) for _ in range(1500)]
     return write(tmp_path / "unjudged.jsonl", rows)
 
 
@@ -302,3 +304,204 @@ def test_a_records_own_structure_error_is_the_example(tmp_path: Path) -> None:
     assert task["comparator_errors"] == 10
     assert task["comparator_error_example"] == "ValueError: circular reference"
     assert any("the comparator failed on 10: ValueError" in r for r in task["reasons"])
+
+
+def pair(
+    task: str, rng: random.Random, *, cand_ok: bool = True, match: bool = True
+) -> dict[str, Any]:
+    """One clean, fast pair (legacy ok), with the task path's outcome and the structure
+    verdict as given: planted exactly, not drawn."""
+    row = record(task, rng, legacy_err=0, cand_err=0, mismatch=0, speed=0.8)
+    row["candidate"]["ok"] = cand_ok
+    row["structure"]["match"] = match if cand_ok else None
+    row["structure"]["diff"] = None if match else ["$.x: missing in candidate"]
+    return row
+
+
+def test_a_comparator_failing_on_most_pairs_holds_never_promotes(tmp_path: Path) -> None:
+    """400 judged pairs are enough for the mismatch gate, but the 1,100 the comparator
+    could not judge make them a biased sample: HOLD (never ROLLBACK), naming the count,
+    the share, the limit and the first error; max_unjudged is a policy key."""
+    rng = random.Random(11)
+    rows = [pair("kiwi.meal_plan", rng) for _ in range(400)]
+    rows += [unjudged("kiwi.meal_plan", rng) for _ in range(1100)]
+    rows += [shim_error("kiwi.meal_plan", "compare", SCHEMA_ERROR) for _ in range(1100)]
+    log = write(tmp_path / "most.jsonl", rows)
+    [task] = build_report([str(log)])["tasks"]
+    assert task["verdict"] == "HOLD", task["reasons"]
+    [line] = [r for r in task["reasons"] if "could not judge" in r]
+    assert "1100 of 1500" in line and "73.33 %" in line and "1.00 %" in line, line
+    assert "max_unjudged" in line and SCHEMA_ERROR in line, line
+    assert "fix the comparator before promoting" in line, line
+    lenient = Policy(defaults=Gates(max_unjudged=0.8))
+    [task] = build_report([str(log)], policy=lenient)["tasks"]
+    assert task["verdict"] == "PROMOTE", task["reasons"]
+    assert any("could not judge 1100 of 1500" in r for r in task["reasons"]), "still said"
+
+
+def test_a_few_unjudged_pairs_do_not_stop_a_promote(tmp_path: Path) -> None:
+    """3 unjudged pairs in 1,000 (0.3 %, under the 1 % default) still PROMOTE, saying so."""
+    rng = random.Random(12)
+    rows = [pair("kiwi.ocr", rng) for _ in range(997)]
+    rows += [unjudged("kiwi.ocr", rng) for _ in range(3)]
+    [task] = build_report([str(write(tmp_path / "few.jsonl", rows))])["tasks"]
+    assert task["verdict"] == "PROMOTE", task["reasons"]
+    assert any("could not judge 3 of 1000" in r and "0.30 %" in r for r in task["reasons"])
+
+
+def test_max_unjudged_is_a_documented_policy_key() -> None:
+    """The example policy documents every default, max_unjudged included, at its value."""
+    example = Path(__file__).parent.parent / "examples" / "kiwi" / "policy.yaml"
+    assert Gates().max_unjudged == 0.01
+    assert "max_unjudged: 0.01" in example.read_text()
+    assert Policy.load(example).defaults.max_unjudged == 0.01
+
+
+def test_a_hold_says_how_many_more_pairs_would_pass_the_error_gate(tmp_path: Path) -> None:
+    """300 clean pairs: the error bound (0.89 %) misses 0.5 % only for want of pairs,
+    which the reason counts (zero errors pass at about 540 pairs)."""
+    rng = random.Random(13)
+    rows = [pair("kiwi.few", rng) for _ in range(300)]
+    [task] = build_report([str(write(tmp_path / "clean.jsonl", rows))])["tasks"]
+    assert task["verdict"] == "HOLD"
+    [line] = [r for r in task["reasons"] if r.startswith("error rate difference")]
+    assert line == (
+        "error rate difference upper bound 0.89 % vs 0.50 % allowed; about 240 more pairs "
+        "at the observed rates would bring it under"
+    )
+
+
+def test_a_hold_says_how_many_more_pairs_would_pass_the_mismatch_gate(tmp_path: Path) -> None:
+    """5 mismatches in 1,000 compared pairs (0.5 %): the bound misses 1 %; the estimate,
+    checked against the gate's own interval, is enough and not far more than enough."""
+    from shim.analysis.stats import Z_ONE_SIDED_95, wilson
+
+    rng = random.Random(14)
+    rows = [pair("kiwi.drift", rng, match=i % 200 != 0) for i in range(1000)]
+    [task] = build_report([str(write(tmp_path / "drift.jsonl", rows))])["tasks"]
+    assert task["verdict"] == "HOLD"
+    [line] = [r for r in task["reasons"] if r.startswith("mismatch upper bound")]
+    found = re.search(r"; about ([\d,]+) more structurally compared pairs at the observed", line)
+    assert found, line
+    total = 1000 + int(found.group(1).replace(",", ""))
+
+    def bound(n: int) -> float:
+        return (wilson(round(0.005 * n), n, z=Z_ONE_SIDED_95) or (0, 0, 1))[2]
+
+    assert bound(total) <= 0.01 < bound(int(total * 0.85)), (total, line)
+
+
+def test_a_hold_at_a_rate_over_the_limit_says_more_pairs_will_not_help(tmp_path: Path) -> None:
+    """A task path failing on 0.6 % of calls against legacy's 0 %: under the rollback
+    line, over the promote limit; no number of pairs at that rate would pass."""
+    rng = random.Random(15)
+    rows = [pair("kiwi.worse", rng, cand_ok=i % 500 not in (1, 2, 3)) for i in range(1000)]
+    [task] = build_report([str(write(tmp_path / "worse.jsonl", rows))])["tasks"]
+    assert task["verdict"] == "HOLD", task["reasons"]
+    [line] = [r for r in task["reasons"] if r.startswith("error rate difference")]
+    assert line.endswith(
+        "; the observed difference 0.60 % is at or over the limit: more pairs will not help"
+    ), line
+
+
+def test_pairs_needed_search_is_bounded_and_exact() -> None:
+    """The search finds the smallest passing count, and gives up at its cap."""
+    from shim.analysis.stats import pairs_needed
+
+    assert pairs_needed(lambda n: 1 / n, 300, 0.002) == 500
+    assert pairs_needed(lambda n: 1 / n, 300, 0.01) == 300, "already passing"
+    assert pairs_needed(lambda n: 0.02, 300, 0.01, cap=10_000) is None
+
+
+def test_an_untasked_compare_error_is_not_pinned_on_a_task(tmp_path: Path) -> None:
+    """Comparator failures are shim.error records of their task now: one tied to no task
+    (an older shim's, or another process's) stays untasked, never a task's example."""
+    rng = random.Random(16)
+    rows = [unjudged("kiwi.meal_plan", rng) for _ in range(10)]
+    rows += [shim_error(None, "compare", SCHEMA_ERROR) for _ in range(10)]
+    report = build_report([str(write(tmp_path / "untasked.jsonl", rows))])
+    [task] = report["tasks"]
+    assert task["comparator_errors"] == 10
+    assert task["comparator_error_example"] is None
+    assert task["shim_errors"] == 0
+    assert report["shim_errors_without_task"]["by_operation"]["compare"]["count"] == 10
+
+
+def test_shim_errors_sum_their_count_and_include_the_comparators(tmp_path: Path) -> None:
+    """A task's shim_errors counts its compare records beside its call_site.* ones, and
+    a record's ``count`` (several identical errors in one second) is summed, not 1."""
+    rng = random.Random(17)
+    rows: list[dict[str, Any]] = [unjudged("kiwi.ocr", rng) for _ in range(7)]
+    rows += [shim_error("kiwi.ocr", "compare", SCHEMA_ERROR) for _ in range(2)]
+    rows.append(shim_error("kiwi.ocr", "compare", SCHEMA_ERROR, count=5))
+    rows += [
+        shim_error("kiwi.ocr", "call_site.key", "KeyError: 'id'", callable="key", call_site="a:b")
+        for _ in range(2)
+    ]
+    rows.append(shim_error(None, "decide", "ValueError: bad rule", count=4))
+    log = write(tmp_path / "counted.jsonl", rows)
+    report = build_report([str(log)])
+    [task] = report["tasks"]
+    assert task["shim_errors"] == 9
+    assert task["shim_errors_by_operation"]["compare"]["count"] == 7
+    assert task["shim_errors_by_operation"]["call_site.key"]["count"] == 2
+    assert task["comparator_error_example"] == SCHEMA_ERROR, "its own compare record's error"
+    assert report["shim_errors_without_task"]["count"] == 4
+    assert "9 shim.error record(s): compare 7" in "; ".join(task["reasons"])
+
+
+def side_effects_log(tmp_path: Path) -> Path:
+    """kiwi.x: 400 clean pairs, 120 calls held on legacy for side effects (two drop
+    records), 17 comparisons dropped for a full queue."""
+    rng = random.Random(18)
+    rows: list[dict[str, Any]] = [pair("kiwi.x", rng) for _ in range(400)]
+    for reason, count in (("side_effects", 100), ("side_effects", 20), ("queue_full", 17)):
+        rows.append(
+            {
+                "event": "shim.dropped",
+                "schema": 1,
+                "ts": "2026-11-26T12:00:01Z",
+                "product": "kiwi",
+                "task": "x",
+                "reason": reason,
+                "count": count,
+            }
+        )
+    return write(tmp_path / "held.jsonl", rows)
+
+
+HELD = "kiwi.x: 120 calls the flags sent to the task path were served by legacy (side_effects=True)"
+
+
+def test_side_effect_holds_are_not_lost_comparisons(tmp_path: Path) -> None:
+    """Calls legacy served because the call site declared side effects were still
+    compared: not in ``dropped``, but counted per task as ``side_effects_held`` and
+    said under the table in every format (and nowhere when there are none)."""
+    log = side_effects_log(tmp_path)
+    data = json.loads(runner.invoke(app, ["report", str(log), "--format", "json"]).stdout)
+    [task] = data["tasks"]
+    assert task["dropped"] == 17 and task["dropped_by_reason"] == {"queue_full": 17}
+    assert task["side_effects_held"] == 120
+    table = runner.invoke(app, ["report", str(log)], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    assert HELD in " ".join(table.output.split()), table.output
+    assert HELD in markdown(data) and HELD in render_html(data)
+    rng = random.Random(19)
+    clean = write(tmp_path / "clean.jsonl", [pair("kiwi.x", rng) for _ in range(10)])
+    plain = runner.invoke(app, ["report", str(clean)])
+    assert "side_effects" not in plain.output
+    [row] = build_report([str(clean)])["tasks"]
+    assert row["side_effects_held"] == 0
+
+
+def test_a_task_with_only_side_effect_holds_is_a_row(tmp_path: Path) -> None:
+    """Holds alone (every comparison of the task outside the filters, say) still say
+    something of the task: it is a row, as a task with only drops is."""
+    log = tmp_path / "only.jsonl"
+    log.write_text(
+        "".join(
+            line + "\n" for line in side_effects_log(tmp_path).read_text().splitlines()[400:402]
+        )
+    )
+    [task] = build_report([str(log)])["tasks"]
+    assert (task["task"], task["side_effects_held"], task["n"]) == ("kiwi.x", 120, 0)

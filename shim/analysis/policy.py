@@ -36,6 +36,9 @@ class Gates(BaseModel):
     max_error_increase: Share = 0.005
     #: promote when the one-sided 95 % upper bound of the (noise-adjusted) mismatch rate is at most
     max_mismatch: Share = 0.01
+    #: promote only when the comparator judged all but this share of the pairs both paths
+    #: answered: the pairs it failed on may be the odd ones, so the rest is a biased sample
+    max_unjudged: Share = 0.01
     max_latency_ratio_p50: Annotated[float, Field(gt=0)] = 1.10
     max_latency_ratio_p95: Annotated[float, Field(gt=0)] = 1.25
     max_latency_ratio_p99: Annotated[float, Field(gt=0)] = 1.5

@@ -52,12 +52,11 @@ def build_report(
     if require_records and not logs.tasks:
         raise ReportError(_nothing(inputs, filters, logs))
     untasked = dict(sorted(logs.untasked_errors.items()))
-    compare = untasked.get("compare", {}).get("example")
     return {
         "schema": 1,
         "records": logs.records,
         "bad_lines": logs.bad_lines,
-        "tasks": _task_reports(logs.tasks, policy, seed, compare),
+        "tasks": _task_reports(logs.tasks, policy, seed),
         "shim_errors_without_task": {
             "count": sum(e["count"] for e in untasked.values()),
             "by_operation": untasked,
@@ -86,20 +85,12 @@ def _nothing(inputs: Sequence[str], filters: Filters, logs: Logs) -> str:
     return message
 
 
-def _task_reports(
-    tasks: list[TaskRows], policy: Policy, seed: int, compare: str | None
-) -> list[dict[str, Any]]:
+def _task_reports(tasks: list[TaskRows], policy: Policy, seed: int) -> list[dict[str, Any]]:
     """Each task's report; the bootstraps on two threads, as numpy lets go of the GIL
-    while it partitions (measured: 44 against 77 ms for four tasks). ``compare`` is a
-    comparator's error the shim recorded without a task: it is shown for the task whose
-    comparator failed when only one task's did, so it cannot be another task's."""
-    failing = [t for t in tasks if t.row.get("comparator_errors")]
-    if len(failing) != 1:
-        compare = None
+    while it partitions (measured: 44 against 77 ms for four tasks)."""
 
     def one(t: TaskRows) -> dict[str, Any]:
-        own = t.shim_errors.get("compare", {}).get("example")
-        return task_report(t, policy.for_task(t.name), seed, own or compare)
+        return task_report(t, policy.for_task(t.name), seed)
 
     if len(tasks) < 2:
         return [one(t) for t in tasks]

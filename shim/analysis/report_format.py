@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from shim.analysis.report_verdict import untasked_line
+from shim.analysis.report_verdict import held_line, untasked_line
 
 __all__ = ["markdown", "table"]
 
@@ -106,7 +106,13 @@ def table(report: dict[str, Any]) -> Group:
     untasked = untasked_line(report)
     if untasked:
         reasons.append(Text(untasked, style="yellow"))
+    reasons += [Text(line) for line in _held(report)]
     return Group(out, *reasons)
+
+
+def _held(report: dict[str, Any]) -> list[str]:
+    """Each task's calls served by legacy for side effects, where a task has some."""
+    return [line for line in map(held_line, report["tasks"]) if line]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -125,4 +131,5 @@ def markdown(report: dict[str, Any]) -> str:
     untasked = untasked_line(report)
     if untasked:
         lines.append(f"- {untasked}")
+    lines += [f"- {line}" for line in _held(report)]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from shim.analysis.report_verdict import untasked_line
+from shim.analysis.report_verdict import held_line, untasked_line
 
 __all__ = ["render_html"]
 
@@ -151,10 +151,13 @@ def _card(task: dict[str, Any]) -> str:
     ]
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     reasons = "".join(f"<li>{_e(r)}</li>" for r in task["reasons"])
+    held = held_line(task)
     return (
         f"<section class='task'><h2>{_e(task['task'])} <span class='badge' "
         f"style='background:{colour}'>{_e(task['verdict'])}</span></h2>"
-        f"<ul class='reasons'>{reasons}</ul><div class='grid'><table>{rows}</table>"
+        f"<ul class='reasons'>{reasons}</ul>"
+        + (f"<p class='muted'>{_e(held)}</p>" if held else "")
+        + f"<div class='grid'><table>{rows}</table>"
         f"<div><h3>Latency, legacy <span style='color:{_LEGACY}'>■</span> and task path "
         f"<span style='color:{_TASK}'>■</span></h3>{_latency_svg(task)}"
         f"<h3>Rates with 95 % intervals</h3>{_rates_svg(task)}</div></div></section>"

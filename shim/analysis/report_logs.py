@@ -101,14 +101,16 @@ def _sql_list(files: Sequence[str]) -> str:
 @dataclass
 class TaskRows:
     """What the logs say of one task: its aggregate row (as the query names its
-    columns), model verdicts, candidate models, drops by reason, its ``shim.error``
-    records by operation and a sample of (legacy, task) latency pairs."""
+    columns), model verdicts, candidate models, drops by reason (lost comparisons),
+    calls legacy served for side effects, its ``shim.error`` errors by operation and a
+    sample of (legacy, task) latency pairs."""
 
     name: str
     row: dict[str, Any]
     verdicts: dict[str, int] = field(default_factory=dict)
     models: set[str] = field(default_factory=set)
     dropped: dict[str, int] = field(default_factory=dict)
+    side_effects_held: int = 0
     shim_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
     pairs: list[tuple[float, float]] = field(default_factory=list)
 
@@ -184,10 +186,15 @@ SELECT product, task,
     + """  list(model.verdict) FILTER (cmp AND model.verdict NOT IN {known}) AS verdict_other,
   min(candidate.model) FILTER (cmp) AS model_min,
   max(candidate.model) FILTER (cmp) AS model_max,
-  list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.dropped')
-    AS drops,
+  -- side_effects: legacy served what the flags gave the task path (the call site has
+  -- side effects), and the call was compared all the same: not a lost comparison
+  list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.dropped'
+    AND reason IS DISTINCT FROM 'side_effects') AS drops,
+  sum(count) FILTER (scoped AND event = 'shim.dropped' AND reason = 'side_effects')
+    AS side_effects_held,
   list({{'operation': operation, 'error': error, 'call_site': call_site,
-    'callable': callable}}) FILTER (scoped AND event = 'shim.error') AS shim_errors,
+    'callable': callable, 'count': count}}) FILTER (scoped AND event = 'shim.error')
+    AS shim_errors,
 {usage}
   list({{'legacy': legacy.latency_ms, 'task': candidate.latency_ms}}) FILTER (
     cmp AND legacy.ok AND candidate.ok AND legacy.latency_ms > 0
@@ -314,7 +321,7 @@ def read_logs(
         _task_rows(row, models)
         for row in tasked
         # only records outside the filters, or none that say anything of the task
-        if row["n"] or row["drops"] or row["shim_errors"]
+        if row["n"] or row["drops"] or row["side_effects_held"] or row["shim_errors"]
     ]
     untasked: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -327,12 +334,13 @@ def read_logs(
 def _count_errors(
     into: dict[str, dict[str, Any]], found: Sequence[Mapping[str, Any]] | None
 ) -> None:
-    """``shim.error`` records by operation: how many, and the first one's error (with
-    the call site and callable that raised, when the record names them)."""
+    """``shim.error`` errors by operation: how many, and the first one's error (with
+    the call site and callable that raised, when the record names them). A record's
+    ``count`` says how many identical errors it stands for (1 without one)."""
     for entry in found or ():
         operation = str(entry["operation"] or "unknown")
         slot = into.setdefault(operation, {"count": 0, "example": None})
-        slot["count"] += 1
+        slot["count"] += 1 if entry["count"] is None else int(entry["count"])
         if slot["example"] is None and entry["error"]:
             where = [str(entry[k]) for k in ("callable", "call_site") if entry[k]]
             by = f"{where[0]}= of {where[1]}" if len(where) == 2 else ", ".join(where)
@@ -352,6 +360,7 @@ def _task_rows(row: dict[str, Any], models: Mapping[str, list[str]]) -> TaskRows
     for drop in row["drops"] or ():
         reason = str(drop["reason"])
         entry.dropped[reason] = entry.dropped.get(reason, 0) + int(drop["count"] or 0)
+    entry.side_effects_held = int(row["side_effects_held"] or 0)
     _count_errors(entry.shim_errors, row["shim_errors"])
     entry.pairs = [(p["legacy"], p["task"]) for p in row["pairs"] or ()]
     return entry

@@ -100,12 +100,8 @@ def _usage(r: Mapping[str, Any]) -> dict[str, Any]:
     return {"legacy": legacy, "candidate": task, "delta": delta}
 
 
-def task_report(
-    t: TaskRows, gates: Gates, seed: int, compare_error: str | None = None
-) -> dict[str, Any]:
-    """One task's statistics and verdict. ``compare_error`` is a comparator failure's
-    message to show when the task's own records carry none (the shim records those
-    as ``shim.error`` tied to no task)."""
+def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
+    """One task's statistics and verdict."""
     r = t.row
     n = int(r.get("n") or 0)
     # Rates are over the pairs where both paths ran (the contract); that is every pair
@@ -145,13 +141,19 @@ def task_report(
         "model_verdicts": dict(sorted(t.verdicts.items())),
         "dropped": sum(t.dropped.values()),
         "dropped_by_reason": t.dropped,
+        # Served by legacy for declared side effects, and compared: not in dropped.
+        "side_effects_held": t.side_effects_held,
         "evidence": {
             "ran": ran,
             "compared": compared,
             "latency_pairs": int(r.get("latency_pairs") or 0),
         },
         "comparator_errors": comparator_errors,
-        "comparator_error_example": (r.get("comparator_error") or compare_error)
+        # The records' own structure.error, else the task's shim.error of the comparator
+        # (logs from before comparison records said why).
+        "comparator_error_example": (
+            r.get("comparator_error") or t.shim_errors.get("compare", {}).get("example")
+        )
         if comparator_errors
         else None,
         "shim_errors": sum(e["count"] for e in shim_errors.values()),

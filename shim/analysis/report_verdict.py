@@ -3,17 +3,23 @@
 PROMOTE needs evidence for every gate it passes: ``min_pairs`` pairs where both paths
 ran (the error gate), ``min_pairs`` pairs with a structure verdict (the mismatch gate)
 and ``min_pairs`` pairs with both latencies (the latency gates). Short of any of them
-the task HOLDs, and the reasons say how many more of which kind are needed. ROLLBACK
-needs no minimum: its lines are lower bounds, which few pairs keep low.
+the task HOLDs, and the reasons say how many more of which kind are needed. Nor may
+the comparator have failed on more than ``max_unjudged`` of the pairs both paths
+answered: the pairs it judged would be a biased sample. A gate that misses only for
+want of pairs says about how many more would do, at the rates observed. ROLLBACK needs
+no minimum: its lines are lower bounds, which few pairs keep low.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 from shim.analysis.policy import Gates
+from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, pairs_needed, wilson
 
-__all__ = ["shim_error_line", "untasked_line", "verdict"]
+__all__ = ["held_line", "shim_error_line", "untasked_line", "verdict"]
 
 
 def _pct(x: float) -> str:
@@ -39,6 +45,18 @@ def untasked_line(report: dict[str, Any]) -> str | None:
         return None
     return shim_error_line(
         found["count"], found["by_operation"], "shim.error records tied to no task"
+    )
+
+
+def held_line(task: dict[str, Any]) -> str | None:
+    """The calls of ``task`` legacy served because the call site declares side effects
+    (compared all the same, so not dropped), as one line; None if none."""
+    held = task.get("side_effects_held")
+    if not held:
+        return None
+    return (
+        f"{task['task']}: {held:,} calls the flags sent to the task path were served by "
+        "legacy (side_effects=True)"
     )
 
 
@@ -95,6 +113,80 @@ def _mismatch_line(report: dict[str, Any], bound: float, gates: Gates) -> str:
     )
 
 
+#: where the search for "how many more pairs" gives up
+_SEARCH_CAP = 10_000_000
+
+
+def _about(count: int) -> str:
+    """``count`` rounded up to two significant digits (an estimate, not a promise)."""
+    step = 10 ** max(0, len(str(count)) - 2)
+    return f"{math.ceil(count / step) * step:,}"
+
+
+def _more(upper: Callable[[int], float], n: int, limit: float, kind: str) -> str:
+    """``; about 240 more pairs at the observed rates would bring it under``: how many
+    more pairs of ``kind`` the gate's ``upper`` bound needs to reach ``limit``."""
+    needed = pairs_needed(upper, n, limit, cap=_SEARCH_CAP)
+    if needed is None:
+        return f"; not even {_SEARCH_CAP:,} {kind} at the observed rates would bring it under"
+    if needed <= n:
+        return ""
+    return f"; about {_about(needed - n)} more {kind} at the observed rates would bring it under"
+
+
+def _error_more(counts: dict[str, int], limit: float) -> str:
+    """What more pairs would do for the error gate, its counts scaled to more pairs."""
+    n = counts["pairs"]
+    task, legacy = counts["candidate_errors"] / n, counts["legacy_errors"] / n
+    if task - legacy >= limit:
+        return (
+            f"; the observed difference {_pct(task - legacy)} is at or over the limit: "
+            "more pairs will not help"
+        )
+
+    def upper(pairs: int) -> float:
+        found = newcombe_difference(
+            round(task * pairs), pairs, round(legacy * pairs), pairs, z=Z_ONE_SIDED_95
+        )
+        return 1.0 if found is None else found[2]
+
+    return _more(upper, n, limit, "pairs")
+
+
+def _mismatch_more(counts: dict[str, int], limit: float) -> str:
+    """What more structurally compared pairs would do for the mismatch gate."""
+    n = counts["compared"]
+    rate = counts["mismatches"] / n
+    if rate >= limit:
+        return f"; the observed rate {_pct(rate)} is at or over the limit: more pairs will not help"
+
+    def upper(pairs: int) -> float:
+        found = wilson(round(rate * pairs), pairs, z=Z_ONE_SIDED_95)
+        return 1.0 if found is None else found[2]
+
+    return _more(upper, n, limit, "structurally compared pairs")
+
+
+def _unjudged(report: dict[str, Any], gates: Gates) -> tuple[str, bool] | None:
+    """The pairs both paths answered that the comparator could not judge, as a line,
+    and whether they are over ``max_unjudged``; None when there are none."""
+    failed = report["comparator_errors"]
+    if not failed:
+        return None
+    answered = report["evidence"]["compared"] + failed
+    share = failed / answered
+    over = share > gates.max_unjudged
+    line = (
+        f"the comparator could not judge {failed} of {answered} pairs both paths answered "
+        f"({_pct(share)}, {'over' if over else 'within'} the {_pct(gates.max_unjudged)} "
+        "max_unjudged)"
+    )
+    if over:
+        line += ": the judged pairs may be a biased sample; fix the comparator before promoting"
+    example = report.get("comparator_error_example")
+    return line + (f" (first error: {example})" if example else ""), over
+
+
 def verdict(
     report: dict[str, Any],
     gates: Gates,
@@ -104,14 +196,6 @@ def verdict(
 ) -> tuple[str, list[str]]:
     """PROMOTE, HOLD or ROLLBACK, with one-sided 95 % bounds against the policy."""
     notes = []
-    failed = report["comparator_errors"]
-    if failed and report["evidence"]["compared"] >= min(gates.min_pairs, report["n"]):
-        # Enough was compared to decide, but the pairs it failed on are not in the rate.
-        example = report.get("comparator_error_example")
-        notes.append(
-            f"the comparator failed on {failed} of {report['n']} pairs, which have no "
-            "structure verdict" + (f": {example}" if example else "")
-        )
     if report["shim_errors"]:
         notes.append(shim_error_line(report["shim_errors"], report["shim_errors_by_operation"]))
     if report["n"] == 0:
@@ -123,11 +207,13 @@ def verdict(
         outside = sorted(set(report["candidate_models"]) - set(gates.allowed_models))
         if outside:
             rollback.append(f"model(s) outside the allow-list: {', '.join(outside)}")
+    unjudged = _unjudged(report, gates)
     if rollback:
-        return "ROLLBACK", rollback + notes
+        return "ROLLBACK", rollback + ([unjudged[0]] if unjudged else []) + notes
     short = _shortfalls(report, gates)
     if short:
-        return "HOLD", short + notes
+        # Waiting for more pairs will not mend a comparator that fails: say so now.
+        return "HOLD", short + ([unjudged[0]] if unjudged and unjudged[1] else []) + notes
     hold: list[str] = []
     passed: list[str] = []
     if errors is not None:
@@ -135,10 +221,18 @@ def verdict(
             f"error rate difference upper bound {_pct(errors[2])} vs "
             f"{_pct(gates.max_error_increase)} allowed"
         )
-        (passed if errors[2] <= gates.max_error_increase else hold).append(line)
+        if errors[2] <= gates.max_error_increase:
+            passed.append(line)
+        else:
+            hold.append(line + _error_more(counts, gates.max_error_increase))
     if mismatch is not None:
         line = _mismatch_line(report, mismatch[2], gates)
-        (passed if mismatch[2] <= gates.max_mismatch else hold).append(line)
+        if mismatch[2] <= gates.max_mismatch:
+            passed.append(line)
+        else:
+            hold.append(line + _mismatch_more(counts, gates.max_mismatch))
+    if unjudged:
+        (hold if unjudged[1] else passed).append(unjudged[0])
     limits = {
         "p50": gates.max_latency_ratio_p50,
         "p95": gates.max_latency_ratio_p95,

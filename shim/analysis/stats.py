@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-__all__ = ["Z95", "Z_ONE_SIDED_95", "newcombe_difference", "wilson"]
+__all__ = ["Z95", "Z_ONE_SIDED_95", "newcombe_difference", "pairs_needed", "wilson"]
 
 #: Two-sided 95 % intervals (what reports show).
 Z95 = 1.959963984540054
@@ -39,3 +40,25 @@ def newcombe_difference(
         d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
         d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2),
     )
+
+
+def pairs_needed(
+    upper: Callable[[int], float], n: int, limit: float, *, cap: int = 10_000_000
+) -> int | None:
+    """The smallest number of pairs, from ``n`` on, at which ``upper`` (a gate's upper
+    bound at so many pairs) is at most ``limit``; None if not even ``cap`` pairs do.
+
+    Doubling finds a count that passes, then bisection the smallest: about 50 calls of
+    ``upper`` at most, cheap enough for every HOLD reason. ``upper`` should fall with
+    the count (a bound at fixed rates does, up to the rounding of its counts)."""
+    if upper(n) <= limit:
+        return n
+    low, high = n, max(1, n)
+    while upper(high) > limit:
+        if high >= cap:
+            return None
+        low, high = high, min(cap, high * 2)
+    while high - low > 1:  # upper(low) > limit >= upper(high)
+        middle = (low + high) // 2
+        low, high = (low, middle) if upper(middle) <= limit else (middle, high)
+    return high

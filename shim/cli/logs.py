@@ -13,7 +13,7 @@ from .options import FlagsOpt, PolicyOpt, err, guard, load_policy, open_store, o
 
 if TYPE_CHECKING:
     from shim.flags.store import FlagStore
-    from shim.ops.watch import Breach
+    from shim.ops.watch import Breach, Watch
 
 __all__ = ["report", "watch"]
 
@@ -101,13 +101,25 @@ def watch(
     wait: Annotated[
         bool,
         typer.Option(
-            "--wait", help="Wait for a log that does not exist yet (read it from its start)."
+            "--wait",
+            help="Wait for a log that does not exist yet (read it from its start; with "
+            "--once, evaluate it once it is there).",
         ),
     ] = False,
+    wait_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--wait-timeout",
+            help="With --wait: give up (exit 2) when the log has not appeared after this "
+            "many seconds \\[default: wait as long as it takes].",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
     """Evaluate rolling windows of LOG as it grows; with --auto-rollback, act on a breach.
-    A LOG that is not there is an error (exit 2) unless --wait."""
-    from shim.ops.watch import Watch, follow
+    A LOG that is not there is an error (exit 2) unless --wait. With --once: exit 1 on a
+    breach, 0 when windows were evaluated without one, 2 when none could be."""
+    from shim.ops.watch import Watch, follow, wait_for_log
 
     found = _watched(log)
     if found is None and wait and any(c in str(log) for c in "*?["):
@@ -118,15 +130,20 @@ def watch(
         raise typer.Exit(2)
     watcher = Watch(load_policy(policy))
     store = open_store(flags) if auto_rollback else None
-    if found is None:
-        # Every line of a log that appears later is new: read it from its start.
-        from_start = True
-        out.print(f"waiting for {log} to appear", markup=False)
-    else:
-        log = found
-    out.print(f"watching {log}" + (" (auto-rollback on)" if auto_rollback else ""), markup=False)
     breaches = 0
     try:
+        if found is None:
+            # Every line of a log that appears later is new: read it from its start.
+            from_start = True
+            out.print(f"waiting for {log} to appear", markup=False)
+            if not wait_for_log(log, timeout=wait_timeout):
+                err.print(f"{log} did not appear within {wait_timeout:g} s", markup=False)
+                raise typer.Exit(2)
+        else:
+            log = found
+        out.print(
+            f"watching {log}" + (" (auto-rollback on)" if auto_rollback else ""), markup=False
+        )
         for row in follow(log, from_start=from_start, once=once):
             breach = watcher.feed(row)
             if breach is None:
@@ -137,8 +154,31 @@ def watch(
                 _roll_back(breach, store, log)
     except KeyboardInterrupt:
         pass
-    if once and breaches:
+    if once:
+        _judged(watcher, log, from_start, breaches)
+
+
+def _judged(watcher: Watch, log: Path, from_start: bool, breaches: int) -> None:
+    """How a one-off watch ends: exit 1 on a breach; exit 2 when it read or evaluated
+    nothing (a gate that read nothing has passed nothing); else what it read, exit 0."""
+    if breaches:
         raise typer.Exit(1)
+    if not watcher.records:
+        hint = "" if from_start else " (it reads only what is appended; add --from-start)"
+        err.print(f"read no comparison records from {log}{hint}", markup=False)
+        raise typer.Exit(2)
+    if not watcher.evaluations:
+        err.print(
+            f"read {watcher.records} comparison records from {log}: too few to evaluate "
+            "one window (a task needs the policy's watch_step pairs)",
+            markup=False,
+        )
+        raise typer.Exit(2)
+    out.print(
+        f"read {watcher.records} comparison records of {watcher.tasks} task(s); no breach "
+        f"in {watcher.evaluations} evaluation(s)",
+        markup=False,
+    )
 
 
 def _watched(log: Path) -> Path | None:

@@ -143,7 +143,15 @@ def log_path(given: Path | None) -> Path | None:
 
 
 def open_store(flags: Path | None) -> FlagStore:
-    """Where the flags live (file or Unleash), or the reason there is none and exit 2."""
+    """Where the flags live (file or Unleash), or the reason there is none and exit 2.
+    A store that holds connections (Unleash) is closed when the command ends."""
+    import click
+
     from shim.ops.promote import open_store
 
-    return guard(open_store, flags)
+    store = guard(open_store, flags)
+    close = getattr(store, "close", None)
+    context = click.get_current_context(silent=True)
+    if close is not None and context is not None:
+        context.call_on_close(close)
+    return store

@@ -22,6 +22,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from shim.ops.evidence import Evidence
     from shim.ops.promote import Change
 
 __all__ = ["promote", "rollback"]
@@ -71,9 +72,12 @@ def promote(
     guard(check_request, [task], serve, shadow)
     store = open_store(flags)
     path = log_path(log)
+    # The gate may run more than once (the task moved before the lock was taken); the
+    # last evidence read is the one the applied change was judged on.
+    judged: list[Evidence] = []
 
     def gate(change: Change) -> dict[str, Any]:
-        return _evidence(change, evidence, policy, force, path)
+        return _evidence(change, evidence, policy, force, path, judged)
 
     change, _ = guard(
         promote_task,
@@ -98,6 +102,8 @@ def promote(
         )
         return
     _show("shim.promote", [change], dry_run, path)
+    if judged:
+        out.print(f"evidence: {judged[-1].window()}", markup=False)
 
 
 def rollback(
@@ -129,10 +135,15 @@ def rollback(
 
 
 def _evidence(
-    change: Change, logs: list[str] | None, policy: Path | None, force: bool, changes: Path | None
+    change: Change,
+    logs: list[str] | None,
+    policy: Path | None,
+    force: bool,
+    changes: Path | None,
+    judged: list[Evidence],
 ) -> dict[str, Any]:
-    """The current stage's evidence for ``change``; exits 1 unless it promotes, or
-    ``force``. What the shim.promote record adds."""
+    """The current stage's evidence for ``change`` (appended to ``judged``); exits 1
+    unless it promotes, or ``force``. What the shim.promote record adds."""
     from shim.ops.evidence import stage_evidence
 
     task, stage = change.task, change.before.stage
@@ -146,13 +157,15 @@ def _evidence(
             raise typer.Exit(1)
         return {"forced": True, "evidence": None}
     found = guard(stage_evidence, task, stage, logs, load_policy(policy), changes_log=changes)
+    judged.append(found)
     refusals = found.refusals()
     if refusals:
-        why = (
-            f"the evidence from stage {stage} says {found.verdict}"
-            if found.verdict != "PROMOTE"
-            else f"stage {stage} has not soaked long enough"
-        )
+        if not found.dated:
+            why = f"nothing says when stage {stage} started at this rung"
+        elif found.verdict != "PROMOTE":
+            why = f"the evidence from stage {stage} says {found.verdict}"
+        else:
+            why = f"stage {stage} has not soaked long enough"
         if not force:
             err.print(f"refusing to promote {task}: {why}", markup=False)
             for reason in refusals:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shim import flags as flagpkg
 from shim.base.errors import ShimError
 from shim.client.task import TaskAllocation, TaskResult
-from shim.records.observe import CallSite, Observation, capture, describe
+from shim.core.callsite import CallSiteError, kept_arguments, one_shot, prepare
+from shim.records.observe import CallSite, Observation, capture, describe, restore
 
 __all__ = ["Call", "candidate_answered", "candidate_failed", "legacy_observation"]
 
@@ -37,8 +39,42 @@ class Call:
     #: request is a private copy (:func:`~shim.records.observe.capture`) if it holds
     #: values the caller could change.
     prepared: tuple[Any, str | None] | None = None
-    #: The arguments for a second legacy run (noise), copied when the call was made.
-    again: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    #: Legacy runs a second time in the background (noise) on this call.
+    noise: bool = False
+    #: The arguments with the caller's containers copied when the call was made, for a
+    #: legacy run in the background (:func:`~shim.core.callsite.kept_arguments`).
+    kept: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def prepare(self, noise_sample: float, *, late: bool = False) -> CallSiteError | None:
+        """Build the task request now (``prepared``), from the arguments as legacy sees
+        them: the caller may change them once legacy has returned; a request holding
+        values it could change is copied. An argument only one reader can read (an
+        iterator) is legacy's: the request waits until ``late`` (legacy has returned;
+        still the caller's thread). Draws whether legacy runs again for noise. The
+        call site's error if its own callable raised."""
+        site, args, kwargs = self.site, self.args, self.kwargs
+        if not late and one_shot(args, kwargs):
+            return None
+        try:
+            self.prepared = prepare(site, args, kwargs)
+        except CallSiteError as err:
+            return err
+        if (
+            noise_sample
+            and not (late or site.side_effects or site.allocation or self.decision.serve)
+            and random.random() < noise_sample
+        ):
+            self.noise, self.kept = True, kept_arguments(args, kwargs)
+        return None
+
+    def background(self) -> Call:
+        """This call with its arguments as they were when it was made, for a legacy run
+        in the background: the caller may have changed its own lists and dicts since."""
+        if self.kept is None:
+            return self
+        args, kwargs = self.kept
+        restored = tuple(restore(a) for a in args), {k: restore(v) for k, v in kwargs.items()}
+        return replace(self, args=restored[0], kwargs=restored[1])
 
 
 def legacy_observation(

@@ -22,6 +22,7 @@ __all__ = [
     "first_of_pair",
     "kept_arguments",
     "no_request",
+    "one_shot",
     "prepare",
     "responded",
     "routed",
@@ -92,11 +93,35 @@ def _settled(request: TaskRequest) -> bool:
 
 
 def kept_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The arguments for a second legacy run (noise), copied so that the caller's later
-    changes cannot reach them (:func:`~shim.records.observe.restore` gives them back);
-    the arguments themselves if they cannot be copied."""
-    kept = capture((args, kwargs))
-    return (args, dict(kwargs)) if kept is NOT_RECORDED else kept
+    """The arguments for a legacy run in the background (a served call compared, a
+    noise run), with the caller's own containers copied (lists, dicts, sets,
+    bytearrays: what a caller reuses once the call returns) so that its later changes
+    cannot reach them; other objects (the call site's ``self``, a client) are kept as
+    they are, since copying them would run legacy on a copy. None when nothing needs
+    copying. :meth:`~shim.core.call.Call.background` gives them back."""
+    if not any(type(a) in _CONTAINERS for a in args) and not any(
+        type(v) in _CONTAINERS for v in kwargs.values()
+    ):
+        return None
+    return tuple(_kept(a) for a in args), {k: _kept(v) for k, v in kwargs.items()}
+
+
+def one_shot(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Is an argument an iterator (a generator, a file): something only one reader can
+    read? Then the task request is built after legacy has read it, never before."""
+    return any(hasattr(type(a), "__next__") for a in args) or any(
+        hasattr(type(v), "__next__") for v in kwargs.values()
+    )
+
+
+_CONTAINERS = frozenset({list, dict, set, bytearray})
+
+
+def _kept(value: Any) -> Any:
+    if type(value) not in _CONTAINERS:
+        return value
+    kept = capture(value)
+    return value if kept is NOT_RECORDED else kept
 
 
 def responded(site: CallSite, result: Any) -> Any:
@@ -141,7 +166,7 @@ def first_of_pair(soft: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 def routed(
     wrap: Callable[[str, str], Callable[[Callable[..., Any]], Callable[..., Any]]],
-    on_error: Callable[[Exception], None],
+    on_error: Callable[[str, Any, Exception], None],
     source: flagpkg.FlagSource,
     product: str | Callable[..., str],
     task: str | Callable[..., str],
@@ -150,7 +175,7 @@ def routed(
     """A call site whose product or task come from its arguments: each call picks (and
     on first use wraps, with ``wrap(product, task)``) the call site of its own
     ``product.task``. A name that does not fit runs legacy and is told to
-    ``on_error`` (the call site's error, not the shim's)."""
+    ``on_error(keyword, callable, error)``: the call site's error, not the shim's."""
     wrapped: dict[tuple[str, str], Callable[..., Any]] = {}
     lock = threading.Lock()
 
@@ -158,8 +183,10 @@ def routed(
         """The wrapped call site for this call's task; ``fn`` itself when none."""
         if not source.rules.active:  # every task off: no need to know which
             return fn
+        raised = "product"  # which of the call site's callables a failure is blamed on
         try:
             p = product(*args, **kwargs) if callable(product) else product
+            raised = "task"
             t = task(*args, **kwargs) if callable(task) else task
             site = wrapped.get((p, t))
             if site is None:
@@ -171,7 +198,7 @@ def routed(
                         site = wrapped[(p, t)] = wrap(p, t)(fn)
             return site
         except Exception as exc:  # a name that does not fit: legacy, counted
-            on_error(exc)
+            on_error(raised, product if raised == "product" else task, exc)
             return fn
 
     if inspect.iscoroutinefunction(fn):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, ParamSpec, TypeVar, cast
@@ -23,6 +24,7 @@ from shim.records.observe import CallSite, is_soft_failure
 
 __all__ = ["SHADOWED", "Decorator", "ShadowOptions"]
 
+_log = logging.getLogger("shim")
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -109,10 +111,10 @@ class Decorator:
         fn: Callable[P, R],
     ) -> Callable[P, R]:
         _check(fn, product, task, options)
-        events, chooser = self._engine.events, task if callable(task) else product
+        events = self._engine.events
 
-        def on_error(exc: Exception) -> None:
-            events.call_site_error("task", chooser, exc, call_site=_call_site(fn))
+        def on_error(name: str, chooser: Any, exc: Exception) -> None:
+            events.call_site_error(name, chooser, exc, call_site=_call_site(fn))
 
         wrapper = routed(
             lambda p, t: self.shadow(p, t, options), on_error, self._flags, product, task, fn
@@ -152,6 +154,13 @@ class Decorator:
             side_effects="serve" if options.serve_without_side_effects else options.side_effects,
         )
         self._engine.admission.add(name)
+        if options.side_effects and self._engine.noise_sample:
+            _log.warning(
+                "task-shim: %s declares side_effects: legacy is never run a second time "
+                "there, so noise_sample=%s does not apply to it",
+                site.call_site,
+                self._engine.noise_sample,
+            )
         model = legacy_model if isinstance(legacy_model, str) else None
         if allocation is True:
             wrapper = self._allocation_wrapper(site, model, fn)

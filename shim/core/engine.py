@@ -10,7 +10,6 @@ the results. They time, count, admit and hand off, and never block or await: a
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -28,10 +27,11 @@ from shim.core.call import (
     candidate_failed,
     legacy_observation,
 )
-from shim.core.callsite import CallSiteError, kept_arguments, prepare, responded, unfallen
+from shim.core.callsite import CallSiteError, kept_arguments, responded, unfallen
 from shim.core.dispatch import Gate
 from shim.core.events import Events
 from shim.core.lanes import Loops, Threads
+from shim.core.loopend import LoopEnded
 from shim.core.steps import Lane, Steps, allocate, enter, infer, leave, only, release
 from shim.flags import OFF
 from shim.records.observe import (
@@ -129,26 +129,14 @@ class Engine:
         self.recorder.dropped(site.product, site.task, "side_effects")
         return flagpkg.Decision(serve=False, compare=decision.compare, stage=decision.stage)
 
-    def prepared(self, call: Call) -> bool:
-        """Build the task request of a compared call now, from the arguments as legacy
-        sees them: the caller may change them once legacy has returned. A request that
-        holds values the caller could change is copied. False (counted and recorded as
-        the call site's error; nothing is compared) if the call site's own callable
-        raised."""
-        site = call.site
-        try:
-            request, hint = prepare(site, call.args, call.kwargs)
-        except CallSiteError as err:
-            self.events.call_site_error(err.name, err.fn, err.error, site=site)
-            return False
-        call.prepared = (request, hint)
-        if (
-            self.noise_sample
-            and not (site.side_effects or site.allocation or call.decision.serve)
-            and random.random() < self.noise_sample
-        ):
-            call.again = kept_arguments(call.args, call.kwargs)
-        return True
+    def prepared(self, call: Call, *, late: bool = False) -> bool:
+        """Build the task request of a compared call (:meth:`Call.prepare`). False
+        (counted and recorded as the call site's error; nothing is compared) if the
+        call site's own callable raised."""
+        err = call.prepare(self.noise_sample, late=late)
+        if err is not None:
+            self.events.call_site_error(err.name, err.fn, err.error, site=call.site)
+        return err is None
 
     def sync(self, call: Call) -> Any:
         """A decided call of a sync call site, performed here.
@@ -211,7 +199,7 @@ class Engine:
     def _raised(self, call: Call, started: float, exc: BaseException) -> None:
         """Legacy raised on a compared call: the comparison goes on without it (its
         error is legacy's side); cancelled or interrupted, the slot is given back."""
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) and (call.prepared or self.prepared(call, late=True)):
             job = (call, _perf() - started, NOT_RECORDED, exc, None)
             self._handoff((call.site.name, self.candidate_job, job))
         else:
@@ -223,10 +211,13 @@ class Engine:
         read; nor is it taken twice for noise) and hand the comparison to the workers."""
         elapsed = _perf() - started
         site = call.site
+        if call.prepared is None and not self.prepared(call, late=True):
+            self._dispatch.release()
+            return
         kept, again = result, None
         if not site.allocation:
             kept = capture(result)
-            again = lane.again(call.fn) if call.again is not None else None
+            again = lane.again(call.fn) if call.noise else None
         self._handoff((site.name, self.candidate_job, (call, elapsed, kept, None, again)))
 
     def candidate_job(
@@ -252,10 +243,10 @@ class Engine:
         if candidate is None:
             return
         noise = NOT_RECORDED
-        if again is not None and call.again is not None and legacy.ok:
-            args, kwargs = restore(call.again)
+        if again is not None and legacy.ok:
+            run = call.background()
             try:
-                noise = again(*args, **kwargs)  # how much does legacy vary by itself?
+                noise = again(*run.args, **run.kwargs)  # how much does legacy vary by itself?
             except Exception as exc:
                 self.events.internal_error("noise", exc)
         stage = call.decision.stage
@@ -267,7 +258,7 @@ class Engine:
         """Call the task path: what it did (see ``TaskOutcome``). An allocating call
         site gets an allocation, given back at once unless ``keep`` (it serves)."""
         site = call.site
-        if call.prepared is None and not self.prepared(call):
+        if call.prepared is None and not self.prepared(call, late=True):
             return None, NOT_RECORDED, None
         assert call.prepared is not None
         request, hint = call.prepared
@@ -355,23 +346,28 @@ class Engine:
         if not call.decision.compare or not self.admission.admit(call, lane.try_reserve):
             return
         kept = value if call.site.allocation == "entered" else capture(value)
+        call.kept = kept_arguments(call.args, call.kwargs)  # the caller may reuse them
         lane.spawn(call.site.name, self._legacy_job(call, replace(candidate, value=kept)))
 
     def _legacy_job(self, call: Call, candidate: Observation) -> Steps[None]:
         """Background side of a served call: run legacy, queue the comparison. What
         legacy holds is given back: an allocation's context manager is entered and
-        left; a ``(value, ctx)`` pair's ctx is left."""
-        site = call.site
+        left; a ``(value, ctx)`` pair's ctx is left. Legacy failing once its event loop
+        has begun to end says nothing about legacy: counted as dropped (``loop_closed``)."""
+        site, run = call.site, call.background()
         started = _perf()
         try:
             if site.allocation is True:
-                cm = call.fn(*call.args, **call.kwargs)
+                cm = run.fn(*run.args, **run.kwargs)
                 result = yield enter(cm)
                 yield leave(cm)
             else:
-                result = yield call
+                result = yield run
                 if site.allocation == "entered" and held_value(result) is not result:
                     yield leave(result[1])
+        except LoopEnded:
+            self.recorder.dropped(site.product, site.task, "loop_closed")
+            return
         except Exception as exc:
             legacy = legacy_observation(started, call.model, exc=exc)
         else:

@@ -62,14 +62,19 @@ class Events:
     ) -> None:
         """A failure of the shim's own work (``operation``; for one call site's task,
         if ``site``): counted, logged, recorded."""
+        where = None if site is None else site.call_site
         with self._lock:
             self._errors[operation] += 1
-        _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
-        if operation not in ("write", "render", "sink_close"):  # the recorder is the problem
-            product, task = (site.product, site.task) if site is not None else (None, None)
-            self.recorder.event(
-                "shim.error", product, task, operation=operation, error=describe(exc)
+            first = site is None or (where, operation) not in self._told
+            self._told.add((where, operation))
+        if first:  # a call site's: logged once, counted and recorded every time
+            _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
+        if site is not None:  # one call site's: may come on every call, so tallied
+            self.recorder.tally(
+                "shim.error", site.product, site.task, describe(exc), operation=operation
             )
+        elif operation not in ("write", "render", "sink_close"):  # the recorder is the problem
+            self.recorder.event("shim.error", None, None, operation=operation, error=describe(exc))
 
     def site_error(self, site: CallSite, operation: str, exc: BaseException) -> None:
         """A failure while a comparison of ``site`` became a record: the call site's own
@@ -92,8 +97,9 @@ class Events:
         """The call site's own callable ``name`` (``request``, ``response``, ``key``,
         ...: the user's code, ``fn``) raised: not the task path's failure, so neither
         the breaker nor the verdict hears of it. Counted (``call_site.<name>``),
-        recorded as ``shim.error`` naming the call site and the callable, and logged as
-        a warning the first time per call site and callable."""
+        recorded as ``shim.error`` naming the call site and the callable (one record
+        per flush interval with ``count``, so an error on every call cannot flood the
+        log), and logged as a warning the first time per call site and callable."""
         operation = f"call_site.{name}"
         where = site.call_site if site is not None else call_site
         function = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
@@ -109,15 +115,15 @@ class Events:
                 where,
                 describe(exc),
             )
-        self.recorder.event(
+        self.recorder.tally(
             "shim.error",
             site.product if site is not None else None,
             site.task if site is not None else None,
+            describe(exc),
             operation=operation,
-            call_site=where,
+            call_site=where or "",
             callable=name,
             function=function,
-            error=describe(exc),
         )
 
     def errors(self) -> dict[str, int]:

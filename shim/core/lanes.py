@@ -29,7 +29,7 @@ from shim.client.protocol import ReleaseHook
 from shim.client.task_client import AsyncTaskClient, TaskClient
 from shim.core.call import Call
 from shim.core.dispatch import DropHook, ErrorHook, LoopDispatcher, ThreadDispatcher
-from shim.core.loopend import outlast
+from shim.core.loopend import ended, outlast
 from shim.core.steps import Run, Step, Steps
 
 __all__ = ["USER_AGENT", "LoopState", "Loops", "Threads", "task_clients"]
@@ -216,7 +216,7 @@ class Loops:
                         async with asyncio.timeout_at(deadline):
                             reply = await outlast(self._perform(step), deadline)
                 except BaseException as exc:  # the steps decide; cancellation included
-                    step = steps.throw(exc)
+                    step = steps.throw(exc if deadline is None else ended(exc))
                 else:
                     step = steps.send(reply)
         except StopIteration as stop:

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Awaitable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["ending", "outlast"]
+__all__ = ["LoopEnded", "ended", "ending", "outlast"]
 
 T = TypeVar("T")
 
@@ -30,6 +30,26 @@ _ended: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 # Tasks that took back the loop's end: the runner cancels each task once, so a second
 # cancellation is someone else's (a timeout of legacy's own) and goes through.
 _absorbed: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+class LoopEnded(Exception):
+    """A background step failed after its event loop began to end: what the job had
+    set up for it (its own client, closed as the job returned) may be gone, so the
+    failure says nothing about the step."""
+
+
+def ended(exc: BaseException) -> BaseException:
+    """``exc`` as the background step in the current task raised it, or
+    :class:`LoopEnded` if the task had gone on past its loop's end (a timeout is still
+    a timeout: the deadline is the step's own)."""
+    if not isinstance(exc, Exception) or isinstance(exc, TimeoutError):
+        return exc
+    task = asyncio.current_task()
+    if task is None or task not in _absorbed:
+        return exc
+    ended = LoopEnded(f"after its event loop ended: {type(exc).__name__}: {exc}")
+    ended.__cause__ = exc
+    return ended
 
 
 def ending(loop: asyncio.AbstractEventLoop) -> bool:

@@ -6,6 +6,12 @@ made in the stage the task is in now, since it last changed setting (the last
 ``shim.promote``, ``shim.rollback`` or ``shim.rollout`` record for it in the logs), and
 those comparisons must span the policy's ``min_soak`` seconds, first to last. Evidence
 from an earlier stage, or from before the last change, says nothing about this one.
+
+Without such a record the stage has no known start. A shadow stage is one rung, so all
+its comparisons are its evidence (and the output says so); a serving stage is several
+(canary 1 %, 5 %, 25 %, 50 %), whose comparisons all say ``canary``: evidence from an
+earlier rung would pass for this one, so it is refused until the log that ``shim
+promote --log`` writes to is given (or ``--force``).
 """
 
 from __future__ import annotations
@@ -25,10 +31,14 @@ from typing import Any
 from shim.analysis.policy import Policy
 from shim.base.errors import ShimError
 
-__all__ = ["CHANGE_EVENTS", "Evidence", "EvidenceError", "stage_evidence"]
+__all__ = ["CHANGE_EVENTS", "RUNG_STAGES", "Evidence", "EvidenceError", "stage_evidence"]
 
 #: The records that say a task changed setting.
 CHANGE_EVENTS = ("shim.promote", "shim.rollback", "shim.rollout")
+
+#: Stages made of several rungs whose comparisons carry the same ``stage``: only a
+#: change record tells one rung's evidence from another's.
+RUNG_STAGES = ("canary", "live")
 
 
 class EvidenceError(ShimError):
@@ -50,6 +60,9 @@ class Evidence:
     soak_s: float
     min_soak: float
     min_pairs: int
+    #: ts of the first and the last comparison in the window (None: there is none)
+    first: str | None = None
+    last: str | None = None
 
     @property
     def soaked(self) -> bool:
@@ -57,12 +70,36 @@ class Evidence:
         return self.soak_s >= self.min_soak
 
     @property
+    def dated(self) -> bool:
+        """The window is this stage's own: it starts at the task's last change, or the
+        stage is a single rung (shadow), whose every comparison is its own."""
+        return self.since is not None or self.stage not in RUNG_STAGES
+
+    @property
     def ok(self) -> bool:
-        """PROMOTE, and soaked."""
-        return self.verdict == "PROMOTE" and self.soaked
+        """PROMOTE, soaked, from a window known to be this stage's."""
+        return self.dated and self.verdict == "PROMOTE" and self.soaked
+
+    def window(self) -> str:
+        """Which comparisons were the evidence, for people: one line."""
+        if self.since is not None:
+            where = f"in stage {self.stage} since {self.since} (its last change)"
+        else:
+            where = (
+                f"in stage {self.stage}, every one in the logs (no change record for {self.task})"
+            )
+        span = f", {self.first} to {self.last}" if self.first and self.last else ""
+        return f"{self.n} pairs {where}{span}"
 
     def refusals(self) -> list[str]:
         """Why this evidence does not promote, one line each (empty when it does)."""
+        if not self.dated:
+            return [
+                f"no shim.promote, shim.rollback or shim.rollout record for {self.task} in "
+                f"the evidence or the change log, so its stage {self.stage} comparisons "
+                "cannot be told apart by rung (1 % from 5 %): pass the log that `shim "
+                "promote --log` writes to (as --evidence or --log, or SHIM_LOG), or --force"
+            ]
         since = f"since {self.since} (its last change)" if self.since else "in the evidence"
         if not self.n:
             return [
@@ -90,6 +127,8 @@ class Evidence:
             "n": self.n,
             "stage": self.stage,
             "since": self.since,
+            "first": self.first,
+            "last": self.last,
             "soak_s": round(self.soak_s, 3),
             "min_soak": self.min_soak,
         }
@@ -130,6 +169,8 @@ def stage_evidence(
         soak_s=soak,
         min_soak=gates.min_soak,
         min_pairs=gates.min_pairs,
+        first=first,
+        last=last,
     )
 
 

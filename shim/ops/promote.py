@@ -271,8 +271,9 @@ def promote(
             if change is None:
                 raise _Moved
             gated = gate is not None and change.after.serve > change.before.serve
-            # The same setting plans the same change; another one may need the gate, or
-            # the evidence of another stage: read it again.
+            # The same setting plans the same change; another one (someone else's: a
+            # store plans again only after putting back its own writes) may need the
+            # gate, or the evidence of another stage: read it again.
             if gated and change.before != planned.before:
                 raise _Moved
             locked.append(change)

@@ -3,7 +3,9 @@
 :class:`Watch` is the I/O-free core: feed it records, it evaluates each task's last
 ``watch_window`` pairs every ``watch_step`` new pairs against the policy's rollback
 lines, and reports a breach after ``watch_consecutive`` failing evaluations in a row or
-``watch_cumulative`` in the stage. :func:`follow` reads a growing log, across rotation.
+``watch_cumulative`` in the stage; it counts what it read and evaluated, so a one-off
+run can tell "no breach" from "nothing to judge". :func:`wait_for_log` waits for a log
+to appear; :func:`follow` reads a growing log, across rotation.
 :func:`auto_rollback` acts on a breach: one read-modify-write under the flag store's
 lock, so a promote that read the flags before it cannot undo it.
 """
@@ -24,7 +26,7 @@ from shim.analysis.policy import Gates, Policy
 if TYPE_CHECKING:
     from shim.flags.store import Change, FlagStore
 
-__all__ = ["Breach", "Watch", "auto_rollback", "follow"]
+__all__ = ["Breach", "Watch", "auto_rollback", "follow", "wait_for_log"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,15 @@ class Watch:
     def __init__(self, policy: Policy | None = None) -> None:
         self.policy = policy or Policy()
         self._tasks: dict[str, _TaskWatch] = {}
+        #: comparison records taken
+        self.records = 0
+        #: windows evaluated (each task's every ``watch_step`` pairs)
+        self.evaluations = 0
+
+    @property
+    def tasks(self) -> int:
+        """How many tasks the records were of."""
+        return len(self._tasks)
 
     def feed(self, record: dict[str, Any]) -> Breach | None:
         """Take one record; a Breach when this record tips its task over."""
@@ -90,10 +101,12 @@ class Watch:
             )
         except (KeyError, TypeError):
             return None
+        self.records += 1
         state.since_eval += 1
         if state.since_eval < gates.watch_step or len(state.window) < gates.watch_step:
             return None
         state.since_eval = 0
+        self.evaluations += 1
         reasons = self._failing(state, gates)
         if not reasons:
             state.consecutive = 0
@@ -152,6 +165,24 @@ def auto_rollback(breach: Breach, store: FlagStore, log: Path | None) -> Change 
         },
     )
     return changes[0] if changes else None
+
+
+def wait_for_log(
+    path: Path,
+    *,
+    timeout: float | None = None,
+    poll: float = 0.2,
+    stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Wait until ``path`` is a file: True when it is, False when ``timeout`` seconds
+    (None: no limit) passed first, or ``stop`` said so."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not path.is_file():
+        if stop() or (deadline is not None and time.monotonic() >= deadline):
+            return False
+        pause = poll if deadline is None else min(poll, max(deadline - time.monotonic(), 0))
+        time.sleep(pause)
+    return True
 
 
 def follow(

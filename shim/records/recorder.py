@@ -150,6 +150,8 @@ class Recorder:
         self._lock = threading.Lock()
         self._queued = 0
         self._drops: Counter[tuple[str, str, str]] = Counter()
+        # (event, product, task, fields) -> [count, first example]: see tally().
+        self._tallies: dict[tuple[Any, ...], list[Any]] = {}
         self._lines.batch = []
         self.written = 0
         self.write_errors = 0  # failed attempts to write
@@ -185,6 +187,23 @@ class Recorder:
             self._queue.put(record)
         else:
             self.dropped(product or "", task or "", self._refusal())
+
+    def tally(
+        self, event: str, product: str | None, task: str | None, example: str, **fields: str
+    ) -> None:
+        """Queue a record that may stand for many alike (an error raised on every call):
+        those with the same event, task and ``fields`` within one flush interval are
+        written as one, with ``count`` and the first ``error`` (``example``) seen."""
+        key = (event, product, task, tuple(sorted(fields.items())))
+        with self._lock:
+            if not self._done:
+                found = self._tallies.get(key)
+                if found is None:
+                    self._tallies[key] = [1, example]
+                else:
+                    found[0] += 1
+                return
+            self.lost += 1
 
     def dropped(self, product: str, task: str, reason: str, count: int = 1) -> None:
         """Count comparisons that will not happen; written as ``shim.dropped``. After
@@ -308,9 +327,15 @@ class Recorder:
     def _render_drops(self) -> None:
         with self._lock:
             drops, self._drops = self._drops, Counter()
+            tallies, self._tallies = self._tallies, {}
         for (product, task, reason), count in sorted(drops.items()):
             record = envelope("shim.dropped", product, task)
             record.update(reason=reason, count=count)
+            self._seen(record)
+            self._log.info(record.pop("event"), **record)
+        for (event, product, task, fields), (count, example) in tallies.items():
+            record = envelope(event, product, task)
+            record.update(fields, error=example, count=count)
             self._seen(record)
             self._log.info(record.pop("event"), **record)
 

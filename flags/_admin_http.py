@@ -1,0 +1,68 @@
+"""The Unleash Admin API of one server, one project and one environment: requests whose
+failures become one :class:`~shim.base.errors.ShimError` each, with what to check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from shim.base.errors import ShimError
+
+__all__ = ["AdminApi", "failed_test"]
+
+
+def failed_test(reply: httpx.Response) -> bool:
+    """A JSON Patch refused because its ``test`` did not hold (Unleash answers 500 with
+    ``TEST_OPERATION_FAILED``), or aimed at something gone (404): a lost
+    compare-and-set, not an error."""
+    return reply.status_code == 404 or "TEST_OPERATION_FAILED" in reply.text
+
+
+class AdminApi:
+    """Requests to ``url``'s Admin API (``http://host:4242``; a trailing ``/api`` is
+    accepted) with an admin token; ``features`` is the project's feature path."""
+
+    def __init__(
+        self,
+        url: str,
+        admin_token: str,
+        *,
+        environment: str,
+        project: str,
+        http: httpx.Client | None = None,
+    ) -> None:
+        base = url.rstrip("/").removesuffix("/api")
+        self.description = f"Unleash {base} ({environment})"
+        self.environment = environment
+        self.features = f"/api/admin/projects/{project}/features"
+        self._http = http or httpx.Client(
+            base_url=base, timeout=10.0, headers={"Authorization": admin_token}
+        )
+
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One request; a transport error or a refused token is a ShimError."""
+        try:
+            reply = self._http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise ShimError(
+                f"{self.description}: {type(exc).__name__}: {exc}; is the "
+                "server up and UNLEASH_URL right?"
+            ) from None
+        if reply.status_code in (401, 403):
+            raise ShimError(
+                f"{self.description} refused the admin token "
+                f"({reply.status_code}); check UNLEASH_ADMIN_TOKEN"
+            )
+        return reply
+
+    def ok(self, reply: httpx.Response, what: str) -> None:
+        """A ShimError saying ``what`` could not be done, unless ``reply`` succeeded."""
+        if reply.status_code >= 300:
+            raise ShimError(
+                f"{self.description}: cannot {what}: {reply.status_code} {reply.text[:200]}"
+            )
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._http.close()
