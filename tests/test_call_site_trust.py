@@ -432,3 +432,27 @@ def test_a_routed_call_site_blames_the_callable_that_raised() -> None:
         s.flush()
         [error] = _errors(s)
         assert error["operation"] == "call_site.product" and "KeyError" in error["error"]
+
+
+def test_the_call_sites_own_objects_are_never_copied() -> None:
+    """Only the caller's containers are copied: a router's ``self`` is the very object
+    in every background legacy run, never a copy."""
+    seen: list[int] = []
+    flags = {"kiwi.meal_plan": {"serve": 100, "shadow": 100}}
+    with TestShim(flags, answer=lambda r: "task", noise_sample=1.0) as s:
+
+        class Router:
+            @s.shadow(
+                product="kiwi",
+                task="meal_plan",
+                request=lambda self, q: TaskRequest(prompt=q),
+                response=lambda result: result.output,
+            )
+            def complete(self, q: list[str]) -> str:
+                seen.append(id(self))
+                return "legacy"
+
+        router = Router()
+        assert router.complete(["q"]) == "task"
+        s.flush()
+        assert seen == [id(router)], "legacy ran once, in the background, on the router"

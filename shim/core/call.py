@@ -11,7 +11,7 @@ from typing import Any
 from shim import flags as flagpkg
 from shim.base.errors import ShimError
 from shim.client.task import TaskAllocation, TaskResult
-from shim.core.callsite import CallSiteError, kept_arguments, one_shot, prepare
+from shim.core.callsite import CallSiteError, kept_arguments, prepare
 from shim.records.observe import CallSite, Observation, capture, describe, restore
 
 __all__ = ["Call", "candidate_answered", "candidate_failed", "legacy_observation"]
@@ -34,10 +34,8 @@ class Call:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    #: A compared call's task request and service hint, built from the arguments when
-    #: the call was made (the caller may change them once legacy has returned); the
-    #: request is a private copy (:func:`~shim.records.observe.capture`) if it holds
-    #: values the caller could change.
+    #: The task request and service hint, built from the arguments as they were when
+    #: the call was made (see ``kept``).
     prepared: tuple[Any, str | None] | None = None
     #: Legacy runs a second time in the background (noise) on this call.
     noise: bool = False
@@ -45,26 +43,29 @@ class Call:
     #: legacy run in the background (:func:`~shim.core.callsite.kept_arguments`).
     kept: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
-    def prepare(self, noise_sample: float, *, late: bool = False) -> CallSiteError | None:
-        """Build the task request now (``prepared``), from the arguments as legacy sees
-        them: the caller may change them once legacy has returned; a request holding
-        values it could change is copied. An argument only one reader can read (an
-        iterator) is legacy's: the request waits until ``late`` (legacy has returned;
-        still the caller's thread). Draws whether legacy runs again for noise. The
-        call site's error if its own callable raised."""
-        site, args, kwargs = self.site, self.args, self.kwargs
-        if not late and one_shot(args, kwargs):
-            return None
-        try:
-            self.prepared = prepare(site, args, kwargs)
-        except CallSiteError as err:
-            return err
+    def keep(self, noise_sample: float) -> None:
+        """On the caller's thread, before legacy runs a compared call: copy the caller's
+        own containers among the arguments (``kept``), which the task request is built
+        from in the background and legacy may run on again for noise, and draw whether
+        it does (``noise``). A few hundred nanoseconds when there is nothing to copy."""
+        self.kept = kept_arguments(self.args, self.kwargs)
+        site = self.site
         if (
             noise_sample
-            and not (late or site.side_effects or site.allocation or self.decision.serve)
+            and not (site.side_effects or site.allocation or self.decision.serve)
             and random.random() < noise_sample
         ):
-            self.noise, self.kept = True, kept_arguments(args, kwargs)
+            self.noise = True
+
+    def prepare(self) -> CallSiteError | None:
+        """Build the task request (``prepared``) from the arguments as they were when
+        the call was made (:meth:`background`). The call site's error if its own
+        callable raised."""
+        run = self.background()
+        try:
+            self.prepared = prepare(self.site, run.args, run.kwargs)
+        except CallSiteError as err:
+            return err
         return None
 
     def background(self) -> Call:

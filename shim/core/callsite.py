@@ -22,7 +22,6 @@ __all__ = [
     "first_of_pair",
     "kept_arguments",
     "no_request",
-    "one_shot",
     "prepare",
     "responded",
     "routed",
@@ -56,10 +55,9 @@ def prepare(
     site: CallSite, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[TaskRequest | None, str | None]:
     """What the task path sends for this call, built from its arguments: the request
-    (None for an allocating call site: kiwi's body carries none; a private copy, see
-    :func:`~shim.records.observe.capture`, if it holds values the caller could change
-    afterwards) and the service an allocation is released from if the answer names
-    none. CallSiteError if the call site's ``request=`` or ``service_hint=`` raised."""
+    (None for an allocating call site: kiwi's body carries none) and the service an
+    allocation is released from if the answer names none. CallSiteError if the call
+    site's ``request=`` or ``service_hint=`` raised."""
     hint = site.service_hint
     if callable(hint):
         try:
@@ -72,46 +70,27 @@ def prepare(
         request: TaskRequest = site.request(*args, **kwargs)
     except Exception as exc:
         raise CallSiteError("request", site.request, exc) from exc
-    if _settled(request):
-        return request, hint
-    kept = capture(request)
-    return (request if kept is NOT_RECORDED else kept), hint
-
-
-#: Values the caller cannot change once the call is made.
-_SETTLED = (str, bytes, int, float, bool, type(None))
-
-
-def _settled(request: TaskRequest) -> bool:
-    """Does ``request`` hold only values the caller cannot change afterwards (then it
-    need not be copied: most requests are a prompt and a few numbers)?"""
-    return (
-        request.payload is None
-        and type(request.images) is tuple
-        and all(type(v) in _SETTLED for v in request.params.values())
-    )
+    return request, hint
 
 
 def kept_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The arguments for a legacy run in the background (a served call compared, a
-    noise run), with the caller's own containers copied (lists, dicts, sets,
+    """The arguments for work in the background (the task request of a compared call,
+    legacy run again for noise or for a served call), with the caller's own containers
+    copied (lists, dicts, sets,
     bytearrays: what a caller reuses once the call returns) so that its later changes
     cannot reach them; other objects (the call site's ``self``, a client) are kept as
     they are, since copying them would run legacy on a copy. None when nothing needs
     copying. :meth:`~shim.core.call.Call.background` gives them back."""
-    if not any(type(a) in _CONTAINERS for a in args) and not any(
-        type(v) in _CONTAINERS for v in kwargs.values()
-    ):
-        return None
+    for a in args:  # loops, not any(): this runs on every compared call
+        if type(a) in _CONTAINERS:
+            break
+    else:
+        for v in kwargs.values():
+            if type(v) in _CONTAINERS:
+                break
+        else:
+            return None
     return tuple(_kept(a) for a in args), {k: _kept(v) for k, v in kwargs.items()}
-
-
-def one_shot(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Is an argument an iterator (a generator, a file): something only one reader can
-    read? Then the task request is built after legacy has read it, never before."""
-    return any(hasattr(type(a), "__next__") for a in args) or any(
-        hasattr(type(v), "__next__") for v in kwargs.values()
-    )
 
 
 _CONTAINERS = frozenset({list, dict, set, bytearray})

@@ -129,11 +129,11 @@ class Engine:
         self.recorder.dropped(site.product, site.task, "side_effects")
         return flagpkg.Decision(serve=False, compare=decision.compare, stage=decision.stage)
 
-    def prepared(self, call: Call, *, late: bool = False) -> bool:
-        """Build the task request of a compared call (:meth:`Call.prepare`). False
-        (counted and recorded as the call site's error; nothing is compared) if the
-        call site's own callable raised."""
-        err = call.prepare(self.noise_sample, late=late)
+    def prepared(self, call: Call) -> bool:
+        """Build the task request of a call (:meth:`Call.prepare`). False (counted and
+        recorded as the call site's error; nothing is compared) if the call site's own
+        callable raised."""
+        err = call.prepare()
         if err is not None:
             self.events.call_site_error(err.name, err.fn, err.error, site=call.site)
         return err is None
@@ -154,9 +154,7 @@ class Engine:
         fn, args, kwargs = call.fn, call.args, call.kwargs
         if not decision.compare or not self.admission.admit(call, self._reserve):
             return fn(*args, **kwargs)
-        if not self.prepared(call):
-            self._dispatch.release()
-            return fn(*args, **kwargs)
+        call.keep(self.noise_sample)  # the caller may change its lists once legacy returns
         started = _perf()
         try:
             result = fn(*args, **kwargs)
@@ -184,9 +182,7 @@ class Engine:
         or entering what it returned). The caller gets legacy's very value or error."""
         if not self.admission.admit(call, self._reserve):
             return (yield step)
-        if not self.prepared(call):
-            self._dispatch.release()
-            return (yield step)
+        call.keep(self.noise_sample)
         started = _perf()
         try:
             result = yield step
@@ -199,7 +195,7 @@ class Engine:
     def _raised(self, call: Call, started: float, exc: BaseException) -> None:
         """Legacy raised on a compared call: the comparison goes on without it (its
         error is legacy's side); cancelled or interrupted, the slot is given back."""
-        if isinstance(exc, Exception) and (call.prepared or self.prepared(call, late=True)):
+        if isinstance(exc, Exception):
             job = (call, _perf() - started, NOT_RECORDED, exc, None)
             self._handoff((call.site.name, self.candidate_job, job))
         else:
@@ -211,9 +207,6 @@ class Engine:
         read; nor is it taken twice for noise) and hand the comparison to the workers."""
         elapsed = _perf() - started
         site = call.site
-        if call.prepared is None and not self.prepared(call, late=True):
-            self._dispatch.release()
-            return
         kept, again = result, None
         if not site.allocation:
             kept = capture(result)
@@ -258,7 +251,7 @@ class Engine:
         """Call the task path: what it did (see ``TaskOutcome``). An allocating call
         site gets an allocation, given back at once unless ``keep`` (it serves)."""
         site = call.site
-        if call.prepared is None and not self.prepared(call, late=True):
+        if call.prepared is None and not self.prepared(call):
             return None, NOT_RECORDED, None
         assert call.prepared is not None
         request, hint = call.prepared

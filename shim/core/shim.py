@@ -277,9 +277,10 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         call site's error, recorded as ``shim.error`` (``operation:
         call_site.<keyword>``, with ``call_site`` and ``function``) and counted in
         ``stats()``; the call goes on as legacy, and neither the circuit breaker nor
-        the verdict counts it against the task path. The task request is built from
-        the arguments when the call is made, before legacy runs, so that the caller
-        changing them afterwards cannot change what the task path is sent.
+        the verdict counts it against the task path. The caller's lists, dicts and
+        sets among the arguments are copied when the call is made, so that changing
+        them afterwards cannot change what the task path is sent (nor what legacy
+        sees when it runs in the background).
 
         Generator functions are refused (TypeError): a stream would be compared as
         its repr.
