@@ -168,6 +168,10 @@ class JsonOutput:
     strict_wrapping: bool = False
     expect_json: bool = True
 
+    def __post_init__(self) -> None:
+        if isinstance(self.schema, dict):
+            _jsonschema()  # missing: say so at start-up, not once per pair in the log
+
     def compare(self, legacy: Any, candidate: Any) -> Structure:
         """The structural verdict for one pair of outputs."""
         if (empty := _emptiness(legacy, candidate)) is not None:
@@ -278,14 +282,19 @@ def _as_json(value: Any) -> tuple[str, Any]:
     return "bare", value
 
 
-def _json_schema_valid(schema: dict[str, Any], value: Any) -> bool:
+def _jsonschema() -> Any:
     try:
         import jsonschema  # type: ignore[import-untyped]
-    except ImportError as exc:  # pragma: no cover - documented requirement
-        raise RuntimeError(
-            "a JSON Schema needs the jsonschema package: pip install jsonschema"
+    except ImportError as exc:
+        raise ImportError(
+            "JsonOutput(schema={...}) with a JSON Schema needs the jsonschema package: "
+            "pip install 'task-shim[schema]' (or pass a pydantic model as schema)"
         ) from exc
-    return bool(jsonschema.Draft202012Validator(schema).is_valid(value))
+    return jsonschema
+
+
+def _json_schema_valid(schema: dict[str, Any], value: Any) -> bool:
+    return bool(_jsonschema().Draft202012Validator(schema).is_valid(value))
 
 
 def _value_diff(

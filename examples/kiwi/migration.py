@@ -48,5 +48,7 @@ def close() -> None:
 
 
 async def aclose() -> None:
-    """Before an event loop ends: finish the comparisons started on it."""
+    """At the end of a long-lived event loop (an ASGI app's shutdown): finish the
+    comparisons started on it now (with asyncio.run per job this is not needed: the
+    loop's end waits for them)."""
     await shim.aflush()

@@ -124,7 +124,7 @@ class Engine:
 
     def _keep_side_effects(self, site: CallSite, decision: flagpkg.Decision) -> flagpkg.Decision:
         """The flags say the task path serves, but legacy's side effects must happen on
-        every call: legacy serves (compared as in shadow), counted as dropped
+        every call: legacy serves (compared if drawn, as in shadow), counted as dropped
         (``side_effects``) so the report shows the serving that did not happen."""
         self.recorder.dropped(site.product, site.task, "side_effects")
         return flagpkg.Decision(serve=False, compare=decision.compare, stage=decision.stage)

@@ -267,7 +267,8 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         ``side_effects=True`` says legacy does something besides returning (writes a
         row, sends a mail) that must happen once per call: legacy is never run a second
         time for noise, and where the flags say the task path serves, legacy serves
-        instead (compared as in shadow; counted as dropped, reason ``side_effects``).
+        instead (compared if the shadow share draws it, as in shadow; counted as
+        dropped, reason ``side_effects``).
         ``serve_without_side_effects=True`` lets the task path serve all the same: the
         app has moved the side effect out of the wrapped function, or accepts that
         calls the task path serves do without it.
