@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ssl
 import time
 import weakref
@@ -251,26 +252,34 @@ class Loops:
                 raise RuntimeError(_LOOP_GONE)
             coro = cast(Coroutine[Any, Any, Any], fn(*args, **kwargs))
             try:
-                future = asyncio.run_coroutine_threadsafe(coro, loop)
-            except RuntimeError:  # closed just now
-                coro.close()
+                return _wait(asyncio.run_coroutine_threadsafe(coro, loop), loop, timeout)
+            except BaseException:
+                # The loop ended before it started the coroutine (or refused it): close
+                # it, so that "never awaited" stays out of the logs. One it started is
+                # the loop's to finish or cancel.
+                if loop.is_closed() and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                    coro.close()
                 raise
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    return future.result(min(0.1, max(0.0, deadline - time.monotonic())))
-                except TimeoutError:
-                    # Polled, not waited on once: a loop that ends meanwhile never
-                    # runs the coroutine, and the worker would wait the whole timeout.
-                    if loop.is_closed():
-                        future.cancel()
-                        raise RuntimeError(_LOOP_GONE) from None
-                    if time.monotonic() >= deadline:
-                        future.cancel()
-                        raise
 
         return again
 
     def after_fork(self) -> None:
         """In a forked child: the event loops are the parent's; start anew."""
         self._states = weakref.WeakKeyDictionary()
+
+
+def _wait(future: Any, loop: asyncio.AbstractEventLoop, timeout: float) -> Any:
+    """``future``'s result within ``timeout``, polled, not waited on once: a loop that
+    ends meanwhile never runs the coroutine, and the worker would wait the whole
+    timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return future.result(min(0.1, max(0.0, deadline - time.monotonic())))
+        except TimeoutError:
+            if loop.is_closed():
+                future.cancel()
+                raise RuntimeError(_LOOP_GONE) from None
+            if time.monotonic() >= deadline:
+                future.cancel()
+                raise
