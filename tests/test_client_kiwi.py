@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shim import AsyncTaskClient, Shim, TaskClient, TaskRequest
+from shim import AsyncTaskClient, Shim, TaskClient, TaskFailed, TaskRequest
 from shim.sim import Simulator
 
 from .conftest import QUIET
@@ -38,8 +38,10 @@ class Coordinator:
         self.answer = answer or dict(KIWI_ANSWER)
         self.release_status = release_status
         self.seen: list[tuple[str, str, Any, str | None]] = []
+        self.raw_paths: list[bytes] = []  # as sent: percent-encoding kept
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.raw_paths.append(request.url.raw_path)
         body = json.loads(request.content) if request.content else None
         where = f"{request.url.scheme}://{request.url.netloc.decode()}{request.url.path}"
         self.seen.append((request.method, where, body, request.headers.get("authorization")))
@@ -159,6 +161,79 @@ def test_a_release_the_coordinator_refuses_is_told_not_raised(run: Run, status: 
     )
     assert result.output == "a plan"
     assert told and f"answered {status}" in told[0]
+
+
+@pytest.mark.parametrize(
+    ("service", "allocation_id", "released"),
+    [
+        (
+            "cf-text",
+            "../../admin/keys",
+            b"/api/services/cf-text/allocations/..%2F..%2Fadmin%2Fkeys",
+        ),
+        ("cf-text", "a?b#c d/%", b"/api/services/cf-text/allocations/a%3Fb%23c%20d%2F%25"),
+        ("../../admin", "alloc-1", b"/api/services/..%2F..%2Fadmin/allocations/alloc-1"),
+        ("cf-text", "..", None),
+        ("..", "alloc-1", None),
+        ("cf-text", ".", None),
+        ("cf-text", "", None),
+    ],
+)
+def test_the_release_url_keeps_the_coordinators_values_in_their_segments(
+    run: Run, service: str, allocation_id: str, released: bytes | None
+) -> None:
+    """The service and allocation id come from the coordinator's answer: each stays one
+    path segment ("/" and "?" encoded), and "." or ".." (a parent path once a server
+    resolves it) is not sent at all: the release, and the key, go nowhere else."""
+    told: list[str] = []
+    orch = Coordinator({**KIWI_ANSWER, "service": service, "allocation_id": allocation_id})
+    result = run(
+        orch,
+        lambda c: c.infer("kiwi", "meal_plan", TaskRequest(prompt="p")),
+        api_key="k",
+        on_release_failed=lambda *a: told.append(a[3]),
+    )
+    assert result.output == "a plan"
+    deletes = [p for (m, *_), p in zip(orch.seen, orch.raw_paths, strict=True) if m == "DELETE"]
+    if released is None:
+        assert deletes == [] and told and "not released" in told[0]
+    else:
+        assert deletes == [released] and not told
+    assert {a for _, w, _, a in orch.seen if w.startswith("http://orch.test")} == {"Bearer k"}
+
+
+def test_an_allocation_id_no_header_can_carry_fails_the_call_and_is_still_released(
+    run: Run,
+) -> None:
+    """Was: UnicodeEncodeError out of the call (httpx encodes header values as ASCII)."""
+    orch = Coordinator({**KIWI_ANSWER, "service": "cf-text", "allocation_id": "a\u20ac\n"})
+    with pytest.raises(TaskFailed, match="allocation id has characters a header cannot carry"):
+        run(orch, lambda c: c.infer("kiwi", "meal_plan", TaskRequest(prompt="p")))
+    assert orch.raw_paths[1:] == [b"/api/services/cf-text/allocations/a%E2%82%AC%0A"]
+
+
+@pytest.mark.parametrize(
+    "node",
+    ["http://node.test:8080/?q=", "http://node.test:8080/#", "ftp://node.test/", "http://:8080",
+     "http://node.test:99999", "http://no de.test/", "http://node.test/\n", "/relative", ""],
+)  # fmt: skip
+@pytest.mark.parametrize("how", ["infer", "allocate"])
+def test_a_node_url_a_path_cannot_be_added_to_fails_and_is_released(
+    run: Run, node: str, how: str
+) -> None:
+    """A query or fragment would swallow ``/v1/chat/completions``; the rest is no URL to
+    send to. Either way the allocation is given back."""
+    orch = Coordinator({**KIWI_ANSWER, "url": node, "service": "cf-text"})
+    use = {
+        "infer": lambda c: c.infer("kiwi", "meal_plan", TaskRequest(prompt="p")),
+        "allocate": lambda c: c.allocate("kiwi", "meal_plan"),  # no model: asks the node
+    }[how]
+    with pytest.raises(TaskFailed, match="node URL is not an http"):
+        run(orch, use)
+    assert orch.paths() == [
+        "http://orch.test/api/inference/task",
+        "http://orch.test/api/services/cf-text/allocations/alloc-123",
+    ]
 
 
 def test_images_go_to_a_vision_node_as_image_parts(run: Run) -> None:

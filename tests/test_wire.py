@@ -1,6 +1,7 @@
 """The task path's HTTP/1.1 client against servers that answer byte for byte as scripted:
 keep-alive, chunked and read-to-close bodies, 1xx replies, closed idle connections, one
-deadline for a dripping reply, size limits, header injection, TLS, threads."""
+deadline for a dripping reply, size limits, header injection, TLS, threads. Strict
+framing, encoding, stale connections and the deadline's reach: test_wire_hardening.py."""
 
 from __future__ import annotations
 
@@ -17,83 +18,7 @@ import pytest
 
 from shim.client.wire import TooLarge, Wire
 
-#: Given the request number (from 0) and the raw request, what to send back; None
-#: closes the connection without a word.
-Answer = Callable[[int, bytes], bytes | None]
-
-
-class Scripted:
-    """A TCP server on 127.0.0.1 that answers each request with ``answer``'s bytes and
-    counts connections; ``close_after`` closes a connection after that many replies."""
-
-    def __init__(self, answer: Answer, *, close_after: int = 0, tls: ssl.SSLContext | None = None):
-        self.answer = answer
-        self.close_after = close_after
-        self.tls = tls
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def url(self, path: str = "/api/inference/task") -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            if self.tls:
-                try:
-                    conn = self.tls.wrap_socket(conn, server_side=True)
-                except OSError:
-                    conn.close()
-                    continue
-            with self._lock:
-                self.connections += 1
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
-
-    def _talk(self, conn: socket.socket) -> None:
-        data, replies = b"", 0
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in data:
-                    try:
-                        chunk = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, rest = data.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(rest) < length:
-                    rest += conn.recv(65536)
-                request, data = head + b"\r\n\r\n" + rest[:length], rest[length:]
-                with self._lock:
-                    number = len(self.requests)
-                    self.requests.append(request)
-                reply = self.answer(number, request)
-                if reply is None:
-                    return
-                try:
-                    conn.sendall(reply)
-                except OSError:
-                    return
-                replies += 1
-                if self.close_after and replies >= self.close_after:
-                    return
-
-    def close(self) -> None:
-        self._listener.close()
+from .wirekit import Answer, Scripted, ok, post
 
 
 @pytest.fixture
@@ -121,16 +46,6 @@ def wires() -> Iterator[Callable[..., Wire]]:
     yield make
     for wire in made:
         wire.close()
-
-
-def ok(body: bytes = b'{"output": "x"}', *extra: str) -> bytes:
-    head = "".join(f"{h}\r\n" for h in extra)
-    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
-
-
-def post(wire: Wire, url: str, body: bytes = b"{}", seconds: float = 5.0) -> tuple[int, bytes]:
-    deadline = time.perf_counter() + seconds
-    return wire.send("POST", url, body, {}, connect_timeout=seconds, deadline=deadline)
 
 
 def test_requests_share_one_keep_alive_connection(

@@ -23,6 +23,7 @@ The coordinator, as kiwi's code and tests describe it:
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -119,6 +120,9 @@ def detail(content: bytes) -> str:
     return json.dumps(data)[:200]
 
 
+_HEADER_SAFE = re.compile(r"(?:[\x21-\x7e]+(?: +[\x21-\x7e]+)*)?")
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
@@ -126,7 +130,16 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 def node_headers(ex: Exchange, node: str, allocation_id: str) -> dict[str, str]:
     """Headers for a node call: the allocation's id, and the key only when the node is
-    served from the coordinator's own origin (a proxied node): never to another host."""
+    served from the coordinator's own origin (a proxied node): never to another host.
+    The origin is read with the same parser the request is sent with (``urlsplit``), so
+    a URL that hides its host (``user@``, a backslash) is judged by the host it reaches.
+    TaskFailed when the id cannot be a header value."""
+    if _HEADER_SAFE.fullmatch(allocation_id) is None:
+        raise ex.fail(
+            "the coordinator's allocation id has characters a header cannot carry "
+            "(only printable ASCII): not sent to the node",
+            None,
+        )
     headers = {"X-Allocation-Id": allocation_id}
     if _origin(node) == _origin(ex.base):
         headers.update(ex.auth)

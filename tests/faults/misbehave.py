@@ -28,6 +28,9 @@ FAULTS = (
     "drip",  # a valid body, one byte every ``delay`` seconds
     "node_fails",  # an allocation; the node's completion answers 500
     "release_fails",  # an allocation; the node answers, the release answers 500
+    "bad_framing",  # 200 with "Content-Length: \xb2" (a digit to str.isdigit, not to HTTP)
+    "hostile_id",  # an allocation whose id is "../../../admin/keys"; node and release fine
+    "stale",  # each connection answers once, then closes as its next request arrives
 )
 
 OUTPUT = {"days": [{"day": "mon", "meals": ["oats"]}]}
@@ -41,6 +44,7 @@ class Misbehaving:
         self.fault = "ok"
         self.params: dict[str, Any] = {}
         self.seen: Counter[str] = Counter()
+        self.paths: list[str] = []  # "METHOD /path" of every request
         self._burst = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -87,6 +91,7 @@ class Misbehaving:
             ).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        answered = 0
         try:
             with conn:
                 while not self._stop.is_set():
@@ -98,10 +103,15 @@ class Misbehaving:
                     if request is None:
                         return
                     method, path = request
+                    self.paths.append(f"{method} {path}")
                     with self._lock:  # the fault in force when the request came in
                         fault, params = self.fault, dict(self.params)
+                    if fault == "stale" and answered:  # as if closed idle just before
+                        self.seen["stale"] += 1
+                        return
                     if not self._answer(conn, method, path, fault, params):
                         return
+                    answered += 1
         except OSError:
             pass
         finally:
@@ -140,6 +150,10 @@ class Misbehaving:
             return _send(conn, params["status"], {"detail": params.get("detail", "refused")})
         elif fault == "malformed":
             return _send_raw(conn, 200, b'{"output": {"days": [')
+        elif fault == "bad_framing":
+            body = json.dumps(answer).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n" + body)
+            return False
         elif fault == "truncated":
             body = json.dumps(answer).encode()
             head = _head(200, len(body) + 500)
@@ -158,10 +172,11 @@ class Misbehaving:
                     return False
                 conn.sendall(body[i : i + 1])
             return True
-        elif fault in ("node_fails", "release_fails"):
+        elif fault in ("node_fails", "release_fails", "hostile_id"):
+            hostile = fault == "hostile_id"
             answer = {
                 "url": f"{self.url}/node",
-                "allocation_id": f"alloc-{self.seen['task']}",
+                "allocation_id": "../../../admin/keys" if hostile else f"alloc-{self.seen['task']}",
                 "service": "cf-text",
                 "node_id": "node-x",
                 "model": "qwen2.5-3b-instruct",

@@ -47,7 +47,11 @@ SHADOW_FAULTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "slow drip (a byte / 50 ms)": ("drip", {"delay": 0.05}, r"no answer within 0.4 s"),
     "node completion fails": ("node_fails", {}, r"node node-x answered 500"),
     "allocation release fails": ("release_fails", {}, None),
+    "bad framing (Content-Length: \u00b2)": ("bad_framing", {}, r"RemoteProtocolError"),
+    "hostile allocation id (../../../admin/keys)": ("hostile_id", {}, None),
 }
+#: Where the release of the allocation ``../../../admin/keys`` goes: its own segment.
+HOSTILE_RELEASE = "/api/services/cf-text/allocations/..%2F..%2F..%2Fadmin%2Fkeys"
 SERVE_FAULTS = ("coordinator down", "hanging", "5xx burst (6 x 503)", "reset mid-body")
 
 
@@ -179,6 +183,10 @@ async def _faulty(
             assert run.shim.breaker_state("kiwi.meal_plan") != "closed"
         if serve:
             assert {r["served_by"] for r in rows} == {"legacy_fallback"}
+    elif fault == "hostile_id":  # released, the id kept in its one path segment
+        assert server and not drops and all(r["candidate"]["ok"] for r in rows)
+        assert not records(run.log, "shim.release_failed")
+        assert {p for p in server.paths if p.startswith("DELETE")} == {f"DELETE {HOSTILE_RELEASE}"}
     else:  # the release fails: each comparison stands, each failed release is recorded
         released = records(run.log, "shim.release_failed")
         assert len(released) == len(rows) == CALLS and not drops
@@ -222,7 +230,9 @@ async def _faulty(
         + (f" + {served} served by the task path" if served else "")
         + f" = {run.n} calls{why}"
     )
-    if error is None:
+    if fault == "hostile_id":
+        written += f"; every release sent to `{HOSTILE_RELEASE}` (one path segment), none failed"
+    elif error is None:
         written += f"; {len(records(run.log, 'shim.release_failed'))} shim.release_failed"
     fault_row(
         f"{name} ({stage}, {kind})",
@@ -297,4 +307,40 @@ def test_an_untrusted_certificate_is_refused(tmp_path: Path, fault_row: Row) -> 
         f"legacy result, same object, 3/3 ({raised} legacy exceptions re-raised as is)",
         "3 comparisons; candidate error `ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED]`",
         "n/a: verification stays on (pass a configured http= client to trust a private CA)",
+    )
+
+
+def test_a_stale_keep_alive_connection_is_retried(tmp_path: Path, fault_row: Row) -> None:
+    """Each connection answers once and is closed as its next request arrives, without
+    a byte of reply (a server whose idle timeout fired while the request was on its
+    way): the sync client's own HTTP/1.1 sends that request again, once, on a fresh
+    connection, and no call fails."""
+    server = Misbehaving()
+    server.set("stale")
+    run = Run("sync", server.url, tmp_path, "kiwi.meal_plan: {shadow: 100}\n")
+
+    async def calls() -> None:
+        for _ in range(CALLS):
+            await run.call()
+            await asyncio.sleep(0.005)  # traffic at a steady pace, as in the rows above
+        await run.shim.aflush(10)
+        await run.close()
+
+    try:
+        asyncio.run(calls())
+    finally:
+        server.close()
+    raised = run.legacy_unaffected()
+    rows, drops = run.accounted()
+    assert len(rows) == CALLS and not drops
+    assert all(r["candidate"]["ok"] for r in rows), [r["candidate"] for r in rows]
+    assert server.seen["stale"] > 0, "connections were reused, and cut"
+    assert not records(run.log, "shim.breaker")
+    fault_row(
+        "stale keep-alive connection, closed as the next request arrives (shadow, sync)",
+        f"legacy result, same object, {CALLS}/{CALLS} ({raised} legacy exceptions re-raised "
+        f"as is); slowest call {run.slowest * 1000:.0f} ms",
+        f"{len(rows)} comparisons, all ok: {server.seen['stale']} requests sent again on a "
+        "fresh connection (once each)",
+        "n/a: no call failed",
     )
