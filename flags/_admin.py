@@ -92,7 +92,8 @@ class _Wrote:
 class UnleashAdminStore:
     """Flags on an Unleash server, changed through its Admin API.
 
-    ``url`` is the server's base (``http://host:4242``; a trailing ``/api`` is accepted).
+    ``url`` is the server's base (``http://host:4242``; a trailing ``/api`` is accepted);
+    ``admin_token`` is checked here, and never shown (see :class:`._admin_http.AdminApi`).
     Missing flags are created with one flexibleRollout strategy (``groupId`` = flag
     name); 0 % disables the flag in ``environment``, more enables it. ``lock_timeout``
     is how long :meth:`update` waits for another process's change to finish;
@@ -114,7 +115,9 @@ class UnleashAdminStore:
     ) -> None:
         self._api = AdminApi(url, admin_token, environment=environment, project=project, http=http)
         self._lock = AdminLock(self._api, timeout=lock_timeout, ttl=lock_ttl)
-        self.description = self._api.description
+        self.description = self._api.description  # the server without credentials
+        #: Takes the admin token and URL credentials out of text (operation records).
+        self.redact = self._api.redact
         self.environment = environment
         self.lock_timeout = lock_timeout
         self.lock_ttl = lock_ttl

@@ -7,7 +7,14 @@ from typing import Any
 
 import httpx
 
-from shim.base.errors import ShimError
+from shim.base.errors import ConfigError, Problem, ShimError
+from shim.base.secrets import (
+    Redactor,
+    checked_secret,
+    url_secrets,
+    warn_if_plain_http,
+    without_credentials,
+)
 
 __all__ = ["AdminApi", "failed_test"]
 
@@ -21,7 +28,12 @@ def failed_test(reply: httpx.Response) -> bool:
 
 class AdminApi:
     """Requests to ``url``'s Admin API (``http://host:4242``; a trailing ``/api`` is
-    accepted) with an admin token; ``features`` is the project's feature path."""
+    accepted) with an admin token; ``features`` is the project's feature path.
+
+    The token is checked here (whitespace around it stripped; one a header cannot
+    carry, or none at all, is a ConfigError); ``description`` shows the server without
+    credentials, and every error has the token and URL credentials taken out, however
+    the server echoed them (``redact``)."""
 
     def __init__(
         self,
@@ -32,12 +44,28 @@ class AdminApi:
         project: str,
         http: httpx.Client | None = None,
     ) -> None:
+        token = checked_secret(admin_token, name="UNLEASH_ADMIN_TOKEN", where="Unleash Admin API")
+        if token is None:
+            raise ConfigError(
+                [
+                    Problem(
+                        "Unleash Admin API",
+                        None,
+                        "UNLEASH_ADMIN_TOKEN",
+                        "empty; set it to an admin token (Unleash: Admin settings > API access)",
+                    )
+                ]
+            )
         base = url.rstrip("/").removesuffix("/api")
-        self.description = f"Unleash {base} ({environment})"
+        #: Takes the token and URL credentials out of what is shown.
+        self.redact = Redactor((token, *url_secrets(base)))
+        self.description = f"Unleash {without_credentials(base)} ({environment})"
         self.environment = environment
         self.features = f"/api/admin/projects/{project}/features"
+        if http is None:
+            warn_if_plain_http(base, what="the admin token", setting="UNLEASH_URL")
         self._http = http or httpx.Client(
-            base_url=base, timeout=10.0, headers={"Authorization": admin_token}
+            base_url=base, timeout=10.0, headers={"Authorization": token}
         )
 
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -46,8 +74,10 @@ class AdminApi:
             reply = self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise ShimError(
-                f"{self.description}: {type(exc).__name__}: {exc}; is the "
-                "server up and UNLEASH_URL right?"
+                self.redact(
+                    f"{self.description}: {type(exc).__name__}: {exc}; is the "
+                    "server up and UNLEASH_URL right?"
+                )
             ) from None
         if reply.status_code in (401, 403):
             raise ShimError(
@@ -59,9 +89,9 @@ class AdminApi:
     def ok(self, reply: httpx.Response, what: str) -> None:
         """A ShimError saying ``what`` could not be done, unless ``reply`` succeeded."""
         if reply.status_code >= 300:
-            raise ShimError(
-                f"{self.description}: cannot {what}: {reply.status_code} {reply.text[:200]}"
-            )
+            # Redacted whole, then cut: a cut could leave part of an echoed token.
+            said = self.redact(reply.text)[:200]
+            raise ShimError(f"{self.description}: cannot {what}: {reply.status_code} {said}")
 
     def close(self) -> None:
         """Close the HTTP client."""

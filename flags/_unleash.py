@@ -16,6 +16,7 @@ from typing import Any
 
 from shim.base.context import current_context
 from shim.base.names import check_task_name
+from shim.base.secrets import checked_secret, warn_if_plain_http, without_credentials
 
 from ._model import KILL_SWITCH, FlagState, TaskFlags
 from ._rules import Decision, Engine, Rules
@@ -170,6 +171,10 @@ class UnleashFlags:
     with a ``warning`` event when a poll first fails and an ``info`` event when the
     server answers again (``failed_polls`` counts them). ``refresh_interval`` is the
     SDK's polling period in seconds.
+
+    ``api_token`` is checked here (whitespace around it stripped; one a header cannot
+    carry is a ConfigError that never quotes it). ``url`` is the server as events and
+    records show it: credentials in the URL given are replaced by ``[redacted]``.
     """
 
     def __init__(
@@ -186,12 +191,17 @@ class UnleashFlags:
         from UnleashClient.cache import BaseCache
         from UnleashClient.utils import InstanceAllowType
 
-        self.url = url
+        token = checked_secret(
+            api_token, name="api_token (UNLEASH_API_TOKEN)", where="UnleashFlags"
+        )
+        self.url = without_credentials(url)
         self.rules = Rules()
         self.version = 0
         self.failed_polls = 0
         self._down_since: float | None = None
-        self._events = Events(url)
+        self._events = Events(self.url)
+        if token:
+            warn_if_plain_http(url, what="the Unleash API token", setting="UNLEASH_URL")
         cache = _MemoryCache(self._on_poll)
         BaseCache.register(_MemoryCache)
         self._client = UnleashClient(
@@ -199,7 +209,7 @@ class UnleashFlags:
             app_name=app_name,
             environment=environment,
             refresh_interval=refresh_interval,
-            custom_headers={"Authorization": api_token},
+            custom_headers={"Authorization": token or ""},
             custom_options={"hooks": {"response": cache.heard}},
             disable_metrics=disable_metrics,
             cache=cache,  # type: ignore[arg-type]
@@ -210,7 +220,7 @@ class UnleashFlags:
         if self.version == 0:
             self._emit(
                 "warning",
-                f"Unleash at {url} did not answer; every task is off (legacy) until it does",
+                f"Unleash at {self.url} did not answer; every task is off (legacy) until it does",
             )
 
     def decide(self, task: str, sticky: str | None) -> Decision:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,31 +13,72 @@ import httpx
 import pytest
 
 from shim import AsyncTaskClient, OrchConfig, TaskClient, TaskRequest, TaskResult
+from shim.base.secrets import Redactor
 from shim.sim import Profile, Simulator
 
 KIWI = Path(__file__).resolve().parent.parent / "examples" / "kiwi"
 
 #: The license key tests hand to the shim; no record the suite writes may contain it.
 SECRET = "cf-lic-7f3a9c2e5b1d"
+#: More secrets tests hand over (a password in a URL, an Unleash admin token): the
+#: after-suite scan looks for them too.
+URL_PASSWORD = "h1-url-pass-8c2d"
+ADMIN_TOKEN = "*:*.h1-admin-secret-4f9e2a"
 
 #: No waiting, no faults: tests that want knobs set them.
 QUIET = Profile(seed=1, defaults={"latency_ms": 0, "latency_p99_ms": 0})
 
 
+# A URL whose password was not redacted (matched from "://" on, possessively: linear).
+_URL_PASSWORD = re.compile(r"://[^\s/?#@:\"'\\<>]*+:(?!\[redacted\]@)[^\s/?#@\"'\\<>]++@")
+# What the suite's captured output (stdout, stderr, logs) leaked, test by test.
+_OUTPUT_LEAKS: dict[str, list[str]] = {}
+#: The characters of a secret that, side by side, count as a leak of it.
+_SLICE = 12
+
+
+def _secrets() -> list[str]:
+    tokens = [os.environ.get(k) for k in ("UNLEASH_API_TOKEN", "UNLEASH_ADMIN_TOKEN")]
+    return [s for s in (SECRET, URL_PASSWORD, ADMIN_TOKEN, *tokens) if s]
+
+
+def _leaks(text: str) -> list[str]:
+    """The secrets the suite uses found in ``text``: in any form the shim's redaction
+    knows (escaped, percent-encoded, an Unleash token's secret part); any
+    ``_SLICE`` characters of one side by side, as written (what a cut before the
+    redaction leaves, found without asking the redaction); and unredacted URL
+    passwords. Each named by its first characters only."""
+    secrets = _secrets()
+    found = [f"{form[:4]}..." for form in Redactor(secrets).forms if form in text]
+    slices = {s[i : i + _SLICE] for s in secrets for i in range(len(s) - _SLICE + 1)}
+    found += [f"{piece[:4]}... ({_SLICE} characters)" for piece in sorted(slices) if piece in text]
+    return found + [f"{m.group()[:12]}..." for m in _URL_PASSWORD.finditer(text)]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Note a passing or failing test whose captured output carries a secret (CLI
+    output, log lines, warnings); the after-suite check fails on it."""
+    text = "\n".join(content for _, content in report.sections)
+    found = _leaks(text) if text else []
+    if found:
+        _OUTPUT_LEAKS.setdefault(report.nodeid, []).extend(found)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_record_carries_a_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """After the whole suite: every log any test wrote (in-process or by a subprocess,
-    under the session's temporary directory) is free of the secrets the suite used."""
+    under the session's temporary directory) and every test's captured output is free
+    of the secrets the suite used, in every form, of any 12 of their characters side by
+    side, and of URL passwords."""
     yield
-    tokens = [os.environ.get(k, "") for k in ("UNLEASH_API_TOKEN", "UNLEASH_ADMIN_TOKEN")]
-    secrets = {SECRET, *(t for t in tokens if t), *(t.rsplit(".", 1)[-1] for t in tokens if t)}
     found = []
     for folder, _, files in os.walk(tmp_path_factory.getbasetemp()):  # symlinks not followed
         for name in files:
             if name.endswith(".jsonl"):
                 text = Path(folder, name).read_text(errors="replace")
-                found += [f"{folder}/{name}: {s[:6]}..." for s in secrets if s in text]
+                found += [f"{folder}/{name}: {leak}" for leak in _leaks(text)]
     assert not found, f"secrets in records: {found}"
+    assert not _OUTPUT_LEAKS, f"secrets in captured output: {_OUTPUT_LEAKS}"
 
 
 @pytest.fixture(scope="session")

@@ -128,6 +128,76 @@ def test_require_key_guards_every_route_but_health(kiwi_config: OrchConfig) -> N
         assert locked.stats()["counts"]["unauthorized"] == 5
 
 
+@pytest.fixture(scope="module")
+def locked(kiwi_config: OrchConfig) -> Iterator[Simulator]:
+    """A simulator that wants ``Bearer k``."""
+    with Simulator(kiwi_config, QUIET, require_key="k") as sim:
+        yield sim
+
+
+# Every route, in each form a client might try (and some no route has): without the
+# key, all answer 401 before routing, so a route added later is guarded too.
+GUARDED = [
+    ("POST", "/api/inference/task"),
+    ("POST", "/api/inference"),
+    ("POST", "/api/services/cf-text/allocate"),
+    ("DELETE", "/api/services/cf-text/allocations/a-1"),
+    ("POST", "/proxy/authorize"),
+    ("GET", "/nodes/node-a/v1/models"),
+    ("POST", "/nodes/node-a/v1/chat/completions"),
+    ("POST", "/nodes/node-a/extract"),
+    ("GET", "/nodes/node-a/a/a-1/v1/models"),
+    ("POST", "/nodes/node-a/a/a-1/v1/chat/completions"),
+    ("POST", "/nodes/node-a/a/a-1/extract"),
+    ("GET", "/_sim/stats"),
+    ("PUT", "/_sim/profile"),
+    ("PUT", "/_sim/profile/"),
+    ("HEAD", "/_sim/stats"),
+    ("OPTIONS", "/_sim/profile"),
+    ("GET", "/_sim/anything-added-later"),
+    ("GET", "/docs"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), GUARDED)
+def test_require_key_answers_401_on_every_path_but_health_and_the_stream(
+    locked: Simulator, method: str, path: str
+) -> None:
+    assert http.request(method, f"{locked.url}{path}").status_code == 401
+    wrong = {"Authorization": "Bearer kk"}
+    assert http.request(method, f"{locked.url}{path}", headers=wrong).status_code == 401
+    assert http.get(f"{locked.url}/health").status_code == 200
+    assert http.get(f"{locked.url}/proxy/stream", params={"token": "x"}).status_code == 401
+
+
+def test_an_unauthenticated_profile_put_changes_nothing(locked: Simulator) -> None:
+    """One PUT without the key must not make authorised calls hang."""
+    hang = {"defaults": {"hang_rate": 1.0, "hang_s": 600}}
+    assert http.put(f"{locked.url}/_sim/profile", json=hang).status_code == 401
+    assert locked.profile == QUIET
+    auth = {"Authorization": "Bearer k"}
+    reply = post(locked, "/api/inference/task", {"product": "kiwi", "task": "ocr"}, headers=auth)
+    assert reply.status_code == 200
+    put = http.put(f"{locked.url}/_sim/profile", json=QUIET.model_dump(), headers=auth)
+    assert put.status_code == 204, "with the key, the profile can be changed"
+
+
+def test_require_key_is_stripped_as_clients_strip_theirs(kiwi_config: OrchConfig) -> None:
+    """A key read from a file that ends in a newline works on both ends."""
+    with Simulator(kiwi_config, QUIET, require_key=" k\n") as sim:
+        ok = http.get(f"{sim.url}/_sim/stats", headers={"Authorization": "Bearer k"})
+        assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("key", ["", " \n", "k k"])
+def test_an_empty_or_broken_require_key_is_refused(kiwi_config: OrchConfig, key: str) -> None:
+    """An empty key would let an empty ``Bearer`` in; one with a space inside could
+    never match. Neither is quoted in the error."""
+    with pytest.raises(ConfigError, match="require_key") as caught:
+        Simulator(kiwi_config, QUIET, require_key=key)
+    assert "k k" not in str(caught.value)
+
+
 def test_kiwis_task_body_answers_the_real_allocation_shape(sim: Simulator) -> None:
     """{product, task, payload: {}} gets what the real coordinator sends: no model, no
     node_id; mode=allocate adds them (this project's extension)."""

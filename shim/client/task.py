@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from shim.base.secrets import without_credentials
+
 __all__ = ["TaskAllocation", "TaskRequest", "TaskResult"]
 
 
@@ -75,6 +77,12 @@ class TaskAllocation:
     def service_type(self) -> str | None:
         """``service``, under the name a TaskResult uses."""
         return self.service
+
+    def __repr__(self) -> str:
+        # A node URL may carry credentials; a repr ends up in logs and tracebacks.
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["url"] = without_credentials(self.url)
+        return f"TaskAllocation({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def as_dict(self) -> dict[str, Any]:
         """The allocation as the coordinator's JSON names it: every field but

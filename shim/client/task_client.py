@@ -20,7 +20,9 @@ from typing import Any, Generic, TypeVar, cast
 
 import httpx
 
+from shim.base.secrets import Redactor, checked_secret, url_secrets, warn_if_plain_http
 from shim.client.allocation import allocate_steps, release_steps
+from shim.client.dial import default_tls
 from shim.client.inference import infer_steps
 from shim.client.protocol import Call, Exchange, ReleaseHook, Reply
 from shim.client.task import TaskAllocation, TaskRequest, TaskResult
@@ -77,6 +79,7 @@ class _ClientBase(Generic[H]):
     """What the sync and async clients share: options, the key, errors, timeouts."""
 
     _wire: Wire | None = None  # the sync client's own HTTP/1.1, when it speaks it
+    _http: H | None  # the httpx client sent with, when there is one
 
     def __init__(
         self,
@@ -93,24 +96,31 @@ class _ClientBase(Generic[H]):
         self.orch_url = orch_url.rstrip("/")
         self.timeout = timeout
         self.on_release_failed = on_release_failed
-        key = os.environ.get("CF_LICENSE_KEY") if api_key is None else api_key
+        key = _license_key(api_key, type(self).__name__)
         # The key goes to the coordinator only, never to the node URLs it hands out.
         self._auth = {"Authorization": f"Bearer {key}"} if key else {}
-        self.secret = key or None  # never repeated in an error message, even if echoed
+        self.secret = key  # never repeated in an error message, even if echoed
+        # Built once here: error paths only, never per call on the caller's thread.
+        self._redact = Redactor((key, *url_secrets(orch_url)))
+        if key:
+            warn_if_plain_http(self.orch_url, what="the license key", setting="CF_ORCH_URL")
         self._owned = http is None
-        self._http: H = self._connect(http, tls)
+        self._http = self._connect(http, tls)
 
-    def _connect(self, http: H | None, tls: ssl.SSLContext | None) -> H:
-        """The httpx client to send with: ``http``, or one of our own."""
+    def _connect(self, http: H | None, tls: ssl.SSLContext | None) -> H | None:
+        """The httpx client to send with: ``http``, or one of our own (verifying with
+        ``tls``, else the process's one default context: an httpx client's own costs
+        ~20 ms to build); None when the client speaks HTTP/1.1 itself."""
         raise NotImplementedError
 
     def _exchange(self, product: str, task: str, hint: str | None = None) -> Exchange:
         return Exchange(self.orch_url, product, task, self._auth, self.on_release_failed, hint)
 
     def _scrubbed(self, status: int, content: bytes | bytearray) -> Reply:
-        """A reply; an error body with the key taken out if the server echoed it back."""
-        if self.secret and status >= 300:
-            content = content.replace(self.secret.encode(), b"[redacted]")
+        """A reply; an error body with the key (in any form: JSON-escaped,
+        percent-encoded, ...) and URL passwords taken out, if the server echoed them."""
+        if status >= 300:
+            return Reply(status, self._redact.redact_bytes(bytes(content)))
         return Reply(status, bytes(content))
 
     def _limits(self, call: Call, deadline: float) -> tuple[httpx.Timeout, float]:
@@ -127,13 +137,26 @@ class _ClientBase(Generic[H]):
         """The error the steps see: transport errors become TaskFailed, the rest as is."""
         if isinstance(exc, httpx.TimeoutException):
             message = f"no answer within {self.timeout:g} s ({type(exc).__name__})"
-        elif isinstance(exc, httpx.HTTPError | TooLarge):
+        elif isinstance(exc, httpx.HTTPError):  # TooLarge included
             message = f"{type(exc).__name__}: {exc}"
         else:
             return exc
-        error = ex.fail(message, None)
-        error.__cause__ = exc
+        redacted = self._redact(message)
+        error = ex.fail(redacted, None)
+        if redacted == message:
+            error.__cause__ = exc
+        else:  # the cause's own message quotes the secret: a traceback would print it
+            error.__suppress_context__ = True
         return error
+
+
+def _license_key(api_key: str | None, client: str) -> str | None:
+    """The key to send: ``api_key``, else ``CF_LICENSE_KEY``; checked, and named in an
+    error by the setting it came from."""
+    env = os.environ.get("CF_LICENSE_KEY")
+    if api_key is None or api_key == env:
+        return checked_secret(env if api_key is None else api_key, name="CF_LICENSE_KEY")
+    return checked_secret(api_key, name="api_key", where=client)
 
 
 def _json_bytes(body: Any) -> bytes:
@@ -154,7 +177,10 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
     """Synchronous client for cf-orch's task endpoint, over pooled keep-alive connections.
 
     ``api_key`` defaults to ``CF_LICENSE_KEY`` (sent as a Bearer token to the
-    coordinator); ``timeout`` bounds a whole inference, in seconds. It speaks HTTP/1.1
+    coordinator; whitespace around it is stripped, a key a header cannot carry is a
+    ConfigError that never quotes it, and one sent over plain http to a host other
+    than loopback is warned about once, on the ``shim`` logger); ``timeout`` bounds a
+    whole inference, in seconds. It speaks HTTP/1.1
     itself (a third of httpx's CPU per call), verifying certificates with ``tls`` or
     the system's CAs. Pass ``http`` to use your own httpx.Client instead, for proxies,
     client certificates or HTTP/2 (it is not closed by :meth:`close`); a proxy set in
@@ -163,12 +189,18 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
     that failed (they are logged as ``shim.release_failed`` and never raised).
     """
 
-    def _connect(self, http: httpx.Client | None, tls: ssl.SSLContext | None) -> httpx.Client:
+    def _connect(
+        self, http: httpx.Client | None, tls: ssl.SSLContext | None
+    ) -> httpx.Client | None:
         if http is None and not _proxied():
+            # No httpx.Client as well, unused: building one is ~20 ms (its TLS context).
             self._wire = Wire(
                 headers={"User-Agent": _USER_AGENT}, tls=tls, max_body=MAX_REPLY_BYTES
             )
-        return http or httpx.Client(headers={"User-Agent": _USER_AGENT}, verify=tls or True)
+            return None
+        return http or httpx.Client(
+            headers={"User-Agent": _USER_AGENT}, verify=tls or default_tls()
+        )
 
     def infer(
         self, product: str, task: str, request: TaskRequest, *, service_hint: str | None = None
@@ -218,6 +250,7 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
                     deadline=deadline,
                 )
                 return self._scrubbed(status, content)
+            assert self._http is not None  # no HTTP/1.1 of its own: an httpx client
             with self._http.stream(
                 call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
             ) as response:
@@ -232,7 +265,7 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
         """Close the connections, or the httpx.Client if this client created it."""
         if self._wire is not None:
             self._wire.close()
-        if self._owned:
+        if self._owned and self._http is not None:
             self._http.close()
 
     def __exit__(self, *exc: object) -> None:
@@ -246,10 +279,14 @@ class AsyncTaskClient(
     (``http``, or one of its own that verifies certificates with ``tls`` or the
     system's CAs)."""
 
+    _http: httpx.AsyncClient
+
     def _connect(
         self, http: httpx.AsyncClient | None, tls: ssl.SSLContext | None
     ) -> httpx.AsyncClient:
-        return http or httpx.AsyncClient(headers={"User-Agent": _USER_AGENT}, verify=tls or True)
+        if http is not None:
+            return http
+        return httpx.AsyncClient(headers={"User-Agent": _USER_AGENT}, verify=tls or default_tls())
 
     async def infer(
         self, product: str, task: str, request: TaskRequest, *, service_hint: str | None = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from shim.base.errors import ConfigError, ShimError
 from shim.base.names import check_task_name
+from shim.base.secrets import Redactor, env_secrets
 from shim.flags import FlagState
 from shim.flags.store import (
     DEFAULT_RAMP,
@@ -157,7 +158,11 @@ def record(
     reason: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write one ``shim.promote`` / ``shim.rollback`` record per change to ``log``."""
+    """Write one ``shim.promote`` / ``shim.rollback`` record per change to ``log``.
+
+    The lines go through the same redaction as the recorder's (the environment's
+    secrets and the store's own, in every form, and URL passwords): the reason and
+    evidence are free text, and they bypass the recorder."""
     who = f"{getpass.getuser()}@{socket.gethostname()}"
     rows = []
     for change in changes:
@@ -176,12 +181,23 @@ def record(
         row.update(extra or {})
         rows.append(row)
     if log is not None and rows:
+        redact = _redactor(store)
+        lines = [redact(json.dumps(r, separators=(",", ":"))) + "\n" for r in rows]
         sink = FileSink(log)
         try:
-            sink.write([json.dumps(r, separators=(",", ":")) + "\n" for r in rows])
+            sink.write(lines)
         finally:
             sink.close()
     return rows
+
+
+def _redactor(store: FlagStore) -> Callable[[str], str]:
+    """The environment's secrets and the store's own (an admin token passed in code)."""
+    mine = Redactor(env_secrets())
+    theirs = getattr(store, "redact", None)
+    if not callable(theirs):
+        return mine
+    return lambda text: mine(theirs(text))
 
 
 def known_tasks(assignments: Path | None) -> list[str]:
