@@ -17,6 +17,8 @@ __all__ = ["KILL_SWITCH", "FlagState", "TaskFlags", "load_flags_file", "parse_fl
 
 #: The flag that turns every task to legacy, nothing compared.
 KILL_SWITCH = "shim.kill"
+#: Top-level keys starting with this are templates (anchors for merge keys), not tasks.
+TEMPLATE_PREFIX = "x-"
 
 Percent = Annotated[int, Field(ge=0, le=100, strict=True)]
 
@@ -67,11 +69,13 @@ _KILL = dict[str, StrictBool]
 def parse_flags(doc: Located) -> FlagState:
     """Validate flags.yaml data: ``product.task: {serve, shadow, stickiness}`` and
     an optional ``shim.kill: true|false``. A task (or field) written twice is an error
-    naming both lines: which one the file meant cannot be told."""
+    naming both lines: which one the file meant cannot be told. Top-level keys that
+    start with ``x-`` are templates for anchors and merge keys (``x-ramp: &ramp``),
+    not tasks, and are passed over."""
     data: Any = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
         raise ConfigError([doc.problem((), "expected a mapping of product.task to flags")])
-    data = dict(data)
+    data = {k: v for k, v in data.items() if not str(k).startswith(TEMPLATE_PREFIX)}
     kill, kill_problems = validate(doc, _KILL, {KILL_SWITCH: data.pop(KILL_SWITCH, False)})
     tasks, problems = validate(doc, _TASKS, data)
     # The parts are validated separately, so the document's own problems are added once.

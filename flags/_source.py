@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -14,12 +16,19 @@ __all__ = ["Events", "FlagEvent", "FlagListener", "FlagSource"]
 @dataclass(frozen=True, slots=True)
 class FlagEvent:
     """Something a flag source wants recorded (``shim.flags``): a reload, a bad file,
-    an unreachable server. ``level`` is ``info``, ``warning`` or ``error``."""
+    an unreachable server. ``level`` is ``info``, ``warning`` or ``error``.
+
+    ``operation``, when set, names a failure the Shim also counts, logs and records as
+    an internal error (``shim.error``, ``stats()["internal_errors"]``): ``flags.missing``
+    (no flags file), ``flags.invalid`` (one that cannot be used), ``flags.unreadable``,
+    ``flags.reload``.
+    """
 
     level: str
     message: str
     source: str
     version: int
+    operation: str = ""
 
 
 class FlagListener(Protocol):
@@ -60,6 +69,14 @@ class Events:
         self.source = source
         self._lock = threading.Lock()
         self._listeners: list[FlagListener] = []
+        ref = weakref.ref(self)
+
+        def renew() -> None:  # a forked child: the parent's thread may hold the lock
+            events = ref()
+            if events is not None:
+                events._lock = threading.Lock()
+
+        os.register_at_fork(after_in_child=renew)
         self._held: list[FlagEvent] = []
 
     def subscribe(self, listener: FlagListener) -> None:
@@ -70,9 +87,11 @@ class Events:
         for event in held:
             listener(event)
 
-    def emit(self, level: str, message: str, version: int) -> None:
+    def emit(self, level: str, message: str, version: int, operation: str = "") -> None:
         """Tell every listener (or hold the event until one subscribes)."""
-        event = FlagEvent(level=level, message=message, source=self.source, version=version)
+        event = FlagEvent(
+            level=level, message=message, source=self.source, version=version, operation=operation
+        )
         with self._lock:
             listeners = list(self._listeners)
             if not listeners:

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shim.base.errors import ConfigError, Problem, ShimError
-from shim.base.yamlfile import load_yaml
+from shim.base.yamlbounds import read_config_text
+from shim.base.yamlfile import Located, load_yaml
 
 from ._admin import UnleashAdminStore
 from ._change import (
@@ -31,7 +32,7 @@ from ._change import (
     next_rung,
     setting_of,
 )
-from ._model import FlagState, TaskFlags, parse_flags
+from ._model import KILL_SWITCH, FlagState, TaskFlags, parse_flags
 
 __all__ = [
     "DEFAULT_RAMP",
@@ -66,6 +67,13 @@ def _flow_body(flags: TaskFlags, setting: Setting) -> str:
     return body
 
 
+def _spelled(doc: Located, loc: tuple[str, ...]) -> int | None:
+    """The line that spells ``loc`` out in this entry; None when it is not written here
+    (absent, or borrowed from another entry through an alias or a merge key: editing
+    that line would change the other entry)."""
+    return None if loc in doc.borrowed else doc.lines.get(loc)
+
+
 def edit_flags_text(path: str, text: str, changes: Mapping[str, Setting]) -> str:
     """``text`` with these tasks set, comments and layout kept where the file allows."""
     doc = load_yaml(path, text=text)
@@ -74,7 +82,7 @@ def edit_flags_text(path: str, text: str, changes: Mapping[str, Setting]) -> str
     appended: list[str] = []
     for task, setting in changes.items():
         current = state.tasks.get(task, TaskFlags())
-        key_line = doc.lines.get((task,))
+        key_line = _spelled(doc, (task,))
         if key_line is None:
             appended.append(f"{task}: {{{_flow_body(current, setting)}}}\n")
             continue
@@ -85,7 +93,7 @@ def edit_flags_text(path: str, text: str, changes: Mapping[str, Setting]) -> str
             lines[index] = f"{flow['head']}{{{_flow_body(current, setting)}}}{flow['tail']}{end}"
             continue
         for field, value in (("serve", setting.serve), ("shadow", setting.shadow)):
-            line = doc.lines.get((task, field))
+            line = _spelled(doc, (task, field))
             if line is not None:
                 lines[line - 1] = re.sub(
                     rf"^(\s*{field}:\s*)\d+", rf"\g<1>{value}", lines[line - 1]
@@ -94,8 +102,8 @@ def edit_flags_text(path: str, text: str, changes: Mapping[str, Setting]) -> str
                 child = next(
                     (
                         doc.lines[(task, f)]
-                        for f in ("serve", "shadow", "stickiness", *_BUDGET)
-                        if (task, f) in doc.lines
+                        for f in ("serve", "shadow", "stickiness", *_BUDGET, "<<")
+                        if _spelled(doc, (task, f)) is not None
                     ),
                     None,
                 )
@@ -127,6 +135,26 @@ def edit_flags_text(path: str, text: str, changes: Mapping[str, Setting]) -> str
                     )
                 ]
             )
+    # Nor what changes another task: one that shares these lines through an alias or a
+    # merge key (<<) would follow the edit silently.
+    moved = sorted(
+        t
+        for t in {*state.tasks, *check.tasks}
+        if t not in changes and state.tasks.get(t) != check.tasks.get(t)
+    )
+    if moved or check.kill != state.kill:
+        others = ", ".join(moved) or KILL_SWITCH
+        raise ConfigError(
+            [
+                Problem(
+                    path,
+                    doc.lines.get((next(iter(changes)),)),
+                    next(iter(changes)),
+                    f"editing {', '.join(changes)} here would also change {others} (it "
+                    "shares these lines through an alias or a merge key); set them by hand",
+                )
+            ]
+        )
     return new_text
 
 
@@ -178,14 +206,7 @@ class FileStore:
         self.update(lambda _state: changes)
 
     def _text(self, target: Path) -> str:
-        try:
-            return target.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError([Problem(str(self.path), None, None, "file not found")]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                [Problem(str(self.path), None, None, f"cannot read file: {exc}")]
-            ) from None
+        return read_config_text(target, name=str(self.path))
 
     @contextmanager
     def _locked(self, target: Path) -> Iterator[None]:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from shim import ConfigError, OrchConfig, flags
 from shim.analysis.policy import Policy
+from shim.base.yamlfile import load_yaml
 from shim.sim import Profile
 
 from .conftest import KIWI
@@ -111,3 +112,30 @@ def test_any_text_is_a_config_error(name: str, text: str) -> None:
 def test_yaml_edge_cases(text: str) -> None:
     for loader in LOADERS.values():
         load(loader, text)
+
+
+def _outcome(text: str, *, pure: bool) -> str:
+    """What loading ``text`` gives, as comparable text: the data, or the error."""
+    try:
+        doc = load_yaml("doc.yaml", text=text, pure=pure)
+    except ConfigError as exc:
+        return f"error: {exc}"
+    return repr((doc.data, sorted(doc.lines.items(), key=repr), doc.problems))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=raw_text | documents.map(as_yaml))
+def test_libyaml_and_pyyaml_parsers_load_alike(text: str) -> None:
+    """Events come from libyaml when it is there, else from PyYAML's own parser: the
+    same data, lines and errors either way; but for a few documents libyaml accepts
+    and PyYAML's parser refuses (a tab after a scalar), taken at libyaml's word."""
+    fast, pure = _outcome(text, pure=False), _outcome(text, pure=True)
+    if not (pure.startswith("error") and not fast.startswith("error")):
+        assert fast == pure
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=documents)
+def test_loaded_data_is_what_pyyaml_loads(doc: Any) -> None:
+    text = as_yaml(doc)
+    assert repr(load_yaml("doc.yaml", text=text).data) == repr(yaml.safe_load(text))

@@ -3,6 +3,12 @@
 Config files are edited by people, so every error must point at a line. We compose
 the YAML node tree (which carries marks), build plain values from it while recording
 the line of every key and list item, and translate pydantic errors back to those lines.
+
+Reading is bounded (:mod:`shim.base.yamlbounds`): a file of at most 1 MiB, at most 64
+levels deep, whose aliases add at most 100,000 values; and errors never quote the
+file's values. Merge keys (``<<: *defaults``, YAML 1.1) are read as PyYAML's safe
+loader reads them: keys written in the mapping win, then the merged mappings in the
+order named.
 """
 
 from __future__ import annotations
@@ -18,22 +24,38 @@ import pydantic
 import yaml
 
 from shim.base.errors import ConfigError, Problem
+from shim.base.yamlbounds import (
+    MAX_ALIAS_NODES,
+    MAX_BYTES,
+    MAX_DEPTH,
+    read_config_text,
+    shown_key,
+    yaml_problem,
+)
+from shim.base.yamlcompose import LIBYAML, compose, syntax_error
 
-__all__ = ["Located", "load_yaml", "validate"]
+__all__ = ["MAX_ALIAS_NODES", "MAX_BYTES", "MAX_DEPTH", "Located", "load_yaml", "validate"]
 
 _WHOLE: Any = object()
+_MERGE = "tag:yaml.org,2002:merge"
 
 Loc = tuple[str | int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Located:
-    """Plain data from a YAML file plus the line (1-based) of every key path in it."""
+    """Plain data from a YAML file plus the line (1-based) of every key path in it.
+
+    ``borrowed`` holds the key paths whose value is written somewhere else in the file
+    and reached through an alias or a merge key (their line is that other place's):
+    an edit must not rewrite those lines for this key.
+    """
 
     path: str
     data: Any
     lines: dict[Loc, int] = field(default_factory=dict)
     problems: tuple[Problem, ...] = ()
+    borrowed: frozenset[Loc] = frozenset()
 
     def line_of(self, loc: Loc) -> int | None:
         """Line of the longest prefix of ``loc`` that the file spells out."""
@@ -48,47 +70,46 @@ class Located:
         return Problem(self.path, self.line_of(loc), _dotted(loc) or None, message)
 
 
-def load_yaml(path: str | Path, *, text: str | None = None) -> Located:
+def load_yaml(path: str | Path, *, text: str | None = None, pure: bool = False) -> Located:
     """Read ``path`` (or ``text`` attributed to it) into data with line numbers.
 
-    Raises ConfigError for unreadable files and YAML syntax errors. A duplicate key (or
-    a key that is not a plain value) is a problem in ``problems``, located at the
-    repeat and naming the first line; :func:`validate` reports them, alongside the
-    validation problems, so every file loaded here refuses them. The first value is the
-    one in ``data``, for the messages that follow.
+    Raises ConfigError for a missing, unreadable or oversized file (over
+    :data:`MAX_BYTES`), YAML syntax errors, documents nested deeper than
+    :data:`MAX_DEPTH` and aliases that expand past :data:`MAX_ALIAS_NODES` values. A
+    duplicate key (or a key that is not a plain value, or a merge key that merges no
+    mapping) is a problem in ``problems``, located at the repeat and naming the first
+    line; :func:`validate` reports them, alongside the validation problems, so every
+    file loaded here refuses them. The first value is the one in ``data``, for the
+    messages that follow. ``pure`` parses with PyYAML's own parser, not libyaml.
     """
     name = str(path)
     if text is None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError([Problem(name, None, None, "file not found")]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                [Problem(name, None, None, f"cannot read file: {type(exc).__name__}: {exc}")]
-            ) from None
+        text = read_config_text(path)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        what = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError([Problem(name, line, None, f"invalid YAML: {what}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem(name, None, None, f"invalid YAML: {exc}")]) from None
+        return _located(name, text, pure=pure)
+    except ConfigError:
+        if pure or not LIBYAML:
+            raise
+    # Refused with libyaml's events: said as PyYAML's own parser says it, so errors read
+    # the same whichever parser is installed. (libyaml accepts a few documents that
+    # parser refuses, a tab after a scalar for one, and is taken at its word there.)
+    return _located(name, text, pure=True)
+
+
+def _located(name: str, text: str, *, pure: bool) -> Located:
+    root = compose(name, text, pure=pure)
     if root is None:
         return Located(name, None, {(): 1})
     builder = _Builder(name)
     try:
         data = builder.build(root, ())
     except yaml.MarkedYAMLError as exc:  # a tag no safe constructor knows, say
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        what = exc.problem or exc.context or "cannot be read"
-        raise ConfigError([Problem(name, line, None, f"invalid YAML: {what}")]) from None
+        raise syntax_error(name, exc, text) from None
     except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
-        raise ConfigError([Problem(name, None, None, f"invalid YAML: {exc}")]) from None
-    return Located(name, data, builder.lines, tuple(builder.problems))
+        raise ConfigError(
+            [Problem(name, None, None, f"invalid YAML: {yaml_problem(exc)}")]
+        ) from None
+    return Located(name, data, builder.lines, tuple(builder.problems), frozenset(builder.borrowed))
 
 
 def validate(doc: Located, schema: Any, data: Any = _WHOLE) -> tuple[Any, list[Problem]]:
@@ -110,7 +131,8 @@ def validate(doc: Located, schema: Any, data: Any = _WHOLE) -> tuple[Any, list[P
         for err in exc.errors(include_url=False):
             # "[key]" marks a bad mapping key; the key's own line already locates it.
             loc = tuple(p for p in err["loc"] if p != "[key]")
-            problems.append(doc.problem(loc, _explain(err, schema, loc)))
+            is_key = len(loc) < len(err["loc"])
+            problems.append(doc.problem(loc, _explain(err, schema, loc, is_key=is_key)))
         return None, problems
     return result, problems
 
@@ -120,7 +142,25 @@ def _adapter(schema: Any) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(schema)
 
 
-def _explain(err: Any, model: Any, loc: Loc) -> str:
+#: Errors about a value of the right type: a number outside its range may be shown.
+_RANGE = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"}
+)
+_KINDS: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a mapping",
+    type(None): "null",
+}
+
+
+def _explain(err: Any, model: Any, loc: Loc, *, is_key: bool = False) -> str:
+    """pydantic's message in the file's terms. The value is never quoted (the path may
+    point at a file of secrets): a type error says what kind of value it got, a range
+    error the number."""
     kind = err["type"]
     if kind == "extra_forbidden":
         allowed = _fields_at(model, loc[:-1])
@@ -128,12 +168,16 @@ def _explain(err: Any, model: Any, loc: Loc) -> str:
         return f"unknown field{hint}"
     if kind == "missing":
         return "required field is missing"
-    msg = str(err["msg"])
-    if kind == "value_error":  # our own validators already say what they got
-        return msg.removeprefix("Value error, ")
+    msg = str(err["msg"]).removeprefix("Value error, ")
     value = err.get("input")
-    if isinstance(value, str | int | float | bool):
+    if isinstance(value, str) and value:  # our validators say what they got: not here
+        msg = msg.replace(repr(value), "this key" if is_key else "this value")
+    if kind == "value_error":
+        return msg
+    if kind in _RANGE and isinstance(value, int | float) and not isinstance(value, bool):
         return f"{msg} (got {value!r})"
+    if kind.endswith(("_type", "_parsing")) and type(value) in _KINDS:
+        return f"{msg} (got {_KINDS[type(value)]})"
     return msg
 
 
@@ -182,7 +226,10 @@ def _unwrap(tp: Any) -> Any:
 def _dotted(loc: Loc) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{shown_key(part)}" if out else shown_key(part)
     return out
 
 
@@ -191,34 +238,108 @@ class _Builder:
         self.path = path
         self.lines: dict[Loc, int] = {}
         self.problems: list[Problem] = []
+        self.borrowed: set[Loc] = set()
+        self._built: set[int] = set()
         self._constructor = yaml.SafeLoader("")
 
-    def build(self, node: yaml.Node, loc: Loc) -> Any:
+    def build(self, node: yaml.Node, loc: Loc, borrowed: bool = False) -> Any:
         self.lines.setdefault(loc, node.start_mark.line + 1)
+        # The composer makes one node per place in the file; a node met again was
+        # reached through an alias (an anchor comes before its aliases).
+        borrowed = borrowed or id(node) in self._built
+        self._built.add(id(node))
+        if borrowed:
+            self.borrowed.add(loc)
         if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self._constructor.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                if not isinstance(key, str | int | float | bool):
-                    self.problems.append(
-                        Problem(self.path, line, _dotted(loc) or None, "keys must be plain values")
-                    )
-                    continue
-                if key in out:
-                    first = self.lines.get((*loc, str(key)))
+            return self._mapping(node, loc, borrowed)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*loc, i), borrowed) for i, item in enumerate(node.value)]
+        return self._constructor.construct_object(node, deep=True)
+
+    def _key(self, node: yaml.Node, loc: Loc, report: bool) -> Any:
+        key = self._constructor.construct_object(node, deep=True)
+        if isinstance(key, str | int | float | bool):
+            return key
+        if report:
+            line = node.start_mark.line + 1
+            self.problems.append(
+                Problem(self.path, line, _dotted(loc) or None, "keys must be plain values")
+            )
+        return None
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc, borrowed: bool) -> dict[Any, Any]:
+        entries: dict[Any, tuple[int, yaml.Node]] = {}
+        merges: list[tuple[int, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            merge = key_node.tag == _MERGE
+            name = "<<" if merge else self._key(key_node, loc, not borrowed)
+            if name is None:
+                continue
+            if (merge and merges) or (not merge and name in entries):
+                if not borrowed:  # reported where it is written, once
+                    first = self.lines.get((*loc, str(name)))
                     self.problems.append(
                         Problem(
                             self.path,
                             line,
-                            _dotted((*loc, str(key))),
+                            _dotted((*loc, str(name))),
                             f"duplicate key (first defined on line {first}); keep one",
                         )
                     )
+                continue
+            self.lines[(*loc, str(name))] = line
+            if merge:
+                merges.append((line, value_node))
+            else:
+                entries[name] = (line, value_node)
+        merged: dict[Any, tuple[int, yaml.Node]] = {}
+        for line, value_node in merges:
+            for key, entry in self._merged(value_node, loc, borrowed, line).items():
+                if key not in entries:
+                    merged.setdefault(key, entry)  # the first mapping named wins
+        out: dict[Any, Any] = {}
+        # Merged keys first, then the mapping's own: the order PyYAML gives them.
+        for key, (line, value_node) in merged.items():
+            self.lines[(*loc, str(key))] = line
+            out[key] = self.build(value_node, (*loc, str(key)), True)
+        for key, (_, value_node) in entries.items():
+            out[key] = self.build(value_node, (*loc, str(key)), borrowed)
+        return out
+
+    def _merged(
+        self, value: yaml.Node, loc: Loc, borrowed: bool, line: int
+    ) -> dict[Any, tuple[int, yaml.Node]]:
+        """The entries a merge key (on ``line``) brings: of one mapping, or of a list of
+        mappings (the first named wins); each mapping's own merge keys resolved first."""
+        sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+        if not all(isinstance(s, yaml.MappingNode) for s in sources) or not sources:
+            if not borrowed:
+                self.problems.append(
+                    Problem(
+                        self.path,
+                        line,
+                        _dotted(loc) or None,
+                        "a merge key (<<) takes a mapping or a list of mappings, such as "
+                        "<<: *defaults or <<: [*a, *b]",
+                    )
+                )
+            return {}
+        out: dict[Any, tuple[int, yaml.Node]] = {}
+        for source in sources:
+            own: dict[Any, tuple[int, yaml.Node]] = {}
+            inner: list[yaml.Node] = []
+            for key_node, value_node in source.value:
+                if key_node.tag == _MERGE:
+                    inner.append(value_node)
                     continue
-                self.lines[(*loc, str(key))] = line
-                out[key] = self.build(value_node, (*loc, str(key)))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
-        return self._constructor.construct_object(node, deep=True)
+                # Its problems were reported where it is written.
+                key = self._key(key_node, loc, False)
+                if key is not None:
+                    own.setdefault(key, (key_node.start_mark.line + 1, value_node))
+            for node in inner:
+                for key, entry in self._merged(node, loc, True, line).items():
+                    own.setdefault(key, entry)
+            for key, entry in own.items():
+                out.setdefault(key, entry)
+        return out

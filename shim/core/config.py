@@ -6,18 +6,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shim import flags as flagpkg
-from shim.base.errors import ConfigError, Problem
+from shim.base.errors import ConfigError, Problem, ShimError
 from shim.base.orch import SERVICE_TYPES, AssignmentsFile, OrchConfig, RegistryFile, parse_file
 from shim.comparators import ModelNames
+
+if TYPE_CHECKING:
+    from shim.core.events import Events
 
 __all__ = [
     "FixedFlags",
     "Limits",
     "Timeouts",
     "env_config",
+    "flag_listener",
     "flags_from_env",
     "load_orch",
     "secrets_of",
@@ -83,6 +87,20 @@ class FixedFlags:
         """Nothing to stop."""
 
 
+def flag_listener(events: Events) -> flagpkg.FlagListener:
+    """What a Shim hears from its flag source: every event becomes a ``shim.flags``
+    record; a failure the event names (a missing or unusable flags file) is also an
+    internal error: counted, logged once as a warning, recorded as ``shim.error``. (A
+    closure over ``events``, not a Shim method: the source must not keep a Shim alive.)"""
+
+    def hear(event: flagpkg.FlagEvent) -> None:
+        events.flags(event)
+        if event.operation:
+            events.internal_error(event.operation, ShimError(event.message))
+
+    return hear
+
+
 def load_orch(
     registry: str | Path | None, assignments: str | Path | None
 ) -> tuple[ModelNames, dict[str, str]]:
@@ -114,35 +132,62 @@ def load_orch(
     return names, services
 
 
-def secrets_of(api_key: str | None) -> tuple[str, ...]:
-    """What records must never contain: the coordinator's key and the Unleash tokens
-    (an Unleash token is ``project:environment.secret``: the secret part alone leaks
-    too)."""
-    env = os.environ
-    key = env.get("CF_LICENSE_KEY") if api_key is None else api_key
-    tokens = [env.get("UNLEASH_API_TOKEN"), env.get("UNLEASH_ADMIN_TOKEN")]
-    return tuple(v for v in (key, *tokens, *(t.rsplit(".", 1)[-1] for t in tokens if t)) if v)
+def secrets_of(api_key: str | None, *, orch_url: str | None = None) -> tuple[str, ...]:
+    """What records must never contain: the coordinator's key, the Unleash tokens and
+    the credentials in ``orch_url``, ``CF_ORCH_URL`` and ``UNLEASH_URL``. The recorder's
+    :class:`~shim.base.secrets.Redactor` adds the forms each takes (escaped, encoded,
+    an Unleash token's secret part alone)."""
+    from shim.base.secrets import env_secrets, url_secrets
+
+    return tuple(dict.fromkeys((*env_secrets(api_key), *url_secrets(orch_url))))
 
 
-def env_config(overrides: dict[str, Any]) -> tuple[str, str | None]:
+#: Why ``Shim.from_env`` gives a disabled Shim: the operation of its ``shim.error``
+#: record, and what it says.
+Off = tuple[str, str]
+
+
+def env_config(overrides: dict[str, Any]) -> tuple[str, Off | None]:
     """The coordinator's URL for ``Shim.from_env``, with ``overrides`` completed from
     the environment (``CF_LICENSE_KEY``, ``SHIM_LOG``, ``SHIM_REGISTRY``,
     ``SHIM_ASSIGNMENTS``; the flags from ``SHIM_FLAGS`` unless given); keyword
-    arguments win. When the Shim must be off instead: ``("", why)``."""
+    arguments win. When the Shim must be off instead: ``("", (operation, why))``.
+
+    ``flags_required`` (env ``SHIM_FLAGS_REQUIRED=1``) turns a missing flags source
+    into a ConfigError: ``SHIM_FLAGS`` unset, or naming a file that is not there.
+    Without it, unset ``SHIM_FLAGS`` disables the Shim (``flags.missing``) and a missing
+    file is waited for (see :class:`~shim.flags.FileFlags`)."""
     env = os.environ
+    required = overrides.pop("flags_required", None)
+    if required is None:
+        required = _yes_or_no("SHIM_FLAGS_REQUIRED")
     url = overrides.pop("orch_url", None) or env.get("CF_ORCH_URL")
     if not url:
         return "", (
+            "configure",
             "CF_ORCH_URL is not set: task-shim is off and every wrapped call runs its "
-            "legacy path; set CF_ORCH_URL to the coordinator's base URL to compare"
+            "legacy path; set CF_ORCH_URL to the coordinator's base URL to compare",
         )
     if "flags" not in overrides:
         if not env.get("SHIM_FLAGS"):
+            if required:
+                raise ConfigError(
+                    [
+                        Problem(
+                            "environment",
+                            None,
+                            "SHIM_FLAGS",
+                            "not set, and SHIM_FLAGS_REQUIRED is on; set it to a flags.yaml "
+                            "path, or to 'unleash'",
+                        )
+                    ]
+                )
             return "", (
+                "flags.missing",
                 "SHIM_FLAGS is not set: task-shim is off and every wrapped call runs its "
-                "legacy path; set SHIM_FLAGS to a flags.yaml path, or to 'unleash'"
+                "legacy path; set SHIM_FLAGS to a flags.yaml path, or to 'unleash'",
             )
-        overrides["flags"] = flags_from_env()
+        overrides["flags"] = flags_from_env(required=required)
     for key, var in (
         ("api_key", "CF_LICENSE_KEY"),
         ("log_path", "SHIM_LOG"),
@@ -154,17 +199,27 @@ def env_config(overrides: dict[str, Any]) -> tuple[str, str | None]:
     return url, None
 
 
-def flags_from_env() -> flagpkg.FlagSource:
+def _yes_or_no(var: str) -> bool:
+    value = os.environ.get(var, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError([Problem("environment", None, var, "expected 1 or 0 (true or false)")])
+
+
+def flags_from_env(*, required: bool = False) -> flagpkg.FlagSource:
     """The flag source ``SHIM_FLAGS`` names: a flags.yaml path, or ``unleash`` (with
     ``UNLEASH_URL``, ``UNLEASH_API_TOKEN``, ``UNLEASH_APP_NAME``,
-    ``UNLEASH_REFRESH_INTERVAL``)."""
+    ``UNLEASH_REFRESH_INTERVAL``). A flags.yaml that is not there is waited for (every
+    task off until it appears) unless ``required``."""
     value = os.environ.get("SHIM_FLAGS", "")
     if not value:
         raise ConfigError(
             [Problem("environment", None, "SHIM_FLAGS", "not set; set it to a flags.yaml path")]
         )
     if value != "unleash":
-        return flagpkg.FileFlags(value)
+        return flagpkg.FileFlags(value, required=required)
     env = os.environ
     missing = [v for v in ("UNLEASH_URL", "UNLEASH_API_TOKEN") if not env.get(v)]
     if missing:

@@ -21,6 +21,7 @@ from shim.flags.store import Setting, UnleashAdminStore
 
 from ..conftest import KIWI
 from ..shimkit import Driver, make_shim, records, wait_for
+from ..test_hostile_files import BOMB
 from .conftest import Row
 from .misbehave import Misbehaving, free_port
 
@@ -63,6 +64,9 @@ FLAG_FAULTS: dict[str, Callable[[Path], Any]] = {
     ),
     "flags file half-written": lambda p: p.write_text("kiwi.meal_plan: {serve: 0, sha"),
     "flags file unreadable (a directory)": _unreadable,
+    f"flags file replaced by a YAML alias bomb ({len(BOMB)} bytes, 9**9 values)": (
+        lambda p: p.write_text(BOMB)
+    ),
 }
 
 
@@ -94,6 +98,39 @@ def test_flags_file_fault(name: str, sim: Any, tmp_path: Path, fault_row: Row) -
         f"20/20 comparisons (last good flags kept); shim.flags error: "
         f"`{error['message'].split(': ', 1)[-1][:60]}`",
         f"{took:.2f} s to the fixed file's flags (poll 0.05 s)",
+    )
+
+
+def test_flags_file_missing_at_start(sim: Any, tmp_path: Path, fault_row: Row) -> None:
+    log = tmp_path / "log.jsonl"
+    path = tmp_path / "flags.yaml"
+    shim = Shim(
+        sim.url,
+        flags=flags.FileFlags(path, poll_interval=0.05),
+        log_path=log,
+        registry=KIWI / "orch" / "model_registry.yaml",
+        assignments=KIWI / "orch" / "assignments.yaml",
+    )
+    shim._owns_flags = True
+    calls = Calls(shim)
+    calls(10)  # every task off: legacy serves, nothing compared
+    shim.flush()
+    assert records(log) == []
+    [error] = records(log, "shim.error")
+    assert error["operation"] == "flags.missing"
+    assert shim.stats()["internal_errors"] == {"flags.missing": 1}
+
+    path.write_text("kiwi.meal_plan: {serve: 0, shadow: 100}\n")
+    took = wait_for(lambda: shim.flags.decide("kiwi.meal_plan", None).compare, 5)
+    calls(10)
+    shim.close()
+    assert len(records(log)) == 10, "compared from the moment the file appeared"
+    fault_row(
+        "flags file missing at start",
+        f"legacy result, same object, {calls.n}/{calls.n}",
+        "0 comparisons while missing (every task off), then 10/10; one shim.error "
+        "`flags.missing` and one warning",
+        f"{took:.2f} s from the file appearing to its flags (poll 0.05 s)",
     )
 
 
