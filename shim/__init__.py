@@ -5,7 +5,8 @@ whether the other path runs in the background for comparison; every comparison i
 JSON line. The task client (:class:`TaskClient`, :class:`AsyncTaskClient`) speaks the
 coordinator's task endpoint; :func:`context` sets who is calling. Flag sources are in
 ``shim.flags``, comparators in ``shim.comparators``, the simulator in ``shim.sim``, a
-test mode in ``shim.testing``. Every error is a :class:`ShimError`.
+test mode in ``shim.testing``. :func:`drain_on_sigterm` (opt-in) closes the open Shims
+on SIGTERM before the process ends. Every error is a :class:`ShimError`.
 
 ``import shim`` is cheap: each name below loads its module on first use.
 """
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from shim.client.task_client import AsyncTaskClient, TaskClient
     from shim.core.breaker import BreakerPolicy
     from shim.core.config import Limits, Timeouts
+    from shim.core.lifecycle import drain_on_sigterm
     from shim.core.shim import Shim
     from shim.core.spend import Backoff, ShadowBudget
     from shim.records.capture import Capture
@@ -66,6 +68,7 @@ _HOME = {
     "Timeouts": "shim.core.config",
     "context": "shim.base.context",
     "current_context": "shim.base.context",
+    "drain_on_sigterm": "shim.core.lifecycle",
     "is_soft_failure": "shim.records.observe",
 }
 _SUBPACKAGES = {"comparators", "flags", "metrics", "sim", "testing"}
@@ -97,6 +100,7 @@ __all__ = [
     "Timeouts",
     "context",
     "current_context",
+    "drain_on_sigterm",
     "is_soft_failure",
 ]
 

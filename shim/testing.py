@@ -46,6 +46,7 @@ from shim.base.yamlfile import load_yaml
 from shim.client.task import TaskRequest, TaskResult
 from shim.core.config import FixedFlags
 from shim.core.decorate import SHADOWED
+from shim.core.lifecycle import renew_in_child
 from shim.core.shim import Shim
 from shim.flags import Rules, parse_flags
 
@@ -65,6 +66,11 @@ class _Lines:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self._lock = threading.Lock()
+        renew_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a lock of its own (a parent's thread may hold this one)."""
         self._lock = threading.Lock()
 
     def write(self, lines: Sequence[str]) -> None:

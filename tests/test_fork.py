@@ -7,12 +7,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shim import TaskRequest
 from shim.sim import Simulator
 
 from .shimkit import make_shim, records, wait_for
 
+#: Python 3.12+ warns that a fork with threads running may deadlock the child: these
+#: tests fork with the shim's threads running on purpose, to show that it does not.
+FORKS_WITH_THREADS = pytest.mark.filterwarnings(
+    r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\):DeprecationWarning"
+)
 
+
+@FORKS_WITH_THREADS
 def test_a_forked_child_compares_and_its_records_are_written(
     sim: Simulator, tmp_path: Path
 ) -> None:
@@ -58,6 +67,7 @@ def _pool_call(i: int) -> int:
     return int(_POOL["plan"](i))
 
 
+@FORKS_WITH_THREADS
 def test_a_multiprocessing_pool_of_forked_workers(sim: Simulator, tmp_path: Path) -> None:
     import multiprocessing
 

@@ -120,3 +120,26 @@ def test_opentelemetry_spans_carry_the_genai_attributes(sim: Simulator, tmp_path
     assert ok.status.is_ok
     assert dict(busy.attributes or {})["error.type"] == "429"
     assert not busy.status.is_ok
+
+
+def test_a_span_never_carries_the_key_an_error_quoted() -> None:
+    """A task-path error quoting the key reaches the span's status redacted, as it
+    reaches records: spans leave the process too."""
+    from shim.testing import TestShim
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    key = "sk-span-secret-0123456789"
+
+    def answer(request: TaskRequest) -> str:
+        raise RuntimeError(f"node refused Bearer {key}")
+
+    with TestShim(
+        {"kiwi.ocr": {"shadow": 100}}, api_key=key, answer=answer, tracer=provider.get_tracer("t")
+    ) as s:
+        s.shadow(product="kiwi", task="ocr", request=lambda: TaskRequest())(lambda: "legacy")()
+        s.flush()
+    [span] = exporter.get_finished_spans()
+    description = span.status.description or ""
+    assert "Bearer [redacted]" in description and key[:6] not in description

@@ -87,11 +87,17 @@ def test_every_line_is_valid_json_whatever_the_fields_hold(tmp_path: Path) -> No
     recorder.event("shim.x", "kiwi", "ocr", ratio=float("nan"), top=float("inf"), n=1.5)
     recorder.event("shim.x", "kiwi", "ocr", error="bad \ud800 byte")
     recorder.event("shim.x", "kiwi", "ocr", thing=odd, keys={1: "a"}, text="día ✓")
+    # Both at once: the surrogate takes the line to the fallback encoder, which must
+    # not write NaN either (nor fail on it), however deep it sits.
+    nested = {"ratios": [1.0, float("nan"), (float("-inf"),)], "deep": {"x": float("inf")}}
+    recorder.event("shim.x", "kiwi", "ocr", error="bad \ud800", ratio=float("nan"), **nested)
     assert recorder.close(5)
     raw = (tmp_path / "log.jsonl").read_bytes().decode("utf-8")
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(c)) for line in raw.splitlines()]
     assert (rows[0]["ratio"], rows[0]["top"], rows[0]["n"]) == (None, None, 1.5)
     assert rows[1]["error"] == "bad \ud800 byte"
+    assert (rows[3]["error"], rows[3]["ratio"]) == ("bad \ud800", None)
+    assert (rows[3]["ratios"], rows[3]["deep"]) == ([1.0, None, [None]], {"x": None})
     assert (rows[2]["thing"], rows[2]["keys"], rows[2]["text"]) == (repr(odd), {"1": "a"}, "día ✓")
     assert "día ✓" in raw  # non-ASCII text is written as is, not escaped
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from shim.core.lifecycle import renew_in_child
 from shim.core.ticket import Ticket
 
 __all__ = ["BreakerPolicy", "CircuitBreaker", "Transition"]
@@ -79,6 +80,13 @@ class CircuitBreaker:
         self._closed: Ticket | None = Ticket(0)
         self._probe: Ticket | None = None  # the probe in flight, half open only
         self._probe_since = 0.0
+        renew_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's probe never answers here (the next call
+        probes at once), and the lock is a new one (a parent's thread may hold it)."""
+        self._lock = threading.Lock()
+        self._probe = None
 
     def allow(self) -> Ticket | None:
         """May the task path be called now? Its ticket if so: the closed state's, or,

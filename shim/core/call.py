@@ -12,7 +12,8 @@ from shim import flags as flagpkg
 from shim.base.errors import ShimError
 from shim.client.task import TaskAllocation, TaskResult
 from shim.core.callsite import CallSiteError, kept_arguments, prepare
-from shim.records.observe import CallSite, Observation, capture, describe, restore
+from shim.records.observe import CallSite, Observation, capture, describe
+from shim.records.values import cap, restore_argument, size_of
 
 __all__ = ["Call", "candidate_answered", "candidate_failed", "legacy_observation"]
 
@@ -74,8 +75,16 @@ class Call:
         if self.kept is None:
             return self
         args, kwargs = self.kept
-        restored = tuple(restore(a) for a in args), {k: restore(v) for k, v in kwargs.items()}
-        return replace(self, args=restored[0], kwargs=restored[1])
+        restored = tuple(map(restore_argument, args))
+        return replace(
+            self, args=restored, kwargs={k: restore_argument(v) for k, v in kwargs.items()}
+        )
+
+    def nbytes(self) -> int:
+        """The bytes its arguments hold while it waits in a queue, estimated
+        (:func:`~shim.records.values.size_of`): its copies, or the caller's text."""
+        args, kwargs = self.kept if self.kept is not None else (self.args, self.kwargs)
+        return sum(map(size_of, args)) + sum(map(size_of, kwargs.values()))
 
 
 def legacy_observation(
@@ -111,9 +120,9 @@ def candidate_failed(
         False,
         (_perf() - started) * 1000,
         error=describe(exc),
-        model=result.model if result else None,
-        service_type=result.service_type if result else None,
-        node_id=result.node_id if result else None,
+        model=cap(result.model) if result else None,
+        service_type=cap(result.service_type) if result else None,
+        node_id=cap(result.node_id) if result else None,
         status=status,
         prompt=prompt,
     )
@@ -123,15 +132,17 @@ def candidate_answered(
     result: TaskResult | TaskAllocation, value: Any, started: float, prompt: str | None = None
 ) -> Observation:
     """The task path's side of a call it answered: ``value`` is what the call site
-    returns from it."""
+    returns from it. What the coordinator named (model, service, node) is capped
+    (:data:`~shim.records.values.FIELD_CHARS`): one hostile answer cannot make a
+    record of megabytes."""
     return Observation(
         True,
         (_perf() - started) * 1000,
         value,
         None,
-        result.model,
-        result.service_type,
-        result.node_id,
+        cap(result.model),
+        cap(result.service_type),
+        cap(result.node_id),
         200,
         prompt,
         getattr(result, "usage", None),

@@ -8,22 +8,40 @@ here ever makes a caller wait.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import threading
 import time
-import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from shim.core.lifecycle import renew_in_child
 from shim.core.loopend import ending
+from shim.records.values import size_of
 
-__all__ = ["ErrorHook", "Gate", "LoopDispatcher", "ThreadDispatcher"]
+__all__ = ["QUEUE_BYTES", "ErrorHook", "LoopDispatcher", "ThreadDispatcher", "weigh"]
 
 Job = tuple[str, Callable[..., None], tuple[Any, ...]]  # (task name, work, its arguments)
+#: A job on its way to the workers, with the bytes it was weighed at.
+_Queued = tuple[str, Callable[..., None], tuple[Any, ...], int]
 ErrorHook = Callable[[str, BaseException], None]
 DropHook = Callable[[str, str, str], None]  # (product, task, reason)
+
+#: The bytes the jobs queued for the workers may hold (copies of arguments and
+#: outputs), estimated; past it a job is dropped (``queue_full``) as past ``capacity``.
+QUEUE_BYTES = 32 * 1024 * 1024
+
+
+def weigh(job: Job) -> int:
+    """The bytes a job's arguments hold, estimated: an argument's own ``nbytes()`` if
+    it has one (a :class:`~shim.core.call.Call`), else its
+    :func:`~shim.records.values.size_of`."""
+    total = 0
+    for arg in job[2]:
+        nbytes = getattr(arg, "nbytes", None)
+        total += nbytes() if callable(nbytes) else size_of(arg)
+    return total
+
 
 _LOOP_CLOSED = (
     "an event loop ended while a compared call's legacy run was still running in the "
@@ -34,49 +52,69 @@ _LOOP_CLOSED = (
 
 
 class ThreadDispatcher:
-    """``workers`` daemon threads; at most ``capacity`` jobs queued or running.
+    """``workers`` daemon threads; at most ``capacity`` jobs queued or running, holding
+    at most ``max_bytes`` (as ``weigh`` estimates them; one job alone may hold more).
 
     A caller hands a job over by appending it to an inbox (no system call, no lock);
     a pump thread moves jobs to the workers, polling every ``poll`` seconds while work
     arrives and sleeping on an event once idle, so only the first job after a quiet
-    spell pays for a wake-up. Threads start on first use and again in a forked child.
+    spell pays for a wake-up. The pump weighs each job, off the caller's path: one
+    past ``max_bytes`` is dropped (told to ``on_dropped``, reason ``queue_full``).
+    Threads start on first use and again in a forked child.
     """
 
     def __init__(
-        self, *, workers: int, capacity: int, on_error: ErrorHook, poll: float = 0.001
+        self,
+        *,
+        workers: int,
+        capacity: int,
+        on_error: ErrorHook,
+        poll: float = 0.001,
+        max_bytes: int = QUEUE_BYTES,
+        on_dropped: DropHook | None = None,
     ) -> None:
-        if workers < 1 or capacity < 1:
-            raise ValueError("workers and capacity must be at least 1")
+        if workers < 1 or capacity < 1 or max_bytes < 1:
+            raise ValueError("workers, capacity and max_bytes must be at least 1")
         self.workers = workers
         self.capacity = capacity
         self.poll = poll
+        self.max_bytes = max_bytes
+        #: Told of each job dropped for its bytes; the Shim's recorder counts them.
+        self.on_dropped = on_dropped
         self._on_error = on_error
         self._reset()
-        ref = weakref.ref(self)
+        renew_in_child(self)
 
-        def after_fork() -> None:
-            dispatcher = ref()
-            if dispatcher is not None:
-                dispatcher._reset()
-
-        os.register_at_fork(after_in_child=after_fork)
+    def after_fork(self) -> None:
+        """In a forked child: none of the parent's threads, jobs or locks."""
+        self._reset()
 
     def _reset(self) -> None:
-        # Also the after-fork hook: the child has none of the parent's threads or jobs.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._inbox: deque[Job] = deque()
         self._wake = threading.Event()
         self._pump_asleep = False
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         # The free slots, as tokens: taking one is one C call and no lock, which every
         # compared call pays.
         self._free: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(self.capacity):
             self._free.put(None)
         self._running: dict[int, str] = {}
+        # Workers whose job close() counted as unfinished, and those whose job's result
+        # is being recorded (keep_result): a job is one or the other, never both.
+        self._abandoned: set[int] = set()
+        self._keeping: set[int] = set()
+        self._bytes = 0  # what the queued and running jobs hold, as weighed
+        self._bytes_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
+
+    @property
+    def queued_bytes(self) -> int:
+        """The bytes the queued and running jobs hold, as weighed."""
+        return self._bytes
 
     @property
     def pending(self) -> int:
@@ -130,7 +168,10 @@ class ThreadDispatcher:
             if inbox:
                 idle = 0
                 while inbox:
-                    put(inbox.popleft())
+                    job = inbox.popleft()
+                    size = self._weigh(job)
+                    if size >= 0:
+                        put((*job, size))
                 continue
             if self._closed and not self.pending:
                 return
@@ -147,21 +188,66 @@ class ThreadDispatcher:
             self._pump_asleep = False
             idle = 0
 
+    def _weigh(self, job: Job) -> int:
+        """The job's bytes, counted in; -1 (and the job dropped, ``queue_full``) if
+        they do not fit beside what is queued already."""
+        try:
+            size = weigh(job)
+        except Exception as exc:  # a size that cannot be read: not counted
+            self._on_error("dispatch", exc)
+            return 0
+        if not size:
+            return 0
+        with self._bytes_lock:
+            if self._bytes and self._bytes + size > self.max_bytes:
+                refused = True
+            else:
+                refused = False
+                self._bytes += size
+        if not refused:
+            return size
+        self.release()
+        if self.on_dropped is not None:
+            product, _, task = job[0].partition(".")
+            self.on_dropped(product, task, "queue_full")
+        return -1
+
+    def _unweigh(self, size: int) -> None:
+        if size:
+            with self._bytes_lock:
+                self._bytes -= size
+
     def _work(self) -> None:
         ident = threading.get_ident()
         while True:
             job = self._queue.get()
             if job is None:
                 return
-            task, work, args = job
+            task, work, args, size = job
             self._running[ident] = task
             try:
                 work(*args)
             except BaseException as exc:
                 self._on_error("dispatch", exc)
             finally:
-                self._running.pop(ident, None)
+                with self._lock:
+                    self._running.pop(ident, None)
+                    self._abandoned.discard(ident)
+                    self._keeping.discard(ident)
+                self._unweigh(size)
                 self.release()
+
+    def keep_result(self) -> bool:
+        """Asked by a job about to record its result: False if :meth:`close` already
+        counted it as unfinished (recorded twice, it would be counted twice). On a
+        thread that is not one of the workers, True."""
+        ident = threading.get_ident()
+        with self._lock:
+            if ident in self._abandoned:
+                return False
+            if ident in self._running:
+                self._keeping.add(ident)
+            return True
 
     def close(self, timeout: float) -> Counter[str]:
         """Stop taking jobs, finish queued ones within ``timeout`` seconds.
@@ -176,17 +262,25 @@ class ThreadDispatcher:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._idle.wait(left):
                     break
-        unfinished: Counter[str] = Counter()
-        for source in (self._inbox, self._queue):
-            while True:
-                try:
-                    job = source.popleft() if isinstance(source, deque) else source.get_nowait()
-                except (IndexError, queue.Empty):
-                    break
-                if job is not None:
-                    unfinished[job[0]] += 1
-                    self.release()
-        unfinished.update(self._running.values())
+            unfinished: Counter[str] = Counter()
+            # Still running: counted here unless already recording their result; those
+            # counted here record nothing when they end (keep_result).
+            for ident, task in list(self._running.items()):
+                if ident not in self._keeping:
+                    self._abandoned.add(ident)
+                    unfinished[task] += 1
+        while self._inbox:  # handed over, not weighed yet
+            unfinished[self._inbox.popleft()[0]] += 1
+            self.release()
+        while True:
+            try:
+                queued = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if queued is not None:
+                unfinished[queued[0]] += 1
+                self._unweigh(queued[3])
+                self.release()
         for _ in range(self.workers):
             self._queue.put(None)
         self._wake.set()
@@ -275,30 +369,3 @@ class LoopDispatcher:
             for job in late:
                 job.cancel()
             await asyncio.wait(late, timeout=1.0)
-
-
-class Gate:
-    """At most ``limit`` callers inside at once, across threads and event loops; the
-    rest are turned away at once (never made to wait). ``peak`` is the most ever in."""
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        self.limit = limit
-        self.inside = 0
-        self.peak = 0
-        self._lock = threading.Lock()
-
-    def try_enter(self) -> bool:
-        """Come in if there is room; False at once when full."""
-        with self._lock:
-            if self.inside >= self.limit:
-                return False
-            self.inside += 1
-            self.peak = max(self.peak, self.inside)
-            return True
-
-    def leave(self) -> None:
-        """Make room for the next caller."""
-        with self._lock:
-            self.inside -= 1

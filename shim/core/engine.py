@@ -12,27 +12,20 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from shim import flags as flagpkg
 from shim.base.context import sticky_value
 from shim.client.task import TaskAllocation, TaskResult
-from shim.comparators import held_value
 from shim.core.admission import Admission
 from shim.core.allocation import HeldAllocation
-from shim.core.call import (
-    Call,
-    candidate_answered,
-    candidate_failed,
-    legacy_observation,
-)
-from shim.core.callsite import CallSiteError, kept_arguments, responded, unfallen
-from shim.core.dispatch import Gate
+from shim.core.call import Call, candidate_answered, candidate_failed
+from shim.core.callsite import CallSiteError, responded, unfallen
 from shim.core.events import Events
+from shim.core.gate import Gate
 from shim.core.lanes import Loops, Threads
-from shim.core.loopend import LoopEnded
-from shim.core.steps import Lane, Steps, allocate, enter, infer, leave, only, release
+from shim.core.served import ServedCalls
+from shim.core.steps import Lane, Steps, allocate, infer, only, release
 from shim.flags import OFF
 from shim.records.observe import (
     NOT_RECORDED,
@@ -44,6 +37,7 @@ from shim.records.observe import (
     restore,
 )
 from shim.records.tracing import end_span
+from shim.records.values import settle
 
 __all__ = ["Engine"]
 
@@ -60,6 +54,7 @@ class Engine:
     (:meth:`shadowed`, written out once more in :meth:`sync` for the sync caller's
     sake), one task path (:meth:`task`) and one serving path (:meth:`serve`) for sync,
     async and allocating call sites; ``threads`` and ``loops`` are the two drivers.
+    What follows a call the task path served is :class:`ServedCalls`' work.
     """
 
     def __init__(
@@ -84,8 +79,10 @@ class Engine:
         self.metered = events.metrics is not None
         self.closed = False
         self._dispatch = threads.dispatch
+        self._dispatch.on_dropped = self.recorder.dropped  # jobs too big for its queue
         self._reserve = threads.dispatch.try_reserve  # bound once: per shadowed call
         self._handoff = threads.dispatch.handoff
+        self._served = ServedCalls(admission=admission, events=events, dispatch=self._dispatch)
 
     # -- deciding ------------------------------------------------------------------
 
@@ -154,7 +151,11 @@ class Engine:
         fn, args, kwargs = call.fn, call.args, call.kwargs
         if not decision.compare or not self.admission.admit(call, self._reserve):
             return fn(*args, **kwargs)
-        call.keep(self.noise_sample)  # the caller may change its lists once legacy returns
+        try:
+            call.keep(self.noise_sample)  # the caller may change its lists once legacy returns
+        except Exception as exc:
+            self._hand_off_failed(call, exc)
+            return fn(*args, **kwargs)
         started = _perf()
         try:
             result = fn(*args, **kwargs)
@@ -182,7 +183,11 @@ class Engine:
         or entering what it returned). The caller gets legacy's very value or error."""
         if not self.admission.admit(call, self._reserve):
             return (yield step)
-        call.keep(self.noise_sample)
+        try:
+            call.keep(self.noise_sample)
+        except Exception as exc:
+            self._hand_off_failed(call, exc)
+            return (yield step)
         started = _perf()
         try:
             result = yield step
@@ -192,26 +197,41 @@ class Engine:
         self._returned(call, started, result, lane)
         return result
 
+    def _hand_off_failed(self, call: Call, exc: Exception) -> None:
+        """Copying a compared call's arguments or value, or handing it to the workers,
+        failed: the shim's own failure (``hand_off``), never the caller's; the call
+        goes uncompared, its slot given back."""
+        self._dispatch.release()
+        self.events.internal_error("hand_off", exc, site=call.site)
+
     def _raised(self, call: Call, started: float, exc: BaseException) -> None:
         """Legacy raised on a compared call: the comparison goes on without it (its
         error is legacy's side); cancelled or interrupted, the slot is given back."""
-        if isinstance(exc, Exception):
-            job = (call, _perf() - started, NOT_RECORDED, exc, None)
-            self._handoff((call.site.name, self.candidate_job, job))
-        else:
+        if not isinstance(exc, Exception):
             self._dispatch.release()
+            return
+        job = (call, _perf() - started, NOT_RECORDED, exc, None)
+        try:
+            self._handoff((call.site.name, self.candidate_job, job))
+        except Exception as failed:  # the caller gets legacy's error, not the shim's
+            self._hand_off_failed(call, failed)
 
     def _returned(self, call: Call, started: float, result: Any, lane: Lane) -> None:
         """Legacy returned on a compared call: time it, copy its result (an allocation
         is kept by reference: it may hold connections, and only its attributes are
-        read; nor is it taken twice for noise) and hand the comparison to the workers."""
+        read; nor is it taken twice for noise) and hand the comparison to the workers.
+        Nothing here raises into the caller, who gets legacy's very value: a failure is
+        the shim's (``hand_off``), and gives the slot back."""
         elapsed = _perf() - started
         site = call.site
-        kept, again = result, None
-        if not site.allocation:
-            kept = capture(result)
-            again = lane.again(call.fn) if call.noise else None
-        self._handoff((site.name, self.candidate_job, (call, elapsed, kept, None, again)))
+        try:
+            kept, again = result, None
+            if not site.allocation:
+                kept = capture(result)
+                again = lane.again(call.fn) if call.noise else None
+            self._handoff((site.name, self.candidate_job, (call, elapsed, kept, None, again)))
+        except Exception as exc:
+            self._hand_off_failed(call, exc)
 
     def candidate_job(
         self,
@@ -228,8 +248,8 @@ class Engine:
         ms = elapsed * 1000
         if error is not None:
             legacy = Observation(False, ms, error=describe(error), model=call.model)
-        else:
-            legacy = Observation(True, ms, value, model=call.model)
+        else:  # the app's objects in it are copied now, before the caller changes them
+            legacy = Observation(True, ms, settle(value), model=call.model)
         if self.admission.paused(site):  # queued before the coordinator said it was full
             return
         candidate, _, _ = self.threads.run(self.task(call, serving=False))
@@ -242,8 +262,9 @@ class Engine:
                 noise = again(*run.args, **run.kwargs)  # how much does legacy vary by itself?
             except Exception as exc:
                 self.events.internal_error("noise", exc)
-        stage = call.decision.stage
-        self.recorder.comparison(Pending(site, stage, "legacy", legacy, candidate, noise))
+        if self._dispatch.keep_result():  # not counted as unfinished by close() already
+            stage = call.decision.stage
+            self.recorder.comparison(Pending(site, stage, "legacy", legacy, candidate, noise))
 
     # -- the task path -------------------------------------------------------------
 
@@ -283,7 +304,7 @@ class Engine:
             self.admission.failed(admitted, getattr(exc, "status", None))
             failed = candidate_failed(exc, started, result, prompt)
             if span is not None:
-                end_span(span, failed, result, exc)
+                end_span(span, failed, result, exc, self.events.recorder.redact)
             if isinstance(result, TaskAllocation):
                 yield release(site, result, serving=serving)
             return failed, exc, None
@@ -334,55 +355,14 @@ class Engine:
         return (yield from self.fall_back(call, call, candidate))
 
     def compare_served(self, call: Call, candidate: Observation, value: Any, lane: Lane) -> None:
-        """The task path served ``value``: if the call is compared, legacy runs in the
-        background on ``lane`` and the pair is recorded (``served_by: task``)."""
-        if not call.decision.compare or not self.admission.admit(call, lane.try_reserve):
-            return
-        kept = value if call.site.allocation == "entered" else capture(value)
-        call.kept = kept_arguments(call.args, call.kwargs)  # the caller may reuse them
-        lane.spawn(call.site.name, self._legacy_job(call, replace(candidate, value=kept)))
-
-    def _legacy_job(self, call: Call, candidate: Observation) -> Steps[None]:
-        """Background side of a served call: run legacy, queue the comparison. What
-        legacy holds is given back: an allocation's context manager is entered and
-        left; a ``(value, ctx)`` pair's ctx is left. Legacy failing once its event loop
-        has begun to end says nothing about legacy: counted as dropped (``loop_closed``)."""
-        site, run = call.site, call.background()
-        started = _perf()
-        try:
-            if site.allocation is True:
-                cm = run.fn(*run.args, **run.kwargs)
-                result = yield enter(cm)
-                yield leave(cm)
-            else:
-                result = yield run
-                if site.allocation == "entered" and held_value(result) is not result:
-                    yield leave(result[1])
-        except LoopEnded:
-            self.recorder.dropped(site.product, site.task, "loop_closed")
-            return
-        except Exception as exc:
-            legacy = legacy_observation(started, call.model, exc=exc)
-        else:
-            legacy = legacy_observation(started, call.model, result, copy=False)
-        self.recorder.comparison(Pending(site, call.decision.stage, "task", legacy, candidate))
+        """The task path served ``value``: compare legacy in the background if the call
+        is (:meth:`ServedCalls.compare_served`)."""
+        self._served.compare_served(call, candidate, value, lane)
 
     def fall_back(self, call: Call, step: Any, candidate: Observation) -> Steps[Any]:
-        """The task path failed while serving: legacy (``step``) answers instead, and
-        the pair is recorded (``served_by: legacy_fallback``)."""
-        started = _perf()
-        try:
-            result = yield step
-        except Exception as exc:
-            self._fell_back(call, legacy_observation(started, call.model, exc=exc), candidate)
-            raise
-        self._fell_back(call, legacy_observation(started, call.model, result), candidate)
-        return result
-
-    def _fell_back(self, call: Call, legacy: Observation, candidate: Observation) -> None:
-        self.events.served(call.site, "legacy_fallback")
-        stage = call.decision.stage
-        self.recorder.comparison(Pending(call.site, stage, "legacy_fallback", legacy, candidate))
+        """The task path failed while serving: legacy (``step``) answers instead
+        (:meth:`ServedCalls.fall_back`)."""
+        return self._served.fall_back(call, step, candidate)
 
     def served(self, site: CallSite, by: str) -> None:
         """Count who served a call (metrics)."""

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from shim import flags as flagpkg
 from shim.comparators import ModelNames
+from shim.core.lifecycle import renew_in_child
 from shim.records.capture import Capture
 from shim.records.observe import CallSite, describe
 from shim.records.recorder import Recorder
 from shim.records.sinks import RecordSink
 from shim.records.tracing import start_span
+from shim.records.values import cap
 
 if TYPE_CHECKING:
     from shim.metrics import PrometheusMetrics
@@ -47,6 +49,7 @@ class Events:
         self._errors: Counter[str] = Counter()
         self._told: set[tuple[str | None, str]] = set()
         self._lock = threading.Lock()
+        renew_in_child(self)
         self.recorder = Recorder(
             sink,
             names=names,
@@ -56,6 +59,10 @@ class Events:
             observe=None if metrics is None else metrics.record,
             on_site_error=self.site_error,
         )
+
+    def after_fork(self) -> None:
+        """In a forked child: a lock of its own (a parent's thread may hold this one)."""
+        self._lock = threading.Lock()
 
     def internal_error(
         self, operation: str, exc: BaseException, site: CallSite | None = None
@@ -142,7 +149,11 @@ class Events:
         with self._lock:
             self._errors["release"] += 1
         self.recorder.event(
-            "shim.release_failed", product, task, allocation_id=allocation_id, error=error
+            "shim.release_failed",
+            product,
+            task,
+            allocation_id=cap(allocation_id),  # the coordinator's: capped
+            error=cap(error),
         )
 
     def breaker(self, task: str, before: str, after: str, details: dict[str, Any]) -> None:
@@ -159,7 +170,7 @@ class Events:
             None,
             None,
             level=event.level,
-            message=event.message,
+            message=cap(event.message),  # may quote a flag service's answer
             source=event.source,
             version=event.version,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import ssl
 import time
@@ -26,14 +27,17 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
+from shim.client.dial import default_tls
 from shim.client.protocol import ReleaseHook
 from shim.client.task_client import AsyncTaskClient, TaskClient
 from shim.core.call import Call
+from shim.core.config import Limits, Timeouts
 from shim.core.dispatch import DropHook, ErrorHook, LoopDispatcher, ThreadDispatcher
+from shim.core.events import Events
 from shim.core.loopend import ended, outlast
 from shim.core.steps import Run, Step, Steps
 
-__all__ = ["USER_AGENT", "LoopState", "Loops", "Threads", "task_clients"]
+__all__ = ["USER_AGENT", "LoopState", "Loops", "Threads", "lanes", "task_clients"]
 
 T = TypeVar("T")
 
@@ -65,6 +69,48 @@ def task_clients(
         for timeout in timeouts
     )
     return serve, shadow
+
+
+def lanes(
+    orch_url: str,
+    *,
+    api_key: str | None,
+    limits: Limits,
+    timeouts: Timeouts,
+    http: httpx.Client | None,
+    transport: httpx.MockTransport | None,
+    events: Events,
+) -> tuple[Threads, Loops]:
+    """A Shim's two drivers: the worker threads and task clients of sync call sites,
+    the per-loop clients and tasks of async ones, with one TLS context (verifying
+    certificates) for all of their connections, and failures told to ``events``."""
+    tls = default_tls()  # one per process: building one costs ~20 ms
+    connect = functools.partial(
+        task_clients,
+        orch_url,
+        api_key=api_key,
+        timeouts=(timeouts.serve, timeouts.shadow),
+        http=http,
+        tls=tls,
+        on_release_failed=events.release_failed,
+    )
+    dispatch = ThreadDispatcher(
+        workers=limits.workers, capacity=limits.queue_size, on_error=events.internal_error
+    )
+    make_state = functools.partial(
+        LoopState,
+        orch_url,
+        api_key=api_key,
+        timeout=timeouts.serve,
+        tls=tls,
+        transport=transport,
+        capacity=limits.concurrency,
+        on_error=events.internal_error,
+        on_cancelled=events.cancelled,
+        on_dropped=events.recorder.dropped,
+        on_release_failed=events.release_failed,
+    )
+    return Threads(dispatch, connect), Loops(make_state, timeouts.shadow)
 
 
 class Threads:
@@ -101,6 +147,10 @@ class Threads:
     def try_reserve(self) -> bool:
         """Take a slot on the worker threads' queue."""
         return self.dispatch.try_reserve()
+
+    def release(self) -> None:
+        """Give back a slot that will not be used."""
+        self.dispatch.release()
 
     def spawn(self, task: str, steps: Steps[None]) -> None:
         """Perform ``steps`` on a worker thread."""
@@ -235,6 +285,10 @@ class Loops:
     def try_reserve(self) -> bool:
         """Take a slot among this loop's background tasks."""
         return self.state().dispatch.try_reserve()
+
+    def release(self) -> None:
+        """Give back a slot that will not be used."""
+        self.state().dispatch.release()
 
     def spawn(self, task: str, steps: Steps[None]) -> None:
         """Await ``steps`` as a task on this loop, within the shadow timeout; the

@@ -3,15 +3,16 @@ the other path runs in the background for comparison.
 
 This is the facade; the work is in the modules beside it: ``config`` (limits,
 timeouts, environment), ``decorate`` (the decorator and its checks), ``engine`` (one
-decision and execution core for sync and async call sites), ``admission`` (breaker,
-spend, room), ``lanes`` (the two drivers), ``events`` (records, metrics, spans),
-``allocation`` (allocating call sites) and ``lifecycle`` (exit and fork).
+decision and execution core for sync and async call sites; ``served`` its served
+calls), ``admission`` (breaker, spend, room; ``gate`` the serving gate), ``lanes`` (the
+two drivers and their connections), ``events`` (records, metrics, spans),
+``allocation`` (allocating call sites), ``closing`` (a close in phases) and
+``lifecycle`` (exit and fork).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import time
@@ -28,12 +29,20 @@ from shim.comparators import Comparator
 from shim.core import lifecycle
 from shim.core.admission import Admission
 from shim.core.breaker import BreakerPolicy
-from shim.core.config import FixedFlags, Limits, Timeouts, env_config, load_orch, secrets_of
+from shim.core.closing import ShimCloser
+from shim.core.config import (
+    FixedFlags,
+    Limits,
+    Timeouts,
+    env_config,
+    flag_listener,
+    load_orch,
+    secrets_of,
+)
 from shim.core.decorate import Decorator, ShadowOptions
-from shim.core.dispatch import ThreadDispatcher
 from shim.core.engine import Engine
 from shim.core.events import Events
-from shim.core.lanes import Loops, LoopState, Threads, task_clients
+from shim.core.lanes import lanes
 from shim.core.spend import Backoff, ShadowBudget
 from shim.records.capture import Capture
 from shim.records.observe import is_soft_failure
@@ -115,14 +124,13 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         self.breaker_policy = breaker or BreakerPolicy()
         self.backoff = backoff or Backoff()
         self.enabled = True  # False: built without a coordinator, every call is legacy
-        self._owns_flags = False
         names, services = load_orch(registry, assignments)
         if sink is None:
             sink = StreamSink() if log_path in (None, "-") else FileSink(cast(Path, log_path))
         self._events = events = Events(
             sink,
             names=names,
-            secrets=secrets_of(api_key),
+            secrets=secrets_of(api_key, orch_url=orch_url),
             capture=capture,
             metrics=metrics,
             tracer=tracer,
@@ -136,49 +144,39 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
             recorder=events.recorder,
             on_transition=events.breaker,
         )
-        tls = httpx.create_ssl_context()  # verifying certificates, shared by clients
         self._own_http = None if transport is None else httpx.Client(transport=transport)
-        connect = functools.partial(
-            task_clients,
+        threads, loops = lanes(
             orch_url,
             api_key=api_key,
-            timeouts=(timeouts.serve, timeouts.shadow),
+            limits=limits,
+            timeouts=timeouts,
             http=http or self._own_http,
-            tls=tls,
-            on_release_failed=events.release_failed,
-        )
-        dispatch = ThreadDispatcher(
-            workers=limits.workers, capacity=limits.queue_size, on_error=events.internal_error
-        )
-        make_state = functools.partial(
-            LoopState,
-            orch_url,
-            api_key=api_key,
-            timeout=timeouts.serve,
-            tls=tls,
             transport=transport,
-            capacity=limits.concurrency,
-            on_error=events.internal_error,
-            on_cancelled=events.cancelled,
-            on_dropped=events.recorder.dropped,
-            on_release_failed=events.release_failed,
+            events=events,
         )
         self._engine = Engine(
             admission=self._admission,
             events=events,
-            threads=Threads(dispatch, connect),
-            loops=Loops(make_state, timeouts.shadow),
+            threads=threads,
+            loops=loops,
             max_serving=limits.max_serving,
             noise_sample=noise_sample,
             capture_prompts=capture is not None,
         )
         self._decorator = Decorator(self._engine, flags, expected=names.expected, services=services)
-        flags.subscribe(events.flags)
-        lifecycle.keep(self, self._lanes)
+        flags.subscribe(flag_listener(events))
+        self._closer = ShimCloser(
+            self._engine, events.recorder, http=self._own_http, parts=(threads, loops)
+        )
 
     @property
-    def _lanes(self) -> tuple[Threads, Loops]:
-        return self._engine.threads, self._engine.loops
+    def _owns_flags(self) -> bool:
+        """The flag source is the Shim's own (``from_env`` made it): closed with it."""
+        return self._closer.flags is not None
+
+    @_owns_flags.setter
+    def _owns_flags(self, owns: bool) -> None:
+        self._closer.flags = self.flags if owns else None
 
     # -- construction from the environment -------------------------------------------
 
@@ -190,16 +188,20 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         Without ``CF_ORCH_URL`` (an app running self-hosted, with no coordinator), or
         without ``SHIM_FLAGS``, the Shim is disabled: every wrapped call runs legacy and
         nothing is compared; it says so once, as a warning and a ``shim.error`` record
-        (``operation: configure``). ``enabled`` tells which. A flags source that is
-        named but broken is an error, as before."""
+        (``operation: configure``, or ``flags.missing``). ``enabled`` tells which. A
+        ``SHIM_FLAGS`` file that is not there is no error either: every task is off
+        until it appears, said once the same way (``flags.missing``). With
+        ``flags_required=True`` (env ``SHIM_FLAGS_REQUIRED=1``) both raise ConfigError
+        instead. A flags source that is there but broken is an error, as before."""
         owns_flags = "flags" not in overrides
         url, off = env_config(overrides)
         if off is not None:
+            operation, why = off
             log_path = overrides.get("log_path") or os.environ.get("SHIM_LOG") or None
             shim = cls("", flags=FixedFlags(), log_path=log_path, sink=overrides.get("sink"))
             shim.enabled = False
-            _log.warning("task-shim: %s", off)
-            shim._events.recorder.event("shim.error", None, None, operation="configure", error=off)
+            _log.warning("task-shim: %s", why)
+            shim._events.recorder.event("shim.error", None, None, operation=operation, error=why)
             return shim
         shim = cls(url, **overrides)
         shim._owns_flags = owns_flags
@@ -311,14 +313,18 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
 
     def stats(self) -> dict[str, Any]:
         """Counters: record lines written, held while the log cannot be written and lost
-        for good, failed writes, comparisons pending, internal errors by operation."""
-        recorder = self._events.recorder
+        for good, failed writes, comparisons pending, the bytes the comparisons queued
+        for the worker threads and for the recorder hold (estimated; each queue is
+        bounded, see :data:`~shim.records.recorder.QUEUE_BYTES`), internal errors by
+        operation."""
+        recorder, dispatch = self._events.recorder, self._engine.threads.dispatch
         return {
             "records_written": recorder.written,
             "records_unwritten": recorder.unwritten,
             "records_lost": recorder.lost,
             "write_errors": recorder.write_errors,
-            "pending": self._engine.threads.dispatch.pending,
+            "pending": dispatch.pending,
+            "queued_bytes": {"workers": dispatch.queued_bytes, "recorder": recorder.queued_bytes},
             "internal_errors": self._events.errors(),
         }
 
@@ -335,26 +341,14 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish queued comparisons (within ``timeout``), write every record, and say
-        what could not finish as ``shim.dropped`` (reason ``shutdown``).
+        what could not finish as ``shim.dropped`` (reason ``shutdown``). Writing gets
+        half a second past ``timeout`` if the comparisons took all of it (never more
+        than ``timeout`` itself). Never raises.
 
         On an event loop that keeps running, use :meth:`aclose`: a background legacy
         run still going on this loop when ``close`` returns cannot be written any
         more (counted in ``stats()["records_lost"]``, and said once)."""
-        engine, recorder = self._engine, self._events.recorder
-        if engine.closed:
-            return
-        engine.closed = True
-        deadline = time.monotonic() + timeout
-        for task, count in engine.threads.dispatch.close(timeout).items():
-            product, _, name = task.partition(".")
-            recorder.dropped(product, name, "shutdown", count)
-        recorder.close(max(0.5, deadline - time.monotonic()))
-        engine.threads.close()
-        if self._own_http is not None:
-            self._own_http.close()
-        if self._owns_flags:
-            self.flags.close()
-        lifecycle.forget(self, self._lanes)
+        lifecycle.close_together([self._closer], timeout)
 
     async def aflush(self, timeout: float = 5.0) -> bool:
         """Wait for this event loop's background comparisons, then :meth:`flush`: their

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shim.core.lifecycle import renew_in_child
 from shim.core.ticket import Ticket
 
 __all__ = ["Backoff", "ShadowBudget"]
@@ -68,6 +69,7 @@ class Spend:
     ``generation`` one up and retires the tickets handed out before it."""
 
     __slots__ = (
+        "__weakref__",
         "_calls",
         "_calls_at",
         "_lock",
@@ -110,6 +112,14 @@ class Spend:
         self._calls_at = 0.0
         self._tokens: float | None = None  # LLM tokens left this hour; None: full
         self._tokens_at = 0.0
+        renew_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's probe never answers here (the next call
+        after the pause probes), and the lock is a new one."""
+        self._lock = threading.Lock()
+        self._probe = None
+        self.probe_at = 0.0
 
     def admit(self, budget: ShadowBudget | None) -> str | None:
         """May one more call be compared now? None if so, else the drop reason. While

@@ -127,6 +127,10 @@ class Lane(Protocol):
         """Take a slot for background work; False at once when all are taken."""
         ...
 
+    def release(self) -> None:
+        """Give back a slot taken with :meth:`try_reserve` that will not be used."""
+        ...
+
     def spawn(self, task: str, steps: Steps[None]) -> None:
         """Run ``steps`` in the background, in a slot taken with :meth:`try_reserve`."""
         ...

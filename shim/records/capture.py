@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shim.base.cut import cut_short
+
 __all__ = ["Capture"]
 
 _BUILT_IN = (
@@ -45,6 +47,5 @@ class Capture:
         )
         for pattern in self._compiled:
             text = pattern.sub("[redacted]", text)
-        if len(text) > self.max_chars:
-            text = f"{text[: self.max_chars]}... [{len(text) - self.max_chars} more chars]"
+        text = cut_short(text, self.max_chars)
         return text

@@ -20,6 +20,7 @@ from shim.records.values import (
     NOT_RECORDED,
     OnError,
     OutputNotRecorded,
+    cap,
     capture,
     describe,
     digest,
@@ -269,9 +270,9 @@ _NO_STRUCTURE = Structure(None, None, None, None)
 
 
 def _model_name(name: Any) -> str | None:
-    """What ``legacy_model=`` read from legacy's output, if it is a name."""
+    """What ``legacy_model=`` read from legacy's output, if it is a name (capped)."""
     if name is None or isinstance(name, str):
-        return name
+        return cap(name)
     raise TypeError(f"legacy_model returned a {type(name).__name__}, not a model name")
 
 

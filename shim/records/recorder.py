@@ -9,7 +9,6 @@ are counted per task and reason and written as aggregated ``shim.dropped`` recor
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import queue
@@ -17,83 +16,60 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import pydantic_core
 import structlog
 
+from shim.base.secrets import Redactor
 from shim.comparators import ModelNames
 from shim.records.capture import Capture
 from shim.records.observe import CallSite, Pending, comparison_record, envelope
-from shim.records.sinks import PartialWrite, RecordSink
+from shim.records.render import dumps, names_of, order
+from shim.records.sinks import RecordSink
+from shim.records.values import size_of
+from shim.records.writer import HeldLines
 
-__all__ = ["Recorder"]
+__all__ = ["QUEUE_BYTES", "Recorder", "pending_bytes"]
 
 _log = logging.getLogger("shim")
 
 
 class _Lines:
     """structlog's output end: collects rendered lines for the next batch, with any
-    secret the shim knows (license key, flag-service tokens) taken out."""
+    secret the shim knows (license key, flag-service tokens, URL credentials) taken out,
+    in any form it takes in a JSON line (escaped, percent-encoded, ...)."""
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         self.batch: list[str] = []
-        self.secrets = tuple(s for s in secrets if s and len(s) >= 4)
+        self.redact = Redactor(secrets)  # on the recorder thread, never the caller's
 
     def msg(self, line: str) -> None:
-        for secret in self.secrets:
-            if secret in line:
-                line = line.replace(secret, "[redacted]")
-        self.batch.append(line + "\n")
+        self.batch.append(self.redact(line) + "\n")
 
     info = warning = error = msg
 
 
-def _order(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
-    # The envelope leads every line; structlog put "event" last-in, so rebuild.
-    ordered: dict[str, Any] = {}
-    for key in ("event", "schema", "ts", "product", "task"):
-        if key in event_dict:
-            ordered[key] = event_dict.pop(key)
-    ordered.update(event_dict)
-    return ordered
-
-
-def _repr(obj: Any) -> str:
-    # What the encoders write for a value JSON has no form for; a repr that raises
-    # leaves the type's name, so one odd field does not cost the whole record.
-    try:
-        return repr(obj)
-    except Exception:
-        return f"<{type(obj).__name__}>"
-
-
-# For what pydantic-core cannot encode (a lone surrogate, say): escaped to ASCII, so
-# the line can be written as UTF-8. One encoder: json.dumps with options makes one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_repr)
-
-
-def _dumps(obj: Any, **_: Any) -> str:
-    # pydantic-core's encoder writes the same compact JSON as json's in a third of the
-    # time (2.4 against 7.6 us for a comparison record), and NaN and infinities as null,
-    # which keeps every line valid JSON.
-    try:
-        return pydantic_core.to_json(obj, fallback=_repr, inf_nan_mode="null").decode()
-    except pydantic_core.PydanticSerializationError:
-        return _ENCODER.encode(obj)
-
-
-def _names(record: Any) -> tuple[str, str]:
-    """The product and task a record is about, as text ("" when it names none)."""
-    if not isinstance(record, Mapping):
-        return "", ""
-    product, task = record.get("product"), record.get("task")
-    return (product if isinstance(product, str) else ""), (task if isinstance(task, str) else "")
-
-
 _STOP = object()
 _FLUSH = "flush"
+
+#: The bytes the comparisons queued for the recorder may hold (their outputs, and
+#: prompts when captured), estimated; past it one is dropped (``recorder_full``).
+QUEUE_BYTES = 32 * 1024 * 1024
+
+
+def pending_bytes(pending: Pending) -> int:
+    """The bytes a queued comparison holds, estimated
+    (:func:`~shim.records.values.size_of` of its outputs and prompts)."""
+    legacy, candidate = pending.legacy, pending.candidate
+    return (
+        size_of(legacy.value)
+        + size_of(candidate.value)
+        + size_of(pending.noise)
+        + size_of(legacy.prompt)
+        + size_of(candidate.prompt)
+    )
+
 
 ErrorHook = Callable[[str, BaseException], None]
 #: ``(site, operation, exc)``: a failure tied to one call site's comparison.
@@ -105,9 +81,9 @@ class Recorder:
 
     A sink that fails (disk full, path unusable) loses nothing at first: the lines are
     held, up to ``capacity`` of them, and written once the sink works again (tried
-    every ``flush_interval``). Lines beyond that are counted per task as dropped
-    (``sink_unavailable``); the outage and the recovery are reported to ``on_error``
-    once each, not per batch.
+    every ``flush_interval``; see :class:`~shim.records.writer.HeldLines`). Lines
+    beyond that are counted per task as dropped (``sink_unavailable``); the outage is
+    reported to ``on_error`` once, not per batch.
     """
 
     def __init__(
@@ -117,6 +93,7 @@ class Recorder:
         names: ModelNames,
         on_error: ErrorHook,
         capacity: int = 10_000,
+        max_bytes: int = QUEUE_BYTES,
         flush_interval: float = 0.5,
         secrets: tuple[str, ...] = (),
         capture: Capture | None = None,
@@ -130,14 +107,17 @@ class Recorder:
         self._observe = observe  # told of every record as it is written (metrics)
         self.names = names
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.flush_interval = flush_interval
         self._on_error = on_error
         self.capture = capture
         self._lines = _Lines(secrets)
+        #: What takes the secrets out of text leaving the process another way (spans).
+        self.redact = self._lines.redact
         # Bound once: the lazy proxy wrap_logger returns binds anew on every call.
         self._log = structlog.wrap_logger(
             self._lines,
-            processors=[_order, structlog.processors.JSONRenderer(_dumps)],
+            processors=[order, structlog.processors.JSONRenderer(dumps)],
             wrapper_class=structlog.BoundLogger,
         ).bind()
         self._start()
@@ -149,16 +129,19 @@ class Recorder:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._queued = 0
+        self._bytes = 0  # what the queued comparisons hold (pending_bytes)
         self._drops: Counter[tuple[str, str, str]] = Counter()
         # (event, product, task, fields) -> [count, first example]: see tally().
         self._tallies: dict[tuple[Any, ...], list[Any]] = {}
         self._lines.batch = []
-        self.written = 0
-        self.write_errors = 0  # failed attempts to write
-        self.lost = 0  # lines given up on: held lines beyond capacity, or at close
-        self._held: list[str] = []  # rendered lines not yet written
-        self._failing_since: float | None = None
-        self._retry_at = 0.0
+        self._out = HeldLines(
+            self.sink,
+            capacity=self.capacity,
+            retry_interval=self.flush_interval,
+            on_error=self._on_error,
+            on_lost=functools.partial(self.dropped, reason="sink_unavailable"),
+        )
+        self._lost = 0  # records made once the last drop counts were written
         self._closed = False
         self._done = False  # the last drop counts are written: nothing more will be
         self._told_late = False
@@ -169,8 +152,9 @@ class Recorder:
 
     def comparison(self, pending: Pending) -> None:
         """Queue a finished comparison; counted as dropped if the recorder is full
-        (``recorder_full``) or closing (``shutdown``)."""
-        if self._admit():
+        (``recorder_full``: ``capacity`` records, or ``max_bytes`` of outputs queued) or
+        closing (``shutdown``)."""
+        if self._admit(pending_bytes(pending)):
             self._queue.put(pending)
         else:
             self.dropped(pending.site.product, pending.site.task, self._refusal())
@@ -203,7 +187,7 @@ class Recorder:
                 else:
                     found[0] += 1
                 return
-            self.lost += 1
+            self._lost += 1
 
     def dropped(self, product: str, task: str, reason: str, count: int = 1) -> None:
         """Count comparisons that will not happen; written as ``shim.dropped``. After
@@ -213,7 +197,7 @@ class Recorder:
             if not self._done:
                 self._drops[(product, task, reason)] += count
                 return
-            self.lost += count
+            self._lost += count
             first, self._told_late = not self._told_late, True
         if first:
             _log.warning(
@@ -229,12 +213,20 @@ class Recorder:
     def _refusal(self) -> str:
         return "shutdown" if self._closed else "recorder_full"
 
-    def _admit(self) -> bool:
+    def _admit(self, size: int = 0) -> bool:
         with self._lock:
             if self._closed or self._queued >= self.capacity:
                 return False
+            if size and self._bytes and self._bytes + size > self.max_bytes:
+                return False  # one alone may be bigger: it is held already
             self._queued += 1
+            self._bytes += size
             return True
+
+    @property
+    def queued_bytes(self) -> int:
+        """The bytes the queued comparisons hold, estimated (:func:`pending_bytes`)."""
+        return self._bytes
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -244,11 +236,19 @@ class Recorder:
         self._queue.put((_FLUSH, done))
         return done.wait(timeout)
 
-    def close(self, timeout: float = 5.0) -> bool:
-        """Write what is queued and the drop counts, then close the sink."""
+    def stop(self) -> None:
+        """Take no more records; have what is queued and the drop counts written, then
+        the thread end, without waiting for it (:meth:`close` waits). Stopping many
+        recorders first, then waiting for each, costs the slowest, not the sum."""
         with self._lock:
-            self._closed = True
-        self._queue.put(_STOP)
+            stopping, self._closed = not self._closed, True
+        if stopping:
+            self._queue.put(_STOP)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Write what is queued and the drop counts (within ``timeout``), then close the
+        sink; True if all of it was done in time."""
+        self.stop()
         self._thread.join(timeout)
         finished = not self._thread.is_alive()
         if finished:
@@ -273,19 +273,22 @@ class Recorder:
                 waiter = item[1]
             elif item is not None and not stop:
                 self._render(item)
+                size = pending_bytes(item) if isinstance(item, Pending) else 0
                 with self._lock:
                     self._queued -= 1
+                    self._bytes -= size
                 if len(self._lines.batch) < 512 and not self._queue.empty():
                     continue  # keep filling the batch while work is waiting
             now = time.monotonic()
             if stop or waiter is not None or now >= next_drops:
-                if self._failing_since is None or stop:  # while failing, counts wait
+                if not self._out.failing or stop:  # while failing, counts wait
                     if stop:
                         with self._lock:
                             self._done = True  # from here, drops are counted as lost
                     self._render_drops()
                 next_drops = now + self.flush_interval
-            self._write(now, now=waiter is not None, final=stop)
+            batch, self._lines.batch = self._lines.batch, []
+            self._out.write(batch, now, now=waiter is not None, final=stop)
             if waiter is not None:
                 waiter.set()
             if stop:
@@ -310,7 +313,7 @@ class Recorder:
             if isinstance(item, Pending):
                 product, task = item.site.product, item.site.task
             else:
-                product, task = _names(item)
+                product, task = names_of(item)
             self.dropped(product, task, "unrenderable")
             self._on_error("render", exc)
             return
@@ -339,61 +342,28 @@ class Recorder:
             self._seen(record)
             self._log.info(record.pop("event"), **record)
 
+    # -- counts --------------------------------------------------------------------
+
+    @property
+    def written(self) -> int:
+        """Record lines written."""
+        return self._out.written
+
+    @property
+    def write_errors(self) -> int:
+        """Failed attempts to write."""
+        return self._out.write_errors
+
+    @property
+    def lost(self) -> int:
+        """Lines given up on (held beyond capacity, or still held at close), and records
+        made once the recorder was closed."""
+        return self._out.lost + self._lost
+
     @property
     def unwritten(self) -> int:
         """Lines rendered and held because the sink failed."""
-        return len(self._held) + len(self._lines.batch)
-
-    def _write(self, clock: float, *, now: bool = False, final: bool = False) -> None:
-        """Write what is held; while the sink fails, retry each ``flush_interval``, or
-        ``now`` (a flush), or as the ``final`` attempt (close)."""
-        held = self._held
-        held += self._lines.batch
-        self._lines.batch = []
-        waiting = self._failing_since is not None and clock < self._retry_at
-        if not held or (waiting and not (now or final)):
-            self._trim()
-            return
-        try:
-            self.sink.write(held)
-        except Exception as exc:
-            done = exc.written if isinstance(exc, PartialWrite) else 0
-            self.written += done
-            del held[:done]
-            self.write_errors += 1
-            self._retry_at = clock + self.flush_interval
-            if self._failing_since is None:
-                self._failing_since = clock
-                self._on_error("write", exc)
-            if final and held:
-                self.lost += len(held)
-                self._on_error("write", OSError(f"{len(held)} record lines never written"))
-                held.clear()
-            self._trim()
-            return
-        self.written += len(held)
-        held.clear()
-        if self._failing_since is not None:
-            _log.warning(
-                "task-shim records are written again after %.1f s", clock - self._failing_since
-            )
-            self._failing_since = None
-
-    def _trim(self) -> None:
-        """Hold at most ``capacity`` lines; count the rest as dropped, per task."""
-        extra = len(self._held) - self.capacity
-        if extra <= 0:
-            return
-        for line in self._held[self.capacity :]:
-            try:
-                record = json.loads(line)
-                self.dropped(
-                    record.get("product") or "", record.get("task") or "", "sink_unavailable"
-                )
-            except ValueError:
-                pass
-        del self._held[self.capacity :]
-        self.lost += extra
+        return len(self._out.held) + len(self._lines.batch)
 
 
 # Every recorder: in a forked child, those not closed restart their threads. One hook

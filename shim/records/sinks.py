@@ -4,10 +4,11 @@ append to and logrotate may move (:class:`FileSink`), and a text stream (:class:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
@@ -47,6 +48,7 @@ class FileSink:
         self._fd = -1
         self._ino: tuple[int, int] | None = None
         self._checked = 0.0
+        self._cut: _Piece | None = None  # a line a failed write left half out
         try:
             self._open()
         except OSError:
@@ -58,6 +60,7 @@ class FileSink:
         st = os.fstat(fd)
         if self._fd >= 0:
             os.close(self._fd)
+            self._cut = None  # its start is in the old file: the line goes whole here
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
         self._checked = time.monotonic()
 
@@ -78,38 +81,102 @@ class FileSink:
         self._open()
 
     def write(self, lines: Sequence[str]) -> None:
-        """Append whole lines; on a failure after some batches went out, raises
-        :class:`PartialWrite` saying how many lines did."""
+        """Append whole lines. On a failure (disk full) raises, as
+        :class:`PartialWrite` if some whole lines went out (how many); a line the
+        failure cut short is finished, not written again, when it comes first in the
+        next write (the recorder retries it so), so no line is ever glued to half of
+        another. One given up instead is ended where it was cut: a bad line alone."""
         self._reopen_if_moved()
-        chunk: list[bytes] = []
-        size = done = 0
-        try:
-            for line in lines:
-                data = line.encode()
-                if chunk and size + len(data) > _MAX_WRITE:
-                    self._write_all(b"".join(chunk))
-                    done += len(chunk)
-                    chunk, size = [], 0
-                chunk.append(data)
-                size += len(data)
-            if chunk:
-                self._write_all(b"".join(chunk))
-        except OSError as exc:
-            if done:
-                raise PartialWrite(done, exc) from exc
-            raise
+        pieces = [_Piece(line.encode()) for line in lines]
+        if self._cut is not None:
+            cut = self._cut
+            if pieces and pieces[0].data == cut.data:
+                pieces[0] = cut
+            else:
+                pieces.insert(0, _Piece(b"\n", line=False))
+        done = 0  # whole lines of ``lines`` written
+        for chunk in _chunks(pieces):
+            data = b"".join(p.data[p.start :] if p.start else p.data for p in chunk)
+            try:
+                self._write_all(data)
+            except _Short as short:
+                done += self._cut_at(chunk, short.sent)
+                if done:
+                    raise PartialWrite(done, short.error) from short.error
+                raise short.error from None
+            done += sum(p.line for p in chunk)
+        self._cut = None
+
+    def _cut_at(self, chunk: list[_Piece], sent: int) -> int:
+        """A write failed ``sent`` bytes into ``chunk``: keep the line it cut (with how
+        much of it is out); the whole lines that went out before it."""
+        whole = 0
+        for piece in chunk:
+            left = len(piece.data) - piece.start
+            if sent < left:
+                if piece.line:
+                    out = piece.start + sent
+                    self._cut = _Piece(piece.data, out) if out else None
+                # else: the end of a line given up did not go out: still to be written
+                return whole
+            sent -= left
+            whole += piece.line
+            if not piece.line:
+                self._cut = None  # the line given up is ended
+        return whole
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
+        sent = 0
         while view:
-            written = os.write(self._fd, view)
+            try:
+                written = os.write(self._fd, view)
+            except OSError as exc:
+                raise _Short(sent, exc) from exc
+            sent += written
             view = view[written:]
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file (ending a line a failed write cut, if it can)."""
         if self._fd >= 0:
+            if self._cut is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._fd, b"\n")
             os.close(self._fd)
             self._fd = -1
+
+
+class _Piece:
+    """A line to write, from ``start`` (bytes of it already out); ``line`` False for
+    the newline that ends a line given up."""
+
+    __slots__ = ("data", "line", "start")
+
+    def __init__(self, data: bytes, start: int = 0, *, line: bool = True) -> None:
+        self.data, self.start, self.line = data, start, line
+
+
+class _Short(Exception):
+    """A write that failed after ``sent`` bytes."""
+
+    def __init__(self, sent: int, error: OSError) -> None:
+        super().__init__(sent, error)
+        self.sent, self.error = sent, error
+
+
+def _chunks(pieces: list[_Piece]) -> Iterator[list[_Piece]]:
+    """Whole pieces, in runs of at most ``_MAX_WRITE`` bytes (one longer goes alone)."""
+    chunk: list[_Piece] = []
+    size = 0
+    for piece in pieces:
+        length = len(piece.data) - piece.start
+        if chunk and size + length > _MAX_WRITE:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(piece)
+        size += length
+    if chunk:
+        yield chunk
 
 
 class PartialWrite(OSError):
@@ -121,15 +188,55 @@ class PartialWrite(OSError):
 
 
 class StreamSink:
-    """Writes to a text stream (stdout by default), flushing after every batch."""
+    """Writes to a text stream (stdout by default), line by line, flushing after every
+    batch.
+
+    A write the stream fails part-way (disk full under a redirected stdout) raises
+    :class:`PartialWrite` with the whole lines that went out. The line it cut is
+    finished when it comes first in the next write if the stream said how much of it
+    went out (``characters_written``); if not, it is ended where it was cut, so the
+    retried line stands alone: never glued to half of another."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdout
+        # A line a failed write cut, and how many of its characters went out (-1: the
+        # stream did not say).
+        self._cut: tuple[str, int] | None = None
 
     def write(self, lines: Sequence[str]) -> None:
         """Write and flush."""
-        self.stream.write("".join(lines))
+        done = 0
+        try:
+            if self._cut is not None:
+                line, out = self._cut
+                if out >= 0 and lines and lines[0] == line:
+                    self._put(line, out)
+                    done = 1
+                else:
+                    self._put("\n", 0, line=False)
+            for line in lines[done:]:
+                self._put(line, 0)
+                done += 1
+        except OSError as exc:
+            if done:
+                raise PartialWrite(done, exc) from exc
+            raise
         self.stream.flush()
+
+    def _put(self, text: str, start: int, *, line: bool = True) -> None:
+        try:
+            self.stream.write(text[start:] if start else text)
+        except OSError as exc:
+            if line:
+                out = getattr(exc, "characters_written", None)
+                if out is None:
+                    self._cut = (text, -1)
+                elif start + out:
+                    self._cut = (text, start + out)
+                else:
+                    self._cut = None  # none of it went out
+            raise
+        self._cut = None
 
     def close(self) -> None:
         """Flush; the stream is not ours to close."""

@@ -3,9 +3,11 @@ conventions (``pip install 'task-shim[otel]'``; pass ``Shim(tracer=...)``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from shim.base.cut import cut_short
 from shim.records.observe import CallSite, Observation, usage_record
 
 __all__ = ["end_span", "start_span"]
@@ -32,8 +34,15 @@ def start_span(tracer: Any, site: CallSite, orch_url: str, path: str) -> Any:
     return tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
 
 
-def end_span(span: Any, observed: Observation, result: Any, error: BaseException | None) -> None:
-    """What came back: the model, the node, tokens; or the error."""
+def end_span(
+    span: Any,
+    observed: Observation,
+    result: Any,
+    error: BaseException | None,
+    redact: Callable[[str], str] = str,
+) -> None:
+    """What came back: the model, the node, tokens; or the error (its text cut short,
+    then ``redact``-ed: spans leave the process as records do)."""
     from opentelemetry.trace import Status, StatusCode
 
     if observed.model:
@@ -49,5 +58,5 @@ def end_span(span: Any, observed: Observation, result: Any, error: BaseException
     if error is not None:
         status = getattr(error, "status", None)
         span.set_attribute("error.type", str(status) if status else type(error).__name__)
-        span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+        span.set_status(Status(StatusCode.ERROR, redact(cut_short(str(error), 200))))
     span.end()

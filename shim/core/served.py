@@ -1,0 +1,92 @@
+"""What happens around a call the task path serves: legacy run in the background to
+compare with it, or legacy answering instead when it failed (``fallback``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from shim.comparators import held_value
+from shim.core.admission import Admission
+from shim.core.call import Call, legacy_observation
+from shim.core.callsite import kept_arguments
+from shim.core.dispatch import ThreadDispatcher
+from shim.core.events import Events
+from shim.core.loopend import LoopEnded
+from shim.core.steps import Lane, Steps, enter, leave
+from shim.records.observe import Observation, Pending, capture
+
+__all__ = ["ServedCalls"]
+
+_perf = time.perf_counter
+
+
+class ServedCalls:
+    """The :class:`~shim.core.engine.Engine`'s steps for a call the task path served:
+    the comparison with legacy, or the fallback to it. ``dispatch``: the worker
+    threads, asked whether a job's result is still to be recorded."""
+
+    def __init__(self, *, admission: Admission, events: Events, dispatch: ThreadDispatcher) -> None:
+        self.admission = admission
+        self.events = events
+        self.recorder = events.recorder
+        self._dispatch = dispatch
+
+    def compare_served(self, call: Call, candidate: Observation, value: Any, lane: Lane) -> None:
+        """The task path served ``value``: if the call is compared, legacy runs in the
+        background on ``lane`` and the pair is recorded (``served_by: task``). Nothing
+        here raises into the caller: a failure to hand the comparison over is the
+        shim's (``hand_off``), and gives its slot back."""
+        if not call.decision.compare or not self.admission.admit(call, lane.try_reserve):
+            return
+        try:
+            kept = value if call.site.allocation == "entered" else capture(value)
+            call.kept = kept_arguments(call.args, call.kwargs)  # the caller may reuse them
+            lane.spawn(call.site.name, self._legacy_job(call, replace(candidate, value=kept)))
+        except Exception as exc:
+            lane.release()
+            self.events.internal_error("hand_off", exc, site=call.site)
+
+    def _legacy_job(self, call: Call, candidate: Observation) -> Steps[None]:
+        """Background side of a served call: run legacy, queue the comparison. What
+        legacy holds is given back: an allocation's context manager is entered and
+        left; a ``(value, ctx)`` pair's ctx is left. Legacy failing once its event loop
+        has begun to end says nothing about legacy: counted as dropped (``loop_closed``)."""
+        site, run = call.site, call.background()
+        started = _perf()
+        try:
+            if site.allocation is True:
+                cm = run.fn(*run.args, **run.kwargs)
+                result = yield enter(cm)
+                yield leave(cm)
+            else:
+                result = yield run
+                if site.allocation == "entered" and held_value(result) is not result:
+                    yield leave(result[1])
+        except LoopEnded:
+            self.recorder.dropped(site.product, site.task, "loop_closed")
+            return
+        except Exception as exc:
+            legacy = legacy_observation(started, call.model, exc=exc)
+        else:
+            legacy = legacy_observation(started, call.model, result, copy=False)
+        if self._dispatch.keep_result():  # on a worker: not counted by close() already
+            self.recorder.comparison(Pending(site, call.decision.stage, "task", legacy, candidate))
+
+    def fall_back(self, call: Call, step: Any, candidate: Observation) -> Steps[Any]:
+        """The task path failed while serving: legacy (``step``) answers instead, and
+        the pair is recorded (``served_by: legacy_fallback``)."""
+        started = _perf()
+        try:
+            result = yield step
+        except Exception as exc:
+            self._fell_back(call, legacy_observation(started, call.model, exc=exc), candidate)
+            raise
+        self._fell_back(call, legacy_observation(started, call.model, result), candidate)
+        return result
+
+    def _fell_back(self, call: Call, legacy: Observation, candidate: Observation) -> None:
+        self.events.served(call.site, "legacy_fallback")
+        stage = call.decision.stage
+        self.recorder.comparison(Pending(call.site, stage, "legacy_fallback", legacy, candidate))
