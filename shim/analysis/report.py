@@ -16,6 +16,7 @@ from shim.analysis.report_filters import Filters, check_filters
 from shim.analysis.report_logs import Logs, ReportError, TaskRows, read_logs
 from shim.analysis.report_tasks import task_report
 from shim.analysis.report_verdict import shim_error_line
+from shim.base.text import printable
 
 __all__ = ["ReportError", "build_report"]
 
@@ -61,6 +62,9 @@ def build_report(
             "count": sum(e["count"] for e in untasked.values()),
             "by_operation": untasked,
         },
+        # What was left out of the count, by file: lines over the limit, a truncated or
+        # corrupt .gz, records with a negative count (see report_files.FileProblem).
+        "problems": [p.as_dict() for p in logs.problems],
     }
 
 
@@ -82,7 +86,10 @@ def _nothing(inputs: Sequence[str], filters: Filters, logs: Logs) -> str:
         message += "; " + shim_error_line(
             count, logs.untasked_errors, "shim.error records tied to no task"
         )
-    return message
+    for problem in logs.problems:
+        message += f"; {problem.describe()}"
+    # One line, whatever the logs' names hold (a newline in one would forge another).
+    return printable(message)
 
 
 def _task_reports(tasks: list[TaskRows], policy: Policy, seed: int) -> list[dict[str, Any]]:

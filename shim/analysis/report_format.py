@@ -1,17 +1,24 @@
-"""Rendering a report: a terminal table and Markdown (``--format json`` is the dict)."""
+"""Rendering a report: a terminal table and Markdown (``--format json`` is the dict).
+
+Names, models, verdicts and error messages come from the logs: they are shown as text
+(:func:`~shim.base.text.printable`, rich ``Text``), never parsed as markup. In Markdown
+each is escaped (:func:`_md`): a task named ``[x](http://...)`` is no link in a pull
+request, ``*a*`` no emphasis, and a ``|`` cannot end a cell.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.console import Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from shim.analysis.report_verdict import held_line, untasked_line
+from shim.base.text import printable
 
-__all__ = ["markdown", "table"]
+__all__ = ["markdown", "problem_lines", "table"]
 
 _COLOURS = {"PROMOTE": "green", "HOLD": "yellow", "ROLLBACK": "red"}
 
@@ -81,12 +88,26 @@ _HEAD = [
 ]
 
 
+def _title(report: dict[str, Any]) -> str:
+    title = f"{report['records']:,} records, {report['bad_lines']:,} bad lines"
+    skipped = len(report.get("problems") or ())
+    return title + (f", {skipped} problem(s) in the logs (below)" if skipped else "")
+
+
+def problem_lines(report: dict[str, Any]) -> list[str]:
+    """What was left out of the logs or not counted, one line per file and kind."""
+    return [
+        f"skipped: {printable(p['file'])}: {printable(p['message'])}"
+        if p.get("file")
+        else f"skipped: {printable(p['message'])}"
+        for p in report.get("problems") or ()
+    ]
+
+
 def table(report: dict[str, Any]) -> Group:
-    """A rich table, one row per task with its verdict coloured, then the reasons."""
-    out = Table(
-        title=f"{report['records']:,} records, {report['bad_lines']:,} bad lines",
-        title_justify="left",
-    )
+    """A rich table, one row per task with its verdict coloured, then the reasons and
+    what was skipped."""
+    out = Table(title=Text(_title(report)), title_justify="left")
     out.add_column("verdict", no_wrap=True)
     shown = _width(report, always=False)
     for name in _HEAD[:shown]:
@@ -98,15 +119,17 @@ def table(report: dict[str, Any]) -> Group:
     reasons = []
     for task in report["tasks"]:
         colour = _COLOURS[task["verdict"]]
-        out.add_row(f"[bold {colour}]{task['verdict']}[/]", *_row(task)[:shown])
+        cells = [Text(printable(cell)) for cell in _row(task)[:shown]]
+        out.add_row(Text(task["verdict"], style=f"bold {colour}"), *cells)
         reasons.append(
-            Text.from_markup(f"[{colour}]{escape(task['task'])}[/]: ")
-            + Text("; ".join(task["reasons"]))
+            Text(printable(task["task"]), style=colour)
+            + Text(": " + printable("; ".join(task["reasons"])))
         )
     untasked = untasked_line(report)
     if untasked:
-        reasons.append(Text(untasked, style="yellow"))
-    reasons += [Text(line) for line in _held(report)]
+        reasons.append(Text(printable(untasked), style="yellow"))
+    reasons += [Text(printable(line)) for line in _held(report)]
+    reasons += [Text(line, style="yellow") for line in problem_lines(report)]
     return Group(out, *reasons)
 
 
@@ -115,21 +138,37 @@ def _held(report: dict[str, Any]) -> list[str]:
     return [line for line in map(held_line, report["tasks"]) if line]
 
 
+# What Markdown (and GitHub's) gives a meaning to inside a line: a backslash (it
+# escapes what follows), code, emphasis, links and images, HTML, strikethrough and the
+# cell border. Each is escaped with a backslash, which any ASCII punctuation takes.
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|~])")
+
+
+def _md(value: object) -> str:
+    """``value`` as Markdown text that renders as itself: printable, and every
+    character Markdown gives a meaning to in a line escaped."""
+    return _MARKDOWN.sub(r"\\\1", printable(value))
+
+
 def markdown(report: dict[str, Any]) -> str:
     """A Markdown summary for a pull request."""
     lines = [
-        f"**task-shim report**: {report['records']:,} records, {report['bad_lines']:,} bad lines",
+        f"**task-shim report**: {_title(report)}",
         "",
         "| verdict | " + " | ".join(_HEAD) + " |",
         "|---|" + "---|" * len(_HEAD),
     ]
     for task in report["tasks"]:
-        lines.append(f"| **{task['verdict']}** | " + " | ".join(_row(task)) + " |")
+        cells = " | ".join(_md(cell) for cell in _row(task))
+        lines.append(f"| **{task['verdict']}** | {cells} |")
     lines.append("")
     for task in report["tasks"]:
-        lines.append(f"- **{task['task']}** ({task['verdict']}): " + "; ".join(task["reasons"]))
+        lines.append(
+            f"- **{_md(task['task'])}** ({task['verdict']}): " + _md("; ".join(task["reasons"]))
+        )
     untasked = untasked_line(report)
     if untasked:
-        lines.append(f"- {untasked}")
-    lines += [f"- {line}" for line in _held(report)]
+        lines.append(f"- {_md(untasked)}")
+    lines += [f"- {_md(line)}" for line in _held(report)]
+    lines += [f"- {_md(line)}" for line in problem_lines(report)]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,9 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from shim.analysis.report_format import problem_lines
 from shim.analysis.report_verdict import held_line, untasked_line
+from shim.base.text import printable
 
 __all__ = ["render_html"]
 
@@ -16,7 +18,9 @@ _LEGACY, _TASK = "#57606a", "#0969da"
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value))
+    """``value`` as HTML text: escaped (quotes too, for attributes), and its control
+    characters written out, as the logs it comes from may hold anything."""
+    return html.escape(printable(value))
 
 
 def _pct(value: float | None) -> str:
@@ -183,6 +187,7 @@ def render_html(report: dict[str, Any]) -> str:
     cards = "".join(_card(t) for t in report["tasks"])
     untasked = untasked_line(report)
     note = f"<div>{_e(untasked)}</div>" if untasked else ""
+    note += "".join(f"<div>{_e(line)}</div>" for line in problem_lines(report))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -2,24 +2,22 @@
 globs or ``.gz`` logs, giving each task's counts, latency sample, spend, drops and the
 shim's own errors (``shim.error``).
 
-Every line that is not a schema-1 record (corrupt, truncated, another schema) is
-counted as a bad line.
+Every line that is not a schema-1 record (corrupt, truncated, another schema, a negative
+``count``) is counted as a bad line. What cannot be read at all (a line over the limit,
+a truncated ``.gz``) is left out and named (:mod:`shim.analysis.report_files`).
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shim.analysis.policy import Price
-from shim.base.errors import ShimError
+from shim.analysis.report_files import MAX_LINE_BYTES, FileProblem, LogFiles, ReportError
 
 __all__ = ["Logs", "ReportError", "TaskRows", "read_logs"]
 
@@ -48,43 +46,18 @@ _COLUMNS = {
 }
 
 
-class ReportError(ShimError):
-    """The logs cannot be read (exit 2)."""
-
-
-def _files(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Paths to read, and temporary files to delete afterwards (stdin)."""
-    files: list[str] = []
-    temps: list[str] = []
-    for item in inputs:
-        if item == "-":
-            fd, tmp = tempfile.mkstemp(suffix=".jsonl")
-            with os.fdopen(fd, "wb") as out:
-                out.write(sys.stdin.buffer.read())
-            files.append(tmp)
-            temps.append(tmp)
-            continue
-        matched = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
-        if not matched:
-            raise ReportError(f"{item}: no log matches this pattern")
-        for path in matched:
-            if Path(path).is_dir():
-                raise ReportError(f"{path}: not a file (a log is a file; for a folder, a glob)")
-            if not Path(path).is_file():
-                raise ReportError(f"{path}: no such log file")
-        files += matched
-    return files, temps
-
-
 def _ends_whole(path: str, window: int = 1 << 16) -> bool:
     """The log ends with a complete JSON object on a line of its own (a process that
     died mid-write leaves a torn last line). Compressed logs cannot be checked cheaply."""
     if path.endswith(".gz"):
         return False
-    with open(path, "rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, size - window))
-        tail = handle.read()
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - window))
+            tail = handle.read()
+    except OSError:  # gone since it was listed: the read says what became of it
+        return False
     if not tail.endswith(b"\n"):
         return size == 0
     last = tail.rstrip(b"\n").rpartition(b"\n")[2]
@@ -118,14 +91,16 @@ class TaskRows:
 @dataclass(frozen=True, slots=True)
 class Logs:
     """The logs read: how many records, how many bad lines, each task in the filters,
-    every task the logs name at all (filters aside), and the ``shim.error`` records
-    tied to no task, by operation."""
+    every task the logs name at all (filters aside), the ``shim.error`` records tied
+    to no task, by operation, and what was left out of the count (by file)."""
 
     records: int
     bad_lines: int
     tasks: list[TaskRows]
     named: list[str] = field(default_factory=list)
     untasked_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what was left out or not counted, by file
+    problems: list[FileProblem] = field(default_factory=list)
 
 
 def _literal(value: str) -> str:
@@ -142,9 +117,13 @@ _VERDICTS = ("same", "alias", "different", "unknown")
 
 _SOURCE = """(
   SELECT *, good AND {scope} AS scoped, good AND {scope} AND event = 'shim.comparison' AS cmp
-  FROM (SELECT *, coalesce(event IS NOT NULL AND schema = 1, false) AS good
-        -- a line that does not parse comes back as a row of NULLs: a bad line
-        FROM read_ndjson({files}, ignore_errors={tolerant}, columns={columns}))
+  FROM (SELECT *, coalesce(event IS NOT NULL AND schema = 1 AND count < 0, false) AS negative,
+        -- a line that does not parse comes back as a row of NULLs: a bad line; so is a
+        -- drop or an error whose count would lower the totals
+        coalesce(event IS NOT NULL AND schema = 1 AND NOT coalesce(count < 0, false), false)
+          AS good
+        FROM read_ndjson({files}, ignore_errors={tolerant}, columns={columns},
+                         maximum_object_size={max_line}))
 )"""
 
 _AGGREGATE = (
@@ -152,6 +131,7 @@ _AGGREGATE = (
 SELECT product, task,
   count(*) AS all_rows,
   count(*) FILTER (good) AS all_records,
+  count(*) FILTER (negative) AS negative_counts,
   count(*) FILTER (cmp) AS n,
   -- the evidence each gate has: pairs where both paths ran (error gate), pairs with
   -- a structure verdict (mismatch gate, below), pairs with both latencies (latency)
@@ -257,10 +237,10 @@ def read_logs(
     stage: str | None = None,
 ) -> Logs:
     """The logs at ``inputs`` (paths, globs, ``-`` for stdin), within the filters;
-    ReportError when they cannot be read."""
+    ReportError when they cannot be read. A file, or a line, that cannot be read is
+    left out and named in :attr:`Logs.problems`, never a failure of the whole."""
     import duckdb
 
-    files, temps = _files(inputs)
     scope = ["true"]
     if task:
         scope.append(f"product || '.' || task = {_literal(task)}")
@@ -270,50 +250,27 @@ def read_logs(
         scope.append(f"ts < {_literal(until)}")
     if stage:
         scope.append(f"(stage = {_literal(stage)} OR event <> 'shim.comparison')")
-    # Latency pairs for the bootstrap: a deterministic sample of about 20,000 per log.
-    every = max(1, sum(Path(f).stat().st_size for f in files) // 700 // 20_000)
-    try:
-        con = duckdb.connect()
-        # The result is ordered by task at the end; rows need not keep the logs' order
-        # on the way (measured: about 0.1 s less per GB).
-        con.execute("SET preserve_insertion_order = false")
-        columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}"
-        # A strict read is about 13 % faster than one that tolerates bad lines. Logs
-        # whose last line is whole are read strictly first; a bad line anywhere makes
-        # DuckDB stop, and the logs are read again, tolerantly, counting bad lines.
-        strict = all(_ends_whole(f) for f in files)
-        for tolerant in (False, True)[0 if strict else 1 :]:
-            source = _SOURCE.format(
-                scope=" AND ".join(scope),
-                files=_sql_list(files),
-                columns=columns,
-                tolerant=str(tolerant).lower(),
+    with LogFiles(inputs) as found:
+        try:
+            con = duckdb.connect()
+            # The result is ordered by task at the end; rows need not keep the logs'
+            # order on the way (measured: about 0.1 s less per GB).
+            con.execute("SET preserve_insertion_order = false")
+            rows, models = _read(con, found, " AND ".join(scope), prices)
+        except duckdb.Error as exc:
+            raise ReportError(f"cannot read the logs: {exc}") from None
+        problems = list(found.problems)
+    negative = sum(int(r["negative_counts"]) for r in rows)
+    if negative:
+        problems.append(
+            FileProblem(
+                None,
+                "negative_count",
+                negative,
+                f"{negative} shim.dropped or shim.error record(s) with a negative count, "
+                "counted as bad lines (a count never lowers a total)",
             )
-            query = _AGGREGATE.format(
-                source=source,
-                every=every,
-                known=repr(_VERDICTS),
-                usage=_usage_sql(prices),
-            )
-            try:
-                cursor = con.execute(query)
-                break
-            except duckdb.InvalidInputException:
-                if tolerant:
-                    raise
-        names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
-        several = [f"{r['product']}.{r['task']}" for r in rows if r["model_min"] != r["model_max"]]
-        models: dict[str, list[str]] = {}
-        if several:
-            listed = "(" + ", ".join(_literal(name) for name in several) + ")"
-            query = _MODELS.format(source=source, tasks=listed)
-            models = {f"{p}.{t}": found for p, t, found in con.execute(query).fetchall()}
-    except duckdb.Error as exc:
-        raise ReportError(f"cannot read the logs: {exc}") from None
-    finally:
-        for tmp in temps:
-            os.unlink(tmp)
+        )
     total_lines = sum(int(r["all_rows"]) for r in rows)
     records = sum(int(r["all_records"]) for r in rows)
     tasked = [r for r in rows if r["product"] is not None and r["task"] is not None]
@@ -328,7 +285,84 @@ def read_logs(
         if row["product"] is None or row["task"] is None:
             _count_errors(untasked, row["shim_errors"])
     named = [f"{r['product']}.{r['task']}" for r in tasked if r["all_records"]]
-    return Logs(records, max(0, total_lines - records), tasks, named, untasked)
+    return Logs(records, max(0, total_lines - records), tasks, named, untasked, problems)
+
+
+_Rows = tuple[list[dict[str, Any]], dict[str, list[str]]]
+
+
+def _read(con: Any, found: LogFiles, scope: str, prices: Mapping[str, Price]) -> _Rows:
+    """The aggregate rows and the models of tasks that saw several. When DuckDB cannot
+    read the files as they are (a truncated or corrupt ``.gz``, a line it cannot hold)
+    they are read again, the faulty ones as clean copies; a file that fails even so is
+    left out."""
+    import duckdb
+
+    try:
+        return _query(con, found.paths, scope, prices, strict=all(map(_ends_whole, found.paths)))
+    except duckdb.Error:
+        pass
+    if found.clean_rest():  # only the files with a fault are copied
+        try:
+            return _query(con, found.paths, scope, prices, strict=False)
+        except duckdb.Error:
+            pass
+    for path in found.paths:
+        try:
+            con.execute(_PROBE.format(files=_sql_list([path]), **_READ))
+        except duckdb.Error as exc:
+            found.drop(path, str(exc).splitlines()[0])
+    return _query(con, found.paths, scope, prices, strict=False) if found.paths else ([], {})
+
+
+def _size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+_READ = {
+    "columns": "{" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}",
+    "max_line": str(MAX_LINE_BYTES),
+}
+_PROBE = """SELECT count(*) FROM read_ndjson({files}, ignore_errors=true, columns={columns},
+  maximum_object_size={max_line})"""
+
+
+def _query(
+    con: Any, files: Sequence[str], scope: str, prices: Mapping[str, Price], *, strict: bool
+) -> _Rows:
+    """One pass over ``files``; with ``strict``, a strict read first (about 13 % faster
+    than one that tolerates bad lines): logs whose last line is whole are read
+    strictly, and a bad line anywhere makes DuckDB stop and the logs be read again,
+    tolerantly, counting bad lines."""
+    import duckdb
+
+    # Latency pairs for the bootstrap: a deterministic sample of about 20,000 per log.
+    every = max(1, sum(map(_size, files)) // 700 // 20_000)
+    for tolerant in (False, True)[0 if strict else 1 :]:
+        source = _SOURCE.format(
+            scope=scope, files=_sql_list(files), tolerant=str(tolerant).lower(), **_READ
+        )
+        query = _AGGREGATE.format(
+            source=source, every=every, known=repr(_VERDICTS), usage=_usage_sql(prices)
+        )
+        try:
+            cursor = con.execute(query)
+            break
+        except duckdb.InvalidInputException:
+            if tolerant:
+                raise
+    names = [d[0] for d in cursor.description]
+    rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+    several = [f"{r['product']}.{r['task']}" for r in rows if r["model_min"] != r["model_max"]]
+    models: dict[str, list[str]] = {}
+    if several:
+        listed = "(" + ", ".join(_literal(name) for name in several) + ")"
+        query = _MODELS.format(source=source, tasks=listed)
+        models = {f"{p}.{t}": found for p, t, found in con.execute(query).fetchall()}
+    return rows, models
 
 
 def _count_errors(

@@ -1,4 +1,6 @@
-"""The ``shim`` command line. Exit codes: 0 ok, 1 check or gate failure, 2 usage or input.
+"""The ``shim`` command line. Exit codes: 0 ok, 1 check or gate failure (a ROLLBACK
+verdict, a breach, a failed check), 2 usage or input, 70 an internal error (a bug: the
+traceback is on stderr), 130 interrupted.
 
 Each verb lives in a module of its group and imports what it needs when it runs, so
 ``shim --help`` loads typer and rich and none of the simulator, the report or httpx:
@@ -13,11 +15,18 @@ Each verb lives in a module of its group and imports what it needs when it runs,
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+
 import typer
 
 from . import check_status, logs, ramp, sim_demo
 
-__all__ = ["app", "main"]
+__all__ = ["EXIT_INTERNAL", "app", "main"]
+
+#: The exit code of an unexpected exception (EX_SOFTWARE in sysexits.h). Python's own
+#: is 1, which here means ROLLBACK: a script must never take a crash for a verdict.
+EXIT_INTERNAL = 70
 
 app = typer.Typer(
     name="shim",
@@ -41,6 +50,21 @@ for verb in (
     app.command()(verb)
 
 
-def main() -> None:
-    """Entry point of the ``shim`` console script."""
-    app()
+def main(args: Sequence[str] | None = None, *, command: typer.Typer = app) -> None:
+    """Entry point of the ``shim`` console script: runs ``command`` (the ``shim`` app)
+    on ``args`` (the command line's). An exception no verb expected prints its
+    traceback, control characters escaped, and exits :data:`EXIT_INTERNAL`."""
+    try:
+        command(args=None if args is None else list(args))
+    except Exception:  # every unexpected error, so that it has its own exit code
+        import traceback
+
+        from shim.base.text import printable
+
+        sys.stderr.write(printable(traceback.format_exc(), newlines=True))
+        sys.stderr.write(
+            f"shim: internal error (exit {EXIT_INTERNAL}); this is a bug: please report it "
+            "with the traceback above\n"
+        )
+        sys.stderr.flush()
+        raise SystemExit(EXIT_INTERNAL) from None

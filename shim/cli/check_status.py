@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+
+from shim.base.text import printable, strict_json
 
 from .options import (
     AssignmentsOpt,
@@ -16,11 +17,12 @@ from .options import (
     LogOpt,
     RegistryOpt,
     config_paths,
-    err,
+    emit,
     guard,
     log_path,
     open_store,
     out,
+    say,
 )
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ def check(
         flags = Path(os.environ["SHIM_FLAGS"])
     for given in (a_path, r_path, flags):
         if given is not None and not given.is_file():
-            err.print(f"{given}: no such file", markup=False)
+            say(f"{given}: no such file", error=True)
             raise typer.Exit(2)
     report = run_check(a_path, r_path, flags)
     if as_json:
@@ -57,19 +59,21 @@ def check(
             "problems": problems,
             "tasks": report.rows(),
         }
-        print(json.dumps(document, indent=2))
+        emit(strict_json(document, indent=2))
         raise typer.Exit(0 if report.ok else 1)
     if not report.ok:
         for problem in report.problems:
-            out.print(str(problem), markup=False, soft_wrap=True)
-        err.print(f"{len(report.problems)} problem(s) in {', '.join(report.files)}", markup=False)
+            say(str(problem), soft_wrap=True)
+        say(f"{len(report.problems)} problem(s) in {', '.join(report.files)}", error=True)
         raise typer.Exit(1)
     _registrations(report)
 
 
 def _registrations(report: CheckReport) -> None:
-    """The table of a sound configuration: one row per task, with its flags if given."""
+    """The table of a sound configuration: one row per task, with its flags if given.
+    Names come from the files: each cell is text, never markup."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="cf-orch task registrations", title_justify="left")
     for column in ("task", "model", "service", "VRAM MB", "aliases"):
@@ -91,13 +95,12 @@ def _registrations(report: CheckReport) -> None:
         ]
         if report.flags is not None:
             cells += [row["stage"] or "off", str(row["serve"] or 0), str(row["shadow"] or 0)]
-        table.add_row(*cells)
+        table.add_row(*(Text(printable(cell)) for cell in cells))
     out.print(table)
     assert report.config is not None
-    out.print(
+    say(
         f"ok: {len(report.config.tasks)} tasks, {len(report.config.registry.models)} "
         f"models ({', '.join(report.files)})",
-        markup=False,
         soft_wrap=True,
     )
 
@@ -105,6 +108,7 @@ def _registrations(report: CheckReport) -> None:
 def status(flags: FlagsOpt = None, log: LogOpt = None, as_json: JsonOpt = False) -> None:
     """Stage, serve %, shadow % and breaker state of every task."""
     from rich.table import Table
+    from rich.text import Text
 
     from shim.ops.status import breaker_states, status_rows
 
@@ -114,11 +118,14 @@ def status(flags: FlagsOpt = None, log: LogOpt = None, as_json: JsonOpt = False)
     breakers = breaker_states(log) if log is not None and log.is_file() else None
     rows = status_rows(state, breakers)
     if as_json:
-        print(json.dumps({"flags": store.description, "kill": state.kill, "tasks": rows}, indent=2))
+        document = {"flags": store.description, "kill": state.kill, "tasks": rows}
+        emit(strict_json(document, indent=2))
         return
-    title = f"flags: {store.description}"
+    # The description names a path or a URL, the breaker states come from the log:
+    # every cell is text, styled, never markup.
+    title = Text(f"flags: {printable(store.description)}")
     if state.kill:
-        title += "  [bold red]shim.kill is ON: every task is legacy[/]"
+        title.append("  shim.kill is ON: every task is legacy", style="bold red")
     table = Table(title=title, title_justify="left")
     for column in ("task", "stage", "serve %", "shadow %", "stickiness", "budget", "breaker"):
         table.add_column(column, justify="right" if "%" in column else "left", no_wrap=True)
@@ -126,13 +133,13 @@ def status(flags: FlagsOpt = None, log: LogOpt = None, as_json: JsonOpt = False)
     for row in rows:
         breaker = row["breaker"] or "unknown (no log)"
         table.add_row(
-            row["task"],
-            f"[{colours[row['stage']]}]{row['stage']}[/]",
+            Text(printable(row["task"])),
+            Text(row["stage"], style=colours.get(row["stage"], "")),
             str(row["serve"]),
             str(row["shadow"]),
-            row["stickiness"],
+            Text(printable(row["stickiness"])),
             _budget_text(row),
-            f"[red]{breaker}[/]" if breaker in ("open", "half_open") else breaker,
+            Text(printable(breaker), style="red" if breaker in ("open", "half_open") else ""),
         )
     out.print(table)
 

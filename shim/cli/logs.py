@@ -3,13 +3,12 @@ grows, with an automatic rollback on a breach)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .options import FlagsOpt, PolicyOpt, err, guard, load_policy, open_store, out
+from .options import FlagsOpt, PolicyOpt, emit, guard, load_policy, open_store, out, say
 
 if TYPE_CHECKING:
     from shim.flags.store import FlagStore
@@ -50,10 +49,10 @@ def report(
     from shim.analysis.report_format import markdown, table
 
     if fmt not in ("table", "json", "markdown", "html"):
-        err.print(f"--format must be table, json, markdown or html, got {fmt!r}", markup=False)
+        say(f"--format must be table, json, markdown or html, got {fmt!r}", error=True)
         raise typer.Exit(2)
     if fmt == "html" and out_file is None:
-        err.print("--format html needs --out FILE", markup=False)
+        say("--format html needs --out FILE", error=True)
         raise typer.Exit(2)
     gates = load_policy(policy)
     result = guard(
@@ -70,12 +69,16 @@ def report(
         from shim.analysis.report_html import render_html
 
         assert out_file is not None
-        out_file.write_text(render_html(result), encoding="utf-8")
-        out.print(f"wrote {out_file}", markup=False)
+        from shim.base.secrets import env_redactor
+
+        out_file.write_text(env_redactor()(render_html(result)), encoding="utf-8")
+        say(f"wrote {out_file}")
     elif fmt == "json":
-        print(json.dumps(result, indent=2))
+        from shim.base.text import strict_json
+
+        emit(strict_json(result, indent=2))
     elif fmt == "markdown":
-        print(markdown(result), end="")
+        emit(markdown(result), end="")
     else:
         out.print(table(result))
     if any(t["verdict"] == "ROLLBACK" for t in result["tasks"]):
@@ -123,10 +126,10 @@ def watch(
 
     found = _watched(log)
     if found is None and wait and any(c in str(log) for c in "*?["):
-        err.print(f"{log}: matches no log; --wait needs the file's name", markup=False)
+        say(f"{log}: matches no log; --wait needs the file's name", error=True)
         raise typer.Exit(2)
     if found is None and not wait:
-        err.print(f"{log}: no such log file; to wait for it to appear, add --wait", markup=False)
+        say(f"{log}: no such log file; to wait for it to appear, add --wait", error=True)
         raise typer.Exit(2)
     watcher = Watch(load_policy(policy))
     store = open_store(flags) if auto_rollback else None
@@ -135,21 +138,19 @@ def watch(
         if found is None:
             # Every line of a log that appears later is new: read it from its start.
             from_start = True
-            out.print(f"waiting for {log} to appear", markup=False)
+            say(f"waiting for {log} to appear")
             if not wait_for_log(log, timeout=wait_timeout):
-                err.print(f"{log} did not appear within {wait_timeout:g} s", markup=False)
+                say(f"{log} did not appear within {wait_timeout:g} s", error=True)
                 raise typer.Exit(2)
         else:
             log = found
-        out.print(
-            f"watching {log}" + (" (auto-rollback on)" if auto_rollback else ""), markup=False
-        )
+        say(f"watching {log}" + (" (auto-rollback on)" if auto_rollback else ""))
         for row in follow(log, from_start=from_start, once=once):
             breach = watcher.feed(row)
             if breach is None:
                 continue
             breaches += 1
-            err.print(f"BREACH {breach.describe()}", markup=False)
+            say(f"BREACH {breach.describe()}", error=True)
             if store is not None:
                 _roll_back(breach, store, log)
     except KeyboardInterrupt:
@@ -165,19 +166,18 @@ def _judged(watcher: Watch, log: Path, from_start: bool, breaches: int) -> None:
         raise typer.Exit(1)
     if not watcher.records:
         hint = "" if from_start else " (it reads only what is appended; add --from-start)"
-        err.print(f"read no comparison records from {log}{hint}", markup=False)
+        say(f"read no comparison records from {log}{hint}", error=True)
         raise typer.Exit(2)
     if not watcher.evaluations:
-        err.print(
+        say(
             f"read {watcher.records} comparison records from {log}: too few to evaluate "
             "one window (a task needs the policy's watch_step pairs)",
-            markup=False,
+            error=True,
         )
         raise typer.Exit(2)
-    out.print(
+    say(
         f"read {watcher.records} comparison records of {watcher.tasks} task(s); no breach "
         f"in {watcher.evaluations} evaluation(s)",
-        markup=False,
     )
 
 
@@ -194,7 +194,7 @@ def _watched(log: Path) -> Path | None:
     matched = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
     if len(matched) > 1:
         names = ", ".join(str(p) for p in matched)
-        err.print(f"{log}: matches {len(matched)} logs ({names}); watch one", markup=False)
+        say(f"{log}: matches {len(matched)} logs ({names}); watch one", error=True)
         raise typer.Exit(2)
     return matched[0] if matched else None
 
@@ -206,10 +206,9 @@ def _roll_back(breach: Breach, store: FlagStore, log: Path) -> None:
 
     change = guard(auto_rollback, breach, store, log)
     if change is None:
-        err.print(f"{breach.task} already serves 0 %; nothing to roll back", markup=False)
+        say(f"{breach.task} already serves 0 %; nothing to roll back", error=True)
         return
-    out.print(
+    say(
         f"rolled back {breach.task}: serve {change.before.serve} % -> {change.after.serve} % "
         f"({'; '.join(breach.reasons)})",
-        markup=False,
     )

@@ -13,12 +13,11 @@ from .options import (
     FlagsOpt,
     LogOpt,
     PolicyOpt,
-    err,
     guard,
     load_policy,
     log_path,
     open_store,
-    out,
+    say,
 )
 
 if TYPE_CHECKING:
@@ -67,7 +66,7 @@ def promote(
         if not rungs or any(not 0 < r <= 100 for r in rungs) or rungs != sorted(rungs):
             raise ValueError
     except ValueError:
-        err.print(f"--ramp must be rising percentages from 1 to 100, got {ramp!r}", markup=False)
+        say(f"--ramp must be rising percentages from 1 to 100, got {ramp!r}", error=True)
         raise typer.Exit(2) from None
     guard(check_request, [task], serve, shadow)
     store = open_store(flags)
@@ -92,18 +91,17 @@ def promote(
         dry_run=dry_run,
     )
     if change is None:
-        out.print(f"{task} is already live (serve 100 %); nothing to promote", markup=False)
+        say(f"{task} is already live (serve 100 %); nothing to promote")
         raise typer.Exit(1)
     if change.before == change.after:
-        out.print(
+        say(
             f"{task} is already at serve {change.after.serve} %, shadow "
             f"{change.after.shadow} %; nothing to change",
-            markup=False,
         )
         return
     _show("shim.promote", [change], dry_run, path)
     if judged:
-        out.print(f"evidence: {judged[-1].window()}", markup=False)
+        say(f"evidence: {judged[-1].window()}")
 
 
 def rollback(
@@ -120,7 +118,7 @@ def rollback(
     from shim.ops.promote import rollback as roll_back
 
     if (task is None) == (not all_tasks):
-        err.print("name one task or pass --all", markup=False)
+        say("name one task or pass --all", error=True)
         raise typer.Exit(2)
     if task is not None:
         guard(check_request, [task])
@@ -129,7 +127,7 @@ def rollback(
     tasks = [task] if task else None
     changes = guard(roll_back, store, tasks, known_tasks(assignments), log=path, dry_run=dry_run)
     if not changes:
-        out.print("nothing serves from the task path; nothing to roll back", markup=False)
+        say("nothing serves from the task path; nothing to roll back")
         return
     _show("shim.rollback", changes, dry_run, path)
 
@@ -149,15 +147,19 @@ def _evidence(
     task, stage = change.task, change.before.stage
     if not logs:
         if not force:
-            err.print(
+            say(
                 f"serving more of {task} needs evidence: pass --evidence LOG (the "
                 "comparison log) or, to skip the gate, --force",
-                markup=False,
+                error=True,
             )
             raise typer.Exit(1)
         return {"forced": True, "evidence": None}
     found = guard(stage_evidence, task, stage, logs, load_policy(policy), changes_log=changes)
     judged.append(found)
+    # Said whatever the decision: a verdict on part of the logs is still a verdict, but
+    # whoever promotes should know which part (the shim.promote record keeps them too).
+    for problem in found.problems:
+        say(f"evidence: not all read: {problem.describe()}", error=True)
     refusals = found.refusals()
     if refusals:
         if not found.dated:
@@ -167,11 +169,11 @@ def _evidence(
         else:
             why = f"stage {stage} has not soaked long enough"
         if not force:
-            err.print(f"refusing to promote {task}: {why}", markup=False)
+            say(f"refusing to promote {task}: {why}", error=True)
             for reason in refusals:
-                err.print(f"  - {reason}", markup=False)
+                say(f"  - {reason}", error=True)
             raise typer.Exit(1)
-        err.print(f"forced past it ({why}); the record says so", markup=False)
+        say(f"forced past it ({why}); the record says so", error=True)
     return {"forced": force and bool(refusals), "evidence": found.summary()}
 
 
@@ -183,11 +185,10 @@ def _show(event: str, changes: list[Change], dry_run: bool, log: Path | None) ->
     """Say what was done (recorded as ``event``), or, with ``dry_run``, would be."""
     verb, done = _WORDS[event]
     for c in changes:
-        out.print(
+        say(
             f"{'would ' + verb if dry_run else done} {c.task}: "
             f"{c.before.stage} (serve {c.before.serve} %, shadow {c.before.shadow} %) "
             f"-> {c.after.stage} (serve {c.after.serve} %, shadow {c.after.shadow} %)",
-            markup=False,
         )
     if not dry_run and log is None:
-        err.print(f"note: no --log or SHIM_LOG, so no {event} record was written", markup=False)
+        say(f"note: no --log or SHIM_LOG, so no {event} record was written", error=True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from . import require
-from .options import AssignmentsOpt, RegistryOpt, err, guard, load_config, out
+from .options import AssignmentsOpt, RegistryOpt, emit, guard, load_config, out, say
 
 if TYPE_CHECKING:
     from shim.sim import Profile
@@ -102,10 +102,10 @@ def sim(
     }
     prof = guard(_profile, profile, seed, knobs, knob or [], options)
     for problem in config.problems():
-        err.print(f"warning: {problem}", markup=False)
+        say(f"warning: {problem}", error=True)
 
     def announce(line: str) -> None:
-        print(line, flush=True)
+        emit(line)
 
     try:
         serve(
@@ -118,7 +118,7 @@ def sim(
             announce=announce,
         )
     except OSError as exc:
-        err.print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", markup=False)
+        say(f"cannot listen on {host}:{port}: {exc.strerror or exc}", error=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         pass

@@ -31,6 +31,7 @@ from shim.analysis.report import build_report
 from shim.analysis.report_format import table
 from shim.analysis.report_html import render_html
 from shim.base.orch import default_config_path
+from shim.base.text import escape_markup
 from shim.flags import FileFlags
 from shim.flags.store import FileStore
 
@@ -117,13 +118,18 @@ class _Story:
 
     def command(self, args: list[str], note: str = "") -> None:
         """Show a CLI command as an operator would type it (paths short)."""
-        shown = " ".join(["shim", *args]).replace(str(self.out), self.out.name)
-        self.console.print(f"[bold]$ {shown}[/]{note}")
+        shown = self.short(" ".join(["shim", *args]))
+        self.console.print(f"[bold]$ {escape_markup(shown)}[/]{note}")
 
     def output(self, text: str) -> None:
         """Show a command's output, indented (paths short)."""
         for line in text.strip().splitlines():
-            self.console.print("  " + line.replace(str(self.out), self.out.name), markup=False)
+            self.console.print("  " + self.short(line), markup=False)
+
+    def short(self, text: str) -> str:
+        """``text`` with the output folder's full path shown as its name."""
+        folder = str(self.out)
+        return text.replace(folder, self.out.name) if self.out.name else text
 
     def shim_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the ``shim`` CLI as an operator would, showing the command and its output."""

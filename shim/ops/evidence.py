@@ -16,19 +16,16 @@ promote --log`` writes to is given (or ``--force``).
 
 from __future__ import annotations
 
-import glob
 import math
-import os
-import sys
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from shim.analysis.policy import Policy
+from shim.analysis.report_files import MAX_LINE_BYTES, FileProblem, LogFiles
+from shim.analysis.report_filters import parse_time
 from shim.base.errors import ShimError
 
 __all__ = ["CHANGE_EVENTS", "RUNG_STAGES", "Evidence", "EvidenceError", "stage_evidence"]
@@ -63,6 +60,9 @@ class Evidence:
     #: ts of the first and the last comparison in the window (None: there is none)
     first: str | None = None
     last: str | None = None
+    #: what was left out of the logs, or not counted (a truncated ``.gz``, a line over
+    #: the limit, a file that could not be read): the verdict is on the rest
+    problems: tuple[FileProblem, ...] = ()
 
     @property
     def soaked(self) -> bool:
@@ -131,6 +131,7 @@ class Evidence:
             "last": self.last,
             "soak_s": round(self.soak_s, 3),
             "min_soak": self.min_soak,
+            "problems": [problem.as_dict() for problem in self.problems],
         }
 
 
@@ -148,10 +149,25 @@ def stage_evidence(
     from shim.analysis.report import build_report
 
     gates = policy.for_task(task)
-    with _readable(logs) as files:
-        extra = [str(changes_log)] if changes_log is not None and changes_log.is_file() else []
-        since, first, last = _window(task, stage, files, sorted({*files, *extra}))
-        report = build_report(files, policy=policy, task=task, since=since, stage=stage)
+    extra = [str(changes_log)] if changes_log is not None and changes_log.is_file() else []
+    # The files as DuckDB can read them (a name with "[" in it, a truncated .gz, a line
+    # over the limit: see shim.analysis.report_files); the report reads the same ones.
+    with (
+        LogFiles(logs, what="evidence log", error=EvidenceError) as files,
+        LogFiles(extra, what="change log", error=EvidenceError) as changes,
+    ):
+        since, first, last = _window(task, stage, files, changes)
+        if since is not None:
+            try:
+                parse_time(since, option="ts")
+            except ShimError:
+                raise EvidenceError(
+                    f"the last shim.promote, shim.rollback or shim.rollout record of {task} "
+                    f"has ts {since!r}, which is not a time, so its stage has no known "
+                    "start: mend or remove that record"
+                ) from None
+        report = build_report(files.paths, policy=policy, task=task, since=since, stage=stage)
+        problems = _problems(report, files, changes)
     found = next((t for t in report["tasks"] if t["task"] == task), None)
     soak = 0.0
     if first is not None and last is not None:
@@ -171,66 +187,72 @@ def stage_evidence(
         min_pairs=gates.min_pairs,
         first=first,
         last=last,
+        problems=problems,
     )
+
+
+def _problems(report: dict[str, Any], *logs: LogFiles) -> tuple[FileProblem, ...]:
+    """What ``logs`` left out on the way to DuckDB, and what the report over them left
+    out or did not count, each file named as given (the report read some through
+    temporary copies)."""
+    names = {path: name for files in logs for name, path in files.files}
+    found = [problem for files in logs for problem in files.problems]
+    for item in report.get("problems") or ():
+        problem = FileProblem(item["file"], item["kind"], item["lines"], item["message"])
+        if problem.file is not None:
+            problem = replace(problem, file=names.get(problem.file, problem.file))
+        found.append(problem)
+    return tuple(dict.fromkeys(found))
 
 
 _COLUMNS = "{'event': 'VARCHAR', 'schema': 'INTEGER', 'ts': 'VARCHAR', 'product': 'VARCHAR', 'task': 'VARCHAR', 'stage': 'VARCHAR'}"  # noqa: E501
 
 
 def _window(
-    task: str, stage: str, evidence: Sequence[str], everything: Sequence[str]
+    task: str, stage: str, evidence: LogFiles, changes: LogFiles
 ) -> tuple[str | None, str | None, str | None]:
     """(the task's last change, its first and last comparison in ``stage`` after it).
-    Two narrow DuckDB scans, a few columns each: cheap next to the report's own."""
+    Two narrow DuckDB scans, a few columns each: cheap next to the report's own. When
+    DuckDB cannot read a file as it is, it reads the clean copies the report reads."""
+    import duckdb
+
+    try:
+        return _scan(task, stage, evidence.paths, sorted({*evidence.paths, *changes.paths}))
+    except duckdb.Error:
+        # Both, whichever failed (``|``, not ``or``): the scans read both.
+        if not (evidence.clean_rest() | changes.clean_rest()):
+            raise EvidenceError("cannot read the evidence: retrying did not help") from None
+    try:
+        return _scan(task, stage, evidence.paths, sorted({*evidence.paths, *changes.paths}))
+    except duckdb.Error as exc:
+        raise EvidenceError(f"cannot read the evidence: {exc}") from None
+
+
+def _scan(
+    task: str, stage: str, evidence: Sequence[str], everything: Sequence[str]
+) -> tuple[str | None, str | None, str | None]:
     import duckdb
 
     product, _, name = task.partition(".")
     source = (
         "SELECT event, ts, stage FROM read_ndjson(?, ignore_errors=true, "
-        f"columns={_COLUMNS}) WHERE schema = 1 AND product = ? AND task = ?"
+        f"columns={_COLUMNS}, maximum_object_size={MAX_LINE_BYTES}) "
+        "WHERE schema = 1 AND product = ? AND task = ?"
     )
     events = "(" + ", ".join(f"'{e}'" for e in CHANGE_EVENTS) + ")"
-    try:
-        con = duckdb.connect()
-        row = con.execute(
-            f"SELECT max(ts) FROM ({source}) WHERE event IN {events}",
-            [list(everything), product, name],
-        ).fetchone()
-        since = row[0] if row else None
-        row = con.execute(
-            f"SELECT min(ts), max(ts) FROM ({source}) WHERE event = 'shim.comparison' "
-            "AND stage = ? AND (?::VARCHAR IS NULL OR ts > ?)",
-            [list(evidence), product, name, stage, since, since],
-        ).fetchone()
-    except duckdb.Error as exc:
-        raise EvidenceError(f"cannot read the evidence: {exc}") from None
+    con = duckdb.connect()
+    row = con.execute(
+        f"SELECT max(ts) FROM ({source}) WHERE event IN {events}",
+        [list(everything), product, name],
+    ).fetchone()
+    since = row[0] if row else None
+    row = con.execute(
+        f"SELECT min(ts), max(ts) FROM ({source}) WHERE event = 'shim.comparison' "
+        "AND stage = ? AND (?::VARCHAR IS NULL OR ts > ?)",
+        [list(evidence), product, name, stage, since, since],
+    ).fetchone()
     first, last = (row[0], row[1]) if row else (None, None)
     return since, first, last
-
-
-@contextmanager
-def _readable(logs: Sequence[str]) -> Iterator[list[str]]:
-    """The files behind ``logs`` (globs expanded; ``-``, stdin, copied to a temporary
-    file, as it is read twice); EvidenceError for one that matches nothing."""
-    files: list[str] = []
-    temps: list[str] = []
-    try:
-        for item in logs:
-            if item == "-":
-                fd, tmp = tempfile.mkstemp(suffix=".jsonl")
-                temps.append(tmp)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(sys.stdin.buffer.read())
-                files.append(tmp)
-                continue
-            matched = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
-            if not matched or not all(Path(m).is_file() for m in matched):
-                raise EvidenceError(f"{item}: no such evidence log")
-            files += matched
-        yield files
-    finally:
-        for tmp in temps:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _parse(ts: str) -> datetime:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from shim.analysis.report_files import lines_within
 from shim.flags import FlagState
 
 __all__ = ["breaker_states", "status_rows"]
@@ -16,7 +17,7 @@ def breaker_states(log: Path) -> dict[str, str]:
     """The last ``shim.breaker`` state per ``product.task`` in a comparison log."""
     states: dict[str, str] = {}
     with log.open("rb") as handle:
-        for raw in handle:
+        for raw in lines_within(handle):
             if b'"shim.breaker"' not in raw:  # cheap filter before parsing
                 continue
             try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shim.analysis.policy import Gates, Policy
+from shim.analysis.report_files import MAX_LINE_BYTES
 
 if TYPE_CHECKING:
     from shim.flags.store import Change, FlagStore
@@ -194,10 +195,14 @@ def follow(
     once: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Records appended to ``path``, as they come; reopens the path when it is rotated
-    or truncated. With ``once``, stops at the current end instead of waiting."""
+    or truncated. With ``once``, stops at the current end instead of waiting. A line
+    longer than :data:`~shim.analysis.report_files.MAX_LINE_BYTES` is skipped: what was
+    read of it is let go once it passes the limit, and the rest is discarded as it
+    comes, up to its newline."""
     handle = None
     identity: tuple[int, int] | None = None
-    partial = b""
+    partial = bytearray()  # the start of a line whose newline is still to come
+    skipping = False  # that line is over the limit: discard up to its newline
     while not stop():
         if handle is None:
             try:
@@ -214,10 +219,18 @@ def follow(
             from_start = True  # a rotated-in file is always read from its start
         chunk = handle.read(1 << 20)
         if chunk:
-            lines = (partial + chunk).split(b"\n")
-            partial = lines.pop()
+            lines = chunk.split(b"\n")
+            tail = lines.pop()
+            if lines:  # the line in progress ends in this chunk
+                first = bytes(partial) + lines[0]
+                lines[0] = b"" if skipping else first
+                partial, skipping = bytearray(), False
+            if not skipping:
+                partial += tail
+                if len(partial) > MAX_LINE_BYTES:
+                    partial, skipping = bytearray(), True
             for line in lines:
-                if line.strip():
+                if line.strip() and len(line) <= MAX_LINE_BYTES:
                     try:
                         yield json.loads(line)
                     except ValueError:
@@ -233,7 +246,7 @@ def follow(
             moved = False
         if moved:
             handle.close()
-            handle, partial = None, b""
+            handle, partial, skipping = None, bytearray(), False
             continue
         time.sleep(poll)
     if handle is not None:
