@@ -80,11 +80,7 @@ class Scripted:
         with conn:
             while True:
                 while b"\r\n\r\n" not in data:
-                    try:
-                        chunk = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not chunk:
+                    if not (chunk := _received(conn)):
                         return
                     data += chunk
                 head, _, rest = data.partition(b"\r\n\r\n")
@@ -94,11 +90,7 @@ class Scripted:
                     if name.strip().lower() == b"content-length":
                         length = int(value)
                 while len(rest) < length:
-                    try:
-                        chunk = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not chunk:
+                    if not (chunk := _received(conn)):
                         return
                     rest += chunk
                 request, data = head + b"\r\n\r\n" + rest[:length], rest[length:]
@@ -191,3 +183,11 @@ class Kit:
             wire.close()
         for server in self.servers:
             server.close()
+
+
+def _received(conn: socket.socket) -> bytes:
+    """What the client sent next; nothing once it closed or the connection failed."""
+    try:
+        return conn.recv(65536)
+    except OSError:
+        return b""
