@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from shim.base.errors import ConfigError, Problem
 from shim.base.text import escape_markup, printable, strict_json
-from shim.cli.app import EXIT_INTERNAL, app, main
+from shim.cli.app import EXIT_INTERNAL, EXIT_PIPE, app, main
+from shim.cli.options import say
 
 from .conftest import KIWI
 from .test_report import record
@@ -293,3 +296,42 @@ def test_an_unexpected_error_exits_with_its_own_code_never_1(
     with pytest.raises(SystemExit) as exited:
         main(["fine"], command=broken)
     assert exited.value.code == 1, "an exit the command chose is kept"
+
+
+def test_input_and_output_faults_exit_2_or_141_never_as_a_bug(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that cannot be written, a configuration refused where a verb did not
+    expect it, a reader gone: each is said in one line, never a traceback or exit 70."""
+    broken = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    target = tmp_path / "gone" / "report.html"
+
+    @broken.command()
+    def write() -> None:
+        target.write_text("x")
+
+    @broken.command()
+    def config() -> None:
+        raise ConfigError([Problem("sim", None, None, "require_key: empty; give a key")])
+
+    @broken.command()
+    def table() -> None:
+        import io
+
+        class Closed(io.StringIO):
+            def write(self, text: str) -> int:
+                raise BrokenPipeError(32, "Broken pipe")
+
+        monkeypatch.setattr(sys, "stdout", Closed())
+        say("a table row")
+
+    for verb, code, said in [
+        ("write", 2, f"{target}: No such file or directory"),
+        ("config", 2, "require_key: empty; give a key"),
+        ("table", EXIT_PIPE, ""),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            main([verb], command=broken)
+        err = capsys.readouterr().err
+        assert exited.value.code == code, (verb, err)
+        assert said in err and "Traceback" not in err and "internal error" not in err

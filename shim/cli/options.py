@@ -32,6 +32,7 @@ __all__ = [
     "JsonOpt",
     "LogOpt",
     "PolicyOpt",
+    "ReaderGone",
     "RegistryOpt",
     "config_paths",
     "emit",
@@ -44,6 +45,11 @@ __all__ = [
     "out",
     "say",
 ]
+
+
+class ReaderGone(Exception):
+    """Whoever read the output went away (``shim report | head``). Not an ``OSError``:
+    click would take a broken pipe for exit 1, which here means ROLLBACK."""
 
 
 class _Redacted:
@@ -63,10 +69,16 @@ class _Redacted:
         return getattr(self._stream, "encoding", None) or "utf-8"
 
     def write(self, text: str) -> int:
-        return int(self._stream.write(env_redactor()(text)))
+        try:
+            return int(self._stream.write(env_redactor()(text)))
+        except BrokenPipeError:
+            raise ReaderGone from None
 
     def flush(self) -> None:
-        self._stream.flush()
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise ReaderGone from None
 
     def isatty(self) -> bool:
         return bool(self._stream.isatty())
@@ -109,8 +121,11 @@ def say(text: str, *, error: bool = False, lines: bool = False, soft_wrap: bool 
 def emit(text: str, *, end: str = "\n") -> None:
     """Write ``text`` to stdout as it is (a JSON document, Markdown, a log line), with
     the secrets the environment configures taken out; for what is not for rich."""
-    sys.stdout.write(env_redactor()(text) + end)
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(env_redactor()(text) + end)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise ReaderGone from None
 
 
 AssignmentsOpt = Annotated[
