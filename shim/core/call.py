@@ -13,7 +13,7 @@ from shim.base.errors import ShimError
 from shim.client.task import TaskAllocation, TaskResult
 from shim.core.callsite import CallSiteError, kept_arguments, prepare
 from shim.records.observe import CallSite, Observation, capture, describe
-from shim.records.values import cap, restore_argument, size_of
+from shim.records.values import cap, restore_argument, settle, size_of
 
 __all__ = ["Call", "candidate_answered", "candidate_failed", "legacy_observation"]
 
@@ -79,6 +79,16 @@ class Call:
         return replace(
             self, args=restored, kwargs={k: restore_argument(v) for k, v in kwargs.items()}
         )
+
+    def settle(self) -> int:
+        """Copy the app's objects among the kept arguments now
+        (:func:`~shim.records.values.settle`), off the caller's path but before the
+        call waits in a queue; then :meth:`nbytes`."""
+        if self.kept is not None:
+            args, kwargs = self.kept
+            for value in (*args, *kwargs.values()):
+                settle(value)  # in place: an argument that cannot be copied is kept as is
+        return self.nbytes()
 
     def nbytes(self) -> int:
         """The bytes its arguments hold while it waits in a queue, estimated

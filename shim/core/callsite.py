@@ -82,22 +82,26 @@ def kept_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     they are, since copying them would run legacy on a copy. None when nothing needs
     copying. :meth:`~shim.core.call.Call.background` gives them back."""
     for a in args:  # loops, not any(): this runs on every compared call
-        if type(a) in _CONTAINERS:
+        if _container(type(a)):
             break
     else:
         for v in kwargs.values():
-            if type(v) in _CONTAINERS:
+            if _container(type(v)):
                 break
         else:
             return None
     return tuple(_kept(a) for a in args), {k: _kept(v) for k, v in kwargs.items()}
 
 
-_CONTAINERS = frozenset({list, dict, set, bytearray})
+def _container(kind: type) -> bool:
+    """``kind`` is one of the caller's containers that ``kept_arguments`` copies. Identity
+    tests, not a set lookup: hashing a class runs its metaclass's ``__hash__``, which
+    may be the app's."""
+    return kind is list or kind is dict or kind is set or kind is bytearray
 
 
 def _kept(value: Any) -> Any:
-    if type(value) not in _CONTAINERS:
+    if not _container(type(value)):
         return value
     kept = capture(value)
     return value if kept is NOT_RECORDED else kept

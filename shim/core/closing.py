@@ -40,6 +40,9 @@ class ShimCloser:
         #: The flag source closed with the Shim: one it made itself (``from_env``).
         self.flags: FlagSource | None = None
         self._lock = threading.Lock()
+        # Set once a close has ended: a second close (the app's, atexit's, SIGTERM's)
+        # that finds one under way waits on it rather than returning mid-close.
+        self._ended = threading.Event()
         lifecycle.keep(self, self._parts)
 
     def begin_close(self) -> bool:
@@ -49,6 +52,10 @@ class ShimCloser:
                 return False
             self._engine.closed = True
             return True
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the close under way to end; True if it did."""
+        return self._ended.wait(timeout)
 
     def close_work(self, timeout: float) -> None:
         """Finish the queued comparisons within ``timeout``; those that cannot are
@@ -68,9 +75,12 @@ class ShimCloser:
         try:
             self._recorder.close(timeout)
         finally:
-            self._engine.threads.close()
-            if self._http is not None:
-                self._http.close()
-            if self.flags is not None:
-                self.flags.close()
-            lifecycle.forget(self, self._parts)
+            try:
+                self._engine.threads.close()
+                if self._http is not None:
+                    self._http.close()
+                if self.flags is not None:
+                    self.flags.close()
+                lifecycle.forget(self, self._parts)
+            finally:
+                self._ended.set()

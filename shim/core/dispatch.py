@@ -15,9 +15,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from shim.core.call import Call
 from shim.core.lifecycle import renew_in_child
 from shim.core.loopend import ending
-from shim.records.values import size_of
+from shim.records.values import settle, size_of
 
 __all__ = ["QUEUE_BYTES", "ErrorHook", "LoopDispatcher", "ThreadDispatcher", "weigh"]
 
@@ -33,14 +34,11 @@ QUEUE_BYTES = 32 * 1024 * 1024
 
 
 def weigh(job: Job) -> int:
-    """The bytes a job's arguments hold, estimated: an argument's own ``nbytes()`` if
-    it has one (a :class:`~shim.core.call.Call`), else its
-    :func:`~shim.records.values.size_of`."""
-    total = 0
-    for arg in job[2]:
-        nbytes = getattr(arg, "nbytes", None)
-        total += nbytes() if callable(nbytes) else size_of(arg)
-    return total
+    """The bytes a job's arguments hold, estimated, once the app's objects in them are
+    copied (:func:`~shim.records.values.settle`, :meth:`~shim.core.call.Call.settle`):
+    the app may change them as soon as the call returns. ``type(arg) is Call``, not
+    duck typing: an argument may be the app's object."""
+    return sum(a.settle() if type(a) is Call else size_of(settle(a)) for a in job[2])
 
 
 _LOOP_CLOSED = (
@@ -58,8 +56,11 @@ class ThreadDispatcher:
     A caller hands a job over by appending it to an inbox (no system call, no lock);
     a pump thread moves jobs to the workers, polling every ``poll`` seconds while work
     arrives and sleeping on an event once idle, so only the first job after a quiet
-    spell pays for a wake-up. The pump weighs each job, off the caller's path: one
-    past ``max_bytes`` is dropped (told to ``on_dropped``, reason ``queue_full``).
+    spell pays for a wake-up. The pump copies the app's objects a job holds and weighs
+    it (:func:`weigh`), off the caller's path but before the job waits behind others:
+    one past ``max_bytes`` is dropped (told to ``on_dropped``, reason ``queue_full``).
+    A job handed over after :meth:`close` counted the unfinished ones (a compared
+    call whose legacy was still running) is dropped too, reason ``shutdown``.
     Threads start on first use and again in a forked child.
     """
 
@@ -110,6 +111,11 @@ class ThreadDispatcher:
         self._bytes_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        # close() has counted what did not finish: jobs from here on are dropped.
+        self._drained = False
+        # The job the pump is settling and weighing: neither in the inbox nor queued,
+        # so close() looks here too (and takes it, under the lock).
+        self._in_hand: Job | None = None
 
     @property
     def queued_bytes(self) -> int:
@@ -143,7 +149,11 @@ class ThreadDispatcher:
         self.handoff((task, work, args))
 
     def handoff(self, job: Job) -> None:
-        """:meth:`submit` for a ready-made ``(task, work, args)`` job: the cheapest way in."""
+        """:meth:`submit` for a ready-made ``(task, work, args)`` job: the cheapest way in.
+        After :meth:`close`, the job is dropped (``shutdown``) and its slot given back."""
+        if self._drained:  # close() counted the unfinished already
+            self._drop(job, "shutdown")
+            return
         if not self._threads:
             self._start()
         self._inbox.append(job)
@@ -168,10 +178,20 @@ class ThreadDispatcher:
             if inbox:
                 idle = 0
                 while inbox:
-                    job = inbox.popleft()
+                    job = self._in_hand = inbox.popleft()
                     size = self._weigh(job)
-                    if size >= 0:
-                        put((*job, size))
+                    with self._lock:
+                        mine = self._in_hand is job  # else close() took and counted it
+                        self._in_hand = None
+                        late = mine and self._drained
+                        if mine and not late and size >= 0:
+                            put((*job, size))
+                            continue
+                    self._unweigh(max(size, 0))
+                    if late:  # handed over just as close() counted the unfinished
+                        self._drop(job, "shutdown")
+                    elif mine:  # too big for what the queue holds already
+                        self._drop(job, "queue_full")
                 continue
             if self._closed and not self.pending:
                 return
@@ -189,8 +209,8 @@ class ThreadDispatcher:
             idle = 0
 
     def _weigh(self, job: Job) -> int:
-        """The job's bytes, counted in; -1 (and the job dropped, ``queue_full``) if
-        they do not fit beside what is queued already."""
+        """The job's bytes, counted in (its copies made first); -1 if they do not fit
+        beside what is queued already (the caller drops it, ``queue_full``)."""
         try:
             size = weigh(job)
         except Exception as exc:  # a size that cannot be read: not counted
@@ -204,13 +224,14 @@ class ThreadDispatcher:
             else:
                 refused = False
                 self._bytes += size
-        if not refused:
-            return size
+        return -1 if refused else size
+
+    def _drop(self, job: Job, reason: str) -> None:
+        """``job`` will not run: its slot given back, the drop told (``reason``)."""
         self.release()
         if self.on_dropped is not None:
             product, _, task = job[0].partition(".")
-            self.on_dropped(product, task, "queue_full")
-        return -1
+            self.on_dropped(product, task, reason)
 
     def _unweigh(self, size: int) -> None:
         if size:
@@ -269,8 +290,18 @@ class ThreadDispatcher:
                 if ident not in self._keeping:
                     self._abandoned.add(ident)
                     unfinished[task] += 1
-        while self._inbox:  # handed over, not weighed yet
-            unfinished[self._inbox.popleft()[0]] += 1
+            # From here on a job handed over is dropped as it comes (handoff, the pump).
+            self._drained = True
+            in_hand, self._in_hand = self._in_hand, None
+        if in_hand is not None:  # the pump's, being weighed: it lets go of it
+            unfinished[in_hand[0]] += 1
+            self.release()
+        while True:  # handed over, not weighed yet
+            try:
+                job = self._inbox.popleft()
+            except IndexError:  # a late handoff or the pump took the last one
+                break
+            unfinished[job[0]] += 1
             self.release()
         while True:
             try:

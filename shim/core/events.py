@@ -75,7 +75,10 @@ class Events:
             first = site is None or (where, operation) not in self._told
             self._told.add((where, operation))
         if first:  # a call site's: logged once, counted and recorded every time
-            _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
+            if operation.startswith("flags."):  # the flags' state, not the shim's failure
+                _log.warning("task-shim: %s (%s)", exc, operation)
+            else:
+                _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
         if site is not None:  # one call site's: may come on every call, so tallied
             self.recorder.tally(
                 "shim.error", site.product, site.task, describe(exc), operation=operation

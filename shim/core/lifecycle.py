@@ -52,6 +52,11 @@ class Closable(Protocol):
         dropped (``shutdown``)."""
         ...
 
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a close begun elsewhere (another thread's
+        ``begin_close`` won) to end; True if it has."""
+        ...
+
     def stop_records(self) -> None:
         """Have the records made so far, and the drop counts, written; do not wait."""
         ...
@@ -120,9 +125,14 @@ def close_together(shims: Sequence[Closable], timeout: float, *, reserve: float 
     counted by then), then every recorder is told to write and stop, then each is
     waited for until the deadline, so writing costs the slowest, not the sum. With no
     ``reserve`` (one Shim's own close) the records still get half a second (never
-    more than ``timeout``) past the work's deadline. Never raises."""
+    more than ``timeout``) past the work's deadline. A Shim another thread is closing
+    already (the app's ``close()`` when SIGTERM or exit comes) is waited for within
+    the same deadline, so that no caller returns while it is half-closed. Never
+    raises."""
     deadline = time.monotonic() + timeout
-    shims = [shim for shim in shims if _phase(shim.begin_close, default=False)]
+    begun = [(shim, _phase(shim.begin_close)) for shim in shims]
+    shims = [shim for shim, began in begun if began]
+    elsewhere = [shim for shim, began in begun if began is False]
     work_ends = deadline - reserve
     for shim in shims:
         _phase(shim.close_work, max(0.0, work_ends - time.monotonic()))
@@ -132,6 +142,8 @@ def close_together(shims: Sequence[Closable], timeout: float, *, reserve: float 
         deadline = max(deadline, time.monotonic() + min(0.5, timeout))
     for shim in shims:
         _phase(shim.end_close, max(0.0, deadline - time.monotonic()))
+    for shim in elsewhere:
+        _phase(shim.wait_closed, max(0.0, deadline - time.monotonic()))
 
 
 def _phase(step: Callable[..., Any], *args: float, default: Any = None) -> Any:

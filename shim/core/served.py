@@ -76,17 +76,32 @@ class ServedCalls:
 
     def fall_back(self, call: Call, step: Any, candidate: Observation) -> Steps[Any]:
         """The task path failed while serving: legacy (``step``) answers instead, and
-        the pair is recorded (``served_by: legacy_fallback``)."""
+        the pair is recorded (``served_by: legacy_fallback``). Recording it never
+        raises into the caller, who gets legacy's value or error as it is."""
         started = _perf()
         try:
             result = yield step
         except Exception as exc:
-            self._fell_back(call, legacy_observation(started, call.model, exc=exc), candidate)
+            self._fell_back(call, started, candidate, exc=exc)
             raise
-        self._fell_back(call, legacy_observation(started, call.model, result), candidate)
+        self._fell_back(call, started, candidate, result)
         return result
 
-    def _fell_back(self, call: Call, legacy: Observation, candidate: Observation) -> None:
-        self.events.served(call.site, "legacy_fallback")
-        stage = call.decision.stage
-        self.recorder.comparison(Pending(call.site, stage, "legacy_fallback", legacy, candidate))
+    def _fell_back(
+        self,
+        call: Call,
+        started: float,
+        candidate: Observation,
+        result: Any = None,
+        *,
+        exc: BaseException | None = None,
+    ) -> None:
+        try:
+            legacy = legacy_observation(started, call.model, result, exc=exc)
+            self.events.served(call.site, "legacy_fallback")
+            stage = call.decision.stage
+            self.recorder.comparison(
+                Pending(call.site, stage, "legacy_fallback", legacy, candidate)
+            )
+        except Exception as failed:  # the shim's failure, never the caller's
+            self.events.internal_error("record", failed, site=call.site)

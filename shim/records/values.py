@@ -75,8 +75,31 @@ class OutputNotRecorded(Exception):
 
 # -- the copy on the caller's thread ----------------------------------------------------
 
-#: Exact types whose values are kept as they are: nothing can change them.
-_IMMUTABLE_TYPES = frozenset({str, bytes, int, float, bool, type(None), frozenset})
+_NONE = type(None)
+
+
+def _immutable(kind: type) -> bool:
+    """``kind`` is one of the exact types whose values are kept as they are: nothing can
+    change them. Identity tests, not a set lookup: hashing a class runs its metaclass's
+    ``__hash__``, which may be the app's."""
+    return (
+        kind is str
+        or kind is int
+        or kind is bytes
+        or kind is float
+        or kind is bool
+        or kind is _NONE
+    )
+
+
+def _all_immutable(values: tuple[Any, ...] | frozenset[Any]) -> bool:
+    for v in values:  # a loop, not all(): this runs on every compared call
+        if not _immutable(type(v)):
+            break
+    else:
+        return True
+    return False
+
 
 #: Types besides those pickle writes itself (exact list, dict, tuple, set, str, bytes,
 #: numbers, bytearray) whose pickling is C and runs no code of the app's: pickled on the
@@ -203,7 +226,7 @@ def _copied(objects: list[Any]) -> Any:
 class _Split:
     """A value that holds objects of the app's classes: pickled on the caller's thread
     without them (``data``), those objects still shared with the caller (``objects``)
-    until :meth:`settle` copies them (``copies``), on a worker."""
+    until :meth:`settle` copies them (``copies``), off the caller's thread."""
 
     __slots__ = ("copies", "data", "objects")
 
@@ -234,27 +257,27 @@ def capture(value: Any) -> Any:
     speed, and unpickled off the caller's path by :func:`restore`. Objects of other
     classes than the builtins in it (a dataclass, a pydantic model, the app's own) are
     not pickled here: their pickling is the app's code (a ``__reduce__`` may take any
-    time). They are left out of the pickle and copied on a worker (:func:`settle`) just
-    after the call: a caller that changes such an object at once may have the change
-    compared. A value that cannot be copied (nested deeper than the recursion limit,
+    time). They are left out of the pickle and copied off the caller's thread
+    (:func:`settle`) as the job is handed over, before it waits behind others: a caller
+    that changes such an object within a millisecond may have the change compared.
+    A value that cannot be copied (nested deeper than the recursion limit,
     changed by another thread meanwhile, or holding objects that can be neither
     pickled nor deep-copied) gives :data:`NOT_RECORDED`, which its record explains.
     """
-    kind = type(value)
-    if kind in _IMMUTABLE_TYPES or (
-        kind is tuple and all(type(v) in _IMMUTABLE_TYPES for v in value)
-    ):
-        return value
     try:
+        kind = type(value)
+        if _immutable(kind) or ((kind is tuple or kind is frozenset) and _all_immutable(value)):
+            return value
         data, objects = _split(value)
+        return _Split(data, objects) if objects else _Pickled(data)
     except Exception:  # too deep, changed meanwhile, out of memory: never the caller's
         return NOT_RECORDED
-    return _Split(data, objects) if objects else _Pickled(data)
 
 
 def settle(captured: Any) -> Any:
-    """What :func:`capture` kept, with the app's objects in it copied now (on a worker,
-    as soon as it can): NOT_RECORDED if they can be neither pickled nor deep-copied."""
+    """What :func:`capture` kept, with the app's objects in it copied now (off the
+    caller's thread, as soon as it can): NOT_RECORDED if they can be neither pickled
+    nor deep-copied."""
     if type(captured) is _Split and not captured.settle():
         return NOT_RECORDED
     return captured
@@ -288,10 +311,14 @@ def restore_argument(captured: Any) -> Any:
 
 def size_of(value: Any) -> int:
     """The bytes a queued value holds, estimated: text by its length, a copy by its
-    pickled size; 0 for anything else (objects of the app's classes are not weighed)."""
+    pickled size (with the copies of the app's objects in it once :func:`settle` made
+    them); 0 for anything else (objects of the app's classes are not weighed)."""
     kind = type(value)
-    if kind is _Pickled or kind is _Split:
+    if kind is _Pickled:
         return len(value.data)
+    if kind is _Split:
+        copies = value.copies
+        return len(value.data) + (len(copies.data) if type(copies) is _Pickled else 0)
     if kind is str or kind is bytes or kind is bytearray:
         return len(value)
     return 0
