@@ -19,7 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from shim import ConfigError, ShimError, TaskClient, TaskFailed, TaskRequest
+from shim.base import secrets
 from shim.base.orch import OrchConfig
+from shim.base.secrets import warn_if_plain_http
 from shim.cli.app import app
 from shim.client.task import TaskAllocation
 from shim.flags import UnleashFlags
@@ -138,6 +140,12 @@ def test_credentials_in_the_coordinator_url_never_reach_task_failed() -> None:
 # -- plain http ------------------------------------------------------------------------
 
 
+@pytest.fixture
+def unwarned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain http is warned about once per process: as if not yet, for this test."""
+    monkeypatch.setattr(secrets, "_WARNED", set())
+
+
 @pytest.mark.parametrize(
     ("url", "key", "warned"),
     [
@@ -151,7 +159,7 @@ def test_credentials_in_the_coordinator_url_never_reach_task_failed() -> None:
     ],
 )
 def test_a_key_over_plain_http_to_another_host_is_warned_about_once(
-    url: str, key: str, warned: bool, caplog: pytest.LogCaptureFixture
+    url: str, key: str, warned: bool, caplog: pytest.LogCaptureFixture, unwarned: None
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="shim"), TaskClient(url, api_key=key) as client:
         client._scrubbed(500, b"")  # what a call does with a reply: no more warnings
@@ -160,6 +168,36 @@ def test_a_key_over_plain_http_to_another_host_is_warned_about_once(
     assert all(SECRET not in m and PASSWORD not in m for m in said)
     if warned:
         assert "https://" in said[0] and "CF_ORCH_URL" in said[0]
+
+
+def _plain_http_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+
+
+def test_one_shim_warns_about_plain_http_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, unwarned: None
+) -> None:
+    """A Shim builds a client per lane (serve, shadow, async): one warning, not one
+    per client; nor for a second Shim or client to the same URL."""
+    url = f"http://ops:{PASSWORD}@orch.example:7701"
+    with caplog.at_level(logging.WARNING, logger="shim"):
+        for _ in range(2):
+            make_shim(url, tmp_path, "{}", api_key=SECRET).close()
+        with TaskClient(url, api_key=SECRET), TaskClient(url + "/", api_key=SECRET):
+            pass
+    [said] = _plain_http_warnings(caplog)
+    assert PASSWORD not in said and "orch.example:7701" in said
+
+
+def test_plain_http_is_warned_about_once_per_url_and_setting(
+    caplog: pytest.LogCaptureFixture, unwarned: None
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="shim"):
+        for url, setting in [("http://a.example", "X"), ("http://b.example", "X")] * 2 + [
+            ("http://a.example", "Y")
+        ]:
+            warn_if_plain_http(url, what="the key", setting=setting)
+    assert len(_plain_http_warnings(caplog)) == 3
 
 
 # -- Unleash: tokens and URL credentials ----------------------------------------------

@@ -182,6 +182,17 @@ def test_an_unauthenticated_profile_put_changes_nothing(locked: Simulator) -> No
     assert put.status_code == 204, "with the key, the profile can be changed"
 
 
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_require_key_takes_the_bearer_scheme_in_any_case(locked: Simulator, scheme: str) -> None:
+    """HTTP auth scheme names are case-insensitive (RFC 9110 11.1); the key is not."""
+    ok = http.get(f"{locked.url}/_sim/stats", headers={"Authorization": f"{scheme} k"})
+    assert ok.status_code == 200
+    wrong = http.get(f"{locked.url}/_sim/stats", headers={"Authorization": f"{scheme} K"})
+    assert wrong.status_code == 401
+    basic = http.get(f"{locked.url}/_sim/stats", headers={"Authorization": "Basic k"})
+    assert basic.status_code == 401
+
+
 def test_require_key_is_stripped_as_clients_strip_theirs(kiwi_config: OrchConfig) -> None:
     """A key read from a file that ends in a newline works on both ends."""
     with Simulator(kiwi_config, QUIET, require_key=" k\n") as sim:

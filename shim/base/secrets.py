@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
@@ -168,12 +169,23 @@ def plain_http_to_remote(url: str) -> bool:
         return True  # a name: it may resolve anywhere
 
 
+# The (url, setting) pairs warned about in this process: a Shim builds a sync and an
+# async client, an app may build many; the warning says the same each time.
+_WARNED: set[tuple[str, str]] = set()
+_WARNED_LOCK = threading.Lock()
+
+
 def warn_if_plain_http(url: str, *, what: str, setting: str) -> bool:
-    """Warn once, on the ``shim`` logger, that ``what`` goes to ``url`` in clear text
-    when :func:`plain_http_to_remote`; True when it did. Call it where a client is
-    built (once per client), not per request."""
+    """Warn, on the ``shim`` logger, that ``what`` goes to ``url`` in clear text when
+    :func:`plain_http_to_remote`: once per ``url`` and ``setting`` in a process; True
+    when it warned. Call it where a client is built, not per request."""
     if not plain_http_to_remote(url):
         return False
+    said = (without_credentials(url), setting)  # no secret kept for this
+    with _WARNED_LOCK:
+        if said in _WARNED:
+            return False
+        _WARNED.add(said)
     logging.getLogger("shim").warning(
         "%s goes to %s over plain http: anyone on the way can read it; use an https:// "
         "URL for %s (plain http is quiet only to a loopback address)",

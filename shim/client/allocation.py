@@ -137,8 +137,10 @@ def release_steps(ex: Exchange, alloc: TaskAllocation) -> Generator[Call, Reply,
             error = f"{type(exc).__name__}: {exc}"
         else:
             if reply.status >= 300:
-                error = f"coordinator answered {reply.status}: {detail(reply.content)}"
+                said = detail(reply.content, redact=ex.redact)
+                error = f"coordinator answered {reply.status}: {said}"
     if error is not None:
+        error = ex.redact(error)  # what the log and the hook get: decoded text
         _log.warning(
             "shim.release_failed",
             product=ex.product,

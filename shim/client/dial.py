@@ -120,34 +120,36 @@ def open_socket(
 ) -> socket.socket:
     """A connected socket to ``host:port`` (TLS-wrapped for https, verified with
     ``tls`` or :func:`default_tls`), resolved, connected and handshaken within
-    ``timeout`` seconds. Errors are httpx.ConnectError and httpx.ConnectTimeout."""
+    ``timeout`` seconds. Errors are httpx.ConnectError and httpx.ConnectTimeout.
+
+    Each address the name resolves to is tried in turn while the deadline allows, one
+    that does not answer as well as one that refuses: each gets an equal share of the
+    time left (the last one all of it), so a first address that swallows packets (an
+    IPv6 one on a network without an IPv6 route) leaves time for the others."""
     if timeout <= 0:
         raise httpx.ConnectTimeout("deadline passed before connecting")
     deadline = time.perf_counter() + timeout
     errors: list[OSError] = []
     sock: socket.socket | None = None
-    for family, kind, proto, _, address in resolve(host, port, timeout):
+    addresses = resolve(host, port, timeout)
+    for tried, (family, kind, proto, _, address) in enumerate(addresses):
         left = deadline - time.perf_counter()
         if left <= 0:
             break
         sock = socket.socket(family, kind, proto)
         try:
-            sock.settimeout(left)
+            sock.settimeout(left / (len(addresses) - tried))
             sock.connect(address)
             break
-        except TimeoutError:
-            sock.close()
-            raise httpx.ConnectTimeout(
-                f"no connection to {host}:{port} within {timeout:g} s"
-            ) from None
-        except OSError as exc:
+        except OSError as exc:  # TimeoutError included: the next address, if time allows
             sock.close()
             sock = None
             errors.append(exc)
     if sock is None:
-        if not errors:
+        if all(isinstance(exc, TimeoutError) for exc in errors):
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {timeout:g} s")
-        raise httpx.ConnectError(f"{host}:{port}: {errors[-1]}")
+        refused = next(exc for exc in reversed(errors) if not isinstance(exc, TimeoutError))
+        raise httpx.ConnectError(f"{host}:{port}: {refused}")
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if scheme == "https":

@@ -32,6 +32,9 @@ from typing import cast
 
 import httpx
 
+from shim.base.cut import cut_short
+from shim.base.text import printable
+
 __all__ = ["MAX_HEAD", "Conn", "Head", "TooLarge", "parse_head", "read_reply"]
 
 #: The largest reply head (or chunk-size line, or trailer section) taken.
@@ -123,13 +126,20 @@ def parse_head(head: bytes) -> Head:
         line = line[:-1]
     status = _STATUS.fullmatch(line)
     if status is None or status[2] < b"100":
-        raise httpx.RemoteProtocolError(f"not an HTTP/1.x status line: {line[:40]!r}")
+        raise httpx.RemoteProtocolError(f"not an HTTP/1.x status line: '{_quoted(line)}'")
     length, chunked, tokens = _framing(head[end + 1 :])
     if status[1] == b"0":
         keep_alive = b"keep-alive" in tokens and not chunked
     else:
         keep_alive = b"close" not in tokens and not (chunked and length is not None)
     return Head(int(status[2]), length, chunked, keep_alive)
+
+
+def _quoted(line: bytes, limit: int = 40) -> str:
+    """The start of a line the peer sent (at most a head's size), as a message may show
+    it: bytes that are not UTF-8 as ``\\xNN``, control characters escaped, secrets out,
+    the cut said."""
+    return printable(cut_short(line.decode("utf-8", "backslashreplace"), limit))
 
 
 def _framing(fields: bytes) -> tuple[int | None, bool, list[bytes]]:

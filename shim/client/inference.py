@@ -110,7 +110,7 @@ def _node_answer(ex: Exchange, reply: Reply, where: str, kind: type[M], shape: s
     """The node's reply as ``kind``; TaskFailed for an error status, malformed JSON, or
     a body that is not ``shape``."""
     if reply.status >= 300:
-        message = f"node {where} answered {reply.status}: {detail(reply.content)}"
+        message = f"node {where} answered {reply.status}: {detail(reply.content, redact=ex.redact)}"
         raise ex.fail(message, reply.status)
     data = ex.parse(reply, "node")
     try:

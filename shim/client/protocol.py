@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import pydantic
 
+from shim.base.cut import cut_short
 from shim.base.errors import TaskFailed, TaskNotRegistered
 
 __all__ = [
@@ -50,6 +51,12 @@ __all__ = [
 
 #: ``(product, task, allocation_id, error)``: told of every allocation release that failed.
 ReleaseHook = Callable[[str, str, str, str], None]
+#: How many characters of an error body an error message quotes.
+DETAIL_CHARS = 200
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 # -- calls and replies ----------------------------------------------------------------
@@ -79,8 +86,8 @@ class Reply:
 class Exchange:
     """What every step of one exchange shares: the coordinator (``base``, ``auth``),
     the task asked for, who hears of failed releases, the service to release from when
-    the coordinator names none, and the clock latencies are read from. Never changed
-    once built."""
+    the coordinator names none, the clock latencies are read from, and what takes the
+    client's secrets out of a message. Never changed once built."""
 
     base: str
     product: str
@@ -89,11 +96,13 @@ class Exchange:
     hook: ReleaseHook | None = None
     hint: str | None = None
     clock: Callable[[], float] = time.perf_counter
+    redact: Callable[[str], str] = _as_is
 
     def fail(self, message: str, status: int | None) -> TaskFailed:
-        """The error this exchange raises, naming its task."""
+        """The error this exchange raises, naming its task, its message redacted as
+        text: a body redacted as bytes can still decode to a secret."""
         return TaskFailed(
-            f"{self.product}.{self.task}: {message}",
+            f"{self.product}.{self.task}: {self.redact(message)}",
             product=self.product,
             task=self.task,
             status=status,
@@ -107,17 +116,21 @@ class Exchange:
             raise self.fail(f"{what} sent malformed JSON: {exc}", reply.status) from None
 
 
-def detail(content: bytes) -> str:
-    """A short, printable excerpt of an error body."""
+def detail(content: bytes, *, redact: Callable[[str], str] = _as_is) -> str:
+    """A short excerpt of an error body, redacted with ``redact`` once decoded and
+    before it is cut. Decoded: JSON escapes no redaction of the raw bytes can list
+    (``\\/`` as PHP writes "/", ``\\u002f``, a key written all in ``\\uXXXX``) decode
+    to the secret itself. Before the cut: a cut through a secret would leave its start."""
     try:
         data = json.loads(content)
     except ValueError:
-        return content[:200].decode("utf-8", "replace").strip()
-    if isinstance(data, dict):
-        for key in ("detail", "error", "message"):
-            if isinstance(data.get(key), str):
-                return str(data[key])[:200]
-    return json.dumps(data)[:200]
+        text = content[: DETAIL_CHARS * 4].decode("utf-8", "replace").strip()
+    else:
+        text = json.dumps(data)
+        if isinstance(data, dict):
+            said = [data[k] for k in ("detail", "error", "message") if isinstance(data.get(k), str)]
+            text = said[0] if said else text
+    return cut_short(redact(text), DETAIL_CHARS)
 
 
 _HEADER_SAFE = re.compile(r"(?:[\x21-\x7e]+(?: +[\x21-\x7e]+)*)?")
@@ -186,9 +199,10 @@ def ask(
     """POST the task; the coordinator's output or allocation, and the reply status."""
     reply = yield Call("POST", f"{ex.base}/api/inference/task", body, ex.auth)
     if reply.status == 404:
-        raise TaskNotRegistered(product=ex.product, task=ex.task, detail=detail(reply.content))
+        said = detail(reply.content, redact=ex.redact)
+        raise TaskNotRegistered(product=ex.product, task=ex.task, detail=said)
     if reply.status >= 300:
-        message = f"coordinator answered {reply.status}: {detail(reply.content)}"
+        message = f"coordinator answered {reply.status}: {detail(reply.content, redact=ex.redact)}"
         raise ex.fail(message, reply.status)
     data = ex.parse(reply, "coordinator")
     try:

@@ -114,7 +114,15 @@ class _ClientBase(Generic[H]):
         raise NotImplementedError
 
     def _exchange(self, product: str, task: str, hint: str | None = None) -> Exchange:
-        return Exchange(self.orch_url, product, task, self._auth, self.on_release_failed, hint)
+        return Exchange(
+            self.orch_url,
+            product,
+            task,
+            self._auth,
+            self.on_release_failed,
+            hint,
+            redact=self._redact,
+        )
 
     def _scrubbed(self, status: int, content: bytes | bytearray) -> Reply:
         """A reply; an error body with the key (in any form: JSON-escaped,

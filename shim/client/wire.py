@@ -24,14 +24,21 @@ not: a server that read the request and died before the first byte of its reply,
 connection it had kept alive. That request is then sent twice: the coordinator may run
 the task twice, or grant an allocation nobody releases (it lasts until its TTL). A
 fresh connection, a reply already begun, or a timeout is never retried.
+
+A forked child (a pre-fork server's worker, after ``--preload``) starts with an empty
+pool: the idle connections it inherited are the parent's too, and two processes on one
+socket read each other's replies. Their descriptors are closed in the child only (the
+parent's connections stay open), and the lock is new (a parent thread may have held it).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -68,7 +75,8 @@ class _Target:
 
 
 class Wire:
-    """Pooled HTTP/1.1 over sockets; safe to share between threads."""
+    """Pooled HTTP/1.1 over sockets; safe to share between threads, and across a fork
+    (the child starts with no idle connections)."""
 
     def __init__(
         self,
@@ -88,6 +96,7 @@ class Wire:
         self._targets: dict[str, _Target] = {}
         self._lock = threading.Lock()
         self._closed = False
+        _WIRES.add(self)
 
     def send(
         self,
@@ -138,6 +147,16 @@ class Wire:
                         break
         for conn in idle:
             conn.sock.close()
+
+    def _forget_pool(self) -> None:
+        """In a forked child: no idle connection of the parent's, and a lock no parent
+        thread holds. Only the child's descriptors are closed (no shutdown, which would
+        end the connection for the parent too)."""
+        self._lock = threading.Lock()
+        pools, self._idle = self._idle, {}
+        for pool in pools.values():
+            for conn in pool:
+                conn.sock.close()
 
     # -- requests -------------------------------------------------------------------
 
@@ -230,6 +249,20 @@ class Wire:
     def _connect(self, target: _Target, timeout: float) -> Conn:
         sock = open_socket(target.scheme, target.host, target.port, timeout, self._tls)
         return Conn(sock)
+
+
+# Every Wire alive, reset in a forked child by one hook (os.register_at_fork cannot
+# unregister: a hook per Wire would outlive it).
+_WIRES: weakref.WeakSet[Wire] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for wire in list(_WIRES):
+        wire._forget_pool()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _encoded(text: str) -> str:

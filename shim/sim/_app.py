@@ -45,11 +45,13 @@ PUBLIC_PATHS = frozenset({"/health", "/proxy/stream"})
 
 class _RequireKey:
     """ASGI middleware: every request but :data:`PUBLIC_PATHS` carries
-    ``Authorization: Bearer KEY``, or answers 401 before any route sees it."""
+    ``Authorization: Bearer KEY``, or answers 401 before any route sees it. The scheme
+    is matched in any case (``bearer``: HTTP auth schemes are case-insensitive), the
+    key exactly."""
 
     def __init__(self, app: ASGIApp, *, key: str, state: SimState) -> None:
         self.app = app
-        self.expected = f"Bearer {key}".encode()
+        self.expected = key.encode()
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,7 +59,10 @@ class _RequireKey:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if hmac.compare_digest(given, self.expected):
+        scheme, _, token = given.partition(b" ")
+        # Compared whatever the scheme, so the time taken says nothing of the key.
+        matches = hmac.compare_digest(token.lstrip(b" "), self.expected)
+        if matches and scheme.lower() == b"bearer":
             await self.app(scope, receive, send)
             return
         self.state.count("unauthorized")
