@@ -201,7 +201,7 @@ def test_a_negative_drop_count_is_refused_not_subtracted(tmp_path: Path) -> None
     [task] = report["tasks"]
     assert task["dropped"] == 5 and task["shim_errors"] == 0
     assert report["bad_lines"] == 2 and report["records"] == 11
-    assert problems(report) == {(None, "negative_count"): 2}
+    assert problems(report) == {(str(log), "negative_count"): 2}
     table = runner.invoke(app, ["report", str(log)])
     assert "negative" in table.output
 

@@ -5,15 +5,23 @@ short or break (what decompressed before the fault is kept).
 
 from __future__ import annotations
 
-import mmap
+import json
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["MAX_LINE_BYTES", "Copied", "clean_copy", "faults", "has_long_line", "lines_within"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "Copied",
+    "clean_copy",
+    "ends_whole",
+    "faults",
+    "has_long_line",
+    "lines_within",
+]
 
 #: Lines longer than this (in bytes, without the newline) are skipped, never read
 #: whole: a record is a few KB, and only a field copied uncapped makes one this long.
@@ -21,6 +29,9 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 
 #: Bytes read (and, for ``.gz``, decompressed) at a time while copying a log.
 _CHUNK = 1 << 20
+
+#: Bytes read at a time, backwards from a window's end, looking for its last newline.
+_BACK = 1 << 16
 
 #: Compressed bytes given to zlib at a time: what a corrupt block may cost, byte by byte.
 _SLICE = 1 << 16
@@ -47,31 +58,76 @@ def lines_within(handle: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[byte
             pass
 
 
-def has_long_line(path: str | Path, limit: int = MAX_LINE_BYTES) -> bool:
+def has_long_line(
+    path: str | Path,
+    limit: int = MAX_LINE_BYTES,
+    *,
+    read: Callable[[int, int, int], bytes] = os.pread,
+) -> bool:
     """Whether the plain file at ``path`` has a line longer than ``limit`` bytes.
 
     A window of ``limit + 1`` bytes from the start of a line either holds a newline
     (then every line that starts in it up to its last newline is short enough, and the
     next window starts after that newline) or it does not (then its line is too long).
-    The last newline of a window is a few hundred bytes from its end, so a 1 GB log
-    costs about 60 short reverse searches.
+    The last newline of a window is looked for from its end backwards, a block at a
+    time: it is a few hundred bytes from the end, so a 1 GB log costs about 60 small
+    reads. ``read`` is how (``os.pread``'s arguments).
+
+    The file is read, never mapped: a log truncated while it is looked at
+    (logrotate's ``copytruncate``) gives short reads, not a SIGBUS. Once a read comes
+    back short the answer is True: the caller copies the file, and the copy reads
+    whatever is there then.
     """
     with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size <= limit:
-            return False
-        try:
-            view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # not mappable: a copy is the safe answer
-            return True
-        with view:
-            start = 0
-            while size - start > limit:
-                newline = view.rfind(b"\n", start, start + limit + 1)
-                if newline < 0:
-                    return True
-                start = newline + 1
+        fd = handle.fileno()
+        size = os.fstat(fd).st_size
+        start = 0
+        while size - start > limit:
+            newline = _last_newline(fd, start, start + limit + 1, read)
+            if newline is None:
+                return True
+            start = newline + 1
     return False
+
+
+def _last_newline(
+    fd: int, start: int, end: int, read: Callable[[int, int, int], bytes]
+) -> int | None:
+    """The offset of the last newline in ``[start, end)`` of ``fd``, read backwards a
+    block at a time; None when there is none, or the file ends before ``end``."""
+    at = end
+    while at > start:
+        size = min(_BACK, at - start)
+        block = read(fd, size, at - size)
+        if len(block) != size:  # the file shrank under us
+            return None
+        found = block.rfind(b"\n")
+        if found >= 0:
+            return at - size + found
+        at -= size
+    return None
+
+
+def ends_whole(path: str, window: int = 1 << 16) -> bool:
+    """Whether the log at ``path`` ends with a complete JSON object on a line of its
+    own (a process that died mid-write leaves a torn last line). Compressed logs
+    cannot be checked cheaply: False."""
+    if path.endswith(".gz"):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - window))
+            tail = handle.read()
+    except OSError:  # gone since it was listed: the read says what became of it
+        return False
+    if not tail.endswith(b"\n"):
+        return size == 0
+    last = tail.rstrip(b"\n").rpartition(b"\n")[2]
+    try:
+        return isinstance(json.loads(last), dict) if last.strip() else True
+    except ValueError:
+        return False
 
 
 def _gunzip(source: BinaryIO, done: list[str | None]) -> Iterator[bytes]:

@@ -5,6 +5,8 @@ for DuckDB, one file's fault never the whole report's.
   one that does not is a glob. DuckDB globs every name it is given, so such a file is
   handed to it through a link with a plain name.
 - ``-`` is standard input, copied to a temporary file (it is read more than once).
+- A file named more than once (``a.jsonl ./a.jsonl``, a glob and a name it matches, a
+  link to it) is read once, under the first name given.
 - A line longer than :data:`MAX_LINE_BYTES` is skipped unread: a plain log is checked
   for one before the read, at the cost of one look per 16 MiB, and only a log that has
   one is copied without it. A ``.gz`` log is read by DuckDB as it is; when that read
@@ -57,6 +59,15 @@ _GLOB = frozenset("*?[]{}")
 _CHUNK = 1 << 20
 
 
+def _identity(name: str) -> object:
+    """What makes two names one file: its device and inode (links, ``./``, ``..``)."""
+    try:
+        st = os.stat(name)
+    except OSError:  # gone since it was found: reading it says what became of it
+        return os.path.realpath(name)
+    return (st.st_dev, st.st_ino)
+
+
 class ReportError(ShimError):
     """The logs cannot be read (exit 2)."""
 
@@ -68,7 +79,7 @@ class FileProblem:
 
     file: str | None
     #: ``oversized_lines``, ``truncated_gzip``, ``corrupt_gzip``, ``unreadable``,
-    #: ``negative_count``
+    #: ``negative_count``, ``bad_count``
     kind: str
     lines: int
     message: str
@@ -99,8 +110,14 @@ class LogFiles:
 
     def __enter__(self) -> LogFiles:
         try:
+            seen: set[object] = set()
             for item in self.inputs:
                 for name in self._resolve(item):
+                    # ``a.jsonl ./a.jsonl``, or a glob and a name it matches: one file,
+                    # read once (the first name given)
+                    if (same := _identity(name)) in seen:
+                        continue
+                    seen.add(same)
                     self.files.append((name, self._readable(name)))
             for name, path in list(self.files):
                 if name.endswith(".gz"):
@@ -159,8 +176,10 @@ class LogFiles:
 
     def drop(self, path: str, reason: str) -> None:
         """Leave the file DuckDB reads as ``path`` out, as unreadable for ``reason``."""
-        name = next(n for n, p in self.files if p == path)
-        self._drop(name, reason)
+        for name, read in self.files:
+            if read == path:
+                self._drop(name, reason)
+                return
 
     def _drop(self, name: str, reason: str) -> None:
         self.files = [(n, p) for n, p in self.files if n != name]

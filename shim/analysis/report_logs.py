@@ -2,21 +2,22 @@
 globs or ``.gz`` logs, giving each task's counts, latency sample, spend, drops and the
 shim's own errors (``shim.error``).
 
-Every line that is not a schema-1 record (corrupt, truncated, another schema, a negative
-``count``) is counted as a bad line. What cannot be read at all (a line over the limit,
+Every line that is not a schema-1 record (corrupt, truncated, another schema, a
+``count`` that is negative or not a plain whole number: :mod:`shim.analysis.report_counts`)
+is counted as a bad line. What cannot be read at all (a line over the limit,
 a truncated ``.gz``) is left out and named (:mod:`shim.analysis.report_files`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shim.analysis.log_lines import ends_whole
 from shim.analysis.policy import Price
+from shim.analysis.report_counts import CHECKED, refused_counts
 from shim.analysis.report_files import MAX_LINE_BYTES, FileProblem, LogFiles, ReportError
 
 __all__ = ["Logs", "ReportError", "TaskRows", "read_logs"]
@@ -31,7 +32,7 @@ _COLUMNS = {
     "stage": "VARCHAR",
     "served_by": "VARCHAR",
     "reason": "VARCHAR",
-    "count": "BIGINT",
+    "count": "JSON",  # checked, then a BIGINT: see report_counts.CHECKED
     # shim.error: what failed, the error, and for the call site's own callables which
     # call site and which callable (``call_site.key``, ``call_site.request``, ...)
     "operation": "VARCHAR",
@@ -44,27 +45,6 @@ _COLUMNS = {
     "structure": "STRUCT(match BOOLEAN, legacy_valid BOOLEAN, candidate_valid BOOLEAN, "
     "diff VARCHAR[], noise_paths VARCHAR[], error VARCHAR)",
 }
-
-
-def _ends_whole(path: str, window: int = 1 << 16) -> bool:
-    """The log ends with a complete JSON object on a line of its own (a process that
-    died mid-write leaves a torn last line). Compressed logs cannot be checked cheaply."""
-    if path.endswith(".gz"):
-        return False
-    try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - window))
-            tail = handle.read()
-    except OSError:  # gone since it was listed: the read says what became of it
-        return False
-    if not tail.endswith(b"\n"):
-        return size == 0
-    last = tail.rstrip(b"\n").rpartition(b"\n")[2]
-    try:
-        return isinstance(json.loads(last), dict) if last.strip() else True
-    except ValueError:
-        return False
 
 
 def _sql_list(files: Sequence[str]) -> str:
@@ -115,16 +95,24 @@ def _literal(value: str) -> str:
 # model needs the second, smaller pass (_MODELS).
 _VERDICTS = ("same", "alias", "different", "unknown")
 
-_SOURCE = """(
+_SOURCE = (
+    """(
   SELECT *, good AND {scope} AS scoped, good AND {scope} AND event = 'shim.comparison' AS cmp
-  FROM (SELECT *, coalesce(event IS NOT NULL AND schema = 1 AND count < 0, false) AS negative,
+  FROM (SELECT *, coalesce(event IS NOT NULL AND schema = 1 AND count_fault = 'negative',
+          false) AS negative,
+        coalesce(event IS NOT NULL AND schema = 1 AND count_fault = 'bad', false) AS bad_count,
         -- a line that does not parse comes back as a row of NULLs: a bad line; so is a
-        -- drop or an error whose count would lower the totals
-        coalesce(event IS NOT NULL AND schema = 1 AND NOT coalesce(count < 0, false), false)
-          AS good
-        FROM read_ndjson({files}, ignore_errors={tolerant}, columns={columns},
-                         maximum_object_size={max_line}))
+        -- record whose count is negative or not a plain whole number
+        coalesce(event IS NOT NULL AND schema = 1 AND count_fault IS NULL, false) AS good
+        FROM """
+    + CHECKED.replace(
+        "{relation}",
+        "read_ndjson({files}, ignore_errors={tolerant}, columns={columns}, "
+        "maximum_object_size={max_line}{filename})",
+    )
+    + """)
 )"""
+)
 
 _AGGREGATE = (
     """
@@ -132,6 +120,7 @@ SELECT product, task,
   count(*) AS all_rows,
   count(*) FILTER (good) AS all_records,
   count(*) FILTER (negative) AS negative_counts,
+  count(*) FILTER (bad_count) AS bad_counts,
   count(*) FILTER (cmp) AS n,
   -- the evidence each gate has: pairs where both paths ran (error gate), pairs with
   -- a structure verdict (mismatch gate, below), pairs with both latencies (latency)
@@ -260,17 +249,15 @@ def read_logs(
         except duckdb.Error as exc:
             raise ReportError(f"cannot read the logs: {exc}") from None
         problems = list(found.problems)
-    negative = sum(int(r["negative_counts"]) for r in rows)
-    if negative:
-        problems.append(
-            FileProblem(
-                None,
-                "negative_count",
-                negative,
-                f"{negative} shim.dropped or shim.error record(s) with a negative count, "
-                "counted as bad lines (a count never lowers a total)",
+        if any(r["negative_counts"] or r["bad_counts"] for r in rows):
+            source = _SOURCE.format(
+                scope="true",
+                files=_sql_list(found.paths),
+                tolerant="true",
+                filename=", filename=true",
+                **_READ,
             )
-        )
+            problems += refused_counts(con, source, found.files, rows)
     total_lines = sum(int(r["all_rows"]) for r in rows)
     records = sum(int(r["all_records"]) for r in rows)
     tasked = [r for r in rows if r["product"] is not None and r["task"] is not None]
@@ -299,7 +286,7 @@ def _read(con: Any, found: LogFiles, scope: str, prices: Mapping[str, Price]) ->
     import duckdb
 
     try:
-        return _query(con, found.paths, scope, prices, strict=all(map(_ends_whole, found.paths)))
+        return _query(con, found.paths, scope, prices, strict=all(map(ends_whole, found.paths)))
     except duckdb.Error:
         pass
     if found.clean_rest():  # only the files with a fault are copied
@@ -343,7 +330,11 @@ def _query(
     every = max(1, sum(map(_size, files)) // 700 // 20_000)
     for tolerant in (False, True)[0 if strict else 1 :]:
         source = _SOURCE.format(
-            scope=scope, files=_sql_list(files), tolerant=str(tolerant).lower(), **_READ
+            scope=scope,
+            files=_sql_list(files),
+            tolerant=str(tolerant).lower(),
+            filename="",
+            **_READ,
         )
         query = _AGGREGATE.format(
             source=source, every=every, known=repr(_VERDICTS), usage=_usage_sql(prices)

@@ -40,6 +40,12 @@ class FileSink:
     reopens the path, at most once per ``check_every`` seconds. A path that cannot be
     opened does not stop the program: each write raises (the recorder counts and logs
     it) and the sink tries the path again, so recording resumes once it is fixed.
+
+    Lines stay whole: a line a failed write cut (disk full) is finished by the next
+    write, or, when it is given up (closed, rotated away, not retried), the file is
+    truncated back to where it started, as long as nothing was appended after it.
+    A file that does not end in a newline (another process left half a line) gets
+    one before our next line, so ours is never glued onto it.
     """
 
     def __init__(self, path: str | Path, *, check_every: float = 1.0) -> None:
@@ -49,6 +55,9 @@ class FileSink:
         self._ino: tuple[int, int] | None = None
         self._checked = 0.0
         self._cut: _Piece | None = None  # a line a failed write left half out
+        # Where that half line starts and ends in the file: cut back to its start when
+        # it is given up, if the file still ends where it does.
+        self._span: tuple[int, int] | None = None
         try:
             self._open()
         except OSError:
@@ -56,11 +65,16 @@ class FileSink:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            # Read too: to see whether the file ends in half a line (_ends_whole).
+            fd = os.open(self.path, os.O_RDWR | flags, 0o644)
+        except PermissionError:  # a log we may only append to: written all the same
+            fd = os.open(self.path, os.O_WRONLY | flags, 0o644)
         st = os.fstat(fd)
         if self._fd >= 0:
+            self._drop_cut()  # its start is in the old file: the line goes whole here
             os.close(self._fd)
-            self._cut = None  # its start is in the old file: the line goes whole here
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
         self._checked = time.monotonic()
 
@@ -85,14 +99,17 @@ class FileSink:
         :class:`PartialWrite` if some whole lines went out (how many); a line the
         failure cut short is finished, not written again, when it comes first in the
         next write (the recorder retries it so), so no line is ever glued to half of
-        another. One given up instead is ended where it was cut: a bad line alone."""
+        another. One given up instead is truncated back out of the file; when another
+        process appended after it, it stays, and the next line starts on a line of its
+        own (as after any half line another process left)."""
         self._reopen_if_moved()
         pieces = [_Piece(line.encode()) for line in lines]
-        if self._cut is not None:
-            cut = self._cut
-            if pieces and pieces[0].data == cut.data:
-                pieces[0] = cut
-            else:
+        cut = self._cut
+        if cut is not None and pieces and pieces[0].data == cut.data and self._cut_is_last():
+            pieces[0] = cut
+        else:
+            self._drop_cut()
+            if pieces and not self._ends_whole():
                 pieces.insert(0, _Piece(b"\n", line=False))
         done = 0  # whole lines of ``lines`` written
         for chunk in _chunks(pieces):
@@ -105,7 +122,36 @@ class FileSink:
                     raise PartialWrite(done, short.error) from short.error
                 raise short.error from None
             done += sum(p.line for p in chunk)
-        self._cut = None
+        self._cut = self._span = None
+
+    def _cut_is_last(self) -> bool:
+        """The half line we left still ends the file: nothing was appended after it."""
+        if self._span is None:
+            return False
+        try:
+            return os.fstat(self._fd).st_size == self._span[1]
+        except OSError:
+            return False
+
+    def _drop_cut(self) -> None:
+        """Give up the line a failed write cut: truncate the file back to where it
+        starts, unless another process appended after it (then the file no longer ends
+        in a newline, and the next write starts with one)."""
+        if self._cut is not None and self._span is not None and self._cut_is_last():
+            # Another process may append between the check and the truncate: a window
+            # of one system call, against a half line left in every log.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._span[0])
+        self._cut = self._span = None
+
+    def _ends_whole(self) -> bool:
+        """The file is empty or ends in a newline (else another writer left half a
+        line, and our first line would be glued onto it)."""
+        try:
+            size = os.fstat(self._fd).st_size
+            return size == 0 or os.pread(self._fd, 1, size - 1) in (b"\n", b"")
+        except OSError:
+            return True  # cannot tell: the write itself will say what is wrong
 
     def _cut_at(self, chunk: list[_Piece], sent: int) -> int:
         """A write failed ``sent`` bytes into ``chunk``: keep the line it cut (with how
@@ -117,6 +163,10 @@ class FileSink:
                 if piece.line:
                     out = piece.start + sent
                     self._cut = _Piece(piece.data, out) if out else None
+                    if not out:
+                        self._span = None
+                    elif sent:  # the fragment grew: it ends where this write stopped
+                        self._span = self._fragment(out)
                 # else: the end of a line given up did not go out: still to be written
                 return whole
             sent -= left
@@ -124,6 +174,15 @@ class FileSink:
             if not piece.line:
                 self._cut = None  # the line given up is ended
         return whole
+
+    def _fragment(self, out: int) -> tuple[int, int] | None:
+        """Where the ``out`` bytes of a cut line lie in the file: the descriptor's
+        offset is where its last write ended (``O_APPEND`` moves it to the end first)."""
+        try:
+            end = os.lseek(self._fd, 0, os.SEEK_CUR)
+        except OSError:
+            return None
+        return (end - out, end) if end >= out else None
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -137,11 +196,17 @@ class FileSink:
             view = view[written:]
 
     def close(self) -> None:
-        """Close the file (ending a line a failed write cut, if it can)."""
+        """Close the file. A line a failed write cut is given up (the recorder counts
+        it lost): the file is truncated back to where it started, or, when another
+        process appended after it, ended with a newline if that can be written."""
         if self._fd >= 0:
             if self._cut is not None:
-                with contextlib.suppress(OSError):
-                    os.write(self._fd, b"\n")
+                ended = not self._cut_is_last()
+                self._drop_cut()
+                if ended:
+                    with contextlib.suppress(OSError):
+                        if not self._ends_whole():
+                            os.write(self._fd, b"\n")
             os.close(self._fd)
             self._fd = -1
 
