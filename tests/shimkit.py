@@ -41,6 +41,17 @@ def records(path: Path, event: str | None = "shim.comparison") -> list[dict[str,
     return [r for r in rows if event is None or r["event"] == event]
 
 
+def log_rows(text: str) -> tuple[list[dict[str, Any]], int]:
+    """The records of a log's text, and how many of its lines are not records."""
+    rows, bad = [], 0
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            bad += 1
+    return rows, bad
+
+
 def dropped(path: Path, reason: str | None = None) -> int:
     return sum(
         r["count"] for r in records(path, "shim.dropped") if reason is None or r["reason"] == reason

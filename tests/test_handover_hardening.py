@@ -197,8 +197,8 @@ def test_a_job_the_pump_holds_at_close_is_counted() -> None:
 # -- 5. a second close waits for the first ---------------------------------------------
 
 
-def test_a_second_close_waits_for_the_one_under_way() -> None:
-    gate = threading.Event()
+def _closing_while_a_comparison_waits(gate: threading.Event) -> tuple[TestShim, threading.Thread]:
+    """A Shim whose one comparison waits for ``gate``, being closed on a thread."""
 
     def answer(request: TaskRequest) -> str:
         gate.wait(5)
@@ -211,6 +211,12 @@ def test_a_second_close_waits_for_the_one_under_way() -> None:
     wrapped()
     first = threading.Thread(target=s.close, kwargs={"timeout": 5})
     first.start()
+    return s, first
+
+
+def test_a_second_close_waits_for_the_one_under_way() -> None:
+    gate = threading.Event()
+    s, first = _closing_while_a_comparison_waits(gate)
     wait_for(lambda: s._engine.closed)
     second_done = threading.Event()
     second = threading.Thread(target=lambda: (s.close(timeout=5), second_done.set()))
@@ -228,18 +234,7 @@ def test_a_second_close_waits_for_the_one_under_way() -> None:
 
 def test_a_second_close_keeps_its_own_timeout() -> None:
     gate = threading.Event()
-
-    def answer(request: TaskRequest) -> str:
-        gate.wait(5)
-        return "soup"
-
-    s = TestShim(SHADOW, answer=answer)
-    wrapped = s.shadow(product="kiwi", task="meal_plan", request=lambda: TaskRequest(prompt="x"))(
-        lambda: "legacy"
-    )
-    wrapped()
-    first = threading.Thread(target=s.close, kwargs={"timeout": 5})
-    first.start()
+    s, first = _closing_while_a_comparison_waits(gate)
     try:
         wait_for(lambda: s._engine.closed)
         started = time.monotonic()

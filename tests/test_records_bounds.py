@@ -27,7 +27,7 @@ from shim.records.values import FIELD_CHARS
 from shim.sim import Profile, Simulator
 from shim.testing import TestShim
 
-from .shimkit import make_shim, wait_for
+from .shimkit import log_rows, make_shim, wait_for
 
 # -- whole lines after a failed write ------------------------------------------------------
 
@@ -57,17 +57,6 @@ print(json.dumps({"written": r.written, "lost": r.lost, "unwritten": r.unwritten
 """
 
 
-def _rows(text: str) -> tuple[list[dict[str, Any]], int]:
-    """The records of a log's text, and how many of its lines are not records."""
-    rows, bad = [], 0
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            bad += 1
-    return rows, bad
-
-
 def test_a_disk_full_short_write_leaves_only_whole_lines(tmp_path: Path) -> None:
     """A real short write (the file size limit stands in for a full disk): the line it
     cut is finished when there is room again; none is glued to another, none lost,
@@ -78,7 +67,7 @@ def test_a_disk_full_short_write_leaves_only_whole_lines(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr
     stats = json.loads(done.stdout)
-    rows, bad = _rows(path.read_text())
+    rows, bad = log_rows(path.read_text())
     assert bad == 0
     assert [r["n"] for r in rows if r["event"] == "shim.test"] == [0, 1, 2, 3, 4]
     assert stats == {"written": 5, "lost": 0, "unwritten": 0}
@@ -119,7 +108,7 @@ def test_a_stream_that_fails_mid_line_never_glues_two_lines(says: bool) -> None:
     stream.room = None
     assert r.flush(5)
     r.close(5)
-    rows, bad = _rows(stream.getvalue())
+    rows, bad = log_rows(stream.getvalue())
     assert [row["n"] for row in rows] == [0, 1, 2, 3]
     assert bad == (0 if says else 1)
     assert (r.written, r.lost, r.unwritten) == (4, 0, 0)

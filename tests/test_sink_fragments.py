@@ -9,11 +9,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from shim.comparators import ModelNames
 from shim.records.recorder import Recorder
 from shim.records.sinks import FileSink
+
+from .shimkit import log_rows
 
 # argv: path, mode. ``close``: give the cut line up at close while the disk is still
 # full. ``other``: another writer appends a whole line after the cut one, then the
@@ -55,17 +56,6 @@ def _cut(path: Path, mode: str) -> dict[str, int]:
     return stats
 
 
-def _rows(text: str) -> tuple[list[dict[str, Any]], int]:
-    """The records of a log's text, and how many of its lines are not records."""
-    rows, bad = [], 0
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            bad += 1
-    return rows, bad
-
-
 def _append(path: Path, numbers: range) -> Recorder:
     """Another process's recorder appending to the same log."""
     r = Recorder(FileSink(path), names=ModelNames({}), on_error=lambda op, exc: None)
@@ -85,7 +75,7 @@ def test_a_line_cut_by_a_full_disk_and_given_up_at_close_is_cut_back_out(
     first = _cut(path, "close")
     assert path.read_bytes().endswith(b"\n")
     second = _append(path, range(10, 13))
-    rows, bad = _rows(path.read_text())
+    rows, bad = log_rows(path.read_text())
     assert bad == 0
     assert [r["n"] for r in rows if r["event"] == "shim.test"] == [0, 1, 2, 10, 11, 12]
     # The cut record is lost, and counted so; the next process's three are written.
@@ -98,7 +88,7 @@ def test_a_half_line_another_process_left_gets_a_newline_before_ours(tmp_path: P
     path = tmp_path / "log.jsonl"
     path.write_text('{"event": "shim.test", "n": 0}\n{"event": "shim.te')
     r = _append(path, range(1, 4))
-    rows, bad = _rows(path.read_text())
+    rows, bad = log_rows(path.read_text())
     assert bad == 1  # the other process's half line, alone
     assert [row["n"] for row in rows] == [0, 1, 2, 3]
     assert (r.written, r.lost) == (3, 0)
@@ -113,7 +103,7 @@ def test_a_cut_line_is_written_whole_when_another_process_appended_after_it(
     path = tmp_path / "log.jsonl"
     stats = _cut(path, "other")
     text = path.read_text()
-    rows, bad = _rows(text)
+    rows, bad = log_rows(text)
     assert bad == 1  # the half line, with the other process's line glued onto it
     assert '{"other": 1}' in text
     assert [r["n"] for r in rows if r.get("event") == "shim.test"] == [0, 1, 2, 3, 4]
