@@ -136,6 +136,7 @@ def test_check_names_file_and_line_when_ocr_runs_on_cf_text(tmp_path: Path) -> N
         f"{registry}:{line}: models.qwen2.5-vl-7b-instruct.service_type: kiwi.ocr is a "
         "vision task" in result.output
     )
+    assert f"1 problem(s) in {registry}\n" in result.output, "only the file that has it"
 
 
 def test_check_json_lists_problems(tmp_path: Path) -> None:

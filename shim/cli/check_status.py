@@ -64,7 +64,8 @@ def check(
     if not report.ok:
         for problem in report.problems:
             say(str(problem), soft_wrap=True)
-        say(f"{len(report.problems)} problem(s) in {', '.join(report.files)}", error=True)
+        where = sorted({problem.path for problem in report.problems})
+        say(f"{len(report.problems)} problem(s) in {', '.join(where)}", error=True)
         raise typer.Exit(1)
     _registrations(report)
 
