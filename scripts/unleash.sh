@@ -68,6 +68,7 @@ start_postgres() {
     as_postgres "'$bin/initdb' -D '$pgdata' -U postgres -A trust >/dev/null"
   fi
   if ! as_postgres "'$bin/pg_ctl' -D '$pgdata' status" >/dev/null 2>&1; then
+    wait_port_free "$UNLEASH_PG_PORT"
     as_postgres "'$bin/pg_ctl' -D '$pgdata' -l '$state/pg.log' -w -t 30 start \
       -o \"-h 127.0.0.1 -p $UNLEASH_PG_PORT -k '$state' -c fsync=off -c synchronous_commit=off -c full_page_writes=off\"" >/dev/null
   fi
@@ -75,6 +76,18 @@ start_postgres() {
     as_postgres "'$bin/psql' -h 127.0.0.1 -p $UNLEASH_PG_PORT -U postgres -qc \"CREATE ROLE unleash LOGIN PASSWORD 'unleash'\""
   as_postgres "'$bin/psql' -h 127.0.0.1 -p $UNLEASH_PG_PORT -U postgres -tAc \"SELECT 1 FROM pg_database WHERE datname='unleash'\"" | grep -q 1 ||
     as_postgres "'$bin/psql' -h 127.0.0.1 -p $UNLEASH_PG_PORT -U postgres -qc \"CREATE DATABASE unleash OWNER unleash\""
+}
+
+# A server of an earlier run (another checkout's, or one still shutting down) may hold
+# the port for a few seconds: wait for it rather than fail on "address already in use".
+wait_port_free() {
+  local i
+  for i in $(seq 1 75); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null || return 0
+    sleep 0.2
+  done
+  say "port $1 on 127.0.0.1 is still in use after 15 s: stop what holds it (ss -ltnp), or set UNLEASH_PG_PORT"
+  exit 1
 }
 
 healthy() { curl -fsS "$url/health" 2>/dev/null | grep -q GOOD; }
