@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shim import flags as flagpkg
-from shim.base.errors import ConfigError, Problem, ShimError
+from shim.base.errors import ConfigError, Problem
 from shim.base.orch import SERVICE_TYPES, AssignmentsFile, OrchConfig, RegistryFile, parse_file
 from shim.comparators import ModelNames
 
@@ -88,17 +88,9 @@ class FixedFlags:
 
 
 def flag_listener(events: Events) -> flagpkg.FlagListener:
-    """What a Shim hears from its flag source: every event becomes a ``shim.flags``
-    record; a failure the event names (a missing or unusable flags file) is also an
-    internal error: counted, logged once as a warning, recorded as ``shim.error``. (A
-    closure over ``events``, not a Shim method: the source must not keep a Shim alive.)"""
-
-    def hear(event: flagpkg.FlagEvent) -> None:
-        events.flags(event)
-        if event.operation:
-            events.internal_error(event.operation, ShimError(event.message))
-
-    return hear
+    """What a Shim hears from its flag source: every event goes to
+    :meth:`Events.flags`. (Not a Shim method: the source must not keep a Shim alive.)"""
+    return events.flags
 
 
 def load_orch(

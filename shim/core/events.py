@@ -75,10 +75,7 @@ class Events:
             first = site is None or (where, operation) not in self._told
             self._told.add((where, operation))
         if first:  # a call site's: logged once, counted and recorded every time
-            if operation.startswith("flags."):  # the flags' state, not the shim's failure
-                _log.warning("task-shim: %s (%s)", exc, operation)
-            else:
-                _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
+            _log.warning("task-shim internal error in %s: %s", operation, describe(exc))
         if site is not None:  # one call site's: may come on every call, so tallied
             self.recorder.tally(
                 "shim.error", site.product, site.task, describe(exc), operation=operation
@@ -167,7 +164,10 @@ class Events:
         )
 
     def flags(self, event: flagpkg.FlagEvent) -> None:
-        """The flag source said something (reloaded, or kept the last good flags)."""
+        """The flag source said something (reloaded, or kept the last good flags); a
+        problem it names (``flags.missing``, ``flags.invalid``...) is also counted among
+        the internal errors, said once on the ``shim`` logger and recorded as
+        ``shim.error``."""
         self.recorder.event(
             "shim.flags",
             None,
@@ -177,6 +177,13 @@ class Events:
             source=event.source,
             version=event.version,
         )
+        if event.operation:  # the flags are missing or unusable: counted, said, recorded
+            with self._lock:
+                self._errors[event.operation] += 1
+            _log.warning("task-shim: %s (%s)", event.message, event.operation)
+            self.recorder.event(
+                "shim.error", None, None, operation=event.operation, error=cap(event.message)
+            )
 
     def served(self, site: CallSite, by: str) -> None:
         """Count who served a call (``legacy``, ``task``, ``legacy_fallback``)."""
