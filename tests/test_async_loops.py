@@ -253,7 +253,7 @@ def test_a_task_the_loops_end_cancels_is_counted_as_loop_closed() -> None:
     """Given a drop hook, background work the loop's end took is counted with reason
     ``loop_closed`` (and said once per loop through the error hook, naming aflush);
     a cancellation while the loop runs on (aclose) stays ``on_cancelled``'s."""
-    from shim.core.dispatch import LoopDispatcher
+    from shim.core.loopdispatch import LoopDispatcher
 
     dropped_: list[tuple[str, str, str]] = []
     cancelled: list[str] = []

@@ -32,8 +32,9 @@ from shim.client.protocol import ReleaseHook
 from shim.client.task_client import AsyncTaskClient, TaskClient
 from shim.core.call import Call
 from shim.core.config import Limits, Timeouts
-from shim.core.dispatch import DropHook, ErrorHook, LoopDispatcher, ThreadDispatcher
+from shim.core.dispatch import DropHook, ErrorHook, ThreadDispatcher
 from shim.core.events import Events
+from shim.core.loopdispatch import LoopDispatcher
 from shim.core.loopend import ended, outlast
 from shim.core.steps import Run, Step, Steps
 
