@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from shim.analysis.log_lines import MAX_LINE_BYTES, clean_copy
 from shim.analysis.report import build_report
-from shim.analysis.report_files import MAX_LINE_BYTES, clean_copy
 from shim.cli.app import app
 from shim.ops.watch import follow
 
@@ -271,7 +271,6 @@ def test_a_log_that_cannot_be_opened_is_named_not_a_crash(tmp_path: Path) -> Non
 
 def test_status_passes_over_a_huge_line_and_reads_the_breaker_after_it(tmp_path: Path) -> None:
     """``shim status`` reads breaker states past a line over the limit, never whole."""
-    from shim.analysis.report_files import MAX_LINE_BYTES
     from shim.ops.status import breaker_states
 
     log = tmp_path / "log.jsonl"

@@ -30,27 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shim.analysis.log_lines import (
-    MAX_LINE_BYTES,
-    Copied,
-    clean_copy,
-    faults,
-    has_long_line,
-    lines_within,
-)
+from shim.analysis.log_lines import MAX_LINE_BYTES, Copied, clean_copy, faults, has_long_line
 from shim.base.errors import ShimError
 
-__all__ = [
-    "MAX_LINE_BYTES",
-    "Copied",
-    "FileProblem",
-    "LogFiles",
-    "ReportError",
-    "clean_copy",
-    "faults",
-    "has_long_line",
-    "lines_within",
-]
+__all__ = ["FileProblem", "LogFiles", "ReportError"]
 
 #: Characters DuckDB takes for a glob in a file name.
 _GLOB = frozenset("*?[]{}")

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shim.analysis.log_lines import ends_whole
+from shim.analysis.log_lines import MAX_LINE_BYTES, ends_whole
 from shim.analysis.policy import Price
 from shim.analysis.report_counts import CHECKED, refused_counts
-from shim.analysis.report_files import MAX_LINE_BYTES, FileProblem, LogFiles, ReportError
+from shim.analysis.report_files import FileProblem, LogFiles, ReportError
 
 __all__ = ["Logs", "ReportError", "TaskRows", "read_logs"]
 

@@ -23,8 +23,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from shim.analysis.log_lines import MAX_LINE_BYTES
 from shim.analysis.policy import Policy
-from shim.analysis.report_files import MAX_LINE_BYTES, FileProblem, LogFiles
+from shim.analysis.report_files import FileProblem, LogFiles
 from shim.analysis.report_filters import parse_time
 from shim.base.errors import ShimError
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from shim.analysis.report_files import lines_within
+from shim.analysis.log_lines import lines_within
 from shim.flags import FlagState
 
 __all__ = ["breaker_states", "status_rows"]

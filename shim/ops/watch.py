@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shim.analysis.log_lines import MAX_LINE_BYTES
 from shim.analysis.policy import Gates, Policy
-from shim.analysis.report_files import MAX_LINE_BYTES
 
 if TYPE_CHECKING:
     from shim.flags.store import Change, FlagStore
@@ -196,7 +196,7 @@ def follow(
 ) -> Iterator[dict[str, Any]]:
     """Records appended to ``path``, as they come; reopens the path when it is rotated
     or truncated. With ``once``, stops at the current end instead of waiting. A line
-    longer than :data:`~shim.analysis.report_files.MAX_LINE_BYTES` is skipped: what was
+    longer than :data:`~shim.analysis.log_lines.MAX_LINE_BYTES` is skipped: what was
     read of it is let go once it passes the limit, and the rest is discarded as it
     comes, up to its newline."""
     handle = None
