@@ -83,17 +83,6 @@ def test_a_line_cut_by_a_full_disk_and_given_up_at_close_is_cut_back_out(
     assert (second.written, second.lost) == (3, 0)
 
 
-def test_a_half_line_another_process_left_gets_a_newline_before_ours(tmp_path: Path) -> None:
-    """Was: our first record was appended to the half line: both lost in one bad line."""
-    path = tmp_path / "log.jsonl"
-    path.write_text('{"event": "shim.test", "n": 0}\n{"event": "shim.te')
-    r = _append(path, range(1, 4))
-    rows, bad = log_rows(path.read_text())
-    assert bad == 1  # the other process's half line, alone
-    assert [row["n"] for row in rows] == [0, 1, 2, 3]
-    assert (r.written, r.lost) == (3, 0)
-
-
 def test_a_cut_line_is_written_whole_when_another_process_appended_after_it(
     tmp_path: Path,
 ) -> None:
@@ -111,7 +100,7 @@ def test_a_cut_line_is_written_whole_when_another_process_appended_after_it(
 
 
 def test_a_sink_given_a_file_ending_in_a_newline_adds_none(tmp_path: Path) -> None:
-    """The newline goes only after a half line: a whole log gains no empty line."""
+    """A whole log gains no empty line."""
     path = tmp_path / "log.jsonl"
     path.write_text('{"n": 0}\n')
     sink = FileSink(path)

@@ -44,8 +44,8 @@ class FileSink:
     Lines stay whole: a line a failed write cut (disk full) is finished by the next
     write, or, when it is given up (closed, rotated away, not retried), the file is
     truncated back to where it started, as long as nothing was appended after it.
-    A file that does not end in a newline (another process left half a line) gets
-    one before our next line, so ours is never glued onto it.
+    (A half line another process leaves is not looked for: with several processes
+    appending, the file's last byte is read while another's line is half written.)
     """
 
     def __init__(self, path: str | Path, *, check_every: float = 1.0) -> None:
@@ -65,12 +65,8 @@ class FileSink:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        try:
-            # Read too: to see whether the file ends in half a line (_ends_whole).
-            fd = os.open(self.path, os.O_RDWR | flags, 0o644)
-        except PermissionError:  # a log we may only append to: written all the same
-            fd = os.open(self.path, os.O_WRONLY | flags, 0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        fd = os.open(self.path, flags, 0o644)
         st = os.fstat(fd)
         if self._fd >= 0:
             self._drop_cut()  # its start is in the old file: the line goes whole here
@@ -99,9 +95,8 @@ class FileSink:
         :class:`PartialWrite` if some whole lines went out (how many); a line the
         failure cut short is finished, not written again, when it comes first in the
         next write (the recorder retries it so), so no line is ever glued to half of
-        another. One given up instead is truncated back out of the file; when another
-        process appended after it, it stays, and the next line starts on a line of its
-        own (as after any half line another process left)."""
+        another. One given up instead is truncated back out of the file, unless another
+        process appended after it."""
         self._reopen_if_moved()
         pieces = [_Piece(line.encode()) for line in lines]
         cut = self._cut
@@ -109,8 +104,6 @@ class FileSink:
             pieces[0] = cut
         else:
             self._drop_cut()
-            if pieces and not self._ends_whole():
-                pieces.insert(0, _Piece(b"\n", line=False))
         done = 0  # whole lines of ``lines`` written
         for chunk in _chunks(pieces):
             data = b"".join(p.data[p.start :] if p.start else p.data for p in chunk)
@@ -135,23 +128,13 @@ class FileSink:
 
     def _drop_cut(self) -> None:
         """Give up the line a failed write cut: truncate the file back to where it
-        starts, unless another process appended after it (then the file no longer ends
-        in a newline, and the next write starts with one)."""
+        starts, unless another process appended after it."""
         if self._cut is not None and self._span is not None and self._cut_is_last():
             # Another process may append between the check and the truncate: a window
             # of one system call, against a half line left in every log.
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._span[0])
         self._cut = self._span = None
-
-    def _ends_whole(self) -> bool:
-        """The file is empty or ends in a newline (else another writer left half a
-        line, and our first line would be glued onto it)."""
-        try:
-            size = os.fstat(self._fd).st_size
-            return size == 0 or os.pread(self._fd, 1, size - 1) in (b"\n", b"")
-        except OSError:
-            return True  # cannot tell: the write itself will say what is wrong
 
     def _cut_at(self, chunk: list[_Piece], sent: int) -> int:
         """A write failed ``sent`` bytes into ``chunk``: keep the line it cut (with how
@@ -197,16 +180,10 @@ class FileSink:
 
     def close(self) -> None:
         """Close the file. A line a failed write cut is given up (the recorder counts
-        it lost): the file is truncated back to where it started, or, when another
-        process appended after it, ended with a newline if that can be written."""
+        it lost): the file is truncated back to where it started, unless another
+        process appended after it."""
         if self._fd >= 0:
-            if self._cut is not None:
-                ended = not self._cut_is_last()
-                self._drop_cut()
-                if ended:
-                    with contextlib.suppress(OSError):
-                        if not self._ends_whole():
-                            os.write(self._fd, b"\n")
+            self._drop_cut()
             os.close(self._fd)
             self._fd = -1
 
