@@ -34,6 +34,7 @@ import pydantic
 
 from shim.base.cut import cut_short
 from shim.base.errors import TaskFailed, TaskNotRegistered
+from shim.base.jsonload import loads
 
 __all__ = [
     "AllocationReply",
@@ -111,7 +112,7 @@ class Exchange:
     def parse(self, reply: Reply, what: str) -> Any:
         """The reply's JSON body; TaskFailed when ``what`` sent something else."""
         try:
-            return json.loads(reply.content)
+            return loads(reply.content)
         except ValueError as exc:
             raise self.fail(f"{what} sent malformed JSON: {exc}", reply.status) from None
 
@@ -122,7 +123,7 @@ def detail(content: bytes, *, redact: Callable[[str], str] = _as_is) -> str:
     (``\\/`` as PHP writes "/", ``\\u002f``, a key written all in ``\\uXXXX``) decode
     to the secret itself. Before the cut: a cut through a secret would leave its start."""
     try:
-        data = json.loads(content)
+        data = loads(content)
     except ValueError:
         text = content[: DETAIL_CHARS * 4].decode("utf-8", "replace").strip()
     else:
@@ -227,7 +228,7 @@ def listed_model(node: str, headers: Mapping[str, str]) -> Generator[Call, Reply
     if reply.status >= 300:
         return None
     try:
-        first = json.loads(reply.content)["data"][0]["id"]
+        first = loads(reply.content)["data"][0]["id"]
     except (ValueError, KeyError, IndexError, TypeError):
         return None
     return first if isinstance(first, str) else None

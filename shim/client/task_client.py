@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Generator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -131,15 +131,20 @@ class _ClientBase(Generic[H]):
             return Reply(status, self._redact.redact_bytes(bytes(content)))
         return Reply(status, bytes(content))
 
-    def _limits(self, call: Call, deadline: float) -> tuple[httpx.Timeout, float]:
-        """The call's timeouts, and the deadline its reply must be read by: the
-        exchange's, or a release's own."""
+    def _limits(self, call: Call, deadline: float) -> tuple[float, float]:
+        """The seconds the call has left, and the deadline its reply must be read by:
+        the exchange's, or a release's own."""
         remaining = min(5.0, self.timeout) if call.release else deadline - time.perf_counter()
         if remaining <= 0:
             raise httpx.ReadTimeout("deadline passed before the call")
         if call.release:
             deadline = time.perf_counter() + remaining
-        return httpx.Timeout(remaining, connect=min(remaining, 5.0)), deadline
+        return remaining, deadline
+
+    @staticmethod
+    def _timeout(remaining: float) -> httpx.Timeout:
+        """The httpx timeouts of a call with ``remaining`` seconds (connecting: at most 5)."""
+        return httpx.Timeout(remaining, connect=min(remaining, 5.0))
 
     def _failed(self, exc: BaseException, ex: Exchange) -> BaseException:
         """The error the steps see: transport errors become TaskFailed, the rest as is."""
@@ -167,9 +172,13 @@ def _license_key(api_key: str | None, client: str) -> str | None:
     return checked_secret(api_key, name="api_key", where=client)
 
 
+# One encoder: json.dumps with options builds one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _json_bytes(body: Any) -> bytes:
     """A request body as httpx's ``json=`` encodes it."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(body).encode()
 
 
 def _proxied() -> bool:
@@ -245,20 +254,20 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
         """The reply to ``call``, or the error to throw into the steps (they decide;
         cancellation included)."""
         try:
-            timeout, deadline = self._limits(call, deadline)
+            remaining, deadline = self._limits(call, deadline)
             if self._wire is not None:
                 data = None if call.body is None else _json_bytes(call.body)
-                connect = cast(float, timeout.connect)
                 status, content = self._wire.send(
                     call.method,
                     call.url,
                     data,
                     call.headers,
-                    connect_timeout=connect,
+                    connect_timeout=min(remaining, 5.0),
                     deadline=deadline,
                 )
                 return self._scrubbed(status, content)
             assert self._http is not None  # no HTTP/1.1 of its own: an httpx client
+            timeout = self._timeout(remaining)
             with self._http.stream(
                 call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
             ) as response:
@@ -326,7 +335,8 @@ class AsyncTaskClient(
     async def _send(self, call: Call, deadline: float, ex: Exchange) -> Reply | BaseException:
         """The reply to ``call``, or the error to throw into the steps."""
         try:
-            timeout, deadline = self._limits(call, deadline)
+            remaining, deadline = self._limits(call, deadline)
+            timeout = self._timeout(remaining)
             async with self._http.stream(
                 call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
             ) as response:

@@ -61,7 +61,7 @@ class ThreadDispatcher:
         workers: int,
         capacity: int,
         on_error: ErrorHook,
-        poll: float = 0.001,
+        poll: float = 0.005,
         max_bytes: int = QUEUE_BYTES,
         on_dropped: DropHook | None = None,
     ) -> None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from shim.comparators import Comparator, ModelNames, Structure
+from shim.records.callid import new_call_id
 from shim.records.capture import Capture
 from shim.records.values import (
     NOT_RECORDED,
@@ -305,7 +305,9 @@ def comparison_record(
             legacy_usage = site.legacy_usage(legacy_value)
         except Exception as exc:
             on_error("legacy_usage", exc)
-    legacy = replace(pending.legacy, model=legacy_model, usage=legacy_usage)
+    legacy = pending.legacy
+    if legacy_model is not legacy.model or legacy_usage is not legacy.usage:
+        legacy = replace(legacy, model=legacy_model, usage=legacy_usage)
     if legacy.ok and legacy_value is not NOT_RECORDED and site.soft_failure is not None:
         try:
             soft = bool(site.soft_failure(legacy_value))
@@ -333,7 +335,7 @@ def comparison_record(
     record.update(
         {
             "call_site": site.call_site,
-            "call_id": uuid.uuid4().hex,
+            "call_id": new_call_id(),
             "stage": pending.stage,
             "served_by": pending.served_by,
             "legacy": _side(

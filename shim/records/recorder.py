@@ -30,7 +30,7 @@ from shim.records.sinks import RecordSink
 from shim.records.values import size_of
 from shim.records.writer import HeldLines
 
-__all__ = ["QUEUE_BYTES", "Recorder", "pending_bytes"]
+__all__ = ["BATCH_WAIT", "QUEUE_BYTES", "Recorder", "pending_bytes"]
 
 _log = logging.getLogger("shim")
 
@@ -52,6 +52,10 @@ class _Lines:
 
 _STOP = object()
 _FLUSH = "flush"
+
+#: How long the recorder lets records gather after writing some, in seconds: under
+#: load it wakes and writes once per this long.
+BATCH_WAIT = 0.02
 
 #: The bytes the comparisons queued for the recorder may hold (their outputs, and
 #: prompts when captured), estimated; past it one is dropped (``recorder_full``).
@@ -95,6 +99,7 @@ class Recorder:
         capacity: int = 10_000,
         max_bytes: int = QUEUE_BYTES,
         flush_interval: float = 0.5,
+        batch_wait: float = BATCH_WAIT,
         secrets: tuple[str, ...] = (),
         capture: Capture | None = None,
         observe: Callable[[Mapping[str, Any]], None] | None = None,
@@ -109,6 +114,7 @@ class Recorder:
         self.capacity = capacity
         self.max_bytes = max_bytes
         self.flush_interval = flush_interval
+        self.batch_wait = batch_wait
         self._on_error = on_error
         self.capture = capture
         self._lines = _Lines(secrets)
@@ -293,6 +299,11 @@ class Recorder:
                 waiter.set()
             if stop:
                 return
+            if batch and self._queue.empty():
+                # Let the next records gather: one wake-up and one write for all that
+                # come within BATCH_WAIT, not one each (a wake-up costs more CPU than
+                # rendering a record: bench/cpu.py). A flush or stop waits as long.
+                time.sleep(self.batch_wait)
 
     def _render(self, item: Any) -> None:
         """Render one record into the batch. One that cannot be (a field no encoder
