@@ -92,7 +92,10 @@ def _literal(value: str) -> str:
 # Nothing in it is DISTINCT or a histogram: either makes DuckDB fan the scan out to a
 # second aggregate, about 0.3 s of CPU per GB. Verdicts are counted one by one, and a
 # task's candidate models are read as min and max; only a task that saw more than one
-# model needs the second, smaller pass (_MODELS).
+# model needs the second, smaller pass (_MODELS). Conditions are count_if, and CASE
+# inside min, max and quantile_cont, not FILTER: each FILTER slices the rows once more
+# (measured: the aggregate over 1M parsed records 0.22 against 0.13 s). The lists keep
+# FILTER: few rows pass it.
 _VERDICTS = ("same", "alias", "different", "unknown")
 
 _SOURCE = (
@@ -118,43 +121,42 @@ _AGGREGATE = (
     """
 SELECT product, task,
   count(*) AS all_rows,
-  count(*) FILTER (good) AS all_records,
-  count(*) FILTER (negative) AS negative_counts,
-  count(*) FILTER (bad_count) AS bad_counts,
-  count(*) FILTER (cmp) AS n,
+  count_if(good) AS all_records,
+  count_if(negative) AS negative_counts,
+  count_if(bad_count) AS bad_counts,
+  count_if(cmp) AS n,
   -- the evidence each gate has: pairs where both paths ran (error gate), pairs with
   -- a structure verdict (mismatch gate, below), pairs with both latencies (latency)
-  count(*) FILTER (cmp AND legacy.ok IS NOT NULL AND candidate.ok IS NOT NULL) AS ran,
-  count(*) FILTER (cmp AND legacy.ok AND candidate.ok AND legacy.latency_ms > 0
+  count_if(cmp AND legacy.ok IS NOT NULL AND candidate.ok IS NOT NULL) AS ran,
+  count_if(cmp AND legacy.ok AND candidate.ok AND legacy.latency_ms > 0
     AND candidate.latency_ms IS NOT NULL) AS latency_pairs,
   -- both paths answered and still no structure verdict: the comparator failed
-  count(*) FILTER (cmp AND legacy.ok AND candidate.ok AND structure.match IS NULL)
+  count_if(cmp AND legacy.ok AND candidate.ok AND structure.match IS NULL)
     AS comparator_errors,
-  min(structure.error) FILTER (cmp AND structure.match IS NULL) AS comparator_error,
-  count(*) FILTER (cmp AND served_by = 'legacy') AS served_legacy,
-  count(*) FILTER (cmp AND served_by = 'task') AS served_task,
-  count(*) FILTER (cmp AND served_by = 'legacy_fallback') AS served_fallback,
-  count(*) FILTER (cmp AND NOT legacy.ok) AS legacy_errors,
-  count(*) FILTER (cmp AND NOT candidate.ok) AS candidate_errors,
-  count(*) FILTER (cmp AND structure.match IS NOT NULL) AS compared,
-  count(*) FILTER (cmp AND structure.match) AS matches,
-  count(*) FILTER (cmp AND structure.match = false AND NOT (
+  min(CASE WHEN cmp AND structure.match IS NULL THEN structure.error END) AS comparator_error,
+  count_if(cmp AND served_by = 'legacy') AS served_legacy,
+  count_if(cmp AND served_by = 'task') AS served_task,
+  count_if(cmp AND served_by = 'legacy_fallback') AS served_fallback,
+  count_if(cmp AND NOT legacy.ok) AS legacy_errors,
+  count_if(cmp AND NOT candidate.ok) AS candidate_errors,
+  count_if(cmp AND structure.match IS NOT NULL) AS compared,
+  count_if(cmp AND structure.match) AS matches,
+  count_if(cmp AND structure.match = false AND NOT (
       coalesce(len(structure.noise_paths), 0) > 0 AND len(list_filter(structure.diff,
       lambda x: NOT list_contains(structure.noise_paths, x))) = 0)) AS real_mismatches,
-  count(*) FILTER (cmp AND structure.candidate_valid IS NOT NULL) AS validated,
-  count(*) FILTER (cmp AND structure.legacy_valid) AS legacy_valid,
-  count(*) FILTER (cmp AND structure.candidate_valid) AS candidate_valid,
-  count(*) FILTER (cmp AND model.routing_error) AS routing_errors,
-  quantile_cont(legacy.latency_ms, [0.5, 0.95, 0.99]) FILTER (cmp AND legacy.ok) AS legacy_q,
-  quantile_cont(candidate.latency_ms, [0.5, 0.95, 0.99]) FILTER (cmp AND candidate.ok)
-    AS candidate_q,
+  count_if(cmp AND structure.candidate_valid IS NOT NULL) AS validated,
+  count_if(cmp AND structure.legacy_valid) AS legacy_valid,
+  count_if(cmp AND structure.candidate_valid) AS candidate_valid,
+  count_if(cmp AND model.routing_error) AS routing_errors,
+  quantile_cont(CASE WHEN cmp AND legacy.ok THEN legacy.latency_ms END, [0.5, 0.95, 0.99])
+    AS legacy_q,
+  quantile_cont(CASE WHEN cmp AND candidate.ok THEN candidate.latency_ms END,
+    [0.5, 0.95, 0.99]) AS candidate_q,
 """
-    + "".join(
-        f"  count(*) FILTER (cmp AND model.verdict = '{v}') AS verdict_{v},\n" for v in _VERDICTS
-    )
+    + "".join(f"  count_if(cmp AND model.verdict = '{v}') AS verdict_{v},\n" for v in _VERDICTS)
     + """  list(model.verdict) FILTER (cmp AND model.verdict NOT IN {known}) AS verdict_other,
-  min(candidate.model) FILTER (cmp) AS model_min,
-  max(candidate.model) FILTER (cmp) AS model_max,
+  min(CASE WHEN cmp THEN candidate.model END) AS model_min,
+  max(CASE WHEN cmp THEN candidate.model END) AS model_max,
   -- side_effects: legacy served what the flags gave the task path (the call site has
   -- side effects), and the call was compared all the same: not a lost comparison
   list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.dropped'
@@ -387,5 +389,7 @@ def _task_rows(row: dict[str, Any], models: Mapping[str, list[str]]) -> TaskRows
         entry.dropped[reason] = entry.dropped.get(reason, 0) + int(drop["count"] or 0)
     entry.side_effects_held = int(row["side_effects_held"] or 0)
     _count_errors(entry.shim_errors, row["shim_errors"])
-    entry.pairs = [(p["legacy"], p["task"]) for p in row["pairs"] or ()]
+    # Sorted: DuckDB's threads list the pairs in whatever order they finish, and the
+    # bootstrap draws by position; unsorted, its intervals moved from run to run.
+    entry.pairs = sorted((p["legacy"], p["task"]) for p in row["pairs"] or ())
     return entry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from importlib.util import find_spec
 
 __all__ = ["main", "require"]
@@ -25,9 +26,24 @@ def require(extra: str, needed_by: str = "the command line") -> None:
         raise SystemExit(2)
 
 
-def main() -> None:
-    """The console script: the command line, or what to install to get it."""
+def main(args: Sequence[str] | None = None) -> None:
+    """The console script: the command line on ``args`` (the process's own by default),
+    or what to install to get it. ``shim report`` with plain arguments runs without
+    typer (:mod:`shim.cli.report`): its start-up is most of a small report's time."""
     require("cli")
+    given = sys.argv[1:] if args is None else list(args)
+    if given[:1] == ["report"]:
+        from shim.cli.report import parse_plain
+
+        plain = parse_plain(given[1:])
+        if plain is not None:
+            from shim.cli.console import run_guarded
+            from shim.cli.report import run_report
+
+            def report() -> None:
+                raise SystemExit(run_report(plain))
+
+            run_guarded(report)
     from shim.cli.app import main as run
 
-    run()
+    run(args)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .options import FlagsOpt, PolicyOpt, emit, guard, load_policy, open_store, out, say
+from .options import FlagsOpt, PolicyOpt, guard, load_policy, open_store, say
 
 if TYPE_CHECKING:
     from shim.flags.store import FlagStore
@@ -45,44 +45,12 @@ def report(
 ) -> None:
     """Per-task statistics and a verdict (PROMOTE, HOLD, ROLLBACK); exit 1 on ROLLBACK,
     2 when the logs cannot be read or hold nothing within the filters."""
-    from shim.analysis.report import build_report
-    from shim.analysis.report_format import markdown, table
+    from .report import ReportArgs, run_report
 
-    if fmt not in ("table", "json", "markdown", "html"):
-        say(f"--format must be table, json, markdown or html, got {fmt!r}", error=True)
-        raise typer.Exit(2)
-    if fmt == "html" and out_file is None:
-        say("--format html needs --out FILE", error=True)
-        raise typer.Exit(2)
-    gates = load_policy(policy)
-    result = guard(
-        build_report,
-        logs,
-        policy=gates,
-        task=task,
-        since=since,
-        until=until,
-        stage=stage,
-        require_records=True,
-    )
-    if fmt == "html":
-        from shim.analysis.report_html import render_html
-
-        assert out_file is not None
-        from shim.base.secrets import env_redactor
-
-        out_file.write_text(env_redactor()(render_html(result)), encoding="utf-8")
-        say(f"wrote {out_file}")
-    elif fmt == "json":
-        from shim.base.text import strict_json
-
-        emit(strict_json(result, indent=2))
-    elif fmt == "markdown":
-        emit(markdown(result), end="")
-    else:
-        out.print(table(result))
-    if any(t["verdict"] == "ROLLBACK" for t in result["tasks"]):
-        raise typer.Exit(1)
+    args = ReportArgs(tuple(logs), fmt, out_file, task, since, until, stage, policy)
+    code = run_report(args)
+    if code:
+        raise typer.Exit(code)
 
 
 def watch(

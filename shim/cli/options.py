@@ -1,5 +1,6 @@
-"""What the verbs share: the consoles, the options more than one verb takes, and the
-helpers that turn a config or flag error into a message and an exit code.
+"""What the verbs share: the consoles (from :mod:`shim.cli.console`), the options more
+than one verb takes, and the helpers that turn a config or flag error into a message
+and an exit code.
 
 Imports here stay cheap (typer, rich's console): ``shim --help`` loads this module and
 nothing a verb needs only when it runs.
@@ -8,17 +9,15 @@ nothing a verb needs only when it runs.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
-from shim.base.errors import ConfigError, ShimError
-from shim.base.secrets import env_redactor
-from shim.base.text import printable
+from shim.base.errors import ShimError
+
+from .console import ReaderGone, console, emit, say, say_failure
 
 if TYPE_CHECKING:
     from shim.analysis.policy import Policy
@@ -47,85 +46,9 @@ __all__ = [
 ]
 
 
-class ReaderGone(Exception):
-    """Whoever read the output went away (``shim report | head``). Not an ``OSError``:
-    click would take a broken pipe for exit 1, which here means ROLLBACK."""
-
-
-class _Redacted:
-    """``sys.stdout`` or ``sys.stderr``, whichever is current when written to (a test
-    runner swaps them), with the secrets the environment configures taken out of all
-    that is written: what a verb prints cannot carry them, whatever it forgot."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    @property
-    def _stream(self) -> Any:
-        return getattr(sys, self._name)
-
-    @property
-    def encoding(self) -> str:
-        return getattr(self._stream, "encoding", None) or "utf-8"
-
-    def write(self, text: str) -> int:
-        try:
-            return int(self._stream.write(env_redactor()(text)))
-        except BrokenPipeError:
-            raise ReaderGone from None
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            raise ReaderGone from None
-
-    def isatty(self) -> bool:
-        return bool(self._stream.isatty())
-
-    def fileno(self) -> int:
-        return int(self._stream.fileno())
-
-
-# Help texts are rich markup: "\\[" keeps a bracket that looks like a tag ("[env X]").
-# Piped output has no terminal width to fit; 200 columns keep table rows on one line,
-# with the error-count columns a report shows when a task has errors. No emoji codes:
-# a name like ":skull:" from a log is text. Both write through _Redacted: a table's
-# cells are redacted before they are laid out (printable), and all that is printed
-# again, in case something did not go through printable.
-out = Console(
-    file=cast(IO[str], _Redacted("stdout")),  # what rich uses of a text stream
-    highlight=False,
-    emoji=False,
-    width=None if sys.stdout.isatty() else 200,
-)
-err = Console(
-    file=cast(IO[str], _Redacted("stderr")),
-    highlight=False,
-    emoji=False,
-    width=None if sys.stderr.isatty() else 200,
-)
-
-
-def say(text: str, *, error: bool = False, lines: bool = False, soft_wrap: bool = False) -> None:
-    """Print ``text`` on stdout (``error``: stderr) exactly as it is: never markup,
-    every control character shown escaped and every secret the environment configures
-    redacted (:func:`~shim.base.text.printable`), newlines too unless ``lines``. Every
-    message the verbs print goes through here, since most quote something from a log,
-    a config file or a path."""
-    (err if error else out).print(
-        printable(text, newlines=lines), markup=False, soft_wrap=soft_wrap
-    )
-
-
-def emit(text: str, *, end: str = "\n") -> None:
-    """Write ``text`` to stdout as it is (a JSON document, Markdown, a log line), with
-    the secrets the environment configures taken out; for what is not for rich."""
-    try:
-        sys.stdout.write(env_redactor()(text) + end)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise ReaderGone from None
+# The consoles, made here as before for the verbs that print through them.
+out = console()
+err = console(error=True)
 
 
 AssignmentsOpt = Annotated[
@@ -179,12 +102,8 @@ def guard(action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     problem, one line each)."""
     try:
         return action(*args, **kwargs)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            say(str(problem), error=True, soft_wrap=True)
-        raise typer.Exit(2) from None
     except ShimError as exc:
-        say(str(exc), error=True, lines=True)
+        say_failure(exc)
         raise typer.Exit(2) from None
 
 
