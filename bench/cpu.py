@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shim.comparators import KIWI_RECIPE, JsonOutput
 from shim import Limits, Shim, TaskRequest, flags
+from shim.comparators import KIWI_RECIPE, JsonOutput
 
 TARGETS_US = {("meal_plan", 1000): 150.0, ("recipe", 1000): 250.0}
 STAGES = {"off": "{serve: 0, shadow: 0}", "shadow": "{serve: 0, shadow: 100}"}
@@ -68,7 +68,20 @@ def meal_plan(rng: random.Random) -> str:
 
 def recipe(rng: random.Random) -> str:
     """Kiwi's sectioned recipe text, ~4 KB."""
-    words = "stir the onions until soft then add the garlic and season well".split()
+    words = [
+        "stir",
+        "the",
+        "onions",
+        "until",
+        "soft",
+        "then",
+        "add",
+        "the",
+        "garlic",
+        "and",
+        "season",
+        "well",
+    ]
     steps = [" ".join(rng.choices(words, k=40)).capitalize() + "." for _ in range(17)]
     ingredients = ", ".join(rng.choice(DISHES) for _ in range(12))
     return (
@@ -127,7 +140,7 @@ def serve_coordinator() -> None:
     for kind in KINDS:
         body = json.dumps({"output": kind.make(rng), "model": "qwen2.5-3b-instruct"}).encode()
         head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
-        answers[kind.task.encode()] = head.encode() + b"\r\n\r\n" + body
+        answers[kind.task] = head.encode() + b"\r\n\r\n" + body
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -138,8 +151,7 @@ def serve_coordinator() -> None:
                     if line[:15].lower() == b"content-length:":
                         length = int(line[15:])
                 body = await reader.readexactly(length)
-                task = body.split(b'"task":"', 1)[1].split(b'"', 1)[0]
-                writer.write(answers[task])
+                writer.write(answers[json.loads(body)["task"]])
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
