@@ -50,6 +50,13 @@ class ThreadDispatcher:
     spell pays for a wake-up. The pump copies the app's objects a job holds and weighs
     it (:func:`weigh`), off the caller's path but before the job waits behind others:
     one past ``max_bytes`` is dropped (told to ``on_dropped``, reason ``queue_full``).
+
+    Workers wake as the work needs them, not one per job: a worker that ends a job takes
+    the next queued one at once; the pump wakes a waiting worker when none is busy, and
+    one more for each job still queued a poll later (the busy ones are waiting on slow
+    answers). A wake-up costs more CPU than a shadowed call's own work on the worker
+    (``bench/cpu.py``), so a coordinator that answers fast keeps one or two busy, a slow
+    one all of them.
     A job handed over after :meth:`close` counted the unfinished ones (a compared
     call whose legacy was still running) is dropped too, reason ``shutdown``.
     Threads start on first use and again in a forked child.
@@ -87,7 +94,12 @@ class ThreadDispatcher:
         self._inbox: deque[Job] = deque()
         self._wake = threading.Event()
         self._pump_asleep = False
-        self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
+        # Jobs for the workers, and how the pump wakes them (see the class).
+        self._ready = threading.Condition(threading.Lock())
+        self._jobs: deque[_Queued] = deque()
+        self._waiting = 0  # workers waiting for a job
+        self._taken = 0  # jobs the workers took, ever
+        self._stopping = False
         # The free slots, as tokens: taking one is one C call and no lock, which every
         # compared call pays.
         self._free: queue.SimpleQueue[None] = queue.SimpleQueue()
@@ -164,7 +176,8 @@ class ThreadDispatcher:
                 self._threads.append(thread)
 
     def _pump(self) -> None:
-        inbox, put, idle = self._inbox, self._queue.put, 0
+        inbox, idle = self._inbox, 0
+        seen = (0, 0)  # (jobs queued, jobs taken) when the workers were last woken
         while True:
             if inbox:
                 idle = 0
@@ -176,18 +189,21 @@ class ThreadDispatcher:
                         self._in_hand = None
                         late = mine and self._drained
                         if mine and not late and size >= 0:
-                            put((*job, size))
+                            self._queue_job((*job, size))
                             continue
                     self._unweigh(max(size, 0))
                     if late:  # handed over just as close() counted the unfinished
                         self._drop(job, "shutdown")
                     elif mine:  # too big for what the queue holds already
                         self._drop(job, "queue_full")
+            if self._jobs:
+                seen = self._wake_workers(seen)
+            if inbox:
                 continue
             if self._closed and not self.pending:
                 return
             idle += 1
-            if idle < 100:
+            if idle < 100 or self._jobs:
                 time.sleep(self.poll)
                 continue
             # Quiet for a while: sleep until a submit sets the event. Checking the inbox
@@ -198,6 +214,23 @@ class ThreadDispatcher:
             self._wake.clear()
             self._pump_asleep = False
             idle = 0
+
+    def _queue_job(self, job: _Queued) -> None:
+        with self._ready:
+            self._jobs.append(job)
+
+    def _wake_workers(self, seen: tuple[int, int]) -> tuple[int, int]:
+        """Wake waiting workers for the queued jobs: one if none is busy, and one for
+        each job that was queued at the last wake-up and is still waiting (``seen``:
+        the jobs queued and taken then). Returns what to pass next time."""
+        with self._ready:
+            queued, taken, waiting = len(self._jobs), self._taken, self._waiting
+            stale = max(0, seen[0] - (taken - seen[1]))  # queued then, not taken since
+            busy = len(self._threads) - 1 - waiting
+            wake = min(waiting, max(stale, 1 if busy == 0 else 0))
+            if wake:
+                self._ready.notify(wake)
+            return queued, taken
 
     def _weigh(self, job: Job) -> int:
         """The job's bytes, counted in (its copies made first); -1 if they do not fit
@@ -229,10 +262,25 @@ class ThreadDispatcher:
             with self._bytes_lock:
                 self._bytes -= size
 
+    def _next_job(self) -> _Queued | None:
+        """The next queued job, waiting for the pump to wake this worker when there is
+        none; None once the dispatcher stops."""
+        with self._ready:
+            while not self._jobs:
+                if self._stopping:
+                    return None
+                self._waiting += 1
+                try:
+                    self._ready.wait()
+                finally:
+                    self._waiting -= 1
+            self._taken += 1
+            return self._jobs.popleft()
+
     def _work(self) -> None:
         ident = threading.get_ident()
         while True:
-            job = self._queue.get()
+            job = self._next_job()
             if job is None:
                 return
             task, work, args, size = job
@@ -294,16 +342,13 @@ class ThreadDispatcher:
                 break
             unfinished[job[0]] += 1
             self.release()
-        while True:
-            try:
-                queued = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if queued is not None:
-                unfinished[queued[0]] += 1
-                self._unweigh(queued[3])
-                self.release()
-        for _ in range(self.workers):
-            self._queue.put(None)
+        with self._ready:
+            queued, self._jobs = list(self._jobs), deque()
+            self._stopping = True
+            self._ready.notify_all()
+        for job in queued:
+            unfinished[job[0]] += 1
+            self._unweigh(job[3])
+            self.release()
         self._wake.set()
         return unfinished
