@@ -157,3 +157,42 @@ def test_the_long_line_check_reads_windows_exactly(
     log.write_bytes(content)
     assert has_long_line(log, 1000) is expected
     assert has_long_line(log, 200_000) is (len(content) > 200_001 and b"\n" not in content)
+
+
+# -- what a report with the built-in policy loads ------------------------------------------
+
+
+def test_the_built_in_policy_reads_no_yaml(tmp_path: Path) -> None:
+    """``shim report`` without ``--policy`` neither imports PyYAML nor reads YAML: the
+    built-in policy is made, not loaded (YAML was a third of the policy's import)."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "a.jsonl"
+    log.write_text(lines(rows(3)))
+    script = (
+        "import sys\n"
+        "from shim.analysis.report import build_report\n"
+        f"report = build_report([{str(log)!r}])\n"
+        "assert report['records'] == 3, report['records']\n"
+        "print(sorted(m for m in sys.modules if m == 'yaml' or m.startswith('yaml.')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_a_report_of_logs_that_cannot_be_found_starts_no_import_thread(
+    tmp_path: Path,
+) -> None:
+    """The imports that run beside DuckDB's read start only once it reads: logs that
+    are not there are a ReportError, not a thread joined before it started."""
+    import threading
+
+    from shim.analysis.report import ReportError
+
+    before = threading.active_count()
+    with pytest.raises(ReportError):
+        build_report([str(tmp_path / "missing.jsonl")])
+    assert threading.active_count() == before

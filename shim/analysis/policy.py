@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 from shim.base.errors import ConfigError
 from shim.base.names import TaskName
-from shim.base.yamlfile import load_yaml, validate
 
 __all__ = ["Gates", "Policy", "Price"]
 
@@ -131,6 +130,11 @@ class Policy(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> Policy:
         """Read a policy.yaml; raises ConfigError naming file, line and field."""
+        # Imported here: the built-in policy (``shim report`` without --policy) reads
+        # no YAML, and PyYAML with the located loader is a third of this module's
+        # import time.
+        from shim.base.yamlfile import load_yaml, validate
+
         doc = load_yaml(path)
         policy, problems = validate(doc, cls, doc.data if doc.data is not None else {})
         if not problems:

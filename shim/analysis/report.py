@@ -55,8 +55,9 @@ def build_report(
     without, they make a report with no tasks (``shim promote --evidence`` says HOLD).
     """
     filters = check_filters(task=task, since=since, until=until, stage=stage)
+    # The imports start once DuckDB is about to read (``reading``): two threads that
+    # import take turns on the GIL, and DuckDB's own import and set-up come first.
     preload = threading.Thread(target=_preload, name="shim-report-imports", daemon=True)
-    preload.start()
     try:
         logs = read_logs(
             inputs,
@@ -66,9 +67,11 @@ def build_report(
             since=filters.since,
             until=filters.until,
             stage=filters.stage,
+            reading=preload.start,
         )
     finally:
-        preload.join()
+        if preload.ident is not None:  # started
+            preload.join()
     if policy is None:
         from shim.analysis.policy import Policy
 

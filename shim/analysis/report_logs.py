@@ -10,15 +10,17 @@ a truncated ``.gz``) is left out and named (:mod:`shim.analysis.report_files`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shim.analysis.log_lines import MAX_LINE_BYTES, ends_whole
-from shim.analysis.policy import Price
 from shim.analysis.report_counts import CHECKED, refused_counts
 from shim.analysis.report_files import FileProblem, LogFiles, ReportError
+
+if TYPE_CHECKING:  # the policy (pydantic) loads while the logs are read: report._preload
+    from shim.analysis.policy import Price
 
 __all__ = ["Logs", "ReportError", "TaskRows", "read_logs"]
 
@@ -226,10 +228,13 @@ def read_logs(
     since: str | None = None,
     until: str | None = None,
     stage: str | None = None,
+    reading: Callable[[], None] | None = None,
 ) -> Logs:
     """The logs at ``inputs`` (paths, globs, ``-`` for stdin), within the filters;
     ReportError when they cannot be read. A file, or a line, that cannot be read is
-    left out and named in :attr:`Logs.problems`, never a failure of the whole."""
+    left out and named in :attr:`Logs.problems`, never a failure of the whole.
+    ``reading`` is called once the files are found and DuckDB is about to read them
+    (what may run beside the read starts there, not sooner: see report._preload)."""
     import duckdb
 
     scope = ["true"]
@@ -247,6 +252,8 @@ def read_logs(
             # The result is ordered by task at the end; rows need not keep the logs'
             # order on the way (measured: about 0.1 s less per GB).
             con.execute("SET preserve_insertion_order = false")
+            if reading is not None:
+                reading()
             rows, models = _read(con, found, " AND ".join(scope), prices)
         except duckdb.Error as exc:
             raise ReportError(f"cannot read the logs: {exc}") from None
