@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("startup", "overhead", "compare", "report", "load", "records")
+BENCHES = ("startup", "overhead", "cpu", "compare", "report", "load", "records")
 
 
 def machine() -> dict[str, Any]:
@@ -115,6 +115,9 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 + verdict(shadow["median_added_us"] <= 15 and shadow["p99_added_us"] <= 60),
             )
         )
+    cpu = f.get("cpu")
+    if cpu:
+        out += cpu_rows(cpu)
     c = f.get("compare")
     if c:
         anchor = c["json.loads of both (anchor)"]["median_us"]
@@ -195,6 +198,43 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 "bounded buffer, drops counted",
             )
         )
+    return out
+
+
+CPU_KINDS = {
+    "meal_plan": "2 KB JSON meal plan",
+    "recipe": "4 KB recipe text",
+    "receipt": "receipt dict",
+}
+
+
+def cpu_rows(cpu: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """One row per output kind and rate: the process's CPU per call at shadow and
+    canary, what the shim adds to the undecorated loop, and the split by thread."""
+    out = []
+    for kind, rates in cpu["kinds"].items():
+        for rate, row in rates.items():
+            shadow, canary, bare = row["shadow"], row["canary"], row["undecorated"]
+            threads = ", ".join(
+                f"{name} {us:.0f}"
+                for name, us in shadow["threads_us_per_call"].items()
+                if us >= 1 and name != "other"
+            )
+            drops = sum(shadow["drops"].values()) + shadow["expected"] - shadow["compared"]
+            verdict = ""
+            if "target_us" in shadow:  # bench/cpu.py judged it
+                ok = "PASS" if shadow["pass"] else "FAIL"
+                verdict = f"<= {shadow['target_us']:.0f} us added, no drops: {ok}"
+            out.append(
+                (
+                    f"process CPU per call, {CPU_KINDS.get(kind, kind)}, {int(rate):,} calls/s",
+                    f"shadow {shadow['cpu_us_per_call']:.0f} us ({threads}); canary "
+                    f"{canary['cpu_us_per_call']:.0f} us; {drops} dropped",
+                    f"undecorated {bare['cpu_us_per_call']:.0f} us",
+                    f"+{shadow['added_us']:.0f} us shadow, +{canary['added_us']:.0f} us canary",
+                    verdict,
+                )
+            )
     return out
 
 

@@ -68,7 +68,7 @@ class ThreadDispatcher:
         workers: int,
         capacity: int,
         on_error: ErrorHook,
-        poll: float = 0.005,
+        poll: float = 0.01,
         max_bytes: int = QUEUE_BYTES,
         on_dropped: DropHook | None = None,
     ) -> None:
@@ -346,9 +346,9 @@ class ThreadDispatcher:
             queued, self._jobs = list(self._jobs), deque()
             self._stopping = True
             self._ready.notify_all()
-        for job in queued:
-            unfinished[job[0]] += 1
-            self._unweigh(job[3])
+        for task, _, _, size in queued:
+            unfinished[task] += 1
+            self._unweigh(size)
             self.release()
         self._wake.set()
         return unfinished

@@ -264,7 +264,9 @@ class Engine:
                 self.events.internal_error("noise", exc)
         if self._dispatch.keep_result():  # not counted as unfinished by close() already
             stage = call.decision.stage
-            self.recorder.comparison(Pending(site, stage, "legacy", legacy, candidate, noise))
+            # Compared and rendered here, on the worker: handing the pair to the
+            # recorder's thread would cost a second thread the CPU of waking for it.
+            self.recorder.comparison_here(Pending(site, stage, "legacy", legacy, candidate, noise))
 
     # -- the task path -------------------------------------------------------------
 

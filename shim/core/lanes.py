@@ -119,6 +119,8 @@ class Threads:
     ``serving`` or ``comparing``), background work on the worker threads of
     ``dispatch``. ``connect`` makes the pair of task clients, again in a forked child."""
 
+    records_here = True
+
     def __init__(
         self, dispatch: ThreadDispatcher, connect: Callable[[], tuple[TaskClient, TaskClient]]
     ) -> None:
@@ -227,6 +229,8 @@ class Loops:
     client, background work as tasks on the loop (legacy runs there within
     ``shadow_timeout`` seconds, through the loop's end if it comes first).
     ``make_state`` makes a loop's state on first use."""
+
+    records_here = False
 
     def __init__(self, make_state: Callable[[], LoopState], shadow_timeout: float) -> None:
         self._make_state = make_state

@@ -43,16 +43,18 @@ class ServedCalls:
         try:
             kept = value if call.site.allocation == "entered" else capture(value)
             call.kept = kept_arguments(call.args, call.kwargs)  # the caller may reuse them
-            lane.spawn(call.site.name, self._legacy_job(call, replace(candidate, value=kept)))
+            job = self._legacy_job(call, replace(candidate, value=kept), lane.records_here)
+            lane.spawn(call.site.name, job)
         except Exception as exc:
             lane.release()
             self.events.internal_error("hand_off", exc, site=call.site)
 
-    def _legacy_job(self, call: Call, candidate: Observation) -> Steps[None]:
-        """Background side of a served call: run legacy, queue the comparison. What
-        legacy holds is given back: an allocation's context manager is entered and
-        left; a ``(value, ctx)`` pair's ctx is left. Legacy failing once its event loop
-        has begun to end says nothing about legacy: counted as dropped (``loop_closed``)."""
+    def _legacy_job(self, call: Call, candidate: Observation, here: bool) -> Steps[None]:
+        """Background side of a served call: run legacy, record the comparison (made
+        here if ``here``, else on the recorder's thread). What legacy holds is given
+        back: an allocation's context manager is entered and left; a ``(value, ctx)``
+        pair's ctx is left. Legacy failing once its event loop has begun to end says
+        nothing about legacy: counted as dropped (``loop_closed``)."""
         site, run = call.site, call.background()
         started = _perf()
         try:
@@ -72,7 +74,11 @@ class ServedCalls:
         else:
             legacy = legacy_observation(started, call.model, result, copy=False)
         if self._dispatch.keep_result():  # on a worker: not counted by close() already
-            self.recorder.comparison(Pending(site, call.decision.stage, "task", legacy, candidate))
+            pending = Pending(site, call.decision.stage, "task", legacy, candidate)
+            if here:
+                self.recorder.comparison_here(pending)
+            else:
+                self.recorder.comparison(pending)
 
     def fall_back(self, call: Call, step: Any, candidate: Observation) -> Steps[Any]:
         """The task path failed while serving: legacy (``step``) answers instead, and

@@ -1,9 +1,12 @@
 """Records: one JSON object per line, written off the caller's path.
 
-The :class:`Recorder` thread turns finished comparisons and events into records
-(comparing outputs there, not on the caller's thread), renders them with structlog,
-and hands whole lines to a :class:`~shim.records.sinks.RecordSink` in batches. Drops
-are counted per task and reason and written as aggregated ``shim.dropped`` records.
+Finished comparisons become records off the caller's thread: on the worker thread that
+ran the task path (:meth:`Recorder.comparison_here`: no other thread wakes for them), or,
+handed over from an event loop, on the :class:`Recorder`'s own thread, which also
+renders events. Records are rendered with structlog and written as whole lines to a
+:class:`~shim.records.sinks.RecordSink` in batches, one write per ``batch_wait`` under
+load. Drops are counted per task and reason and written as aggregated
+``shim.dropped`` records.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from typing import Any
 
 import structlog
 
-from shim.base.secrets import Redactor
 from shim.comparators import ModelNames
 from shim.records.capture import Capture
+from shim.records.lines import Lines
 from shim.records.observe import CallSite, Pending, comparison_record, envelope
 from shim.records.render import dumps, names_of, order
 from shim.records.sinks import RecordSink
@@ -33,21 +36,6 @@ from shim.records.writer import HeldLines
 __all__ = ["BATCH_WAIT", "QUEUE_BYTES", "Recorder", "pending_bytes"]
 
 _log = logging.getLogger("shim")
-
-
-class _Lines:
-    """structlog's output end: collects rendered lines for the next batch, with any
-    secret the shim knows (license key, flag-service tokens, URL credentials) taken out,
-    in any form it takes in a JSON line (escaped, percent-encoded, ...)."""
-
-    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
-        self.batch: list[str] = []
-        self.redact = Redactor(secrets)  # on the recorder thread, never the caller's
-
-    def msg(self, line: str) -> None:
-        self.batch.append(self.redact(line) + "\n")
-
-    info = warning = error = msg
 
 
 _STOP = object()
@@ -117,7 +105,7 @@ class Recorder:
         self.batch_wait = batch_wait
         self._on_error = on_error
         self.capture = capture
-        self._lines = _Lines(secrets)
+        self._lines = Lines(secrets)
         #: What takes the secrets out of text leaving the process another way (spans).
         self.redact = self._lines.redact
         # Bound once: the lazy proxy wrap_logger returns binds anew on every call.
@@ -139,7 +127,7 @@ class Recorder:
         self._drops: Counter[tuple[str, str, str]] = Counter()
         # (event, product, task, fields) -> [count, first example]: see tally().
         self._tallies: dict[tuple[Any, ...], list[Any]] = {}
-        self._lines.batch = []
+        self._lines.renew()
         self._out = HeldLines(
             self.sink,
             capacity=self.capacity,
@@ -164,6 +152,21 @@ class Recorder:
             self._queue.put(pending)
         else:
             self.dropped(pending.site.product, pending.site.task, self._refusal())
+
+    def comparison_here(self, pending: Pending) -> None:
+        """Make the record of a finished comparison on this thread (a worker's: its
+        CPU is spent where the call's was, and no other thread wakes for it) and keep
+        its line for the next write. Counted as dropped if the recorder is full
+        (``capacity`` lines, or about ``max_bytes``, waiting) or closing (``shutdown``);
+        a line made once the recorder wrote its last is counted in ``lost``."""
+        lines = self._lines
+        with self._lock:
+            full = len(lines.batch) >= self.capacity or lines.chars >= self.max_bytes
+            refused = self._closed or full
+        if refused:
+            self.dropped(pending.site.product, pending.site.task, self._refusal())
+        else:
+            self._render(pending)
 
     def event(self, event: str, product: str | None, task: str | None, **fields: Any) -> None:
         """Queue any other record (``shim.breaker``, ``shim.flags``, ...)."""
@@ -231,8 +234,9 @@ class Recorder:
 
     @property
     def queued_bytes(self) -> int:
-        """The bytes the queued comparisons hold, estimated (:func:`pending_bytes`)."""
-        return self._bytes
+        """The bytes the queued comparisons hold, estimated (:func:`pending_bytes`),
+        and the lines waiting for the next write."""
+        return self._bytes + self._lines.chars
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -293,7 +297,7 @@ class Recorder:
                             self._done = True  # from here, drops are counted as lost
                     self._render_drops()
                 next_drops = now + self.flush_interval
-            batch, self._lines.batch = self._lines.batch, []
+            batch = self._lines.take(last=stop)
             self._out.write(batch, now, now=waiter is not None, final=stop)
             if waiter is not None:
                 waiter.set()
@@ -369,7 +373,7 @@ class Recorder:
     def lost(self) -> int:
         """Lines given up on (held beyond capacity, or still held at close), and records
         made once the recorder was closed."""
-        return self._out.lost + self._lost
+        return self._out.lost + self._lost + self._lines.late
 
     @property
     def unwritten(self) -> int:
