@@ -211,6 +211,20 @@ def paced(fn: Callable[[int], Any], rate: float, seconds: float) -> int:
 
 
 def measure(fn: Callable[[int], Any], rate: float, seconds: float, shim: Shim | None) -> dict:
+    """Process and per-thread CPU per call over ``seconds`` of paced calls, as the
+    median of three windows (one that the machine's other work slowed does not decide
+    the figure); ``calls`` counts all three, ``windows_us`` gives each window's CPU."""
+    windows = [_window(fn, rate, seconds / 3, shim) for _ in range(3)]
+    middle = sorted(windows, key=lambda w: w["cpu_us_per_call"])[1]
+    return {
+        **middle,
+        "calls": sum(w["calls"] for w in windows),
+        "windows_us": [round(w["cpu_us_per_call"], 1) for w in windows],
+        "behind_s": max(w["behind_s"] for w in windows),
+    }
+
+
+def _window(fn: Callable[[int], Any], rate: float, seconds: float, shim: Shim | None) -> dict:
     """Process and per-thread CPU per call over a paced run, up to its last record."""
     if shim is not None:
         shim.flush(timeout=60)  # the warm-up's comparisons do not spill into the window

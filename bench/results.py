@@ -133,15 +133,29 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         )
     r = f.get("report")
     if r:
+        anchor = f"json.loads + statistics {r['baseline_s']:.1f} s"
+        if "cli_s" in r:  # the command end to end, start-up included
+            runs = r["cli_runs_s"]
+            out.append(
+                (
+                    f"`shim report --format json`, {r['records']:,} records "
+                    f"({r['megabytes']} MB), a new process, start-up included",
+                    f"{r['cli_s']:.2f} s ({min(runs):.2f}-{max(runs):.2f}); "
+                    f"a one-record log {r['cli_one_record_s']:.2f} s",
+                    anchor,
+                    f"{r['cli_speedup']:.1f}x faster",
+                    f"<= {r['target_s']:.1f} s and >= {r['target_speedup']:.0f}x: "
+                    + verdict(r["pass"]),
+                )
+            )
         runs = r["report_runs_s"]
         out.append(
             (
-                f"shim report, {r['records']:,} records ({r['megabytes']} MB)",
+                f"`build_report` in process, {r['records']:,} records",
                 f"{r['report_s']:.2f} s ({min(runs):.2f}-{max(runs):.2f})",
-                f"json.loads + statistics {r['baseline_s']:.1f} s",
+                anchor,
                 f"{r['speedup']:.1f}x faster",
-                "<= 5 s per million and >= 10x: "
-                + verdict(r["report_s"] <= 5 * r["records"] / 1e6 and r["speedup"] >= 10),
+                "",
             )
         )
     load = f.get("load")
