@@ -32,7 +32,7 @@ def shape(value: Any) -> Shape:
         merged: Shape = "empty"
         # List items mostly share one shape. An object with the keys and scalar types
         # of the one before, while ``merged`` is that one's shape, adds nothing: its
-        # shape is not built (measured: 4x faster on a 21-item meal plan).
+        # shape is not built (measured: 1.5x faster on a 21-item meal plan).
         same = None
         for item in value:
             signature = None
@@ -40,7 +40,10 @@ def shape(value: Any) -> Shape:
                 signature = (tuple(item), tuple(map(type, item.values())))
                 if signature == same:
                     continue
-                if not _SCALARS.issuperset(signature[1]):
+                # Text keys only: 1, 1.0 and True are equal keys but different shapes.
+                if not _SCALARS.issuperset(signature[1]) or not all(
+                    type(k) is str for k in signature[0]
+                ):
                     signature = None
             item_shape = shape(item)
             if item_shape != merged:

@@ -6,9 +6,9 @@
     metrics.serve(9464)                      # GET http://127.0.0.1:9464/metrics
     shim = Shim(..., metrics=metrics)
 
-Everything but the call counter is read from the records as the recorder writes them,
-on its thread: the callers pay for one labelled counter increment per call, and
-nothing at all without ``metrics``.
+Everything but the call counter is read from the records as they are made, off the
+callers' threads (on a worker or the recorder's thread): the callers pay for one
+labelled counter increment per call, and nothing at all without ``metrics``.
 
 ``shim_calls_total{task, served_by}``, ``shim_comparisons_total{task, outcome}``
 (``match``, ``mismatch``, ``error``: either path failed, ``unchecked``: nothing to
@@ -73,7 +73,8 @@ class PrometheusMetrics:
         child.inc()
 
     def record(self, record: Mapping[str, Any]) -> None:
-        """A record the recorder is writing (on its thread)."""
+        """A record being written (on the thread that made it: a worker or the
+        recorder's)."""
         event = record.get("event")
         task = f"{record.get('product')}.{record.get('task')}"
         if event == "shim.comparison":

@@ -25,5 +25,5 @@ def loads(data: str | bytes | bytearray) -> Any:
     """``json.loads(data)``, faster; raises what ``json.loads`` raises."""
     try:
         return _from_json(data)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a str holding a lone surrogate
         return json.loads(data)

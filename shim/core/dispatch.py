@@ -52,11 +52,11 @@ class ThreadDispatcher:
     one past ``max_bytes`` is dropped (told to ``on_dropped``, reason ``queue_full``).
 
     Workers wake as the work needs them, not one per job: a worker that ends a job takes
-    the next queued one at once; the pump wakes a waiting worker when none is busy, and
-    one more for each job still queued a poll later (the busy ones are waiting on slow
-    answers). A wake-up costs more CPU than a shadowed call's own work on the worker
-    (``bench/cpu.py``), so a coordinator that answers fast keeps one or two busy, a slow
-    one all of them.
+    the next queued one at once; the pump wakes a waiting worker as it queues a job when
+    none is busy, and one more for each job still queued a poll later (the busy ones
+    are waiting on slow answers). Workers taking turns on the interpreter lock cost
+    more CPU than the jobs' own work (``bench/cpu.py``), so a coordinator that answers
+    fast keeps one busy, a slow one all of them.
     A job handed over after :meth:`close` counted the unfinished ones (a compared
     call whose legacy was still running) is dropped too, reason ``shutdown``.
     Threads start on first use and again in a forked child.
@@ -98,6 +98,7 @@ class ThreadDispatcher:
         self._ready = threading.Condition(threading.Lock())
         self._jobs: deque[_Queued] = deque()
         self._waiting = 0  # workers waiting for a job
+        self._woken = 0  # of those, woken and not yet running
         self._taken = 0  # jobs the workers took, ever
         self._stopping = False
         # The free slots, as tokens: taking one is one C call and no lock, which every
@@ -216,21 +217,30 @@ class ThreadDispatcher:
             idle = 0
 
     def _queue_job(self, job: _Queued) -> None:
+        """Queue a job for the workers, waking one if none is busy or about to be."""
         with self._ready:
             self._jobs.append(job)
+            if self._waiting - self._woken == len(self._threads) - 1:
+                self._notify(1)
 
     def _wake_workers(self, seen: tuple[int, int]) -> tuple[int, int]:
-        """Wake waiting workers for the queued jobs: one if none is busy, and one for
-        each job that was queued at the last wake-up and is still waiting (``seen``:
-        the jobs queued and taken then). Returns what to pass next time."""
+        """Wake waiting workers for the queued jobs: one for each job that was queued
+        at the last call and is still waiting (``seen``: the jobs queued and taken
+        then; the busy workers are waiting on slow answers). Returns what to pass
+        next time."""
         with self._ready:
-            queued, taken, waiting = len(self._jobs), self._taken, self._waiting
+            queued, taken = len(self._jobs), self._taken
             stale = max(0, seen[0] - (taken - seen[1]))  # queued then, not taken since
-            busy = len(self._threads) - 1 - waiting
-            wake = min(waiting, max(stale, 1 if busy == 0 else 0))
-            if wake:
-                self._ready.notify(wake)
+            self._notify(stale)
             return queued, taken
+
+    def _notify(self, count: int) -> None:
+        """Wake up to ``count`` waiting workers that are not woken already (under
+        ``_ready``)."""
+        count = min(count, self._waiting - self._woken)
+        if count > 0:
+            self._woken += count
+            self._ready.notify(count)
 
     def _weigh(self, job: Job) -> int:
         """The job's bytes, counted in (its copies made first); -1 if they do not fit
@@ -274,6 +284,7 @@ class ThreadDispatcher:
                     self._ready.wait()
                 finally:
                     self._waiting -= 1
+                    self._woken = max(0, self._woken - 1)
             self._taken += 1
             return self._jobs.popleft()
 

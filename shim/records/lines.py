@@ -28,6 +28,7 @@ class Lines:
         self.lock = threading.Lock()
         self.batch: list[str] = []
         self.chars = 0  # in the batch
+        self.fresh = False  # the batch got its first line since the last take
         self.closed = False
         self.late = 0
 
@@ -36,15 +37,23 @@ class Lines:
         with self.lock:
             if self.closed:
                 self.late += 1
-            else:
-                self.batch.append(line)
-                self.chars += len(line)
+                return
+            self.fresh = self.fresh or not self.batch
+            self.batch.append(line)
+            self.chars += len(line)
 
     info = warning = error = msg
+
+    def claim_fresh(self) -> bool:
+        """True once after the batch got its first line: whoever gets it wakes the
+        recorder (once per batch, not per line)."""
+        with self.lock:
+            fresh, self.fresh = self.fresh, False
+        return fresh
 
     def take(self, *, last: bool = False) -> list[str]:
         """The lines so far, for one write; with ``last``, no more are kept."""
         with self.lock:
-            batch, self.batch, self.chars = self.batch, [], 0
+            batch, self.batch, self.chars, self.fresh = self.batch, [], 0, False
             self.closed = self.closed or last
         return batch

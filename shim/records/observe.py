@@ -26,6 +26,7 @@ from shim.records.values import (
     digest,
     kept,
     restore,
+    size_of,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "describe",
     "envelope",
     "is_soft_failure",
+    "pending_bytes",
     "restore",
     "soft_failure_error",
 ]
@@ -101,6 +103,19 @@ class Pending:
     legacy: Observation
     candidate: Observation
     noise: Any = NOT_RECORDED  # legacy's output from a second run, for calibration
+
+
+def pending_bytes(pending: Pending) -> int:
+    """The bytes a queued comparison holds, estimated
+    (:func:`~shim.records.values.size_of` of its outputs and prompts)."""
+    legacy, candidate = pending.legacy, pending.candidate
+    return (
+        size_of(legacy.value)
+        + size_of(candidate.value)
+        + size_of(pending.noise)
+        + size_of(legacy.prompt)
+        + size_of(candidate.prompt)
+    )
 
 
 def envelope(event: str, product: str | None, task: str | None) -> dict[str, Any]:

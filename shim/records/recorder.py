@@ -27,10 +27,9 @@ import structlog
 from shim.comparators import ModelNames
 from shim.records.capture import Capture
 from shim.records.lines import Lines
-from shim.records.observe import CallSite, Pending, comparison_record, envelope
+from shim.records.observe import CallSite, Pending, comparison_record, envelope, pending_bytes
 from shim.records.render import dumps, names_of, order
 from shim.records.sinks import RecordSink
-from shim.records.values import size_of
 from shim.records.writer import HeldLines
 
 __all__ = ["BATCH_WAIT", "QUEUE_BYTES", "Recorder", "pending_bytes"]
@@ -39,7 +38,10 @@ _log = logging.getLogger("shim")
 
 
 _STOP = object()
+_WAKE = object()  # lines made on other threads wait: write them
 _FLUSH = "flush"
+#: How long a stopping recorder waits for records being made on other threads.
+_RENDERING_GRACE = 0.1
 
 #: How long the recorder lets records gather after writing some, in seconds: under
 #: load it wakes and writes once per this long.
@@ -48,19 +50,6 @@ BATCH_WAIT = 0.02
 #: The bytes the comparisons queued for the recorder may hold (their outputs, and
 #: prompts when captured), estimated; past it one is dropped (``recorder_full``).
 QUEUE_BYTES = 32 * 1024 * 1024
-
-
-def pending_bytes(pending: Pending) -> int:
-    """The bytes a queued comparison holds, estimated
-    (:func:`~shim.records.values.size_of` of its outputs and prompts)."""
-    legacy, candidate = pending.legacy, pending.candidate
-    return (
-        size_of(legacy.value)
-        + size_of(candidate.value)
-        + size_of(pending.noise)
-        + size_of(legacy.prompt)
-        + size_of(candidate.prompt)
-    )
 
 
 ErrorHook = Callable[[str, BaseException], None]
@@ -123,6 +112,7 @@ class Recorder:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._queued = 0
+        self._rendering = 0  # records being made on other threads (comparison_here)
         self._bytes = 0  # what the queued comparisons hold (pending_bytes)
         self._drops: Counter[tuple[str, str, str]] = Counter()
         # (event, product, task, fields) -> [count, first example]: see tally().
@@ -163,10 +153,18 @@ class Recorder:
         with self._lock:
             full = len(lines.batch) >= self.capacity or lines.chars >= self.max_bytes
             refused = self._closed or full
+            if not refused:
+                self._rendering += 1  # a stopping recorder waits for it (briefly)
         if refused:
             self.dropped(pending.site.product, pending.site.task, self._refusal())
-        else:
+            return
+        try:
             self._render(pending)
+        finally:
+            with self._lock:
+                self._rendering -= 1
+        if lines.claim_fresh():
+            self._queue.put(_WAKE)
 
     def event(self, event: str, product: str | None, task: str | None, **fields: Any) -> None:
         """Queue any other record (``shim.breaker``, ``shim.flags``, ...)."""
@@ -281,7 +279,7 @@ class Recorder:
             waiter = None
             if isinstance(item, tuple) and item and item[0] == _FLUSH:
                 waiter = item[1]
-            elif item is not None and not stop:
+            elif item is not None and item is not _WAKE and not stop:
                 self._render(item)
                 size = pending_bytes(item) if isinstance(item, Pending) else 0
                 with self._lock:
@@ -297,6 +295,8 @@ class Recorder:
                             self._done = True  # from here, drops are counted as lost
                     self._render_drops()
                 next_drops = now + self.flush_interval
+            if stop:
+                self._await_rendering()
             batch = self._lines.take(last=stop)
             self._out.write(batch, now, now=waiter is not None, final=stop)
             if waiter is not None:
@@ -308,6 +308,14 @@ class Recorder:
                 # come within BATCH_WAIT, not one each (a wake-up costs more CPU than
                 # rendering a record: bench/cpu.py). A flush or stop waits as long.
                 time.sleep(self.batch_wait)
+
+    def _await_rendering(self) -> None:
+        """Stopping: give records being made on other threads a moment to land in the
+        last batch (a later one is counted in ``lost``). No new ones start: the
+        recorder is closed."""
+        deadline = time.monotonic() + _RENDERING_GRACE
+        while self._rendering and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def _render(self, item: Any) -> None:
         """Render one record into the batch. One that cannot be (a field no encoder
@@ -377,8 +385,10 @@ class Recorder:
 
     @property
     def unwritten(self) -> int:
-        """Lines rendered and held because the sink failed."""
-        return len(self._out.held) + len(self._lines.batch)
+        """Lines rendered and held because the sink failed, and, once the recorder
+        stopped without writing them (it was not given the time), those it had."""
+        waiting = len(self._lines.batch) if self._done or not self._thread.is_alive() else 0
+        return len(self._out.held) + waiting
 
 
 # Every recorder: in a forked child, those not closed restart their threads. One hook
