@@ -38,6 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from load import accounted
+
 from shim import Limits, Shim, TaskRequest, flags
 from shim.comparators import KIWI_RECIPE, JsonOutput
 
@@ -250,18 +254,6 @@ def _window(fn: Callable[[int], Any], rate: float, seconds: float, shim: Shim | 
     }
 
 
-def accounted(log: Path) -> tuple[int, Counter[str]]:
-    compared, drops = 0, Counter[str]()
-    if log.exists():
-        for line in log.read_text().splitlines():
-            row = json.loads(line)
-            if row["event"] == "shim.comparison":
-                compared += 1
-            elif row["event"] == "shim.dropped":
-                drops[row["reason"]] += row["count"]
-    return compared, drops
-
-
 def run_kind(kind: Kind, url: str, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
     rng = random.Random(1)
     outputs = [kind.make(rng) for _ in range(16)]
@@ -300,7 +292,8 @@ def run_kind(kind: Kind, url: str, rate: int, seconds: float, tmp: Path) -> dict
         paced(fn, rate, warm)
         row = measure(fn, rate, seconds, shim)
         shim.close(timeout=30)
-        compared, drops = accounted(tmp / f"{name}.jsonl")
+        log = tmp / f"{name}.jsonl"
+        compared, drops = accounted(log) if log.exists() else (0, Counter[str]())
         compared_calls = 0 if stage == "off" else calls_compared(row["calls"], warm, rate)
         row.update(compared=compared, expected=compared_calls, drops=dict(drops))
         out[stage] = row
