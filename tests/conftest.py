@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,28 @@ def _no_record_carries_a_secret(tmp_path_factory: pytest.TempPathFactory) -> Ite
                 found += [f"{folder}/{name}: {leak}" for leak in _leaks(text)]
     assert not found, f"secrets in records: {found}"
     assert not _OUTPUT_LEAKS, f"secrets in captured output: {_OUTPUT_LEAKS}"
+
+
+def _unleash_healthy(url: str) -> bool:
+    try:
+        answer = httpx.get(f"{url.rstrip('/').removesuffix('/api')}/health", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200 and "GOOD" in answer.text
+
+
+@pytest.fixture(autouse=True)
+def _unleash_server_up(request: pytest.FixtureRequest) -> None:
+    """A test of the suite's Unleash server finds it up. On a shared machine the server
+    has gone away mid-run (its node process and PostgreSQL both stopped by a signal
+    from outside the suite, twice in about ten clean runs); it is started again, and
+    that is said on stderr, rather than every later Unleash test failing."""
+    url = os.environ.get("UNLEASH_URL")
+    if not url or "unleash" not in request.node.nodeid.lower() or _unleash_healthy(url):
+        return
+    sys.stderr.write("conftest: the suite's Unleash server is down; starting it again\n")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "unleash.sh"
+    subprocess.run([str(script), "start"], check=True, capture_output=True, timeout=300)
 
 
 @pytest.fixture(scope="session")
