@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from shim.analysis.policy import Policy
 from shim.cli import main
 from shim.cli.app import app
+from shim.cli.console import EXIT_INTERRUPTED, run_guarded
 from shim.cli.report import OPTIONS, ReportArgs, parse_plain
 
 runner = CliRunner()
@@ -171,3 +172,13 @@ def test_shim_report_loads_no_command_line_framework(log: Path) -> None:
     assert done.returncode == 1, done.stderr  # kiwi.failing: ROLLBACK
     assert json.loads(done.stdout)["records"] == 800
     assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_ctrl_c_ends_the_command_quietly_with_130(capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as ended:
+        run_guarded(interrupted)
+    assert ended.value.code == EXIT_INTERRUPTED == 130
+    assert "Traceback" not in capsys.readouterr().err

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
     "EXIT_PIPE",
     "ReaderGone",
     "console",
@@ -38,6 +39,8 @@ EXIT_INTERNAL = 70
 #: The exit code when the reader of the output went away (128 + SIGPIPE, as a shell
 #: pipeline reports it), which is no failure of the command.
 EXIT_PIPE = 141
+#: The exit code of a command interrupted with Ctrl-C (128 + SIGINT), as a shell's.
+EXIT_INTERRUPTED = 130
 
 
 class ReaderGone(Exception):
@@ -133,12 +136,15 @@ def say_failure(exc: ShimError) -> None:
 
 def run_guarded(action: Callable[[], object]) -> None:
     """Run ``action`` (a verb, or the whole command line) as the ``shim`` command does:
-    a reader that went away exits :data:`EXIT_PIPE`; a :class:`ShimError` or a file
-    that cannot be read or written says so and exits 2; an exception no verb expected
-    prints its traceback, control characters escaped, and exits :data:`EXIT_INTERNAL`.
-    ``SystemExit`` (how a verb ends) passes through."""
+    Ctrl-C exits :data:`EXIT_INTERRUPTED`; a reader that went away exits
+    :data:`EXIT_PIPE`; a :class:`ShimError` or a file that cannot be read or written
+    says so and exits 2; an exception no verb expected prints its traceback, control
+    characters escaped, and exits :data:`EXIT_INTERNAL`. ``SystemExit`` (how a verb
+    ends) passes through."""
     try:
         action()
+    except KeyboardInterrupt:  # Ctrl-C: quietly, as typer ends a verb it interrupts
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except (BrokenPipeError, ReaderGone):  # `shim report | head`: the reader had enough
         _quiet_stdout()
         raise SystemExit(EXIT_PIPE) from None
