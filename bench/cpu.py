@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import accounted
+from load import accounted, schedule
 
 from shim import Limits, Shim, TaskRequest, flags
 from shim.comparators import KIWI_RECIPE, JsonOutput
@@ -203,15 +203,13 @@ def role(name: str) -> str:
 
 
 def paced(fn: Callable[[int], Any], rate: float, seconds: float) -> int:
-    """Call ``fn`` ``rate`` times a second for ``seconds``, sleeping in between."""
-    n, period = int(rate * seconds), 1 / rate
-    next_at = time.perf_counter()
-    for i in range(n):
-        next_at += period
-        if (wait := next_at - time.perf_counter()) > 0:
-            time.sleep(wait)
-        fn(i)
-    return n
+    """Call ``fn`` ``rate`` times a second for ``seconds``, sleeping in between (as
+    ``bench/load.py`` paces its callers); returns how many calls were made."""
+    calls = 0
+    for calls, wait in enumerate(schedule(rate, seconds), 1):
+        time.sleep(wait)
+        fn(calls)
+    return calls
 
 
 def measure(fn: Callable[[int], Any], rate: float, seconds: float, shim: Shim | None) -> dict:
@@ -224,7 +222,7 @@ def measure(fn: Callable[[int], Any], rate: float, seconds: float, shim: Shim | 
         **middle,
         "calls": sum(w["calls"] for w in windows),
         "windows_us": [round(w["cpu_us_per_call"], 1) for w in windows],
-        "behind_s": max(w["behind_s"] for w in windows),
+        "behind_s": max(w["behind_s"] for w in windows),  # calls fewer than the pace
     }
 
 
@@ -234,7 +232,7 @@ def _window(fn: Callable[[int], Any], rate: float, seconds: float, shim: Shim | 
         shim.flush(timeout=60)  # the warm-up's comparisons do not spill into the window
     gc.collect()
     before, caller = thread_cpu_ns(), threading.get_native_id()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0 = time.process_time()
     calls = paced(fn, rate, seconds)
     late = time.perf_counter()
     if shim is not None:
@@ -249,7 +247,7 @@ def _window(fn: Callable[[int], Any], rate: float, seconds: float, shim: Shim | 
         "calls": calls,
         "cpu_us_per_call": cpu / calls * 1e6,
         "threads_us_per_call": {k: v / 1e3 / calls for k, v in sorted(threads.items())},
-        "behind_s": round(late - wall0 - seconds, 3),  # the caller could not keep the pace
+        "behind_s": round(seconds - calls / rate, 3),  # the caller could not keep the pace
         "drain_s": round(time.perf_counter() - late, 3),
     }
 
@@ -289,12 +287,12 @@ def run_kind(kind: Kind, url: str, rate: int, seconds: float, tmp: Path) -> dict
             output=kind.comparator,
             legacy_model="qwen2.5-3b-instruct",
         )(legacy)
-        paced(fn, rate, warm)
+        warmed = paced(fn, rate, warm)
         row = measure(fn, rate, seconds, shim)
         shim.close(timeout=30)
         log = tmp / f"{name}.jsonl"
         compared, drops = accounted(log) if log.exists() else (0, Counter[str]())
-        compared_calls = 0 if stage == "off" else calls_compared(row["calls"], warm, rate)
+        compared_calls = 0 if stage == "off" else row["calls"] + warmed  # every call
         row.update(compared=compared, expected=compared_calls, drops=dict(drops))
         out[stage] = row
     # The undecorated loop again, after the stages: what the shim adds is measured
@@ -310,10 +308,6 @@ def run_kind(kind: Kind, url: str, rate: int, seconds: float, tmp: Path) -> dict
     for stage in STAGES:
         out[stage]["added_us"] = out[stage]["cpu_us_per_call"] - base
     return out
-
-
-def calls_compared(calls: int, warm: float, rate: int) -> int:
-    return calls + int(rate * warm)
 
 
 def run(quick: bool, kinds: tuple[str, ...] = ()) -> dict[str, Any]:
