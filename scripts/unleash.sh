@@ -7,8 +7,11 @@
 #   scripts/unleash.sh stop     stop what start started (by PID)
 #   scripts/unleash.sh env      print the UNLEASH_* variables
 #
-# State lives in .cache/unleash (gitignored). Ports: UNLEASH_PORT (default 44242) and
-# UNLEASH_PG_PORT (default 55432).
+# State lives in .cache/unleash (gitignored): the npm install, and a folder per server
+# port (run-<port>: PostgreSQL's data, the server's PID and logs), so servers on other
+# ports (another checkout's, another run's) are never this one's. Ports: UNLEASH_PORT
+# (default 44242) and UNLEASH_PG_PORT (default 55432). With UNLEASH_PRIVATE=1, `stop`
+# also deletes the run folder (scripts/with-unleash.sh sets it for a run of its own).
 set -euo pipefail
 
 UNLEASH_VERSION=7.5.1
@@ -20,7 +23,8 @@ export UNLEASH_PG_USER=unleash UNLEASH_PG_PASSWORD=unleash UNLEASH_PG_DATABASE=u
 export UNLEASH_ADMIN_TOKEN="${UNLEASH_ADMIN_TOKEN:-*:*.task-shim-local-admin}"
 export UNLEASH_API_TOKEN="${UNLEASH_API_TOKEN:-*:development.task-shim-local-client}"
 url="http://127.0.0.1:$UNLEASH_PORT"
-pgdata="$state/pg"
+run="$state/run-$UNLEASH_PORT"
+pgdata="$run/pg"
 
 say() { echo "unleash.sh: $*" >&2; }
 
@@ -62,15 +66,15 @@ as_postgres() {
 
 start_postgres() {
   local bin; bin="$(pg_bin)"
-  mkdir -p "$state"
-  if [ "$(id -u)" = 0 ]; then chown postgres "$state"; fi
+  mkdir -p "$run"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$run"; fi
   if [ ! -f "$pgdata/PG_VERSION" ]; then
     as_postgres "'$bin/initdb' -D '$pgdata' -U postgres -A trust >/dev/null"
   fi
   if ! as_postgres "'$bin/pg_ctl' -D '$pgdata' status" >/dev/null 2>&1; then
     wait_port_free "$UNLEASH_PG_PORT"
-    as_postgres "'$bin/pg_ctl' -D '$pgdata' -l '$state/pg.log' -w -t 30 start \
-      -o \"-h 127.0.0.1 -p $UNLEASH_PG_PORT -k '$state' -c fsync=off -c synchronous_commit=off -c full_page_writes=off\"" >/dev/null
+    as_postgres "'$bin/pg_ctl' -D '$pgdata' -l '$run/pg.log' -w -t 30 start \
+      -o \"-h 127.0.0.1 -p $UNLEASH_PG_PORT -k '$run' -c fsync=off -c synchronous_commit=off -c full_page_writes=off\"" >/dev/null
   fi
   as_postgres "'$bin/psql' -h 127.0.0.1 -p $UNLEASH_PG_PORT -U postgres -tAc \"SELECT 1 FROM pg_roles WHERE rolname='unleash'\"" | grep -q 1 ||
     as_postgres "'$bin/psql' -h 127.0.0.1 -p $UNLEASH_PG_PORT -U postgres -qc \"CREATE ROLE unleash LOGIN PASSWORD 'unleash'\""
@@ -98,14 +102,14 @@ start_unleash() {
   # No subshell around the background job: it would wait for node while holding our
   # stdout, and `eval "$(unleash.sh start)"` would never return.
   cd "$state"
-  nohup node server.mjs >"$state/unleash.log" 2>&1 </dev/null &
-  echo $! >"$state/unleash.pid"
+  nohup node server.mjs >"$run/unleash.log" 2>&1 </dev/null &
+  echo $! >"$run/unleash.pid"
   cd "$root"
   local i
   for i in $(seq 1 300); do
     healthy && return
-    if ! kill -0 "$(cat "$state/unleash.pid")" 2>/dev/null; then
-      say "unleash-server exited; last lines of $state/unleash.log:"; tail -20 "$state/unleash.log" >&2; exit 1
+    if ! kill -0 "$(cat "$run/unleash.pid")" 2>/dev/null; then
+      say "unleash-server exited; last lines of $run/unleash.log:"; tail -20 "$run/unleash.log" >&2; exit 1
     fi
     sleep 0.2
   done
@@ -113,17 +117,18 @@ start_unleash() {
 }
 
 stop_all() {
-  if [ -f "$state/unleash.pid" ]; then
-    local pid i; pid="$(cat "$state/unleash.pid")"
+  if [ -f "$run/unleash.pid" ]; then
+    local pid i; pid="$(cat "$run/unleash.pid")"
     kill "$pid" 2>/dev/null || true
     for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
-    rm -f "$state/unleash.pid"
+    rm -f "$run/unleash.pid"
   fi
   local bin; bin="$(pg_bin 2>/dev/null)" || return 0
   if [ -f "$pgdata/postmaster.pid" ]; then
     as_postgres "'$bin/pg_ctl' -D '$pgdata' -m fast -w stop" >/dev/null 2>&1 || true
   fi
+  if [ "${UNLEASH_PRIVATE:-}" = 1 ]; then rm -rf "$run"; fi
 }
 
 case "${1:-}" in

@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
 # Run a command with a local Unleash server up and UNLEASH_* set; stop the server
 # afterwards unless it was already running.
+#
+# Without UNLEASH_PORT, the run gets a server of its own on two free ports (and its own
+# PostgreSQL data, deleted afterwards): a server on the usual ports may belong to another
+# checkout or another run, which would stop it under this one. With UNLEASH_PORT set, a
+# server already answering there is used and left running.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+if [ -z "${UNLEASH_PORT:-}" ]; then
+  read -r UNLEASH_PORT UNLEASH_PG_PORT < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+')
+  export UNLEASH_PORT UNLEASH_PG_PORT UNLEASH_PRIVATE=1
+fi
 was_up=no
-curl -fsS "http://127.0.0.1:${UNLEASH_PORT:-44242}/health" 2>/dev/null | grep -q GOOD && was_up=yes
+curl -fsS "http://127.0.0.1:$UNLEASH_PORT/health" 2>/dev/null | grep -q GOOD && was_up=yes
 # Not `eval "$(... start)"`: eval of a failed substitution succeeds, and the tests would
 # then skip every Unleash test instead of the run failing.
 env_lines="$("$here/unleash.sh" start)"

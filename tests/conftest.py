@@ -93,9 +93,10 @@ def _unleash_healthy(url: str) -> bool:
 
 @pytest.fixture(autouse=True)
 def _unleash_server_up(request: pytest.FixtureRequest) -> None:
-    """A test of the suite's Unleash server finds it up. On a shared machine the server
-    has gone away mid-run (its node process and PostgreSQL both stopped by a signal
-    from outside the suite, twice in about ten clean runs); it is started again, and
+    """A test of the suite's Unleash server finds it up. The server has gone away
+    mid-run (its node process and PostgreSQL both stopped, as by another run's
+    `unleash.sh stop` when runs shared the fixed ports; scripts/with-unleash.sh now
+    gives each run ports of its own); should it happen again it is started again, and
     that is said on stderr, rather than every later Unleash test failing."""
     url = os.environ.get("UNLEASH_URL")
     if not url or "unleash" not in request.node.nodeid.lower() or _unleash_healthy(url):
