@@ -15,7 +15,8 @@ from typing import Any
 
 import pydantic
 
-from ._output import JsonOutput, Structure
+from ._output import JsonOutput
+from ._structure import Structure
 
 __all__ = ["AllocationOutput", "allocation_view", "held_value"]
 

@@ -1,9 +1,10 @@
-"""Output comparators: do the two paths' outputs have the same structure?
+"""JSON outputs: do the two paths' outputs have the same structure?
 
 What breaks a parser downstream is structure, not words: a missing or renamed key, a
 type change, a list of objects that became a list of strings. :class:`JsonOutput`
-compares the shapes of JSON outputs (found in bare, fenced or prose-wrapped text);
-:class:`TextOutput` compares the sections of text outputs.
+compares the shapes of JSON outputs (found in bare, fenced or prose-wrapped text) and,
+with a scorer (:class:`~shim.comparators.FieldRules`), how close their content is.
+(Text outputs: :mod:`._text`.)
 """
 
 from __future__ import annotations
@@ -12,73 +13,16 @@ import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any
 
 import pydantic
 
+from ._quality import Quality, Scorer, method_of, scored
 from ._shape import extract_json, label, shape
+from ._structure import Structure, capped, emptiness
 
-__all__ = [
-    "Comparator",
-    "JsonOutput",
-    "Structure",
-    "TextOutput",
-    "readable_path",
-    "sections",
-]
-
-#: How many differences a record keeps (the rest are counted), and how long each may be.
-MAX_DIFFS = 8
-MAX_DIFF_CHARS = 160
-
-
-@dataclass(frozen=True, slots=True)
-class Structure:
-    """The ``structure`` part of a comparison record."""
-
-    match: bool | None
-    legacy_valid: bool | None
-    candidate_valid: bool | None
-    diff: tuple[str, ...] | None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_record(self) -> dict[str, Any]:
-        """The JSON object the record carries."""
-        return {
-            "match": self.match,
-            "legacy_valid": self.legacy_valid,
-            "candidate_valid": self.candidate_valid,
-            "diff": list(self.diff) if self.diff is not None else None,
-            **self.extra,
-        }
-
-
-@runtime_checkable
-class Comparator(Protocol):
-    """Compares the legacy and candidate outputs of one call (both as the call site
-    returns them). Runs off the caller's path, on the worker thread that ran the task
-    path (sync call sites; several workers may compare at once, so a comparator keeps
-    no unguarded state) or the recorder's thread (async ones); if it raises, the shim
-    counts and logs
-    an internal error (a ``shim.error`` record for the task), the record's
-    ``structure.match`` is null with the reason in ``structure.error``, and the report
-    counts the pair as not compared (no PROMOTE on it)."""
-
-    def compare(self, legacy: Any, candidate: Any) -> Structure:
-        """The structural verdict for one pair of outputs."""
-        ...
-
-
-def _capped(diffs: Sequence[str]) -> tuple[str, ...]:
-    kept = [
-        d if len(d) <= MAX_DIFF_CHARS else d[: MAX_DIFF_CHARS - 3] + "..."
-        for d in diffs[:MAX_DIFFS]
-    ]
-    if len(diffs) > MAX_DIFFS:
-        kept.append(f"... {len(diffs) - MAX_DIFFS} more")
-    return tuple(kept)
-
+__all__ = ["JsonOutput", "readable_path"]
 
 _STEP = re.compile(r"\[(\d+|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]")
 
@@ -161,6 +105,8 @@ class JsonOutput:
       with ``ignore_order``, lists as multisets.
     - ``strict_wrapping``: JSON wrapped differently (bare vs fenced vs prose) is a
       mismatch; by default it matches and the record says how each side was wrapped.
+    - ``quality``: a scorer of the parsed values' content (:class:`FieldRules`): the
+      record's ``quality``. A side that is empty or not JSON scores 0.
     """
 
     schema: Any = None
@@ -170,6 +116,7 @@ class JsonOutput:
     ignore_order: bool = True
     strict_wrapping: bool = False
     expect_json: bool = True
+    quality: Scorer | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.schema, dict):
@@ -177,7 +124,7 @@ class JsonOutput:
 
     def compare(self, legacy: Any, candidate: Any) -> Structure:
         """The structural verdict for one pair of outputs."""
-        if (empty := _emptiness(legacy, candidate)) is not None:
+        if (empty := emptiness(legacy, candidate, self.quality)) is not None:
             return empty
         l_wrap, l_val = _as_json(legacy)
         c_wrap, c_val = _as_json(candidate)
@@ -190,8 +137,12 @@ class JsonOutput:
             return Structure(True, valid, valid, None, extra)
         if l_ok != c_ok:
             side = "candidate" if l_ok else "legacy"
-            return Structure(False, l_ok, c_ok, (f"$: {side} output is not JSON",), extra)
-        if (empty := _emptiness(l_val, c_val)) is not None:  # "[]" or "null" as text
+            diff = (f"$: {side} output is not JSON",)
+            unread = None  # one side's content cannot be read: nothing alike
+            if self.quality is not None:
+                unread = Quality(method_of(self.quality), 0.0, {"not_json": side})
+            return Structure(False, l_ok, c_ok, diff, extra, unread)
+        if (empty := emptiness(l_val, c_val, self.quality)) is not None:  # "[]" or "null" as text
             return empty
         l_valid = self._valid(l_val)
         c_valid = self._valid(c_val)
@@ -208,7 +159,10 @@ class JsonOutput:
             diffs.insert(0, f"$: {l_wrap} JSON -> {c_wrap} JSON")
         if l_valid is not None and c_valid is not None and l_valid and not c_valid:
             diffs.append("$: candidate fails the schema")
-        return Structure(not diffs, l_valid, c_valid, _capped(diffs) if diffs else None, extra)
+        quality = scored(self.quality, l_val, c_val)
+        return Structure(
+            not diffs, l_valid, c_valid, capped(diffs) if diffs else None, extra, quality
+        )
 
     def _shape_diff(self, legacy: Any, candidate: Any) -> list[str]:
         a, b = shape(legacy), shape(candidate)
@@ -253,26 +207,6 @@ class JsonOutput:
         except pydantic.ValidationError:
             return False
         return True
-
-
-def _empty(value: Any) -> bool:
-    # An empty object is left to the shape diff, which lists the keys it lacks.
-    if isinstance(value, str | bytes):
-        return not value.strip()
-    return value is None or (isinstance(value, list | tuple) and not value)
-
-
-def _emptiness(legacy: Any, candidate: Any) -> Structure | None:
-    """A mismatch when either side is empty (``None``, ``""``, ``[]``), else None.
-
-    An empty result has no shape to agree or disagree with: it is what a call site
-    returns when it swallowed a failure, so it never counts as a structural match, not
-    even against another empty result."""
-    empty = [(side, v) for side, v in (("legacy", legacy), ("candidate", candidate)) if _empty(v)]
-    if not empty:
-        return None
-    diffs = tuple(f"$: {side} output is empty ({value!r})" for side, value in empty)
-    return Structure(False, not _empty(legacy), not _empty(candidate), diffs)
 
 
 def _as_json(value: Any) -> tuple[str, Any]:
@@ -351,80 +285,3 @@ def _value_diff(
     return (
         [] if math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance) else [f"{where}: {a} -> {b}"]
     )
-
-
-_HEADING = re.compile(r"^\s*(?:#+\s*)?\**([A-Za-z][\w ]{0,40}?)\**\s*:?\s*$|^([A-Z][\w ]{0,40}):")
-_LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S")
-
-
-def sections(text: str) -> dict[str, list[str]]:
-    """Headings (``Title:``, ``## Directions``, ``**Notes**``) and the lines under each."""
-    found: dict[str, list[str]] = {}
-    current: str | None = None
-    for line in text.splitlines():
-        match = _HEADING.match(line)
-        if match and (match.group(1) or match.group(2)):
-            current = (match.group(1) or match.group(2)).strip().casefold()
-            found.setdefault(current, [])
-            rest = line.split(":", 1)[1].strip() if ":" in line else ""
-            if rest:
-                found[current].append(rest)
-        elif current is not None and line.strip():
-            found[current].append(line)
-    return found
-
-
-@dataclass(frozen=True)
-class TextOutput:
-    """Structure of text output: which sections are there, and which are lists.
-
-    ``sections`` are the headings expected (case does not matter), ``lists`` those whose
-    body must be a bulleted or numbered list. A side is valid when every expected
-    section is there and each list section is a list; the pair matches when both sides
-    have the same expected sections, each with the same list-ness (an inline
-    ``Ingredients: a, b`` that became a bulleted list breaks a parser that splits on
-    commas as surely as numbered steps that became one line). The record also carries
-    ``length_ratio`` (candidate length over legacy length).
-    """
-
-    sections: Sequence[str] = ()
-    lists: Sequence[str] = ()
-
-    def compare(self, legacy: Any, candidate: Any) -> Structure:
-        """The structural verdict for one pair of outputs."""
-        if (empty := _emptiness(legacy, candidate)) is not None:
-            return empty
-        l_text, c_text = str(legacy), str(candidate)
-        l_secs, c_secs = sections(l_text), sections(c_text)
-        diffs: list[str] = []
-        for name in self.sections:
-            key = name.casefold()
-            if key in l_secs and key not in c_secs:
-                diffs.append(f"{name}: missing in candidate")
-            elif key in c_secs and key not in l_secs:
-                diffs.append(f"{name}: only in candidate")
-        for name in self.sections:  # a section that changes list-ness breaks its parser
-            key = name.casefold()
-            if key in l_secs and key in c_secs:
-                l_list, c_list = _is_list(l_secs[key]), _is_list(c_secs[key])
-                if l_list != c_list:
-                    diffs.append(
-                        f"{name}: {'list' if l_list else 'text'} -> {'list' if c_list else 'text'}"
-                    )
-        ratio = round(len(c_text) / len(l_text), 3) if l_text else None
-        return Structure(
-            not diffs,
-            self._valid(l_secs),
-            self._valid(c_secs),
-            _capped(diffs) if diffs else None,
-            {"length_ratio": ratio},
-        )
-
-    def _valid(self, found: dict[str, list[str]]) -> bool:
-        return all(s.casefold() in found for s in self.sections) and all(
-            _is_list(found.get(s.casefold(), [])) for s in self.lists
-        )
-
-
-def _is_list(lines: list[str]) -> bool:
-    return bool(lines) and all(_LIST_ITEM.match(line) for line in lines)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from shim.comparators import Comparator, ModelNames, Structure
+from shim.comparators import Comparator, ModelNames, Quality, Structure
 from shim.records.callid import new_call_id
 from shim.records.capture import Capture
 from shim.records.values import (
@@ -228,6 +228,9 @@ def _with_noise(
         on_error("compare", exc)
         return structure
     structure["noise"] = {"match": noise.match, "diff": list(noise.diff) if noise.diff else None}
+    if noise.quality is not None and noise.quality.score is not None:
+        # legacy against itself: pooled per task, the score an equal candidate gets
+        structure["noise"]["score"] = round(noise.quality.score, 4)
     noisy = {d.split(":", 1)[0] for d in noise.diff or ()}
     structure["noise_paths"] = [
         d for d in structure.get("diff") or () if d.split(":", 1)[0] in noisy
@@ -261,24 +264,32 @@ def soft_failure_error(side: str, value: Any) -> str:
 Side = tuple[Observation, Any, str | None]  # what a path did, its output, why none
 
 
-def _structure(site: CallSite, legacy: Side, candidate: Side, on_error: OnError) -> dict[str, Any]:
+def _structure(
+    site: CallSite, legacy: Side, candidate: Side, on_error: OnError
+) -> tuple[dict[str, Any], Quality | None]:
     """The record's ``structure``: the comparator's verdict on two answered sides; null
     when a side failed (its ``error`` says why), or, with ``error`` saying why, when an
-    output was not recorded or the comparator raised (counted, ``compare``)."""
+    output was not recorded or the comparator raised (counted, ``compare``). Beside it,
+    the content score when the comparator made one (a scorer that raised is counted,
+    ``quality``, and its score is null)."""
     if not (legacy[0].ok and candidate[0].ok):
-        return _NO_STRUCTURE.as_record()
+        return _NO_STRUCTURE.as_record(), None
     missing = [
         f"{name} output {why}"
         for name, (_, value, why) in (("legacy", legacy), ("candidate", candidate))
         if value is NOT_RECORDED
     ]
     if missing:
-        return {**_NO_STRUCTURE.as_record(), "error": "; ".join(missing)}
+        return {**_NO_STRUCTURE.as_record(), "error": "; ".join(missing)}, None
     try:
-        return site.output.compare(legacy[1], candidate[1]).as_record()
+        verdict = site.output.compare(legacy[1], candidate[1])
     except Exception as exc:
         on_error("compare", exc)
-        return {**_NO_STRUCTURE.as_record(), "error": describe(exc)}
+        return {**_NO_STRUCTURE.as_record(), "error": describe(exc)}, None
+    quality = verdict.quality
+    if quality is not None and quality.failure is not None:
+        on_error("quality", quality.failure)
+    return verdict.as_record(), quality
 
 
 _NO_STRUCTURE = Structure(None, None, None, None)
@@ -332,7 +343,7 @@ def comparison_record(
         if soft:  # legacy swallowed a failure into an empty value: never a match
             error = f"SoftFailure: {soft_failure_error('legacy', legacy_value)}"
             legacy = replace(legacy, ok=False, error=error)
-    structure = _structure(
+    structure, quality = _structure(
         site,
         (legacy, legacy_value, legacy_why),
         (pending.candidate, candidate_value, candidate_why),
@@ -380,4 +391,6 @@ def comparison_record(
             "latency_ratio": ratio,
         }
     )
+    if quality is not None:
+        record["quality"] = quality.as_record()
     return record

@@ -1,0 +1,98 @@
+"""Content scores: how close the candidate's content is to legacy's, in [0, 1].
+
+A comparator that reads content (``JsonOutput(quality=FieldRules(...))``,
+``TextOutput(quality=TextSimilarity(...))``) puts a :class:`Quality` on its
+:class:`~shim.comparators.Structure`; the record carries it as ``quality``
+(``{"method", "score", "detail"}``), and ``shim report`` turns the scores into a mean
+with a confidence interval and the ``min_quality`` gate. 1 means equivalent content.
+
+Text is compared with rapidfuzz's normalised Indel similarity (``fuzz.ratio``) on
+normalised text: case folded, runs of white space made one space, list markers
+(``-``, ``1.``) dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from rapidfuzz import fuzz
+
+__all__ = [
+    "WORST",
+    "Quality",
+    "Scorer",
+    "method_of",
+    "normalise_text",
+    "scored",
+    "similarity",
+]
+
+#: How many of the lowest-scoring parts (paths, sections) a record's detail names.
+WORST = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """One pair's content score: ``method`` (which scorer), ``score`` in [0, 1] or None
+    (could not be scored: ``detail["error"]`` says why) and ``detail`` (the worst
+    parts). ``failure`` is the exception a scorer raised: the shim counts it (a
+    ``shim.error``, operation ``quality``); it is not part of the record."""
+
+    method: str
+    score: float | None
+    detail: dict[str, Any] = field(default_factory=dict)
+    failure: BaseException | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        """The JSON object the record carries as ``quality``."""
+        score = None if self.score is None else round(self.score, 4)
+        return {"method": self.method, "score": score, "detail": self.detail}
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores the content of one pair of outputs, as the comparator read them (JSON
+    values for :class:`~shim.comparators.JsonOutput`, text for
+    :class:`~shim.comparators.TextOutput`). Runs where the comparator runs; keeps no
+    unguarded state."""
+
+    def score(self, legacy: Any, candidate: Any) -> Quality:
+        """How close ``candidate``'s content is to ``legacy``'s."""
+        ...
+
+
+def scored(scorer: Scorer | None, legacy: Any, candidate: Any) -> Quality | None:
+    """``scorer``'s Quality for the pair (None without a scorer). A scorer that raises
+    gives a Quality with no score that carries the exception, so that the structure
+    verdict stands and the failure is counted."""
+    if scorer is None:
+        return None
+    try:
+        return scorer.score(legacy, candidate)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"[:200]
+        return Quality(method_of(scorer), None, {"error": error}, failure=exc)
+
+
+def method_of(scorer: Scorer) -> str:
+    """The ``method`` a scorer's records name: its ``method`` attribute, else its class."""
+    return str(getattr(scorer, "method", type(scorer).__name__))
+
+
+_SPACE = re.compile(r"\s+")
+_MARKER = re.compile(r"(?m)^\s*(?:[-*•]|\d+[.)])\s+")
+
+
+def normalise_text(text: str) -> str:
+    """Text as compared: list markers dropped, case folded, white space collapsed."""
+    return _SPACE.sub(" ", _MARKER.sub("", text)).strip().casefold()
+
+
+def similarity(a: str, b: str) -> float:
+    """Lexical similarity of two texts in [0, 1] (1: the same once normalised)."""
+    a, b = normalise_text(a), normalise_text(b)
+    if a == b:
+        return 1.0
+    return float(fuzz.ratio(a, b)) / 100.0
