@@ -47,6 +47,10 @@ class Gates(BaseModel):
     rollback_error_increase: Share = 0.02
     #: roll back when the one-sided 95 % lower bound of the mismatch rate exceeds this
     rollback_mismatch: Share = 0.02
+    #: content quality (the records' quality.score, relative to legacy's own noise):
+    #: promote when its one-sided 95 % lower bound is at least this, roll back when its
+    #: upper bound is under it; None (the default) leaves quality out of the verdict
+    min_quality: Share | None = None
     #: models the task path may resolve to (besides the expected one); others roll back
     allowed_models: list[str] | None = None
     #: shim watch: each evaluation looks at the task's last ``watch_window`` pairs ...

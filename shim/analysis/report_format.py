@@ -18,7 +18,7 @@ from rich.text import Text
 from shim.analysis.report_verdict import held_line, untasked_line
 from shim.base.text import printable
 
-__all__ = ["markdown", "problem_lines", "table"]
+__all__ = ["markdown", "problem_lines", "quality_text", "table"]
 
 _COLOURS = {"PROMOTE": "green", "HOLD": "yellow", "ROLLBACK": "red"}
 
@@ -48,6 +48,20 @@ def _mismatch(task: dict[str, Any]) -> str:
     return _pct(raw)
 
 
+def quality_text(task: dict[str, Any]) -> str:
+    """``0.812 [0.801..0.823]``: the mean content score with its 95 % interval, and the
+    relative quality the gate reads when legacy's own noise was measured; ``-``
+    without scores."""
+    found = task.get("quality")
+    if not found:
+        return "-"
+    low, high = found["ci95"]
+    text = f"{found['mean']:.3f} [{low:.3f}..{high:.3f}]"
+    if found.get("noise"):
+        text += f" (rel. {found['relative']['mean']:.3f})"
+    return text
+
+
 def _row(task: dict[str, Any]) -> list[str]:
     lat = task["latency_ms"]
     return [
@@ -55,6 +69,7 @@ def _row(task: dict[str, Any]) -> list[str]:
         f"{task['n']:,}",
         f"{_pct(task['legacy_error_rate'])} / {_pct(task['candidate_error_rate'])}",
         _mismatch(task),
+        quality_text(task),
         ", ".join(f"{k} {v}" for k, v in task["model_verdicts"].items()) or "-",
         f"{_ms(lat['legacy'], 'p50')} / {_ms(lat['candidate'], 'p50')}",
         f"{_ms(lat['legacy'], 'p95')} / {_ms(lat['candidate'], 'p95')}",
@@ -65,11 +80,16 @@ def _row(task: dict[str, Any]) -> list[str]:
     ]
 
 
-def _width(report: dict[str, Any], *, always: bool) -> int:
-    """How many of the columns to show: the error counts only where a task has some
-    (or ``always``), so a clean report keeps to one line in 160 columns."""
-    errors = any(t.get("shim_errors") or t.get("comparator_errors") for t in report["tasks"])
-    return len(_HEAD) if always or errors else len(_HEAD) - 2
+def _shown(report: dict[str, Any]) -> list[int]:
+    """Which columns to show: quality only where a task has scores, the error counts
+    only where a task has some, so a clean report keeps to one line in 160 columns."""
+    tasks = report["tasks"]
+    hidden = set()
+    if not any(t.get("quality") for t in tasks):
+        hidden.add(_HEAD.index("quality [95 % CI]"))
+    if not any(t.get("shim_errors") or t.get("comparator_errors") for t in tasks):
+        hidden |= {len(_HEAD) - 2, len(_HEAD) - 1}
+    return [i for i in range(len(_HEAD)) if i not in hidden]
 
 
 # "L / T": legacy / task path
@@ -78,6 +98,7 @@ _HEAD = [
     "pairs",
     "errors L / T",
     "mismatch",
+    "quality [95 % CI]",
     "models",
     "p50 ms L / T",
     "p95 ms L / T",
@@ -109,8 +130,8 @@ def table(report: dict[str, Any]) -> Group:
     what was skipped."""
     out = Table(title=Text(_title(report)), title_justify="left")
     out.add_column("verdict", no_wrap=True)
-    shown = _width(report, always=False)
-    for name in _HEAD[:shown]:
+    shown = _shown(report)
+    for name in (_HEAD[i] for i in shown):
         out.add_column(
             name,
             justify="left" if name in ("task", "models") else "right",
@@ -119,7 +140,8 @@ def table(report: dict[str, Any]) -> Group:
     reasons = []
     for task in report["tasks"]:
         colour = _COLOURS[task["verdict"]]
-        cells = [Text(printable(cell)) for cell in _row(task)[:shown]]
+        row = _row(task)
+        cells = [Text(printable(row[i])) for i in shown]
         out.add_row(Text(task["verdict"], style=f"bold {colour}"), *cells)
         reasons.append(
             Text(printable(task["task"]), style=colour)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from shim.analysis.report_format import problem_lines
+from shim.analysis.report_format import problem_lines, quality_text
 from shim.analysis.report_verdict import held_line, untasked_line
 from shim.base.text import printable
 
@@ -134,6 +134,7 @@ def _card(task: dict[str, Any]) -> str:
             if not ratio
             else f"{ratio['ratio']:.2f} ({ratio['low']:.2f} to {ratio['high']:.2f})",
         ),
+        ("content quality (95 % interval)", quality_text(task)),
         ("dropped comparisons", f"{task['dropped']:,}"),
         (
             "comparator errors",

@@ -45,7 +45,8 @@ _COLUMNS = {
     "candidate": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE})",
     "model": "STRUCT(verdict VARCHAR, routing_error BOOLEAN)",
     "structure": "STRUCT(match BOOLEAN, legacy_valid BOOLEAN, candidate_valid BOOLEAN, "
-    "diff VARCHAR[], noise_paths VARCHAR[], error VARCHAR)",
+    "diff VARCHAR[], noise_paths VARCHAR[], error VARCHAR, noise STRUCT(score DOUBLE))",
+    "quality": "STRUCT(score DOUBLE)",
 }
 
 
@@ -150,6 +151,12 @@ SELECT product, task,
   count_if(cmp AND structure.legacy_valid) AS legacy_valid,
   count_if(cmp AND structure.candidate_valid) AS candidate_valid,
   count_if(cmp AND model.routing_error) AS routing_errors,
+  -- content scores (quality.score) and legacy against itself (structure.noise.score)
+  count(CASE WHEN cmp THEN quality.score END) AS quality_n,
+  sum(CASE WHEN cmp THEN least(1.0, greatest(0.0, quality.score)) END) AS quality_sum,
+  sum(CASE WHEN cmp THEN least(1.0, greatest(0.0, quality.score)) ** 2 END) AS quality_sumsq,
+  count(CASE WHEN cmp THEN structure.noise.score END) AS noise_n,
+  sum(CASE WHEN cmp THEN least(1.0, greatest(0.0, structure.noise.score)) END) AS noise_sum,
   quantile_cont(CASE WHEN cmp AND legacy.ok THEN legacy.latency_ms END, [0.5, 0.95, 0.99])
     AS legacy_q,
   quantile_cont(CASE WHEN cmp AND candidate.ok THEN candidate.latency_ms END,

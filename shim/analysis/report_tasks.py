@@ -8,6 +8,7 @@ from typing import Any
 
 from shim.analysis.policy import Gates
 from shim.analysis.report_logs import TaskRows
+from shim.analysis.report_quality import quality_summary
 from shim.analysis.report_verdict import verdict
 from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 
@@ -186,6 +187,8 @@ def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
         "candidate_models": sorted(t.models),
         "latency_histogram": _histogram(t.pairs),
         "usage": _usage(r),
+        # content scores (records with quality.score): mean, interval, legacy's noise
+        "quality": quality_summary(r),
     }
     counts = {
         "pairs": ran,

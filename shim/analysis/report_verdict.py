@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shim.analysis.policy import Gates
+from shim.analysis.report_quality import quality_gate
 from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, pairs_needed, wilson
 
 __all__ = ["held_line", "shim_error_line", "untasked_line", "verdict"]
@@ -207,6 +208,9 @@ def verdict(
         outside = sorted(set(report["candidate_models"]) - set(gates.allowed_models))
         if outside:
             rollback.append(f"model(s) outside the allow-list: {', '.join(outside)}")
+    quality = quality_gate(report.get("quality"), gates)
+    if quality is not None and quality[0] == "rollback":
+        rollback.append(quality[1])
     unjudged = _unjudged(report, gates)
     if rollback:
         return "ROLLBACK", rollback + ([unjudged[0]] if unjudged else []) + notes
@@ -233,6 +237,8 @@ def verdict(
             hold.append(line + _mismatch_more(counts, gates.max_mismatch))
     if unjudged:
         (hold if unjudged[1] else passed).append(unjudged[0])
+    if quality is not None:
+        (passed if quality[0] == "pass" else hold).append(quality[1])
     limits = {
         "p50": gates.max_latency_ratio_p50,
         "p95": gates.max_latency_ratio_p95,

@@ -1,0 +1,153 @@
+"""The report's content quality and the ``min_quality`` gate, on logs whose truth is
+planted: shapes always match, the candidate's content is worse by a known amount
+(issue 20)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shim.analysis.policy import Policy
+from shim.analysis.report import build_report
+
+POLICY = "defaults: {min_pairs: 300, min_soak: 0, min_quality: 0.95}\n"
+
+
+def record(task: str, rng: random.Random, score: float | None, noise: float | None) -> str:
+    """A comparison whose structure matches, with a content score (and a noise run's)."""
+    product, _, name = task.partition(".")
+    latency = 500 * (1 + rng.random())
+    row: dict[str, Any] = {
+        "event": "shim.comparison",
+        "schema": 1,
+        "ts": "2026-12-01T12:00:00.000000Z",
+        "product": product,
+        "task": name,
+        "stage": "shadow",
+        "served_by": "legacy",
+        "legacy": {"ok": True, "latency_ms": latency, "model": "m"},
+        "candidate": {"ok": True, "latency_ms": latency, "model": "m"},
+        "model": {"verdict": "same", "expected": "m"},
+        "structure": {"match": True, "legacy_valid": True, "candidate_valid": True, "diff": None},
+        "latency_ratio": 1.0,
+    }
+    if score is not None:
+        row["quality"] = {"method": "json_fields", "score": score, "detail": {}}
+    if noise is not None:
+        row["structure"]["noise"] = {"match": True, "diff": None, "score": noise}
+    return json.dumps(row)
+
+
+#: task -> (mean of the planted scores, mean of the noise scores or None)
+PLANTED = {
+    "kiwi.equal": (1.0, None),
+    "kiwi.worse": (0.80, None),  # a model that keeps the shape, gets 20 % of it wrong
+    "kiwi.noisy": (0.86, 0.88),  # as good as legacy against itself
+    "kiwi.unscored": (None, None),
+}
+
+
+def planted(tmp_path: Path, n: int = 1500) -> Path:
+    rng = random.Random(20)
+    lines = []
+    for task, (mean, noise) in PLANTED.items():
+        for i in range(n):
+            score = None
+            if mean is not None:  # uniform around the mean, within [0, 1]
+                spread = min(mean, 1 - mean)
+                score = mean + rng.uniform(-spread, spread)
+            noisy = None
+            if noise is not None and i % 10 == 0:  # one call in ten got a noise run
+                noisy = noise + rng.uniform(-0.1, 0.1)
+            lines.append(record(task, rng, score, noisy))
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    return log
+
+
+@pytest.fixture
+def report(tmp_path: Path) -> dict[str, Any]:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    found = build_report([str(planted(tmp_path))], policy=Policy.load(tmp_path / "policy.yaml"))
+    return {t["task"]: t for t in found["tasks"]}
+
+
+def test_worse_content_with_matching_shapes_rolls_back_on_quality(
+    report: dict[str, Any],
+) -> None:
+    worse = report["kiwi.worse"]
+    assert worse["structure_match_rate"] == 1.0
+    assert worse["verdict"] == "ROLLBACK"
+    assert any("vs min_quality 0.950" in r for r in worse["reasons"]), worse["reasons"]
+    low, high = worse["quality"]["ci95"]
+    assert low <= PLANTED["kiwi.worse"][0] <= high
+    assert high - low < 0.03
+
+
+def test_equal_content_promotes(report: dict[str, Any]) -> None:
+    equal = report["kiwi.equal"]
+    assert equal["verdict"] == "PROMOTE", equal["reasons"]
+    assert equal["quality"] == {
+        "n": 1500,
+        "mean": 1.0,
+        "ci95": [1.0, 1.0],
+        "noise": None,
+        "relative": {"mean": 1.0, "low": 1.0, "high": 1.0},
+    }
+
+
+def test_quality_is_read_against_legacys_own_noise(report: dict[str, Any]) -> None:
+    noisy = report["kiwi.noisy"]
+    quality = noisy["quality"]
+    assert quality["noise"]["n"] == 150
+    assert quality["noise"]["mean"] == pytest.approx(0.88, abs=0.02)
+    assert quality["relative"]["mean"] == pytest.approx(0.86 / 0.88, abs=0.02)
+    assert noisy["verdict"] == "PROMOTE", noisy["reasons"]
+
+
+def test_no_scores_hold_under_min_quality_and_nothing_changes_without_it(
+    report: dict[str, Any], tmp_path: Path
+) -> None:
+    unscored = report["kiwi.unscored"]
+    assert unscored["quality"] is None
+    assert unscored["verdict"] == "HOLD"
+    assert any("no scored pairs" in r for r in unscored["reasons"])
+    plain = {t["task"]: t for t in build_report([str(tmp_path / "log.jsonl")])["tasks"]}
+    assert {t: r["verdict"] for t, r in plain.items()} == dict.fromkeys(PLANTED, "PROMOTE")
+
+
+def test_few_scored_pairs_hold_until_min_pairs(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    log = tmp_path / "few.jsonl"
+    rng = random.Random(1)
+    rows = [record("kiwi.a", rng, 1.0 if i < 100 else None, None) for i in range(400)]
+    log.write_text("\n".join(rows) + "\n")
+    [task] = build_report([str(log)], policy=Policy.load(tmp_path / "policy.yaml"))["tasks"]
+    assert task["verdict"] == "HOLD"
+    assert any("100 scored pairs, needs 200 more" in r for r in task["reasons"])
+
+
+def test_cli_json_and_table_show_quality(tmp_path: Path) -> None:
+    log = planted(tmp_path, n=400)
+    done = subprocess.run(
+        [sys.executable, "-m", "shim", "report", str(log), "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    tasks = {t["task"]: t for t in json.loads(done.stdout)["tasks"]}
+    assert tasks["kiwi.worse"]["quality"]["n"] == 400
+    table = subprocess.run(
+        [sys.executable, "-m", "shim", "report", str(log)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"COLUMNS": "200", "PATH": ""},
+    )
+    assert "quality" in table.stdout
