@@ -6,9 +6,9 @@ A comparator that reads content (``JsonOutput(quality=FieldRules(...))``,
 (``{"method", "score", "detail"}``), and ``shim report`` turns the scores into a mean
 with a confidence interval and the ``min_quality`` gate. 1 means equivalent content.
 
-Text is compared with rapidfuzz's normalised Indel similarity (``fuzz.ratio``) on
-normalised text: case folded, runs of white space made one space, list markers
-(``-``, ``1.``) dropped.
+Text is compared with rapidfuzz's normalised Indel similarity: by character for short
+texts (case folded, runs of white space made one space, list markers such as ``-`` and
+``1.`` dropped), by case-folded word for long ones.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from rapidfuzz import fuzz
+from rapidfuzz.distance import Indel
 
 __all__ = [
     "WORST",
@@ -81,18 +81,31 @@ def method_of(scorer: Scorer) -> str:
     return str(getattr(scorer, "method", type(scorer).__name__))
 
 
-_SPACE = re.compile(r"\s+")
 _MARKER = re.compile(r"(?m)^\s*(?:[-*•]|\d+[.)])\s+")
 
 
 def normalise_text(text: str) -> str:
     """Text as compared: list markers dropped, case folded, white space collapsed."""
-    return _SPACE.sub(" ", _MARKER.sub("", text)).strip().casefold()
+    return " ".join(_words(text))
+
+
+def _words(text: str) -> list[str]:
+    return _MARKER.sub("", text).casefold().split()
+
+
+#: Up to this many characters (both texts together), similarity is by character;
+#: longer texts are compared word by word (measured on 4 KB recipes: 0.27 ms a pair by
+#: character, 0.04 ms by word, plus 0.03 ms a text to split it).
+SHORT = 400
 
 
 def similarity(a: str, b: str) -> float:
-    """Lexical similarity of two texts in [0, 1] (1: the same once normalised)."""
-    a, b = normalise_text(a), normalise_text(b)
+    """Lexical similarity of two texts in [0, 1] (1: the same once normalised): the
+    normalised Indel similarity of their characters (short texts, such as a name; list
+    markers dropped) or of their case-folded words (longer ones, such as a recipe's
+    directions, where a list marker is one word among many)."""
     if a == b:
         return 1.0
-    return float(fuzz.ratio(a, b)) / 100.0
+    if len(a) + len(b) <= SHORT:
+        return float(Indel.normalized_similarity(normalise_text(a), normalise_text(b)))
+    return float(Indel.normalized_similarity(a.casefold().split(), b.casefold().split()))

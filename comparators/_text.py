@@ -3,8 +3,9 @@ and, with a scorer, how close their content is."""
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,17 @@ _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S")
 
 def sections(text: str) -> dict[str, list[str]]:
     """Headings (``Title:``, ``## Directions``, ``**Notes**``) and the lines under each."""
+    return {name: list(lines) for name, lines in _sections(text).items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _sections(text: str) -> dict[str, tuple[str, ...]]:
+    """:func:`sections`, kept for the texts seen last: the structure check and the
+    content score of one pair both read them (a text's hash is computed once)."""
+    return {name: tuple(lines) for name, lines in _parse(text).items()}
+
+
+def _parse(text: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     current: str | None = None
     for line in text.splitlines():
@@ -58,7 +70,7 @@ class TextOutput:
         if (empty := emptiness(legacy, candidate, self.quality)) is not None:
             return empty
         l_text, c_text = str(legacy), str(candidate)
-        l_secs, c_secs = sections(l_text), sections(c_text)
+        l_secs, c_secs = _sections(l_text), _sections(c_text)
         diffs: list[str] = []
         for name in self.sections:
             key = name.casefold()
@@ -84,13 +96,13 @@ class TextOutput:
             scored(self.quality, l_text, c_text),
         )
 
-    def _valid(self, found: dict[str, list[str]]) -> bool:
+    def _valid(self, found: Mapping[str, Sequence[str]]) -> bool:
         return all(s.casefold() in found for s in self.sections) and all(
             _is_list(found.get(s.casefold(), [])) for s in self.lists
         )
 
 
-def _is_list(lines: list[str]) -> bool:
+def _is_list(lines: Sequence[str]) -> bool:
     return bool(lines) and all(_LIST_ITEM.match(line) for line in lines)
 
 
@@ -112,7 +124,7 @@ class TextSimilarity:
         """How close ``candidate``'s text is to ``legacy``'s."""
         l_text, c_text = str(legacy), str(candidate)
         if self.sections:
-            l_secs, c_secs = sections(l_text), sections(c_text)
+            l_secs, c_secs = _sections(l_text), _sections(c_text)
             names = [s for s in self.sections if s.casefold() in l_secs]
             if names:
                 scores: dict[str, float] = {}
