@@ -72,6 +72,8 @@ class FieldRules:
         if isinstance(a, dict) and isinstance(b, dict):
             for key in {**a, **b}:
                 child = _key(path, key)
+                if child in self._ignored:
+                    continue
                 if key in a and key in b:
                     self._walk(a[key], b[key], child, tally)
                 else:

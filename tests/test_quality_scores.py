@@ -91,6 +91,7 @@ def test_strings_by_similarity_missing_keys_and_types() -> None:
     assert score(rules, {"a": {"x": 1, "y": 2}}, {}) == 0.0
     ignored = JsonOutput(quality=FieldRules(ignore=("confidence",)))
     assert score(ignored, {"v": 1, "confidence": 0.9}, {"v": 1, "confidence": 0.1}) == 1.0
+    assert score(ignored, {"v": 1, "confidence": 0.9}, {"v": 1}) == 1.0  # even one-sided
 
 
 def test_an_empty_or_unreadable_candidate_scores_zero_and_both_empty_not_at_all() -> None:

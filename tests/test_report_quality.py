@@ -131,6 +131,11 @@ def test_few_scored_pairs_hold_until_min_pairs(tmp_path: Path) -> None:
     [task] = build_report([str(log)], policy=Policy.load(tmp_path / "policy.yaml"))["tasks"]
     assert task["verdict"] == "HOLD"
     assert any("100 scored pairs, needs 200 more" in r for r in task["reasons"])
+    # two equal low scores make a zero-width interval: too few to roll back on
+    two = [record("kiwi.b", rng, 0.5 if i < 2 else None, None) for i in range(400)]
+    log.write_text("\n".join(two) + "\n")
+    [task] = build_report([str(log)], policy=Policy.load(tmp_path / "policy.yaml"))["tasks"]
+    assert task["verdict"] == "HOLD", task["reasons"]
 
 
 def test_cli_json_and_table_show_quality(tmp_path: Path) -> None:

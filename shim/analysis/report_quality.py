@@ -21,6 +21,10 @@ from shim.analysis.stats import Z95, Z_ONE_SIDED_95
 
 __all__ = ["quality_gate", "quality_summary"]
 
+#: The normal interval needs scores enough to stand for their spread: fewer than this
+#: many scored pairs never roll back (two equal scores would give a zero-width interval).
+_MIN_ROLLBACK = 30
+
 
 def _bounds(mean: float, sd: float, n: int, z: float) -> tuple[float, float]:
     if n < 2:
@@ -60,9 +64,10 @@ def quality_summary(row: Mapping[str, Any]) -> dict[str, Any] | None:
 def quality_gate(quality: dict[str, Any] | None, gates: Gates) -> tuple[str, str] | None:
     """The ``min_quality`` gate: ``("rollback" | "hold" | "pass", line)``; None when the
     policy sets no ``min_quality``. ROLLBACK when even the upper bound of the relative
-    quality is under ``min_quality`` (the content is worse: more pairs will not mend
-    it); HOLD while the interval straddles it or the scored pairs are fewer than
-    ``min_pairs``; it passes when the lower bound reaches it."""
+    quality is under ``min_quality`` over at least 30 scored pairs (the content is
+    worse: more pairs will not mend it); HOLD while the interval straddles it or the
+    scored pairs are fewer than ``min_pairs``; it passes when the lower bound reaches
+    it."""
     limit = gates.min_quality
     if limit is None:
         return None
@@ -77,7 +82,7 @@ def quality_gate(quality: dict[str, Any] | None, gates: Gates) -> tuple[str, str
         f"quality {relative['mean']:.3f} (one-sided 95 % bounds {relative['low']:.3f}"
         f"-{relative['high']:.3f}, {how}) vs min_quality {limit:.3f}"
     )
-    if relative["high"] < limit:
+    if relative["high"] < limit and quality["n"] >= _MIN_ROLLBACK:
         return "rollback", line
     if quality["n"] < gates.min_pairs:
         need = gates.min_pairs - quality["n"]
