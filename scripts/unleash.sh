@@ -98,7 +98,9 @@ healthy() { curl -fsS "$url/health" 2>/dev/null | grep -q GOOD; }
 
 start_unleash() {
   if healthy; then return; fi
-  cp "$root/scripts/unleash-server.mjs" "$state/server.mjs"
+  # Copied whole, then renamed: a server of another run may be starting from it.
+  cp "$root/scripts/unleash-server.mjs" "$run/server.mjs.new"
+  mv -f "$run/server.mjs.new" "$state/server.mjs"
   # No subshell around the background job: it would wait for node while holding our
   # stdout, and `eval "$(unleash.sh start)"` would never return.
   cd "$state"
@@ -128,7 +130,8 @@ stop_all() {
   if [ -f "$pgdata/postmaster.pid" ]; then
     as_postgres "'$bin/pg_ctl' -D '$pgdata' -m fast -w stop" >/dev/null 2>&1 || true
   fi
-  if [ "${UNLEASH_PRIVATE:-}" = 1 ]; then rm -rf "$run"; fi
+  # A run's own folder goes with it, once its PostgreSQL is down (never under it).
+  if [ "${UNLEASH_PRIVATE:-}" = 1 ] && [ ! -f "$pgdata/postmaster.pid" ]; then rm -rf "$run"; fi
 }
 
 case "${1:-}" in
