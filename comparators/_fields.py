@@ -9,8 +9,10 @@ list and ``items[].name`` for a key of each (``[].day`` when the value is a list
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from ._quality import WORST, Quality, similarity
@@ -26,15 +28,19 @@ class FieldRules:
     """Field-level score of two JSON values: the mean over their leaves (each number,
     string, boolean or null) of how close the candidate's leaf is to legacy's.
 
-    - Numbers: 1 within ``tolerance`` (relative; ``tolerances`` per path), else ``1 -``
-      the relative difference (a total 5 % off scores 0.95), never below 0.
+    - Numbers (ints, floats, Decimals): 1 within ``tolerance`` (relative; ``tolerances``
+      per path; values within 1e-12 of each other are equal too), else ``1 -`` the
+      relative difference (a total 5 % off scores 0.95), never below 0. Infinities,
+      NaN and ints too large for a float: equal or 0.
     - Strings: lexical similarity of the normalised text (``exact`` paths: equal or 0).
     - Booleans and nulls, and values of different types: equal or 0.
     - Objects: by key, in any order; a key only one side has scores 0 for each leaf
       under it.
-    - Lists: by position, or aligned by a key (``align``: list path -> the field, or
-      fields, that identify an element, such as ``{"$": ("day", "meal_type")}``); an
-      element without a partner scores 0 for each leaf under it.
+    - Lists (and tuples): by position, or aligned by a key (``align``: list path -> the field, or
+      fields, that identify an element, such as ``{"$": ("day", "meal_type")}``; text
+      keys match case-blind, numbers by value); an element without a partner scores 0
+      for each leaf under it.
+    - An object or list against a scalar scores 0 for each leaf of the larger side.
     - ``ignore``: paths left out.
 
     The record's ``detail`` has ``fields`` (leaves scored) and ``worst``: the paths
@@ -79,7 +85,7 @@ class FieldRules:
                 else:
                     self._unpaired(a[key] if key in a else b[key], child, tally)
             return
-        if isinstance(a, list) and isinstance(b, list):
+        if isinstance(a, list | tuple) and isinstance(b, list | tuple):
             for x, y in self._pairs(a, b, path):
                 element = _element(path)
                 if x is _NONE or y is _NONE:
@@ -87,26 +93,21 @@ class FieldRules:
                 else:
                     self._walk(x, y, element, tally)
             return
+        if isinstance(a, _CONTAINERS) or isinstance(b, _CONTAINERS):  # against a scalar
+            _add(tally, path, 0.0, max(self._leaves(a, path), self._leaves(b, path)))
+            return
         _add(tally, path, self._leaf(a, b, path), 1)
 
     def _leaf(self, a: Any, b: Any, path: str) -> float:
         if path in self._exact:
             return 1.0 if type(a) is type(b) and a == b else 0.0
-        numbers = (int, float)
-        if isinstance(a, numbers) and isinstance(b, numbers):
-            if isinstance(a, bool) or isinstance(b, bool):
-                return 1.0 if a is b else 0.0
-            tolerance = self.tolerances.get(path, self.tolerance)
-            if math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance):
-                return 1.0
-            if not (math.isfinite(a) and math.isfinite(b)):
-                return 0.0
-            return max(0.0, 1.0 - abs(a - b) / max(abs(a), abs(b)))
+        if _is_number(a) and _is_number(b):
+            return _closeness(a, b, self.tolerances.get(path, self.tolerance))
         if isinstance(a, str) and isinstance(b, str):
             return similarity(a, b)
         return 1.0 if type(a) is type(b) and a == b else 0.0
 
-    def _pairs(self, a: list[Any], b: list[Any], path: str) -> Iterable[tuple[Any, Any]]:
+    def _pairs(self, a: Sequence[Any], b: Sequence[Any], path: str) -> Iterable[tuple[Any, Any]]:
         """The elements of two lists, paired by position or by the ``align`` key."""
         fields = self.align.get(path)
         if fields is None:
@@ -126,16 +127,64 @@ class FieldRules:
 
     def _unpaired(self, value: Any, path: str, tally: _Tally) -> None:
         """Each leaf of a value the other side lacks scores 0."""
-        _add(tally, path, 0.0, _leaves(value))
+        _add(tally, path, 0.0, self._leaves(value, path))
+
+    def _leaves(self, value: Any, path: str) -> int:
+        """How many leaves ``value`` at ``path`` has, ignored paths left out (an empty
+        object or list counts as one)."""
+        if isinstance(value, dict):
+            found = (self._leaves(v, _key(path, k)) for k, v in value.items())
+            return sum(found) or 1
+        if isinstance(value, list | tuple):
+            element = _element(path)
+            return sum(self._leaves(v, element) for v in value) or 1
+        return 0 if path in self._ignored else 1
 
 
 _NONE = object()  # no partner
 
 
-def _identity(item: Any, names: tuple[str, ...]) -> Any:
+_CONTAINERS = (dict, list, tuple)
+_ABS_TOLERANCE = 1e-12  # float noise around zero, where a relative tolerance cannot help
+
+
+def _is_number(value: Any) -> bool:
+    if type(value) is float or type(value) is int:  # the common case, without an ABC check
+        return True
+    return isinstance(value, numbers.Real | Decimal) and not isinstance(value, bool)
+
+
+def _closeness(a: Any, b: Any, tolerance: float) -> float:
+    """1 within ``tolerance`` (relative), else 1 - the relative difference, never below
+    0; what a float cannot hold (infinities, NaN, ints past its range): equal or 0."""
+    try:
+        x, y = float(a), float(b)
+    except OverflowError:
+        return 1.0 if a == b else 0.0
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return 1.0 if a == b else 0.0
+    if math.isclose(x, y, rel_tol=tolerance, abs_tol=_ABS_TOLERANCE):
+        return 1.0
+    return max(0.0, 1.0 - abs(x - y) / max(abs(x), abs(y)))
+
+
+def _identity(item: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
+    """What pairs an element with its partner: its ``names`` fields, text case-blind
+    and numbers by value (``1`` and ``1.0``); a missing field is not a null one."""
     if not isinstance(item, dict):
-        return ("", repr(item))
-    return tuple(repr(item.get(name)) for name in names)
+        return ("element", repr(item))
+    return tuple(_key_value(item[name]) if name in item else ("missing",) for name in names)
+
+
+def _key_value(value: Any) -> tuple[str, Any]:
+    if isinstance(value, str):
+        return ("text", value.strip().casefold())
+    if _is_number(value):
+        try:
+            return ("number", float(value))
+        except OverflowError:
+            return ("number", value)
+    return ("other", repr(value))
 
 
 def _key(path: str, key: Any) -> str:
@@ -144,14 +193,6 @@ def _key(path: str, key: Any) -> str:
 
 def _element(path: str) -> str:
     return "[]" if path == "$" else f"{path}[]"
-
-
-def _leaves(value: Any) -> int:
-    if isinstance(value, dict):
-        return sum(map(_leaves, value.values())) or 1
-    if isinstance(value, list):
-        return sum(map(_leaves, value)) or 1
-    return 1
 
 
 def _add(tally: _Tally, path: str, score: float, leaves: int) -> None:

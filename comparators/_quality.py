@@ -13,8 +13,9 @@ texts (case folded, runs of white space made one space, list markers such as ``-
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from rapidfuzz.distance import Indel
@@ -64,13 +65,24 @@ class Scorer(Protocol):
 
 
 def scored(scorer: Scorer | None, legacy: Any, candidate: Any) -> Quality | None:
-    """``scorer``'s Quality for the pair (None without a scorer). A scorer that raises
-    gives a Quality with no score that carries the exception, so that the structure
-    verdict stands and the failure is counted."""
+    """``scorer``'s Quality for the pair (None without a scorer), its score clamped to
+    [0, 1]. A scorer that raises, or returns something else than a Quality with a
+    number or None as its score, gives a Quality with no score that carries the
+    exception, so that the structure verdict stands and the failure is counted."""
     if scorer is None:
         return None
     try:
-        return scorer.score(legacy, candidate)
+        found = scorer.score(legacy, candidate)
+        if not isinstance(found, Quality):
+            raise TypeError(f"score() returned {type(found).__name__}, not a Quality")
+        if found.score is None or found.failure is not None:
+            return found
+        if isinstance(found.score, bool) or not isinstance(found.score, int | float):
+            raise TypeError(f"a score of {type(found.score).__name__}, not a number")
+        if math.isnan(found.score):
+            raise ValueError("a score of NaN")
+        clamped = min(1.0, max(0.0, float(found.score)))
+        return found if clamped == found.score else replace(found, score=clamped)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"[:200]
         return Quality(method_of(scorer), None, {"error": error}, failure=exc)

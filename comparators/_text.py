@@ -125,7 +125,8 @@ class TextSimilarity:
         l_text, c_text = str(legacy), str(candidate)
         if self.sections:
             l_secs, c_secs = _sections(l_text), _sections(c_text)
-            names = [s for s in self.sections if s.casefold() in l_secs]
+            unique = {name.casefold(): name for name in self.sections}  # each once
+            names = [name for key, name in unique.items() if key in l_secs]
             if names:
                 scores: dict[str, float] = {}
                 weights: dict[str, int] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -121,56 +122,118 @@ class Broken:
         raise ValueError("no score today")
 
 
-def test_the_record_carries_quality_and_a_scorer_that_raises_is_counted() -> None:
-    legacy = receipt()
-    worse = copy.deepcopy(legacy)
-    worse["totals"]["total"] *= 1.05
-    for comparator, expect in (
-        (KIWI_RECEIPT, "json_fields"),
-        (JsonOutput(quality=Broken()), "broken"),
-    ):
-        with TestShim({"kiwi.ocr": {"shadow": 100}}, answer=lambda req: worse) as s:
+class Returns:
+    """A scorer that returns ``found`` as it is."""
 
-            @s.shadow(
-                product="kiwi",
-                task="ocr",
-                request=lambda: TaskRequest(prompt="scan"),
-                response=lambda r: r.output,
-                output=comparator,
-            )
-            def scan() -> dict[str, Any]:
-                return legacy
+    method = "returns"
 
-            assert scan() is legacy
-            [row] = s.comparisons
-            assert row["structure"]["match"] is True  # same shape either way
-            assert row["quality"]["method"] == expect
-            errors = [r for r in s.records if r["event"] == "shim.error"]
-        if expect == "json_fields":
-            assert 0.9 < row["quality"]["score"] < 1.0
-            assert "totals.total" in row["quality"]["detail"]["worst"]
-            assert not errors
-        else:
-            assert row["quality"]["score"] is None
-            assert "no score today" in row["quality"]["detail"]["error"]
-            assert [e["operation"] for e in errors] == ["quality"]
+    def __init__(self, found: Any) -> None:
+        self.found = found
+
+    def score(self, legacy: Any, candidate: Any) -> Any:
+        return self.found
 
 
-def test_a_noise_run_records_legacy_against_itself() -> None:
-    legacy = receipt()
-    with TestShim({"kiwi.ocr": {"shadow": 100}}, answer=lambda req: legacy, noise_sample=1.0) as s:
+def compared(
+    comparator: Any, legacy: Any, answer: Any, noise_sample: float = 0.0
+) -> tuple[dict[str, Any], list[str]]:
+    """One shadowed ocr call (legacy returns a fresh copy of ``legacy``, the task path
+    ``answer``): its comparison record, and the operation of each error it counted."""
+    flags = {"kiwi.ocr": {"shadow": 100}}
+    with TestShim(flags, answer=lambda req: answer, noise_sample=noise_sample) as s:
 
         @s.shadow(
             product="kiwi",
             task="ocr",
             request=lambda: TaskRequest(prompt="scan"),
             response=lambda r: r.output,
-            output=KIWI_RECEIPT,
+            output=comparator,
         )
         def scan() -> dict[str, Any]:
             return copy.deepcopy(legacy)
 
         scan()
         [row] = s.comparisons
+        errors = [r for r in s.records if r["event"] == "shim.error"]
+        return row, [r["operation"] for r in errors for _ in range(r.get("count", 1))]
+
+
+def test_the_record_carries_quality() -> None:
+    legacy = receipt()
+    worse = copy.deepcopy(legacy)
+    worse["totals"]["total"] *= 1.05
+    row, errors = compared(KIWI_RECEIPT, legacy, worse)
+    assert row["structure"]["match"] is True  # the same shape
+    assert row["quality"]["method"] == "json_fields"
+    assert 0.9 < row["quality"]["score"] < 1.0
+    assert "totals.total" in row["quality"]["detail"]["worst"]
+    assert not errors
+
+
+@pytest.mark.parametrize(
+    ("scorer", "error"),
+    [
+        (Broken(), "ValueError: no score today"),
+        (Returns(0.5), "TypeError: score() returned float, not a Quality"),
+        (Returns(Quality("returns", "high")), "TypeError: a score of str, not a number"),  # type: ignore[arg-type]
+        (Returns(Quality("returns", float("nan"))), "ValueError: a score of NaN"),
+    ],
+)
+def test_a_scorer_that_fails_is_counted_and_the_structure_verdict_stands(
+    scorer: Any, error: str
+) -> None:
+    row, errors = compared(JsonOutput(quality=scorer), receipt(), receipt())
+    assert row["structure"]["match"] is True
+    assert row["quality"] == {"method": scorer.method, "score": None, "detail": {"error": error}}
+    assert errors == ["quality"]
+
+
+def test_a_score_outside_0_1_is_clamped() -> None:
+    row, errors = compared(JsonOutput(quality=Returns(Quality("returns", 1.7))), 1, 1)
+    assert row["quality"]["score"] == 1.0 and not errors
+
+
+def test_a_noise_run_records_legacy_against_itself_and_its_failure_is_counted() -> None:
+    legacy = receipt()
+    row, errors = compared(KIWI_RECEIPT, legacy, legacy, noise_sample=1.0)
     assert row["structure"]["noise"]["score"] == 1.0
     assert row["quality"]["score"] == 1.0
+    row, errors = compared(JsonOutput(quality=Broken()), legacy, legacy, noise_sample=1.0)
+    assert "score" not in row["structure"]["noise"]
+    assert errors == ["quality", "quality"]  # the pair's and the noise run's
+
+
+def test_numbers_of_every_kind_and_sizes() -> None:
+    rules = JsonOutput(quality=FieldRules(tolerance=0.01))
+    big = 10**400
+    assert score(rules, {"n": big}, {"n": big}) == 1.0  # no OverflowError
+    assert score(rules, {"n": big}, {"n": big + 1}) == 0.0  # past a float: equal or 0
+    assert score(rules, {"n": Decimal("10.00")}, {"n": Decimal("10.001")}) == 1.0
+    assert score(rules, {"n": Decimal("10")}, {"n": 11.0}) == pytest.approx(1 - 1 / 11)
+    assert score(rules, {"n": float("inf")}, {"n": float("inf")}) == 1.0
+    assert score(rules, {"n": float("nan")}, {"n": 1.0}) == 0.0
+    assert score(rules, {"n": 0.05}, {"n": 0.06}) < 1.0  # relative, not absolute
+    assert score(rules, {"n": 0.0}, {"n": 1e-17}) == 1.0  # float noise at zero
+    assert score(rules, {"n": (1, 2)}, {"n": [1, 2]}) == 1.0  # a tuple is a list
+
+
+def test_an_object_against_a_scalar_weighs_as_its_leaves() -> None:
+    rules = JsonOutput(quality=FieldRules())
+    legacy = {"a": 1, "b": {"x": 1, "y": 2, "z": 3}}
+    assert score(rules, legacy, {"a": 1, "b": "gone"}) == score(rules, legacy, {"a": 1}) == 0.25
+
+
+def test_aligned_keys_match_case_blind_and_by_value_and_missing_is_not_null() -> None:
+    rules = JsonOutput(quality=FieldRules(align={"$": "day"}))
+    legacy = [{"day": "Mon", "meal": "soup"}, {"day": 2, "meal": "stew"}]
+    assert (
+        score(rules, legacy, [{"day": 2.0, "meal": "stew"}, {"day": "mon", "meal": "soup"}]) == 1.0
+    )
+    assert score(rules, [{"day": None, "m": 1}], [{"m": 1}]) == 0.0
+
+
+def test_a_section_named_twice_is_scored_once() -> None:
+    twice = TextOutput(quality=TextSimilarity(sections=("Title", "title", "Notes")))
+    legacy = "Title: Soup\nNotes: hot\n"
+    assert score(twice, legacy, legacy) == 1.0
+    assert score(twice, legacy, "Title: Soup\nNotes: cold\n") < 1.0

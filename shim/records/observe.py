@@ -228,7 +228,9 @@ def _with_noise(
         on_error("compare", exc)
         return structure
     structure["noise"] = {"match": noise.match, "diff": list(noise.diff) if noise.diff else None}
-    if noise.quality is not None and noise.quality.score is not None:
+    if noise.quality is not None and noise.quality.failure is not None:
+        on_error("quality", noise.quality.failure)
+    elif noise.quality is not None and noise.quality.score is not None:
         # legacy against itself: pooled per task, the score an equal candidate gets
         structure["noise"]["score"] = round(noise.quality.score, 4)
     noisy = {d.split(":", 1)[0] for d in noise.diff or ()}
