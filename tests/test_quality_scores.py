@@ -23,7 +23,7 @@ from shim.comparators import (
     TextSimilarity,
     similarity,
 )
-from shim.sim._outputs import generate
+from shim.sim import generate
 from shim.testing import TestShim
 
 

@@ -98,7 +98,7 @@ def test_equal_content_promotes(report: dict[str, Any]) -> None:
         "mean": 1.0,
         "ci95": [1.0, 1.0],
         "noise": None,
-        "relative": {"mean": 1.0, "low": 1.0, "high": 1.0},
+        "relative": {"mean": 1.0, "low": 1.0, "high": 1.0, "against_noise": False},
     }
 
 
@@ -108,7 +108,25 @@ def test_quality_is_read_against_legacys_own_noise(report: dict[str, Any]) -> No
     assert quality["noise"]["n"] == 150
     assert quality["noise"]["mean"] == pytest.approx(0.88, abs=0.02)
     assert quality["relative"]["mean"] == pytest.approx(0.86 / 0.88, abs=0.02)
+    assert quality["relative"]["against_noise"] is True
+    # the bounds take the noise mean's own interval: wider than the mean's alone
+    relative, mean = quality["relative"], quality["mean"]
+    assert relative["low"] < mean / quality["noise"]["mean"] - (mean - quality["ci95"][0]) / 2
     assert noisy["verdict"] == "PROMOTE", noisy["reasons"]
+
+
+def test_few_noise_runs_are_not_relied_on(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    log = tmp_path / "few.jsonl"
+    rng = random.Random(2)
+    # two noise runs that happen to score 0.5 would make a 0.6 candidate look perfect
+    rows = [record("kiwi.a", rng, 0.6, 0.5 if i < 2 else None) for i in range(400)]
+    log.write_text("\n".join(rows) + "\n")
+    [task] = build_report([str(log)], policy=Policy.load(tmp_path / "policy.yaml"))["tasks"]
+    assert task["quality"]["noise"]["n"] == 2
+    assert task["quality"]["relative"]["against_noise"] is False
+    assert task["verdict"] == "ROLLBACK"
+    assert any("only 2 noise runs: not relied on" in r for r in task["reasons"])
 
 
 def test_no_scores_hold_under_min_quality_and_nothing_changes_without_it(

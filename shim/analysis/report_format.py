@@ -57,7 +57,7 @@ def quality_text(task: dict[str, Any]) -> str:
         return "-"
     low, high = found["ci95"]
     text = f"{found['mean']:.3f} [{low:.3f}..{high:.3f}]"
-    if found.get("noise"):
+    if found["relative"]["against_noise"]:
         text += f" (rel. {found['relative']['mean']:.3f})"
     return text
 
