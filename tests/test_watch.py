@@ -13,6 +13,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from shim import flags
+from shim.analysis.policy import Policy
 from shim.cli.app import app
 from shim.ops.watch import Watch, follow
 
@@ -102,3 +103,21 @@ def test_follow_reads_a_growing_log_across_rotation(tmp_path: Path) -> None:
     done.set()
     thread.join(5)
     assert seen == list(range(10))
+
+
+def test_content_that_gets_worse_breaches_on_min_quality_and_equal_never() -> None:
+    policy = Policy.model_validate({"defaults": {"min_quality": 0.95}})
+    rng = random.Random(3)
+
+    def scored(rows: list[dict[str, Any]], mean: float) -> list[dict[str, Any]]:
+        for row in rows:
+            row["quality"] = {"method": "json_fields", "score": mean + rng.uniform(-0.05, 0.05)}
+        return rows
+
+    good = scored(stream(rng, 600, 0), 0.99)
+    watch = Watch(policy)
+    assert not any(watch.feed(row) for row in good)
+    worse = scored(stream(rng, 400, 0), 0.80)  # shapes and errors as before: only content
+    breaches = [b for row in worse if (b := watch.feed(row)) is not None]
+    assert breaches and "vs min_quality 0.950" in breaches[0].reasons[0]
+    assert not any(Watch().feed(row) for row in worse), "no min_quality: content not read"

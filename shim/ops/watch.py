@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from shim.analysis.log_lines import MAX_LINE_BYTES
 from shim.analysis.policy import Gates, Policy
+from shim.analysis.report_quality import quality_gate, quality_summary
 
 if TYPE_CHECKING:
     from shim.flags.store import Change, FlagStore
@@ -52,7 +53,9 @@ class Breach:
 
 @dataclass
 class _TaskWatch:
-    window: deque[tuple[bool, bool, bool | None, bool]]
+    #: per pair: legacy ok, candidate ok, structure match, routing error, content
+    #: score, legacy's noise score (None: none)
+    window: deque[tuple[bool, bool, bool | None, bool, float | None, float | None]]
     stage: str = ""
     since_eval: int = 0
     consecutive: int = 0
@@ -98,6 +101,8 @@ class Watch:
                     bool(candidate["ok"]),
                     structure.get("match"),
                     bool(model.get("routing_error")),
+                    _score(record.get("quality")),
+                    _score(structure.get("noise")),
                 )
             )
         except (KeyError, TypeError):
@@ -134,7 +139,7 @@ class Watch:
     def _failing(state: _TaskWatch, gates: Gates) -> list[str]:
         rows = list(state.window)
         compared = [r[2] for r in rows if r[2] is not None]
-        return list(
+        reasons = list(
             gates.rollback_reasons(
                 pairs=len(rows),
                 legacy_errors=sum(not r[0] for r in rows),
@@ -144,6 +149,33 @@ class Watch:
                 routing_errors=sum(r[3] for r in rows),
             )
         )
+        if gates.min_quality is not None:
+            quality = [r[4] for r in rows if r[4] is not None]
+            noise = [r[5] for r in rows if r[5] is not None]
+            found = quality_gate(
+                quality_summary(_sums("quality", quality) | _sums("noise", noise)), gates
+            )
+            if found is not None and found[0] == "rollback":
+                reasons.append(found[1])
+        return reasons
+
+
+def _sums(name: str, scores: list[float]) -> dict[str, float]:
+    """The sums :func:`~shim.analysis.report_quality.quality_summary` reads, as the
+    report's query makes them."""
+    return {
+        f"{name}_n": len(scores),
+        f"{name}_sum": sum(scores),
+        f"{name}_sumsq": sum(x * x for x in scores),
+    }
+
+
+def _score(part: Any) -> float | None:
+    """A record's ``quality.score`` (or ``structure.noise.score``) in [0, 1], if any."""
+    score = part.get("score") if isinstance(part, dict) else None
+    if isinstance(score, bool) or not isinstance(score, int | float) or score != score:
+        return None
+    return min(1.0, max(0.0, float(score)))
 
 
 def auto_rollback(breach: Breach, store: FlagStore, log: Path | None) -> Change | None:
