@@ -6,6 +6,7 @@ app with no coordinator at all."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -240,6 +241,7 @@ def test_soft_failures_are_configurable_per_call_site(sim: Simulator, tmp_path: 
         product="kiwi",
         task="barcode_scan",
         request=lambda: TaskRequest(prompt="label", images=("iVBOR",)),
+        response=lambda r: json.loads(r.text),  # the node's reply is text, as kiwi's
         soft_failure=lambda label: label.get("confidence", 0) == 0,
     )
     def extract_label() -> dict[str, Any]:

@@ -228,6 +228,15 @@ def test_function_call_site_returns_the_served_paths_value(
     """Each caller gets the serving path's value itself (its hash is the one recorded on
     that side), of legacy's type; the calls are split as the stage says, and a user's
     second call goes the way the first did."""
+    # The simulator answers a request with the same content on both paths; a prose
+    # wrapper on the task path's recipes tells the paths' values apart.
+    sim.set_profile(
+        Profile(
+            seed=1,
+            defaults=NO_WAIT,
+            tasks={"kiwi.recipe_generation": {"drift_rate": 1.0, "drift_kinds": ["prose"]}},
+        )
+    )
     k = load(flags(stage, task))
     before = counts(sim)
     users = USERS + USERS

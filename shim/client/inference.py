@@ -42,7 +42,11 @@ def _task_body(ex: Exchange, req: TaskRequest) -> dict[str, Any]:
             body[key] = value
     if req.params:
         body["params"] = dict(req.params)
-    return body  # images go to the node, never through the coordinator
+    if req.images and req.mode is None:
+        # Images go to the node, never through the coordinator: a coordinator that
+        # answered the prompt itself would answer without them. An allocation, then.
+        body["mode"] = "allocate"
+    return body
 
 
 _IMAGE_TYPES = (("iVBOR", "image/png"), ("R0lGOD", "image/gif"), ("UklGR", "image/webp"))

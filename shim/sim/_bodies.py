@@ -14,6 +14,8 @@ __all__ = [
     "ExtractBody",
     "LegacyBody",
     "TaskBody",
+    "content_key",
+    "first_image",
     "system_prompt",
     "user_prompt",
 ]
@@ -119,3 +121,24 @@ def system_prompt(messages: list[dict[str, Any]]) -> str:
 def user_prompt(messages: list[dict[str, Any]]) -> str:
     """Every message's text, for token counts."""
     return " ".join(_text(m.get("content")) for m in messages)
+
+
+def first_image(messages: list[dict[str, Any]]) -> str | None:
+    """The base64 data of the first image the messages carry (``image_url`` parts with a
+    ``data:`` URL), or None."""
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            url = part.get("image_url") if isinstance(part, dict) else None
+            url = url.get("url") if isinstance(url, dict) else url
+            if isinstance(url, str) and url.startswith("data:") and "," in url:
+                return url.split(",", 1)[1]
+    return None
+
+
+def content_key(*parts: str | None) -> str | None:
+    """What makes two requests ask the same (the simulator answers both with the same
+    content): their system prompt and prompt, or their image, joined; None when there
+    is none."""
+    found = " ".join(p for p in parts if p)
+    return found or None

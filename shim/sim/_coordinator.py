@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse
 
 from shim.base.orch import ModelEntry
 
-from ._bodies import AllocateBody, LegacyBody, TaskBody
+from ._bodies import AllocateBody, LegacyBody, TaskBody, content_key
 from ._outputs import asks_for_timing
 from ._profile import NodeSpec
 from ._state import SimAllocation, SimState, error, usage
@@ -113,7 +113,8 @@ def coordinator_routes(state: SimState) -> APIRouter:
                 del answer["service"]
             return state.reply(answer, s)
         kind = "timing" if asks_for_timing(body.system) else state.kind(name)
-        output = await state.produce(s, kind, node.id, model_id, drift=True)
+        key = content_key(body.system, body.prompt)
+        output = await state.produce(s, kind, node.id, model_id, drift=True, key=key)
         return state.reply(
             {
                 "output": output,
@@ -139,7 +140,8 @@ def coordinator_routes(state: SimState) -> APIRouter:
             return found
         s, placed = found
         kind = "timing" if asks_for_timing(body.system) else state.kind_of(task, model_id)
-        output = await state.produce(s, kind, placed[0].id, model_id, drift=False)
+        key = content_key(body.system, body.prompt)
+        output = await state.produce(s, kind, placed[0].id, model_id, drift=False, key=key)
         return state.reply(
             {
                 "output": output,

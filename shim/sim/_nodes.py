@@ -37,7 +37,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ._bodies import ChatBody, ExtractBody, system_prompt, user_prompt
+from ._bodies import (
+    ChatBody,
+    ExtractBody,
+    content_key,
+    first_image,
+    system_prompt,
+    user_prompt,
+)
 from ._outputs import as_text, asks_for_timing, extract_kind
 from ._profile import NodeSpec, Settings
 from ._state import SimAllocation, SimState, error, usage
@@ -137,7 +144,9 @@ def node_routes(state: SimState) -> APIRouter:
             return s
         timing = asks_for_timing(system_prompt(body.messages))
         kind = "timing" if timing else state.kind_of(task, model_id)
-        output = await state.produce(s, kind, node.id, model_id, drift=_via_task(alloc))
+        # a picture is what a vision model reads: the same one, the same content
+        key = first_image(body.messages) or content_key(user_prompt(body.messages))
+        output = await state.produce(s, kind, node.id, model_id, drift=_via_task(alloc), key=key)
         content = as_text(output)
         chat_id = state.next_id("chatcmpl")
         if body.stream:
@@ -176,7 +185,8 @@ def node_routes(state: SimState) -> APIRouter:
         if isinstance(s, Response):
             return s
         drift = _via_task(alloc)
-        output = await state.produce(s, extract_kind(task), node.id, model_id, drift=drift)
+        key = content_key(body.image_b64)
+        output = await state.produce(s, extract_kind(task), node.id, model_id, drift=drift, key=key)
         confidence = round(0.75 + 0.24 * state.rng.random(), 3)
         meta: dict[str, Any] = {"confidence": confidence, "hint": body.hint, "model": model_id}
         return state.reply({"raw_text": as_text(output), "metadata": meta}, s)

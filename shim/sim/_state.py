@@ -315,14 +315,20 @@ class SimState:
             return error(s.error_status, "injected", f"simulated {s.error_status}", **retry)
         return None
 
-    async def produce(self, s: Settings, kind: str, node: str, model: str, *, drift: bool) -> Any:
-        """Wait as the model would (cold start included), then make its output."""
+    async def produce(
+        self, s: Settings, kind: str, node: str, model: str, *, drift: bool, key: str | None = None
+    ) -> Any:
+        """Wait as the model would (cold start included), then make its output. With a
+        ``key`` (what the request asked: its prompt, or its image) the content is that
+        request's, the same on the legacy path and the task path, so that drift is the
+        only difference between them; without one, it is drawn afresh."""
         cold = (node, model) not in self.warm
         self.warm.add((node, model))
         delay = s.latency_s(self.rng) + (s.cold_start_ms / 1000.0 if cold else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
-        output = generate(kind, self.rng)
+        content = self.rng if key is None else random.Random(f"{self.profile.seed}|{kind}|{key}")
+        output = generate(kind, content)
         if drift and s.drift_rate and self.rng.random() < s.drift_rate:
             change = self.rng.choice(s.drift_kinds)
             self.count(f"fault.drift.{change}")
