@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shim import TaskRequest
+from shim.comparators import KIWI_RECEIPT
 
 from .docuvision_client import DocuvisionClient
 from .local_llm import LocalVision
@@ -62,6 +63,7 @@ _SKELETON: dict[str, Any] = {
         params={"hint": "text"},
     ),
     response=lambda result: result.text or None,
+    output=KIWI_RECEIPT,  # shapes, and the content field by field (money within 1 %)
     legacy_model=_MODEL_CANDIDATES[0],
 )
 def try_docuvision(image_path: str | Path | bytes) -> str | None:
