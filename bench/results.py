@@ -219,6 +219,8 @@ CPU_KINDS = {
     "meal_plan": "2 KB JSON meal plan",
     "recipe": "4 KB recipe text",
     "receipt": "receipt dict",
+    "recipe_scored": "4 KB recipe text, content scored (KIWI_RECIPE)",
+    "receipt_scored": "receipt dict, content scored (KIWI_RECEIPT)",
 }
 
 

@@ -75,7 +75,11 @@ class FieldRules:
     def _walk(self, a: Any, b: Any, path: str, tally: _Tally) -> None:
         if path in self._ignored:
             return
-        if isinstance(a, dict) and isinstance(b, dict):
+        kind_a, kind_b = type(a), type(b)
+        if kind_a in _SCALARS and kind_a is kind_b and a == b:  # most leaves: equal
+            _add(tally, path, 1.0, 1)
+            return
+        if (kind_a is dict and kind_b is dict) or (isinstance(a, dict) and isinstance(b, dict)):
             for key in {**a, **b}:
                 child = _key(path, key)
                 if child in self._ignored:
@@ -86,8 +90,8 @@ class FieldRules:
                     self._unpaired(a[key] if key in a else b[key], child, tally)
             return
         if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+            element = _element(path)
             for x, y in self._pairs(a, b, path):
-                element = _element(path)
                 if x is _NONE or y is _NONE:
                     self._unpaired(y if x is _NONE else x, element, tally)
                 else:
@@ -145,6 +149,9 @@ _NONE = object()  # no partner
 
 
 _CONTAINERS = (dict, list, tuple)
+#: Leaves that are equal exactly when ``==`` says so and their types match (a float
+#: NaN is not equal to itself, and so goes on to the number rules).
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 _ABS_TOLERANCE = 1e-12  # float noise around zero, where a relative tolerance cannot help
 
 
