@@ -23,7 +23,7 @@ __all__ = ["FieldRules"]
 _Tally = dict[str, list[float]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed as itself: it holds dicts
 class FieldRules:
     """Field-level score of two JSON values: the mean over their leaves (each number,
     string, boolean or null) of how close the candidate's leaf is to legacy's.

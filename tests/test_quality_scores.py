@@ -237,3 +237,8 @@ def test_a_section_named_twice_is_scored_once() -> None:
     legacy = "Title: Soup\nNotes: hot\n"
     assert score(twice, legacy, legacy) == 1.0
     assert score(twice, legacy, "Title: Soup\nNotes: cold\n") < 1.0
+
+
+def test_kiwis_comparators_can_be_hashed() -> None:
+    """A comparator may be a dict key or a set member (a call site's options are)."""
+    assert len({KIWI_RECEIPT, KIWI_MEAL_PLAN, KIWI_RECIPE}) == 3
