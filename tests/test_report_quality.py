@@ -174,3 +174,36 @@ def test_cli_json_and_table_show_quality(tmp_path: Path) -> None:
         env={"COLUMNS": "200", "PATH": ""},
     )
     assert "quality" in table.stdout
+
+
+def test_diff_paths_rank_what_differs_beyond_legacys_noise(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    rows = []
+    for i in range(1000):
+        row = json.loads(record("kiwi.plan", rng, None, None))
+        diff = []
+        if i % 5 == 0:  # 20 %: a key the candidate drops
+            diff.append("[].x: missing in candidate")
+        if i % 10 == 1:  # 10 %: a type that legacy itself changes as often
+            diff += ["[].y: number -> str", "[].y: number -> str", "... 2 more"]
+        if diff:
+            row["structure"].update(match=False, diff=diff)
+        if i % 10 == 0:  # a noise run on every tenth call; legacy changes y in a tenth
+            noisy = ["[].y: number -> str"] if i % 100 == 0 else None
+            row["structure"]["noise"] = {"match": noisy is None, "diff": noisy}
+        rows.append(json.dumps(row))
+    log = tmp_path / "paths.jsonl"
+    log.write_text("\n".join(rows) + "\n")
+    [task] = build_report([str(log)])["tasks"]
+    assert task["diff_paths"] == [
+        {"path": "[].x", "rate": 0.2, "noise_rate": 0.0},
+        {"path": "[].y", "rate": 0.1, "noise_rate": 0.1},
+    ]
+    table = subprocess.run(
+        [sys.executable, "-m", "shim", "report", str(log)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"COLUMNS": "200", "PATH": ""},
+    )
+    assert "kiwi.plan: paths that differ: [].x 20.00 % (noise 0.00 %); [].y 10.00 %" in table.stdout

@@ -18,7 +18,7 @@ from rich.text import Text
 from shim.analysis.report_verdict import held_line, untasked_line
 from shim.base.text import printable
 
-__all__ = ["markdown", "problem_lines", "quality_text", "table"]
+__all__ = ["diff_paths_line", "markdown", "problem_lines", "quality_text", "table"]
 
 _COLOURS = {"PROMOTE": "green", "HOLD": "yellow", "ROLLBACK": "red"}
 
@@ -60,6 +60,20 @@ def quality_text(task: dict[str, Any]) -> str:
     if found["relative"]["against_noise"]:
         text += f" (rel. {found['relative']['mean']:.3f})"
     return text
+
+
+def diff_paths_line(task: dict[str, Any], shown: int = 5) -> str | None:
+    """``kiwi.ocr: paths that differ: items[].name 12.0 % (noise 0.5 %); ...``: the task's
+    most frequent diff paths beyond legacy's noise; None when none differ."""
+    found = task.get("diff_paths") or []
+    if not found:
+        return None
+    parts = [
+        f"{p['path']} {_pct(p['rate'])}"
+        + (f" (noise {_pct(p['noise_rate'])})" if p["noise_rate"] is not None else "")
+        for p in found[:shown]
+    ]
+    return f"{task['task']}: paths that differ: " + "; ".join(parts)
 
 
 def _row(task: dict[str, Any]) -> list[str]:
@@ -147,12 +161,17 @@ def table(report: dict[str, Any]) -> Group:
             Text(printable(task["task"]), style=colour)
             + Text(": " + printable("; ".join(task["reasons"])))
         )
+    reasons += [Text(printable(line)) for line in _paths(report)]
     untasked = untasked_line(report)
     if untasked:
         reasons.append(Text(printable(untasked), style="yellow"))
     reasons += [Text(printable(line)) for line in _held(report)]
     reasons += [Text(line, style="yellow") for line in problem_lines(report)]
     return Group(out, *reasons)
+
+
+def _paths(report: dict[str, Any]) -> list[str]:
+    return [line for t in report["tasks"] if (line := diff_paths_line(t)) is not None]
 
 
 def _held(report: dict[str, Any]) -> list[str]:
@@ -188,6 +207,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- **{_md(task['task'])}** ({task['verdict']}): " + _md("; ".join(task["reasons"]))
         )
+    lines += [f"- {_md(line)}" for line in _paths(report)]
     untasked = untasked_line(report)
     if untasked:
         lines.append(f"- {_md(untasked)}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from shim.analysis.report_format import problem_lines, quality_text
+from shim.analysis.report_format import diff_paths_line, problem_lines, quality_text
 from shim.analysis.report_verdict import held_line, untasked_line
 from shim.base.text import printable
 
@@ -135,6 +135,10 @@ def _card(task: dict[str, Any]) -> str:
             else f"{ratio['ratio']:.2f} ({ratio['low']:.2f} to {ratio['high']:.2f})",
         ),
         ("content quality (95 % interval)", quality_text(task)),
+        (
+            "paths that differ most",
+            (diff_paths_line(task) or "-").partition(": paths that differ: ")[2] or "-",
+        ),
         ("dropped comparisons", f"{task['dropped']:,}"),
         (
             "comparator errors",
@@ -167,6 +171,11 @@ def _card(task: dict[str, Any]) -> str:
         f"<span style='color:{_TASK}'>■</span></h3>{_latency_svg(task)}"
         f"<h3>Rates with 95 % intervals</h3>{_rates_svg(task)}</div></div></section>"
     )
+
+
+def _paths_text(task: dict[str, Any]) -> str:
+    line = diff_paths_line(task)
+    return "-" if line is None else line.partition(": paths that differ: ")[2]
 
 
 def render_html(report: dict[str, Any]) -> str:

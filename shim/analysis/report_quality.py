@@ -21,7 +21,7 @@ from typing import Any
 from shim.analysis.policy import Gates
 from shim.analysis.stats import Z95, Z_ONE_SIDED_95
 
-__all__ = ["quality_gate", "quality_summary"]
+__all__ = ["diff_paths", "quality_gate", "quality_summary"]
 
 #: Scores enough to stand for their spread: fewer scored pairs never roll back (two
 #: equal scores give an interval of no width), fewer noise runs are not relied on.
@@ -115,3 +115,29 @@ def quality_gate(quality: dict[str, Any] | None, gates: Gates) -> tuple[str, str
         need = gates.min_pairs - quality["n"]
         return "hold", line + f"; {quality['n']} scored pairs, needs {need} more"
     return ("pass" if relative["low"] >= limit else "hold"), line
+
+
+#: How many recurring diff paths a task's report lists.
+TOP_PATHS = 10
+
+
+def diff_paths(row: Mapping[str, Any], compared: int) -> list[dict[str, Any]]:
+    """``[{"path", "rate", "noise_rate"}]``: the paths that differ most often beyond
+    legacy's own noise (rate minus noise rate, top :data:`TOP_PATHS`). ``rate`` is over
+    the structurally compared pairs, ``noise_rate`` over the noise runs (null without
+    any). A path is counted once per pair; the ``... N more`` line of a capped diff is
+    not a path."""
+    found = row.get("diff_paths") or {}
+    if not compared or not found:
+        return []
+    runs = int(row.get("noise_runs") or 0)
+    noise = row.get("noise_diff_paths") or {}
+    ranked = []
+    for path, count in found.items():
+        if path is None or str(path).startswith("... "):
+            continue
+        rate = int(count) / compared
+        noise_rate = int(noise.get(path, 0)) / runs if runs else None
+        ranked.append((-(rate - (noise_rate or 0.0)), str(path), rate, noise_rate))
+    ranked.sort(key=lambda r: r[:2])
+    return [{"path": p, "rate": r, "noise_rate": n} for _, p, r, n in ranked[:TOP_PATHS]]

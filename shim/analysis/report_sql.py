@@ -46,7 +46,8 @@ _COLUMNS = {
     "candidate": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE})",
     "model": "STRUCT(verdict VARCHAR, routing_error BOOLEAN)",
     "structure": "STRUCT(match BOOLEAN, legacy_valid BOOLEAN, candidate_valid BOOLEAN, "
-    "diff VARCHAR[], noise_paths VARCHAR[], error VARCHAR, noise STRUCT(score DOUBLE))",
+    "diff VARCHAR[], noise_paths VARCHAR[], error VARCHAR, "
+    "noise STRUCT(score DOUBLE, match BOOLEAN, diff VARCHAR[]))",
     "quality": "STRUCT(score DOUBLE)",
 }
 
@@ -120,6 +121,15 @@ SELECT product, task,
   count_if(cmp AND structure.legacy_valid) AS legacy_valid,
   count_if(cmp AND structure.candidate_valid) AS candidate_valid,
   count_if(cmp AND model.routing_error) AS routing_errors,
+  -- how often each path differs (once per pair), in the pairs and in legacy's noise
+  -- runs: counted per task after the aggregate, from the few rows that differ
+  list_aggregate(flatten(list(list_distinct(list_transform(structure.diff,
+      lambda x: split_part(x, ':', 1)))) FILTER (cmp AND structure.match = false)),
+    'histogram') AS diff_paths,
+  count_if(cmp AND structure.noise.match IS NOT NULL) AS noise_runs,
+  list_aggregate(flatten(list(list_distinct(list_transform(structure.noise.diff,
+      lambda x: split_part(x, ':', 1)))) FILTER (cmp AND structure.noise.match = false)),
+    'histogram') AS noise_diff_paths,
   -- content scores (quality.score) and legacy against itself (structure.noise.score)
   count(CASE WHEN cmp THEN quality.score END) AS quality_n,
   sum(CASE WHEN cmp THEN least(1.0, greatest(0.0, quality.score)) END) AS quality_sum,

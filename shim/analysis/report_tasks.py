@@ -8,7 +8,7 @@ from typing import Any
 
 from shim.analysis.policy import Gates
 from shim.analysis.report_logs import TaskRows
-from shim.analysis.report_quality import quality_summary
+from shim.analysis.report_quality import diff_paths, quality_summary
 from shim.analysis.report_verdict import verdict
 from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 
@@ -189,6 +189,8 @@ def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
         "usage": _usage(r),
         # content scores (records with quality.score): mean, interval, legacy's noise
         "quality": quality_summary(r),
+        # the paths that differ most often beyond legacy's own noise
+        "diff_paths": diff_paths(r, compared),
     }
     counts = {
         "pairs": ran,
