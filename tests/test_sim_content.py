@@ -5,6 +5,7 @@ for an allocation, since the image goes to the node (issue 20)."""
 from __future__ import annotations
 
 import base64
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,9 @@ import httpx
 import pytest
 
 from shim import TaskRequest
-from shim.sim import Simulator
+from shim.comparators import KIWI_MEAL_PLAN, KIWI_RECEIPT, KIWI_RECIPE
+from shim.sim import DRIFT_KINDS, Simulator, generate
+from shim.sim._drift import apply_drift
 
 http = httpx.Client(timeout=10)
 
@@ -74,3 +77,21 @@ def test_an_image_request_asks_for_an_allocation_and_the_node_reads_it(
     assert result.text or result.output
     grew = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     assert grew.get("allocations.task", 0) == 1, grew  # not an answer without the image
+
+
+@pytest.mark.parametrize(
+    ("kind", "comparator"),
+    [("receipt", KIWI_RECEIPT), ("recipe", KIWI_RECIPE), ("meal_plan", KIWI_MEAL_PLAN)],
+)
+def test_values_drift_keeps_the_shape_and_lowers_the_content_score(
+    kind: str, comparator: Any
+) -> None:
+    rng = random.Random(9)
+    for seed in range(20):
+        output = generate(kind, random.Random(seed))
+        drifted = apply_drift(output, kind, "values", rng)
+        verdict = comparator.compare(output, drifted)
+        assert verdict.match is True, verdict.diff  # structure comparators see nothing
+        assert verdict.quality is not None and verdict.quality.score is not None
+        assert verdict.quality.score < 1.0
+    assert "values" not in DRIFT_KINDS, "a profile's default drift is structural"

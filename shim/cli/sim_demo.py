@@ -31,7 +31,8 @@ _HELP = {
     "hang_rate": "Share of requests that hang (see hang_s).",
     "malformed_rate": "Share of replies cut off mid-JSON.",
     "drift_rate": "Share of task-path outputs whose structure drifts.",
-    "drift_kinds": "Comma list of fence, prose, missing_key, renamed_key, type_change.",
+    "drift_kinds": "Comma list of fence, prose, missing_key, renamed_key, type_change "
+    "(structural), values (content only).",
     "knob": "[SCOPE:]NAME=VALUE, SCOPE a task or 'legacy'; repeatable. "
     "Example: --knob kiwi.ocr:drift_rate=0.3",
     "omit_service": "Leave 'service' out of task allocations, as coordinators before cf-orch#63.",

@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from shim.analysis.policy import Policy
 from shim.analysis.report import build_report
 from shim.analysis.report_format import table
 from shim.analysis.report_html import render_html
@@ -48,7 +49,7 @@ TASKS = (
 
 #: The simulator's knobs: legacy services a little slower than the task path; the
 #: vision task path drifts, as a new vision model that sometimes renames or drops a
-#: key would.
+#: key, or keeps the shape and reads the values wrong, would.
 SIM_KNOBS = (
     "--latency-ms",
     "8",
@@ -61,7 +62,7 @@ SIM_KNOBS = (
     "--knob",
     "kiwi.ocr:drift_rate=0.3",
     "--knob",
-    "kiwi.ocr:drift_kinds=missing_key,renamed_key",
+    "kiwi.ocr:drift_kinds=missing_key,renamed_key,values",
 )
 
 
@@ -178,7 +179,8 @@ class _Story:
         )
 
     def report(self, title: str) -> dict[str, Any]:
-        report = build_report([str(self.log)])
+        policy = Policy.load(self.flags.parent / "policy.yaml")  # the demo's, as promote's
+        report = build_report([str(self.log)], policy=policy)
         self.console.rule(title)
         self.console.print(table(report))
         return report
@@ -189,6 +191,7 @@ def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("comparisons.jsonl", "report.html"):
         (out / stale).unlink(missing_ok=True)
+    (out / "policy.yaml").write_text(DEMO_POLICY)
     (out / "flags.yaml").write_text(
         "# written by shim demo; `shim promote` and `shim rollback` edit it from here on\n"
         + "".join(f"{t}: {{serve: 0, shadow: 100}}\n" for t in TASKS)
@@ -235,7 +238,8 @@ def _act_shadow(story: _Story, calls: int) -> None:
     story.report("2. What the comparisons say")
     story.console.print(
         "meal_plan and recipe_generation may go further; ocr's vision output drifts "
-        "from legacy's structure, so it stays on legacy."
+        "from legacy's structure, and where the shape holds its values are off (its "
+        "content quality), so it stays on legacy."
     )
 
 
@@ -246,13 +250,15 @@ DEMO_POLICY = """\
 defaults:
   min_soak: 0                # a demo has no ten minutes to soak each rung
   max_error_increase: 0.01   # 300 clean pairs show this; 0.5 pp needs about 550
+tasks:                       # content read field by field or section by section
+  kiwi.ocr: {min_quality: 0.95}
+  kiwi.recipe_generation: {min_quality: 0.95}
 """
 
 
 def _act_promote(story: _Story, task: str, calls_per_rung: int = 320) -> None:
     story.console.rule(f"3. Ramp {task} from shadow to live, with the evidence at each rung")
     policy = story.flags.parent / "policy.yaml"
-    policy.write_text(DEMO_POLICY)
     story.console.print(
         "Each rung needs its own evidence: 300 pairs compared at the current stage "
         f"(the demo's {policy.name} skips the soak time)."

@@ -18,10 +18,14 @@ import random
 import re
 from typing import Any, Literal
 
-__all__ = ["DRIFT_KINDS", "OUTPUT_KINDS", "DriftKind", "apply_drift"]
+__all__ = ["CONTENT_DRIFT_KINDS", "DRIFT_KINDS", "OUTPUT_KINDS", "DriftKind", "apply_drift"]
 
-DriftKind = Literal["fence", "prose", "missing_key", "renamed_key", "type_change"]
+DriftKind = Literal["fence", "prose", "missing_key", "renamed_key", "type_change", "values"]
+#: The structural kinds (a profile's default): each breaks or strains a parser.
 DRIFT_KINDS: tuple[DriftKind, ...] = ("fence", "prose", "missing_key", "renamed_key", "type_change")
+#: Drift in content only: the shape stays, the values are wrong (numbers 5-30 % off,
+#: words swapped); structure comparators see nothing, content scores do.
+CONTENT_DRIFT_KINDS: tuple[DriftKind, ...] = ("values",)
 
 #: How each output kind travels: JSON inside text (what a text model writes), a JSON
 #: value (what a vision service returns), or plain text.
@@ -39,8 +43,15 @@ OUTPUT_KINDS: dict[str, Literal["json_text", "json_value", "text"]] = {
 
 
 def apply_drift(output: Any, kind: str, drift: DriftKind, rng: random.Random) -> Any:
-    """``output`` (of ``kind``) with one structural change of type ``drift``."""
+    """``output`` (of ``kind``) with one change of type ``drift``: structural, or in its
+    values only (``values``)."""
     travel = OUTPUT_KINDS[kind]
+    if drift == "values":
+        if travel == "text":
+            return _reworded(str(output), rng)
+        value = json.loads(output) if travel == "json_text" else output
+        value = _revalued(value, rng)
+        return json.dumps(value, indent=2) if travel == "json_text" else value
     if kind == "timing":
         return _drift_timing(str(output), drift)
     if travel == "text":
@@ -168,3 +179,51 @@ def _drift_timing(text: str, drift: DriftKind) -> str:
     if drift == "renamed_key":
         return f"prep: {prep}\ncook: {cook}\n"
     return f"{prep} min\n{cook} min\n"
+
+
+# -- content --------------------------------------------------------------------------
+
+_WORDS = ("salt", "pepper", "onion", "garlic", "butter", "lemon", "bake", "simmer")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_MARKER = re.compile(r"\s*(?:[-*•]|\d+[.)])\s+")
+
+
+def _off(number: float, rng: random.Random) -> float:
+    return number * (1 + rng.choice((-1, 1)) * rng.uniform(0.05, 0.3))
+
+
+def _revalued(value: Any, rng: random.Random) -> Any:
+    """The value with the same keys and types, its numbers 5-30 % off and a word of each
+    text swapped."""
+    if isinstance(value, dict):
+        return {k: _revalued(v, rng) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_revalued(v, rng) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return max(value + 1, round(_off(value, rng))) if value >= 0 else round(_off(value, rng))
+    if isinstance(value, float):
+        return round(_off(value, rng), 2)
+    if isinstance(value, str):
+        return _reworded(value, rng)
+    return value
+
+
+def _reworded(text: str, rng: random.Random) -> str:
+    """The text with its numbers off and about a third of its words swapped; headings
+    (``Title:``) and list markers (``1.``, ``-``) stay."""
+    out = []
+    for line in text.splitlines():
+        keep = _HEADING.match(line) or _MARKER.match(line)
+        head, body = (line[: keep.end()], line[keep.end() :]) if keep else ("", line)
+        words = body.split(" ")
+        for i, word in enumerate(words):
+            if word.isalpha() and rng.random() < 0.35:
+                words[i] = rng.choice([w for w in _WORDS if w != word.lower()])
+        body = _NUMBER.sub(lambda m: f"{_off(float(m.group()), rng):.0f}", " ".join(words))
+        out.append(head + body)
+    changed = "\n".join(out) + ("\n" if text.endswith("\n") else "")
+    if changed == text:  # nothing to swap: say something else
+        changed = text + " " + rng.choice(_WORDS)
+    return changed
