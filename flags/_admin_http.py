@@ -18,6 +18,11 @@ from shim.base.secrets import (
 
 __all__ = ["AdminApi", "failed_test"]
 
+#: Seconds an idle admin connection is kept (under common servers' keep-alive timeouts).
+_KEEPALIVE_S = 2.0
+#: Methods sent again after a connection the server closed without answering.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
 
 def failed_test(reply: httpx.Response) -> bool:
     """A JSON Patch refused because its ``test`` did not hold (Unleash answers 500 with
@@ -65,13 +70,27 @@ class AdminApi:
         if http is None:
             warn_if_plain_http(base, what="the admin token", setting="UNLEASH_URL")
         self._http = http or httpx.Client(
-            base_url=base, timeout=10.0, headers={"Authorization": token}
+            base_url=base,
+            timeout=10.0,
+            headers={"Authorization": token},
+            # An idle connection is dropped before the server would drop it (Node's
+            # default is 5 s): reusing one the server is closing loses the request.
+            limits=httpx.Limits(keepalive_expiry=_KEEPALIVE_S),
         )
 
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        """One request; a transport error or a refused token is a ShimError."""
+        """One request; a transport error or a refused token is a ShimError. A
+        GET, PUT or DELETE that meets a connection the server closed before answering
+        (it timed out an idle keep-alive connection as the request went out) is sent
+        once more, on a new connection; other methods are not, as the server may have
+        acted on them."""
         try:
-            reply = self._http.request(method, path, **kw)
+            try:
+                reply = self._http.request(method, path, **kw)
+            except httpx.RemoteProtocolError:
+                if method.upper() not in _IDEMPOTENT:
+                    raise
+                reply = self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise ShimError(
                 self.redact(

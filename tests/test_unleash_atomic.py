@@ -174,6 +174,7 @@ def test_an_edit_outside_shim_between_read_and_write_is_planned_again(
         headers={"Authorization": os.environ["UNLEASH_ADMIN_TOKEN"]},
         event_hooks={"request": [edit_first_patch]},
     )
+    _CLIENTS.append(http)  # closed after the test, whatever happens in it
     log = tmp_path / "log.jsonl"
     done = promote(
         store(http=http), task, [task], gate=lambda c: {"forced": True, "evidence": None}, log=log

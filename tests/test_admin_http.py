@@ -1,0 +1,80 @@
+"""The Unleash Admin API client against a server that closes a connection without
+answering, as one does when its keep-alive timeout meets the next request."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from shim.base.errors import ShimError
+from shim.flags._admin_http import AdminApi
+
+
+class Closing:
+    """Reads the first connection's request and closes it unanswered; answers 200 on
+    every later connection. Keeps the method of each request it read."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.requests: list[str] = []
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                data = conn.recv(65536)
+                self.requests.append(data.split(b" ", 1)[0].decode())
+                if self.connections > 1:
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                    )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server() -> Iterator[Closing]:
+    found = Closing()
+    yield found
+    found.close()
+
+
+def api(server: Closing) -> AdminApi:
+    http = httpx.Client(base_url=server.url, timeout=5)
+    return AdminApi(
+        server.url, "*:*.token", environment="development", project="default", http=http
+    )
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_an_idempotent_request_is_sent_again_on_a_new_connection(
+    server: Closing, method: str
+) -> None:
+    client = api(server)
+    try:
+        assert client.call(method, "/api/admin/archive/x").status_code == 200
+    finally:
+        client.close()
+    assert server.requests == [method, method]
+
+
+def test_a_post_is_not_sent_twice(server: Closing) -> None:
+    client = api(server)
+    try:
+        with pytest.raises(ShimError, match="RemoteProtocolError"):
+            client.call("POST", "/api/admin/projects/default/features", json={"name": "x"})
+    finally:
+        client.close()
+    assert server.requests == ["POST"]  # the server may have acted on it
