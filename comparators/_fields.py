@@ -186,11 +186,8 @@ def _identity(item: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
 def _key_value(value: Any) -> tuple[str, Any]:
     if isinstance(value, str):
         return ("text", value.strip().casefold())
-    if _is_number(value):
-        try:
-            return ("number", float(value))
-        except OverflowError:
-            return ("number", value)
+    if _is_number(value):  # 1, 1.0 and Decimal(1) are one key; 2**53 and 2**53 + 1 two
+        return ("number", value)
     return ("other", repr(value))
 
 

@@ -130,8 +130,12 @@ stop_all() {
   if [ -f "$pgdata/postmaster.pid" ]; then
     as_postgres "'$bin/pg_ctl' -D '$pgdata' -m fast -w stop" >/dev/null 2>&1 || true
   fi
-  # A run's own folder goes with it, once its PostgreSQL is down (never under it).
-  if [ "${UNLEASH_PRIVATE:-}" = 1 ] && [ ! -f "$pgdata/postmaster.pid" ]; then rm -rf "$run"; fi
+  # A run's own folder goes with it, once its PostgreSQL is down (never under it); its
+  # logs are kept in last-run/ for whoever reads why a run failed.
+  if [ "${UNLEASH_PRIVATE:-}" = 1 ] && [ ! -f "$pgdata/postmaster.pid" ]; then
+    mkdir -p "$state/last-run" && cp -f "$run"/*.log "$state/last-run/" 2>/dev/null || true
+    rm -rf "$run"
+  fi
 }
 
 case "${1:-}" in

@@ -97,11 +97,16 @@ def _unleash_server_up(request: pytest.FixtureRequest) -> None:
     mid-run (its node process and PostgreSQL both stopped, as by another run's
     `unleash.sh stop` when runs shared the fixed ports; scripts/with-unleash.sh now
     gives each run ports of its own); should it happen again it is started again, and
-    that is said on stderr, rather than every later Unleash test failing."""
+    that is said in the run's output, rather than every later Unleash test failing.
+    The server's logs of a finished run are in .cache/unleash/last-run/."""
     url = os.environ.get("UNLEASH_URL")
     if not url or "unleash" not in request.node.nodeid.lower() or _unleash_healthy(url):
         return
-    sys.stderr.write("conftest: the suite's Unleash server is down; starting it again\n")
+    said = "conftest: the suite's Unleash server is down; starting it again"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # in the run's output, not only in a passing test's capture
+        reporter.write_line(f"{said} (before {request.node.nodeid})")
+    sys.stderr.write(said + "\n")
     script = Path(__file__).resolve().parent.parent / "scripts" / "unleash.sh"
     subprocess.run([str(script), "start"], check=True, capture_output=True, timeout=300)
 

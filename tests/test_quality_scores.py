@@ -232,6 +232,12 @@ def test_aligned_keys_match_case_blind_and_by_value_and_missing_is_not_null() ->
     assert score(rules, [{"day": None, "m": 1}], [{"m": 1}]) == 0.0
 
 
+def test_aligned_ids_past_a_floats_precision_stay_apart() -> None:
+    rules = JsonOutput(quality=FieldRules(align={"$": "id"}))
+    legacy = [{"id": 2**53, "v": "a"}, {"id": 2**53 + 1, "v": "b"}]
+    assert score(rules, legacy, list(reversed(legacy))) == 1.0
+
+
 def test_a_section_named_twice_is_scored_once() -> None:
     twice = TextOutput(quality=TextSimilarity(sections=("Title", "title", "Notes")))
     legacy = "Title: Soup\nNotes: hot\n"

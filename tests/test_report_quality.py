@@ -125,7 +125,8 @@ def test_few_noise_runs_are_not_relied_on(tmp_path: Path) -> None:
     [task] = build_report([str(log)], policy=Policy.load(tmp_path / "policy.yaml"))["tasks"]
     assert task["quality"]["noise"]["n"] == 2
     assert task["quality"]["relative"]["against_noise"] is False
-    assert task["verdict"] == "ROLLBACK"
+    # legacy may be as far from itself as the candidate is from it: no rollback on that
+    assert task["verdict"] == "HOLD"
     assert any("only 2 noise runs: not relied on" in r for r in task["reasons"])
 
 

@@ -121,3 +121,13 @@ def test_content_that_gets_worse_breaches_on_min_quality_and_equal_never() -> No
     breaches = [b for row in worse if (b := watch.feed(row)) is not None]
     assert breaches and "vs min_quality 0.950" in breaches[0].reasons[0]
     assert not any(Watch().feed(row) for row in worse), "no min_quality: content not read"
+
+
+def test_a_score_too_large_for_a_float_is_read_not_a_crash() -> None:
+    policy = Policy.model_validate({"defaults": {"min_quality": 0.95}})
+    watch = Watch(policy)
+    rows = stream(random.Random(4), 60, 0)
+    for row in rows:
+        row["quality"] = {"method": "m", "score": 10**400}
+    assert not any(watch.feed(row) for row in rows)
+    assert watch.records == 60

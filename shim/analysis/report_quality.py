@@ -109,7 +109,10 @@ def quality_gate(quality: dict[str, Any] | None, gates: Gates) -> tuple[str, str
         f"quality {relative['mean']:.3f} (one-sided 95 % bounds {relative['low']:.3f}"
         f"-{relative['high']:.3f}, {how}) vs min_quality {limit:.3f}"
     )
-    if relative["high"] < limit and quality["n"] >= MIN_SCORES:
+    # Too few noise runs to rely on is not the same as none: legacy may be as far from
+    # itself as the candidate is from it, so the raw mean rolls nothing back then.
+    unsure = noise is not None and not relative["against_noise"]
+    if relative["high"] < limit and quality["n"] >= MIN_SCORES and not unsure:
         return "rollback", line
     if quality["n"] < gates.min_pairs:
         need = gates.min_pairs - quality["n"]

@@ -175,7 +175,10 @@ def _score(part: Any) -> float | None:
     score = part.get("score") if isinstance(part, dict) else None
     if isinstance(score, bool) or not isinstance(score, int | float) or score != score:
         return None
-    return min(1.0, max(0.0, float(score)))
+    try:
+        return min(1.0, max(0.0, float(score)))
+    except OverflowError:  # an integer of hundreds of digits: past either end
+        return 1.0 if score > 0 else 0.0
 
 
 def auto_rollback(breach: Breach, store: FlagStore, log: Path | None) -> Change | None:
