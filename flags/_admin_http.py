@@ -80,14 +80,14 @@ class AdminApi:
 
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """One request; a transport error or a refused token is a ShimError. A
-        GET, PUT or DELETE that meets a connection the server closed before answering
-        (it timed out an idle keep-alive connection as the request went out) is sent
-        once more, on a new connection; other methods are not, as the server may have
-        acted on them."""
+        GET, PUT or DELETE whose connection the server closed or reset before answering
+        (an idle keep-alive connection timed out as the request went out; Unleash 7.5
+        resets one now and then after archiving a feature) is sent once more, on a new
+        connection; other methods are not, as the server may have acted on them."""
         try:
             try:
                 reply = self._http.request(method, path, **kw)
-            except httpx.RemoteProtocolError:
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
                 if method.upper() not in _IDEMPOTENT:
                     raise
                 reply = self._http.request(method, path, **kw)

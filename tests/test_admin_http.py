@@ -4,6 +4,7 @@ answering, as one does when its keep-alive timeout meets the next request."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -18,7 +19,8 @@ class Closing:
     """Reads the first connection's request and closes it unanswered; answers 200 on
     every later connection. Keeps the method of each request it read."""
 
-    def __init__(self) -> None:
+    def __init__(self, reset: bool = False) -> None:
+        self.reset = reset  # close with a TCP reset, not a FIN
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.requests: list[str] = []
@@ -39,14 +41,16 @@ class Closing:
                     conn.sendall(
                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
                     )
+                elif self.reset:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     def close(self) -> None:
         self.sock.close()
 
 
-@pytest.fixture
-def server() -> Iterator[Closing]:
-    found = Closing()
+@pytest.fixture(params=["closed", "reset"])
+def server(request: pytest.FixtureRequest) -> Iterator[Closing]:
+    found = Closing(reset=request.param == "reset")
     yield found
     found.close()
 
@@ -73,7 +77,7 @@ def test_an_idempotent_request_is_sent_again_on_a_new_connection(
 def test_a_post_is_not_sent_twice(server: Closing) -> None:
     client = api(server)
     try:
-        with pytest.raises(ShimError, match="RemoteProtocolError"):
+        with pytest.raises(ShimError, match=r"RemoteProtocolError|ReadError"):
             client.call("POST", "/api/admin/projects/default/features", json={"name": "x"})
     finally:
         client.close()
