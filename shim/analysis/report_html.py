@@ -135,10 +135,7 @@ def _card(task: dict[str, Any]) -> str:
             else f"{ratio['ratio']:.2f} ({ratio['low']:.2f} to {ratio['high']:.2f})",
         ),
         ("content quality (95 % interval)", quality_text(task)),
-        (
-            "paths that differ most",
-            (diff_paths_line(task) or "-").partition(": paths that differ: ")[2] or "-",
-        ),
+        ("paths that differ most", _paths_text(task)),
         ("dropped comparisons", f"{task['dropped']:,}"),
         (
             "comparator errors",
