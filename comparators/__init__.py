@@ -6,6 +6,7 @@ I/O, so that records can be assembled anywhere.
 
 from ._allocation import AllocationOutput, allocation_view, held_value
 from ._fields import FieldRules
+from ._judge import JUDGE_RUBRIC, as_judged_text, judge_prompt, judged_answers, read_winner
 from ._model import ModelCheck, ModelNames, normalise
 from ._output import JsonOutput, readable_path
 from ._quality import Quality, Scorer, normalise_text, similarity
@@ -30,9 +31,6 @@ KIWI_MEAL_PLAN = JsonOutput(
     quality=FieldRules(align={"$": ("day", "meal_type")}, exact=("[].recipe_id",))
 )
 
-_MONEY = ["totals.subtotal", "totals.tax", "totals.total"]
-_MONEY += ["items[].unit_price", "items[].total_price"]
-
 #: Kiwi's receipt OCR (``{merchant, transaction, items, totals, confidence}``): money
 #: within 1 %, item and merchant names by similarity, the receipt's number, date and
 #: time exact, the model's own confidence left out.
@@ -54,6 +52,7 @@ KIWI_RECEIPT = JsonOutput(
 )
 
 __all__ = [
+    "JUDGE_RUBRIC",
     "KIWI_MEAL_PLAN",
     "KIWI_RECEIPT",
     "KIWI_RECIPE",
@@ -69,10 +68,14 @@ __all__ = [
     "TextOutput",
     "TextSimilarity",
     "allocation_view",
+    "as_judged_text",
     "extract_json",
     "held_value",
+    "judge_prompt",
+    "judged_answers",
     "normalise",
     "normalise_text",
+    "read_winner",
     "readable_path",
     "sections",
     "shape",

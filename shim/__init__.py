@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from shim.client.task_client import AsyncTaskClient, TaskClient
     from shim.core.breaker import BreakerPolicy
     from shim.core.config import Limits, Timeouts
+    from shim.core.judging import Judge
     from shim.core.lifecycle import drain_on_sigterm
     from shim.core.shim import Shim
     from shim.core.spend import Backoff, ShadowBudget
@@ -48,6 +49,7 @@ _HOME = {
     "Capture": "shim.records.capture",
     "ConfigError": "shim.base.errors",
     "FileSink": "shim.records.sinks",
+    "Judge": "shim.core.judging",
     "Limits": "shim.core.config",
     "NOT_RECORDED": "shim.records.observe",
     "OrchConfig": "shim.base.orch",
@@ -81,6 +83,7 @@ __all__ = [
     "Capture",
     "ConfigError",
     "FileSink",
+    "Judge",
     "Limits",
     "OrchConfig",
     "Problem",

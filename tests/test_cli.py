@@ -118,7 +118,7 @@ def test_check_passes_on_kiwi_with_a_table() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "kiwi.recipe_generation" in result.output and "canary" in result.output
-    assert "ok: 5 tasks, 9 models" in result.output
+    assert "ok: 6 tasks, 9 models" in result.output
 
 
 def test_check_names_file_and_line_when_ocr_runs_on_cf_text(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_check_json_lists_problems(tmp_path: Path) -> None:
             "message": "Input should be less than or equal to 100 (got 101)",
         }
     ]
-    assert len(data["tasks"]) == 5
+    assert len(data["tasks"]) == 6
 
 
 def test_check_reads_paths_from_the_environment(

@@ -19,7 +19,7 @@ RUNBOOKS = sorted(p.stem for p in (ROOT / "runbooks").glob("*.md"))
 #: What each runbook's output must show, beyond every command succeeding.
 EXPECT: dict[str, list[str]] = {
     "rollout": [
-        "ok: 5 tasks, 9 models",
+        "ok: 6 tasks, 9 models",
         "promoted kiwi.meal_plan: off",
         "PROMOTE",
         "-> live (serve 100 %",

@@ -51,6 +51,10 @@ class Gates(BaseModel):
     #: promote when its one-sided 95 % lower bound is at least this, roll back when its
     #: upper bound is under it; None (the default) leaves quality out of the verdict
     min_quality: Share | None = None
+    #: judge verdicts (Shim(judge=Judge(...))): the candidate may lose more often than it
+    #: wins by at most this share of judged pairs (one-sided 95 % bound of the loss
+    #: margin); None (the default) leaves judges out of the verdict
+    max_judge_loss: Share | None = None
     #: models the task path may resolve to (besides the expected one); others roll back
     allowed_models: list[str] | None = None
     #: shim watch: each evaluation looks at the task's last ``watch_window`` pairs ...

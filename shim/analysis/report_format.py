@@ -18,7 +18,7 @@ from rich.text import Text
 from shim.analysis.report_verdict import held_line, untasked_line
 from shim.base.text import printable
 
-__all__ = ["diff_paths_line", "markdown", "problem_lines", "quality_text", "table"]
+__all__ = ["diff_paths_line", "judge_text", "markdown", "problem_lines", "quality_text", "table"]
 
 _COLOURS = {"PROMOTE": "green", "HOLD": "yellow", "ROLLBACK": "red"}
 
@@ -74,6 +74,28 @@ def diff_paths_line(task: dict[str, Any], shown: int = 5) -> str | None:
         for p in found[:shown]
     ]
     return f"{task['task']}: paths that differ: " + "; ".join(parts)
+
+
+def judge_text(task: dict[str, Any]) -> str:
+    """``12 wins, 30 losses, 58 ties of 100 (position bias +0.05 over 20 pairs in both
+    orders; skipped: budget 5)``: the judge's verdicts on the candidate; ``-`` without."""
+    found = task.get("judge")
+    if not found:
+        return "-"
+    text = (
+        f"{found['wins']:,} wins, {found['losses']:,} losses, {found['ties']:,} ties "
+        f"of {found['n']:,}"
+    )
+    notes = []
+    if found["position_bias"] is not None:
+        notes.append(
+            f"position bias {found['position_bias']:+.2f} over {found['both_orders']:,} "
+            "pairs in both orders"
+        )
+    if found["skipped"]:
+        skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(found["skipped"].items()))
+        notes.append(f"skipped: {skipped}")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _row(task: dict[str, Any]) -> list[str]:
@@ -171,7 +193,15 @@ def table(report: dict[str, Any]) -> Group:
 
 
 def _paths(report: dict[str, Any]) -> list[str]:
-    return [line for t in report["tasks"] if (line := diff_paths_line(t)) is not None]
+    """Per task, below the table: the paths that differ most, the judge's verdicts."""
+    lines = []
+    for task in report["tasks"]:
+        line = diff_paths_line(task)
+        if line is not None:
+            lines.append(line)
+        if task.get("judge"):
+            lines.append(f"{task['task']}: judge: {judge_text(task)}")
+    return lines
 
 
 def _held(report: dict[str, Any]) -> list[str]:

@@ -49,6 +49,7 @@ _COLUMNS = {
     "diff VARCHAR[], noise_paths VARCHAR[], error VARCHAR, "
     "noise STRUCT(score DOUBLE, match BOOLEAN, diff VARCHAR[]))",
     "quality": "STRUCT(score DOUBLE)",
+    "judge": "STRUCT(winner VARCHAR, orders STRUCT(legacy_first VARCHAR, candidate_first VARCHAR))",
 }
 
 
@@ -138,6 +139,17 @@ SELECT product, task,
   sum(CASE WHEN cmp THEN least(1.0, greatest(0.0, structure.noise.score)) END) AS noise_sum,
   sum(CASE WHEN cmp THEN least(1.0, greatest(0.0, structure.noise.score)) ** 2 END)
     AS noise_sumsq,
+  -- judge verdicts; both orders: the first answer picked both times, or the second
+  count_if(cmp AND judge.winner IS NOT NULL) AS judge_n,
+  count_if(cmp AND judge.winner = 'candidate') AS judge_wins,
+  count_if(cmp AND judge.winner = 'legacy') AS judge_losses,
+  count_if(cmp AND judge.orders.candidate_first IS NOT NULL) AS judge_both,
+  count_if(cmp AND judge.orders.legacy_first = 'legacy'
+    AND judge.orders.candidate_first = 'candidate') AS judge_first,
+  count_if(cmp AND judge.orders.legacy_first = 'candidate'
+    AND judge.orders.candidate_first = 'legacy') AS judge_second,
+  list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.judge_skipped')
+    AS judge_skips,
   quantile_cont(CASE WHEN cmp AND legacy.ok THEN legacy.latency_ms END, [0.5, 0.95, 0.99])
     AS legacy_q,
   quantile_cont(CASE WHEN cmp AND candidate.ok THEN candidate.latency_ms END,

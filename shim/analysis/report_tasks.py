@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shim.analysis.policy import Gates
+from shim.analysis.report_judge import judge_summary
 from shim.analysis.report_logs import TaskRows
 from shim.analysis.report_quality import diff_paths, quality_summary
 from shim.analysis.report_verdict import verdict
@@ -189,6 +190,8 @@ def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
         "usage": _usage(r),
         # content scores (records with quality.score): mean, interval, legacy's noise
         "quality": quality_summary(r),
+        # judge verdicts (records with judge): wins, losses, ties, position bias, skips
+        "judge": judge_summary(r),
         # the paths that differ most often beyond legacy's own noise
         "diff_paths": diff_paths(r, compared),
     }

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shim.analysis.policy import Gates
+from shim.analysis.report_judge import judge_gate
 from shim.analysis.report_quality import quality_gate
 from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, pairs_needed, wilson
 
@@ -208,9 +209,15 @@ def verdict(
         outside = sorted(set(report["candidate_models"]) - set(gates.allowed_models))
         if outside:
             rollback.append(f"model(s) outside the allow-list: {', '.join(outside)}")
-    quality = quality_gate(report.get("quality"), gates)
-    if quality is not None and quality[0] == "rollback":
-        rollback.append(quality[1])
+    content = [
+        found
+        for found in (
+            quality_gate(report.get("quality"), gates),
+            judge_gate(report.get("judge"), gates),
+        )
+        if found is not None
+    ]
+    rollback += [line for verdict, line in content if verdict == "rollback"]
     unjudged = _unjudged(report, gates)
     if rollback:
         return "ROLLBACK", rollback + ([unjudged[0]] if unjudged else []) + notes
@@ -237,8 +244,8 @@ def verdict(
             hold.append(line + _mismatch_more(counts, gates.max_mismatch))
     if unjudged:
         (hold if unjudged[1] else passed).append(unjudged[0])
-    if quality is not None:
-        (passed if quality[0] == "pass" else hold).append(quality[1])
+    for verdict, line in content:
+        (passed if verdict == "pass" else hold).append(line)
     limits = {
         "p50": gates.max_latency_ratio_p50,
         "p95": gates.max_latency_ratio_p95,

@@ -5,6 +5,7 @@ records written, then let go of connections and flags."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 
 import httpx
@@ -60,10 +61,13 @@ class ShimCloser:
     def close_work(self, timeout: float) -> None:
         """Finish the queued comparisons within ``timeout``; those that cannot are
         counted as dropped (``shutdown``), per task."""
-        recorder = self._recorder
+        recorder, deadline = self._recorder, time.monotonic() + timeout
         for task, count in self._engine.threads.dispatch.close(timeout).items():
             product, _, name = task.partition(".")
             recorder.dropped(product, name, "shutdown", count)
+        judges = self._engine.events.judges
+        if judges is not None:  # pairs being judged are recorded, judged or not
+            judges.close(max(0.0, deadline - time.monotonic()))
 
     def stop_records(self) -> None:
         """Have the records and drop counts written; do not wait."""

@@ -266,7 +266,8 @@ class Engine:
             stage = call.decision.stage
             # Compared and rendered here, on the worker: handing the pair to the
             # recorder's thread would cost a second thread the CPU of waking for it.
-            self.recorder.comparison_here(Pending(site, stage, "legacy", legacy, candidate, noise))
+            pending = Pending(site, stage, "legacy", legacy, candidate, noise)
+            self.events.compared(pending, here=True)
 
     # -- the task path -------------------------------------------------------------
 

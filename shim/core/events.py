@@ -12,13 +12,14 @@ from shim import flags as flagpkg
 from shim.comparators import ModelNames
 from shim.core.lifecycle import renew_in_child
 from shim.records.capture import Capture
-from shim.records.observe import CallSite, describe
+from shim.records.observe import CallSite, Pending, describe
 from shim.records.recorder import Recorder
 from shim.records.sinks import RecordSink
 from shim.records.tracing import start_span
 from shim.records.values import cap
 
 if TYPE_CHECKING:
+    from shim.core.judging import JudgePool
     from shim.metrics import PrometheusMetrics
 
 __all__ = ["Events"]
@@ -50,6 +51,8 @@ class Events:
         self._told: set[tuple[str | None, str]] = set()
         self._lock = threading.Lock()
         renew_in_child(self)
+        #: The judges' pool, when the Shim has a Judge (:meth:`compared` offers to it).
+        self.judges: JudgePool | None = None
         self.recorder = Recorder(
             sink,
             names=names,
@@ -137,6 +140,34 @@ class Events:
         """Internal errors so far, by operation."""
         with self._lock:
             return dict(self._errors)
+
+    # -- comparisons -------------------------------------------------------------------
+
+    def compared(self, pending: Pending, *, here: bool) -> None:
+        """A finished pair: to the judges if they sample it (recorded once judged),
+        else recorded on this thread (``here``: a worker's) or the recorder's."""
+        if self.judges is not None and self.judges.offer(pending):
+            return
+        if here:
+            self.recorder.comparison_here(pending)
+        else:
+            self.recorder.comparison(pending)
+
+    def judge_skipped(self, pending: Pending, reason: str, detail: str) -> None:
+        """A sampled pair recorded without a judge's verdict: counted per task and
+        reason (``shim.judge_skipped``, one record per flush interval with ``count``);
+        a failing judge is said once on the ``shim`` logger."""
+        site = pending.site
+        if reason == "failed":
+            with self._lock:
+                self._errors["judge"] += 1
+                first = ("judge", site.name) not in self._told
+                self._told.add(("judge", site.name))
+            if first:
+                _log.warning("task-shim: the judge failed on %s: %s", site.name, detail)
+        self.recorder.tally(
+            "shim.judge_skipped", site.product, site.task, cap(detail) or "", reason=reason
+        )
 
     def cancelled(self, task: str) -> None:
         """A background comparison cancelled before it finished (at shutdown, or when

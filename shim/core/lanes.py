@@ -34,11 +34,12 @@ from shim.core.call import Call
 from shim.core.config import Limits, Timeouts
 from shim.core.dispatch import DropHook, ErrorHook, ThreadDispatcher
 from shim.core.events import Events
+from shim.core.judging import Judge, JudgePool
 from shim.core.loopdispatch import LoopDispatcher
 from shim.core.loopend import ended, outlast
 from shim.core.steps import Run, Step, Steps
 
-__all__ = ["USER_AGENT", "LoopState", "Loops", "Threads", "lanes", "task_clients"]
+__all__ = ["USER_AGENT", "LoopState", "Loops", "Threads", "judge_pool", "lanes", "task_clients"]
 
 T = TypeVar("T")
 
@@ -70,6 +71,29 @@ def task_clients(
         for timeout in timeouts
     )
     return serve, shadow
+
+
+def judge_pool(
+    judge: Judge, orch_url: str, *, api_key: str | None, http: httpx.Client | None, events: Events
+) -> JudgePool:
+    """The pool that puts pairs to ``judge``: a task client of its own per thread."""
+
+    def connect(timeout: float) -> TaskClient:
+        return TaskClient(
+            orch_url,
+            api_key=api_key,
+            timeout=timeout,
+            http=http,
+            tls=default_tls(),
+            on_release_failed=events.release_failed,
+        )
+
+    return JudgePool(
+        judge,
+        connect=connect,
+        record=events.recorder.comparison_here,
+        skipped=events.judge_skipped,
+    )
 
 
 def lanes(

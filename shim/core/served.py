@@ -75,10 +75,7 @@ class ServedCalls:
             legacy = legacy_observation(started, call.model, result, copy=False)
         if self._dispatch.keep_result():  # on a worker: not counted by close() already
             pending = Pending(site, call.decision.stage, "task", legacy, candidate)
-            if here:
-                self.recorder.comparison_here(pending)
-            else:
-                self.recorder.comparison(pending)
+            self.events.compared(pending, here=here)
 
     def fall_back(self, call: Call, step: Any, candidate: Observation) -> Steps[Any]:
         """The task path failed while serving: legacy (``step``) answers instead, and
@@ -106,8 +103,7 @@ class ServedCalls:
             legacy = legacy_observation(started, call.model, result, exc=exc)
             self.events.served(call.site, "legacy_fallback")
             stage = call.decision.stage
-            self.recorder.comparison(
-                Pending(call.site, stage, "legacy_fallback", legacy, candidate)
-            )
+            pending = Pending(call.site, stage, "legacy_fallback", legacy, candidate)
+            self.events.compared(pending, here=False)
         except Exception as failed:  # the shim's failure, never the caller's
             self.events.internal_error("record", failed, site=call.site)

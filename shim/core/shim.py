@@ -42,7 +42,8 @@ from shim.core.config import (
 from shim.core.decorate import Decorator, ShadowOptions
 from shim.core.engine import Engine
 from shim.core.events import Events
-from shim.core.lanes import lanes
+from shim.core.judging import Judge
+from shim.core.lanes import judge_pool, lanes
 from shim.core.spend import Backoff, ShadowBudget
 from shim.records.capture import Capture
 from shim.records.observe import is_soft_failure
@@ -111,6 +112,7 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         backoff: Backoff | None = None,
         metrics: PrometheusMetrics | None = None,
         tracer: Any = None,
+        judge: Judge | None = None,
     ) -> None:
         if not 0.0 <= noise_sample <= 1.0:
             raise ValueError(f"noise_sample must be a share from 0 to 1, got {noise_sample}")
@@ -163,6 +165,10 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
             noise_sample=noise_sample,
             capture_prompts=capture is not None,
         )
+        if judge is not None:  # pairs it samples wait for it on threads of its own
+            events.judges = judge_pool(
+                judge, orch_url, api_key=api_key, http=http or self._own_http, events=events
+            )
         self._decorator = Decorator(self._engine, flags, expected=names.expected, services=services)
         flags.subscribe(flag_listener(events))
         self._closer = ShimCloser(
@@ -316,8 +322,9 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         for good, failed writes, comparisons pending, the bytes the comparisons queued
         for the worker threads and for the recorder hold (estimated; each queue is
         bounded, see :data:`~shim.records.recorder.QUEUE_BYTES`), internal errors by
-        operation."""
+        operation, and the judge's calls, verdicts and skips (None without a judge)."""
         recorder, dispatch = self._events.recorder, self._engine.threads.dispatch
+        judges = self._events.judges
         return {
             "records_written": recorder.written,
             "records_unwritten": recorder.unwritten,
@@ -326,6 +333,7 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
             "pending": dispatch.pending,
             "queued_bytes": {"workers": dispatch.queued_bytes, "recorder": recorder.queued_bytes},
             "internal_errors": self._events.errors(),
+            "judge": None if judges is None else judges.counts(),
         }
 
     # -- lifecycle -------------------------------------------------------------------
@@ -336,6 +344,8 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         dispatch, recorder = self._engine.threads.dispatch, self._events.recorder
         while dispatch.pending and time.monotonic() < deadline:
             time.sleep(0.005)
+        if self._events.judges is not None:
+            self._events.judges.wait(max(0.0, deadline - time.monotonic()))
         flushed = recorder.flush(max(0.0, deadline - time.monotonic()))
         return flushed and not recorder.unwritten
 

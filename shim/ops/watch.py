@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from shim.analysis.log_lines import MAX_LINE_BYTES
 from shim.analysis.policy import Gates, Policy
+from shim.analysis.report_judge import judge_gate, judge_summary
 from shim.analysis.report_quality import quality_gate, quality_summary
 
 if TYPE_CHECKING:
@@ -55,7 +56,12 @@ class Breach:
 class _TaskWatch:
     #: per pair: legacy ok, candidate ok, structure match, routing error, content
     #: score, legacy's noise score (None: none)
-    window: deque[tuple[bool, bool, bool | None, bool, float | None, float | None]]
+    # ok, ok, structure match, routing error, quality, noise score, judge (_judged)
+    window: deque[
+        tuple[
+            bool, bool, bool | None, bool, float | None, float | None, tuple[str, int | None] | None
+        ]
+    ]
     stage: str = ""
     since_eval: int = 0
     consecutive: int = 0
@@ -103,6 +109,7 @@ class Watch:
                     bool(model.get("routing_error")),
                     _score(record.get("quality")),
                     _score(structure.get("noise")),
+                    _judged(record.get("judge")),
                 )
             )
         except (KeyError, TypeError):
@@ -157,6 +164,11 @@ class Watch:
             )
             if found is not None and found[0] == "rollback":
                 reasons.append(found[1])
+        if gates.max_judge_loss is not None:
+            judged = [r[6] for r in rows if r[6] is not None]
+            found = judge_gate(judge_summary(_judge_counts(judged)), gates)
+            if found is not None and found[0] == "rollback":
+                reasons.append(found[1])
         return reasons
 
 
@@ -167,6 +179,33 @@ def _sums(name: str, scores: list[float]) -> dict[str, float]:
         f"{name}_n": len(scores),
         f"{name}_sum": sum(scores),
         f"{name}_sumsq": sum(x * x for x in scores),
+    }
+
+
+def _judged(part: Any) -> tuple[str, int | None] | None:
+    """A record's judge verdict: the winner, and for a pair judged in both orders +1
+    (the first answer picked both times), -1 (the second both times) or 0."""
+    if not isinstance(part, dict) or part.get("winner") not in ("legacy", "candidate", "tie"):
+        return None
+    orders = part.get("orders")
+    position = None
+    if isinstance(orders, dict) and "candidate_first" in orders:
+        both = (str(orders.get("legacy_first")), str(orders.get("candidate_first")))
+        position = {("legacy", "candidate"): 1, ("candidate", "legacy"): -1}.get(both, 0)
+    return str(part["winner"]), position
+
+
+def _judge_counts(judged: list[tuple[str, int | None]]) -> dict[str, int]:
+    """The counts :func:`~shim.analysis.report_judge.judge_summary` reads, as the
+    report's query makes them."""
+    positions = [p for _, p in judged if p is not None]
+    return {
+        "judge_n": len(judged),
+        "judge_wins": sum(w == "candidate" for w, _ in judged),
+        "judge_losses": sum(w == "legacy" for w, _ in judged),
+        "judge_both": len(positions),
+        "judge_first": positions.count(1),
+        "judge_second": positions.count(-1),
     }
 
 

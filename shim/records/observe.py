@@ -103,6 +103,8 @@ class Pending:
     legacy: Observation
     candidate: Observation
     noise: Any = NOT_RECORDED  # legacy's output from a second run, for calibration
+    #: A judge's verdict on the pair (the record's ``judge``), when one was asked.
+    judge: Mapping[str, Any] | None = None
 
 
 def pending_bytes(pending: Pending) -> int:
@@ -395,4 +397,6 @@ def comparison_record(
     )
     if quality is not None:
         record["quality"] = quality.as_record()
+    if pending.judge is not None:
+        record["judge"] = dict(pending.judge)
     return record

@@ -114,7 +114,9 @@ def coordinator_routes(state: SimState) -> APIRouter:
             return state.reply(answer, s)
         kind = "timing" if asks_for_timing(body.system) else state.kind(name)
         key = content_key(body.system, body.prompt)
-        output = await state.produce(s, kind, node.id, model_id, drift=True, key=key)
+        output = await state.produce(
+            s, kind, node.id, model_id, drift=True, key=key, prompt=body.prompt
+        )
         return state.reply(
             {
                 "output": output,
@@ -141,7 +143,9 @@ def coordinator_routes(state: SimState) -> APIRouter:
         s, placed = found
         kind = "timing" if asks_for_timing(body.system) else state.kind_of(task, model_id)
         key = content_key(body.system, body.prompt)
-        output = await state.produce(s, kind, placed[0].id, model_id, drift=False, key=key)
+        output = await state.produce(
+            s, kind, placed[0].id, model_id, drift=False, key=key, prompt=body.prompt
+        )
         return state.reply(
             {
                 "output": output,

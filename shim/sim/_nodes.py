@@ -146,7 +146,15 @@ def node_routes(state: SimState) -> APIRouter:
         kind = "timing" if timing else state.kind_of(task, model_id)
         # a picture is what a vision model reads: the same one, the same content
         key = first_image(body.messages) or content_key(user_prompt(body.messages))
-        output = await state.produce(s, kind, node.id, model_id, drift=_via_task(alloc), key=key)
+        output = await state.produce(
+            s,
+            kind,
+            node.id,
+            model_id,
+            drift=_via_task(alloc),
+            key=key,
+            prompt=user_prompt(body.messages),
+        )
         content = as_text(output)
         chat_id = state.next_id("chatcmpl")
         if body.stream:

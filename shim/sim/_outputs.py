@@ -53,6 +53,7 @@ _BY_TASK = {
     "ocr": "receipt",
     "barcode_scan": "barcode",
     "recipe_scan": "recipe_card",
+    "judge": "judge",
 }
 
 _TIMING = re.compile(r"(?=.*\bprep)(?=.*\bcook)(?=.*\b(minute|integer))", re.I | re.S)

@@ -113,7 +113,10 @@ class Profile(_Strict):
     allocation lives unreleased (kiwi sends no TTL); ``max_streams`` caps the recipe
     streams authorised and not yet finished or expired (more answer 429);
     ``allocate_only`` answers every task request with an allocation, as the real
-    coordinator does, never with output (this project's extension).
+    coordinator does, never with output (this project's extension). ``judge_bias`` is
+    the share of a judge task's verdicts that name the first answer whatever the
+    answers are (a judge that leans to a position; 0: it answers from the drift it
+    injected).
     """
 
     seed: int | None = None
@@ -125,6 +128,7 @@ class Profile(_Strict):
     task_ttl_s: Annotated[float, Field(gt=0)] = 120.0
     max_streams: Annotated[int, Field(ge=0)] = 4
     allocate_only: bool = False
+    judge_bias: Rate = 0.0
 
     @model_validator(mode="after")
     def _legacy_does_not_drift(self) -> Self:

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from shim.base.orch import ModelEntry, OrchConfig
 
+from ._judge import DriftMemory, verdict
 from ._outputs import apply_drift, generate, kind_for
 from ._profile import NodeSpec, Profile, Settings
 
@@ -97,6 +98,7 @@ class SimState:
         self.counts: Counter[str] = Counter()
         self._ids = itertools.count(1)
         self._turn: Counter[str] = Counter()
+        self.drifted = DriftMemory()  # what the judge knows to be worse
         self.set_profile(profile)
 
     def set_profile(self, profile: Profile) -> None:
@@ -316,23 +318,36 @@ class SimState:
         return None
 
     async def produce(
-        self, s: Settings, kind: str, node: str, model: str, *, drift: bool, key: str | None = None
+        self,
+        s: Settings,
+        kind: str,
+        node: str,
+        model: str,
+        *,
+        drift: bool,
+        key: str | None = None,
+        prompt: str | None = None,
     ) -> Any:
         """Wait as the model would (cold start included), then make its output. With a
         ``key`` (what the request asked: its prompt, or its image) the content is that
         request's, the same on the legacy path and the task path, so that drift is the
-        only difference between them; without one, it is drawn afresh."""
+        only difference between them; without one, it is drawn afresh. A judge task's
+        output is its verdict on the answers in ``prompt`` (see ``_judge``)."""
         cold = (node, model) not in self.warm
         self.warm.add((node, model))
         delay = s.latency_s(self.rng) + (s.cold_start_ms / 1000.0 if cold else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
         content = self.rng if key is None else random.Random(f"{self.profile.seed}|{kind}|{key}")
+        if kind == "judge":
+            self.count("judge.verdicts")
+            return verdict(prompt or "", self.drifted, self.profile.judge_bias, content)
         output = generate(kind, content)
         if drift and s.drift_rate and self.rng.random() < s.drift_rate:
             change = self.rng.choice(s.drift_kinds)
             self.count(f"fault.drift.{change}")
             output = apply_drift(output, kind, change, self.rng)
+            self.drifted.add(output)
         return output
 
     async def place(

@@ -1,0 +1,92 @@
+"""Judge verdicts per task for ``shim report``: wins, losses and ties of the candidate,
+the judge's position bias, and the ``max_judge_loss`` gate.
+
+Each judged pair counts +1 when the judge preferred legacy (a loss), -1 when it
+preferred the candidate (a win), 0 for a tie; the loss margin is their mean, (losses -
+wins) / n, with a normal interval from their variance. A pair judged in both orders
+whose two verdicts disagree is a tie already (the record says so). Position bias comes
+from those pairs: the share where the judge picked the first answer both times, minus
+the share where it picked the second both times (0: no lean; 1: it always picks the
+first, whatever it reads).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from shim.analysis.policy import Gates
+from shim.analysis.stats import Z_ONE_SIDED_95
+
+__all__ = ["MIN_JUDGED", "judge_gate", "judge_summary"]
+
+#: Judged pairs enough to decide on: fewer hold, whatever they say.
+MIN_JUDGED = 30
+#: A position bias past this is said beside the gate's line: the verdicts lean.
+BIAS_WARNING = 0.2
+
+
+def judge_summary(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``{"n", "wins", "losses", "ties", "position_bias", "both_orders", "loss_margin":
+    {"mean", "low", "high"}, "skipped": {reason: n}}`` for a task's aggregate row
+    (``low``/``high``: one-sided 95 % bounds); None when nothing was judged or
+    skipped."""
+    n = int(row.get("judge_n") or 0)
+    skipped: dict[str, int] = {}
+    for entry in row.get("judge_skips") or []:
+        reason = str(entry.get("reason"))
+        skipped[reason] = skipped.get(reason, 0) + int(entry.get("count") or 1)
+    if not n and not skipped:
+        return None
+    wins, losses = int(row.get("judge_wins") or 0), int(row.get("judge_losses") or 0)
+    both = int(row.get("judge_both") or 0)
+    bias = None
+    if both:
+        bias = (int(row.get("judge_first") or 0) - int(row.get("judge_second") or 0)) / both
+    margin = None
+    if n:
+        mean = (losses - wins) / n
+        variance = max(0.0, (losses + wins) / n - mean * mean) * n / (n - 1) if n > 1 else 1.0
+        half = Z_ONE_SIDED_95 * math.sqrt(variance / n)
+        margin = {"mean": mean, "low": max(-1.0, mean - half), "high": min(1.0, mean + half)}
+    return {
+        "n": n,
+        "wins": wins,
+        "losses": losses,
+        "ties": n - wins - losses,
+        "position_bias": bias,
+        "both_orders": both,
+        "loss_margin": margin,
+        "skipped": skipped,
+    }
+
+
+def judge_gate(judge: dict[str, Any] | None, gates: Gates) -> tuple[str, str] | None:
+    """The ``max_judge_loss`` gate: ``("rollback" | "hold" | "pass", line)``; None when
+    the policy sets none. ROLLBACK when even the lower bound of the loss margin is over
+    ``max_judge_loss`` (the judge prefers legacy by more than allowed); it passes when
+    the upper bound is within it; either needs :data:`MIN_JUDGED` judged pairs, and
+    holds otherwise."""
+    limit = gates.max_judge_loss
+    if limit is None:
+        return None
+    if judge is None or not judge["n"]:
+        return "hold", (
+            f"judge: no judged pairs; max_judge_loss {limit:.3f} needs a Judge on the Shim "
+            "(Shim(judge=Judge(...)))"
+        )
+    margin = judge["loss_margin"]
+    line = (
+        f"judge: candidate {judge['wins']} wins, {judge['losses']} losses, {judge['ties']} "
+        f"ties; loss margin {margin['mean']:+.3f} (one-sided 95 % bounds "
+        f"{margin['low']:+.3f} to {margin['high']:+.3f}) vs max_judge_loss {limit:.3f}"
+    )
+    bias = judge["position_bias"]
+    if bias is not None and abs(bias) > BIAS_WARNING:
+        line += f"; the judge leans to the {'first' if bias > 0 else 'second'} answer ({bias:+.2f})"
+    if judge["n"] < MIN_JUDGED:
+        return "hold", line + f"; {judge['n']} judged pairs, needs {MIN_JUDGED - judge['n']} more"
+    if margin["low"] > limit:
+        return "rollback", line
+    return ("pass" if margin["high"] <= limit else "hold"), line
