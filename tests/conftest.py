@@ -92,23 +92,49 @@ def _unleash_healthy(url: str) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _unleash_server_up(request: pytest.FixtureRequest) -> None:
+def _unleash_server_up(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test of the suite's Unleash server finds it up. The server has gone away
     mid-run (its node process and PostgreSQL both stopped, as by another run's
     `unleash.sh stop` when runs shared the fixed ports; scripts/with-unleash.sh now
     gives each run ports of its own); should it happen again it is started again, and
     that is said in the run's output, rather than every later Unleash test failing.
-    The server's logs of a finished run are in .cache/unleash/last-run/."""
+    A server that goes down during a test is said too, with the last lines of its log
+    (the whole logs of a finished run are in .cache/unleash/last-run/)."""
     url = os.environ.get("UNLEASH_URL")
-    if not url or "unleash" not in request.node.nodeid.lower() or _unleash_healthy(url):
+    if not url or "unleash" not in request.node.nodeid.lower():
+        yield
         return
-    said = "conftest: the suite's Unleash server is down; starting it again"
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:  # in the run's output, not only in a passing test's capture
-        reporter.write_line(f"{said} (before {request.node.nodeid})")
-    sys.stderr.write(said + "\n")
-    script = Path(__file__).resolve().parent.parent / "scripts" / "unleash.sh"
-    subprocess.run([str(script), "start"], check=True, capture_output=True, timeout=300)
+
+    def say(line: str) -> None:
+        if reporter is not None:  # in the run's output, not only in a passing test's capture
+            reporter.write_line(line)
+        sys.stderr.write(line + "\n")
+
+    if not _unleash_healthy(url):
+        say(
+            "conftest: the suite's Unleash server is down; starting it again "
+            f"(before {request.node.nodeid})"
+        )
+        script = Path(__file__).resolve().parent.parent / "scripts" / "unleash.sh"
+        subprocess.run([str(script), "start"], check=True, capture_output=True, timeout=300)
+    yield
+    if not _unleash_healthy(url):
+        port = os.environ.get("UNLEASH_PORT", "44242")
+        log = (
+            Path(__file__).resolve().parent.parent
+            / ".cache"
+            / "unleash"
+            / f"run-{port}"
+            / "unleash.log"
+        )
+        tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+        say(
+            f"conftest: the Unleash server went down during {request.node.nodeid}; "
+            f"the last lines of {log}:"
+        )
+        for line in tail:
+            say("  " + line)
 
 
 @pytest.fixture(scope="session")
