@@ -3,6 +3,7 @@ failures become one :class:`~shim.base.errors.ShimError` each, with what to chec
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -21,6 +22,8 @@ __all__ = ["AdminApi", "failed_test"]
 #: Seconds an idle admin connection is kept (under common servers' keep-alive timeouts).
 _KEEPALIVE_S = 2.0
 #: Methods sent again after a connection the server closed without answering.
+#: Pauses before a refused connection is tried again, in seconds.
+_RECONNECT = (0.2, 0.5, 1.0)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 
@@ -83,14 +86,16 @@ class AdminApi:
         GET, PUT or DELETE whose connection the server closed or reset before answering
         (an idle keep-alive connection timed out as the request went out; Unleash 7.5
         resets one now and then after archiving a feature) is sent once more, on a new
-        connection; other methods are not, as the server may have acted on them."""
+        connection; other methods are not, as the server may have acted on them. A
+        connection refused (nothing was sent: a server restarting, a listen queue full)
+        is tried again after 0.2, 0.5 and 1 s, whatever the method."""
         try:
             try:
-                reply = self._http.request(method, path, **kw)
+                reply = self._connected(method, path, **kw)
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
                 if method.upper() not in _IDEMPOTENT:
                     raise
-                reply = self._http.request(method, path, **kw)
+                reply = self._connected(method, path, **kw)
         except httpx.HTTPError as exc:
             raise ShimError(
                 self.redact(
@@ -104,6 +109,16 @@ class AdminApi:
                 f"({reply.status_code}); check UNLEASH_ADMIN_TOKEN"
             )
         return reply
+
+    def _connected(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        for pause in (*_RECONNECT, None):
+            try:
+                return self._http.request(method, path, **kw)
+            except httpx.ConnectError:
+                if pause is None:
+                    raise
+                time.sleep(pause)
+        raise AssertionError("unreachable")
 
     def ok(self, reply: httpx.Response, what: str) -> None:
         """A ShimError saying ``what`` could not be done, unless ``reply`` succeeded."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -82,3 +83,47 @@ def test_a_post_is_not_sent_twice(server: Closing) -> None:
     finally:
         client.close()
     assert server.requests == ["POST"]  # the server may have acted on it
+
+
+def test_a_refused_connection_is_tried_again_until_the_server_listens() -> None:
+    """Nothing was sent: even a POST goes out once the server is up (CI saw one
+    connection refused while the suite's server ran)."""
+    port = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{port.getsockname()[1]}"
+    port.close()  # refused from here on
+    later: list[Closing] = []
+
+    def listen() -> None:
+        server = Closing.__new__(Closing)
+        server.reset, server.url, server.requests, server.connections = False, url, [], 1
+        server.sock = socket.create_server(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        threading.Thread(target=server._serve, daemon=True).start()
+        later.append(server)
+
+    timer = threading.Timer(0.4, listen)
+    timer.start()
+    http = httpx.Client(base_url=url, timeout=5)
+    client = AdminApi(url, "*:*.token", environment="development", project="default", http=http)
+    try:
+        assert client.call("POST", "/api/admin/projects/default/features").status_code == 200
+    finally:
+        client.close()
+        timer.join()
+        for server in later:
+            server.close()
+    assert later[0].requests == ["POST"]
+
+
+def test_a_server_that_never_listens_is_an_error_within_two_seconds() -> None:
+    port = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{port.getsockname()[1]}"
+    port.close()
+    http = httpx.Client(base_url=url, timeout=5)
+    client = AdminApi(url, "*:*.token", environment="development", project="default", http=http)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ShimError, match=r"ConnectError.*is the server up"):
+            client.call("GET", "/api/admin/projects")
+    finally:
+        client.close()
+    assert 1.5 < time.monotonic() - started < 3
