@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("startup", "overhead", "cpu", "compare", "report", "load", "records")
+BENCHES = ("startup", "overhead", "cpu", "compare", "report", "load", "records", "judge")
 
 
 def machine() -> dict[str, Any]:
@@ -210,6 +210,21 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"hand-off {slow['handoff_us']} us",
                 "",
                 "bounded buffer, drops counted",
+            )
+        )
+    j = f.get("judge")
+    if j:
+        judged, plain, checks = j["judged"], j["plain"], j["checks"]
+        out.append(
+            (
+                f"a {j['judge_ms']} ms judge, {j['sample']:.0%} sampled, at {j['rate']} calls/s",
+                f"{judged['records_per_s']:,} records/s; {judged['judge']['calls']} judge "
+                f"calls (budget {j['budget_per_min']}/min), {judged['judged']} pairs judged; "
+                f"dropped {sum(judged['dropped'].values())}",
+                f"without a judge: {plain['records_per_s']:,} records/s, call p50 "
+                f"{plain['call_p50_us']} us",
+                f"call p50 {judged['call_p50_us']} us",
+                "no drops, every pair recorded, budget honoured: " + verdict(all(checks.values())),
             )
         )
     return out

@@ -171,6 +171,22 @@ def test_the_budget_caps_judge_calls_and_counts_the_rest() -> None:
     assert sum("judge" in r for r in rows) == 3
 
 
+def test_the_budget_is_a_sliding_window_never_exceeded() -> None:
+    with _shim(Judge(sample=1.0, both_orders=0.0, budget=2, per=0.5), lambda r: "tie") as s:
+        plan = _plan(s)
+        for _ in range(4):
+            plan()
+        s.flush()
+        first = s.stats()["judge"]
+        time.sleep(1.6)  # counted per whole second: free once all of it is past the window
+        for _ in range(3):
+            plan()
+        s.flush()
+        second = s.stats()["judge"]
+    assert first["calls"] == 2 and first["skipped"] == {"budget": 2}
+    assert second["calls"] == 4 and second["skipped"] == {"budget": 3}
+
+
 def test_a_slow_judge_fills_its_pool_not_the_recorder() -> None:
     release = threading.Event()
 

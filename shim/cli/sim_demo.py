@@ -40,6 +40,8 @@ _HELP = {
     "does (no output answers, this project's extension).",
     "task_ttl_s": "Lifetime of a task-path allocation nobody releases [120].",
     "max_streams": "Recipe streams held at once before /proxy/authorize answers 429 [4].",
+    "judge_bias": "Share of a judge task's verdicts that name the first answer whatever it "
+    "reads (a judge leaning to a position) [0].",
     "product_key": "The only product_key /proxy/authorize accepts (default: any non-empty one).",
 }
 _KNOB = "[SCOPE:]NAME=VALUE"
@@ -75,6 +77,9 @@ def sim(
     ] = False,
     task_ttl_s: Annotated[float | None, typer.Option(help=_HELP["task_ttl_s"])] = None,
     max_streams: Annotated[int | None, typer.Option(help=_HELP["max_streams"])] = None,
+    judge_bias: Annotated[
+        float | None, typer.Option(help=_HELP["judge_bias"], min=0.0, max=1.0)
+    ] = None,
     product_key: Annotated[
         str | None, typer.Option(help=_HELP["product_key"], metavar="KEY")
     ] = None,
@@ -100,6 +105,7 @@ def sim(
         "max_streams": max_streams,
         "omit_service": omit_service or None,
         "allocate_only": allocate_only or None,
+        "judge_bias": judge_bias,
     }
     prof = guard(_profile, profile, seed, knobs, knob or [], options)
     for problem in config.problems():

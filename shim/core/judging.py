@@ -17,6 +17,7 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -77,26 +78,37 @@ class Judge:
 
 
 class _Budget:
-    """A token bucket: ``calls`` per ``per`` seconds, starting full."""
+    """At most ``calls`` in any ``per`` seconds: the calls counted per whole second,
+    and a second let go once all of it is more than ``per`` seconds old (so never
+    more, and memory by the window's seconds, not its calls)."""
 
     def __init__(self, calls: int, per: float) -> None:
-        self.capacity, self.rate = float(calls), calls / per
-        self.tokens, self.at = float(calls), time.monotonic()
+        self.calls, self.per = calls, per
+        self.seconds: deque[list[int]] = deque()  # [second, calls in it]
+        self.total = 0
         self.lock = threading.Lock()
 
     def take(self, n: int) -> bool:
         with self.lock:
             now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-            self.at = now
-            if self.tokens < n:
+            while self.seconds and self.seconds[0][0] + 1 <= now - self.per:
+                self.total -= self.seconds.popleft()[1]
+            if self.total + n > self.calls:
                 return False
-            self.tokens -= n
+            second = int(now)
+            if self.seconds and self.seconds[-1][0] == second:
+                self.seconds[-1][1] += n
+            else:
+                self.seconds.append([second, n])
+            self.total += n
             return True
 
     def give_back(self, n: int) -> None:
         with self.lock:
-            self.tokens = min(self.capacity, self.tokens + n)
+            if self.seconds:
+                back = min(n, self.seconds[-1][1])
+                self.seconds[-1][1] -= back
+                self.total -= back
 
 
 class JudgePool:
