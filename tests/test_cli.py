@@ -194,6 +194,10 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
     verdicts = {task: verdict for verdict, task in re.findall(r"│ (\w+) +│ (kiwi\.\w+)", first)}
     assert verdicts["kiwi.meal_plan"] == verdicts["kiwi.recipe_generation"] == "PROMOTE"
     assert verdicts["kiwi.ocr"] == "ROLLBACK"
+    # the judge (kiwi.judge, a fifth of the pairs) prefers legacy where ocr drifted
+    judged = re.search(r"kiwi\.ocr: judge: 0 wins, (\d+) losses", story)
+    assert judged is not None and int(judged[1]) > 0, story
+    assert re.search(r"kiwi\.meal_plan: judge: 0 wins, 0 losses", story)
     assert story.count("$ shim promote kiwi.meal_plan") == 5, "every rung, with evidence"
     assert "320 of 320 calls served by the task path" in story, "live serves everything"
     assert "BREACH kiwi.ocr" in story and "rolled back kiwi.ocr: serve 25 % -> 0 %" in story

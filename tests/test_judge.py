@@ -343,3 +343,25 @@ def test_max_judge_loss_rolls_back_holds_and_passes_on_the_interval() -> None:
     assert judge_gate(_judged(10, 16, 74), gates)[0] == "hold"  # type: ignore[index]
     verdict_, line = judge_gate(_judged(0, 10, 10), gates)  # type: ignore[misc]
     assert verdict_ == "hold" and "needs 10 more" in line
+
+
+# -- from the environment ------------------------------------------------------------
+
+
+def test_a_judge_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shim.base.errors import ConfigError
+    from shim.core.config import judge_from_env
+
+    monkeypatch.setenv("SHIM_JUDGE", "kiwi.judge")
+    monkeypatch.setenv("SHIM_JUDGE_SAMPLE", "0.25")
+    monkeypatch.setenv("SHIM_JUDGE_BUDGET", "500")
+    judge = judge_from_env()
+    assert (judge.task, judge.sample, judge.budget, judge.per) == ("kiwi.judge", 0.25, 500, 3600)
+    for var, value in (("SHIM_JUDGE_SAMPLE", "1.5"), ("SHIM_JUDGE_BUDGET", "lots")):
+        with monkeypatch.context() as m:
+            m.setenv(var, value)
+            with pytest.raises(ConfigError, match=f"{var}: expected .*got '{value}'"):
+                judge_from_env()
+    monkeypatch.setenv("SHIM_JUDGE", "judge")
+    with pytest.raises(ConfigError, match=r"SHIM_JUDGE: Judge task must be product\.task"):
+        judge_from_env()

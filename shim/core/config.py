@@ -12,6 +12,7 @@ from shim import flags as flagpkg
 from shim.base.errors import ConfigError, Problem
 from shim.base.orch import SERVICE_TYPES, AssignmentsFile, OrchConfig, RegistryFile, parse_file
 from shim.comparators import ModelNames
+from shim.core.judging import Judge
 
 if TYPE_CHECKING:
     from shim.core.events import Events
@@ -23,6 +24,7 @@ __all__ = [
     "env_config",
     "flag_listener",
     "flags_from_env",
+    "judge_from_env",
     "load_orch",
     "secrets_of",
 ]
@@ -143,7 +145,8 @@ def env_config(overrides: dict[str, Any]) -> tuple[str, Off | None]:
     """The coordinator's URL for ``Shim.from_env``, with ``overrides`` completed from
     the environment (``CF_LICENSE_KEY``, ``SHIM_LOG``, ``SHIM_REGISTRY``,
     ``SHIM_ASSIGNMENTS``; the flags from ``SHIM_FLAGS`` unless given); keyword
-    arguments win. When the Shim must be off instead: ``("", (operation, why))``.
+    arguments win; ``SHIM_JUDGE`` adds a judge (:func:`judge_from_env`). When the Shim
+    must be off instead: ``("", (operation, why))``.
 
     ``flags_required`` (env ``SHIM_FLAGS_REQUIRED=1``) turns a missing flags source
     into a ConfigError: ``SHIM_FLAGS`` unset, or naming a file that is not there.
@@ -188,7 +191,35 @@ def env_config(overrides: dict[str, Any]) -> tuple[str, Off | None]:
     ):
         if key not in overrides and env.get(var):
             overrides[key] = env[var]
+    if "judge" not in overrides and env.get("SHIM_JUDGE"):
+        overrides["judge"] = judge_from_env()
     return url, None
+
+
+def judge_from_env() -> Judge:
+    """The :class:`~shim.core.judging.Judge` ``SHIM_JUDGE`` names (its ``product.task``),
+    sampling ``SHIM_JUDGE_SAMPLE`` of the pairs [0.1] within ``SHIM_JUDGE_BUDGET`` calls
+    an hour [1000]."""
+    env = os.environ
+    settings: dict[str, Any] = {"task": env["SHIM_JUDGE"].strip()}
+    for var, key, kind, what in (
+        ("SHIM_JUDGE_SAMPLE", "sample", float, "a share from 0 to 1"),
+        ("SHIM_JUDGE_BUDGET", "budget", int, "a whole number of calls"),
+    ):
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = -1.0
+        if not (0 <= value <= 1 if key == "sample" else value >= 0):
+            raise ConfigError([Problem("environment", None, var, f"expected {what}, got {raw!r}")])
+        settings[key] = value
+    try:
+        return Judge(**settings)
+    except ValueError as exc:
+        raise ConfigError([Problem("environment", None, "SHIM_JUDGE", str(exc))]) from None
 
 
 def _yes_or_no(var: str) -> bool:

@@ -205,6 +205,9 @@ def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str,
             "SHIM_LOG": str(out / "comparisons.jsonl"),
             "SHIM_REGISTRY": str(default_config_path("model_registry.yaml")),
             "SHIM_ASSIGNMENTS": str(default_config_path("assignments.yaml")),
+            # a judge (kiwi.judge on the coordinator) reads a fifth of the pairs
+            "SHIM_JUDGE": "kiwi.judge",
+            "SHIM_JUDGE_SAMPLE": "0.2",
         }
         story = _Story(_callsites(env), out, console, rng)
         console.print(f"simulator on {url}; kiwi's call sites wrapped; flags {story.flags}")
@@ -239,7 +242,7 @@ def _act_shadow(story: _Story, calls: int) -> None:
     story.console.print(
         "meal_plan and recipe_generation may go further; ocr's vision output drifts "
         "from legacy's structure, and where the shape holds its values are off (its "
-        "content quality), so it stays on legacy."
+        "content quality; the judge prefers legacy's answers), so it stays on legacy."
     )
 
 
@@ -251,7 +254,7 @@ defaults:
   min_soak: 0                # a demo has no ten minutes to soak each rung
   max_error_increase: 0.01   # 300 clean pairs show this; 0.5 pp needs about 550
 tasks:                       # content read field by field or section by section
-  kiwi.ocr: {min_quality: 0.95}
+  kiwi.ocr: {min_quality: 0.95, max_judge_loss: 0.1}   # and by the judge (kiwi.judge)
   kiwi.recipe_generation: {min_quality: 0.95}
 """
 
