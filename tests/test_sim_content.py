@@ -95,3 +95,31 @@ def test_values_drift_keeps_the_shape_and_lowers_the_content_score(
         assert verdict.quality is not None and verdict.quality.score is not None
         assert verdict.quality.score < 1.0
     assert "values" not in DRIFT_KINDS, "a profile's default drift is structural"
+
+
+def test_an_image_request_sends_kiwis_allocation_body_and_refuses_an_output_answer() -> None:
+    """The coordinator never sees the prompt or the image of an image request: kiwi's
+    body ``{product, task, payload: {}}`` (and ``mode``, which cf-orch ignores). A
+    coordinator that answers output anyway answered without the image: a failure."""
+    import json as _json
+
+    from shim import TaskClient, TaskFailed
+
+    sent: list[dict[str, Any]] = []
+
+    def coordinator(request: httpx.Request) -> httpx.Response:
+        sent.append(_json.loads(request.content))
+        return httpx.Response(200, json={"output": "made up", "model": "m"})
+
+    image = base64.b64encode(b"a receipt").decode()
+    client = TaskClient(
+        "http://orch.test",
+        api_key="",
+        http=httpx.Client(transport=httpx.MockTransport(coordinator)),
+    )
+    try:
+        with pytest.raises(TaskFailed, match="output to a request with images"):
+            client.infer("kiwi", "ocr", TaskRequest(prompt="read it", system="s", images=(image,)))
+    finally:
+        client.close()
+    assert sent == [{"product": "kiwi", "task": "ocr", "payload": {}, "mode": "allocate"}]

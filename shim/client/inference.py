@@ -36,16 +36,18 @@ M = TypeVar("M", bound=WireModel)
 
 def _task_body(ex: Exchange, req: TaskRequest) -> dict[str, Any]:
     body: dict[str, Any] = {"product": ex.product, "task": ex.task}
+    if req.images:
+        # Images go to the node, never through the coordinator: a coordinator that
+        # answered the prompt itself would answer without them. An allocation, then,
+        # asked for with kiwi's body (the prompt goes to the node with the images).
+        payload = {} if req.payload is None else req.payload
+        return body | {"payload": payload, "mode": "allocate"}
     for key in ("prompt", "system", "payload", "mode"):
         value = getattr(req, key)
         if value is not None:
             body[key] = value
     if req.params:
         body["params"] = dict(req.params)
-    if req.images and req.mode is None:
-        # Images go to the node, never through the coordinator: a coordinator that
-        # answered the prompt itself would answer without them. An allocation, then.
-        body["mode"] = "allocate"
     return body
 
 
@@ -172,6 +174,10 @@ def infer_steps(ex: Exchange, req: TaskRequest) -> Generator[Call, Reply, TaskRe
     started = ex.clock()
     answer, _ = yield from ask(ex, _task_body(ex, req))
     if isinstance(answer, OutputReply):
+        if req.images:  # made without them: not an answer to this request
+            raise ex.fail(
+                "answered output to a request with images (an allocation was asked for)", None
+            )
         return TaskResult(
             answer.output,
             answer.model,
