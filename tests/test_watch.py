@@ -131,3 +131,27 @@ def test_a_score_too_large_for_a_float_is_read_not_a_crash() -> None:
         row["quality"] = {"method": "m", "score": 10**400}
     assert not any(watch.feed(row) for row in rows)
     assert watch.records == 60
+
+
+def test_a_judge_that_prefers_legacy_breaches_on_max_judge_loss_and_ties_never() -> None:
+    policy = Policy.model_validate({"defaults": {"max_judge_loss": 0.1}})
+    rng = random.Random(5)
+
+    def judged(rows: list[dict[str, Any]], lose: float) -> list[dict[str, Any]]:
+        for i, row in enumerate(rows):
+            if i % 5:  # a fifth judged, as Judge(sample=0.2)
+                continue
+            winner = "legacy" if rng.random() < lose else "tie"
+            row["judge"] = {"winner": winner, "model": "judge", "order": "legacy_first"}
+        return rows
+
+    watch = Watch(policy)
+    assert not any(watch.feed(row) for row in judged(stream(rng, 800, 0), 0.0))
+    worse = judged(stream(rng, 1000, 0), 0.6)
+    breaches = [b for row in worse if (b := watch.feed(row)) is not None]
+    assert breaches and "vs max_judge_loss 0.100" in breaches[0].reasons[0]
+    assert not any(Watch().feed(row) for row in worse), "no max_judge_loss: verdicts not read"
+    odd = stream(rng, 60, 0)
+    for row in odd:  # what a judge record is not: skipped, never a crash
+        row["judge"] = {"winner": ["legacy"], "orders": "x"}
+    assert not any(Watch(policy).feed(row) for row in odd)
