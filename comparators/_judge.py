@@ -41,7 +41,8 @@ _SPLIT = re.compile(
     r"\[End of answer B\]",
     re.S,
 )
-_OBJECT = re.compile(r"\{[^{}]*\}")
+#: How much of a judge's answer is read for its verdict.
+_READ_CHARS = 20_000
 _BARE = re.compile(r"^\W*(A|B|tie)\W*$", re.I)
 
 
@@ -71,28 +72,41 @@ def judged_answers(prompt: str) -> tuple[str, str] | None:
 
 
 def read_winner(answer: Any) -> Slot:
-    """The slot a judge's answer names. Raises ValueError, quoting the start of the
+    """The slot a judge's answer names: a lone ``A``, ``B`` or ``tie``, else the *last*
+    JSON object with a ``winner`` in it (a judge that repeats the reply's format before
+    its verdict names the verdict last). Raises ValueError, quoting the start of the
     answer, when it names none."""
-    candidates: list[Any]
     if isinstance(answer, dict):
-        candidates = [answer]
+        found = _winner(answer)
+        if found is not None:
+            return found
     else:
-        text = str(answer).strip()
+        text = str(answer)[:_READ_CHARS].strip()
         bare = _BARE.match(text)
         if bare:
             return _slot(bare[1])
-        candidates = []
-        for match in _OBJECT.finditer(text):
+        last = None
+        decoder = json.JSONDecoder()
+        at = text.find("{")
+        while at >= 0:
             try:
-                candidates.append(json.loads(match[0]))
+                value, end = decoder.raw_decode(text, at)
             except ValueError:
+                at = text.find("{", at + 1)
                 continue
-    for found in candidates:
-        if isinstance(found, dict) and isinstance(found.get("winner"), str):
-            winner = found["winner"].strip()
-            if winner.upper() in ("A", "B") or winner.lower() == "tie":
-                return _slot(winner)
+            last = _winner(value) or last
+            at = text.find("{", end)
+        if last is not None:
+            return last
     raise ValueError(f"the judge named no winner (A, B or tie): {str(answer)[:80]!r}")
+
+
+def _winner(value: Any) -> Slot | None:
+    if isinstance(value, dict) and isinstance(value.get("winner"), str):
+        winner = value["winner"].strip()
+        if winner.upper() in ("A", "B") or winner.lower() == "tie":
+            return _slot(winner)
+    return None
 
 
 def _slot(name: str) -> Slot:

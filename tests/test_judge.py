@@ -39,6 +39,10 @@ SHADOW = {"kiwi.meal_plan": {"shadow": 100}}
         (" A. ", "A"),
         ({"winner": "Tie"}, "tie"),
         ('{"reason": "x"} then {"winner": "B"}', "B"),
+        # the format repeated first: the verdict is the last word
+        ('Reply {"winner": "A"}, {"winner": "B"} or {"winner": "tie"}. Mine: {"winner": "B"}', "B"),
+        ('{"winner": "A"} ... on reflection {"winner": "tie"}', "tie"),
+        ('{"reason": "A lacks {totals}", "winner": "B"}', "B"),  # braces inside a string
     ],
 )
 def test_a_verdict_is_read_from_json_or_a_lone_slot(answer: Any, slot: str) -> None:
@@ -343,6 +347,17 @@ def test_max_judge_loss_rolls_back_holds_and_passes_on_the_interval() -> None:
     assert judge_gate(_judged(10, 16, 74), gates)[0] == "hold"  # type: ignore[index]
     verdict_, line = judge_gate(_judged(0, 10, 10), gates)  # type: ignore[misc]
     assert verdict_ == "hold" and "needs 10 more" in line
+    # 30 ties are not proof that no loss will come: bounds of some width
+    assert judge_gate(_judged(0, 0, 30), Gates(max_judge_loss=0.0))[0] == "hold"  # type: ignore[index]
+
+
+def test_a_judge_that_leans_to_a_position_passes_nothing_but_still_rolls_back() -> None:
+    gates = Gates(max_judge_loss=0.1)
+    leaning = _judged(40, 40, 320) | {"position_bias": 0.9, "both_orders": 40}
+    verdict_, line = judge_gate(leaning, gates)  # type: ignore[misc]
+    assert verdict_ == "hold" and "leans to the first answer (+0.90)" in line
+    losing = _judged(2, 60, 38) | {"position_bias": -0.5, "both_orders": 20}
+    assert judge_gate(losing, gates)[0] == "rollback"  # type: ignore[index]
 
 
 # -- from the environment ------------------------------------------------------------
@@ -365,3 +380,40 @@ def test_a_judge_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHIM_JUDGE", "judge")
     with pytest.raises(ConfigError, match=r"SHIM_JUDGE: Judge task must be product\.task"):
         judge_from_env()
+
+
+@pytest.mark.filterwarnings(
+    r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\):DeprecationWarning"
+)
+def test_a_forked_child_judges_with_threads_of_its_own(sim: Simulator, tmp_path: Path) -> None:
+    import os
+
+    flags = "kiwi.meal_plan: {serve: 0, shadow: 100}\n"
+    s = make_shim(sim.url, tmp_path, flags, judge=Judge(sample=1.0, both_orders=0.0))
+
+    @s.shadow(
+        product="kiwi",
+        task="meal_plan",
+        request=lambda i: TaskRequest(prompt=f"plan {i}"),
+        response=lambda r: json.loads(r.text),
+    )
+    def plan(i: int) -> list[int]:
+        return [i]
+
+    plan(0)
+    assert s.flush(10)  # the parent's judge threads are up before the fork
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for i in range(1, 4):
+                plan(i)
+            s.close(timeout=10)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    s.close(timeout=10)
+    rows = records(tmp_path / "log.jsonl")
+    assert len(rows) == 4 and all("judge" in r for r in rows), "none waits for ever in the child"

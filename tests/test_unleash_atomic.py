@@ -327,12 +327,14 @@ def test_a_conflict_on_the_shadow_flag_puts_back_the_serve_write(task: str, tmp_
 
 def test_an_error_after_a_partial_write_puts_it_back(task: str, tmp_path: Path) -> None:
     """The server stops answering after serve was written: the command fails (exit 2 in
-    the CLI), and serve is back where it was, so nothing unrecorded is left serving."""
+    the CLI), and serve is back where it was, so nothing unrecorded is left serving.
+    (The shadow write is refused each time it is tried: a refused connection is tried
+    again three times.)"""
     store().apply({task: Setting(5, 100)})
     failed: list[bool] = []
 
     def fail_the_shadow_write(request: httpx.Request) -> None:
-        if request.method == "PATCH" and f"/{task}.shadow/" in request.url.path and not failed:
+        if request.method == "PATCH" and f"/{task}.shadow/" in request.url.path:
             failed.append(True)
             raise httpx.ConnectError("connection refused", request=request)
 
@@ -347,7 +349,7 @@ def test_an_error_after_a_partial_write_puts_it_back(task: str, tmp_path: Path) 
             gate=forced,
             log=log,
         )
-    assert failed
+    assert len(failed) == 4, "tried once and again three times"
     final = store().read([task]).tasks[task]
     assert (final.serve, final.shadow) == (5, 100)
     assert changes(log) == []

@@ -139,7 +139,7 @@ def test_a_judge_that_prefers_legacy_breaches_on_max_judge_loss_and_ties_never()
 
     def judged(rows: list[dict[str, Any]], lose: float) -> list[dict[str, Any]]:
         for i, row in enumerate(rows):
-            if i % 5:  # a fifth judged, as Judge(sample=0.2)
+            if i % 10:  # a tenth judged, as Judge()'s default sample: a window of its own
                 continue
             winner = "legacy" if rng.random() < lose else "tie"
             row["judge"] = {"winner": winner, "model": "judge", "order": "legacy_first"}
@@ -147,7 +147,7 @@ def test_a_judge_that_prefers_legacy_breaches_on_max_judge_loss_and_ties_never()
 
     watch = Watch(policy)
     assert not any(watch.feed(row) for row in judged(stream(rng, 800, 0), 0.0))
-    worse = judged(stream(rng, 1000, 0), 0.6)
+    worse = judged(stream(rng, 2000, 0), 0.6)
     breaches = [b for row in worse if (b := watch.feed(row)) is not None]
     assert breaches and "vs max_judge_loss 0.100" in breaches[0].reasons[0]
     assert not any(Watch().feed(row) for row in worse), "no max_judge_loss: verdicts not read"

@@ -36,7 +36,7 @@ def judge_summary(row: Mapping[str, Any]) -> dict[str, Any] | None:
     skipped: dict[str, int] = {}
     for entry in row.get("judge_skips") or []:
         reason = str(entry.get("reason"))
-        skipped[reason] = skipped.get(reason, 0) + int(entry.get("count") or 1)
+        skipped[reason] = skipped.get(reason, 0) + int(entry.get("count") or 0)
     if not n and not skipped:
         return None
     wins, losses = int(row.get("judge_wins") or 0), int(row.get("judge_losses") or 0)
@@ -47,7 +47,10 @@ def judge_summary(row: Mapping[str, Any]) -> dict[str, Any] | None:
     margin = None
     if n:
         mean = (losses - wins) / n
-        variance = max(0.0, (losses + wins) / n - mean * mean) * n / (n - 1) if n > 1 else 1.0
+        # The spread with one more win and one more loss: 30 ties are not certainty
+        # that the next 30 will be (a spread of 0 would give bounds of no width).
+        w, lo, m = wins + 1, losses + 1, n + 2
+        variance = max(0.0, (lo + w) / m - ((lo - w) / m) ** 2) * m / (m - 1)
         half = Z_ONE_SIDED_95 * math.sqrt(variance / n)
         margin = {"mean": mean, "low": max(-1.0, mean - half), "high": min(1.0, mean + half)}
     return {
@@ -67,7 +70,9 @@ def judge_gate(judge: dict[str, Any] | None, gates: Gates) -> tuple[str, str] | 
     the policy sets none. ROLLBACK when even the lower bound of the loss margin is over
     ``max_judge_loss`` (the judge prefers legacy by more than allowed); it passes when
     the upper bound is within it; either needs :data:`MIN_JUDGED` judged pairs, and
-    holds otherwise."""
+    holds otherwise. A judge that leans to a position by more than
+    :data:`BIAS_WARNING` never passes: its single-order verdicts are partly coin flips
+    that dilute a real loss."""
     limit = gates.max_judge_loss
     if limit is None:
         return None
@@ -83,10 +88,14 @@ def judge_gate(judge: dict[str, Any] | None, gates: Gates) -> tuple[str, str] | 
         f"{margin['low']:+.3f} to {margin['high']:+.3f}) vs max_judge_loss {limit:.3f}"
     )
     bias = judge["position_bias"]
-    if bias is not None and abs(bias) > BIAS_WARNING:
-        line += f"; the judge leans to the {'first' if bias > 0 else 'second'} answer ({bias:+.2f})"
+    leans = bias is not None and abs(bias) > BIAS_WARNING
+    if leans:
+        line += (
+            f"; the judge leans to the {'first' if bias > 0 else 'second'} answer "
+            f"({bias:+.2f}), so it passes nothing: mend the rubric or the judge's model"
+        )
     if judge["n"] < MIN_JUDGED:
         return "hold", line + f"; {judge['n']} judged pairs, needs {MIN_JUDGED - judge['n']} more"
     if margin["low"] > limit:
         return "rollback", line
-    return ("pass" if margin["high"] <= limit else "hold"), line
+    return ("pass" if margin["high"] <= limit and not leans else "hold"), line

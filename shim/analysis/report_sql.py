@@ -140,7 +140,7 @@ SELECT product, task,
   sum(CASE WHEN cmp THEN least(1.0, greatest(0.0, structure.noise.score)) ** 2 END)
     AS noise_sumsq,
   -- judge verdicts; both orders: the first answer picked both times, or the second
-  count_if(cmp AND judge.winner IS NOT NULL) AS judge_n,
+  count_if(cmp AND judge.winner IN ('legacy', 'candidate', 'tie')) AS judge_n,
   count_if(cmp AND judge.winner = 'candidate') AS judge_wins,
   count_if(cmp AND judge.winner = 'legacy') AS judge_losses,
   count_if(cmp AND judge.orders.candidate_first IS NOT NULL) AS judge_both,

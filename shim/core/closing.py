@@ -62,12 +62,14 @@ class ShimCloser:
         """Finish the queued comparisons within ``timeout``; those that cannot are
         counted as dropped (``shutdown``), per task."""
         recorder, deadline = self._recorder, time.monotonic() + timeout
-        for task, count in self._engine.threads.dispatch.close(timeout).items():
-            product, _, name = task.partition(".")
-            recorder.dropped(product, name, "shutdown", count)
-        judges = self._engine.events.judges
-        if judges is not None:  # pairs being judged are recorded, judged or not
-            judges.close(max(0.0, deadline - time.monotonic()))
+        try:
+            for task, count in self._engine.threads.dispatch.close(timeout).items():
+                product, _, name = task.partition(".")
+                recorder.dropped(product, name, "shutdown", count)
+        finally:
+            judges = self._engine.events.judges
+            if judges is not None:  # the pairs it took are recorded, judged or not
+                judges.close(max(0.0, deadline - time.monotonic()))
 
     def stop_records(self) -> None:
         """Have the records and drop counts written; do not wait."""

@@ -11,6 +11,7 @@ closing) is recorded as it is and counted, per task and reason, as
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import queue
@@ -25,6 +26,7 @@ from typing import Any
 from shim.client.task import TaskRequest
 from shim.client.task_client import TaskClient
 from shim.comparators import JUDGE_RUBRIC, judge_prompt, read_winner
+from shim.core.lifecycle import renew_in_child
 from shim.records.observe import Pending, describe
 from shim.records.values import NOT_RECORDED, OutputNotRecorded, restore
 
@@ -88,36 +90,40 @@ class _Budget:
         self.total = 0
         self.lock = threading.Lock()
 
-    def take(self, n: int) -> bool:
+    def take(self, n: int) -> int | None:
+        """The second the ``n`` calls were counted in, or None: over the budget."""
         with self.lock:
             now = time.monotonic()
             while self.seconds and self.seconds[0][0] + 1 <= now - self.per:
                 self.total -= self.seconds.popleft()[1]
             if self.total + n > self.calls:
-                return False
+                return None
             second = int(now)
             if self.seconds and self.seconds[-1][0] == second:
                 self.seconds[-1][1] += n
             else:
                 self.seconds.append([second, n])
             self.total += n
-            return True
+            return second
 
-    def give_back(self, n: int) -> None:
+    def give_back(self, second: int, n: int) -> None:
+        """Calls :meth:`take` counted in ``second`` that were not made."""
         with self.lock:
-            if self.seconds:
-                back = min(n, self.seconds[-1][1])
-                self.seconds[-1][1] -= back
-                self.total -= back
+            for entry in self.seconds:
+                if entry[0] == second:
+                    entry[1] -= n
+                    self.total -= n
+                    return
 
 
 class JudgePool:
     """The threads that ask the judge, and the bounded queue of pairs waiting for them.
 
-    ``offer`` takes a finished pair the judge samples (True: the pool records it) or
-    leaves it to the caller (False). ``record`` writes a pair (on a pool thread);
-    ``skipped`` counts one recorded without a verdict. Counts: :attr:`calls`,
-    :attr:`judged`, :attr:`skipped` (by reason).
+    ``offer`` takes a finished pair the judge samples (True: the pool records it,
+    exactly once) or leaves it to the caller (False). ``record`` writes a pair (on a
+    pool thread, or the closing one); ``skipped`` counts one recorded without a
+    verdict; ``on_error`` hears of a failure of the pool's own work. A forked child
+    starts a pool of its own: its threads, its queue, its counts and budget.
     """
 
     def __init__(
@@ -127,6 +133,7 @@ class JudgePool:
         connect: Callable[[float], TaskClient],
         record: Callable[[Pending], None],
         skipped: SkipHook,
+        on_error: Callable[[str, BaseException], None],
         rng: random.Random | None = None,
     ) -> None:
         self.judge = judge
@@ -134,26 +141,40 @@ class JudgePool:
         self._connect = connect
         self._record = record
         self._on_skip = skipped
+        self._on_error = on_error
         self._rng = rng or random.Random()
-        self._budget = _Budget(judge.budget, judge.per)
+        self._keys = itertools.count()
+        self._closed = False
+        self._start()
+        renew_in_child(self)
+
+    def _start(self) -> None:
+        # Also a forked child's: the pairs the parent took are the parent's to judge
+        # and record; the child starts empty, with threads and locks of its own.
+        self._budget = _Budget(self.judge.budget, self.judge.per)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._waiting = 0  # pairs queued, bounded by judge.queue
-        self._inflight: dict[int, Pending] = {}
-        self._closed = False
+        self._owned: dict[int, Pending] = {}  # taken, not yet recorded by anyone
+        self._waiting = 0  # queued for a thread: bounded by judge.queue
+        self._unrecorded = 0  # taken and not yet written (what flush waits for)
         self._stopped = False
-        self._local = threading.local()
         self.calls = 0
         self.judged = 0
         self.skips: dict[str, int] = {}
+        self._local = threading.local()  # each thread's task client
         self._threads = [
             threading.Thread(target=self._run, name=f"shim-judge-{i}", daemon=True)
-            for i in range(judge.threads)
+            for i in range(self.judge.threads)
         ]
         for thread in self._threads:
             thread.start()
 
-    # -- the caller's side (a worker thread, or the recorder's) ---------------------
+    def after_fork(self) -> None:
+        """In a forked child: a pool of its own (the parent's threads are not in it)."""
+        if not self._closed:
+            self._start()
+
+    # -- the caller's side (a worker thread, or the caller's own) -------------------
 
     def offer(self, pending: Pending) -> bool:
         """Take ``pending`` to be judged, if sampled; False leaves it to the caller."""
@@ -170,19 +191,25 @@ class JudgePool:
             return False
         both = self._rng.random() < judge.both_orders
         calls = 2 if both else 1
-        if not self._budget.take(calls):
+        second = self._budget.take(calls)
+        if second is None:
             self._skip(pending, "budget", f"{judge.budget} judge calls per {judge.per:g} s")
             return False
-        with self._lock:
-            full = self._waiting >= judge.queue
-            if not full:
+        # stamped now: the record's time is the call's, not the judge's answer's
+        pending = replace(pending, at=time.time())
+        with self._lock:  # taken and queued at once: a close cannot come in between
+            taken = not self._closed and self._waiting < judge.queue
+            if taken:
+                key = next(self._keys)
+                self._owned[key] = pending
                 self._waiting += 1
-        if full:
-            self._budget.give_back(calls)
-            self._skip(pending, "pool_full", f"{judge.queue} pairs already wait")
-            return False
-        self._queue.put((pending, self._rng.random() < 0.5, both))
-        return True
+                self._unrecorded += 1
+                self._queue.put((key, self._rng.random() < 0.5, both))
+        if not taken:
+            self._budget.give_back(second, calls)
+            if not self._closed:
+                self._skip(pending, "pool_full", f"{judge.queue} pairs already wait")
+        return taken
 
     def _skip(self, pending: Pending, reason: str, detail: str) -> None:
         with self._lock:
@@ -194,33 +221,52 @@ class JudgePool:
     def _run(self) -> None:
         try:
             while (item := self._queue.get()) is not _STOP:
-                pending, legacy_first, both = item
-                key = id(item)
+                key, legacy_first, both = item
                 with self._lock:
                     self._waiting -= 1
-                    stopped = self._stopped
-                    if not stopped:
-                        self._inflight[key] = pending
-                if stopped:
-                    self._skip(pending, "shutdown", "the Shim closed before the judge answered")
-                    self._record(pending)
-                    continue
-                verdict = self._verdict(pending, legacy_first, both)
+                    pending, stopped = self._owned.get(key), self._stopped
+                if pending is None:
+                    continue  # the close recorded it already
+                verdict: dict[str, Any] | None = None
+                skip: tuple[str, str] | None = _SHUTDOWN
+                if not stopped:
+                    verdict, skip = self._verdict(pending, legacy_first, both)
                 with self._lock:
-                    if self._inflight.pop(key, None) is None:
-                        continue  # the close took it: recorded already, without a verdict
-                if verdict is not None:
-                    pending = replace(pending, judge=verdict)
-                    with self._lock:
-                        self.judged += 1
-                self._record(pending)
+                    if self._owned.pop(key, None) is None:
+                        continue  # the close took it while the judge was asked
+                self._finish(pending, verdict, skip)
         finally:
             client = getattr(self._local, "client", None)
             if client is not None:
                 client.close()
 
-    def _verdict(self, pending: Pending, legacy_first: bool, both: bool) -> dict[str, Any] | None:
-        """The record's ``judge`` for one pair, or None (counted) if the judge failed."""
+    def _finish(
+        self, pending: Pending, verdict: dict[str, Any] | None, skip: tuple[str, str] | None
+    ) -> None:
+        """Record a pair this thread owns, with its verdict or counted as ``skip``;
+        whatever fails on the way, the pair is recorded and the failure told."""
+        try:
+            if skip is not None:
+                self._skip(pending, *skip)
+            if verdict is not None:
+                pending = replace(pending, judge=verdict)
+                with self._lock:
+                    self.judged += 1
+        except Exception as exc:
+            self._on_error("judge", exc)
+        finally:
+            try:
+                self._record(pending)
+            except Exception as exc:
+                self._on_error("record", exc)
+            finally:
+                with self._lock:
+                    self._unrecorded -= 1
+
+    def _verdict(
+        self, pending: Pending, legacy_first: bool, both: bool
+    ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+        """The record's ``judge`` for one pair, or why there is none (never raises)."""
         orders = (legacy_first, not legacy_first) if both else (legacy_first,)
         winners: list[str] = []
         model = None
@@ -233,16 +279,15 @@ class JudgePool:
                 winner, model = self._ask(pending, outputs, first_is_legacy)
                 winners.append(winner)
         except Exception as exc:
-            self._skip(pending, "failed", describe(exc))
-            return None
+            return None, ("failed", describe(exc))
         verdict: dict[str, Any] = {
             "winner": winners[0] if len(set(winners)) == 1 else "tie",
             "model": model,
-            "order": "legacy_first" if legacy_first else "candidate_first",
+            "order": _order(legacy_first),
         }
         if both:  # what each order said: how the judge leans to a position
             verdict["orders"] = {_order(o): w for o, w in zip(orders, winners, strict=True)}
-        return verdict
+        return verdict, None
 
     def _ask(
         self, pending: Pending, outputs: tuple[Any, Any], legacy_first: bool
@@ -259,51 +304,48 @@ class JudgePool:
         result = client.infer(self._product, self._task, TaskRequest(prompt=prompt))
         return _who(read_winner(result.output), legacy_first), result.model
 
-    # -- closing -------------------------------------------------------------------
+    # -- counts and closing --------------------------------------------------------
 
     def counts(self) -> dict[str, Any]:
-        """``{"calls", "judged", "waiting", "skipped": {reason: n}}`` so far."""
+        """``{"calls", "judged", "waiting", "skipped": {reason: n}}`` so far
+        (``waiting``: pairs taken and not yet recorded)."""
         with self._lock:
             return {
                 "calls": self.calls,
                 "judged": self.judged,
-                "waiting": self._waiting + len(self._inflight),
+                "waiting": self._unrecorded,
                 "skipped": dict(self.skips),
             }
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the pairs queued and being judged to be
-        recorded; True if they were."""
+        """Wait up to ``timeout`` seconds for every pair taken so far to be recorded
+        (written to the recorder: its flush writes them); True if they were."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                if not self._waiting and not self._inflight:
+                if not self._unrecorded:
                     return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
 
     def close(self, timeout: float) -> None:
-        """Take no more pairs; give those queued and being judged ``timeout`` seconds,
-        then record what is left without a verdict (``shutdown``)."""
+        """Take no more pairs; give those taken ``timeout`` seconds to be judged, then
+        record what is left without a verdict (``shutdown``)."""
         with self._lock:
             self._closed = True
         self.wait(timeout)
         with self._lock:
             self._stopped = True  # a thread taking a pair from here records it as it is
-            left = list(self._inflight.values())
-            self._inflight.clear()
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            left.append(item[0])
+            left = list(self._owned.values())
+            self._owned.clear()
         for _ in self._threads:
             self._queue.put(_STOP)
         for pending in left:
-            self._skip(pending, "shutdown", "the Shim closed before the judge answered")
-            self._record(pending)
+            self._finish(pending, None, _SHUTDOWN)
+
+
+_SHUTDOWN = ("shutdown", "the Shim closed before the judge answered")
 
 
 def _order(legacy_first: bool) -> str:

@@ -93,6 +93,7 @@ def judge_pool(
         connect=connect,
         record=events.recorder.comparison_here,
         skipped=events.judge_skipped,
+        on_error=events.internal_error,
     )
 
 

@@ -344,10 +344,11 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         dispatch, recorder = self._engine.threads.dispatch, self._events.recorder
         while dispatch.pending and time.monotonic() < deadline:
             time.sleep(0.005)
-        if self._events.judges is not None:
-            self._events.judges.wait(max(0.0, deadline - time.monotonic()))
+        judged = True
+        if self._events.judges is not None:  # pairs the judge has: recorded once judged
+            judged = self._events.judges.wait(max(0.0, deadline - time.monotonic()))
         flushed = recorder.flush(max(0.0, deadline - time.monotonic()))
-        return flushed and not recorder.unwritten
+        return judged and flushed and not recorder.unwritten
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish queued comparisons (within ``timeout``), write every record, and say

@@ -56,12 +56,10 @@ class Breach:
 class _TaskWatch:
     #: per pair: legacy ok, candidate ok, structure match, routing error, content
     #: score, legacy's noise score (None: none)
-    # ok, ok, structure match, routing error, quality, noise score, judge (_judged)
-    window: deque[
-        tuple[
-            bool, bool, bool | None, bool, float | None, float | None, tuple[str, int | None] | None
-        ]
-    ]
+    window: deque[tuple[bool, bool, bool | None, bool, float | None, float | None]]
+    #: the last ``watch_window`` judge verdicts (see _judged): a judge reads a sample,
+    #: so its verdicts get a window of their own, as long as the pairs'
+    judged: deque[tuple[str, int | None]]
     stage: str = ""
     since_eval: int = 0
     consecutive: int = 0
@@ -92,11 +90,14 @@ class Watch:
         gates = self.policy.for_task(task)
         state = self._tasks.get(task)
         if state is None:
-            state = self._tasks[task] = _TaskWatch(deque(maxlen=gates.watch_window))
+            state = self._tasks[task] = _TaskWatch(
+                deque(maxlen=gates.watch_window), deque(maxlen=gates.watch_window)
+            )
         stage = str(record.get("stage"))
         if stage != state.stage:  # a new stage starts a new count
             state.stage, state.consecutive, state.cumulative = stage, 0, 0
             state.window.clear()
+            state.judged.clear()
             state.since_eval = 0
         try:
             legacy, candidate = record["legacy"], record["candidate"]
@@ -109,9 +110,11 @@ class Watch:
                     bool(model.get("routing_error")),
                     _score(record.get("quality")),
                     _score(structure.get("noise")),
-                    _judged(record.get("judge")),
                 )
             )
+            verdict = _judged(record.get("judge"))
+            if verdict is not None:
+                state.judged.append(verdict)
         except (KeyError, TypeError):
             return None
         self.records += 1
@@ -139,6 +142,7 @@ class Watch:
             )
             state.consecutive = state.cumulative = 0
             state.window.clear()
+            state.judged.clear()
             return breach
         return None
 
@@ -165,8 +169,7 @@ class Watch:
             if found is not None and found[0] == "rollback":
                 reasons.append(found[1])
         if gates.max_judge_loss is not None:
-            judged = [r[6] for r in rows if r[6] is not None]
-            found = judge_gate(judge_summary(_judge_counts(judged)), gates)
+            found = judge_gate(judge_summary(_judge_counts(list(state.judged))), gates)
             if found is not None and found[0] == "rollback":
                 reasons.append(found[1])
         return reasons

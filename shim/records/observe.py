@@ -105,6 +105,8 @@ class Pending:
     noise: Any = NOT_RECORDED  # legacy's output from a second run, for calibration
     #: A judge's verdict on the pair (the record's ``judge``), when one was asked.
     judge: Mapping[str, Any] | None = None
+    #: When the call was compared (``time.time()``), if the record is made later.
+    at: float | None = None
 
 
 def pending_bytes(pending: Pending) -> int:
@@ -362,6 +364,8 @@ def comparison_record(
     if legacy.ok and pending.candidate.ok and legacy.latency_ms > 0:
         ratio = round(pending.candidate.latency_ms / legacy.latency_ms, 4)
     record = envelope("shim.comparison", site.product, site.task)
+    if pending.at is not None:  # made later than the call (a judge's answer waited for)
+        record["ts"] = _stamp(pending.at)
     record.update(
         {
             "call_site": site.call_site,
