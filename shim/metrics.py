@@ -14,7 +14,9 @@ labelled counter increment per call, and nothing at all without ``metrics``.
 (``match``, ``mismatch``, ``error``: either path failed, ``unchecked``: nothing to
 compare), ``shim_dropped_total{task, reason}``, ``shim_breaker_state{task}`` (0 closed,
 1 half-open, 2 open), ``shim_backoff_total{task}`` (pauses after a 429 or 503) and
-``shim_latency_seconds{task, path}`` (``legacy``, ``task``).
+``shim_latency_seconds{task, path}`` (``legacy``, ``task``); with a judge,
+``shim_judge_verdicts_total{task, winner}`` (``legacy``, ``candidate``, ``tie``) and
+``shim_judge_skipped_total{task, reason}``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ _HELP = {
     "breaker_state": "Circuit breaker: 0 closed, 1 half-open, 2 open",
     "backoff": "Shadow pauses after the coordinator had no capacity",
     "latency_seconds": "Latency of each path in compared calls",
+    "judge_verdicts": "Judge verdicts on compared pairs, by the path preferred",
+    "judge_skipped": "Sampled pairs recorded without a judge's verdict, by reason",
 }
 
 
@@ -55,6 +59,8 @@ class PrometheusMetrics:
         self.breaker = family(prom.Gauge, "breaker_state", "task")
         self.backoff = family(prom.Counter, "backoff", "task")
         self.latency = family(prom.Histogram, "latency_seconds", "task", "path", buckets=_BUCKETS)
+        self.judge_verdicts = family(prom.Counter, "judge_verdicts", "task", "winner")
+        self.judge_skipped = family(prom.Counter, "judge_skipped", "task", "reason")
         self._served: dict[tuple[str, str], Any] = {}
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
@@ -90,8 +96,13 @@ class PrometheusMetrics:
             for side, path in ((legacy, "legacy"), (candidate, "task")):
                 if side.get("ok") and isinstance(side.get("latency_ms"), int | float):
                     self.latency.labels(task, path).observe(side["latency_ms"] / 1000)
+            judge = record.get("judge")
+            if isinstance(judge, dict) and judge.get("winner") in ("legacy", "candidate", "tie"):
+                self.judge_verdicts.labels(task, judge["winner"]).inc()
         elif event == "shim.dropped":
             self.dropped.labels(task, str(record.get("reason"))).inc(record.get("count") or 1)
+        elif event == "shim.judge_skipped":
+            self.judge_skipped.labels(task, str(record.get("reason"))).inc(record.get("count") or 1)
         elif event == "shim.breaker":
             self.breaker.labels(task).set(_BREAKER.get(str(record.get("to")), 0))
         elif event == "shim.backoff" and record.get("state") == "paused":

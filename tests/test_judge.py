@@ -417,3 +417,26 @@ def test_a_forked_child_judges_with_threads_of_its_own(sim: Simulator, tmp_path:
     s.close(timeout=10)
     rows = records(tmp_path / "log.jsonl")
     assert len(rows) == 4 and all("judge" in r for r in rows), "none waits for ever in the child"
+
+
+def test_prometheus_counts_verdicts_and_skips() -> None:
+    import prometheus_client
+
+    from shim.metrics import PrometheusMetrics
+
+    registry = prometheus_client.CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    judge = Judge(sample=1.0, both_orders=0.0, budget=3)
+    with _shim(judge, lambda req: '{"winner": "tie"}', metrics=metrics) as s:
+        plan = _plan(s)
+        for _ in range(5):
+            plan()
+        s.flush()
+    assert (
+        registry.get_sample_value(
+            "shim_judge_verdicts_total", {"task": "kiwi.meal_plan", "winner": "tie"}
+        )
+        == 3
+    )
+    skipped = {"task": "kiwi.meal_plan", "reason": "budget"}
+    assert registry.get_sample_value("shim_judge_skipped_total", skipped) == 2
