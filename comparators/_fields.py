@@ -163,13 +163,15 @@ def _is_number(value: Any) -> bool:
 
 def _closeness(a: Any, b: Any, tolerance: float) -> float:
     """1 within ``tolerance`` (relative), else 1 - the relative difference, never below
-    0; what a float cannot hold (infinities, NaN, ints past its range): equal or 0."""
+    0; what a float cannot hold (infinities, NaN, ints past its range): equal (NaN
+    on both sides too) or 0."""
     try:
         x, y = float(a), float(b)
     except OverflowError:
         return 1.0 if a == b else 0.0
     if not (math.isfinite(x) and math.isfinite(y)):
-        return 1.0 if a == b else 0.0
+        # NaN on both sides is the same answer (no value), as are equal infinities
+        return 1.0 if a == b or (math.isnan(x) and math.isnan(y)) else 0.0
     if math.isclose(x, y, rel_tol=tolerance, abs_tol=_ABS_TOLERANCE):
         return 1.0
     return max(0.0, 1.0 - abs(x - y) / max(abs(x), abs(y)))

@@ -248,3 +248,10 @@ def test_a_section_named_twice_is_scored_once() -> None:
 def test_kiwis_comparators_can_be_hashed() -> None:
     """A comparator may be a dict key or a set member (a call site's options are)."""
     assert len({KIWI_RECEIPT, KIWI_MEAL_PLAN, KIWI_RECIPE}) == 3
+
+
+def test_nan_on_both_sides_is_the_same_answer() -> None:
+    nan = float("nan")
+    rules = FieldRules()
+    assert rules.score({"a": nan}, {"a": nan}).score == 1.0
+    assert rules.score({"a": nan}, {"a": 1.0}).score == 0.0
