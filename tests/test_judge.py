@@ -440,3 +440,30 @@ def test_prometheus_counts_verdicts_and_skips() -> None:
     )
     skipped = {"task": "kiwi.meal_plan", "reason": "budget"}
     assert registry.get_sample_value("shim_judge_skipped_total", skipped) == 2
+
+
+def test_an_async_call_site_is_judged_the_same_way() -> None:
+    import asyncio
+
+    with _shim(Judge(sample=1.0, both_orders=0.0), lambda req: '{"winner": "B"}') as s:
+
+        @s.shadow(
+            product="kiwi",
+            task="meal_plan",
+            request=lambda: TaskRequest(prompt="plan"),
+            response=lambda r: r.output,
+        )
+        async def plan() -> list[int]:
+            return [1, 3]
+
+        async def main() -> None:
+            for _ in range(5):
+                assert await plan() == [1, 3]
+            await s.aflush()
+
+        asyncio.run(main())
+        rows = s.comparisons
+    assert len(rows) == 5
+    for row in rows:
+        second = "candidate" if row["judge"]["order"] == "legacy_first" else "legacy"
+        assert row["judge"]["winner"] == second
