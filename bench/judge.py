@@ -4,7 +4,8 @@
     python bench/judge.py --quick    # 4 s, for CI
 
 The simulator runs in its own process (``shim sim``): the meal plan answers at once
-(30 % of its answers drift in their values), the judge task ``kiwi.judge`` takes 50 ms.
+(every answer drifts in its values, so that no judged pair is equal, which the judge is
+not asked about), the judge task ``kiwi.judge`` takes 50 ms.
 A paced loop calls a shadowed meal-plan call site 200 times a second; a Judge samples
 20 % of the pairs (10 % of those in both orders) with two threads and a budget of
 ``budget`` calls a minute. The same traffic runs without a judge, side by side.
@@ -51,7 +52,7 @@ def simulator() -> Iterator[str]:
     cmd += ["--knob", f"kiwi.judge:latency_p99_ms={JUDGE_MS}"]
     cmd += [
         "--knob",
-        "kiwi.meal_plan:drift_rate=0.3",
+        "kiwi.meal_plan:drift_rate=1",
         "--knob",
         "kiwi.meal_plan:drift_kinds=values",
     ]

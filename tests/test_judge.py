@@ -298,9 +298,12 @@ def test_the_judge_through_the_coordinator_finds_the_drifted_answers(
     assert len(judged) == len(rows) == 120
     drifted = [r for r in judged if r["quality"]["score"] < 1.0] if "quality" in rows[0] else []
     for row in judged:
-        assert row["judge"]["model"] == "llama3.2-3b-instruct"
-        # the truth: legacy wins where the simulator drifted the candidate, else a tie
-        assert row["judge"]["winner"] in ("legacy", "tie")
+        # the truth: legacy wins where the simulator drifted the candidate, else a tie;
+        # equal answers are a tie without asking the judge
+        same = row["legacy"]["output_sha256"] == row["candidate"]["output_sha256"]
+        assert row["judge"].get("identical", False) is same
+        assert row["judge"]["model"] == (None if same else "llama3.2-3b-instruct")
+        assert row["judge"]["winner"] == ("tie" if same else "legacy")
     losses = sum(r["judge"]["winner"] == "legacy" for r in judged)
     assert 40 <= losses <= 80, losses  # drift_rate 0.5
     assert not drifted or all(r["judge"]["winner"] == "legacy" for r in drifted)
@@ -308,7 +311,7 @@ def test_the_judge_through_the_coordinator_finds_the_drifted_answers(
     [task] = report["tasks"]
     judge = task["judge"]
     assert judge["n"] == 120 and judge["losses"] == losses and judge["wins"] == 0
-    assert judge["position_bias"] == 0.0 and judge["both_orders"] >= 10
+    assert judge["position_bias"] == 0.0 and judge["both_orders"] >= 3
     assert judge["loss_margin"]["low"] > 0.3
 
 
@@ -319,10 +322,10 @@ def test_position_bias_is_measured_from_the_pairs_judged_both_ways(
     _run(sim, tmp_path, Judge(sample=1.0, both_orders=1.0), calls=100)
     [task] = build_report([str(tmp_path / "log.jsonl")])["tasks"]
     bias = task["judge"]["position_bias"]
-    # Drifted pairs (half): the first answer wins both times when the second draw leans
-    # (0.6); equal pairs: when both draws lean (0.36). Expected about 0.48.
-    assert 0.3 < bias < 0.65, bias
-    assert task["judge"]["both_orders"] == 100
+    # Only drifted pairs (about half) go to the judge (equal ones are ties without it):
+    # the first answer wins both times when the second draw leans, 0.6 of them.
+    assert 0.4 < bias < 0.8, bias
+    assert 30 <= task["judge"]["both_orders"] <= 70
 
 
 # -- the gate ------------------------------------------------------------------------
@@ -467,3 +470,38 @@ def test_an_async_call_site_is_judged_the_same_way() -> None:
     for row in rows:
         second = "candidate" if row["judge"]["order"] == "legacy_first" else "legacy"
         assert row["judge"]["winner"] == second
+
+
+def test_equal_answers_are_a_tie_without_a_judge_call() -> None:
+    answers: list[str] = []
+    with TestShim(
+        SHADOW,
+        answer={"kiwi.meal_plan": lambda req: [1, 3], "kiwi.judge": lambda r: answers.append("x")},
+        judge=Judge(sample=1.0, both_orders=1.0, budget=4),
+    ) as s:
+        plan = _plan(s)
+        for _ in range(6):
+            plan()
+        rows = s.comparisons
+        stats = s.stats()["judge"]
+    assert not answers and stats["calls"] == 0 and stats["skipped"] == {}, "nothing spent"
+    assert all(r["judge"] == {**r["judge"], "winner": "tie", "identical": True} for r in rows)
+
+
+def test_a_judge_task_the_assignments_lack_is_an_error_at_start(tmp_path: Path) -> None:
+    from shim.base.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"kiwi\.nope: the judge task is assigned no model"):
+        make_shim("http://127.0.0.1:9", tmp_path, "{}\n", judge=Judge("kiwi.nope"))
+
+
+def test_judge_settings_without_a_judge_task_are_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shim import Shim
+    from shim.base.errors import ConfigError
+
+    monkeypatch.setenv("CF_ORCH_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SHIM_FLAGS", "/nonexistent/flags.yaml")
+    monkeypatch.delenv("SHIM_JUDGE", raising=False)
+    monkeypatch.setenv("SHIM_JUDGE_SAMPLE", "0.2")
+    with pytest.raises(ConfigError, match="SHIM_JUDGE_SAMPLE: set, but SHIM_JUDGE"):
+        Shim.from_env()

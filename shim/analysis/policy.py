@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 from shim.base.errors import ConfigError
@@ -18,7 +18,13 @@ def _pct(x: float) -> str:
     return f"{x * 100:.2f} %"
 
 
-Share = Annotated[float, Field(ge=0.0, le=1.0)]
+def _a_number(value: Any) -> Any:
+    if isinstance(value, bool):  # YAML's true is not 1.0 here: a slip, said as one
+        raise ValueError("expected a number from 0 to 1, not true or false")
+    return value
+
+
+Share = Annotated[float, BeforeValidator(_a_number), Field(ge=0.0, le=1.0)]
 
 
 class Gates(BaseModel):

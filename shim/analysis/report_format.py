@@ -76,6 +76,10 @@ def diff_paths_line(task: dict[str, Any], shown: int = 5) -> str | None:
     return f"{task['task']}: paths that differ: " + "; ".join(parts)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun if n == 1 else noun + ('es' if noun.endswith('s') else 's')}"
+
+
 def judge_text(task: dict[str, Any]) -> str:
     """``12 wins, 30 losses, 58 ties of 100 (position bias +0.05 over 20 pairs in both
     orders; skipped: budget 5)``: the judge's verdicts on the candidate; ``-`` without."""
@@ -83,18 +87,20 @@ def judge_text(task: dict[str, Any]) -> str:
     if not found:
         return "-"
     text = (
-        f"{found['wins']:,} wins, {found['losses']:,} losses, {found['ties']:,} ties "
-        f"of {found['n']:,}"
+        f"{_count(found['wins'], 'win')}, {_count(found['losses'], 'loss')}, "
+        f"{_count(found['ties'], 'tie')} of {found['n']:,}"
     )
     notes = []
     if found["position_bias"] is not None:
         notes.append(
-            f"position bias {found['position_bias']:+.2f} over {found['both_orders']:,} "
-            "pairs in both orders"
+            f"position bias {found['position_bias']:+.2f} over "
+            f"{_count(found['both_orders'], 'pair')} in both orders"
         )
     if found["skipped"]:
         skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(found["skipped"].items()))
         notes.append(f"skipped: {skipped}")
+    if found.get("failure"):
+        notes.append(f"the judge failed: {found['failure']}")
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
 

@@ -29,14 +29,17 @@ BIAS_WARNING = 0.2
 
 def judge_summary(row: Mapping[str, Any]) -> dict[str, Any] | None:
     """``{"n", "wins", "losses", "ties", "position_bias", "both_orders", "loss_margin":
-    {"mean", "low", "high"}, "skipped": {reason: n}}`` for a task's aggregate row
-    (``low``/``high``: one-sided 95 % bounds); None when nothing was judged or
-    skipped."""
+    {"mean", "low", "high"}, "skipped": {reason: n}, "failure": str | None}`` for a
+    task's aggregate row (``low``/``high``: one-sided 95 % bounds; ``failure``: the
+    first error of a failing judge); None when nothing was judged or skipped."""
     n = int(row.get("judge_n") or 0)
     skipped: dict[str, int] = {}
+    failure = None
     for entry in row.get("judge_skips") or []:
         reason = str(entry.get("reason"))
         skipped[reason] = skipped.get(reason, 0) + int(entry.get("count") or 0)
+        if reason == "failed" and failure is None and entry.get("error"):
+            failure = str(entry["error"])
     if not n and not skipped:
         return None
     wins, losses = int(row.get("judge_wins") or 0), int(row.get("judge_losses") or 0)
@@ -62,6 +65,7 @@ def judge_summary(row: Mapping[str, Any]) -> dict[str, Any] | None:
         "both_orders": both,
         "loss_margin": margin,
         "skipped": skipped,
+        "failure": failure,
     }
 
 
@@ -76,11 +80,15 @@ def judge_gate(judge: dict[str, Any] | None, gates: Gates) -> tuple[str, str] | 
     limit = gates.max_judge_loss
     if limit is None:
         return None
-    if judge is None or not judge["n"]:
+    if judge is None:
         return "hold", (
             f"judge: no judged pairs; max_judge_loss {limit:.3f} needs a Judge on the Shim "
-            "(Shim(judge=Judge(...)))"
+            "(Shim(judge=Judge(...)) or SHIM_JUDGE)"
         )
+    if not judge["n"]:  # a judge is there, and judged nothing
+        skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(judge["skipped"].items()))
+        why = f"; the judge failed: {judge['failure']}" if judge["failure"] else ""
+        return "hold", f"judge: no verdicts yet (skipped: {skipped}){why}"
     margin = judge["loss_margin"]
     line = (
         f"judge: candidate {judge['wins']} wins, {judge['losses']} losses, {judge['ties']} "

@@ -148,8 +148,8 @@ SELECT product, task,
     AND judge.orders.candidate_first = 'candidate') AS judge_first,
   count_if(cmp AND judge.orders.legacy_first = 'candidate'
     AND judge.orders.candidate_first = 'legacy') AS judge_second,
-  list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.judge_skipped')
-    AS judge_skips,
+  list({{'reason': reason, 'count': count, 'error': error}}) FILTER (
+    scoped AND event = 'shim.judge_skipped') AS judge_skips,
   quantile_cont(CASE WHEN cmp AND legacy.ok THEN legacy.latency_ms END, [0.5, 0.95, 0.99])
     AS legacy_q,
   quantile_cont(CASE WHEN cmp AND candidate.ok THEN candidate.latency_ms END,

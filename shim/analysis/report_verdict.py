@@ -223,8 +223,11 @@ def verdict(
         return "ROLLBACK", rollback + ([unjudged[0]] if unjudged else []) + notes
     short = _shortfalls(report, gates)
     if short:
-        # Waiting for more pairs will not mend a comparator that fails: say so now.
-        return "HOLD", short + ([unjudged[0]] if unjudged and unjudged[1] else []) + notes
+        # Waiting for more pairs will not mend a comparator that fails, nor a judge
+        # that leans or fails: say so now.
+        content_holds = [line for verdict, line in content if verdict != "pass"]
+        unjudged_line = [unjudged[0]] if unjudged and unjudged[1] else []
+        return "HOLD", short + unjudged_line + content_holds + notes
     hold: list[str] = []
     passed: list[str] = []
     if errors is not None:

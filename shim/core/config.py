@@ -21,6 +21,7 @@ __all__ = [
     "FixedFlags",
     "Limits",
     "Timeouts",
+    "check_judge",
     "env_config",
     "flag_listener",
     "flags_from_env",
@@ -193,7 +194,35 @@ def env_config(overrides: dict[str, Any]) -> tuple[str, Off | None]:
             overrides[key] = env[var]
     if "judge" not in overrides and env.get("SHIM_JUDGE"):
         overrides["judge"] = judge_from_env()
+    elif not env.get("SHIM_JUDGE"):
+        for var in ("SHIM_JUDGE_SAMPLE", "SHIM_JUDGE_BUDGET"):
+            if env.get(var, "").strip():
+                raise ConfigError(
+                    [
+                        Problem(
+                            "environment", None, var, "set, but SHIM_JUDGE (the judge task) is not"
+                        )
+                    ]
+                )
     return url, None
+
+
+def check_judge(judge: Judge | None, assignments: str | Path | None, names: ModelNames) -> None:
+    """A ConfigError, naming the file, when ``judge``'s task is not in the assignments
+    the Shim was given (its calls could only fail)."""
+    if judge is None or assignments is None or judge.task in names.expected:
+        return
+    raise ConfigError(
+        [
+            Problem(
+                str(assignments),
+                None,
+                judge.task,
+                f"the judge task is assigned no model: add '{judge.task}: <model id>' (a text "
+                "model), or give Judge a task that is there",
+            )
+        ]
+    )
 
 
 def judge_from_env() -> Judge:

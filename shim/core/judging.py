@@ -47,8 +47,9 @@ class Judge:
 
     Which answer the judge reads first is drawn for each pair; ``both_orders`` of the
     judged pairs are judged in both orders, which measures the judge's position bias
-    (a pair whose two verdicts disagree counts as a tie). At most ``budget`` judge
-    calls are made per ``per`` seconds; ``threads`` threads ask, and at most ``queue``
+    (a pair whose two verdicts disagree counts as a tie). Equal outputs are a tie
+    without a judge call (``identical``). At most ``budget`` judge calls are made per
+    ``per`` seconds (per process); ``threads`` threads ask, and at most ``queue``
     pairs wait for them. ``tasks`` limits judging to those tasks (None: every task).
     """
 
@@ -90,30 +91,21 @@ class _Budget:
         self.total = 0
         self.lock = threading.Lock()
 
-    def take(self, n: int) -> int | None:
-        """The second the ``n`` calls were counted in, or None: over the budget."""
+    def take(self, n: int) -> bool:
+        """Count ``n`` calls now, if the budget has room for them."""
         with self.lock:
             now = time.monotonic()
             while self.seconds and self.seconds[0][0] + 1 <= now - self.per:
                 self.total -= self.seconds.popleft()[1]
             if self.total + n > self.calls:
-                return None
+                return False
             second = int(now)
             if self.seconds and self.seconds[-1][0] == second:
                 self.seconds[-1][1] += n
             else:
                 self.seconds.append([second, n])
             self.total += n
-            return second
-
-    def give_back(self, second: int, n: int) -> None:
-        """Calls :meth:`take` counted in ``second`` that were not made."""
-        with self.lock:
-            for entry in self.seconds:
-                if entry[0] == second:
-                    entry[1] -= n
-                    self.total -= n
-                    return
+            return True
 
 
 class JudgePool:
@@ -190,11 +182,6 @@ class JudgePool:
         ):
             return False
         both = self._rng.random() < judge.both_orders
-        calls = 2 if both else 1
-        second = self._budget.take(calls)
-        if second is None:
-            self._skip(pending, "budget", f"{judge.budget} judge calls per {judge.per:g} s")
-            return False
         # stamped now: the record's time is the call's, not the judge's answer's
         pending = replace(pending, at=time.time())
         with self._lock:  # taken and queued at once: a close cannot come in between
@@ -205,10 +192,8 @@ class JudgePool:
                 self._waiting += 1
                 self._unrecorded += 1
                 self._queue.put((key, self._rng.random() < 0.5, both))
-        if not taken:
-            self._budget.give_back(second, calls)
-            if not self._closed:
-                self._skip(pending, "pool_full", f"{judge.queue} pairs already wait")
+        if not taken and not self._closed:
+            self._skip(pending, "pool_full", f"{judge.queue} pairs already wait")
         return taken
 
     def _skip(self, pending: Pending, reason: str, detail: str) -> None:
@@ -275,6 +260,16 @@ class JudgePool:
             outputs = restore(pending.legacy.value), restore(pending.candidate.value)
             if any(output is NOT_RECORDED for output in outputs):
                 raise OutputNotRecorded("an output could not be copied for the judge")
+            if _same(*outputs):  # nothing to judge: a tie, and no judge call spent on it
+                return {
+                    "winner": "tie",
+                    "model": None,
+                    "order": _order(legacy_first),
+                    "identical": True,
+                }, None
+            if not self._budget.take(len(orders)):
+                judge = self.judge
+                return None, ("budget", f"{judge.budget} judge calls per {judge.per:g} s")
             for first_is_legacy in orders:
                 winner, model = self._ask(pending, outputs, first_is_legacy)
                 winners.append(winner)
@@ -346,6 +341,14 @@ class JudgePool:
 
 
 _SHUTDOWN = ("shutdown", "the Shim closed before the judge answered")
+
+
+def _same(legacy: Any, candidate: Any) -> bool:
+    """The two outputs are equal (as values: key order and int/float aside)."""
+    try:
+        return type(legacy) is type(candidate) and bool(legacy == candidate)
+    except Exception:  # an object of the app's whose == raises: let the judge read it
+        return False
 
 
 def _order(legacy_first: bool) -> str:

@@ -34,6 +34,7 @@ from shim.core.config import (
     FixedFlags,
     Limits,
     Timeouts,
+    check_judge,
     env_config,
     flag_listener,
     load_orch,
@@ -127,6 +128,7 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         self.backoff = backoff or Backoff()
         self.enabled = True  # False: built without a coordinator, every call is legacy
         names, services = load_orch(registry, assignments)
+        check_judge(judge, assignments, names)
         if sink is None:
             sink = StreamSink() if log_path in (None, "-") else FileSink(cast(Path, log_path))
         self._events = events = Events(

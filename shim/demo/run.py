@@ -311,7 +311,9 @@ def _act_drill(story: _Story, task: str) -> None:
         str(story.log),
     )
     story.until_running(task)
+    policy = str(story.flags.parent / "policy.yaml")  # the gates promote and report read
     command = ["watch", str(story.log), "--auto-rollback", "--flags", str(story.flags)]
+    command += ["--policy", policy]
     story.command(command, " (in the background)")
     watch = subprocess.Popen(
         [sys.executable, "-m", "shim", *command],

@@ -171,7 +171,7 @@ class Watch:
         if gates.max_judge_loss is not None:
             found = judge_gate(judge_summary(_judge_counts(list(state.judged))), gates)
             if found is not None and found[0] == "rollback":
-                reasons.append(found[1])
+                reasons.append(f"{found[1]} (the last {len(state.judged)} verdicts)")
         return reasons
 
 
