@@ -208,3 +208,16 @@ def test_diff_paths_rank_what_differs_beyond_legacys_noise(tmp_path: Path) -> No
         env={"COLUMNS": "200", "PATH": ""},
     )
     assert "kiwi.plan: paths that differ: [].x 20.00 % (noise 0.00 %); [].y 10.00 %" in table.stdout
+
+
+def test_a_diff_path_with_a_colon_in_a_key_is_kept_whole(tmp_path: Path) -> None:
+    rng = random.Random(6)
+    rows = []
+    for _ in range(20):
+        row = json.loads(record("kiwi.plan", rng, None, None))
+        row["structure"].update(match=False, diff=[".links.http://x: missing in candidate"])
+        rows.append(json.dumps(row))
+    log = tmp_path / "colon.jsonl"
+    log.write_text("\n".join(rows) + "\n")
+    [task] = build_report([str(log)])["tasks"]
+    assert [p["path"] for p in task["diff_paths"]] == [".links.http://x"]

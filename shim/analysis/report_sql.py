@@ -125,11 +125,11 @@ SELECT product, task,
   -- how often each path differs (once per pair), in the pairs and in legacy's noise
   -- runs: counted per task after the aggregate, from the few rows that differ
   list_aggregate(flatten(list(list_distinct(list_transform(structure.diff,
-      lambda x: split_part(x, ':', 1)))) FILTER (cmp AND structure.match = false)),
+      lambda x: split_part(x, ': ', 1)))) FILTER (cmp AND structure.match = false)),
     'histogram') AS diff_paths,
   count_if(cmp AND structure.noise.match IS NOT NULL) AS noise_runs,
   list_aggregate(flatten(list(list_distinct(list_transform(structure.noise.diff,
-      lambda x: split_part(x, ':', 1)))) FILTER (cmp AND structure.noise.match = false)),
+      lambda x: split_part(x, ': ', 1)))) FILTER (cmp AND structure.noise.match = false)),
     'histogram') AS noise_diff_paths,
   -- content scores (quality.score) and legacy against itself (structure.noise.score)
   count(CASE WHEN cmp THEN quality.score END) AS quality_n,
