@@ -24,14 +24,6 @@ that author left it.
 Unleash applies a JSON Patch as a read and a write of the row, not atomically: two
 patches landing within the same few milliseconds can both pass their test. Creating
 the lock is atomic; breaking an abandoned lock is as safe as that.
-
-An archived lock is deleted only :data:`SETTLE` seconds after it was archived (by its
-holder), or after it was first seen archived (by another process, for a holder that
-died in between). Unleash 7.5 records each feature's creation and archiving in a
-lifecycle table from handlers that run after the request has answered; one that finds
-its feature deleted already fails, and the server process exits on that unhandled
-error (a CI run of the suite saw it: racing promotes and rollbacks took the server
-down). The pause gives those handlers their time.
 """
 
 from __future__ import annotations
@@ -54,8 +46,6 @@ __all__ = ["LOCK_FLAG", "AdminLock", "Lease", "LockLost"]
 
 #: The feature that, while it exists, says a shim process is changing flags.
 LOCK_FLAG = "shim.ops.lock"
-#: Seconds between archiving the lock and deleting it (see the module's docstring).
-SETTLE = 0.5
 
 
 class LockLost(ShimError):
@@ -118,7 +108,6 @@ class AdminLock:
     def _take(self) -> Lease:
         me = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
         deadline = time.monotonic() + self.timeout
-        archived_seen: float | None = None  # when this process first saw it archived
         while True:
             stamped = self.stamp(me)
             body = {"name": LOCK_FLAG, "type": "operational", "description": stamped}
@@ -129,24 +118,11 @@ class AdminLock:
                 self.api.ok(reply, f"take the lock {LOCK_FLAG}")
             read = self._read()
             if read is None:
-                # Archived, not yet deleted: a lock being released (its holder deletes it
-                # after SETTLE), or left half-released by a process that died: deleted
-                # here once it stayed archived that long. Unleash deletes only archived
-                # features, so this never removes a lock someone holds.
-                now = time.monotonic()
-                archived_seen = archived_seen or now
-                if now - archived_seen >= 2 * SETTLE:
-                    self.api.call("DELETE", f"/api/admin/archive/{LOCK_FLAG}")
-                    archived_seen = None
-                elif now > deadline:
-                    raise ShimError(
-                        f"{self.api.description}: the lock {LOCK_FLAG} stays archived and "
-                        "cannot be taken; try again"
-                    )
-                else:
-                    time.sleep(0.05)
+                # Archived, not yet deleted: a lock being released (or left half-released
+                # by a process that died). Unleash deletes only archived features, so
+                # this never removes a lock someone holds.
+                self.api.call("DELETE", f"/api/admin/archive/{LOCK_FLAG}")
                 continue
-            archived_seen = None
             text, held = read
             if _expires(held) < time.time():
                 # Abandoned: take it over, only if it is still the expired lock we read.
@@ -171,7 +147,6 @@ class AdminLock:
         except LockLost:
             return
         self.api.call("DELETE", self._path)  # archives it ...
-        time.sleep(SETTLE)  # ... lets Unleash record that (see the module's docstring) ...
         self.api.call("DELETE", f"/api/admin/archive/{LOCK_FLAG}")  # ... and frees the name
 
     def stamp(self, holder: str, **extra: Any) -> str:

@@ -3,13 +3,6 @@
 // that scripts/unleash.sh sets.
 import { start } from 'unleash-server';
 
-// Unleash 7.5 runs some handlers after a request has answered (the feature lifecycle's);
-// one that fails, as when a feature was deleted meanwhile, is an unhandled rejection,
-// which would end the process. Said in the log instead, and the server stays up.
-process.on('unhandledRejection', (error) => {
-  console.error('unleash-server: unhandled rejection (the server keeps running):', error);
-});
-
 const env = process.env;
 await start({
   db: {
