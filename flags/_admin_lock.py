@@ -16,10 +16,18 @@ that author left it.
   read; of two processes breaking it at once, the test lets one through.
 - Releasing: compare-and-set from the holder's own description to a fresh stamp (so the
   release fails, and leaves the lock alone, once the lock is someone else's), then
-  archive and delete. Archiving cannot be made conditional on Unleash; between the stamp
-  and the archive the lock is unexpired, and other processes only break expired locks,
-  so only a release that stalls a whole lease between two requests could archive a
-  lock taken meanwhile.
+  archive. Archiving cannot be made conditional on Unleash; between the stamp and the
+  archive the lock is unexpired, and other processes only break expired locks, so only
+  a release that stalls a whole lease between two requests could archive a lock taken
+  meanwhile.
+- The archived lock stays in Unleash's archive until the next process to take the lock
+  deletes it (Unleash deletes only archived features, so this never removes a lock
+  someone holds). Unleash 7.5 records each feature's creation and archiving from
+  handlers its event announcer runs once a second, after the request has answered: a
+  handler checks that the feature exists, then inserts, and a feature deleted between
+  the two ends the server process (an unhandled rejection, which db-migrate's handler
+  turns into an exit). Left archived, the lock is deleted while those handlers run only
+  when changes follow each other within a second.
 
 Unleash applies a JSON Patch as a read and a write of the row, not atomically: two
 patches landing within the same few milliseconds can both pass their test. Creating
@@ -118,9 +126,8 @@ class AdminLock:
                 self.api.ok(reply, f"take the lock {LOCK_FLAG}")
             read = self._read()
             if read is None:
-                # Archived, not yet deleted: a lock being released (or left half-released
-                # by a process that died). Unleash deletes only archived features, so
-                # this never removes a lock someone holds.
+                # Archived: released (see the module's docstring). Unleash deletes only
+                # archived features, so this never removes a lock someone holds.
                 self.api.call("DELETE", f"/api/admin/archive/{LOCK_FLAG}")
                 continue
             text, held = read
@@ -146,8 +153,7 @@ class AdminLock:
             lease.restamp(releasing=True)
         except LockLost:
             return
-        self.api.call("DELETE", self._path)  # archives it ...
-        self.api.call("DELETE", f"/api/admin/archive/{LOCK_FLAG}")  # ... and frees the name
+        self.api.call("DELETE", self._path)  # archives it; the next taker deletes it
 
     def stamp(self, holder: str, **extra: Any) -> str:
         """A description saying ``holder`` holds the lock for a lease from now."""

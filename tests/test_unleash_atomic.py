@@ -188,12 +188,40 @@ def test_an_edit_outside_shim_between_read_and_write_is_planned_again(
     outside.close()
 
 
+def plant_lock(http: httpx.Client, holder: dict[str, Any]) -> None:
+    """Create the lock as another process would (a released lock waits in the archive
+    until the next taker deletes it: deleted here first)."""
+    http.delete(f"/api/admin/archive/{LOCK}")
+    body = {"name": LOCK, "type": "operational", "description": json.dumps(holder)}
+    assert http.post("/api/admin/projects/default/features", json=body).status_code == 201
+
+
+def archived_locks(http: httpx.Client) -> list[dict[str, Any]]:
+    search = {"archived": "IS:true", "query": LOCK}
+    features = http.get("/api/admin/search/features", params=search).json()["features"]
+    return [f for f in features if f["name"] == LOCK]
+
+
+def test_a_released_lock_waits_in_the_archive_for_the_next_taker(task: str) -> None:
+    """Unleash 7.5 runs its lifecycle handlers up to a second after a feature is created
+    or archived, and one whose feature is deleted meanwhile ends the server: the lock is
+    only archived on release, and deleted by the next change to take it."""
+    with admin_http() as http:
+        store().apply({task: Setting(5, 100)})
+        assert http.get(f"/api/admin/projects/default/features/{LOCK}").status_code == 404
+        first = archived_locks(http)
+        assert len(first) == 1, "released into the archive"
+        rollback(store(), [task], [task])
+        second = archived_locks(http)
+        assert len(second) == 1, "one lock in the archive"
+        assert second[0]["createdAt"] != first[0]["createdAt"], "deleted, then taken anew"
+        assert store().read([task]).tasks[task].serve == 0
+
+
 def test_a_held_lock_makes_others_wait_then_say_who_holds_it(task: str) -> None:
     store().apply({task: Setting(5, 100)})
     http = admin_http()
-    holder = {"holder": "alice@ops pid 1", "expires": time.time() + 60}
-    body = {"name": LOCK, "type": "operational", "description": json.dumps(holder)}
-    assert http.post("/api/admin/projects/default/features", json=body).status_code == 201
+    plant_lock(http, {"holder": "alice@ops pid 1", "expires": time.time() + 60})
     try:
         started = time.monotonic()
         with pytest.raises(ShimError, match=r"held by alice@ops pid 1"):
@@ -211,9 +239,7 @@ def test_a_held_lock_makes_others_wait_then_say_who_holds_it(task: str) -> None:
 def test_a_lock_left_by_a_dead_process_lapses(task: str) -> None:
     store().apply({task: Setting(5, 100)})
     http = admin_http()
-    holder = {"holder": "crashed@ops pid 2", "expires": time.time() - 1}
-    body = {"name": LOCK, "type": "operational", "description": json.dumps(holder)}
-    assert http.post("/api/admin/projects/default/features", json=body).status_code == 201
+    plant_lock(http, {"holder": "crashed@ops pid 2", "expires": time.time() - 1})
     assert [c.after for c in rollback(store(lock_timeout=2), [task], [task])] == [Setting(0, 100)]
     assert http.get(f"/api/admin/projects/default/features/{LOCK}").status_code == 404
     http.close()
