@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("startup", "overhead", "cpu", "compare", "report", "load", "records", "judge")
+BENCHES = (
+    "startup",
+    "overhead",
+    "streams",
+    "cpu",
+    "compare",
+    "report",
+    "load",
+    "records",
+    "judge",
+)
 
 
 def machine() -> dict[str, Any]:
@@ -115,6 +125,27 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 + verdict(shadow["median_added_us"] <= 15 and shadow["p99_added_us"] <= 60),
             )
         )
+    st = f.get("streams")
+    if st:
+        target = st["targets_us"]
+        for kind in ("sync", "async"):
+            shadow, off = st[f"shadow-{kind}"], st[f"off-{kind}"]
+            good = shadow["chunk_added_us"] <= target["chunk"]
+            good &= shadow["start_added_us"] <= target["start"]
+            out.append(
+                (
+                    f"{kind} generator call site, shadow 100 %: added per chunk / at the "
+                    f"start (median; {shadow['streams']:,} streams of 64 chunks)",
+                    f"{shadow['chunk_added_us']:.2f} / {shadow['start_added_us']:.1f} us; "
+                    f"off {off['chunk_added_us']:.2f} / {off['start_added_us']:.1f} us; "
+                    f"{shadow['compared']:,} compared, {shadow['dropped']} dropped",
+                    f"undecorated chunk {shadow['bare_chunk_us']:.2f} us, start "
+                    f"{shadow['bare_start_us']:.1f} us",
+                    "",
+                    f"chunk <= {target['chunk']:g} us, start <= {target['start']:g} us: "
+                    + verdict(good),
+                )
+            )
     cpu = f.get("cpu")
     if cpu:
         out += cpu_rows(cpu)

@@ -1,13 +1,12 @@
 """The call site's own code is the call site's: its errors never blame the task path,
-its arguments are read when the call is made, its side effects happen once per call,
-and a generator is refused until streams are compared."""
+its arguments are read when the call is made, and its side effects happen once per call."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,22 +229,6 @@ def test_side_effect_options_that_mean_nothing_are_refused() -> None:
             request=lambda q: TaskRequest(prompt=q),
             serve_without_side_effects=True,
         )
-
-
-def test_generator_call_sites_are_refused_at_decoration() -> None:
-    with TestShim({}, answer=lambda r: "x") as s:
-        wrap = s.shadow(product="kiwi", task="recipe_generation", request=lambda q: TaskRequest(q))
-
-        def stream(q: str) -> Iterator[str]:
-            yield q
-
-        async def astream(q: str) -> AsyncIterator[str]:
-            yield q
-
-        with pytest.raises(TypeError, match=r"test_call_site_trust:.*stream is a generator"):
-            wrap(stream)
-        with pytest.raises(TypeError, match="is an async generator function: streaming"):
-            wrap(astream)
 
 
 def test_an_async_request_lambda_that_raises_leaves_the_breaker_closed() -> None:

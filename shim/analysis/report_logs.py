@@ -49,6 +49,7 @@ class TaskRows:
     models: set[str] = field(default_factory=set)
     dropped: dict[str, int] = field(default_factory=dict)
     side_effects_held: int = 0
+    stream_held: int = 0
     shim_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
     pairs: list[tuple[float, float]] = field(default_factory=list)
 
@@ -122,7 +123,11 @@ def read_logs(
         _task_rows(row, models)
         for row in tasked
         # only records outside the filters, or none that say anything of the task
-        if row["n"] or row["drops"] or row["side_effects_held"] or row["shim_errors"]
+        if row["n"]
+        or row["drops"]
+        or row["side_effects_held"]
+        or row["stream_held"]
+        or row["shim_errors"]
     ]
     untasked: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -235,6 +240,7 @@ def _task_rows(row: dict[str, Any], models: Mapping[str, list[str]]) -> TaskRows
         reason = str(drop["reason"])
         entry.dropped[reason] = entry.dropped.get(reason, 0) + int(drop["count"] or 0)
     entry.side_effects_held = int(row["side_effects_held"] or 0)
+    entry.stream_held = int(row["stream_held"] or 0)
     _count_errors(entry.shim_errors, row["shim_errors"])
     # Sorted: DuckDB's threads list the pairs in whatever order they finish, and the
     # bootstrap draws by position; unsorted, its intervals moved from run to run.

@@ -159,12 +159,15 @@ SELECT product, task,
     + """  list(model.verdict) FILTER (cmp AND model.verdict NOT IN {known}) AS verdict_other,
   min(CASE WHEN cmp THEN candidate.model END) AS model_min,
   max(CASE WHEN cmp THEN candidate.model END) AS model_max,
-  -- side_effects: legacy served what the flags gave the task path (the call site has
-  -- side effects), and the call was compared all the same: not a lost comparison
+  -- side_effects, stream: legacy served what the flags gave the task path (the call
+  -- site has side effects, or streams), and the call was compared all the same: not a
+  -- lost comparison
   list({{'reason': reason, 'count': count}}) FILTER (scoped AND event = 'shim.dropped'
-    AND reason IS DISTINCT FROM 'side_effects') AS drops,
+    AND coalesce(reason NOT IN ('side_effects', 'stream'), true)) AS drops,
   sum(count) FILTER (scoped AND event = 'shim.dropped' AND reason = 'side_effects')
     AS side_effects_held,
+  sum(count) FILTER (scoped AND event = 'shim.dropped' AND reason = 'stream')
+    AS stream_held,
   list({{'operation': operation, 'error': error, 'call_site': call_site,
     'callable': callable, 'count': count}}) FILTER (scoped AND event = 'shim.error')
     AS shim_errors,

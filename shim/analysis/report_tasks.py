@@ -145,8 +145,10 @@ def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
         "model_verdicts": dict(sorted(t.verdicts.items())),
         "dropped": sum(t.dropped.values()),
         "dropped_by_reason": t.dropped,
-        # Served by legacy for declared side effects, and compared: not in dropped.
+        # Served by legacy for declared side effects, or as streams the task path
+        # cannot serve yet, and compared: not in dropped.
         "side_effects_held": t.side_effects_held,
+        "stream_held": t.stream_held,
         "evidence": {
             "ran": ran,
             "compared": compared,

@@ -52,13 +52,14 @@ def untasked_line(report: dict[str, Any]) -> str | None:
 
 def held_line(task: dict[str, Any]) -> str | None:
     """The calls of ``task`` legacy served because the call site declares side effects
-    (compared all the same, so not dropped), as one line; None if none."""
-    held = task.get("side_effects_held")
-    if not held:
+    or streams (compared all the same, so not dropped), as one line; None if none."""
+    side, stream = task.get("side_effects_held") or 0, task.get("stream_held") or 0
+    if not side and not stream:
         return None
+    why = ["side_effects=True"] * bool(side) + ["a streaming call site"] * bool(stream)
     return (
-        f"{task['task']}: {held:,} calls the flags sent to the task path were served by "
-        "legacy (side_effects=True)"
+        f"{task['task']}: {side + stream:,} calls the flags sent to the task path were served "
+        f"by legacy ({'; '.join(why)})"
     )
 
 

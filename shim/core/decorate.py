@@ -20,6 +20,7 @@ from shim.core.allocation import declared_allocation, holder
 from shim.core.callsite import first_of_pair, no_request, routed
 from shim.core.engine import Engine
 from shim.core.signatures import check_fits
+from shim.core.streams import StreamCalls
 from shim.records.observe import CallSite, is_soft_failure
 
 __all__ = ["SHADOWED", "Decorator", "ShadowOptions"]
@@ -90,6 +91,7 @@ class Decorator:
     ) -> None:
         self._engine, self._flags = engine, flags
         self._expected, self._services = expected, services
+        self._streams = StreamCalls(engine)
 
     def shadow(
         self,
@@ -162,7 +164,9 @@ class Decorator:
                 self._engine.noise_sample,
             )
         model = legacy_model if isinstance(legacy_model, str) else None
-        if allocation is True:
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            wrapper = cast(Callable[P, R], self._stream_wrapper(site, model, fn))
+        elif allocation is True:
             wrapper = self._allocation_wrapper(site, model, fn)
         elif is_async:
             wrapper = cast(Callable[P, R], self._async_wrapper(site, model, fn))
@@ -200,6 +204,24 @@ class Decorator:
 
         return wrapper
 
+    def _stream_wrapper(
+        self, site: CallSite, model: str | None, fn: Callable[P, R]
+    ) -> Callable[P, R]:
+        """A generator or async generator call site: legacy's own stream when off,
+        else relayed (:class:`~shim.core.streams.StreamCalls`). The wrapper returns the
+        stream; it is not a generator function itself."""
+        source, name, decide = self._flags, site.name, self._engine.call
+        relay = self._streams.asynchronous if inspect.isasyncgenfunction(fn) else self._streams.sync
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            rule = source.rules.active.get(name)
+            if rule is None:  # off, unknown or killed: legacy's own stream
+                return fn(*args, **kwargs)
+            return cast(R, relay(decide(site, model, rule, fn, args, kwargs)))
+
+        return wrapper
+
     def _allocation_wrapper(
         self, site: CallSite, model: str | None, fn: Callable[P, R]
     ) -> Callable[P, R]:
@@ -226,15 +248,14 @@ def _check(
     task: str | Callable[..., str],
     options: ShadowOptions,
 ) -> None:
-    """The options' callables fit ``fn``'s signature (TypeError naming the call site),
-    and ``fn`` is not a generator: a stream would be compared as its repr."""
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+    """The options' callables fit ``fn``'s signature (TypeError naming the call site);
+    a generator is a stream, never an allocation."""
+    if (inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)) and options.allocation:
         kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
         raise TypeError(
-            f"{_call_site(fn)} is {kind} function: streaming call sites are not supported "
-            "yet. Wrap the function that collects the stream into one value instead "
-            "(or, for a context manager that yields an allocation, apply "
-            "@contextmanager first and pass allocation=True)"
+            f"{_call_site(fn)} is {kind} function, compared as a stream: allocation= does "
+            "not apply (for a context manager that yields an allocation, apply "
+            "@contextmanager first)"
         )
     given = [("product", product), ("task", task), *options.as_keywords().items()]
     check_fits(fn, _call_site(fn), given)

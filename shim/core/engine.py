@@ -32,6 +32,7 @@ from shim.records.observe import (
     CallSite,
     Observation,
     Pending,
+    Stream,
     capture,
     describe,
     restore,
@@ -141,7 +142,7 @@ class Engine:
         Legacy serving (compared or not) is written out, not driven as steps: a
         generator per call would double what the shim adds to every shadowed call
         (``bench/overhead.py``). It goes through the same admission and the same
-        hand-off (:meth:`_raised`, :meth:`_returned`) as :meth:`shadowed`; serving
+        hand-off (:meth:`legacy_raised`, :meth:`legacy_returned`) as :meth:`shadowed`; serving
         runs as steps."""
         decision = call.decision
         if decision.serve:
@@ -154,15 +155,15 @@ class Engine:
         try:
             call.keep(self.noise_sample)  # the caller may change its lists once legacy returns
         except Exception as exc:
-            self._hand_off_failed(call, exc)
+            self.hand_off_failed(call, exc)
             return fn(*args, **kwargs)
         started = _perf()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._raised(call, started, exc)
+            self.legacy_raised(call, _perf() - started, exc)
             raise
-        self._returned(call, started, result, self.threads)
+        self.legacy_returned(call, _perf() - started, result, self.threads)
         return result
 
     def steps(self, lane: Lane, call: Call) -> Steps[Any]:
@@ -181,57 +182,71 @@ class Engine:
         """Legacy serves and the task path is compared in the background: the shadow
         path of async call sites and of allocations (``step`` runs legacy: the call,
         or entering what it returned). The caller gets legacy's very value or error."""
-        if not self.admission.admit(call, self._reserve):
+        if not self.admit(call):
             return (yield step)
         try:
             call.keep(self.noise_sample)
         except Exception as exc:
-            self._hand_off_failed(call, exc)
+            self.hand_off_failed(call, exc)
             return (yield step)
         started = _perf()
         try:
             result = yield step
         except BaseException as exc:
-            self._raised(call, started, exc)
+            self.legacy_raised(call, _perf() - started, exc)
             raise
-        self._returned(call, started, result, lane)
+        self.legacy_returned(call, _perf() - started, result, lane)
         return result
 
-    def _hand_off_failed(self, call: Call, exc: Exception) -> None:
+    def admit(self, call: Call) -> bool:
+        """Whether a compared call goes ahead (the admission's say, and a worker slot
+        taken for it); a slot taken is given back by the hand-off or :meth:`release`."""
+        return self.admission.admit(call, self._reserve)
+
+    def release(self) -> None:
+        """Give back the slot :meth:`admit` took for a call that will not be compared."""
+        self._dispatch.release()
+
+    def hand_off_failed(self, call: Call, exc: Exception) -> None:
         """Copying a compared call's arguments or value, or handing it to the workers,
         failed: the shim's own failure (``hand_off``), never the caller's; the call
         goes uncompared, its slot given back."""
         self._dispatch.release()
         self.events.internal_error("hand_off", exc, site=call.site)
 
-    def _raised(self, call: Call, started: float, exc: BaseException) -> None:
-        """Legacy raised on a compared call: the comparison goes on without it (its
-        error is legacy's side); cancelled or interrupted, the slot is given back."""
+    def legacy_raised(
+        self, call: Call, elapsed: float, exc: BaseException, stream: Stream | None = None
+    ) -> None:
+        """Legacy raised on a compared call after ``elapsed`` seconds: the comparison
+        goes on without it (its error is legacy's side); cancelled or interrupted, the
+        slot is given back."""
         if not isinstance(exc, Exception):
             self._dispatch.release()
             return
-        job = (call, _perf() - started, NOT_RECORDED, exc, None)
+        job = (call, elapsed, NOT_RECORDED, exc, None, stream)
         try:
             self._handoff((call.site.name, self.candidate_job, job))
         except Exception as failed:  # the caller gets legacy's error, not the shim's
-            self._hand_off_failed(call, failed)
+            self.hand_off_failed(call, failed)
 
-    def _returned(self, call: Call, started: float, result: Any, lane: Lane) -> None:
+    def legacy_returned(
+        self, call: Call, elapsed: float, result: Any, lane: Lane, stream: Stream | None = None
+    ) -> None:
         """Legacy returned on a compared call: time it, copy its result (an allocation
         is kept by reference: it may hold connections, and only its attributes are
         read; nor is it taken twice for noise) and hand the comparison to the workers.
         Nothing here raises into the caller, who gets legacy's very value: a failure is
         the shim's (``hand_off``), and gives the slot back."""
-        elapsed = _perf() - started
         site = call.site
         try:
             kept, again = result, None
             if not site.allocation:
                 kept = capture(result)
                 again = lane.again(call.fn) if call.noise else None
-            self._handoff((site.name, self.candidate_job, (call, elapsed, kept, None, again)))
+            job = (call, elapsed, kept, None, again, stream)
+            self._handoff((site.name, self.candidate_job, job))
         except Exception as exc:
-            self._hand_off_failed(call, exc)
+            self.hand_off_failed(call, exc)
 
     def candidate_job(
         self,
@@ -240,16 +255,18 @@ class Engine:
         value: Any,
         error: BaseException | None,
         again: Callable[..., Any] | None,
+        stream: Stream | None = None,
     ) -> None:
         """Worker side of a shadowed call: legacy took ``elapsed`` seconds and
-        returned (a copy of) ``value`` or raised ``error``. Run the task path, queue
-        the comparison (with legacy run once more for ``noise_sample`` of them)."""
+        returned (a copy of) ``value`` or raised ``error`` (a stream: as ``stream``
+        went). Run the task path, queue the comparison (with legacy run once more for
+        ``noise_sample`` of them)."""
         site = call.site
         ms = elapsed * 1000
         if error is not None:
-            legacy = Observation(False, ms, error=describe(error), model=call.model)
+            legacy = Observation(False, ms, error=describe(error), model=call.model, stream=stream)
         else:  # the app's objects in it are copied now, before the caller changes them
-            legacy = Observation(True, ms, settle(value), model=call.model)
+            legacy = Observation(True, ms, settle(value), model=call.model, stream=stream)
         if self.admission.paused(site):  # queued before the coordinator said it was full
             return
         candidate, _, _ = self.threads.run(self.task(call, serving=False))

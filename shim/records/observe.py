@@ -36,6 +36,7 @@ __all__ = [
     "Observation",
     "OutputNotRecorded",
     "Pending",
+    "Stream",
     "capture",
     "comparison_record",
     "describe",
@@ -47,6 +48,15 @@ __all__ = [
 ]
 
 SCHEMA = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """How a streamed output came: milliseconds to the first chunk (None: none came)
+    and how many chunks."""
+
+    ttft_ms: float | None
+    chunks: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +73,7 @@ class Observation:
     status: int | None = None
     prompt: str | None = None  # the task request's prompt (kept only if capture is on)
     usage: Mapping[str, Any] | None = None  # as reported (OpenAI-style or GenAI names)
+    stream: Stream | None = None  # a streamed output's timing
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +208,9 @@ def _side(
     usage = usage_record(obs.usage)
     if usage:
         side["usage"] = usage
+    if obs.stream is not None:
+        ttft = obs.stream.ttft_ms
+        side.update(ttft_ms=None if ttft is None else round(ttft, 3), chunks=obs.stream.chunks)
     if capture is not None:
         side["output"] = None if value is NOT_RECORDED else _captured(capture, value, on_error)
         if candidate:

@@ -1,0 +1,245 @@
+"""Streaming call sites (generators and async generators) at off and shadow, against
+the simulator: the caller iterates legacy's own chunks, the stream is compared once it
+ends, and a stream left early or never read holds nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shim import Shim, TaskRequest
+from shim.comparators import TextOutput
+
+from .conftest import Simulator
+from .shimkit import dropped, make_shim, records
+
+OFF = "kiwi.recipe_generation: {serve: 0, shadow: 0}\n"
+SHADOW = "kiwi.recipe_generation: {serve: 0, shadow: 100}\n"
+CANARY = "kiwi.recipe_generation: {serve: 100, shadow: 100}\n"
+
+#: Legacy's chunks: objects of their own, so that identity can be checked.
+CHUNKS = ["Title: soup\n", "Ingredients:\n- water\n", "Directions:\n1. boil\n"]
+
+
+def wrap(s: Shim, fn: Any) -> Any:
+    return s.shadow(
+        product="kiwi",
+        task="recipe_generation",
+        request=lambda q: TaskRequest(prompt=q),
+        response=lambda r: r.text,
+        output=TextOutput(),
+    )(fn)
+
+
+def stream_site(s: Shim, chunks: list[Any]) -> Any:
+    @wrap_with(s)
+    def recipe(q: str) -> Iterator[Any]:
+        yield from chunks
+
+    return recipe
+
+
+def wrap_with(s: Shim) -> Any:
+    return lambda fn: wrap(s, fn)
+
+
+def settled(s: Shim) -> None:
+    assert s.flush(timeout=10)
+
+
+def test_off_hands_back_legacys_own_generator(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, OFF)
+
+    def recipe(q: str) -> Iterator[str]:
+        yield from CHUNKS
+
+    got = wrap(s, recipe)("soup")
+    assert inspect.isgenerator(got) and got.gi_code is recipe.__code__
+    assert list(got) == CHUNKS
+    s.close()
+    assert records(tmp_path / "log.jsonl") == []
+
+
+@pytest.mark.parametrize("flag", [SHADOW, CANARY], ids=["shadow", "canary"])
+def test_a_sync_stream_relays_legacys_chunks_then_is_compared(
+    sim: Simulator, tmp_path: Path, flag: str
+) -> None:
+    s = make_shim(sim.url, tmp_path, flag)
+    site = stream_site(s, CHUNKS)
+    got = list(site("soup"))
+    assert len(got) == 3 and all(a is b for a, b in zip(got, CHUNKS, strict=True))
+    settled(s)
+    s.close()
+    [rec] = records(tmp_path / "log.jsonl")
+    legacy = rec["legacy"]
+    assert legacy["ok"] and legacy["chunks"] == 3 and legacy["ttft_ms"] >= 0
+    assert legacy["latency_ms"] >= legacy["ttft_ms"]
+    assert legacy["output_bytes"] == len("".join(CHUNKS).encode())
+    assert rec["candidate"]["ok"] and "chunks" not in rec["candidate"]
+    assert rec["served_by"] == "legacy"
+    # The task path does not serve streams yet: a serving decision is counted.
+    assert dropped(tmp_path / "log.jsonl", "stream") == (1 if flag is CANARY else 0)
+
+
+def test_an_async_stream_relays_legacys_chunks_then_is_compared(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+
+    @wrap_with(s)
+    async def recipe(q: str) -> AsyncIterator[str]:
+        for chunk in CHUNKS:
+            await asyncio.sleep(0)
+            yield chunk
+
+    async def read() -> list[str]:
+        return [chunk async for chunk in recipe("soup")]
+
+    got = asyncio.run(read())
+    assert all(a is b for a, b in zip(got, CHUNKS, strict=True))
+    settled(s)
+    s.close()
+    [rec] = records(tmp_path / "log.jsonl")
+    assert rec["legacy"]["chunks"] == 3 and rec["legacy"]["ok"]
+
+
+def test_legacys_error_mid_stream_reaches_the_caller_as_is(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+    boom = ValueError("the oven broke")
+
+    @wrap_with(s)
+    def recipe(q: str) -> Iterator[str]:
+        yield CHUNKS[0]
+        raise boom
+
+    stream = recipe("soup")
+    assert next(stream) is CHUNKS[0]
+    with pytest.raises(ValueError, match="the oven broke") as caught:
+        next(stream)
+    assert caught.value is boom
+    settled(s)
+    s.close()
+    [rec] = records(tmp_path / "log.jsonl")
+    assert rec["legacy"]["ok"] is False and "the oven broke" in rec["legacy"]["error"]
+    assert rec["legacy"]["chunks"] == 1
+
+
+def test_send_throw_and_a_return_value_behave_as_unwrapped(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+
+    def echo(q: str) -> Any:
+        got = yield "ready"
+        while got != "stop":
+            try:
+                got = yield f"heard {got}"
+            except KeyError:
+                got = yield "caught"
+        return "finished"
+
+    def drive(gen: Any) -> list[Any]:
+        out = [next(gen), gen.send("a"), gen.throw(KeyError("k")), gen.send("b")]
+        with pytest.raises(StopIteration) as stop:
+            gen.send("stop")
+        return [*out, stop.value.value]
+
+    assert drive(wrap(s, echo)("q")) == drive(echo("q"))
+    s.close()
+
+
+def test_a_stream_left_early_is_counted_and_holds_nothing(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+    closed = []
+
+    @wrap_with(s)
+    def recipe(q: str) -> Iterator[str]:
+        try:
+            yield from CHUNKS
+        finally:
+            closed.append(True)
+
+    for _chunk in recipe("soup"):
+        break  # the relay is dropped here: legacy's generator is closed with it
+    assert closed == [True]
+    never_read = recipe("soup")
+    del never_read
+    gc.collect()
+    settled(s)
+    assert s.stats()["pending"] == 0
+    s.close()
+    assert records(tmp_path / "log.jsonl") == []
+    assert dropped(tmp_path / "log.jsonl", "abandoned") == 1
+
+
+def test_arguments_that_do_not_fit_raise_at_the_call(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+    site = stream_site(s, CHUNKS)
+    with pytest.raises(TypeError):
+        site("soup", "one too many")
+    s.close()
+
+
+def test_a_generator_is_never_an_allocation(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+
+    def stream(q: str) -> Iterator[str]:
+        yield q
+
+    with pytest.raises(TypeError, match=r"is a generator function, compared as a stream"):
+        s.shadow(product="kiwi", task="recipe_generation", allocation=True)(stream)
+    s.close()
+
+
+def test_an_async_stream_left_early_is_counted(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+    closed = []
+
+    @wrap_with(s)
+    async def recipe(q: str) -> AsyncIterator[str]:
+        try:
+            for chunk in CHUNKS:
+                yield chunk
+        finally:
+            closed.append(True)
+
+    async def first() -> str:
+        stream = recipe("soup")
+        async for chunk in stream:
+            await stream.aclose()  # type: ignore[attr-defined]
+            return str(chunk)
+        raise AssertionError("no chunk")
+
+    assert asyncio.run(first()) is CHUNKS[0]
+    assert closed == [True]
+    settled(s)
+    s.close()
+    assert records(tmp_path / "log.jsonl") == []
+    assert dropped(tmp_path / "log.jsonl", "abandoned") == 1
+
+
+def test_the_report_counts_streams_legacy_served_apart_from_drops(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    from shim.analysis.report import build_report
+    from shim.analysis.report_verdict import held_line
+
+    s = make_shim(sim.url, tmp_path, CANARY)
+    site = stream_site(s, CHUNKS)
+    for _ in range(3):
+        assert list(site("soup")) == CHUNKS
+    for _chunk in site("soup"):
+        break
+    settled(s)
+    s.close()
+    [task] = build_report([str(tmp_path / "log.jsonl")])["tasks"]
+    assert (task["n"], task["stream_held"]) == (3, 4)
+    assert task["dropped_by_reason"] == {"abandoned": 1}
+    assert held_line(task) == (
+        "kiwi.recipe_generation: 4 calls the flags sent to the task path were served by "
+        "legacy (a streaming call site)"
+    )
