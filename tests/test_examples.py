@@ -398,28 +398,39 @@ def test_every_call_site_is_compared_once_per_app_request(
     assert all(r["served_by"] == "legacy" and r["candidate"]["ok"] for r in rows)
 
 
-@pytest.mark.parametrize("stage", ["off", "live"])
-def test_recipe_stream_is_authorised_and_read_unwrapped(
+@pytest.mark.parametrize("stage", ["off", "shadow", "live"])
+def test_recipe_stream_is_a_streaming_call_site(
     load: Callable[..., Kiwi], sim: Simulator, tmp_path: Path, stage: str
 ) -> None:
-    """Streaming is not wrapped (later work): the token and the stream work whatever
-    the flags say, and nothing is recorded for them."""
+    """Kiwi's authorised stream, wrapped: the chunks reach the caller whatever the
+    flags say; in shadow (and live, where legacy still serves streams) the recipe is
+    compared once the stream ends, with its time to first chunk."""
     k = load(flags(stage, "recipe_generation"))
     before = counts(sim)
 
-    async def main() -> tuple[Any, str]:
+    async def main() -> tuple[Any, list[str]]:
         req = k.RecipeRequest(pantry_items=PANTRY)
         token = await k.stream_token(req)
-        text = await k.stream_recipe(req)
+        chunks = [chunk async for chunk in k.stream_recipe_chunks(req)]
         await k.aclose()
-        return token, text
+        return token, chunks
 
-    token, text = asyncio.run(main())
+    token, chunks = asyncio.run(main())
     k.close()
+    text = "".join(chunks)
     assert token.token and token.stream_url.startswith(sim.url)
-    assert k.parse_recipe(text)["title"] and k.parse_recipe(text)["ingredients"]
-    assert log_of(tmp_path) == []
+    assert len(chunks) > 3 and k.parse_recipe(text)["title"] and k.parse_recipe(text)["ingredients"]
     assert counts(sim)["streams.completed"] - before["streams.completed"] == 1
+    rows = log_of(tmp_path)
+    if stage == "off":
+        assert rows == []
+        return
+    [row] = rows
+    assert row["served_by"] == "legacy" and row["legacy"]["chunks"] == len(chunks)
+    assert row["legacy"]["output_sha256"] == digest(text)
+    assert row["candidate"]["ok"] and row["quality"]["method"]
+    held = sum(r["count"] for r in log_of(tmp_path, "shim.dropped") if r["reason"] == "stream")
+    assert held == (1 if stage == "live" else 0)
 
 
 def test_recipe_stream_refused_without_a_product_key(load: Callable[..., Kiwi]) -> None:

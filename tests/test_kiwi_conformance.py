@@ -27,6 +27,7 @@ from shim.demo.kiwi.coordinator_proxy import (
     StreamTokenResult,
     coordinator_authorize,
     read_stream,
+    stream_chunks,
 )
 from shim.demo.kiwi.docuvision_client import DocuvisionClient, DocuvisionResult
 from shim.demo.kiwi.orch_client import OrchClient
@@ -646,17 +647,34 @@ def test_stream_authorisation_and_reading(
     assert unknown.value.status_code == 401
 
 
-def test_stream_events_are_openai_chunks(kiwi_env: Simulator) -> None:
-    """The stream is text/event-stream: chat.completion.chunk events, then [DONE]."""
+def test_stream_events_are_kiwis_chunks_then_done(kiwi_env: Simulator) -> None:
+    """The stream is text/event-stream as kiwi's browser reads it: ``{"chunk"}`` events,
+    then ``{"done": true}``."""
     grant = asyncio.run(coordinator_authorize("p"))
     reply = http.get(grant.stream_url, params={"token": grant.token})
     assert reply.headers["content-type"].startswith("text/event-stream")
-    events = [e.removeprefix("data: ") for e in reply.text.split("\n\n") if e]
-    assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    events = [json.loads(e.removeprefix("data: ")) for e in reply.text.split("\n\n") if e]
+    assert events[-1] == {"done": True}
+    assert len(events) > 3 and all(set(e) == {"chunk"} for e in events[:-1])
+    assert parse_recipe("".join(e["chunk"] for e in events[:-1]))["title"]
+
+
+def test_stream_pacing_follows_the_legacy_knobs(kiwi_env: Simulator) -> None:
+    """``ttft_ms`` before the first chunk and ``chunk_interval_ms`` between chunks."""
+    kiwi_env.set_profile(
+        QUIET.with_knob("legacy", "ttft_ms", 300).with_knob("legacy", "chunk_interval_ms", 20)
+    )
+
+    async def timed() -> list[float]:
+        grant = await coordinator_authorize("p")
+        started, seen = time.perf_counter(), []
+        async for _ in stream_chunks(grant):
+            seen.append(time.perf_counter() - started)
+        return seen
+
+    seen = asyncio.run(timed())
+    assert seen[0] >= 0.3
+    assert seen[-1] - seen[0] >= 0.02 * (len(seen) - 1) * 0.9
 
 
 def test_stream_authorisation_refusals_map_as_kiwi_maps_them(
@@ -733,7 +751,7 @@ def test_require_key_guards_nodes_and_sim_but_not_health_or_streams(
         assert http.post(f"{locked.url}/proxy/authorize", json=body).status_code == 401
         grant = http.post(f"{locked.url}/proxy/authorize", json=body, headers=auth).json()
         streamed = http.get(grant["stream_url"], params={"token": grant["token"]})
-        assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+        assert streamed.status_code == 200 and streamed.text.endswith('data: {"done": true}\n\n')
 
 
 def test_plumbing_modules_export_what_the_call_sites_use() -> None:
@@ -745,6 +763,7 @@ def test_plumbing_modules_export_what_the_call_sites_use() -> None:
         "StreamTokenResult",
         "coordinator_authorize",
         "read_stream",
+        "stream_chunks",
     ]
 
 

@@ -281,6 +281,22 @@ def test_chat_can_stream_server_sent_events(sim: Simulator) -> None:
     assert text.startswith("Title: ") and "\nDirections:\n1. " in text
 
 
+def test_a_nodes_stream_is_paced_by_the_tasks_knobs(sim: Simulator) -> None:
+    sim.set_profile(
+        QUIET.with_knob("kiwi.recipe_generation", "ttft_ms", 300).with_knob(
+            "kiwi.recipe_generation", "chunk_interval_ms", 10
+        )
+    )
+    alloc = task(sim, "recipe_generation", payload={}).json()
+    body = {"messages": [{"role": "user", "content": "x"}], "stream": True}
+    started, seen = time.perf_counter(), []
+    with http.stream("POST", f"{alloc['url']}/v1/chat/completions", json=body) as reply:
+        for line in reply.iter_lines():
+            if line.startswith("data: "):
+                seen.append(time.perf_counter() - started)
+    assert seen[0] >= 0.3 and seen[-1] - seen[0] >= 0.01 * (len(seen) - 1) * 0.9
+
+
 def test_legacy_endpoints_take_an_explicit_model(sim: Simulator) -> None:
     reply = post(sim, "/api/inference", {"model": "Qwen/Qwen2.5-3B-Instruct", "prompt": "p"})
     assert reply.status_code == 200

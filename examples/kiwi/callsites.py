@@ -22,8 +22,9 @@ task, *, service_hint)``     (kiwi.recipe_scan)    yielding an ``Allocation``
 
 What the app calls around them: ``generate_plan`` and ``estimate_timing`` (one router
 for both), ``LLMRecipeGenerator.generate``, ``VisionLanguageOCR.extract_receipt_data``,
-``RecipeScanner.scan``. ``stream_recipe`` (kiwi's streaming authorisation,
-``coordinator_authorize``) is not wrapped: streaming call sites are later work.
+``RecipeScanner.scan``. ``stream_recipe_chunks`` (kiwi's streaming authorisation,
+``coordinator_authorize``, and the stream it opens) is an async generator, wrapped for
+``kiwi.recipe_generation`` as a streaming call site; ``stream_recipe`` joins it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .local_llm import LocalRouter, LocalVision
 from .migration import aclose, close, shim
 from .node_allocation import allocate_for
 from .recipe_scanner import RecipeScanner, ScannedRecipeResult, call_vision_backend
-from .recipe_stream import stream_recipe, stream_token
+from .recipe_stream import stream_recipe, stream_recipe_chunks, stream_token
 from .task_inference import Allocation
 from .vl_model import VisionLanguageOCR, try_docuvision
 
@@ -73,6 +74,7 @@ __all__ = [
     "placeholder_label",
     "shim",
     "stream_recipe",
+    "stream_recipe_chunks",
     "stream_token",
     "try_docuvision",
 ]

@@ -7,7 +7,8 @@ Written for this project from the protocol fact sheet (kiwi's
 ``{COORDINATOR_URL}/proxy/authorize`` (timeout 10 s, no header: the key travels in the
 body) and returns where and with which token the browser opens the stream. Kiwi's
 frontend then opens an EventSource on ``{stream_url}?token={token}``;
-:func:`read_stream` does the same from Python, for tests and the demo.
+:func:`stream_chunks` does the same from Python, chunk by chunk (kiwi's events:
+``{"chunk": ...}``, then ``{"done": true}``, or ``{"error": ...}``).
 
 Environment: ``COORDINATOR_URL`` (default ``CF_ORCH_URL``: unlike kiwi, no LAN address
 is assumed), ``COORDINATOR_KIWI_KEY`` (the product key).
@@ -20,11 +21,18 @@ import json
 import logging
 import os
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["CoordinatorError", "StreamTokenResult", "coordinator_authorize", "read_stream"]
+__all__ = [
+    "CoordinatorError",
+    "StreamTokenResult",
+    "coordinator_authorize",
+    "read_stream",
+    "stream_chunks",
+]
 
 
 @functools.cache
@@ -110,12 +118,13 @@ async def coordinator_authorize(
     )
 
 
-async def read_stream(grant: StreamTokenResult, *, timeout: float = 60.0) -> str:
+async def stream_chunks(grant: StreamTokenResult, *, timeout: float = 60.0) -> AsyncIterator[str]:
     """Open the stream as kiwi's browser does (GET ``stream_url?token=...``, no header)
-    and return the text of its ``choices[0].delta.content`` chunks, up to
-    ``data: [DONE]``. Raises :class:`CoordinatorError` with the status when the stream
-    is refused (401 unknown token, 410 spent or expired)."""
-    parts: list[str] = []
+    and yield the text of each ``{"chunk": ...}`` event until ``{"done": true}``, as
+    kiwi's frontend appends them. Raises :class:`CoordinatorError` with the status when
+    the stream is refused (401 unknown token, 410 spent or expired), and with 502 for an
+    ``{"error": ...}`` event. Events that are not JSON objects are skipped, as the
+    frontend skips them."""
     async with (
         httpx.AsyncClient(timeout=timeout, verify=_tls()) as client,
         client.stream(
@@ -133,9 +142,20 @@ async def read_stream(grant: StreamTokenResult, *, timeout: float = 60.0) -> str
         async for line in resp.aiter_lines():
             if not line.startswith("data:"):
                 continue  # blank separators, comments, event names
-            data = line.removeprefix("data:").strip()
-            if data == "[DONE]":
-                break
-            choices = json.loads(data).get("choices") or [{}]
-            parts.append(choices[0].get("delta", {}).get("content") or "")
-    return "".join(parts)
+            try:
+                event = json.loads(line.removeprefix("data:").strip())
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            if "error" in event:
+                raise CoordinatorError(f"stream failed: {event['error']}", 502)
+            if event.get("done"):
+                return
+            if isinstance(event.get("chunk"), str):
+                yield event["chunk"]
+
+
+async def read_stream(grant: StreamTokenResult, *, timeout: float = 60.0) -> str:
+    """The whole text of the stream (:func:`stream_chunks`)."""
+    return "".join([chunk async for chunk in stream_chunks(grant, timeout=timeout)])

@@ -1,17 +1,25 @@
 """Kiwi's streamed recipe: ``POST /recipes/stream-token`` authorises a stream of the
 recipe's completion with the coordinator, and the browser reads it from there.
 
-Not wrapped: streaming call sites are later work (the shim would compare time to first
-token and chunks, not a finished value). Until then it calls
-``coordinator_authorize`` as kiwi does, on every stage of the other tasks' flags.
+:func:`stream_recipe_chunks` is that flow as one streaming call site, an async
+generator of the recipe's text chunks, wrapped for ``kiwi.recipe_generation``: legacy
+is the coordinator's stream (``/proxy/authorize``, then ``/proxy/stream``), compared
+with the task path's recipe once the stream ends (``KIWI_RECIPE``, section by section),
+with the time to its first chunk in the record.
 """
 
 from __future__ import annotations
 
-from .coordinator_proxy import StreamTokenResult, coordinator_authorize, read_stream
-from .llm_recipe import RecipeRequest, build_recipe_prompt
+from collections.abc import AsyncIterator
 
-__all__ = ["stream_recipe", "stream_token"]
+from shim import TaskRequest
+from shim.comparators import KIWI_RECIPE
+
+from .coordinator_proxy import StreamTokenResult, coordinator_authorize, stream_chunks
+from .llm_recipe import RecipeRequest, build_recipe_prompt
+from .migration import shim
+
+__all__ = ["stream_recipe", "stream_recipe_chunks", "stream_token"]
 
 
 async def stream_token(req: RecipeRequest) -> StreamTokenResult:
@@ -22,6 +30,20 @@ async def stream_token(req: RecipeRequest) -> StreamTokenResult:
     )
 
 
+@shim.shadow(
+    product="kiwi",
+    task="recipe_generation",
+    request=lambda req: TaskRequest(prompt=build_recipe_prompt(req)),
+    response=lambda result: result.text,
+    output=KIWI_RECIPE,
+)
+async def stream_recipe_chunks(req: RecipeRequest) -> AsyncIterator[str]:
+    """The recipe's text as the browser receives it, chunk by chunk: a token, then the
+    stream's chunks."""
+    async for chunk in stream_chunks(await stream_token(req)):
+        yield chunk
+
+
 async def stream_recipe(req: RecipeRequest) -> str:
-    """The whole recipe as the browser receives it: a token, then the stream's text."""
-    return await read_stream(await stream_token(req))
+    """The whole streamed recipe."""
+    return "".join([chunk async for chunk in stream_recipe_chunks(req)])

@@ -48,7 +48,7 @@ from ._bodies import (
 from ._outputs import as_text, asks_for_timing, extract_kind
 from ._profile import NodeSpec, Settings
 from ._state import SimAllocation, SimState, error, usage
-from ._streams import sse_chunks
+from ._streams import paced, sse_chunks
 
 __all__ = ["EXTRACT_SERVICES", "node_routes"]
 
@@ -158,9 +158,8 @@ def node_routes(state: SimState) -> APIRouter:
         content = as_text(output)
         chat_id = state.next_id("chatcmpl")
         if body.stream:
-            return StreamingResponse(
-                iter(list(sse_chunks(content, model_id, chat_id))), media_type="text/event-stream"
-            )
+            events = paced(sse_chunks(content, model_id, chat_id), s)
+            return StreamingResponse(events, media_type="text/event-stream")
         return state.reply(
             {
                 "id": chat_id,

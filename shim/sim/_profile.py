@@ -39,6 +39,10 @@ class Knobs(_Strict):
     malformed_rate: Rate | None = None
     drift_rate: Rate | None = None
     drift_kinds: Annotated[list[DriftKind], Field(min_length=1)] | None = None
+    #: Streams: a wait before the first chunk (after the model's latency) and between
+    #: chunks.
+    ttft_ms: Millis | None = None
+    chunk_interval_ms: Millis | None = None
 
     def over(self, base: Knobs) -> Knobs:
         """These knobs, with unset ones taken from ``base``."""
@@ -62,6 +66,8 @@ class Settings:
     malformed_rate: float
     drift_rate: float
     drift_kinds: tuple[DriftKind, ...]
+    ttft_ms: float
+    chunk_interval_ms: float
 
     def latency_s(self, rng: random.Random) -> float:
         """A latency draw: log-normal with the given median and 99th percentile."""
@@ -83,6 +89,8 @@ BASE = Knobs(
     malformed_rate=0.0,
     drift_rate=0.0,
     drift_kinds=list(DRIFT_KINDS),
+    ttft_ms=0.0,
+    chunk_interval_ms=0.0,
 )
 
 

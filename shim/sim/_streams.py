@@ -9,18 +9,22 @@
 ``GET /proxy/stream?token=...``
     The token in the query string, as a browser's EventSource sends it; no other
     credential. One use: a second one answers 410, as does an expired token; an unknown
-    one 401. The body is ``text/event-stream``: OpenAI ``chat.completion.chunk`` events
-    (``data: {...}``, the text in ``choices[0].delta.content``, the first chunk carrying
-    ``delta.role``, the last an empty delta with ``finish_reason: "stop"``), then
-    ``data: [DONE]``. The text is a recipe in kiwi's format, written by the task's
-    model: latency and drift knobs of the task apply.
+    one 401. The body is ``text/event-stream`` as kiwi's browser reads it: events
+    ``data: {"chunk": "..."}`` (a few words each), then ``data: {"done": true}``. The
+    text is a recipe in kiwi's format, written by the task's model as kiwi streams it
+    today: the legacy knobs apply (latency, ``ttft_ms`` before the first chunk,
+    ``chunk_interval_ms`` between chunks), never drift.
 
-:func:`sse_chunks` is shared with a node's ``/v1/chat/completions`` with
-``stream: true``.
+A node's ``/v1/chat/completions`` with ``stream: true`` answers OpenAI
+``chat.completion.chunk`` events (:func:`sse_chunks`: the text in
+``choices[0].delta.content``, the first chunk carrying ``delta.role``, the last an empty
+delta with ``finish_reason: "stop"``), then ``data: [DONE]``, paced the same way by the
+knobs of the path it serves (:func:`paced`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import math
@@ -34,9 +38,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ._bodies import AuthorizeBody
 from ._outputs import as_text
+from ._profile import Settings
 from ._state import SimState, StreamGrant, error
 
-__all__ = ["STREAM_TASK", "sse_chunks", "stream_routes", "stream_token_routes"]
+__all__ = [
+    "STREAM_TASK",
+    "kiwi_events",
+    "paced",
+    "sse_chunks",
+    "stream_routes",
+    "stream_token_routes",
+]
 
 #: The task whose model writes authorised streams: ``{product}.recipe_generation``.
 STREAM_TASK = "recipe_generation"
@@ -64,6 +76,24 @@ def sse_chunks(text: str, model: str, chunk_id: str, *, words: int = 4) -> Itera
         yield event({"content": "".join(pieces[start : start + words])})
     yield event({}, "stop")
     yield b"data: [DONE]\n\n"
+
+
+def kiwi_events(text: str, *, words: int = 4) -> Iterator[bytes]:
+    """``text`` as the events kiwi's browser reads: ``{"chunk"}``, then ``{"done"}``."""
+    pieces = _PIECES.findall(text)
+    for start in range(0, len(pieces), words):
+        yield f"data: {json.dumps({'chunk': ''.join(pieces[start : start + words])})}\n\n".encode()
+    yield b'data: {"done": true}\n\n'
+
+
+async def paced(events: Iterator[bytes], s: Settings) -> AsyncIterator[bytes]:
+    """``events``, the first after ``ttft_ms``, the others ``chunk_interval_ms`` apart."""
+    wait = s.ttft_ms
+    for event in events:
+        if wait > 0:
+            await asyncio.sleep(wait / 1000)
+        yield event
+        wait = s.chunk_interval_ms
 
 
 def stream_token_routes(state: SimState, product_key: str | None) -> APIRouter:
@@ -129,11 +159,11 @@ def stream_routes(state: SimState) -> APIRouter:
 
 async def _events(state: SimState, grant: StreamGrant) -> AsyncIterator[bytes]:
     try:
-        s = state.profile.settings(grant.task, legacy=False)
+        s = state.profile.settings(grant.task, legacy=True)
         kind = state.kind(grant.task)
-        text = as_text(await state.produce(s, kind, grant.node_id, grant.model, drift=True))
-        for chunk in sse_chunks(text, grant.model, state.next_id("chatcmpl")):
-            yield chunk
+        text = as_text(await state.produce(s, kind, grant.node_id, grant.model, drift=False))
+        async for event in paced(kiwi_events(text), s):
+            yield event
         state.count("streams.completed")
     finally:
         state.finish(grant)
