@@ -86,11 +86,19 @@ class Head:
         self.keep_alive = keep_alive
 
 
-def read_reply(conn: Conn, method: str, deadline: float, max_body: int) -> tuple[int, bytes, bool]:
+def read_reply(
+    conn: Conn,
+    method: str,
+    deadline: float,
+    max_body: int,
+    arrivals: list[tuple[int, float]] | None = None,
+) -> tuple[int, bytes, bool]:
     """Read one final reply from ``conn`` before ``deadline`` (a
     ``time.perf_counter()`` value): its status, body, and whether the connection can be
     reused. ``max_body`` bounds the body (:class:`TooLarge` beyond). Informational
-    (1xx) replies are skipped; 101 is refused: no request here asks to switch protocols."""
+    (1xx) replies are skipped; 101 is refused: no request here asks to switch protocols.
+    ``arrivals``, if given, hears when each piece of the body came: ``(bytes of the body
+    so far, perf_counter)``."""
     head = _read_head(conn, deadline)
     while head.status < 200:
         if head.status == 101:
@@ -99,20 +107,28 @@ def read_reply(conn: Conn, method: str, deadline: float, max_body: int) -> tuple
     if method == "HEAD" or head.status in (204, 304):
         return head.status, b"", head.keep_alive
     if head.chunked:
-        return head.status, _read_chunked(conn, deadline, max_body), head.keep_alive
+        return head.status, _read_chunked(conn, deadline, max_body, arrivals), head.keep_alive
     size = head.length
     if size is None:  # read to the end of the connection
         while _fill(conn, deadline, "reply body"):
             _check_size(len(conn.buffer), max_body)
+            _arrived(arrivals, len(conn.buffer))
         return head.status, _take(conn.buffer, len(conn.buffer)), False
     _check_size(size, max_body)
+    _arrived(arrivals, min(len(conn.buffer), size))
     while len(conn.buffer) < size:
         if not _fill(conn, deadline, "reply body"):
             raise httpx.RemoteProtocolError(
                 "peer closed connection without sending complete message body "
                 f"(received {len(conn.buffer)} bytes, expected {size})"
             )
+        _arrived(arrivals, min(len(conn.buffer), size))
     return head.status, _take(conn.buffer, size), head.keep_alive
+
+
+def _arrived(arrivals: list[tuple[int, float]] | None, size: int) -> None:
+    if arrivals is not None and size and (not arrivals or arrivals[-1][0] < size):
+        arrivals.append((size, time.perf_counter()))
 
 
 def parse_head(head: bytes) -> Head:
@@ -261,7 +277,9 @@ def _read_head(conn: Conn, deadline: float) -> Head:
     return parse_head(lines)
 
 
-def _read_chunked(conn: Conn, deadline: float, max_body: int) -> bytes:
+def _read_chunked(
+    conn: Conn, deadline: float, max_body: int, arrivals: list[tuple[int, float]] | None
+) -> bytes:
     body = bytearray()
     buffer = conn.buffer
     while True:
@@ -292,6 +310,7 @@ def _read_chunked(conn: Conn, deadline: float, max_body: int) -> bytes:
             raise httpx.RemoteProtocolError("chunk data not followed by CRLF")
         body += buffer[:size]
         del buffer[: size + 2]
+        _arrived(arrivals, len(body))
 
 
 def _check_size(size: int, max_body: int) -> None:

@@ -21,6 +21,7 @@ from shim.client.protocol import (
     detail,
     listed_model,
 )
+from shim.client.sse import SSEError, arrived_by, read_completion_stream
 from shim.client.task import TaskAllocation, TaskRequest, TaskResult
 
 __all__ = ["EXTRACT_SERVICES", "infer_steps"]
@@ -48,6 +49,8 @@ def _task_body(ex: Exchange, req: TaskRequest) -> dict[str, Any]:
             body[key] = value
     if req.params:
         body["params"] = dict(req.params)
+    if ex.stream:  # the node streams: an allocation, whatever the request carries
+        body["mode"] = "allocate"
     return body
 
 
@@ -163,10 +166,41 @@ def _complete(
         model = yield from _model(alloc, node, headers)
         return result("\n\n".join(texts), model)
     model = yield from _model(alloc, node, headers)
-    reply = yield Call("POST", f"{node}/v1/chat/completions", _chat_body(req, model), headers)
+    body = _chat_body(req, model)
+    if ex.stream:
+        reply = yield Call(
+            "POST", f"{node}/v1/chat/completions", body | {"stream": True}, headers, stream=True
+        )
+        return _streamed(ex, reply, where, started, alloc, model)
+    reply = yield Call("POST", f"{node}/v1/chat/completions", body, headers)
     completion = _node_answer(ex, reply, where, _Completion, "is not a chat completion")
     content = completion.choices[0].message.content or ""
     return result(content, completion.model or model, completion.usage)
+
+
+def _streamed(
+    ex: Exchange, reply: Reply, where: str, started: float, alloc: TaskAllocation, model: str | None
+) -> TaskResult:
+    """A streamed chat completion's result: its text, pieces and time to first text."""
+    if reply.status >= 300:
+        message = f"node {where} answered {reply.status}: {detail(reply.content, redact=ex.redact)}"
+        raise ex.fail(message, reply.status)
+    try:
+        streamed = read_completion_stream(reply.content)
+    except SSEError as exc:
+        raise ex.fail(f"node stream: {exc}", reply.status) from None
+    first = None if streamed.first_end is None else arrived_by(reply.arrivals, streamed.first_end)
+    return TaskResult(
+        streamed.text,
+        streamed.model or model,
+        alloc.service,
+        alloc.node_id,
+        alloc.allocation_id,
+        (ex.clock() - started) * 1000,
+        streamed.usage,
+        None if first is None else (first - started) * 1000,
+        streamed.chunks,
+    )
 
 
 def infer_steps(ex: Exchange, req: TaskRequest) -> Generator[Call, Reply, TaskResult]:
@@ -178,14 +212,18 @@ def infer_steps(ex: Exchange, req: TaskRequest) -> Generator[Call, Reply, TaskRe
             raise ex.fail(
                 "answered output to a request with images (an allocation was asked for)", None
             )
+        latency = (ex.clock() - started) * 1000
         return TaskResult(
             answer.output,
             answer.model,
             answer.service_type,
             answer.node_id,
             answer.allocation_id,
-            (ex.clock() - started) * 1000,
+            latency,
             answer.usage,
+            # asked to stream, the coordinator answered itself: one piece, all at once
+            latency if ex.stream else None,
+            1 if ex.stream else None,
         )
     alloc = granted(ex, answer, started)
     result = yield from holding(ex, alloc, _complete(ex, req, alloc, started))

@@ -66,29 +66,33 @@ def _as_is(text: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Call:
     """One HTTP call a step needs. ``release`` calls get their own short timeout,
-    outside the exchange's deadline."""
+    outside the exchange's deadline; a ``stream`` call's reply says when its body came."""
 
     method: str
     url: str
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
     release: bool = False
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What came back: the status and the whole body."""
+    """What came back: the status and the whole body; for a ``stream`` call, when each
+    piece of it came (``(bytes of the body so far, perf_counter)``, in order)."""
 
     status: int
     content: bytes
+    arrivals: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(slots=True)  # not frozen: one is built per call, and that costs 4x as much
 class Exchange:
     """What every step of one exchange shares: the coordinator (``base``, ``auth``),
     the task asked for, who hears of failed releases, the service to release from when
-    the coordinator names none, the clock latencies are read from, and what takes the
-    client's secrets out of a message. Never changed once built."""
+    the coordinator names none, the clock latencies are read from, what takes the
+    client's secrets out of a message, and whether the output is asked for as a stream.
+    Never changed once built."""
 
     base: str
     product: str
@@ -98,6 +102,7 @@ class Exchange:
     hint: str | None = None
     clock: Callable[[], float] = time.perf_counter
     redact: Callable[[str], str] = _as_is
+    stream: bool = False
 
     def fail(self, message: str, status: int | None) -> TaskFailed:
         """The error this exchange raises, naming its task, its message redacted as

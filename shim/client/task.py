@@ -47,6 +47,9 @@ class TaskResult:
     allocation_id: str | None
     latency_ms: float
     usage: Mapping[str, Any] | None = None
+    #: A streamed output: milliseconds to its first piece of text, and its pieces.
+    ttft_ms: float | None = None
+    chunks: int | None = None
 
     @property
     def text(self) -> str:

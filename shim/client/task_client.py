@@ -59,19 +59,23 @@ def _advance(steps: Generator[Call, Reply, T], reply: Any) -> Call | _Done[T]:
 
 class _Body:
     """A reply body read chunk by chunk: refused past ``MAX_REPLY_BYTES`` or the
-    deadline."""
+    deadline; with ``arrivals``, when each chunk came."""
 
-    __slots__ = ("content", "deadline")
+    __slots__ = ("arrivals", "content", "deadline")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, arrivals: list[tuple[int, float]] | None) -> None:
         self.content = bytearray()
         self.deadline = deadline
+        self.arrivals = arrivals
 
     def add(self, chunk: bytes) -> None:
         self.content += chunk
+        now = time.perf_counter()
+        if self.arrivals is not None and chunk:
+            self.arrivals.append((len(self.content), now))
         if len(self.content) > MAX_REPLY_BYTES:
             raise TooLarge(f"reply larger than {MAX_REPLY_BYTES} bytes")
-        if time.perf_counter() > self.deadline:
+        if now > self.deadline:
             raise httpx.ReadTimeout("total deadline passed while reading the reply")
 
 
@@ -113,7 +117,9 @@ class _ClientBase(Generic[H]):
         ~20 ms to build); None when the client speaks HTTP/1.1 itself."""
         raise NotImplementedError
 
-    def _exchange(self, product: str, task: str, hint: str | None = None) -> Exchange:
+    def _exchange(
+        self, product: str, task: str, hint: str | None = None, stream: bool = False
+    ) -> Exchange:
         return Exchange(
             self.orch_url,
             product,
@@ -122,14 +128,17 @@ class _ClientBase(Generic[H]):
             self.on_release_failed,
             hint,
             redact=self._redact,
+            stream=stream,
         )
 
-    def _scrubbed(self, status: int, content: bytes | bytearray) -> Reply:
+    def _scrubbed(
+        self, status: int, content: bytes | bytearray, arrivals: list[tuple[int, float]] | None
+    ) -> Reply:
         """A reply; an error body with the key (in any form: JSON-escaped,
         percent-encoded, ...) and URL passwords taken out, if the server echoed them."""
         if status >= 300:
             return Reply(status, self._redact.redact_bytes(bytes(content)))
-        return Reply(status, bytes(content))
+        return Reply(status, bytes(content), tuple(arrivals) if arrivals else ())
 
     def _limits(self, call: Call, deadline: float) -> tuple[float, float]:
         """The seconds the call has left, and the deadline its reply must be read by:
@@ -220,13 +229,22 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
         )
 
     def infer(
-        self, product: str, task: str, request: TaskRequest, *, service_hint: str | None = None
+        self,
+        product: str,
+        task: str,
+        request: TaskRequest,
+        *,
+        service_hint: str | None = None,
+        stream: bool = False,
     ) -> TaskResult:
         """Run ``product.task`` on the task path; raises TaskNotRegistered / TaskFailed.
 
         ``service_hint`` is the service to release an allocation from when the
-        coordinator's answer names none (coordinators before cf-orch#63)."""
-        ex = self._exchange(product, task, service_hint)
+        coordinator's answer names none (coordinators before cf-orch#63). ``stream``:
+        the node streams its answer (an allocation is asked for, and the chat completion
+        is read as server-sent events); the result's ``ttft_ms`` and ``chunks`` say how
+        it came (the coordinator's own output counts as one chunk)."""
+        ex = self._exchange(product, task, service_hint, stream)
         return self._run(ex, infer_steps(ex, request))
 
     def allocate(
@@ -255,6 +273,7 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
         cancellation included)."""
         try:
             remaining, deadline = self._limits(call, deadline)
+            arrivals: list[tuple[int, float]] | None = [] if call.stream else None
             if self._wire is not None:
                 data = None if call.body is None else _json_bytes(call.body)
                 status, content = self._wire.send(
@@ -264,17 +283,18 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
                     call.headers,
                     connect_timeout=min(remaining, 5.0),
                     deadline=deadline,
+                    arrivals=arrivals,
                 )
-                return self._scrubbed(status, content)
+                return self._scrubbed(status, content, arrivals)
             assert self._http is not None  # no HTTP/1.1 of its own: an httpx client
             timeout = self._timeout(remaining)
             with self._http.stream(
                 call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
             ) as response:
-                body = _Body(deadline)
+                body = _Body(deadline, arrivals)
                 for chunk in response.iter_bytes():
                     body.add(chunk)
-                return self._scrubbed(response.status_code, body.content)
+                return self._scrubbed(response.status_code, body.content, arrivals)
         except BaseException as exc:
             return self._failed(exc, ex)
 
@@ -306,10 +326,16 @@ class AsyncTaskClient(
         return httpx.AsyncClient(headers={"User-Agent": _USER_AGENT}, verify=tls or default_tls())
 
     async def infer(
-        self, product: str, task: str, request: TaskRequest, *, service_hint: str | None = None
+        self,
+        product: str,
+        task: str,
+        request: TaskRequest,
+        *,
+        service_hint: str | None = None,
+        stream: bool = False,
     ) -> TaskResult:
         """Run ``product.task`` on the task path; raises TaskNotRegistered / TaskFailed."""
-        ex = self._exchange(product, task, service_hint)
+        ex = self._exchange(product, task, service_hint, stream)
         return await self._run(ex, infer_steps(ex, request))
 
     async def allocate(
@@ -337,13 +363,14 @@ class AsyncTaskClient(
         try:
             remaining, deadline = self._limits(call, deadline)
             timeout = self._timeout(remaining)
+            arrivals: list[tuple[int, float]] | None = [] if call.stream else None
             async with self._http.stream(
                 call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
             ) as response:
-                body = _Body(deadline)
+                body = _Body(deadline, arrivals)
                 async for chunk in response.aiter_bytes():
                     body.add(chunk)
-                return self._scrubbed(response.status_code, body.content)
+                return self._scrubbed(response.status_code, body.content, arrivals)
         except BaseException as exc:  # the steps decide; cancellation included
             return self._failed(exc, ex)
 

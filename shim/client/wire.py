@@ -107,9 +107,12 @@ class Wire:
         *,
         connect_timeout: float,
         deadline: float,
+        arrivals: list[tuple[int, float]] | None = None,
     ) -> tuple[int, bytes]:
         """One request; the status and the whole body, read before ``deadline``
-        (a ``time.perf_counter()`` value). Raises httpx.HTTPError subclasses."""
+        (a ``time.perf_counter()`` value); ``arrivals`` hears when each piece of the body
+        came (see :func:`~shim.client.http1.read_reply`). Raises httpx.HTTPError
+        subclasses."""
         target = self._targets.get(url) or self._target(url)
         head = [method, target.tail, self._headers]
         for name, value in headers.items():
@@ -123,14 +126,14 @@ class Wire:
         conn = self._checkout(target.origin)
         if conn is not None:
             try:
-                return self._exchange(target, conn, method, message, deadline)
+                return self._exchange(target, conn, method, message, deadline, arrivals)
             except (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError) as exc:
                 if conn.received or isinstance(exc, TooLarge):
                     raise
                 # Stale: the server closed the connection before taking the request
                 # (see the module's docstring). Once more, on a fresh connection.
         conn = self._connect(target, min(connect_timeout, deadline - time.perf_counter()))
-        return self._exchange(target, conn, method, message, deadline)
+        return self._exchange(target, conn, method, message, deadline, arrivals)
 
     def close(self) -> None:
         """Close every idle connection; those in use close when their request ends."""
@@ -190,7 +193,13 @@ class Wire:
         return target
 
     def _exchange(
-        self, target: _Target, conn: Conn, method: str, message: bytes, deadline: float
+        self,
+        target: _Target,
+        conn: Conn,
+        method: str,
+        message: bytes,
+        deadline: float,
+        arrivals: list[tuple[int, float]] | None,
     ) -> tuple[int, bytes]:
         """Send ``message`` on ``conn`` and read the reply; ``conn`` goes back to the
         pool when it can carry another request, and is closed otherwise."""
@@ -206,7 +215,9 @@ class Wire:
                 raise httpx.WriteTimeout("timed out sending the request") from None
             except OSError as exc:
                 raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from None
-            status, content, keep_alive = read_reply(conn, method, deadline, self.max_body)
+            status, content, keep_alive = read_reply(
+                conn, method, deadline, self.max_body, arrivals
+            )
         except BaseException:
             conn.sock.close()
             raise

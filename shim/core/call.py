@@ -12,7 +12,7 @@ from shim import flags as flagpkg
 from shim.base.errors import ShimError
 from shim.client.task import TaskAllocation, TaskResult
 from shim.core.callsite import CallSiteError, kept_arguments, prepare
-from shim.records.observe import CallSite, Observation, capture, describe
+from shim.records.observe import CallSite, Observation, Stream, capture, describe
 from shim.records.values import cap, restore_argument, settle, size_of
 
 __all__ = ["Call", "candidate_answered", "candidate_failed", "legacy_observation"]
@@ -145,6 +145,7 @@ def candidate_answered(
     returns from it. What the coordinator named (model, service, node) is capped
     (:data:`~shim.records.values.FIELD_CHARS`): one hostile answer cannot make a
     record of megabytes."""
+    chunks = getattr(result, "chunks", None)
     return Observation(
         True,
         (_perf() - started) * 1000,
@@ -156,4 +157,5 @@ def candidate_answered(
         200,
         prompt,
         getattr(result, "usage", None),
+        None if chunks is None else Stream(getattr(result, "ttft_ms", None), chunks),
     )

@@ -154,6 +154,7 @@ class Decorator:
             service_hint=options.service_hint or self._services.get(name),
             soft_failure=soft,
             side_effects="serve" if options.serve_without_side_effects else options.side_effects,
+            stream=inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn),
         )
         self._engine.admission.add(name)
         if options.side_effects and self._engine.noise_sample:

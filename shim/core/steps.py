@@ -61,9 +61,11 @@ def leave(cm: Any, exc: tuple[Any, ...] = (None, None, None)) -> Step:
 
 
 def infer(site: CallSite, request: TaskRequest, hint: str | None, *, serving: bool) -> Step:
-    """Run the site's task on the task path: a TaskResult."""
+    """Run the site's task on the task path: a TaskResult (streamed for a streaming
+    call site)."""
     args = (site.product, site.task, request)
-    return Step("infer", "infer", None, args, {"service_hint": hint}, serving)
+    kwargs = {"service_hint": hint, "stream": True} if site.stream else {"service_hint": hint}
+    return Step("infer", "infer", None, args, kwargs, serving)
 
 
 def allocate(site: CallSite, hint: str | None, *, serving: bool) -> Step:

@@ -102,6 +102,8 @@ class CallSite:
     #: Legacy has side effects that must happen once per call: False; True (legacy
     #: always runs, never twice); "serve" (the task path may serve all the same).
     side_effects: bool | str = False
+    #: A generator or async generator: its output is a stream, and so is the task path's.
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,114 @@
+"""A node's streamed chat completion, read: server-sent events of OpenAI
+``chat.completion.chunk`` objects, then ``data: [DONE]``.
+
+The body is read whole (the reply's ``arrivals`` say when each piece of it came), so
+the text, its pieces and the time to the first piece of text are known at the end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shim.base.jsonload import loads
+
+__all__ = ["SSEError", "Streamed", "arrived_by", "read_completion_stream"]
+
+# An event ends at a blank line (LF, CRLF or CR line ends, as the SSE spec allows).
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE = re.compile(rb"\r\n|\n|\r")
+
+
+class SSEError(ValueError):
+    """The stream is not a chat completion's events."""
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """What a streamed completion said: its text, in how many pieces, the model and
+    usage its chunks named, and the byte offset at which its first piece of text ended
+    (None: no text came)."""
+
+    text: str
+    chunks: int
+    model: str | None
+    usage: dict[str, Any] | None
+    first_end: int | None
+
+
+def _events(body: bytes) -> Iterator[tuple[str, int]]:
+    """Each event's data (its ``data:`` lines joined by newlines) and where it ends."""
+    start = 0
+    for end in _EVENT_END.finditer(body):
+        data = _data(body[start : end.start()])
+        if data is not None:
+            yield data, end.end()
+        start = end.end()
+    if start < len(body):  # a last event without its blank line
+        data = _data(body[start:])
+        if data is not None:
+            yield data, len(body)
+
+
+def _data(event: bytes) -> str | None:
+    lines = [
+        line[5:].removeprefix(b" ") for line in _LINE.split(event) if line.startswith(b"data:")
+    ]
+    if not lines:
+        return None  # comments, event names, retry hints
+    try:
+        return b"\n".join(lines).decode("utf-8")
+    except UnicodeDecodeError:
+        raise SSEError("an event is not UTF-8") from None
+
+
+def read_completion_stream(body: bytes) -> Streamed:
+    """The text of a streamed chat completion, from its whole body; SSEError when an
+    event is not a chat completion chunk."""
+    pieces: list[str] = []
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    first_end: int | None = None
+    for data, end in _events(body):
+        if data == "[DONE]":
+            break
+        try:
+            chunk = loads(data)
+        except ValueError:
+            raise SSEError("an event's data is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise SSEError("an event is not a chat completion chunk")
+        if isinstance(chunk.get("model"), str):
+            model = chunk["model"]
+        if isinstance(chunk.get("usage"), dict):
+            usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            raise SSEError("an event has no choices")
+        content = _content(choices)
+        if content:
+            pieces.append(content)
+            if first_end is None:
+                first_end = end
+    return Streamed("".join(pieces), len(pieces), model, usage, first_end)
+
+
+def _content(choices: Sequence[Any]) -> str:
+    if not choices:
+        return ""  # the usage chunk some servers send last
+    first = choices[0]
+    delta = first.get("delta") if isinstance(first, dict) else None
+    content = delta.get("content") if isinstance(delta, dict) else None
+    if content is not None and not isinstance(content, str):
+        raise SSEError("a chunk's delta.content is not text")
+    return content or ""
+
+
+def arrived_by(arrivals: Sequence[tuple[int, float]], offset: int) -> float | None:
+    """When the body had ``offset`` bytes (the first arrival that brought them)."""
+    for size, at in arrivals:
+        if size >= offset:
+            return at
+    return None
