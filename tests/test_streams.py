@@ -245,3 +245,43 @@ def test_the_report_counts_streams_legacy_served_apart_from_drops(
         "kiwi.recipe_generation: 4 calls the flags sent to the task path were served by "
         "legacy (a streaming call site)"
     )
+
+
+@pytest.mark.parametrize(("planted_ms", "verdict"), [(0, "PROMOTE"), (150, "ROLLBACK")])
+def test_a_planted_ttft_regression_is_rolled_back_by_the_ttft_gate(
+    sim: Simulator, tmp_path: Path, planted_ms: int, verdict: str
+) -> None:
+    """Legacy's stream starts after 20 ms; the task path's after the simulator's
+    latency plus ``planted_ms``: the p95 ratio of the times to first chunk decides."""
+    import time
+
+    from shim.analysis.policy import Gates, Policy
+    from shim.analysis.report import build_report
+    from shim.sim import Profile
+
+    quiet = Profile(seed=1).with_knob("defaults", "latency_ms", 1)
+    sim.set_profile(
+        quiet.with_knob("defaults", "latency_p99_ms", 2).with_knob(
+            "kiwi.recipe_generation", "ttft_ms", planted_ms
+        )
+    )
+    s = make_shim(sim.url, tmp_path, SHADOW)
+
+    @wrap_with(s)
+    def recipe(q: str) -> Iterator[str]:
+        time.sleep(0.02)
+        yield from CHUNKS
+
+    for i in range(40):
+        assert list(recipe(f"soup {i}")) == CHUNKS
+    settled(s)
+    s.close()
+    gates = Gates(min_pairs=30, min_soak=0, max_error_increase=1.0, max_mismatch=1.0)
+    relaxed = gates.model_copy(
+        update={f"max_latency_ratio_{q}": 1e9 for q in ("p50", "p95", "p99")}
+    )
+    [task] = build_report([str(tmp_path / "log.jsonl")], policy=Policy(defaults=relaxed))["tasks"]
+    assert task["ttft"]["n"] == 40
+    assert task["verdict"] == verdict, task["reasons"]
+    line = next(r for r in task["reasons"] if r.startswith("time to first chunk"))
+    assert ("beyond the interval" in line) == (verdict == "ROLLBACK"), line

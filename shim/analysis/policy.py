@@ -61,6 +61,10 @@ class Gates(BaseModel):
     #: wins by at most this share of judged pairs (one-sided 95 % bound of the loss
     #: margin); None (the default) leaves judges out of the verdict
     max_judge_loss: Share | None = None
+    #: streams: promote when the task path's p95 time to first chunk is at most this
+    #: times legacy's, roll back when the bootstrap interval's lower bound is over it;
+    #: None leaves it out (tasks without streams are never gated on it)
+    ttft_p95_ratio: Annotated[float, Field(gt=0)] | None = 1.25
     #: models the task path may resolve to (besides the expected one); others roll back
     allowed_models: list[str] | None = None
     #: shim watch: each evaluation looks at the task's last ``watch_window`` pairs ...

@@ -15,6 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from shim.analysis.report_ttft import ttft_text
 from shim.analysis.report_verdict import held_line, untasked_line
 from shim.base.text import printable
 
@@ -207,6 +208,8 @@ def _paths(report: dict[str, Any]) -> list[str]:
             lines.append(line)
         if task.get("judge"):
             lines.append(f"{task['task']}: judge: {judge_text(task)}")
+        if task.get("ttft"):
+            lines.append(f"{task['task']}: time to first chunk: {ttft_text(task)}")
     return lines
 
 

@@ -8,6 +8,7 @@ import html
 from typing import Any
 
 from shim.analysis.report_format import diff_paths_line, judge_text, problem_lines, quality_text
+from shim.analysis.report_ttft import ttft_text
 from shim.analysis.report_verdict import held_line, untasked_line
 from shim.base.text import printable
 
@@ -137,6 +138,7 @@ def _card(task: dict[str, Any]) -> str:
         ("content quality (95 % interval)", quality_text(task)),
         ("paths that differ most", _paths_text(task)),
         ("judge's verdicts on the task path", judge_text(task)),
+        ("time to first chunk (streams)", ttft_text(task)),
         ("dropped comparisons", f"{task['dropped']:,}"),
         (
             "comparator errors",

@@ -52,6 +52,7 @@ class TaskRows:
     stream_held: int = 0
     shim_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
     pairs: list[tuple[float, float]] = field(default_factory=list)
+    ttft_pairs: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,4 +246,5 @@ def _task_rows(row: dict[str, Any], models: Mapping[str, list[str]]) -> TaskRows
     # Sorted: DuckDB's threads list the pairs in whatever order they finish, and the
     # bootstrap draws by position; unsorted, its intervals moved from run to run.
     entry.pairs = sorted((p["legacy"], p["task"]) for p in row["pairs"] or ())
+    entry.ttft_pairs = sorted((p["legacy"], p["task"]) for p in row["ttft_pairs"] or ())
     return entry

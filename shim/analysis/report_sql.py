@@ -42,8 +42,10 @@ _COLUMNS = {
     "error": "VARCHAR",
     "call_site": "VARCHAR",
     "callable": "VARCHAR",
-    "legacy": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE})",
-    "candidate": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE})",
+    "legacy": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE}, "
+    "ttft_ms DOUBLE)",
+    "candidate": f"STRUCT(ok BOOLEAN, latency_ms DOUBLE, model VARCHAR, usage {_USAGE}, "
+    "ttft_ms DOUBLE)",
     "model": "STRUCT(verdict VARCHAR, routing_error BOOLEAN)",
     "structure": "STRUCT(match BOOLEAN, legacy_valid BOOLEAN, candidate_valid BOOLEAN, "
     "diff VARCHAR[], noise_paths VARCHAR[], error VARCHAR, "
@@ -174,7 +176,11 @@ SELECT product, task,
 {usage}
   list({{'legacy': legacy.latency_ms, 'task': candidate.latency_ms}}) FILTER (
     cmp AND legacy.ok AND candidate.ok AND legacy.latency_ms > 0
-    AND candidate.latency_ms IS NOT NULL AND hash(legacy.latency_ms) % {every} = 0) AS pairs
+    AND candidate.latency_ms IS NOT NULL AND hash(legacy.latency_ms) % {every} = 0) AS pairs,
+  -- streams: each path's time to first chunk, where both streamed (a sample, as above)
+  list({{'legacy': legacy.ttft_ms, 'task': candidate.ttft_ms}}) FILTER (
+    cmp AND legacy.ok AND candidate.ok AND legacy.ttft_ms >= 0
+    AND candidate.ttft_ms >= 0 AND hash(legacy.latency_ms) % {every} = 0) AS ttft_pairs
 FROM {source}
 GROUP BY ALL ORDER BY product, task
 """

@@ -61,6 +61,23 @@ def _ratios(
     }
 
 
+def _ttft(pairs: list[tuple[float, float]], seed: int) -> dict[str, Any] | None:
+    """Streams: each path's time to first chunk (p50, p95, p99 of the sample) and their
+    ratio with a paired bootstrap interval; None for a task without streams."""
+    if not pairs:
+        return None
+    import numpy as np
+
+    legacy, candidate = np.quantile(np.array(pairs, dtype=float), [0.5, 0.95, 0.99], axis=0).T
+    names = ("p50", "p95", "p99")
+    return {
+        "n": len(pairs),
+        "legacy_ms": {q: round(float(v), 3) for q, v in zip(names, legacy, strict=True)},
+        "candidate_ms": {q: round(float(v), 3) for q, v in zip(names, candidate, strict=True)},
+        "ratio": _ratios(pairs, seed),
+    }
+
+
 def _histogram(pairs: list[tuple[float, float]], bins: int = 24) -> dict[str, Any] | None:
     """Counts of both paths' latencies in shared log-spaced bins (from the sample)."""
     import numpy as np
@@ -189,6 +206,8 @@ def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
         "routing_errors": int(r.get("routing_errors") or 0),
         "candidate_models": sorted(t.models),
         "latency_histogram": _histogram(t.pairs),
+        # streams: each path's time to first chunk, and their ratio
+        "ttft": _ttft(t.ttft_pairs, seed),
         "usage": _usage(r),
         # content scores (records with quality.score): mean, interval, legacy's noise
         "quality": quality_summary(r),

@@ -19,6 +19,7 @@ from typing import Any
 from shim.analysis.policy import Gates
 from shim.analysis.report_judge import judge_gate
 from shim.analysis.report_quality import quality_gate
+from shim.analysis.report_ttft import ttft_gate
 from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, pairs_needed, wilson
 
 __all__ = ["held_line", "shim_error_line", "untasked_line", "verdict"]
@@ -215,6 +216,7 @@ def verdict(
         for found in (
             quality_gate(report.get("quality"), gates),
             judge_gate(report.get("judge"), gates),
+            ttft_gate(report.get("ttft"), gates),
         )
         if found is not None
     ]
