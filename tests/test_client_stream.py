@@ -107,6 +107,7 @@ def test_a_stream_asks_for_an_allocation_and_the_node_for_events() -> None:
     ("body", "message"),
     [
         (b"data: {not json\n\n", "not JSON"),
+        (_sse(_chunk("a") + ", " + _chunk("b")), "not JSON"),  # two values, one event
         (_sse('{"model": "m"}'), "no choices"),
         (_sse(json.dumps({"choices": [{"delta": {"content": 3}}]})), "not text"),
     ],

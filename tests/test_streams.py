@@ -285,3 +285,21 @@ def test_a_planted_ttft_regression_is_rolled_back_by_the_ttft_gate(
     assert task["verdict"] == verdict, task["reasons"]
     line = next(r for r in task["reasons"] if r.startswith("time to first chunk"))
     assert ("beyond the interval" in line) == (verdict == "ROLLBACK"), line
+
+
+def test_a_stream_longer_than_the_cap_is_relayed_whole_but_not_kept(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shim.core import streams
+
+    monkeypatch.setattr(streams, "MAX_STREAM_BYTES", 100)
+    s = make_shim(sim.url, tmp_path, SHADOW)
+    big = [f"{i:>10}" for i in range(30)]  # 300 characters
+    site = stream_site(s, big)
+    got = list(site("soup"))
+    assert len(got) == 30 and all(a is b for a, b in zip(got, big, strict=True))
+    settled(s)
+    assert s.stats()["pending"] == 0
+    s.close()
+    assert records(tmp_path / "log.jsonl") == []
+    assert dropped(tmp_path / "log.jsonl", "stream_too_large") == 1

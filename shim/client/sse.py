@@ -67,17 +67,16 @@ def _data(event: bytes) -> str | None:
 def read_completion_stream(body: bytes) -> Streamed:
     """The text of a streamed chat completion, from its whole body; SSEError when an
     event is not a chat completion chunk."""
+    events: list[tuple[str, int]] = []
+    for data, end in _events(body):
+        if data == "[DONE]":
+            break
+        events.append((data, end))
     pieces: list[str] = []
     model: str | None = None
     usage: dict[str, Any] | None = None
     first_end: int | None = None
-    for data, end in _events(body):
-        if data == "[DONE]":
-            break
-        try:
-            chunk = loads(data)
-        except ValueError:
-            raise SSEError("an event's data is not JSON") from None
+    for chunk, (_, end) in zip(_chunks(events), events, strict=True):
         if not isinstance(chunk, dict):
             raise SSEError("an event is not a chat completion chunk")
         if isinstance(chunk.get("model"), str):
@@ -93,6 +92,24 @@ def read_completion_stream(body: bytes) -> Streamed:
             if first_end is None:
                 first_end = end
     return Streamed("".join(pieces), len(pieces), model, usage, first_end)
+
+
+def _chunks(events: list[tuple[str, int]]) -> list[Any]:
+    """Each event's data as JSON: parsed as one array (a parse per event costs several
+    times as much), one by one when that fails, to name the event that is not JSON."""
+    try:
+        parsed = loads("[" + ",".join(data for data, _ in events) + "]")
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, list) and len(parsed) == len(events):
+        return parsed
+    chunks = []
+    for data, _ in events:  # an event that is not JSON, or holds more than one value
+        try:
+            chunks.append(loads(data))
+        except ValueError:
+            raise SSEError("an event's data is not JSON") from None
+    return chunks
 
 
 def _content(choices: Sequence[Any]) -> str:

@@ -8,14 +8,17 @@ them, assembled, to the comparison as legacy's output, with ``ttft_ms``, ``chunk
 ``latency_ms`` to the last chunk. Nothing is reserved before the caller starts
 iterating, so a stream created and never read holds nothing. A stream the caller
 leaves early (``break``, an exception of its own, cancellation) is not compared: it
-is counted as dropped (``abandoned``), as what was seen cannot stand for the output.
+is counted as dropped (``abandoned``), as what was seen cannot stand for the output;
+so is one longer than :data:`MAX_STREAM_BYTES` (``stream_too_large``), relayed on
+without being kept.
 
-What the relay costs per chunk and at the start of a stream: ``bench/overhead.py``.
+What the relay costs per chunk and at the start of a stream: ``bench/streams.py``.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
@@ -26,21 +29,29 @@ from shim.core.call import Call
 from shim.core.engine import Engine
 from shim.records.observe import Stream
 
-__all__ = ["StreamCalls", "StreamEnd", "arelay", "assemble", "relay"]
+__all__ = ["MAX_STREAM_BYTES", "StreamCalls", "StreamEnd", "Tap", "arelay", "assemble", "relay"]
 
 _perf = time.perf_counter
+
+
+#: A compared stream keeps at most this many bytes of chunks (text and bytes by their
+#: length, other chunks by their shallow size); past it the stream is relayed on, not
+#: compared, and counted as dropped (``stream_too_large``).
+MAX_STREAM_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class StreamEnd:
     """How a relayed stream went: when it started (``perf_counter``), its first chunk
-    (None: none came), its end, its chunks, and how it ended: ``"done"``, ``"raised"``
-    (legacy's error in ``error``) or ``"abandoned"``."""
+    (None: none came), its end, the chunks kept (None: more than
+    :data:`MAX_STREAM_BYTES`), how many came, and how it ended: ``"done"``,
+    ``"raised"`` (legacy's error in ``error``) or ``"abandoned"``."""
 
     started: float
     first: float | None
     ended: float
-    chunks: list[Any]
+    chunks: list[Any] | None
+    count: int
     how: str
     error: BaseException | None = None
 
@@ -51,6 +62,37 @@ class StreamEnd:
 
 #: Told once per stream that started, however it ended.
 OnEnd = Callable[[StreamEnd], None]
+
+
+class Tap:
+    """What a relay notes of a stream as it passes (shared by the sync and async
+    relays): when it started and gave its first chunk, the chunks, their weight."""
+
+    __slots__ = ("chunks", "count", "first", "size", "started")
+
+    def __init__(self) -> None:
+        self.started = _perf()
+        self.first: float | None = None
+        self.chunks: list[Any] | None = []
+        self.count = self.size = 0
+
+    def add(self, chunk: Any) -> None:
+        if self.first is None:
+            self.first = _perf()
+        self.count += 1
+        chunks = self.chunks
+        if chunks is None:
+            return
+        kind = type(chunk)
+        text = kind is str or kind is bytes or kind is bytearray
+        self.size += len(chunk) if text else sys.getsizeof(chunk)
+        if self.size > MAX_STREAM_BYTES:
+            self.chunks = None  # relayed on, no longer kept
+        else:
+            chunks.append(chunk)
+
+    def end(self, how: str, error: BaseException | None = None) -> StreamEnd:
+        return StreamEnd(self.started, self.first, _perf(), self.chunks, self.count, how, error)
 
 
 class StreamCalls:
@@ -105,11 +147,12 @@ class StreamCalls:
         slot back and count it (``abandoned``). Never raises into the caller."""
         engine, site = self._engine, call.site
         try:
-            if end.how == "abandoned":
+            if end.how == "abandoned" or end.chunks is None:
                 engine.release()
-                engine.recorder.dropped(site.product, site.task, "abandoned")
+                why = "abandoned" if end.how == "abandoned" else "stream_too_large"
+                engine.recorder.dropped(site.product, site.task, why)
                 return
-            elapsed, stream = end.ended - end.started, Stream(end.ttft_ms, len(end.chunks))
+            elapsed, stream = end.ended - end.started, Stream(end.ttft_ms, end.count)
             if end.error is not None:
                 engine.legacy_raised(call, elapsed, end.error, stream)
             else:
@@ -137,15 +180,11 @@ def relay(
     is. ``on_end`` hears how a started stream ended."""
     if not on_start():
         return (yield from inner)
-    chunks: list[Any] = []
-    append = chunks.append
-    started, first = _perf(), None
-    how, error, value = "abandoned", None, None
+    tap, how, error, value = Tap(), "abandoned", None, None
     try:
         chunk = inner.send(None)
-        first = _perf()
         while True:
-            append(chunk)
+            tap.add(chunk)
             try:
                 sent = yield chunk
             except GeneratorExit:
@@ -163,7 +202,7 @@ def relay(
         how, error = "raised", exc
         raise
     finally:
-        on_end(StreamEnd(started, first, _perf(), chunks, how, error))
+        on_end(tap.end(how, error))
     return value
 
 
@@ -175,15 +214,11 @@ async def arelay(
         async for chunk in _forward(inner):
             yield chunk
         return
-    chunks: list[Any] = []
-    append = chunks.append
-    started, first = _perf(), None
-    how, error = "abandoned", None
+    tap, how, error = Tap(), "abandoned", None
     try:
         chunk = await inner.asend(None)
-        first = _perf()
         while True:
-            append(chunk)
+            tap.add(chunk)
             try:
                 sent = yield chunk
             except GeneratorExit:
@@ -201,7 +236,7 @@ async def arelay(
         how, error = "raised", exc
         raise
     finally:
-        on_end(StreamEnd(started, first, _perf(), chunks, how, error))
+        on_end(tap.end(how, error))
 
 
 async def _forward(inner: AsyncGenerator[Any, Any]) -> AsyncGenerator[Any, Any]:
