@@ -210,7 +210,11 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
         "shim.demo.kiwi.vl_model:try_docuvision",
         "shim.demo.kiwi.label_capture:extract_label",
         "shim.demo.kiwi.node_allocation:allocate_for",
+        "shim.demo.kiwi.recipe_stream:stream_recipe_chunks",
     }
+    streams = [r for r in compared if r["call_site"].endswith("stream_recipe_chunks")]
+    assert streams and all(r["legacy"]["chunks"] > 3 < r["candidate"]["chunks"] for r in streams)
+    assert re.search(r"kiwi\.recipe_generation: time to first chunk: p50", story)
     [rollback] = [r for r in rows if r["event"] == "shim.rollback"]
     assert rollback["task"] == "ocr" and "structure mismatch" in rollback["reason"]
     forced = [r for r in rows if r["event"] == "shim.promote" and r.get("forced")]

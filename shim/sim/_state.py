@@ -61,6 +61,8 @@ class StreamGrant:
     expires_at: float
     used: bool = False
     done: bool = False
+    #: what the stream answers (the same content as the task path for the same prompt)
+    prompt: str | None = None
 
 
 def error(status: int, code: str, detail: str, **headers: str) -> JSONResponse:
@@ -207,7 +209,14 @@ class SimState:
         return not grant.done and (grant.used or grant.expires_at > self.clock())
 
     def grant(
-        self, product: str, caller: str, task: str, node_id: str, model: str, ttl_s: float
+        self,
+        product: str,
+        caller: str,
+        task: str,
+        node_id: str,
+        model: str,
+        ttl_s: float,
+        prompt: str | None = None,
     ) -> StreamGrant | None:
         """A new one-time token; None when ``max_streams`` are already held."""
         with self._swept():
@@ -215,7 +224,14 @@ class SimState:
                 return None
             expires_at = self.clock() + ttl_s
             grant = StreamGrant(
-                secrets.token_urlsafe(18), product, caller, task, node_id, model, expires_at
+                secrets.token_urlsafe(18),
+                product,
+                caller,
+                task,
+                node_id,
+                model,
+                expires_at,
+                prompt=prompt,
             )
             self.grants[grant.token] = grant
         return grant

@@ -36,7 +36,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ._bodies import AuthorizeBody
+from ._bodies import AuthorizeBody, content_key
 from ._outputs import as_text
 from ._profile import Settings
 from ._state import SimState, StreamGrant, error
@@ -119,7 +119,9 @@ def stream_token_routes(state: SimState, product_key: str | None) -> APIRouter:
         if isinstance(found, Response):
             return found
         _, placed = found
-        grant = state.grant(body.product, body.caller, task, placed[0].id, entry.model, body.ttl_s)
+        grant = state.grant(
+            body.product, body.caller, task, placed[0].id, entry.model, body.ttl_s, body.prompt
+        )
         if grant is None:
             state.count("streams.refused.busy")
             limit = state.profile.max_streams
@@ -161,7 +163,12 @@ async def _events(state: SimState, grant: StreamGrant) -> AsyncIterator[bytes]:
     try:
         s = state.profile.settings(grant.task, legacy=True)
         kind = state.kind(grant.task)
-        text = as_text(await state.produce(s, kind, grant.node_id, grant.model, drift=False))
+        # the prompt decides the content, as on a node: the same recipe as the task path's
+        key = content_key(grant.prompt)
+        output = await state.produce(
+            s, kind, grant.node_id, grant.model, drift=False, key=key, prompt=grant.prompt
+        )
+        text = as_text(output)
         async for event in paced(kiwi_events(text), s):
             yield event
         state.count("streams.completed")
