@@ -106,10 +106,12 @@ def test_a_stream_asks_for_an_allocation_and_the_node_for_events() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b"data: {not json\n\n", "not JSON"),
-        (_sse(_chunk("a") + ", " + _chunk("b")), "not JSON"),  # two values, one event
-        (_sse('{"model": "m"}'), "no choices"),
-        (_sse(json.dumps({"choices": [{"delta": {"content": 3}}]})), "not text"),
+        (_sse("{not json", "[DONE]"), "not JSON"),
+        (_sse(_chunk("a") + ", " + _chunk("b"), "[DONE]"), "not JSON"),  # two values
+        (_sse('{"model": "m"}', "[DONE]"), "no choices"),
+        (_sse(json.dumps({"choices": [{"delta": {"content": 3}}]}), "[DONE]"), "not text"),
+        (_sse(_chunk("cut short")), r"without data: \[DONE\]"),
+        (json.dumps({"choices": [{"message": {"content": "x"}}]}).encode(), "DONE"),
     ],
 )
 def test_a_stream_that_is_not_a_completions_events_fails_and_is_released(
@@ -142,13 +144,22 @@ def test_events_split_on_any_blank_line_and_skip_what_is_not_data() -> None:
         b": a comment\r\n\r\n"
         b"event: message\r\ndata: " + _chunk("a").encode() + b"\r\n\r\n"
         b"retry: 5\n\n"
-        b"data: " + _chunk("b").encode() + b"\n\n"
-        b'data: {"choices": [], "usage": {"total_tokens": 7}}\n\n'
-        b"data: " + _chunk("c").encode()  # the last event without its blank line
+        b"data:\n\n"  # empty data: no event
+        b"data: " + _chunk("b").encode() + b"\n\r\n"  # LF, then a blank CRLF line
+        b'data: {"choices": [], "usage": {"total_tokens": 7}}\r\r'
+        b"data: " + _chunk("c").encode() + b"\n\n"
+        b"data: [DONE]"  # the last event without its blank line
     )
     got = read_completion_stream(body)
     assert (got.text, got.chunks, got.usage) == ("abc", 3, {"total_tokens": 7})
     assert got.first_end == body.index(b"\r\n\r\nretry") + 4
+
+
+def test_a_stream_without_done_is_not_a_completion() -> None:
+    with pytest.raises(SSEError, match=r"without data: \[DONE\]"):
+        read_completion_stream(_sse(_chunk("cut short")))
+    with pytest.raises(SSEError, match=r"without data: \[DONE\]"):
+        read_completion_stream(json.dumps({"choices": [{"message": {"content": "x"}}]}).encode())
 
 
 def test_nothing_after_done_is_read_and_no_text_has_no_first_end() -> None:
@@ -158,6 +169,42 @@ def test_nothing_after_done_is_read_and_no_text_has_no_first_end() -> None:
         read_completion_stream(b"data: \xff\n\n")
 
 
+def test_events_that_only_parse_together_are_refused() -> None:
+    """One object cut across two events, another event of two values: as one array they
+    would parse; each event must be one chunk on its own."""
+    first, second = _chunk("a")[:10], _chunk("a")[10:]
+    body = _sse(first, second, _chunk("b") + ", " + _chunk("c"), "[DONE]")
+    with pytest.raises(SSEError, match="not JSON"):
+        read_completion_stream(body)
+
+
 def test_arrivals_say_when_the_body_reached_an_offset() -> None:
     arrivals = [(10, 1.0), (25, 2.0), (40, 3.0)]
     assert [arrived_by(arrivals, n) for n in (1, 10, 11, 40, 41)] == [1.0, 1.0, 2.0, 3.0, None]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",  # read to the end
+        b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+    ids=["to-close", "length", "chunked"],
+)
+def test_a_body_that_came_with_the_head_is_timed_as_it_came(head: bytes) -> None:
+    import socket
+    import time
+
+    from shim.client.http1 import Conn, read_reply
+
+    body = b"b\r\nhello world\r\n0\r\n\r\n" if b"chunked" in head else b"hello world"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(head + body)
+        theirs.shutdown(socket.SHUT_WR)
+        before = time.perf_counter()
+        arrivals: list[tuple[int, float]] = []
+        status, content, _ = read_reply(Conn(ours), "GET", before + 5, 1 << 20, arrivals)
+    assert (status, content) == (200, b"hello world")
+    assert arrivals and arrivals[-1][0] == 11 and arrivals[0][1] - before < 0.1

@@ -290,9 +290,9 @@ def test_a_planted_ttft_regression_is_rolled_back_by_the_ttft_gate(
 def test_a_stream_longer_than_the_cap_is_relayed_whole_but_not_kept(
     sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shim.core import streams
+    from shim.core import relay
 
-    monkeypatch.setattr(streams, "MAX_STREAM_BYTES", 100)
+    monkeypatch.setattr(relay, "MAX_STREAM_BYTES", 100)
     s = make_shim(sim.url, tmp_path, SHADOW)
     big = [f"{i:>10}" for i in range(30)]  # 300 characters
     site = stream_site(s, big)
@@ -303,3 +303,120 @@ def test_a_stream_longer_than_the_cap_is_relayed_whole_but_not_kept(
     s.close()
     assert records(tmp_path / "log.jsonl") == []
     assert dropped(tmp_path / "log.jsonl", "stream_too_large") == 1
+
+
+ASYNC_CANARY_UNCOMPARED = "kiwi.recipe_generation: {serve: 100, shadow: 0}\n"
+
+
+def test_an_async_stream_not_compared_still_forwards_asend_athrow_and_aclose(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Served by legacy without a comparison (the flags' serve share, no shadow share),
+    the relay still hands on what is sent and thrown in, and closes legacy's stream."""
+    s = make_shim(sim.url, tmp_path, ASYNC_CANARY_UNCOMPARED)
+
+    def echo_factory(log: list[str]) -> Any:
+        async def echo(q: str) -> AsyncIterator[str]:
+            try:
+                got = yield "ready"
+                while True:
+                    try:
+                        got = yield f"heard {got}"
+                    except KeyError:
+                        got = yield "caught"
+            finally:
+                log.append("closed")
+
+        return echo
+
+    async def drive(gen: Any) -> list[Any]:
+        out = [await gen.asend(None), await gen.asend("a"), await gen.athrow(KeyError("k"))]
+        await gen.aclose()
+        return out
+
+    plain_log: list[str] = []
+    wrapped_log: list[str] = []
+    plain = asyncio.run(drive(echo_factory(plain_log)("q")))
+    wrapped = asyncio.run(drive(wrap(s, echo_factory(wrapped_log))("q")))
+    assert wrapped == plain == ["ready", "heard a", "caught"]
+    assert wrapped_log == plain_log == ["closed"], "closed at aclose(), not at collection"
+    s.close()
+    assert records(tmp_path / "log.jsonl") == []
+
+
+def test_legacys_time_leaves_out_the_callers_and_empty_chunks_start_nothing(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    import time
+
+    s = make_shim(sim.url, tmp_path, SHADOW)
+
+    @wrap_with(s)
+    def recipe(q: str) -> Iterator[str]:
+        yield ""  # an empty first chunk is no start
+        time.sleep(0.05)
+        yield from CHUNKS
+
+    for _chunk in recipe("soup"):
+        time.sleep(0.1)  # the caller's own work between chunks
+    settled(s)
+    s.close()
+    [rec] = records(tmp_path / "log.jsonl")
+    legacy = rec["legacy"]
+    assert 50 <= legacy["ttft_ms"] < 100 and legacy["latency_ms"] < 150, legacy
+    assert legacy["chunks"] == 4
+
+
+def test_an_exception_the_caller_throws_in_or_a_failing_close_is_abandonment(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+
+    @wrap_with(s)
+    def recipe(q: str) -> Iterator[str]:
+        yield from CHUNKS
+
+    @wrap_with(s)
+    def stubborn(q: str) -> Iterator[str]:
+        closes = 0
+        while True:
+            try:
+                yield "again"
+            except GeneratorExit:
+                closes += 1  # yields again on the first close: Python raises RuntimeError
+                if closes > 1:
+                    return
+
+    thrown = ValueError("the caller's own")
+    stream = recipe("soup")
+    next(stream)
+    with pytest.raises(ValueError, match="the caller's own") as caught:
+        stream.throw(thrown)
+    assert caught.value is thrown
+    stubborn_stream = stubborn("q")
+    next(stubborn_stream)
+    with pytest.raises(RuntimeError, match="ignored GeneratorExit"):
+        stubborn_stream.close()
+    settled(s)
+    s.close()
+    assert records(tmp_path / "log.jsonl") == []
+    assert dropped(tmp_path / "log.jsonl", "abandoned") == 2
+
+
+def test_a_buffer_legacy_fills_again_is_kept_as_it_was(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+
+    @wrap_with(s)
+    def frames(q: str) -> Iterator[bytearray]:
+        buffer = bytearray()
+        for word in (b"one ", b"two ", b"three"):
+            buffer[:] = word
+            yield buffer
+
+    seen = [(b, bytes(b)) for b in frames("q")]
+    assert [copy for _, copy in seen] == [b"one ", b"two ", b"three"]
+    assert seen[0][0] is seen[2][0], "the caller gets legacy's one buffer"
+    settled(s)
+    s.close()
+    [rec] = records(tmp_path / "log.jsonl")
+    assert rec["legacy"]["output_bytes"] == len(b"one two three")

@@ -178,8 +178,10 @@ SELECT product, task,
     cmp AND legacy.ok AND candidate.ok AND legacy.latency_ms > 0
     AND candidate.latency_ms IS NOT NULL AND hash(legacy.latency_ms) % {every} = 0) AS pairs,
   -- streams: each path's time to first chunk, where both streamed (a sample, as above)
+  count_if(cmp AND legacy.ok AND candidate.ok AND legacy.ttft_ms > 0
+    AND candidate.ttft_ms >= 0) AS ttft_n,
   list({{'legacy': legacy.ttft_ms, 'task': candidate.ttft_ms}}) FILTER (
-    cmp AND legacy.ok AND candidate.ok AND legacy.ttft_ms >= 0
+    cmp AND legacy.ok AND candidate.ok AND legacy.ttft_ms > 0
     AND candidate.ttft_ms >= 0 AND hash(legacy.latency_ms) % {every} = 0) AS ttft_pairs
 FROM {source}
 GROUP BY ALL ORDER BY product, task

@@ -61,9 +61,10 @@ def _ratios(
     }
 
 
-def _ttft(pairs: list[tuple[float, float]], seed: int) -> dict[str, Any] | None:
-    """Streams: each path's time to first chunk (p50, p95, p99 of the sample) and their
-    ratio with a paired bootstrap interval; None for a task without streams."""
+def _ttft(pairs: list[tuple[float, float]], n: int, seed: int) -> dict[str, Any] | None:
+    """Streams: how many pairs streamed on both paths (``n``), each path's time to first
+    chunk (p50, p95, p99 of the sample) and their ratio with a paired bootstrap
+    interval; None for a task without streams."""
     if not pairs:
         return None
     import numpy as np
@@ -71,7 +72,7 @@ def _ttft(pairs: list[tuple[float, float]], seed: int) -> dict[str, Any] | None:
     legacy, candidate = np.quantile(np.array(pairs, dtype=float), [0.5, 0.95, 0.99], axis=0).T
     names = ("p50", "p95", "p99")
     return {
-        "n": len(pairs),
+        "n": n,
         "legacy_ms": {q: round(float(v), 3) for q, v in zip(names, legacy, strict=True)},
         "candidate_ms": {q: round(float(v), 3) for q, v in zip(names, candidate, strict=True)},
         "ratio": _ratios(pairs, seed),
@@ -207,7 +208,7 @@ def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
         "candidate_models": sorted(t.models),
         "latency_histogram": _histogram(t.pairs),
         # streams: each path's time to first chunk, and their ratio
-        "ttft": _ttft(t.ttft_pairs, seed),
+        "ttft": _ttft(t.ttft_pairs, int(r.get("ttft_n") or 0), seed),
         "usage": _usage(r),
         # content scores (records with quality.score): mean, interval, legacy's noise
         "quality": quality_summary(r),

@@ -110,6 +110,7 @@ def read_reply(
         return head.status, _read_chunked(conn, deadline, max_body, arrivals), head.keep_alive
     size = head.length
     if size is None:  # read to the end of the connection
+        _arrived(arrivals, len(conn.buffer))  # what came with the head
         while _fill(conn, deadline, "reply body"):
             _check_size(len(conn.buffer), max_body)
             _arrived(arrivals, len(conn.buffer))

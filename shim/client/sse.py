@@ -16,9 +16,8 @@ from shim.base.jsonload import loads
 
 __all__ = ["SSEError", "Streamed", "arrived_by", "read_completion_stream"]
 
-# An event ends at a blank line (LF, CRLF or CR line ends, as the SSE spec allows).
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_LINE = re.compile(rb"\r\n|\n|\r")
+# Lines end in CRLF, LF or CR (the SSE spec allows each); a blank line ends an event.
+_LINE_END = re.compile(rb"\r\n|\n|\r")
 
 
 class SSEError(ValueError):
@@ -39,27 +38,32 @@ class Streamed:
 
 
 def _events(body: bytes) -> Iterator[tuple[str, int]]:
-    """Each event's data (its ``data:`` lines joined by newlines) and where it ends."""
+    """Each event's data (its ``data:`` lines joined by newlines) and the offset where
+    the event ended. Events without data (comments, names, retry hints) and empty data
+    are skipped, as a browser skips them; a last event without its blank line counts."""
+    lines: list[bytes] = []
     start = 0
-    for end in _EVENT_END.finditer(body):
-        data = _data(body[start : end.start()])
-        if data is not None:
-            yield data, end.end()
+    for end in _LINE_END.finditer(body):
+        line = body[start : end.start()]
         start = end.end()
-    if start < len(body):  # a last event without its blank line
-        data = _data(body[start:])
-        if data is not None:
-            yield data, len(body)
+        if line:
+            lines.append(line)
+        elif lines:
+            if (data := _data(lines)) is not None:
+                yield data, start
+            lines = []
+    if start < len(body):
+        lines.append(body[start:])
+    if lines and (data := _data(lines)) is not None:
+        yield data, len(body)
 
 
-def _data(event: bytes) -> str | None:
-    lines = [
-        line[5:].removeprefix(b" ") for line in _LINE.split(event) if line.startswith(b"data:")
-    ]
-    if not lines:
-        return None  # comments, event names, retry hints
+def _data(lines: list[bytes]) -> str | None:
+    found = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
+    if not found or not any(found):
+        return None
     try:
-        return b"\n".join(lines).decode("utf-8")
+        return b"\n".join(found).decode("utf-8")
     except UnicodeDecodeError:
         raise SSEError("an event is not UTF-8") from None
 
@@ -72,6 +76,8 @@ def read_completion_stream(body: bytes) -> Streamed:
         if data == "[DONE]":
             break
         events.append((data, end))
+    else:  # a node that ignored stream: true, or a stream cut short
+        raise SSEError("the stream ended without data: [DONE]")
     pieces: list[str] = []
     model: str | None = None
     usage: dict[str, Any] | None = None
@@ -97,10 +103,13 @@ def read_completion_stream(body: bytes) -> Streamed:
 def _chunks(events: list[tuple[str, int]]) -> list[Any]:
     """Each event's data as JSON: parsed as one array (a parse per event costs several
     times as much), one by one when that fails, to name the event that is not JSON."""
-    try:
-        parsed = loads("[" + ",".join(data for data, _ in events) + "]")
-    except ValueError:
-        parsed = None
+    parsed = None
+    # Only objects, each whole: then no event's text can pair up with another's.
+    if all(data[:1] == "{" and data[-1:] == "}" for data, _ in events):
+        try:
+            parsed = loads("[" + ",".join(data for data, _ in events) + "]")
+        except ValueError:
+            parsed = None
     if isinstance(parsed, list) and len(parsed) == len(events):
         return parsed
     chunks = []

@@ -1,0 +1,173 @@
+"""Legacy's stream handed to the caller chunk by chunk, and what was seen of it.
+
+The relay hands on each chunk, the very object legacy yielded, and forwards ``send``,
+``throw`` and ``close`` (``asend``, ``athrow`` and ``aclose`` for async generators),
+so the caller sees what it would unwrapped. Meanwhile a :class:`Tap` notes the time
+legacy spent making each chunk (not the caller's time between chunks), the time to
+the first chunk that holds something, and the chunks themselves, up to
+:data:`MAX_STREAM_BYTES`. How the stream ended is told once (:class:`StreamEnd`):
+
+- ``done``: legacy's generator finished; ``raised``: it raised an error of its own;
+- ``abandoned``: the caller left early (``break``, ``close()``, an exception it threw
+  in that legacy did not handle, cancellation or an interrupt).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import AsyncGenerator, Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["MAX_STREAM_BYTES", "OnEnd", "StreamEnd", "Tap", "arelay", "assemble", "relay"]
+
+_perf = time.perf_counter
+
+#: A compared stream keeps at most this many bytes of chunks (text and bytes by their
+#: length, other chunks by their shallow size); past it the stream is relayed on, not
+#: kept (``chunks`` None).
+MAX_STREAM_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """How a relayed stream went: the seconds legacy spent making it, and making its
+    first chunk that holds something (None: none came), the chunks kept (None: more
+    than :data:`MAX_STREAM_BYTES`), how many came, and how it ended (``done``,
+    ``raised`` with legacy's ``error``, or ``abandoned``)."""
+
+    busy: float
+    first: float | None
+    chunks: list[Any] | None
+    count: int
+    how: str
+    error: BaseException | None = None
+
+
+#: Told once per compared stream, however it ended.
+OnEnd = Callable[[StreamEnd], None]
+
+
+class Tap:
+    """What a relay notes of a stream as it passes (shared by both relays)."""
+
+    __slots__ = ("busy", "chunks", "count", "first", "size")
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+        self.first: float | None = None
+        self.chunks: list[Any] | None = []
+        self.count = self.size = 0
+
+    def add(self, chunk: Any, took: float) -> None:
+        """A chunk that legacy took ``took`` seconds to make."""
+        self.busy += took
+        self.count += 1
+        text = isinstance(chunk, str | bytes | bytearray)
+        if self.first is None and (chunk or not text):  # an empty text is no start
+            self.first = self.busy
+        chunks = self.chunks
+        if chunks is None:
+            return
+        if type(chunk) is bytearray:  # a buffer legacy may fill again: what it held now
+            chunk = bytes(chunk)
+        self.size += len(chunk) if text else sys.getsizeof(chunk)
+        if self.size > MAX_STREAM_BYTES:
+            self.chunks = None  # relayed on, no longer kept
+        else:
+            chunks.append(chunk)
+
+    def end(self, how: str, error: BaseException | None = None, took: float = 0.0) -> StreamEnd:
+        return StreamEnd(self.busy + took, self.first, self.chunks, self.count, how, error)
+
+
+def assemble(chunks: list[Any]) -> Any:
+    """A stream's output as one value: text chunks joined, bytes chunks joined, else
+    the list of chunks."""
+    if chunks and all(isinstance(c, str) for c in chunks):
+        return "".join(chunks)
+    if chunks and all(isinstance(c, bytes) for c in chunks):
+        return b"".join(chunks)
+    return list(chunks)
+
+
+def relay(
+    inner: Generator[Any, Any, Any], on_start: Callable[[], bool], on_end: OnEnd
+) -> Generator[Any, Any, Any]:
+    """Legacy's generator ``inner``, chunk for chunk. ``on_start()`` runs as the
+    caller asks for the first chunk; False: not compared, ``inner`` is handed on as is.
+    ``on_end`` hears how a compared stream ended."""
+    if not on_start():
+        return (yield from inner)
+    tap, how, error, value = Tap(), "abandoned", None, None
+    thrown: BaseException | None = None  # the caller's, while legacy has not handled it
+    closing, took = False, 0.0
+    t0 = _perf()
+    try:
+        chunk = inner.send(None)
+        while True:
+            tap.add(chunk, _perf() - t0)
+            try:
+                sent = yield chunk
+            except GeneratorExit:
+                closing = True
+                inner.close()
+                raise
+            except BaseException as exc:  # thrown in by the caller: legacy decides
+                thrown, t0 = exc, _perf()
+                chunk = inner.throw(exc)
+                thrown = None
+            else:
+                t0 = _perf()
+                chunk = inner.send(sent)
+    except StopIteration as stop:
+        how, value, took = "done", stop.value, _perf() - t0
+    except BaseException as exc:
+        if not closing and exc is not thrown and isinstance(exc, Exception):
+            how, error = "raised", exc
+        took = _perf() - t0
+        raise
+    finally:
+        on_end(tap.end(how, error, took if how != "abandoned" else 0.0))
+    return value
+
+
+async def arelay(
+    inner: AsyncGenerator[Any, Any], on_start: Callable[[], bool], on_end: OnEnd
+) -> AsyncGenerator[Any, Any]:
+    """:func:`relay` for an async generator (which returns nothing). Not compared, it
+    forwards all the same: ``async for`` over ``inner`` would lose what is sent and
+    thrown in, and leave ``inner`` open on ``aclose()``."""
+    compared = on_start()
+    tap, how, error = Tap(), "abandoned", None
+    thrown: BaseException | None = None
+    closing, took = False, 0.0
+    t0 = _perf()
+    try:
+        chunk = await inner.asend(None)
+        while True:
+            tap.add(chunk, _perf() - t0)
+            try:
+                sent = yield chunk
+            except GeneratorExit:
+                closing = True
+                await inner.aclose()
+                raise
+            except BaseException as exc:
+                thrown, t0 = exc, _perf()
+                chunk = await inner.athrow(exc)
+                thrown = None
+            else:
+                t0 = _perf()
+                chunk = await inner.asend(sent)
+    except StopAsyncIteration:
+        how, took = "done", _perf() - t0
+    except BaseException as exc:
+        if not closing and exc is not thrown and isinstance(exc, Exception):
+            how, error = "raised", exc
+        took = _perf() - t0
+        raise
+    finally:
+        if compared:
+            on_end(tap.end(how, error, took if how != "abandoned" else 0.0))
