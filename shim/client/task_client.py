@@ -132,7 +132,10 @@ class _ClientBase(Generic[H]):
         )
 
     def _scrubbed(
-        self, status: int, content: bytes | bytearray, arrivals: list[tuple[int, float]] | None
+        self,
+        status: int,
+        content: bytes | bytearray,
+        arrivals: list[tuple[int, float]] | None = None,
     ) -> Reply:
         """A reply; an error body with the key (in any form: JSON-escaped,
         percent-encoded, ...) and URL passwords taken out, if the server echoed them."""
