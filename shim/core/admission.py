@@ -11,8 +11,9 @@ from shim.core.breaker import BreakerPolicy, CircuitBreaker, Transition
 from shim.core.call import Call
 from shim.core.spend import BUSY, Backoff, ShadowBudget, Spend
 from shim.core.ticket import Ticket
-from shim.records.observe import CallSite, usage_record
+from shim.records.observe import CallSite
 from shim.records.recorder import Recorder
+from shim.records.usage import usage_record
 
 __all__ = ["Admission", "Admitted"]
 

@@ -16,6 +16,7 @@ from typing import Any
 from shim.comparators import Comparator, ModelNames, Quality, Structure
 from shim.records.callid import new_call_id
 from shim.records.capture import Capture
+from shim.records.usage import usage_record
 from shim.records.values import (
     NOT_RECORDED,
     OnError,
@@ -155,28 +156,6 @@ def _stamp(when: float) -> str:
     """``2026-11-26T12:00:00.123456Z``; the seconds part is formatted once per second."""
     whole = int(when)
     return f"{_second(whole)}.{int((when - whole) * 1_000_000):06d}Z"
-
-
-_USAGE_NAMES = (
-    ("input_tokens", ("input_tokens", "prompt_tokens")),
-    ("output_tokens", ("output_tokens", "completion_tokens")),
-    ("gpu_s", ("gpu_s", "gpu_seconds")),
-)
-
-
-def usage_record(usage: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A path's usage as records keep it: ``input_tokens``, ``output_tokens`` (from the
-    OpenAI names too) and ``gpu_s``, each only if reported as a number."""
-    if not usage:
-        return {}
-    out: dict[str, Any] = {}
-    for name, accepted in _USAGE_NAMES:
-        for key in accepted:
-            value = usage.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-                out[name] = value
-                break
-    return out
 
 
 def _side(

@@ -8,7 +8,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shim.base.cut import cut_short
-from shim.records.observe import CallSite, Observation, usage_record
+from shim.records.observe import CallSite, Observation
+from shim.records.usage import usage_record
 
 __all__ = ["end_span", "start_span"]
 
