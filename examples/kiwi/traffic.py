@@ -5,7 +5,7 @@ way the app does, then write every comparison and exit.
 
 One call is one app request: a meal plan (router, plan, timing estimate on the same
 router, then the router's ctx exited), a recipe suggestion, a receipt, a recipe scan,
-a label capture (async) or a streamed recipe (async; not wrapped, so never compared).
+a label capture (async) or a streamed recipe (an async generator, read to its end).
 Each runs as one of 500 users (``shim.context(user_id=...)``). Configured like the app,
 by the environment: ``CF_ORCH_URL``, ``SHIM_FLAGS``, ``SHIM_LOG`` (``SHIM_REGISTRY`` /
 ``SHIM_ASSIGNMENTS`` default to kiwi's files here). Prints how the calls were served.

@@ -34,7 +34,7 @@ _HELP = {
     "drift_kinds": "Comma list of fence, prose, missing_key, renamed_key, type_change "
     "(structural), values (content only).",
     "knob": "[SCOPE:]NAME=VALUE, SCOPE a task or 'legacy'; repeatable. "
-    "Example: --knob kiwi.ocr:drift_rate=0.3",
+    "Example: --knob kiwi.ocr:drift_rate=0.3; streams: ttft_ms, chunk_interval_ms",
     "omit_service": "Leave 'service' out of task allocations, as coordinators before cf-orch#63.",
     "allocate_only": "Answer every task request with an allocation, as the real coordinator "
     "does (no output answers, this project's extension).",
