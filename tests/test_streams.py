@@ -420,3 +420,17 @@ def test_a_buffer_legacy_fills_again_is_kept_as_it_was(sim: Simulator, tmp_path:
     s.close()
     [rec] = records(tmp_path / "log.jsonl")
     assert rec["legacy"]["output_bytes"] == len(b"one two three")
+
+
+def test_a_stream_left_open_past_close_is_said_as_such(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+    stream = stream_site(s, CHUNKS)("soup")
+    next(stream)
+    s.close()
+    with caplog.at_level("WARNING", logger="shim"):
+        del stream
+        gc.collect()
+    assert s.stats()["records_lost"] == 1
+    assert "a stream was still open when the Shim closed" in caplog.text, caplog.text

@@ -207,14 +207,20 @@ class Recorder:
             self._lost += count
             first, self._told_late = not self._told_late, True
         if first:
+            advice = (
+                "a stream was still open when the Shim closed: read streams to their end, "
+                "or close them, before close()"
+                if reason == "abandoned"
+                else "close() waits for what was queued before it: on an event loop that "
+                "runs on, await s.aflush() or s.aclose() instead"
+            )
             _log.warning(
                 "task-shim: records made after the Shim was closed are not in the log "
-                "(the first: %s, %s.%s), only counted in stats()['records_lost']; close() "
-                "waits for what was queued before it: on an event loop that runs on, "
-                "await s.aflush() or s.aclose() instead",
+                "(the first: %s, %s.%s), only counted in stats()['records_lost']; %s",
                 reason,
                 product,
                 task,
+                advice,
             )
 
     def _refusal(self) -> str:
