@@ -13,6 +13,8 @@ caller sleeping in between, as a service waiting on its clients does. The async
 variant does the same with an async generator on one event loop.
 
 Targets (shadow): <= 2 us median added per chunk; <= 15 us median added at the start.
+The end (the ``next()`` that finds the stream over, where a compared stream is handed to
+the comparison) is reported beside them.
 """
 
 from __future__ import annotations
@@ -58,10 +60,16 @@ def wrapped(shim: Shim, fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def timed(fn: Callable[[int], Iterator[str]], streams: int) -> tuple[list[int], list[int]]:
-    """Stream-start and per-chunk durations (ns) over ``streams`` paced streams."""
+Timings = tuple[list[int], list[int], list[int]]
+
+
+def timed(fn: Callable[[int], Iterator[str]], streams: int) -> Timings:
+    """Stream-start, per-chunk and stream-end durations (ns) over ``streams`` paced
+    streams (the end: the ``next()`` that finds the stream over, where a compared
+    stream is handed to the comparison)."""
     starts: list[int] = []
     chunks: list[int] = []
+    ends: list[int] = []
     clock = time.perf_counter_ns
     next_at = time.perf_counter()
     for i in range(streams):
@@ -77,16 +85,17 @@ def timed(fn: Callable[[int], Iterator[str]], streams: int) -> tuple[list[int], 
             t0 = clock()
             next(stream)
             chunks.append(clock() - t0)
+        t0 = clock()
         for _ in stream:  # the end: StopIteration, and the hand-off
             pass
-    return starts, chunks
+        ends.append(clock() - t0)
+    return starts, chunks, ends
 
 
-async def atimed(
-    fn: Callable[[int], AsyncIterator[str]], streams: int
-) -> tuple[list[int], list[int]]:
+async def atimed(fn: Callable[[int], AsyncIterator[str]], streams: int) -> Timings:
     starts: list[int] = []
     chunks: list[int] = []
+    ends: list[int] = []
     clock = time.perf_counter_ns
     next_at = time.perf_counter()
     for i in range(streams):
@@ -102,15 +111,15 @@ async def atimed(
             t0 = clock()
             await anext(stream)
             chunks.append(clock() - t0)
+        t0 = clock()
         async for _ in stream:
             pass
-    return starts, chunks
+        ends.append(clock() - t0)
+    return starts, chunks, ends
 
 
-def compare(
-    base: tuple[list[int], list[int]], other: tuple[list[int], list[int]]
-) -> dict[str, Any]:
-    (b_start, b_chunk), (o_start, o_chunk) = base, other
+def compare(base: Timings, other: Timings) -> dict[str, Any]:
+    (b_start, b_chunk, b_end), (o_start, o_chunk, o_end) = base, other
     return {
         "streams": len(o_start),
         "chunks": len(o_chunk),
@@ -120,20 +129,21 @@ def compare(
         "start_p99_added_us": pct(o_start, 99) - pct(b_start, 99),
         "chunk_added_us": pct(o_chunk, 50) - pct(b_chunk, 50),
         "chunk_p99_added_us": pct(o_chunk, 99) - pct(b_chunk, 99),
+        "end_added_us": pct(o_end, 50) - pct(b_end, 50),
     }
 
 
 def side_by_side(
     fn: Callable[[int], Any], bare: Callable[[int], Any], streams: int, blocks: int, is_async: bool
 ) -> dict[str, Any]:
-    base: tuple[list[int], list[int]] = ([], [])
-    other: tuple[list[int], list[int]] = ([], [])
+    base: Timings = ([], [], [])
+    other: Timings = ([], [], [])
     per = max(1, streams // blocks)
     for _ in range(blocks):
         for acc, f in ((base, bare), (other, fn)):
             got = asyncio.run(atimed(f, per)) if is_async else timed(f, per)
-            acc[0].extend(got[0])
-            acc[1].extend(got[1])
+            for kept, new in zip(acc, got, strict=True):
+                kept.extend(new)
     return compare(base, other)
 
 
@@ -168,8 +178,11 @@ def run(quick: bool) -> dict[str, Any]:
 
 def report(results: dict[str, Any]) -> bool:
     ok = True
-    head = ("variant", "streams", "start added", "chunk added", "chunk p99")
-    print(f"{head[0]:<14}{head[1]:>8}{head[2]:>14}{head[3]:>14}{head[4]:>12}  compared/dropped")
+    head = ("variant", "streams", "start added", "chunk added", "chunk p99", "end added")
+    print(
+        f"{head[0]:<14}{head[1]:>8}{head[2]:>14}{head[3]:>14}{head[4]:>12}{head[5]:>12}"
+        "  compared/dropped"
+    )
     for name, r in results.items():
         verdict = ""
         if name.startswith("shadow"):
@@ -179,6 +192,7 @@ def report(results: dict[str, Any]) -> bool:
         print(
             f"{name:<14}{r['streams']:>8}{r['start_added_us']:>11.2f} us"
             f"{r['chunk_added_us']:>11.2f} us{r['chunk_p99_added_us']:>9.2f} us"
+            f"{r['end_added_us']:>9.1f} us"
             f"  {r['compared']:>8}/{r['dropped']:<8} {verdict}"
         )
     bare = results["off-sync"]
