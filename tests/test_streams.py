@@ -155,6 +155,9 @@ def test_send_throw_and_a_return_value_behave_as_unwrapped(sim: Simulator, tmp_p
 
 
 def test_a_stream_left_early_is_counted_and_holds_nothing(sim: Simulator, tmp_path: Path) -> None:
+    import threading
+
+    before = set(threading.enumerate())
     s = make_shim(sim.url, tmp_path, SHADOW)
     closed = []
 
@@ -176,6 +179,9 @@ def test_a_stream_left_early_is_counted_and_holds_nothing(sim: Simulator, tmp_pa
     s.close()
     assert records(tmp_path / "log.jsonl") == []
     assert dropped(tmp_path / "log.jsonl", "abandoned") == 1
+    assert sim.stats()["allocations_active"] == 0, "no task-path stream was left open"
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert not left, f"threads left behind: {left}"
 
 
 def test_arguments_that_do_not_fit_raise_at_the_call(sim: Simulator, tmp_path: Path) -> None:
