@@ -128,6 +128,7 @@ def read_reply(
 
 
 def _arrived(arrivals: list[tuple[int, float]] | None, size: int) -> None:
+    """Note when the body reached ``size`` bytes (only when asked: ``arrivals``)."""
     if arrivals is not None and size and (not arrivals or arrivals[-1][0] < size):
         arrivals.append((size, time.perf_counter()))
 

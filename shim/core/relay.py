@@ -50,19 +50,29 @@ OnEnd = Callable[[StreamEnd], None]
 
 
 class Tap:
-    """What a relay notes of a stream as it passes (shared by both relays)."""
+    """What a relay notes of a stream as it passes (shared by both relays): the time
+    legacy spends between :meth:`resume` and the chunk it gives (:meth:`add`), the
+    chunks, and what the caller threw in or whether it is closing, to tell at the
+    :meth:`end` legacy's own error from the caller's leaving."""
 
-    __slots__ = ("busy", "chunks", "count", "first", "size")
+    __slots__ = ("busy", "chunks", "closing", "count", "first", "size", "started", "thrown")
 
     def __init__(self) -> None:
         self.busy = 0.0
         self.first: float | None = None
         self.chunks: list[Any] | None = []
         self.count = self.size = 0
+        self.closing = False
+        self.thrown: BaseException | None = None
+        self.started = _perf()
 
-    def add(self, chunk: Any, took: float) -> None:
-        """A chunk that legacy took ``took`` seconds to make."""
-        self.busy += took
+    def resume(self, thrown: BaseException | None = None) -> None:
+        """Legacy runs again (with ``thrown``, the caller's, thrown in)."""
+        self.thrown, self.started = thrown, _perf()
+
+    def add(self, chunk: Any) -> None:
+        """The chunk legacy gave since it last resumed."""
+        self.busy += _perf() - self.started
         self.count += 1
         text = isinstance(chunk, str | bytes | bytearray)
         if self.first is None and (chunk or not text):  # an empty text is no start
@@ -78,8 +88,16 @@ class Tap:
         else:
             chunks.append(chunk)
 
-    def end(self, how: str, error: BaseException | None = None, took: float = 0.0) -> StreamEnd:
-        return StreamEnd(self.busy + took, self.first, self.chunks, self.count, how, error)
+    def end(self, exc: BaseException | None = None) -> StreamEnd:
+        """How the stream ended: done (no ``exc``), legacy's error, or abandoned (the
+        caller closing, its own exception thrown back, cancellation or an interrupt)."""
+        if exc is not None and (
+            self.closing or exc is self.thrown or not isinstance(exc, Exception)
+        ):
+            return StreamEnd(self.busy, self.first, self.chunks, self.count, "abandoned")
+        how = "done" if exc is None else "raised"
+        busy = self.busy + _perf() - self.started
+        return StreamEnd(busy, self.first, self.chunks, self.count, how, exc)
 
 
 def assemble(chunks: list[Any]) -> Any:
@@ -100,37 +118,29 @@ def relay(
     ``on_end`` hears how a compared stream ended."""
     if not on_start():
         return (yield from inner)
-    tap, how, error, value = Tap(), "abandoned", None, None
-    thrown: BaseException | None = None  # the caller's, while legacy has not handled it
-    closing, took = False, 0.0
-    t0 = _perf()
+    tap = Tap()
     try:
         chunk = inner.send(None)
         while True:
-            tap.add(chunk, _perf() - t0)
+            tap.add(chunk)
             try:
                 sent = yield chunk
             except GeneratorExit:
-                closing = True
+                tap.closing = True
                 inner.close()
                 raise
             except BaseException as exc:  # thrown in by the caller: legacy decides
-                thrown, t0 = exc, _perf()
+                tap.resume(exc)
                 chunk = inner.throw(exc)
-                thrown = None
             else:
-                t0 = _perf()
+                tap.resume()
                 chunk = inner.send(sent)
     except StopIteration as stop:
-        how, value, took = "done", stop.value, _perf() - t0
+        on_end(tap.end())
+        return stop.value
     except BaseException as exc:
-        if not closing and exc is not thrown and isinstance(exc, Exception):
-            how, error = "raised", exc
-        took = _perf() - t0
+        on_end(tap.end(exc))
         raise
-    finally:
-        on_end(tap.end(how, error, took if how != "abandoned" else 0.0))
-    return value
 
 
 async def arelay(
@@ -139,35 +149,28 @@ async def arelay(
     """:func:`relay` for an async generator (which returns nothing). Not compared, it
     forwards all the same: ``async for`` over ``inner`` would lose what is sent and
     thrown in, and leave ``inner`` open on ``aclose()``."""
-    compared = on_start()
-    tap, how, error = Tap(), "abandoned", None
-    thrown: BaseException | None = None
-    closing, took = False, 0.0
-    t0 = _perf()
+    tell = on_end if on_start() else None
+    tap = Tap()
     try:
         chunk = await inner.asend(None)
         while True:
-            tap.add(chunk, _perf() - t0)
+            tap.add(chunk)
             try:
                 sent = yield chunk
             except GeneratorExit:
-                closing = True
+                tap.closing = True
                 await inner.aclose()
                 raise
             except BaseException as exc:
-                thrown, t0 = exc, _perf()
+                tap.resume(exc)
                 chunk = await inner.athrow(exc)
-                thrown = None
             else:
-                t0 = _perf()
+                tap.resume()
                 chunk = await inner.asend(sent)
     except StopAsyncIteration:
-        how, took = "done", _perf() - t0
+        if tell is not None:
+            tell(tap.end())
     except BaseException as exc:
-        if not closing and exc is not thrown and isinstance(exc, Exception):
-            how, error = "raised", exc
-        took = _perf() - t0
+        if tell is not None:
+            tell(tap.end(exc))
         raise
-    finally:
-        if compared:
-            on_end(tap.end(how, error, took if how != "abandoned" else 0.0))
