@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         Problem,
         ShimError,
         SoftFailure,
+        StreamInterrupted,
         TaskFailed,
         TaskNotRegistered,
     )
@@ -60,6 +61,7 @@ _HOME = {
     "Shim": "shim.core.shim",
     "ShimError": "shim.base.errors",
     "SoftFailure": "shim.base.errors",
+    "StreamInterrupted": "shim.base.errors",
     "StreamSink": "shim.records.sinks",
     "TaskAllocation": "shim.client.task",
     "TaskClient": "shim.client.task_client",
@@ -93,6 +95,7 @@ __all__ = [
     "Shim",
     "ShimError",
     "SoftFailure",
+    "StreamInterrupted",
     "StreamSink",
     "TaskAllocation",
     "TaskClient",

@@ -66,11 +66,10 @@ def test_off_hands_back_legacys_own_generator(sim: Simulator, tmp_path: Path) ->
     assert records(tmp_path / "log.jsonl") == []
 
 
-@pytest.mark.parametrize("flag", [SHADOW, CANARY], ids=["shadow", "canary"])
 def test_a_sync_stream_relays_legacys_chunks_then_is_compared(
-    sim: Simulator, tmp_path: Path, flag: str
+    sim: Simulator, tmp_path: Path
 ) -> None:
-    s = make_shim(sim.url, tmp_path, flag)
+    s = make_shim(sim.url, tmp_path, SHADOW)
     site = stream_site(s, CHUNKS)
     got = list(site("soup"))
     assert len(got) == 3 and all(a is b for a, b in zip(got, CHUNKS, strict=True))
@@ -85,8 +84,6 @@ def test_a_sync_stream_relays_legacys_chunks_then_is_compared(
     assert candidate["ok"] and candidate["chunks"] > 3, candidate
     assert 0 < candidate["ttft_ms"] <= candidate["latency_ms"]
     assert rec["served_by"] == "legacy"
-    # The task path does not serve streams yet: a serving decision is counted.
-    assert dropped(tmp_path / "log.jsonl", "stream") == (1 if flag is CANARY else 0)
 
 
 def test_an_async_stream_relays_legacys_chunks_then_is_compared(
@@ -230,23 +227,26 @@ def test_an_async_stream_left_early_is_counted(sim: Simulator, tmp_path: Path) -
     assert dropped(tmp_path / "log.jsonl", "abandoned") == 1
 
 
-def test_the_report_counts_streams_legacy_served_apart_from_drops(
-    sim: Simulator, tmp_path: Path
-) -> None:
+def test_the_report_still_reads_streams_legacy_served_from_older_logs(tmp_path: Path) -> None:
+    """Before the task path served streams, a serving decision on a stream was counted
+    as dropped (``stream``): such logs still read as held, not as drops."""
+    import json
+
     from shim.analysis.report import build_report
     from shim.analysis.report_verdict import held_line
 
-    s = make_shim(sim.url, tmp_path, CANARY)
-    site = stream_site(s, CHUNKS)
-    for _ in range(3):
-        assert list(site("soup")) == CHUNKS
-    for _chunk in site("soup"):
-        break
-    settled(s)
-    s.close()
-    [task] = build_report([str(tmp_path / "log.jsonl")])["tasks"]
-    assert (task["n"], task["stream_held"]) == (3, 4)
-    assert task["dropped_by_reason"] == {"abandoned": 1}
+    log = tmp_path / "old.jsonl"
+    drop = {
+        "event": "shim.dropped",
+        "schema": 1,
+        "ts": "2026-12-01T10:00:00.000Z",
+        "product": "kiwi",
+        "task": "recipe_generation",
+    }
+    lines = [drop | {"reason": "stream", "count": 4}, drop | {"reason": "abandoned", "count": 1}]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    [task] = build_report([str(log)])["tasks"]
+    assert task["stream_held"] == 4 and task["dropped_by_reason"] == {"abandoned": 1}
     assert held_line(task) == (
         "kiwi.recipe_generation: 4 calls the flags sent to the task path were served by "
         "legacy (a streaming call site)"
@@ -311,15 +311,22 @@ def test_a_stream_longer_than_the_cap_is_relayed_whole_but_not_kept(
     assert dropped(tmp_path / "log.jsonl", "stream_too_large") == 1
 
 
-ASYNC_CANARY_UNCOMPARED = "kiwi.recipe_generation: {serve: 100, shadow: 0}\n"
+ASYNC_SHADOW_UNDRAWN = "kiwi.recipe_generation: {serve: 0, shadow: 1}\n"
+TASK = "kiwi.recipe_generation"
 
 
 def test_an_async_stream_not_compared_still_forwards_asend_athrow_and_aclose(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    """Served by legacy without a comparison (the flags' serve share, no shadow share),
-    the relay still hands on what is sent and thrown in, and closes legacy's stream."""
-    s = make_shim(sim.url, tmp_path, ASYNC_CANARY_UNCOMPARED)
+    """Served by legacy without a comparison (a caller the shadow share does not
+    draw), the relay still hands on what is sent and thrown in, and closes legacy's
+    stream."""
+    from shim import flags
+
+    s = make_shim(sim.url, tmp_path, ASYNC_SHADOW_UNDRAWN)
+    source = flags.FileFlags(tmp_path / "flags.yaml")
+    q = next(f"q{i}" for i in range(100) if not source.decide(TASK, f"q{i}").compare)
+    source.close()
 
     def echo_factory(log: list[str]) -> Any:
         async def echo(q: str) -> AsyncIterator[str]:
@@ -342,8 +349,14 @@ def test_an_async_stream_not_compared_still_forwards_asend_athrow_and_aclose(
 
     plain_log: list[str] = []
     wrapped_log: list[str] = []
-    plain = asyncio.run(drive(echo_factory(plain_log)("q")))
-    wrapped = asyncio.run(drive(wrap(s, echo_factory(wrapped_log))("q")))
+    plain = asyncio.run(drive(echo_factory(plain_log)(q)))
+    wrapper = s.shadow(
+        product="kiwi",
+        task="recipe_generation",
+        request=lambda q: TaskRequest(prompt=q),
+        key=lambda q: q,
+    )
+    wrapped = asyncio.run(drive(wrapper(echo_factory(wrapped_log))(q)))
     assert wrapped == plain == ["ready", "heard a", "caught"]
     assert wrapped_log == plain_log == ["closed"], "closed at aclose(), not at collection"
     s.close()

@@ -5,7 +5,9 @@ recipe's completion with the coordinator, and the browser reads it from there.
 generator of the recipe's text chunks, wrapped for ``kiwi.recipe_generation``: legacy
 is the coordinator's stream (``/proxy/authorize``, then ``/proxy/stream``), compared
 with the task path's recipe once the stream ends (``KIWI_RECIPE``, section by section),
-with the time to its first chunk in the record.
+with the time to its first chunk in the record. Where the flags say the task path
+serves, the browser gets the node's stream as it comes; one that breaks after its
+first chunk raises kiwi's ``CoordinatorError`` (502), as kiwi's own stream would.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from collections.abc import AsyncIterator
 from shim import TaskRequest
 from shim.comparators import KIWI_RECIPE
 
-from .coordinator_proxy import StreamTokenResult, coordinator_authorize, stream_chunks
+from .coordinator_proxy import (
+    CoordinatorError,
+    StreamTokenResult,
+    coordinator_authorize,
+    stream_chunks,
+)
 from .llm_recipe import RecipeRequest, build_recipe_prompt
 from .migration import shim
 
@@ -36,6 +43,8 @@ async def stream_token(req: RecipeRequest) -> StreamTokenResult:
     request=lambda req: TaskRequest(prompt=build_recipe_prompt(req)),
     response=lambda result: result.text,
     output=KIWI_RECIPE,
+    # served by the task path, a stream that breaks mid-way is kiwi's own error
+    stream_error=lambda exc: CoordinatorError(str(exc), status_code=502),
 )
 async def stream_recipe_chunks(req: RecipeRequest) -> AsyncIterator[str]:
     """The recipe's text as the browser receives it, chunk by chunk: a token, then the

@@ -87,6 +87,13 @@ class TaskFailed(ShimError):
         self.status = status
 
 
+class StreamInterrupted(TaskFailed):
+    """The task path's stream failed after the caller had its first pieces: serving a
+    streaming call site, legacy cannot take its place (it would start the answer
+    again). Raised from the task path's error (``__cause__``); a call site's
+    ``stream_error=`` may turn it into the error its callers already handle."""
+
+
 class TaskNotRegistered(TaskFailed):
     """The coordinator answered 404: ``product.task`` has no entry in assignments.yaml."""
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pydantic
 
+from shim.base.errors import TaskFailed
 from shim.client.allocation import granted, holding, node_of, release_steps
 from shim.client.protocol import (
     Call,
@@ -24,7 +26,14 @@ from shim.client.protocol import (
 from shim.client.sse import SSEError, arrived_by, read_completion_stream
 from shim.client.task import TaskAllocation, TaskRequest, TaskResult
 
-__all__ = ["EXTRACT_SERVICES", "infer_steps"]
+__all__ = [
+    "EXTRACT_SERVICES",
+    "NodeStream",
+    "infer_steps",
+    "node_refused",
+    "open_steps",
+    "streamed",
+]
 
 #: Services whose nodes read documents at ``POST {url}/extract`` instead of chatting.
 EXTRACT_SERVICES = frozenset({"cf-docuvision"})
@@ -119,8 +128,7 @@ def _node_answer(ex: Exchange, reply: Reply, where: str, kind: type[M], shape: s
     """The node's reply as ``kind``; TaskFailed for an error status, malformed JSON, or
     a body that is not ``shape``."""
     if reply.status >= 300:
-        message = f"node {where} answered {reply.status}: {detail(reply.content, redact=ex.redact)}"
-        raise ex.fail(message, reply.status)
+        raise node_refused(ex, where, reply.status, reply.content)
     data = ex.parse(reply, "node")
     try:
         return kind.model_validate(data)
@@ -183,23 +191,57 @@ def _streamed(
 ) -> TaskResult:
     """A streamed chat completion's result: its text, pieces and time to first text."""
     if reply.status >= 300:
-        message = f"node {where} answered {reply.status}: {detail(reply.content, redact=ex.redact)}"
-        raise ex.fail(message, reply.status)
+        raise node_refused(ex, where, reply.status, reply.content)
     try:
-        streamed = read_completion_stream(reply.content)
+        said = read_completion_stream(reply.content)
     except SSEError as exc:
         raise ex.fail(f"node stream: {exc}", reply.status) from None
-    first = None if streamed.first_end is None else arrived_by(reply.arrivals, streamed.first_end)
+    first = None if said.first_end is None else arrived_by(reply.arrivals, said.first_end)
+    said_model = said.model or model
+    return streamed(ex, alloc, started, said.text, said.chunks, said_model, said.usage, first)
+
+
+def node_refused(ex: Exchange, where: str, status: int, content: bytes) -> TaskFailed:
+    """The error for a node that answered ``status`` (an error) with ``content``."""
+    return ex.fail(f"node {where} answered {status}: {detail(content, redact=ex.redact)}", status)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStream:
+    """A streamed completion ready to be read: the allocation it holds (given back
+    once the stream is read or left), the call that opens the node's stream, the model
+    asked for, the node as errors name it, and when the exchange started."""
+
+    alloc: TaskAllocation
+    call: Call
+    model: str | None
+    where: str
+    started: float
+
+
+def streamed(
+    ex: Exchange,
+    alloc: TaskAllocation,
+    started: float,
+    text: str,
+    chunks: int,
+    model: str | None,
+    usage: Any,
+    first: float | None,
+) -> TaskResult:
+    """The result of a stream on ``alloc`` that started at ``started``, read to its
+    end: its text in ``chunks`` pieces, its model and usage, and when (``ex.clock()``)
+    its first text came."""
     return TaskResult(
-        streamed.text,
-        streamed.model or model,
+        text,
+        model,
         alloc.service,
         alloc.node_id,
         alloc.allocation_id,
         (ex.clock() - started) * 1000,
-        streamed.usage,
+        usage,
         None if first is None else (first - started) * 1000,
-        streamed.chunks,
+        chunks,
     )
 
 
@@ -208,24 +250,55 @@ def infer_steps(ex: Exchange, req: TaskRequest) -> Generator[Call, Reply, TaskRe
     started = ex.clock()
     answer, _ = yield from ask(ex, _task_body(ex, req))
     if isinstance(answer, OutputReply):
-        if req.images:  # made without them: not an answer to this request
-            raise ex.fail(
-                "answered output to a request with images (an allocation was asked for)", None
-            )
-        latency = (ex.clock() - started) * 1000
-        return TaskResult(
-            answer.output,
-            answer.model,
-            answer.service_type,
-            answer.node_id,
-            answer.allocation_id,
-            latency,
-            answer.usage,
-            # asked to stream, the coordinator answered itself: one piece, all at once
-            latency if ex.stream else None,
-            1 if ex.stream else None,
-        )
+        return _answered(ex, req, answer, started)
     alloc = granted(ex, answer, started)
     result = yield from holding(ex, alloc, _complete(ex, req, alloc, started))
     yield from release_steps(ex, alloc)
     return result
+
+
+def open_steps(ex: Exchange, req: TaskRequest) -> Generator[Call, Reply, TaskResult | NodeStream]:
+    """A streamed inference (``ex.stream``), up to the node's stream: the node stream
+    to read, its allocation held (the reader gives it back), or a whole result that
+    does not stream (the coordinator's own output; a document node's text)."""
+    started = ex.clock()
+    answer, _ = yield from ask(ex, _task_body(ex, req))
+    if isinstance(answer, OutputReply):
+        return _answered(ex, req, answer, started)
+    alloc = granted(ex, answer, started)
+    if alloc.service in EXTRACT_SERVICES:
+        result = yield from holding(ex, alloc, _complete(ex, req, alloc, started))
+        yield from release_steps(ex, alloc)
+        return result
+    return (yield from holding(ex, alloc, _node_stream(ex, req, alloc, started)))
+
+
+def _node_stream(
+    ex: Exchange, req: TaskRequest, alloc: TaskAllocation, started: float
+) -> Generator[Call, Reply, NodeStream]:
+    node, headers = node_of(ex, alloc)
+    model = yield from _model(alloc, node, headers)
+    body = _chat_body(req, model) | {"stream": True}
+    call = Call("POST", f"{node}/v1/chat/completions", body, headers, stream=True)
+    return NodeStream(alloc, call, model, alloc.node_id or node, started)
+
+
+def _answered(ex: Exchange, req: TaskRequest, answer: OutputReply, started: float) -> TaskResult:
+    """The coordinator answered with output itself."""
+    if req.images:  # made without them: not an answer to this request
+        raise ex.fail(
+            "answered output to a request with images (an allocation was asked for)", None
+        )
+    latency = (ex.clock() - started) * 1000
+    return TaskResult(
+        answer.output,
+        answer.model,
+        answer.service_type,
+        answer.node_id,
+        answer.allocation_id,
+        latency,
+        answer.usage,
+        # asked to stream, the coordinator answered itself: one piece, all at once
+        latency if ex.stream else None,
+        1 if ex.stream else None,
+    )

@@ -1,8 +1,10 @@
 """A node's streamed chat completion, read: server-sent events of OpenAI
 ``chat.completion.chunk`` objects, then ``data: [DONE]``.
 
-The body is read whole (the reply's ``arrivals`` say when each piece of it came), so
-the text, its pieces and the time to the first piece of text are known at the end.
+Two readers: :func:`read_completion_stream` reads a body read whole (the reply's
+``arrivals`` say when each piece of it came), so the text, its pieces and the time to
+the first piece of text are known at the end; :class:`CompletionReader` reads the body
+as its bytes come, handing on each piece of text as soon as its event is whole.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from shim.base.jsonload import loads
 
-__all__ = ["SSEError", "Streamed", "arrived_by", "read_completion_stream"]
+__all__ = ["CompletionReader", "SSEError", "Streamed", "arrived_by", "read_completion_stream"]
 
 # Lines end in CRLF, LF or CR (the SSE spec allows each); a blank line ends an event.
 _LINE_END = re.compile(rb"\r\n|\n|\r")
@@ -79,25 +81,121 @@ def read_completion_stream(body: bytes) -> Streamed:
     else:  # a node that ignored stream: true, or a stream cut short
         raise SSEError("the stream ended without data: [DONE]")
     pieces: list[str] = []
-    model: str | None = None
-    usage: dict[str, Any] | None = None
+    said = _Said()
     first_end: int | None = None
     for chunk, (_, end) in zip(_chunks(events), events, strict=True):
-        if not isinstance(chunk, dict):
-            raise SSEError("an event is not a chat completion chunk")
-        if isinstance(chunk.get("model"), str):
-            model = chunk["model"]
-        if isinstance(chunk.get("usage"), dict):
-            usage = chunk["usage"]
-        choices = chunk.get("choices")
-        if not isinstance(choices, list):
-            raise SSEError("an event has no choices")
-        content = _content(choices)
+        content = said.take(chunk)
         if content:
             pieces.append(content)
             if first_end is None:
                 first_end = end
-    return Streamed("".join(pieces), len(pieces), model, usage, first_end)
+    return Streamed("".join(pieces), len(pieces), said.model, said.usage, first_end)
+
+
+class _Said:
+    """What a completion's chunks named so far (the last model and usage given); a
+    chunk's text from :meth:`take`."""
+
+    __slots__ = ("model", "usage")
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def take(self, chunk: Any) -> str:
+        """The text of one chunk (empty: none); SSEError for what is not a chunk."""
+        if not isinstance(chunk, dict):
+            raise SSEError("an event is not a chat completion chunk")
+        if isinstance(chunk.get("model"), str):
+            self.model = chunk["model"]
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            raise SSEError("an event has no choices")
+        return _content(choices)
+
+
+class CompletionReader:
+    """A streamed completion read as it comes: :meth:`feed` it the body's bytes in
+    any pieces and get the text of each event made whole by them; :meth:`finish` at
+    the end of the body. ``model`` and ``usage`` are the last the chunks named;
+    ``done`` once ``data: [DONE]`` came (what follows it is not read)."""
+
+    __slots__ = ("_buffer", "_error", "_lines", "_said", "done")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._lines: list[bytes] = []
+        self._said = _Said()
+        self._error: SSEError | None = None
+        self.done = False
+
+    @property
+    def model(self) -> str | None:
+        return self._said.model
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._said.usage
+
+    def feed(self, data: bytes) -> list[str]:
+        """The pieces of text of the events ``data`` completes (none that are empty).
+        An event that is not a chunk raises SSEError, after the pieces before it are
+        given (at the next call)."""
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        buffer += data
+        pieces: list[str] = []
+        start = 0
+        try:
+            for end in _LINE_END.finditer(buffer):
+                if end.end() == len(buffer) and buffer[-1:] == b"\r":
+                    break  # perhaps half of a CRLF: decided by the next bytes
+                line = bytes(buffer[start : end.start()])
+                start = end.end()
+                if line:
+                    self._lines.append(line)
+                elif self._lines:
+                    self._event(pieces)
+        except SSEError as exc:
+            if not pieces:
+                raise
+            self._error = exc  # what came before it is given first
+        del buffer[:start]
+        return pieces
+
+    def finish(self) -> list[str]:
+        """The body ended: the pieces of a last event without its blank line; SSEError
+        if no ``data: [DONE]`` came (a stream cut short, or not a stream)."""
+        if self._error is not None:
+            raise self._error
+        pieces: list[str] = []
+        if self._buffer.rstrip(b"\r"):
+            self._lines.append(bytes(self._buffer.rstrip(b"\r")))
+        self._buffer.clear()
+        if self._lines:
+            self._event(pieces)
+        if not self.done:
+            raise SSEError("the stream ended without data: [DONE]")
+        return pieces
+
+    def _event(self, pieces: list[str]) -> None:
+        lines, self._lines = self._lines, []
+        data = _data(lines)
+        if data is None or self.done:
+            return
+        if data == "[DONE]":
+            self.done = True
+            return
+        try:
+            chunk = loads(data)
+        except ValueError:
+            raise SSEError("an event's data is not JSON") from None
+        content = self._said.take(chunk)
+        if content:
+            pieces.append(content)
 
 
 def _chunks(events: list[tuple[str, int]]) -> list[Any]:

@@ -8,201 +8,50 @@ back what came of it.
 
 from __future__ import annotations
 
-import json
-import os
+import functools
 import ssl
+import threading
 import time
-import urllib.request
 from collections.abc import Generator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TypeVar
 
 import httpx
 
-from shim.base.secrets import Redactor, checked_secret, url_secrets, warn_if_plain_http
 from shim.client.allocation import allocate_steps, release_steps
+from shim.client.client_base import (
+    MAX_REPLY_BYTES,
+    USER_AGENT,
+    Body,
+    ClientBase,
+    advance,
+    json_bytes,
+    proxied,
+)
 from shim.client.dial import default_tls
-from shim.client.inference import infer_steps
-from shim.client.protocol import Call, Exchange, ReleaseHook, Reply
+from shim.client.inference import infer_steps, open_steps
+from shim.client.protocol import Call, Exchange, Reply
+from shim.client.streaming import AsyncTaskStream, Reading, TaskStream
 from shim.client.task import TaskAllocation, TaskRequest, TaskResult
-from shim.client.wire import TooLarge, Wire
+from shim.client.wire import Wire
 
-__all__ = ["AsyncTaskClient", "TaskAllocation", "TaskClient", "TaskRequest", "TaskResult"]
+__all__ = [
+    "AsyncTaskClient",
+    "AsyncTaskStream",
+    "TaskAllocation",
+    "TaskClient",
+    "TaskRequest",
+    "TaskResult",
+    "TaskStream",
+]
 
 T = TypeVar("T")
-H = TypeVar("H", httpx.Client, httpx.AsyncClient)
-
-#: Replies larger than this are refused rather than buffered.
-MAX_REPLY_BYTES = 32 * 1024 * 1024
-_USER_AGENT = "task-shim/0.1"
-
-
-# -- what the sync and async clients share --------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Done(Generic[T]):
-    """The steps are done: what they returned."""
-
-    value: T
-
-
-def _advance(steps: Generator[Call, Reply, T], reply: Any) -> Call | _Done[T]:
-    """Hand the steps what came of their last call (a reply, or an error to throw;
-    None to start them): the call they need next, or what they returned."""
-    try:
-        return steps.throw(reply) if isinstance(reply, BaseException) else steps.send(reply)
-    except StopIteration as stop:
-        return _Done(stop.value)
-
-
-class _Body:
-    """A reply body read chunk by chunk: refused past ``MAX_REPLY_BYTES`` or the
-    deadline; with ``arrivals``, when each chunk came."""
-
-    __slots__ = ("arrivals", "content", "deadline")
-
-    def __init__(self, deadline: float, arrivals: list[tuple[int, float]] | None) -> None:
-        self.content = bytearray()
-        self.deadline = deadline
-        self.arrivals = arrivals
-
-    def add(self, chunk: bytes) -> None:
-        self.content += chunk
-        now = time.perf_counter()
-        if self.arrivals is not None and chunk:
-            self.arrivals.append((len(self.content), now))
-        if len(self.content) > MAX_REPLY_BYTES:
-            raise TooLarge(f"reply larger than {MAX_REPLY_BYTES} bytes")
-        if now > self.deadline:
-            raise httpx.ReadTimeout("total deadline passed while reading the reply")
-
-
-class _ClientBase(Generic[H]):
-    """What the sync and async clients share: options, the key, errors, timeouts."""
-
-    _wire: Wire | None = None  # the sync client's own HTTP/1.1, when it speaks it
-    _http: H | None  # the httpx client sent with, when there is one
-
-    def __init__(
-        self,
-        orch_url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        http: H | None = None,
-        tls: ssl.SSLContext | None = None,
-        on_release_failed: ReleaseHook | None = None,
-    ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
-        self.orch_url = orch_url.rstrip("/")
-        self.timeout = timeout
-        self.on_release_failed = on_release_failed
-        key = _license_key(api_key, type(self).__name__)
-        # The key goes to the coordinator only, never to the node URLs it hands out.
-        self._auth = {"Authorization": f"Bearer {key}"} if key else {}
-        self.secret = key  # never repeated in an error message, even if echoed
-        # Built once here: error paths only, never per call on the caller's thread.
-        self._redact = Redactor((key, *url_secrets(orch_url)))
-        if key:
-            warn_if_plain_http(self.orch_url, what="the license key", setting="CF_ORCH_URL")
-        self._owned = http is None
-        self._http = self._connect(http, tls)
-
-    def _connect(self, http: H | None, tls: ssl.SSLContext | None) -> H | None:
-        """The httpx client to send with: ``http``, or one of our own (verifying with
-        ``tls``, else the process's one default context: an httpx client's own costs
-        ~20 ms to build); None when the client speaks HTTP/1.1 itself."""
-        raise NotImplementedError
-
-    def _exchange(
-        self, product: str, task: str, hint: str | None = None, stream: bool = False
-    ) -> Exchange:
-        return Exchange(
-            self.orch_url,
-            product,
-            task,
-            self._auth,
-            self.on_release_failed,
-            hint,
-            redact=self._redact,
-            stream=stream,
-        )
-
-    def _scrubbed(
-        self,
-        status: int,
-        content: bytes | bytearray,
-        arrivals: list[tuple[int, float]] | None = None,
-    ) -> Reply:
-        """A reply; an error body with the key (in any form: JSON-escaped,
-        percent-encoded, ...) and URL passwords taken out, if the server echoed them."""
-        if status >= 300:
-            return Reply(status, self._redact.redact_bytes(bytes(content)))
-        return Reply(status, bytes(content), tuple(arrivals) if arrivals else ())
-
-    def _limits(self, call: Call, deadline: float) -> tuple[float, float]:
-        """The seconds the call has left, and the deadline its reply must be read by:
-        the exchange's, or a release's own."""
-        remaining = min(5.0, self.timeout) if call.release else deadline - time.perf_counter()
-        if remaining <= 0:
-            raise httpx.ReadTimeout("deadline passed before the call")
-        if call.release:
-            deadline = time.perf_counter() + remaining
-        return remaining, deadline
-
-    @staticmethod
-    def _timeout(remaining: float) -> httpx.Timeout:
-        """The httpx timeouts of a call with ``remaining`` seconds (connecting: at most 5)."""
-        return httpx.Timeout(remaining, connect=min(remaining, 5.0))
-
-    def _failed(self, exc: BaseException, ex: Exchange) -> BaseException:
-        """The error the steps see: transport errors become TaskFailed, the rest as is."""
-        if isinstance(exc, httpx.TimeoutException):
-            message = f"no answer within {self.timeout:g} s ({type(exc).__name__})"
-        elif isinstance(exc, httpx.HTTPError):  # TooLarge included
-            message = f"{type(exc).__name__}: {exc}"
-        else:
-            return exc
-        redacted = self._redact(message)
-        error = ex.fail(redacted, None)
-        if redacted == message:
-            error.__cause__ = exc
-        else:  # the cause's own message quotes the secret: a traceback would print it
-            error.__suppress_context__ = True
-        return error
-
-
-def _license_key(api_key: str | None, client: str) -> str | None:
-    """The key to send: ``api_key``, else ``CF_LICENSE_KEY``; checked, and named in an
-    error by the setting it came from."""
-    env = os.environ.get("CF_LICENSE_KEY")
-    if api_key is None or api_key == env:
-        return checked_secret(env if api_key is None else api_key, name="CF_LICENSE_KEY")
-    return checked_secret(api_key, name="api_key", where=client)
-
-
-# One encoder: json.dumps with options builds one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _json_bytes(body: Any) -> bytes:
-    """A request body as httpx's ``json=`` encodes it."""
-    return _ENCODER.encode(body).encode()
-
-
-def _proxied() -> bool:
-    """The environment names an HTTP(S) proxy, which only httpx knows how to use."""
-    proxies = urllib.request.getproxies_environment()
-    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
 # -- the drivers ----------------------------------------------------------------------
 
 
-class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]):
+class TaskClient(ClientBase[httpx.Client], AbstractContextManager["TaskClient"]):
     """Synchronous client for cf-orch's task endpoint, over pooled keep-alive connections.
 
     ``api_key`` defaults to ``CF_LICENSE_KEY`` (sent as a Bearer token to the
@@ -218,18 +67,17 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
     that failed (they are logged as ``shim.release_failed`` and never raised).
     """
 
+    _stream_http: httpx.Client | None = None
+
     def _connect(
         self, http: httpx.Client | None, tls: ssl.SSLContext | None
     ) -> httpx.Client | None:
-        if http is None and not _proxied():
+        self._tls, self._lock = tls, threading.Lock()
+        if http is None and not proxied():
             # No httpx.Client as well, unused: building one is ~20 ms (its TLS context).
-            self._wire = Wire(
-                headers={"User-Agent": _USER_AGENT}, tls=tls, max_body=MAX_REPLY_BYTES
-            )
+            self._wire = Wire(headers={"User-Agent": USER_AGENT}, tls=tls, max_body=MAX_REPLY_BYTES)
             return None
-        return http or httpx.Client(
-            headers={"User-Agent": _USER_AGENT}, verify=tls or default_tls()
-        )
+        return http or httpx.Client(headers={"User-Agent": USER_AGENT}, verify=tls or default_tls())
 
     def infer(
         self,
@@ -250,6 +98,52 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
         ex = self._exchange(product, task, service_hint, stream)
         return self._run(ex, infer_steps(ex, request))
 
+    def open_stream(
+        self, product: str, task: str, request: TaskRequest, *, service_hint: str | None = None
+    ) -> TaskStream:
+        """Run ``product.task`` on the task path as a stream read as it comes:
+        TaskNotRegistered / TaskFailed until the node's stream is open, then a
+        :class:`TaskStream` of pieces of text (TaskFailed if the stream fails on the
+        way). The stream gives the node's allocation back once read, failed or closed;
+        ``timeout`` bounds the whole of it."""
+        ex = self._exchange(product, task, service_hint, True)
+        deadline = time.perf_counter() + self.timeout
+        opened = self._run(ex, open_steps(ex, request))
+        if isinstance(opened, TaskResult):
+            return TaskStream.whole(opened)
+        release = functools.partial(self.release, product, task, opened.alloc)
+        call = opened.call
+        try:
+            remaining, _ = self._limits(call, deadline)
+            http = self._streams()
+            sent = http.build_request(
+                call.method,
+                call.url,
+                json=call.body,
+                headers=call.headers,
+                timeout=self._timeout(remaining),
+            )
+            response = http.send(sent, stream=True)
+        except BaseException as exc:
+            release()
+            raise self._failed(exc, ex)  # noqa: B904 - the cause is set as it must be
+        reading = Reading(ex, opened, deadline, MAX_REPLY_BYTES)
+        return TaskStream.reading(
+            response, reading, release, functools.partial(self._failed, ex=ex)
+        )
+
+    def _streams(self) -> httpx.Client:
+        """The httpx client node streams are read with: the one given, else one of
+        its own made on first use (the client's HTTP/1.1 reads replies whole)."""
+        if self._http is not None:
+            return self._http
+        with self._lock:
+            if self._stream_http is None:
+                self._stream_http = httpx.Client(
+                    headers={"User-Agent": USER_AGENT}, verify=self._tls or default_tls()
+                )
+            return self._stream_http
+
     def allocate(
         self, product: str, task: str, *, service_hint: str | None = None
     ) -> TaskAllocation:
@@ -266,9 +160,9 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
 
     def _run(self, ex: Exchange, steps: Generator[Call, Reply, T]) -> T:
         deadline = time.perf_counter() + self.timeout
-        step = _advance(steps, None)
+        step = advance(steps, None)
         while isinstance(step, Call):
-            step = _advance(steps, self._send(step, deadline, ex))
+            step = advance(steps, self._send(step, deadline, ex))
         return step.value
 
     def _send(self, call: Call, deadline: float, ex: Exchange) -> Reply | BaseException:
@@ -278,7 +172,7 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
             remaining, deadline = self._limits(call, deadline)
             arrivals: list[tuple[int, float]] | None = [] if call.stream else None
             if self._wire is not None:
-                data = None if call.body is None else _json_bytes(call.body)
+                data = None if call.body is None else json_bytes(call.body)
                 status, content = self._wire.send(
                     call.method,
                     call.url,
@@ -294,7 +188,7 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
             with self._http.stream(
                 call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
             ) as response:
-                body = _Body(deadline, arrivals)
+                body = Body(deadline, arrivals)
                 for chunk in response.iter_bytes():
                     body.add(chunk)
                 return self._scrubbed(response.status_code, body.content, arrivals)
@@ -307,13 +201,15 @@ class TaskClient(_ClientBase[httpx.Client], AbstractContextManager["TaskClient"]
             self._wire.close()
         if self._owned and self._http is not None:
             self._http.close()
+        if self._stream_http is not None:
+            self._stream_http.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 class AsyncTaskClient(
-    _ClientBase[httpx.AsyncClient], AbstractAsyncContextManager["AsyncTaskClient"]
+    ClientBase[httpx.AsyncClient], AbstractAsyncContextManager["AsyncTaskClient"]
 ):
     """Asynchronous twin of :class:`TaskClient`, over one reusable httpx.AsyncClient
     (``http``, or one of its own that verifies certificates with ``tls`` or the
@@ -326,7 +222,7 @@ class AsyncTaskClient(
     ) -> httpx.AsyncClient:
         if http is not None:
             return http
-        return httpx.AsyncClient(headers={"User-Agent": _USER_AGENT}, verify=tls or default_tls())
+        return httpx.AsyncClient(headers={"User-Agent": USER_AGENT}, verify=tls or default_tls())
 
     async def infer(
         self,
@@ -340,6 +236,35 @@ class AsyncTaskClient(
         """Run ``product.task`` on the task path; raises TaskNotRegistered / TaskFailed."""
         ex = self._exchange(product, task, service_hint, stream)
         return await self._run(ex, infer_steps(ex, request))
+
+    async def open_stream(
+        self, product: str, task: str, request: TaskRequest, *, service_hint: str | None = None
+    ) -> AsyncTaskStream:
+        """:meth:`TaskClient.open_stream`: ``async for`` the pieces; ``await
+        aclose()`` a stream left early."""
+        ex = self._exchange(product, task, service_hint, True)
+        deadline = time.perf_counter() + self.timeout
+        opened = await self._run(ex, open_steps(ex, request))
+        if isinstance(opened, TaskResult):
+            return AsyncTaskStream.whole(opened)
+        release = functools.partial(self.release, product, task, opened.alloc)
+        call = opened.call
+        try:
+            remaining, _ = self._limits(call, deadline)
+            sent = self._http.build_request(
+                call.method,
+                call.url,
+                json=call.body,
+                headers=call.headers,
+                timeout=self._timeout(remaining),
+            )
+            response = await self._http.send(sent, stream=True)
+        except BaseException as exc:
+            await release()
+            raise self._failed(exc, ex)  # noqa: B904 - the cause is set as it must be
+        reading = Reading(ex, opened, deadline, MAX_REPLY_BYTES)
+        failed = functools.partial(self._failed, ex=ex)
+        return AsyncTaskStream.reading(response, reading, release, failed)
 
     async def allocate(
         self, product: str, task: str, *, service_hint: str | None = None
@@ -356,9 +281,9 @@ class AsyncTaskClient(
 
     async def _run(self, ex: Exchange, steps: Generator[Call, Reply, T]) -> T:
         deadline = time.perf_counter() + self.timeout
-        step = _advance(steps, None)
+        step = advance(steps, None)
         while isinstance(step, Call):
-            step = _advance(steps, await self._send(step, deadline, ex))
+            step = advance(steps, await self._send(step, deadline, ex))
         return step.value
 
     async def _send(self, call: Call, deadline: float, ex: Exchange) -> Reply | BaseException:
@@ -370,7 +295,7 @@ class AsyncTaskClient(
             async with self._http.stream(
                 call.method, call.url, json=call.body, headers=call.headers, timeout=timeout
             ) as response:
-                body = _Body(deadline, arrivals)
+                body = Body(deadline, arrivals)
                 async for chunk in response.aiter_bytes():
                     body.add(chunk)
                 return self._scrubbed(response.status_code, body.content, arrivals)

@@ -51,6 +51,8 @@ class ShadowOptions:
     soft_failure: Callable[[Any], bool] | None = is_soft_failure
     side_effects: bool = False
     serve_without_side_effects: bool = False
+    stream: bool | Literal["async"] = False
+    stream_error: Callable[[BaseException], BaseException] | None = None
 
     def __post_init__(self) -> None:
         if self.allocation not in (False, True, "entered"):
@@ -61,6 +63,10 @@ class ShadowOptions:
             raise TypeError("shadow() needs request= (the call's arguments -> TaskRequest)")
         if self.allocation == "entered" and self.response is None:
             raise ValueError("allocation='entered' needs response= (allocation -> value)")
+        if self.stream not in (False, True, "async"):
+            raise ValueError(f"stream must be False, True or 'async', got {self.stream!r}")
+        if self.stream_error is not None and not callable(self.stream_error):
+            raise TypeError("stream_error= takes a callable: StreamInterrupted -> exception")
         if self.serve_without_side_effects and not self.side_effects:
             raise ValueError(
                 "serve_without_side_effects=True only means something with side_effects=True"
@@ -137,6 +143,7 @@ class Decorator:
         if soft is not None and allocation == "entered":
             soft = first_of_pair(soft)
         legacy_model = options.legacy_model
+        stream = _stream_kind(fn, options)
         site = CallSite(
             product=product,
             task=task,
@@ -154,7 +161,8 @@ class Decorator:
             service_hint=options.service_hint or self._services.get(name),
             soft_failure=soft,
             side_effects="serve" if options.serve_without_side_effects else options.side_effects,
-            stream=inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn),
+            stream=stream,
+            stream_error=options.stream_error,
         )
         self._engine.admission.add(name)
         if options.side_effects and self._engine.noise_sample:
@@ -165,7 +173,7 @@ class Decorator:
                 self._engine.noise_sample,
             )
         model = legacy_model if isinstance(legacy_model, str) else None
-        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        if stream:
             wrapper = cast(Callable[P, R], self._stream_wrapper(site, model, fn))
         elif allocation is True:
             wrapper = self._allocation_wrapper(site, model, fn)
@@ -208,11 +216,11 @@ class Decorator:
     def _stream_wrapper(
         self, site: CallSite, model: str | None, fn: Callable[P, R]
     ) -> Callable[P, R]:
-        """A generator or async generator call site: legacy's own stream when off,
-        else relayed (:class:`~shim.core.streams.StreamCalls`). The wrapper returns the
-        stream; it is not a generator function itself."""
+        """A streaming call site: legacy's own stream when off, else relayed or served
+        by the task path (:class:`~shim.core.streams.StreamCalls`). The wrapper returns
+        the stream; it is not a generator function itself."""
         source, name, decide = self._flags, site.name, self._engine.call
-        relay = self._streams.asynchronous if inspect.isasyncgenfunction(fn) else self._streams.sync
+        relay = self._streams.asynchronous if site.stream == "async" else self._streams.sync
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -243,6 +251,24 @@ def _call_site(fn: Callable[..., Any]) -> str:
     return f"{fn.__module__}:{fn.__qualname__}"
 
 
+def _stream_kind(fn: Callable[..., Any], options: ShadowOptions) -> bool | str:
+    """Whether a call site streams: "sync" or "async" (a generator function, or
+    ``stream=``), else False. ``stream_error=`` without a stream is a ValueError."""
+    if inspect.isasyncgenfunction(fn):
+        return "async"
+    if inspect.isgeneratorfunction(fn):
+        return "sync"
+    if options.stream and inspect.iscoroutinefunction(fn):
+        raise TypeError(
+            f"{_call_site(fn)} is a coroutine function: stream= wraps a function that "
+            "returns an iterator (True) or an async iterator ('async') when called; "
+            "wrap the async generator that iterates instead"
+        )
+    if options.stream_error is not None and not options.stream:
+        raise ValueError(f"{_call_site(fn)}: stream_error= only applies to streaming call sites")
+    return "async" if options.stream == "async" else "sync" if options.stream else False
+
+
 def _check(
     fn: Callable[..., Any],
     product: str | Callable[..., str],
@@ -251,10 +277,17 @@ def _check(
 ) -> None:
     """The options' callables fit ``fn``'s signature (TypeError naming the call site);
     a generator is a stream, never an allocation."""
-    if (inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)) and options.allocation:
-        kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
+    generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    if (generator or options.stream) and options.allocation:
+        kind = (
+            "an async generator function"
+            if inspect.isasyncgenfunction(fn)
+            else "a generator function"
+            if generator
+            else "stream=True"
+        )
         raise TypeError(
-            f"{_call_site(fn)} is {kind} function, compared as a stream: allocation= does "
+            f"{_call_site(fn)} is {kind}, compared as a stream: allocation= does "
             "not apply (for a context manager that yields an allocation, apply "
             "@contextmanager first)"
         )

@@ -20,7 +20,20 @@ from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MAX_STREAM_BYTES", "OnEnd", "StreamEnd", "Tap", "arelay", "assemble", "relay"]
+from shim.records.observe import Observation, Stream, describe
+
+__all__ = [
+    "MAX_STREAM_BYTES",
+    "OnEnd",
+    "StreamEnd",
+    "Tap",
+    "adrain",
+    "arelay",
+    "assemble",
+    "drain",
+    "relay",
+    "stream_observation",
+]
 
 _perf = time.perf_counter
 
@@ -174,3 +187,47 @@ async def arelay(
         if tell is not None:
             tell(tap.end(exc))
         raise
+
+
+def drain(fn: Callable[..., Any]) -> Callable[..., StreamEnd]:
+    """``fn`` (a stream's function: a generator or one returning an iterator) made a
+    function that reads its whole stream, in the background, and tells how it went."""
+
+    def drained(*args: Any, **kwargs: Any) -> StreamEnd:
+        tap = Tap()
+        try:
+            for chunk in fn(*args, **kwargs):
+                tap.add(chunk)
+                tap.resume()
+        except Exception as exc:
+            return tap.end(exc)
+        return tap.end()
+
+    return drained
+
+
+def adrain(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`drain` for an async stream's function: a coroutine function."""
+
+    async def drained(*args: Any, **kwargs: Any) -> StreamEnd:
+        tap = Tap()
+        try:
+            async for chunk in fn(*args, **kwargs):
+                tap.add(chunk)
+                tap.resume()
+        except Exception as exc:
+            return tap.end(exc)
+        return tap.end()
+
+    return drained
+
+
+def stream_observation(end: StreamEnd, model: str | None) -> Observation | None:
+    """Legacy's side of a record from how its stream went (None: too long to keep)."""
+    first = None if end.first is None else end.first * 1000
+    stream, ms = Stream(first, end.count), end.busy * 1000
+    if end.error is not None:
+        return Observation(False, ms, error=describe(end.error), model=model, stream=stream)
+    if end.chunks is None:
+        return None
+    return Observation(True, ms, assemble(end.chunks), model=model, stream=stream)

@@ -14,6 +14,7 @@ from shim.core.callsite import kept_arguments
 from shim.core.dispatch import ThreadDispatcher
 from shim.core.events import Events
 from shim.core.loopend import LoopEnded
+from shim.core.relay import adrain, drain, stream_observation
 from shim.core.steps import Lane, Steps, enter, leave
 from shim.records.observe import Observation, Pending, capture
 
@@ -53,8 +54,9 @@ class ServedCalls:
         """Background side of a served call: run legacy, record the comparison (made
         here if ``here``, else on the recorder's thread). What legacy holds is given
         back: an allocation's context manager is entered and left; a ``(value, ctx)``
-        pair's ctx is left. Legacy failing once its event loop has begun to end says
-        nothing about legacy: counted as dropped (``loop_closed``)."""
+        pair's ctx is left; a stream is read to its end. Legacy failing once its event
+        loop has begun to end says nothing about legacy: counted as dropped
+        (``loop_closed``)."""
         site, run = call.site, call.background()
         started = _perf()
         try:
@@ -62,6 +64,9 @@ class ServedCalls:
                 cm = run.fn(*run.args, **run.kwargs)
                 result = yield enter(cm)
                 yield leave(cm)
+            elif site.stream:  # read to its end here, timed as it went
+                drained = adrain(run.fn) if site.stream == "async" else drain(run.fn)
+                result = yield replace(run, fn=drained)
             else:
                 result = yield run
                 if site.allocation == "entered" and held_value(result) is not result:
@@ -72,7 +77,14 @@ class ServedCalls:
         except Exception as exc:
             legacy = legacy_observation(started, call.model, exc=exc)
         else:
-            legacy = legacy_observation(started, call.model, result, copy=False)
+            if site.stream:
+                streamed = stream_observation(result, call.model)
+                if streamed is None:
+                    self.recorder.dropped(site.product, site.task, "stream_too_large")
+                    return
+                legacy = streamed
+            else:
+                legacy = legacy_observation(started, call.model, result, copy=False)
         if self._dispatch.keep_result():  # on a worker: not counted by close() already
             pending = Pending(site, call.decision.stage, "task", legacy, candidate)
             self.events.compared(pending, here=here)

@@ -234,6 +234,8 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         soft_failure: Callable[[Any], bool] | None = is_soft_failure,
         side_effects: bool = False,
         serve_without_side_effects: bool = False,
+        stream: bool | Literal["async"] = False,
+        stream_error: Callable[[BaseException], BaseException] | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Wrap a call site of ``product.task``.
 
@@ -293,8 +295,12 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         them afterwards cannot change what the task path is sent (nor what legacy
         sees when it runs in the background).
 
-        Generator functions are refused (TypeError): a stream would be compared as
-        its repr.
+        Generator and async generator functions are streaming call sites, as is a
+        function that returns an iterator (``stream=True``) or an async iterator
+        (``stream="async"``) of chunks: see the README's "Streaming call sites". Served
+        by the task path, a stream that fails after its first piece raises
+        StreamInterrupted, or what ``stream_error`` (StreamInterrupted -> exception)
+        makes of it.
         """
         options = ShadowOptions(
             request=request,
@@ -309,6 +315,8 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
             soft_failure=soft_failure,
             side_effects=side_effects,
             serve_without_side_effects=serve_without_side_effects,
+            stream=stream,
+            stream_error=stream_error,
         )
         decorate = self._decorator.shadow(product, task, options)
         return cast(Callable[[Callable[P, R]], Callable[P, R]], decorate)

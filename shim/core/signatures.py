@@ -2,7 +2,8 @@
 
 ``request=``, ``key=`` (and ``product=``, ``task=``, ``service_hint=`` when they are
 callables) are called with the wrapped function's arguments; ``response=``,
-``legacy_model=``, ``legacy_usage=`` and ``soft_failure=`` with one value. A mismatch
+``legacy_model=``, ``legacy_usage=``, ``soft_failure=`` and ``stream_error=`` with one
+value. A mismatch
 would otherwise surface only on a call, in the background, as a failed comparison.
 Each is tried with :meth:`inspect.Signature.bind` on a representative call built from
 the wrapped function's signature: every parameter in its canonical form (positional
@@ -27,6 +28,7 @@ _ON_ONE_VALUE = {
     "legacy_model": "legacy's result",
     "legacy_usage": "legacy's result",
     "soft_failure": "a value the call site returns",
+    "stream_error": "the StreamInterrupted error",
 }
 #: The keyword a representative call passes for ``**kwargs``: one no parameter names.
 _ANY_KEYWORD = "_shim_any_keyword_"

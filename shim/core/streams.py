@@ -1,30 +1,32 @@
-"""Streaming call sites: generators and async generators, compared once they end.
+"""Streaming call sites: generators, async generators and functions that return an
+iterator of chunks (``stream=``), compared once they end.
 
-The caller iterates legacy's own stream through a relay (:mod:`shim.core.relay`):
-each chunk the very object legacy yielded. Once a compared stream ends, its chunks,
-assembled, are legacy's output, with ``ttft_ms`` and ``chunks`` on legacy's side of
-the record and ``latency_ms`` the time legacy spent making it (the caller's own time
-between chunks left out); the task path runs then, streamed too. Admission (breaker,
-budget) is asked as the caller asks for the first chunk, and a worker slot is taken
-only once the stream has ended: a stream created and never read, or left open,
-holds nothing. A stream the caller leaves early is not compared: counted as dropped
-(``abandoned``), as what was seen cannot stand for the output; so is one longer than
-:data:`~shim.core.relay.MAX_STREAM_BYTES` (``stream_too_large``), relayed whole
-without being kept.
+Where legacy serves, the caller iterates legacy's own stream through a relay
+(:mod:`shim.core.relay`): each chunk the very object legacy yielded. Once a compared
+stream ends, its chunks, assembled, are legacy's output, with ``ttft_ms`` and
+``chunks`` on legacy's side of the record and ``latency_ms`` the time legacy spent
+making it (the caller's own time between chunks left out); the task path runs then,
+streamed too. Admission (breaker, budget) is asked as the caller asks for the first
+chunk, and a worker slot is taken only once the stream has ended: a stream created and
+never read, or left open, holds nothing. A stream the caller leaves early is not
+compared: counted as dropped (``abandoned``), as what was seen cannot stand for the
+output; so is one longer than :data:`~shim.core.relay.MAX_STREAM_BYTES`
+(``stream_too_large``), relayed whole without being kept.
 
-What the relay costs per chunk and at the start of a stream: ``bench/streams.py``.
+Where the task path serves: :mod:`shim.core.served_streams`. What the relay costs per
+chunk and at the start of a stream: ``bench/streams.py``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
-from shim import flags as flagpkg
 from shim.core.call import Call
 from shim.core.engine import Engine
 from shim.core.relay import OnEnd, StreamEnd, arelay, assemble, relay
+from shim.core.served_streams import aserve, serve
 from shim.records.observe import Stream
 
 __all__ = ["StreamCalls"]
@@ -32,36 +34,36 @@ __all__ = ["StreamCalls"]
 
 class StreamCalls:
     """The :class:`~shim.core.engine.Engine`'s streaming call sites: a decided call's
-    legacy stream, relayed to the caller and compared once it ends.
-
-    The task path does not serve streams yet: where the flags say it serves (canary,
-    live), legacy serves, compared as in shadow, and the call is counted as dropped
-    (``stream``) so that the report shows the serving that did not happen."""
+    legacy stream, relayed to the caller and compared once it ends, or the task path's
+    stream where it serves."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def sync(self, call: Call) -> Generator[Any, Any, Any]:
-        """Legacy's generator for ``call`` (made now: a call that does not fit its
-        arguments raises here, as it would unwrapped), relayed."""
+        """``call``'s stream: the task path's where it serves
+        (:func:`~shim.core.served_streams.serve`), else legacy's, made now (a call that
+        does not fit its arguments raises here, as it would unwrapped) and relayed."""
+        if call.decision.serve:
+            return serve(self._engine, call)
         inner = call.fn(*call.args, **call.kwargs)
+        if not isinstance(inner, Generator):  # an iterator a ``stream=True`` site returns
+            inner = _generator(iter(inner))
         return relay(inner, *self._hooks(call))
 
     def asynchronous(self, call: Call) -> AsyncGenerator[Any, Any]:
-        """:meth:`sync` for an async generator call site."""
+        """:meth:`sync` for an async streaming call site."""
+        if call.decision.serve:
+            return aserve(self._engine, call)
         inner = call.fn(*call.args, **call.kwargs)
+        if not isinstance(inner, AsyncGenerator):  # a ``stream="async"`` site's iterator
+            inner = _agenerator(aiter(inner))
         return arelay(inner, *self._hooks(call))
 
     def _hooks(self, call: Call) -> tuple[Callable[[], bool], OnEnd]:
-        """What the relay tells of ``call``'s stream; legacy serves it (see above)."""
-        engine, site, decision = self._engine, call.site, call.decision
-        if decision.serve:
-            engine.recorder.dropped(site.product, site.task, "stream")
-            call.decision = flagpkg.Decision(
-                serve=False, compare=decision.compare, stage=decision.stage
-            )
-        if engine.metered:
-            engine.events.served(site, "legacy")
+        """What the relay tells of ``call``'s stream, which legacy serves."""
+        if self._engine.metered:
+            self._engine.events.served(call.site, "legacy")
         return functools.partial(self._start, call), functools.partial(self._end, call)
 
     def _start(self, call: Call) -> bool:
@@ -98,3 +100,12 @@ class StreamCalls:
                 engine.legacy_returned(call, end.busy, output, engine.threads, stream)
         except Exception as exc:
             engine.hand_off_failed(call, exc, slot=False)
+
+
+def _generator(chunks: Iterator[Any]) -> Generator[Any, Any, Any]:
+    return (yield from chunks)
+
+
+async def _agenerator(chunks: AsyncIterator[Any]) -> AsyncGenerator[Any, Any]:
+    async for chunk in chunks:
+        yield chunk

@@ -103,8 +103,12 @@ class CallSite:
     #: Legacy has side effects that must happen once per call: False; True (legacy
     #: always runs, never twice); "serve" (the task path may serve all the same).
     side_effects: bool | str = False
-    #: A generator or async generator: its output is a stream, and so is the task path's.
-    stream: bool = False
+    #: A stream (a generator, or ``stream=``): False, "sync" or "async"; the task
+    #: path's output is then a stream too.
+    stream: bool | str = False
+    #: What a served stream that broke after its first piece raises instead of
+    #: StreamInterrupted (the call site's ``stream_error=``).
+    stream_error: Callable[[BaseException], BaseException] | None = None
 
 
 @dataclass(frozen=True, slots=True)

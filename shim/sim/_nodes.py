@@ -158,7 +158,10 @@ def node_routes(state: SimState) -> APIRouter:
         content = as_text(output)
         chat_id = state.next_id("chatcmpl")
         if body.stream:
-            events = paced(sse_chunks(content, model_id, chat_id), s)
+            cut = state.rng.random() < s.stream_cut_rate
+            if cut:
+                state.count("streams.cut")
+            events = paced(sse_chunks(content, model_id, chat_id), s, cut=cut)
             return StreamingResponse(events, media_type="text/event-stream")
         return state.reply(
             {

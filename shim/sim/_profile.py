@@ -43,6 +43,8 @@ class Knobs(_Strict):
     #: chunks.
     ttft_ms: Millis | None = None
     chunk_interval_ms: Millis | None = None
+    #: Streams: the share cut off after half their events (no end marker).
+    stream_cut_rate: Rate | None = None
 
     def over(self, base: Knobs) -> Knobs:
         """These knobs, with unset ones taken from ``base``."""
@@ -68,6 +70,7 @@ class Settings:
     drift_kinds: tuple[DriftKind, ...]
     ttft_ms: float
     chunk_interval_ms: float
+    stream_cut_rate: float
 
     def latency_s(self, rng: random.Random) -> float:
         """A latency draw: log-normal with the given median and 99th percentile."""
@@ -91,6 +94,7 @@ BASE = Knobs(
     drift_kinds=list(DRIFT_KINDS),
     ttft_ms=0.0,
     chunk_interval_ms=0.0,
+    stream_cut_rate=0.0,
 )
 
 

@@ -86,8 +86,12 @@ def kiwi_events(text: str, *, words: int = 4) -> Iterator[bytes]:
     yield b'data: {"done": true}\n\n'
 
 
-async def paced(events: Iterator[bytes], s: Settings) -> AsyncIterator[bytes]:
-    """``events``, the first after ``ttft_ms``, the others ``chunk_interval_ms`` apart."""
+async def paced(events: Iterator[bytes], s: Settings, *, cut: bool = False) -> AsyncIterator[bytes]:
+    """``events``, the first after ``ttft_ms``, the others ``chunk_interval_ms`` apart;
+    ``cut``: only the first half of them (a stream that breaks off, no end marker)."""
+    if cut:
+        whole = list(events)
+        events = iter(whole[: max(1, len(whole) // 2)])
     wait = s.ttft_ms
     for event in events:
         if wait > 0:
@@ -169,7 +173,8 @@ async def _events(state: SimState, grant: StreamGrant) -> AsyncIterator[bytes]:
             s, kind, grant.node_id, grant.model, drift=False, key=key, prompt=grant.prompt
         )
         text = as_text(output)
-        async for event in paced(kiwi_events(text), s):
+        cut = state.rng.random() < s.stream_cut_rate
+        async for event in paced(kiwi_events(text), s, cut=cut):
             yield event
         state.count("streams.completed")
     finally:

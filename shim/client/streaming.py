@@ -1,0 +1,267 @@
+"""A task-path answer read as it streams: each piece of text handed on as soon as the
+node's event that carries it is whole.
+
+:func:`~shim.client.inference.open_steps` gets as far as the node's stream (or a whole
+answer that does not stream); :class:`TaskStream` and :class:`AsyncTaskStream` read
+it, sharing one :class:`Reading` for what they note. Read to its end, left early
+(``close()``, or the stream collected) or failed, a stream closes its connection and
+gives its allocation back, once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import httpx
+
+from shim.client.inference import NodeStream, node_refused, streamed
+from shim.client.protocol import Exchange
+from shim.client.sse import CompletionReader, SSEError
+from shim.client.task import TaskResult
+from shim.client.wire import TooLarge
+
+__all__ = ["AsyncTaskStream", "Reading", "TaskStream"]
+
+_perf = time.perf_counter
+#: How much of a node's error body is read, to quote in the error.
+_ERROR_BYTES = 64 * 1024
+
+#: Turns a transport error into the error the client raises (TaskFailed).
+Failed = Callable[[BaseException], BaseException]
+
+
+class Reading:
+    """What a stream reader notes as the node's bytes come: the pieces of text, when
+    the first came, how many bytes (refused past ``max_bytes``), and the deadline the
+    whole stream must end by."""
+
+    __slots__ = (
+        "_reader",
+        "count",
+        "deadline",
+        "ex",
+        "first",
+        "max_bytes",
+        "opened",
+        "size",
+        "text",
+    )
+
+    def __init__(self, ex: Exchange, opened: NodeStream, deadline: float, max_bytes: int) -> None:
+        self.ex, self.opened = ex, opened
+        self.deadline, self.max_bytes = deadline, max_bytes
+        self._reader = CompletionReader()
+        self.text: list[str] = []
+        self.first: float | None = None
+        self.count = self.size = 0
+
+    def refused(self, status: int, content: bytes) -> BaseException:
+        """The error for a node that answered an error status."""
+        return node_refused(self.ex, self.opened.where, status, content)
+
+    def take(self, data: bytes) -> list[str]:
+        """The pieces of text ``data`` completes; raises past the size or deadline."""
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise TooLarge(f"reply larger than {self.max_bytes} bytes")
+        if _perf() > self.deadline:
+            raise httpx.ReadTimeout("total deadline passed while reading the stream")
+        return self._noted(self._reader.feed(data))
+
+    def finish(self) -> list[str]:
+        """The body ended: its last pieces (SSEError if it was cut short)."""
+        return self._noted(self._reader.finish())
+
+    def _noted(self, pieces: list[str]) -> list[str]:
+        if pieces:
+            if self.first is None:
+                self.first = self.ex.clock()
+            self.text.extend(pieces)
+            self.count += len(pieces)
+        return pieces
+
+    def result(self) -> TaskResult:
+        """The stream's result, once read to its end."""
+        reader, alloc = self._reader, self.opened.alloc
+        model = reader.model or self.opened.model
+        text = "".join(self.text)
+        return streamed(
+            self.ex, alloc, self.opened.started, text, self.count, model, reader.usage, self.first
+        )
+
+    def failed(self, exc: BaseException, transport: Failed) -> BaseException:
+        """The error the reader raises for ``exc``: TaskFailed naming the node stream
+        for events that are not a completion's, the client's for transport errors."""
+        if isinstance(exc, SSEError):
+            return self.ex.fail(f"node stream: {exc}", 200)
+        return transport(exc)
+
+
+class TaskStream(Iterator[str]):
+    """A task-path answer as it streams: iterate it for its pieces of text (TaskFailed
+    if the stream fails); ``result`` is the whole answer once read to its end. Reading
+    to the end, an error or :meth:`close` closes the connection and gives the node's
+    allocation back. A coordinator's own answer (or a document node's) comes as one
+    piece."""
+
+    def __init__(self, pieces: Iterator[str], end: Callable[[], None] | None = None) -> None:
+        self._pieces = pieces
+        self._end = end
+        self.result: TaskResult | None = None
+
+    @classmethod
+    def whole(cls, result: TaskResult) -> TaskStream:
+        """A stream of an answer already whole: its text, as one piece."""
+        stream = cls(iter([result.text] if result.text else []))
+        stream.result = result
+        return stream
+
+    @classmethod
+    def reading(
+        cls,
+        response: httpx.Response,
+        reading: Reading,
+        release: Callable[[], None],
+        transport: Failed,
+    ) -> TaskStream:
+        """The node's stream ``response``, read with ``reading``; ``release`` gives
+        the allocation back."""
+        stream = cls(iter(()), lambda: _closed(response, release))
+        stream._pieces = stream._read(response, reading, transport)
+        return stream
+
+    def _read(self, response: httpx.Response, reading: Reading, transport: Failed) -> Iterator[str]:
+        try:
+            if response.status_code >= 300:
+                raise reading.refused(response.status_code, _head_of(response.iter_bytes()))
+            for data in response.iter_bytes():
+                yield from reading.take(data)
+            yield from reading.finish()
+            self.result = reading.result()
+        except Exception as exc:
+            raise reading.failed(exc, transport)  # noqa: B904 - the cause is set as it must be
+        finally:
+            self._ended()
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        """Stop reading: the connection closed, the allocation given back (once)."""
+        try:
+            close = getattr(self._pieces, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._ended()
+
+    def _ended(self) -> None:
+        end, self._end = self._end, None
+        if end is not None:
+            end()
+
+
+class AsyncTaskStream(AsyncIterator[str]):
+    """:class:`TaskStream` for the async client: ``async for`` its pieces; ``await
+    aclose()`` to leave it early."""
+
+    def __init__(
+        self, pieces: AsyncIterator[str], end: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self._pieces = pieces
+        self._end = end
+        self.result: TaskResult | None = None
+
+    @classmethod
+    def whole(cls, result: TaskResult) -> AsyncTaskStream:
+        """A stream of an answer already whole: its text, as one piece."""
+        stream = cls(_once(result.text))
+        stream.result = result
+        return stream
+
+    @classmethod
+    def reading(
+        cls,
+        response: httpx.Response,
+        reading: Reading,
+        release: Callable[[], Awaitable[None]],
+        transport: Failed,
+    ) -> AsyncTaskStream:
+        """The node's stream ``response``, read with ``reading``; ``release`` gives
+        the allocation back."""
+        stream = cls(_once(""), lambda: _aclosed(response, release))
+        stream._pieces = stream._read(response, reading, transport)
+        return stream
+
+    async def _read(
+        self, response: httpx.Response, reading: Reading, transport: Failed
+    ) -> AsyncIterator[str]:
+        try:
+            if response.status_code >= 300:
+                raise reading.refused(response.status_code, await _ahead_of(response))
+            async for data in response.aiter_bytes():
+                for piece in reading.take(data):
+                    yield piece
+            for piece in reading.finish():
+                yield piece
+            self.result = reading.result()
+        except Exception as exc:
+            raise reading.failed(exc, transport)  # noqa: B904 - the cause is set as it must be
+        finally:
+            await self._ended()
+
+    async def __anext__(self) -> str:
+        return await self._pieces.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop reading: the connection closed, the allocation given back (once)."""
+        try:
+            aclose = getattr(self._pieces, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            await self._ended()
+
+    async def _ended(self) -> None:
+        end, self._end = self._end, None
+        if end is not None:
+            await end()
+
+
+def _closed(response: httpx.Response, release: Callable[[], None]) -> None:
+    try:
+        response.close()
+    finally:
+        release()
+
+
+async def _aclosed(response: httpx.Response, release: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await response.aclose()
+    finally:
+        await release()
+
+
+def _head_of(chunks: Iterator[bytes]) -> bytes:
+    """The start of an error body, enough to quote."""
+    head = bytearray()
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= _ERROR_BYTES:
+            break
+    return bytes(head[:_ERROR_BYTES])
+
+
+async def _ahead_of(response: httpx.Response) -> bytes:
+    head = bytearray()
+    async for chunk in response.aiter_bytes():
+        head += chunk
+        if len(head) >= _ERROR_BYTES:
+            break
+    return bytes(head[:_ERROR_BYTES])
+
+
+async def _once(text: str) -> AsyncIterator[str]:
+    if text:
+        yield text

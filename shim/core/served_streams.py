@@ -1,0 +1,268 @@
+"""Streaming call sites the task path serves (canary, live): the caller iterates the
+task path's stream as the node sends it.
+
+- Within ``max_serving``, with the breaker closed: the task path's stream is opened
+  (``Timeouts.serve`` bounds the whole of it) and each piece of text handed on as it
+  comes. Otherwise legacy serves, as it would unwrapped.
+- The task path fails before its first piece: legacy serves instead, transparently
+  (``fallback``), and the pair is recorded (``served_by: legacy_fallback``).
+- It fails after the first piece: the caller has seen part of an answer that legacy
+  cannot continue, so the stream raises :class:`~shim.base.errors.StreamInterrupted`
+  (or what the call site's ``stream_error=`` makes of it), counted as
+  ``shim.stream_interrupted``.
+- It ends: a compared call runs legacy's stream in the background, drained, and the
+  pair is recorded (``served_by: task``). A stream the caller leaves early is closed
+  (its allocation given back) and counted as dropped (``abandoned``).
+
+:class:`Serving` keeps one stream's bookkeeping; the sync and async relays differ only
+in how they call the task client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable, Generator
+from dataclasses import replace
+from typing import Any
+
+from shim.base.errors import StreamInterrupted
+from shim.client.task import TaskResult
+from shim.core.admission import Admitted
+from shim.core.call import Call, candidate_answered, candidate_failed
+from shim.core.callsite import CallSiteError, responded
+from shim.core.engine import Engine
+from shim.core.relay import OnEnd, StreamEnd, Tap, arelay, relay, stream_observation
+from shim.core.steps import Lane
+from shim.records.observe import Observation, Pending, Stream, describe, restore
+
+__all__ = ["Serving", "aserve", "serve"]
+
+_perf = time.perf_counter
+_END: Any = object()
+
+
+class Serving:
+    """One stream the task path serves: its place among ``max_serving``, its
+    admission, its timing (a :class:`~shim.core.relay.Tap`: the task path's time, not
+    the caller's) and what is recorded of how it ended."""
+
+    __slots__ = ("admitted", "call", "engine", "entered", "tap")
+
+    def __init__(self, engine: Engine, call: Call) -> None:
+        self.engine, self.call = engine, call
+        self.admitted: Admitted | None = None
+        self.entered = False
+        self.tap = Tap()
+        self.tap.chunks = None  # the stream's result holds the text
+
+    def begin(self) -> tuple[Any, str | None] | None:
+        """The task request and service hint, if the task path may serve; else None
+        (legacy serves: ``max_serving`` reached, counted as ``serve_full``; the
+        call site's ``request=`` raised; the breaker open)."""
+        engine, call = self.engine, self.call
+        site = call.site
+        if not engine.serving.try_enter():
+            engine.recorder.dropped(site.product, site.task, "serve_full")
+        else:
+            self.entered = True
+            if call.prepared is not None or engine.prepared(call):
+                self.admitted = engine.admission.allow(site, shadow=False)
+        if self.admitted is None:
+            self.leave()
+            engine.served(site, "legacy")
+            return None
+        assert call.prepared is not None
+        request, hint = call.prepared
+        self.tap = Tap()  # timed from here
+        self.tap.chunks = None
+        return restore(request), hint
+
+    def leave(self) -> None:
+        """Give back the place among ``max_serving`` (once)."""
+        if self.entered:
+            self.entered = False
+            self.engine.serving.leave()
+
+    def failed(self, exc: Exception) -> Observation:
+        """The task path failed: the breaker hears of it; its side of the record."""
+        assert self.admitted is not None
+        self.engine.admission.failed(self.admitted, getattr(exc, "status", None))
+        self.leave()
+        return self._side(candidate_failed(exc, _perf(), None))
+
+    def _side(self, observed: Observation) -> Observation:
+        """``observed`` with the task path's own time and the stream's timing."""
+        first, end = self.tap.first, self.tap.end()
+        stream = Stream(None if first is None else first * 1000, end.count)
+        return replace(observed, latency_ms=end.busy * 1000, stream=stream)
+
+    def fell_back(self, candidate: Observation) -> tuple[Callable[[], bool], OnEnd]:
+        """The relay hooks of legacy serving instead, its pair recorded."""
+        self.engine.served(self.call.site, "legacy_fallback")
+        return _always, lambda end: self._record(end, "legacy_fallback", candidate)
+
+    def interrupted(self, exc: Exception, lane: Lane) -> BaseException:
+        """The task path failed after its first piece: counted, compared if the call
+        is; the error the caller gets."""
+        call, site = self.call, self.call.site
+        candidate = self.failed(exc)
+        self.engine.recorder.tally(
+            "shim.stream_interrupted", site.product, site.task, describe(exc)
+        )
+        self.engine.compare_served(call, candidate, None, lane)
+        error = StreamInterrupted(
+            f"{site.name}: the task path's stream failed after {self.tap.count} piece(s): {exc}",
+            product=site.product,
+            task=site.task,
+            status=getattr(exc, "status", None),
+        )
+        if site.stream_error is None:
+            return error
+        try:
+            return site.stream_error(error)
+        except Exception as failed:  # the call site's callable: counted, ours raised
+            self.engine.events.call_site_error("stream_error", site.stream_error, failed, site=site)
+            return error
+
+    def left(self) -> None:
+        """The caller left the stream early: counted as dropped (``abandoned``)."""
+        if self.admitted is not None:
+            self.engine.admission.abandoned(self.admitted)
+        self.leave()
+        site = self.call.site
+        self.engine.recorder.dropped(site.product, site.task, "abandoned")
+
+    def ended(self, result: TaskResult | None, lane: Lane) -> None:
+        """The stream ended: the breaker hears of it, and a compared call runs legacy
+        in the background. Never raises into the caller."""
+        engine, call = self.engine, self.call
+        assert self.admitted is not None and result is not None
+        engine.admission.answered(self.admitted, result)
+        self.leave()
+        try:
+            value = responded(call.site, result)
+        except CallSiteError as err:
+            engine.events.call_site_error(err.name, err.fn, err.error, site=call.site)
+            return
+        except Exception as exc:  # a soft failure (an empty answer): the task path's
+            engine.compare_served(
+                call, self._side(candidate_failed(exc, _perf(), result)), None, lane
+            )
+            return
+        candidate = self._side(candidate_answered(result, value, _perf()))
+        engine.compare_served(call, candidate, value, lane)
+
+    def _record(self, end: StreamEnd, served_by: str, candidate: Observation) -> None:
+        engine, call = self.engine, self.call
+        site = call.site
+        try:
+            if end.how == "abandoned":
+                engine.recorder.dropped(site.product, site.task, "abandoned")
+                return
+            legacy = stream_observation(end, call.model)
+            if legacy is None:
+                engine.recorder.dropped(site.product, site.task, "stream_too_large")
+                return
+            pending = Pending(site, call.decision.stage, served_by, legacy, candidate)
+            engine.events.compared(pending, here=False)
+        except Exception as exc:  # the shim's failure, never the caller's
+            engine.events.internal_error("record", exc, site=site)
+
+
+def _always() -> bool:
+    return True
+
+
+def serve(engine: Engine, call: Call) -> Generator[Any, Any, Any]:
+    """A sync streaming call the task path serves (see the module's docstring)."""
+    serving = Serving(engine, call)
+    opening = serving.begin()
+    if opening is None:
+        return (yield from call.fn(*call.args, **call.kwargs))
+    site, (request, hint) = call.site, opening
+    try:
+        stream = engine.threads.serving.open_stream(
+            site.product, site.task, request, service_hint=hint
+        )
+        piece = next(stream, _END)
+    except Exception as exc:
+        candidate = serving.failed(exc)
+        if not site.fallback:
+            engine.served(site, "task")
+            raise
+        inner = call.fn(*call.args, **call.kwargs)
+        return (yield from relay(inner, *serving.fell_back(candidate)))
+    except BaseException:
+        serving.left()
+        raise
+    engine.served(site, "task")
+    tap, broken = serving.tap, False
+    try:
+        while piece is not _END:
+            tap.add(piece)
+            yield piece  # what the caller throws in (or closing) leaves the stream
+            tap.resume()
+            try:
+                piece = next(stream, _END)
+            except Exception as exc:
+                broken = True
+                raise serving.interrupted(exc, engine.threads) from exc
+    except BaseException:
+        if not broken:
+            serving.left()
+        stream.close()
+        raise
+    serving.ended(stream.result, engine.threads)
+
+
+async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
+    """:func:`serve` for an async streaming call site, on the caller's event loop."""
+    serving = Serving(engine, call)
+    opening = serving.begin()
+    if opening is None:
+        async for chunk in arelay(call.fn(*call.args, **call.kwargs), _never, _ignore):
+            yield chunk
+        return
+    site, (request, hint) = call.site, opening
+    try:
+        client = engine.loops.state().client
+        stream = await client.open_stream(site.product, site.task, request, service_hint=hint)
+        piece = await anext(stream, _END)
+    except Exception as exc:
+        candidate = serving.failed(exc)
+        if not site.fallback:
+            engine.served(site, "task")
+            raise
+        inner = call.fn(*call.args, **call.kwargs)
+        async for chunk in arelay(inner, *serving.fell_back(candidate)):
+            yield chunk
+        return
+    except BaseException:
+        serving.left()
+        raise
+    engine.served(site, "task")
+    tap, broken = serving.tap, False
+    try:
+        while piece is not _END:
+            tap.add(piece)
+            yield piece
+            tap.resume()
+            try:
+                piece = await anext(stream, _END)
+            except Exception as exc:
+                broken = True
+                raise serving.interrupted(exc, engine.loops) from exc
+    except BaseException:
+        if not broken:
+            serving.left()
+        await stream.aclose()
+        raise
+    serving.ended(stream.result, engine.loops)
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(end: StreamEnd) -> None:
+    return None

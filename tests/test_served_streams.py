@@ -1,0 +1,288 @@
+"""Streaming call sites the task path serves (canary, live), against the simulator: the
+caller iterates the node's stream as it comes; a failure before the first piece falls
+back to legacy, one after it raises StreamInterrupted; nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shim import Limits, Shim, StreamInterrupted, TaskClient, TaskFailed, TaskRequest
+from shim.comparators import TextOutput
+
+from .conftest import QUIET, Simulator
+from .shimkit import dropped, make_shim, records, wait_for
+
+TASK = "kiwi.recipe_generation"
+CANARY = f"{TASK}: {{serve: 100, shadow: 100}}\n"
+LIVE = f"{TASK}: {{serve: 100, shadow: 0}}\n"
+CHUNKS = ["Title: soup\n", "Ingredients:\n- water\n", "Directions:\n1. boil\n"]
+PROMPT = "Pantry: rice, eggs"
+
+
+class Legacy:
+    """Legacy's stream, sync or async, noting the threads it ran on."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def sync(self, q: str) -> Iterator[str]:
+        self.threads.append(threading.get_ident())
+        yield from CHUNKS
+
+    async def asynchronous(self, q: str) -> AsyncIterator[str]:
+        self.threads.append(threading.get_ident())
+        for chunk in CHUNKS:
+            await asyncio.sleep(0)
+            yield chunk
+
+
+def wrap(s: Shim, fn: Any, **options: Any) -> Any:
+    return s.shadow(
+        product="kiwi",
+        task="recipe_generation",
+        request=lambda q: TaskRequest(prompt=q),
+        response=lambda r: r.text,
+        output=TextOutput(),
+        **options,
+    )(fn)
+
+
+def read(site: Any, q: str = PROMPT, leave_after: int | None = None) -> list[tuple[Any, float]]:
+    """Iterate a wrapped stream (sync or async): each piece, with when it came."""
+    started = time.perf_counter()
+
+    def take(got: list[tuple[Any, float]], piece: Any) -> bool:
+        got.append((piece, time.perf_counter() - started))
+        return leave_after is not None and len(got) >= leave_after
+
+    stream = site(q)
+    if hasattr(stream, "__anext__"):
+
+        async def run() -> list[tuple[Any, float]]:
+            got: list[tuple[Any, float]] = []
+            async for piece in stream:
+                if take(got, piece):
+                    await stream.aclose()
+                    break
+            return got
+
+        return asyncio.run(run())
+    got: list[tuple[Any, float]] = []
+    for piece in stream:
+        if take(got, piece):
+            stream.close()
+            break
+    return got
+
+
+KINDS = ["sync", "async"]
+
+
+def legacy_fn(legacy: Legacy, kind: str) -> Callable[..., Any]:
+    return legacy.sync if kind == "sync" else legacy.asynchronous
+
+
+def task_text(sim: Simulator, q: str = PROMPT) -> str:
+    with TaskClient(sim.url) as client:
+        return client.infer("kiwi", "recipe_generation", TaskRequest(prompt=q), stream=True).text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_canary_serves_the_task_paths_stream_as_it_comes_and_compares_legacy(
+    sim: Simulator, tmp_path: Path, kind: str
+) -> None:
+    sim.set_profile(QUIET.with_knob(TASK, "chunk_interval_ms", 15))
+    s = make_shim(sim.url, tmp_path, CANARY)
+    legacy = Legacy()
+    got = read(wrap(s, legacy_fn(legacy, kind)))
+    pieces = [p for p, _ in got]
+    assert all(isinstance(p, str) for p in pieces) and len(pieces) > 3
+    assert "".join(pieces) == task_text(sim)  # the node's answer, not legacy's
+    assert got[-1][1] - got[0][1] >= 0.015 * (len(got) - 1) * 0.8, "as it came"
+    assert s.flush(timeout=10)
+    s.close()
+    [rec] = records(tmp_path / "log.jsonl")
+    assert rec["served_by"] == "task" and rec["stage"] == "live"
+    candidate, old = rec["candidate"], rec["legacy"]
+    assert candidate["ok"] and candidate["chunks"] == len(pieces)
+    assert 0 <= candidate["ttft_ms"] <= candidate["latency_ms"]
+    # the caller's time between pieces is not the task path's
+    assert candidate["latency_ms"] < (got[-1][1] + 0.05) * 1000
+    assert old["ok"] and old["chunks"] == 3 and old["output_bytes"] == len("".join(CHUNKS))
+    assert len(legacy.threads) == 1, "legacy ran once, in the background"
+    if kind == "sync":
+        assert legacy.threads[0] != threading.get_ident()
+    assert sim.stats()["allocations_active"] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_live_serves_and_never_runs_legacy(sim: Simulator, tmp_path: Path, kind: str) -> None:
+    s = make_shim(sim.url, tmp_path, LIVE)
+    legacy = Legacy()
+    got = read(wrap(s, legacy_fn(legacy, kind)))
+    assert "".join(p for p, _ in got) == task_text(sim)
+    assert s.flush(timeout=10)
+    s.close()
+    assert legacy.threads == [] and records(tmp_path / "log.jsonl") == []
+    assert sim.stats()["allocations_active"] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_task_path_failing_before_its_first_piece_falls_back_to_legacy(
+    sim: Simulator, tmp_path: Path, kind: str
+) -> None:
+    sim.set_profile(QUIET.with_knob(TASK, "error_rate", 1.0))
+    s = make_shim(sim.url, tmp_path, CANARY)
+    got = read(wrap(s, legacy_fn(Legacy(), kind)))
+    assert all(a is b for (a, _), b in zip(got, CHUNKS, strict=True)), "legacy's very chunks"
+    assert s.flush(timeout=10)
+    s.close()
+    [rec] = records(tmp_path / "log.jsonl")
+    assert rec["served_by"] == "legacy_fallback"
+    assert not rec["candidate"]["ok"] and rec["candidate"]["status"] == 503
+    assert rec["legacy"]["ok"] and rec["legacy"]["chunks"] == 3
+
+
+def test_without_fallback_the_task_paths_error_is_raised_before_any_piece(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.set_profile(QUIET.with_knob(TASK, "error_rate", 1.0))
+    s = make_shim(sim.url, tmp_path, CANARY)
+    legacy = Legacy()
+    site = wrap(s, legacy.sync, fallback=False)
+    with pytest.raises(TaskFailed) as raised:
+        next(site(PROMPT))
+    assert raised.value.status == 503 and legacy.threads == []
+    s.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stream_broken_after_its_first_piece_raises_stream_interrupted(
+    sim: Simulator, tmp_path: Path, kind: str
+) -> None:
+    sim.set_profile(QUIET.with_knob(TASK, "stream_cut_rate", 1.0))
+    s = make_shim(sim.url, tmp_path, CANARY)
+    got: list[str] = []
+    stream = wrap(s, legacy_fn(Legacy(), kind))(PROMPT)
+    with pytest.raises(StreamInterrupted) as raised:
+        if kind == "sync":
+            got.extend(stream)
+        else:
+
+            async def run() -> None:
+                async for piece in stream:
+                    got.append(piece)
+
+            asyncio.run(run())
+    assert got, "the caller had pieces before the break"
+    assert isinstance(raised.value.__cause__, TaskFailed)
+    assert "[DONE]" in str(raised.value) and raised.value.task == "recipe_generation"
+    assert s.flush(timeout=10)
+    s.close()
+    log = tmp_path / "log.jsonl"
+    [rec] = records(log)
+    assert rec["served_by"] == "task" and not rec["candidate"]["ok"]
+    assert rec["candidate"]["chunks"] == len(got) and rec["legacy"]["ok"]
+    [count] = records(log, "shim.stream_interrupted")
+    assert count["count"] == 1 and count["task"] == "recipe_generation"
+    assert sim.stats()["allocations_active"] == 0
+
+
+def test_stream_error_raises_the_call_sites_own_error(sim: Simulator, tmp_path: Path) -> None:
+    class CoordinatorError(Exception):
+        def __init__(self, message: str, status_code: int) -> None:
+            super().__init__(message)
+            self.status_code = status_code
+
+    sim.set_profile(QUIET.with_knob(TASK, "stream_cut_rate", 1.0))
+    s = make_shim(sim.url, tmp_path, LIVE)
+    site = wrap(
+        s, Legacy().sync, stream_error=lambda exc: CoordinatorError(str(exc), status_code=502)
+    )
+    with pytest.raises(CoordinatorError) as raised:
+        list(site(PROMPT))
+    assert raised.value.status_code == 502
+    assert isinstance(raised.value.__cause__, TaskFailed)
+    s.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_served_stream_left_early_is_closed_released_and_counted(
+    sim: Simulator, tmp_path: Path, kind: str
+) -> None:
+    sim.set_profile(QUIET.with_knob(TASK, "chunk_interval_ms", 20))
+    s = make_shim(sim.url, tmp_path, CANARY)
+    threads = threading.active_count()
+    legacy = Legacy()
+    got = read(wrap(s, legacy_fn(legacy, kind)), leave_after=2)
+    assert len(got) == 2
+    wait_for(lambda: sim.stats()["allocations_active"] == 0)
+    assert s.flush(timeout=10)
+    s.close()
+    log = tmp_path / "log.jsonl"
+    assert records(log) == [] and dropped(log, "abandoned") == 1
+    assert legacy.threads == [], "nothing to compare: legacy never ran"
+    wait_for(lambda: threading.active_count() <= threads)
+
+
+def test_past_max_serving_legacy_serves_and_it_is_counted(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, LIVE, limits=Limits(max_serving=1))
+    site = wrap(s, Legacy().sync)
+    held = site(PROMPT)
+    first = next(held)  # the task path serves it, and holds the only place
+    assert isinstance(first, str)
+    assert [p for p, _ in read(site)] == CHUNKS  # legacy serves the next one
+    assert "".join([first, *held]) == task_text(sim)
+    s.close()
+    assert dropped(tmp_path / "log.jsonl", "serve_full") == 1
+
+
+@pytest.mark.parametrize("flag", [CANARY, f"{TASK}: {{serve: 0, shadow: 100}}\n"])
+def test_a_function_returning_an_iterator_is_a_stream_when_it_says_so(
+    sim: Simulator, tmp_path: Path, flag: str
+) -> None:
+    s = make_shim(sim.url, tmp_path, flag)
+    site = wrap(s, lambda q: iter(CHUNKS), stream=True)
+    got = [p for p, _ in read(site)]
+    assert got == (CHUNKS if "serve: 0" in flag else [p for p, _ in read(site)])
+    assert s.flush(timeout=10)
+    s.close()
+    recs = records(tmp_path / "log.jsonl")
+    assert recs and all(r["legacy"]["chunks"] == 3 for r in recs)
+
+
+def test_a_function_returning_an_async_iterator_is_a_stream_with_stream_async(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    s = make_shim(sim.url, tmp_path, f"{TASK}: {{serve: 0, shadow: 100}}\n")
+    legacy = Legacy()
+    site = wrap(s, legacy.asynchronous, stream="async")
+    assert [p for p, _ in read(site)] == CHUNKS
+    assert s.flush(timeout=10)
+    s.close()
+    [rec] = records(tmp_path / "log.jsonl")
+    assert rec["legacy"]["chunks"] == 3 and rec["candidate"]["ok"]
+
+
+def test_stream_options_are_checked_when_decorating(sim: Simulator, tmp_path: Path) -> None:
+    s = make_shim(sim.url, tmp_path, LIVE)
+
+    async def coroutine(q: str) -> Any:
+        return iter(CHUNKS)
+
+    with pytest.raises(TypeError, match="coroutine function: stream="):
+        wrap(s, coroutine, stream=True)
+    with pytest.raises(ValueError, match="stream_error= only applies"):
+        wrap(s, lambda q: "x", stream_error=lambda exc: exc)
+    with pytest.raises(TypeError, match="stream_error= takes"):
+        wrap(s, Legacy().sync, stream_error=lambda a, b: a)
+    with pytest.raises(ValueError, match="stream must be"):
+        wrap(s, lambda q: iter(CHUNKS), stream="yes")
+    s.close()
