@@ -171,16 +171,20 @@ def test_a_stream_broken_after_its_first_piece_raises_stream_interrupted(
     s = make_shim(sim.url, tmp_path, CANARY)
     got: list[str] = []
     stream = wrap(s, legacy_fn(Legacy(), kind))(PROMPT)
-    with pytest.raises(StreamInterrupted) as raised:
+
+    def run() -> None:
         if kind == "sync":
             got.extend(stream)
-        else:
+            return
 
-            async def run() -> None:
-                async for piece in stream:
-                    got.append(piece)
+        async def drain() -> None:
+            async for piece in stream:
+                got.append(piece)
 
-            asyncio.run(run())
+        asyncio.run(drain())
+
+    with pytest.raises(StreamInterrupted) as raised:
+        run()
     assert got, "the caller had pieces before the break"
     assert isinstance(raised.value.__cause__, TaskFailed)
     assert "[DONE]" in str(raised.value) and raised.value.task == "recipe_generation"
@@ -228,8 +232,30 @@ def test_a_served_stream_left_early_is_closed_released_and_counted(
     s.close()
     log = tmp_path / "log.jsonl"
     assert records(log) == [] and dropped(log, "abandoned") == 1
+    [left] = records(log, "shim.abandoned")
+    assert (left["served_by"], left["chunks"]) == ("task", 2) and left["ttft_ms"] >= 0
     assert legacy.threads == [], "nothing to compare: legacy never ran"
     wait_for(lambda: threading.active_count() <= threads)
+
+
+def test_the_report_says_which_streams_were_left_early(sim: Simulator, tmp_path: Path) -> None:
+    from shim.analysis.report import build_report
+    from shim.analysis.report_format import markdown
+
+    sim.set_profile(QUIET.with_knob(TASK, "chunk_interval_ms", 5))
+    s = make_shim(sim.url, tmp_path, CANARY)
+    site = wrap(s, Legacy().sync)
+    read(site, leave_after=1)
+    read(site)
+    s.close()
+    report = build_report([str(tmp_path / "log.jsonl")])
+    [task] = report["tasks"]
+    assert task["n"] == 1 and task["abandoned"] == {"legacy": 0, "task": 1}
+    line = (
+        "kiwi.recipe_generation: 1 stream left early by the caller (0 served by legacy, "
+        "1 by the task path; not compared)"
+    )
+    assert line.replace("_", "\\_") in markdown(report)
 
 
 def test_past_max_serving_legacy_serves_and_it_is_counted(sim: Simulator, tmp_path: Path) -> None:

@@ -176,6 +176,13 @@ def test_a_stream_left_early_is_counted_and_holds_nothing(sim: Simulator, tmp_pa
     s.close()
     assert records(tmp_path / "log.jsonl") == []
     assert dropped(tmp_path / "log.jsonl", "abandoned") == 1
+    [left_early] = records(tmp_path / "log.jsonl", "shim.abandoned")  # with what was seen
+    assert (left_early["served_by"], left_early["stage"], left_early["chunks"]) == (
+        "legacy",
+        "shadow",
+        1,
+    )
+    assert 0 <= left_early["ttft_ms"] <= left_early["latency_ms"]
     assert sim.stats()["allocations_active"] == 0, "no task-path stream was left open"
     left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
     assert not left, f"threads left behind: {left}"
@@ -451,5 +458,5 @@ def test_a_stream_left_open_past_close_is_said_as_such(
     with caplog.at_level("WARNING", logger="shim"):
         del stream
         gc.collect()
-    assert s.stats()["records_lost"] == 1
+    assert s.stats()["records_lost"] == 2  # its drop count and its shim.abandoned record
     assert "a stream was still open when the Shim closed" in caplog.text, caplog.text

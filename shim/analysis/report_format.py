@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shim.analysis.report_ttft import ttft_text
-from shim.analysis.report_verdict import held_line, untasked_line
+from shim.analysis.report_verdict import abandoned_line, held_line, untasked_line
 from shim.base.text import printable
 
 __all__ = ["diff_paths_line", "judge_text", "markdown", "problem_lines", "quality_text", "table"]
@@ -214,8 +214,10 @@ def _paths(report: dict[str, Any]) -> list[str]:
 
 
 def _held(report: dict[str, Any]) -> list[str]:
-    """Each task's calls served by legacy for side effects, where a task has some."""
-    return [line for line in map(held_line, report["tasks"]) if line]
+    """Each task's calls served by legacy for side effects, and its streams left
+    early, where a task has some."""
+    lines = (f(task) for task in report["tasks"] for f in (held_line, abandoned_line))
+    return [line for line in lines if line]
 
 
 # What Markdown (and GitHub's) gives a meaning to inside a line: a backslash (it

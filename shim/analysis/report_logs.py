@@ -50,6 +50,7 @@ class TaskRows:
     dropped: dict[str, int] = field(default_factory=dict)
     side_effects_held: int = 0
     stream_held: int = 0
+    abandoned: dict[str, int] = field(default_factory=dict)
     shim_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
     pairs: list[tuple[float, float]] = field(default_factory=list)
     ttft_pairs: list[tuple[float, float]] = field(default_factory=list)
@@ -128,6 +129,8 @@ def read_logs(
         or row["drops"]
         or row["side_effects_held"]
         or row["stream_held"]
+        or row["abandoned_legacy"]
+        or row["abandoned_task"]
         or row["shim_errors"]
     ]
     untasked: dict[str, dict[str, Any]] = {}
@@ -242,6 +245,10 @@ def _task_rows(row: dict[str, Any], models: Mapping[str, list[str]]) -> TaskRows
         entry.dropped[reason] = entry.dropped.get(reason, 0) + int(drop["count"] or 0)
     entry.side_effects_held = int(row["side_effects_held"] or 0)
     entry.stream_held = int(row["stream_held"] or 0)
+    entry.abandoned = {
+        "legacy": int(row["abandoned_legacy"] or 0),
+        "task": int(row["abandoned_task"] or 0),
+    }
     _count_errors(entry.shim_errors, row["shim_errors"])
     # Sorted: DuckDB's threads list the pairs in whatever order they finish, and the
     # bootstrap draws by position; unsorted, its intervals moved from run to run.

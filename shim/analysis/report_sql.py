@@ -170,6 +170,9 @@ SELECT product, task,
     AS side_effects_held,
   sum(count) FILTER (scoped AND event = 'shim.dropped' AND reason = 'stream')
     AS stream_held,
+  -- streams the caller left early, by who served them (what was seen is in the record)
+  count_if(scoped AND event = 'shim.abandoned' AND served_by <> 'task') AS abandoned_legacy,
+  count_if(scoped AND event = 'shim.abandoned' AND served_by = 'task') AS abandoned_task,
   list({{'operation': operation, 'error': error, 'call_site': call_site,
     'callable': callable, 'count': count}}) FILTER (scoped AND event = 'shim.error')
     AS shim_errors,

@@ -163,10 +163,12 @@ def task_report(t: TaskRows, gates: Gates, seed: int) -> dict[str, Any]:
         "model_verdicts": dict(sorted(t.verdicts.items())),
         "dropped": sum(t.dropped.values()),
         "dropped_by_reason": t.dropped,
-        # Served by legacy for declared side effects, or as streams the task path
-        # cannot serve yet, and compared: not in dropped.
+        # Served by legacy for declared side effects (or, in logs from before the task
+        # path served streams, as streams), and compared: not in dropped.
         "side_effects_held": t.side_effects_held,
         "stream_held": t.stream_held,
+        # Streams the caller left early, by who served them: not compared.
+        "abandoned": t.abandoned or {"legacy": 0, "task": 0},
         "evidence": {
             "ran": ran,
             "compared": compared,

@@ -22,7 +22,7 @@ from shim.analysis.report_quality import quality_gate
 from shim.analysis.report_ttft import ttft_gate
 from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, pairs_needed, wilson
 
-__all__ = ["held_line", "shim_error_line", "untasked_line", "verdict"]
+__all__ = ["abandoned_line", "held_line", "shim_error_line", "untasked_line", "verdict"]
 
 
 def _pct(x: float) -> str:
@@ -61,6 +61,20 @@ def held_line(task: dict[str, Any]) -> str | None:
     return (
         f"{task['task']}: {side + stream:,} calls the flags sent to the task path were served "
         f"by legacy ({'; '.join(why)})"
+    )
+
+
+def abandoned_line(task: dict[str, Any]) -> str | None:
+    """The streams of ``task`` the caller left early, by who served them, as one line;
+    None if none."""
+    left = task.get("abandoned") or {}
+    legacy, served = left.get("legacy") or 0, left.get("task") or 0
+    if not legacy and not served:
+        return None
+    n = legacy + served
+    return (
+        f"{task['task']}: {n:,} stream{'s' * (n != 1)} left early by the caller "
+        f"({legacy:,} served by legacy, {served:,} by the task path; not compared)"
     )
 
 

@@ -12,7 +12,7 @@ from shim import flags as flagpkg
 from shim.comparators import ModelNames
 from shim.core.lifecycle import renew_in_child
 from shim.records.capture import Capture
-from shim.records.observe import CallSite, Pending, describe
+from shim.records.observe import CallSite, Pending, Stream, describe
 from shim.records.recorder import Recorder
 from shim.records.sinks import RecordSink
 from shim.records.tracing import start_span
@@ -174,6 +174,27 @@ class Events:
         its event loop ended): counted as dropped, reason ``shutdown``."""
         product, _, name = task.partition(".")
         self.recorder.dropped(product, name, "shutdown")
+
+    def abandoned(
+        self, site: CallSite, stage: str, served_by: str, seen: Stream, busy: float, *, lost: bool
+    ) -> None:
+        """The caller left a stream early: recorded with what it had seen
+        (``shim.abandoned``: who served it, its chunks, time to first chunk and the
+        milliseconds its path spent); ``lost``: a comparison that will not happen,
+        counted as dropped (``abandoned``)."""
+        if lost:
+            self.recorder.dropped(site.product, site.task, "abandoned")
+        ttft = None if seen.ttft_ms is None else round(seen.ttft_ms, 3)
+        self.recorder.event(
+            "shim.abandoned",
+            site.product,
+            site.task,
+            stage=stage,
+            served_by=served_by,
+            chunks=seen.chunks,
+            ttft_ms=ttft,
+            latency_ms=round(busy * 1000, 3),
+        )
 
     def release_failed(self, product: str, task: str, allocation_id: str, error: str) -> None:
         """An allocation the coordinator would not take back: counted and recorded."""

@@ -125,12 +125,18 @@ class Serving:
             return error
 
     def left(self) -> None:
-        """The caller left the stream early: counted as dropped (``abandoned``)."""
+        """The caller left the stream early (before its first piece too): recorded
+        with what it had seen; a compared call's comparison counted as dropped."""
         if self.admitted is not None:
             self.engine.admission.abandoned(self.admitted)
         self.leave()
-        site = self.call.site
-        self.engine.recorder.dropped(site.product, site.task, "abandoned")
+        call, tap = self.call, self.tap
+        seen = Stream(None if tap.first is None else tap.first * 1000, tap.count)
+        busy = tap.end().busy
+        compared = call.decision.compare
+        self.engine.events.abandoned(
+            call.site, call.decision.stage, "task", seen, busy, lost=compared
+        )
 
     def ended(self, result: TaskResult | None, lane: Lane) -> None:
         """The stream ended: the breaker hears of it, and a compared call runs legacy
@@ -157,7 +163,9 @@ class Serving:
         site = call.site
         try:
             if end.how == "abandoned":
-                engine.recorder.dropped(site.product, site.task, "abandoned")
+                seen = Stream(None if end.first is None else end.first * 1000, end.count)
+                stage = call.decision.stage
+                engine.events.abandoned(site, stage, served_by, seen, end.busy, lost=True)
                 return
             legacy = stream_observation(end, call.model)
             if legacy is None:

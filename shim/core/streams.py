@@ -84,9 +84,13 @@ class StreamCalls:
         left early or too long, counted. Never raises into the caller."""
         engine, site = self._engine, call.site
         try:
-            if end.how == "abandoned" or end.chunks is None:
-                why = "abandoned" if end.how == "abandoned" else "stream_too_large"
-                engine.recorder.dropped(site.product, site.task, why)
+            if end.how == "abandoned":
+                seen = Stream(None if end.first is None else end.first * 1000, end.count)
+                stage = call.decision.stage
+                engine.events.abandoned(site, stage, "legacy", seen, end.busy, lost=True)
+                return
+            if end.chunks is None:
+                engine.recorder.dropped(site.product, site.task, "stream_too_large")
                 return
             output = assemble(end.chunks) if end.error is None else None
             if not engine.reserve(call):
