@@ -29,19 +29,24 @@ class FieldRules:
     string, boolean or null) of how close the candidate's leaf is to legacy's.
 
     - Numbers (ints, floats, Decimals): 1 within ``tolerance`` (relative; ``tolerances``
-      per path; values within 1e-12 of each other are equal too), else ``1 -`` the
-      relative difference (a total 5 % off scores 0.95), never below 0. Infinities,
-      NaN and ints too large for a float: equal or 0.
+      per path; values within 1e-12 of each other are equal too), else the tolerance
+      over the relative difference: a total 5 % off scores 0.2 with a 1 % tolerance,
+      1.5 % off 0.67, and with the default tolerance a number that is off scores about
+      0. Infinities, NaN and ints too large for a float: equal or 0.
     - Strings: lexical similarity of the normalised text (``exact`` paths: equal or 0).
     - Booleans and nulls, and values of different types: equal or 0.
     - Objects: by key, in any order; a key only one side has scores 0 for each leaf
       under it.
     - Lists (and tuples): by position, or aligned by a key (``align``: list path -> the field, or
       fields, that identify an element, such as ``{"$": ("day", "meal_type")}``; text
-      keys match case-blind, numbers by value); an element without a partner scores 0
-      for each leaf under it.
+      keys match case-blind, numbers by value); elements whose key finds no partner
+      are paired with the other side's leftovers in order (a name read slightly wrong
+      is still compared field by field), and an element left without a partner scores
+      0 for each leaf under it.
     - An object or list against a scalar scores 0 for each leaf of the larger side.
-    - ``ignore``: paths left out.
+    - ``ignore``: paths left out; ``weights``: path -> how many leaves each of its
+      leaves counts for (1 by default), so that a receipt's total can weigh more than
+      one of its item names.
 
     The record's ``detail`` has ``fields`` (leaves scored) and ``worst``: the paths
     scoring lowest, with their mean score.
@@ -52,6 +57,7 @@ class FieldRules:
     align: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
     exact: Iterable[str] = ()
     ignore: Iterable[str] = ()
+    weights: Mapping[str, float] = field(default_factory=dict)
     method: str = "json_fields"
     _exact: frozenset[str] = field(init=False, repr=False, compare=False)
     _ignored: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -60,14 +66,19 @@ class FieldRules:
         # the path sets are made once, not per pair (frozen: set through object)
         object.__setattr__(self, "_exact", frozenset(self.exact))
         object.__setattr__(self, "_ignored", frozenset(self.ignore))
+        for path, weight in self.weights.items():
+            if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
+                raise ValueError(f"FieldRules weights[{path!r}] must be a positive number")
 
     def score(self, legacy: Any, candidate: Any) -> Quality:
         """How close ``candidate``'s values are to ``legacy``'s."""
         tally: _Tally = {}
         self._walk(legacy, candidate, "$", tally)
-        total = sum(t[0] for t in tally.values())
+        weights = self.weights
+        total = sum(t[0] * weights.get(path, 1.0) for path, t in tally.items())
+        weighed = sum(t[1] * weights.get(path, 1.0) for path, t in tally.items())
         leaves = sum(t[1] for t in tally.values())
-        score = total / leaves if leaves else 1.0
+        score = total / weighed if weighed else 1.0
         means = sorted((t[0] / t[1], path) for path, t in tally.items() if t[0] < t[1])
         worst = {path: round(mean, 3) for mean, path in means[:WORST]}
         return Quality(self.method, score, {"fields": int(leaves), "worst": worst})
@@ -122,12 +133,18 @@ class FieldRules:
         partners: dict[Any, list[Any]] = {}
         for item in b:
             partners.setdefault(_identity(item, names), []).append(item)
+        left: list[Any] = []
         for item in a:
             found = partners.get(_identity(item, names))
-            yield item, (found.pop(0) if found else _NONE)
-        for rest in partners.values():
-            for item in rest:
-                yield _NONE, item
+            if found:
+                yield item, found.pop(0)
+            else:
+                left.append(item)
+        # what found no partner by its key (a name read slightly wrong) is paired with
+        # the other side's leftovers in order, and scored field by field
+        rest = [item for found in partners.values() for item in found]
+        for i in range(max(len(left), len(rest))):
+            yield (left[i] if i < len(left) else _NONE), (rest[i] if i < len(rest) else _NONE)
 
     def _unpaired(self, value: Any, path: str, tally: _Tally) -> None:
         """Each leaf of a value the other side lacks scores 0."""
@@ -162,9 +179,9 @@ def _is_number(value: Any) -> bool:
 
 
 def _closeness(a: Any, b: Any, tolerance: float) -> float:
-    """1 within ``tolerance`` (relative), else 1 - the relative difference, never below
-    0; what a float cannot hold (infinities, NaN, ints past its range): equal (NaN
-    on both sides too) or 0."""
+    """1 within ``tolerance`` (relative), else ``tolerance`` over the relative
+    difference; what a float cannot hold (infinities, NaN, ints past its range): equal
+    (NaN on both sides too) or 0."""
     try:
         x, y = float(a), float(b)
     except OverflowError:
@@ -174,7 +191,7 @@ def _closeness(a: Any, b: Any, tolerance: float) -> float:
         return 1.0 if a == b or (math.isnan(x) and math.isnan(y)) else 0.0
     if math.isclose(x, y, rel_tol=tolerance, abs_tol=_ABS_TOLERANCE):
         return 1.0
-    return max(0.0, 1.0 - abs(x - y) / max(abs(x), abs(y)))
+    return min(1.0, tolerance * max(abs(x), abs(y)) / abs(x - y))
 
 
 def _identity(item: Any, names: tuple[str, ...]) -> tuple[Any, ...]:

@@ -356,11 +356,35 @@ def test_max_judge_loss_rolls_back_holds_and_passes_on_the_interval() -> None:
 
 def test_a_judge_that_leans_to_a_position_passes_nothing_but_still_rolls_back() -> None:
     gates = Gates(max_judge_loss=0.1)
-    leaning = _judged(40, 40, 320) | {"position_bias": 0.9, "both_orders": 40}
+    leaning = _judged(40, 40, 320) | {
+        "position_bias": 0.9,
+        "position_bias_ci95": [0.8, 1.0],
+        "both_orders": 40,
+    }
     verdict_, line = judge_gate(leaning, gates)  # type: ignore[misc]
-    assert verdict_ == "hold" and "leans to the first answer (+0.90)" in line
-    losing = _judged(2, 60, 38) | {"position_bias": -0.5, "both_orders": 20}
+    assert verdict_ == "hold" and "leans to the first answer (+0.90 over 40 pairs" in line
+    losing = _judged(2, 60, 38) | {
+        "position_bias": -0.5,
+        "position_bias_ci95": [-0.8, -0.3],
+        "both_orders": 20,
+    }
     assert judge_gate(losing, gates)[0] == "rollback"  # type: ignore[index]
+
+
+def test_a_lean_over_few_pairs_or_with_a_wide_interval_blocks_nothing() -> None:
+    """One pair judged both ways says +1.00; it says nothing about the judge."""
+    from shim.analysis.report_judge import judge_summary
+
+    gates = Gates(max_judge_loss=0.1)
+    row = {"judge_n": 40, "judge_wins": 20, "judge_losses": 0, "judge_both": 1, "judge_first": 1}
+    one = judge_summary(row)
+    assert one is not None and one["position_bias"] == 1.0
+    assert judge_gate(one, gates)[0] == "pass"  # type: ignore[index]
+    split = judge_summary(row | {"judge_both": 12, "judge_first": 5, "judge_second": 3})
+    assert split is not None and split["position_bias_ci95"][0] < 0.2
+    assert judge_gate(split, gates)[0] == "pass"  # type: ignore[index]
+    leaning = judge_summary(row | {"judge_both": 12, "judge_first": 12})
+    assert leaning is not None and judge_gate(leaning, gates)[0] == "hold"  # type: ignore[index]
 
 
 # -- from the environment ------------------------------------------------------------

@@ -197,8 +197,8 @@ def test_diff_paths_rank_what_differs_beyond_legacys_noise(tmp_path: Path) -> No
     log.write_text("\n".join(rows) + "\n")
     [task] = build_report([str(log)])["tasks"]
     assert task["diff_paths"] == [
-        {"path": "[].x", "rate": 0.2, "noise_rate": 0.0},
-        {"path": "[].y", "rate": 0.1, "noise_rate": 0.1},
+        {"path": "[].x", "rate": 0.2, "noise_rate": 0.0, "kind": "structure"},
+        {"path": "[].y", "rate": 0.1, "noise_rate": 0.1, "kind": "structure"},
     ]
     table = subprocess.run(
         [sys.executable, "-m", "shim", "report", str(log)],
@@ -208,6 +208,42 @@ def test_diff_paths_rank_what_differs_beyond_legacys_noise(tmp_path: Path) -> No
         env={"COLUMNS": "200", "PATH": ""},
     )
     assert "kiwi.plan: paths that differ: [].x 20.00 % (noise 0.00 %); [].y 10.00 %" in table.stdout
+
+
+def test_paths_whose_values_differ_in_the_same_shape_are_listed_as_content(
+    tmp_path: Path,
+) -> None:
+    """The issue's main case: the same shape, wrong values. The paths a content score
+    found worst are counted per pair, beside those whose shape differs."""
+    rng = random.Random(7)
+    rows = []
+    for i in range(200):
+        row = json.loads(record("kiwi.ocr", rng, None, None))
+        worst = {}
+        if i % 4 == 0:  # 25 %: the total read wrong
+            worst["totals.total"] = 0.2
+        if i % 10 == 0:  # 10 %: an item name too
+            worst["items[].name"] = 0.6
+        if i % 20 == 1:  # 5 %: a key missing, in shape (and a low score for it)
+            row["structure"].update(match=False, diff=["merchant.phone: missing in candidate"])
+            worst["merchant.phone"] = 0.0
+        score = 1.0 if not worst else 0.8
+        row["quality"] = {"method": "json_fields", "score": score, "detail": {"worst": worst}}
+        rows.append(json.dumps(row))
+    log = tmp_path / "values.jsonl"
+    log.write_text("\n".join(rows) + "\n")
+    [task] = build_report([str(log)])["tasks"]
+    assert task["diff_paths"] == [
+        {"path": "totals.total", "rate": 0.25, "noise_rate": None, "kind": "value"},
+        {"path": "items[].name", "rate": 0.1, "noise_rate": None, "kind": "value"},
+        {"path": "merchant.phone", "rate": 0.05, "noise_rate": None, "kind": "structure"},
+    ]
+    from shim.analysis.report_format import diff_paths_line
+
+    assert diff_paths_line(task) == (
+        "kiwi.ocr: paths that differ: totals.total 25.00 % (content); items[].name 10.00 % "
+        "(content); merchant.phone 5.00 %"
+    )
 
 
 def test_a_diff_path_with_a_colon_in_a_key_is_kept_whole(tmp_path: Path) -> None:
@@ -221,3 +257,25 @@ def test_a_diff_path_with_a_colon_in_a_key_is_kept_whole(tmp_path: Path) -> None
     log.write_text("\n".join(rows) + "\n")
     [task] = build_report([str(log)])["tasks"]
     assert [p["path"] for p in task["diff_paths"]] == [".links.http://x"]
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ('"0.9"', "expected a number from 0 to 1, not text (write it without quotes)"),
+        ("abc", "expected a number from 0 to 1, not text (write it without quotes)"),
+        ("true", "expected a number from 0 to 1, not true or false"),
+        ("1.5", "Input should be less than or equal to 1 (got 1.5)"),
+    ],
+)
+def test_a_share_in_the_policy_is_a_number_from_0_to_1(
+    tmp_path: Path, value: str, said: str
+) -> None:
+    from shim.analysis.policy import Policy
+    from shim.base.errors import ConfigError
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"defaults:\n  min_pairs: 10\n  min_quality: {value}\n")
+    with pytest.raises(ConfigError) as raised:
+        Policy.load(path)
+    assert f"policy.yaml:3: defaults.min_quality: {said}" in str(raised.value)

@@ -5,6 +5,8 @@ back to legacy, one after it raises StreamInterrupted; nothing is left behind.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -54,6 +56,10 @@ def wrap(s: Shim, fn: Any, **options: Any) -> Any:
     )(fn)
 
 
+#: How many other tasks were left on the event loop as each async ``read`` ended.
+TASKS_LEFT: list[int] = []
+
+
 def read(site: Any, q: str = PROMPT, leave_after: int | None = None) -> list[tuple[Any, float]]:
     """Iterate a wrapped stream (sync or async): each piece, with when it came."""
     started = time.perf_counter()
@@ -71,6 +77,8 @@ def read(site: Any, q: str = PROMPT, leave_after: int | None = None) -> list[tup
                 if take(got, piece):
                     await stream.aclose()
                     break
+            await asyncio.sleep(0.05)  # what the stream's end started, if anything
+            TASKS_LEFT.append(len(asyncio.all_tasks()) - 1)
             return got
 
         return asyncio.run(run())
@@ -83,6 +91,16 @@ def read(site: Any, q: str = PROMPT, leave_after: int | None = None) -> list[tup
 
 
 KINDS = ["sync", "async"]
+
+
+def open_sockets() -> int:
+    """The sockets this process holds (the simulator's included: it runs here)."""
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(fd).startswith("socket:")
+    return count
 
 
 def legacy_fn(legacy: Legacy, kind: str) -> Callable[..., Any]:
@@ -222,14 +240,17 @@ def test_a_served_stream_left_early_is_closed_released_and_counted(
     sim: Simulator, tmp_path: Path, kind: str
 ) -> None:
     sim.set_profile(QUIET.with_knob(TASK, "chunk_interval_ms", 20))
+    sockets = open_sockets()
     s = make_shim(sim.url, tmp_path, CANARY)
     threads = threading.active_count()
     legacy = Legacy()
+    TASKS_LEFT.clear()
     got = read(wrap(s, legacy_fn(legacy, kind)), leave_after=2)
-    assert len(got) == 2
+    assert len(got) == 2 and ([0] if kind == "async" else []) == TASKS_LEFT
     wait_for(lambda: sim.stats()["allocations_active"] == 0)
     assert s.flush(timeout=10)
     s.close()
+    wait_for(lambda: open_sockets() <= sockets)  # the node's stream too, both ends
     log = tmp_path / "log.jsonl"
     assert records(log) == [] and dropped(log, "abandoned") == 1
     [left] = records(log, "shim.abandoned")

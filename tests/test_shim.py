@@ -498,6 +498,23 @@ def test_shim_from_env(sim: Simulator, tmp_path: Path, monkeypatch: pytest.Monke
         Shim.from_env()  # named but broken: an error
 
 
+def test_noise_runs_from_the_environment(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CF_ORCH_URL", sim.url)
+    monkeypatch.setenv("SHIM_FLAGS", str(write_flags(tmp_path / "f.yaml", SHADOW)))
+    monkeypatch.setenv("SHIM_NOISE_SAMPLE", " 0.25 ")
+    s = Shim.from_env()
+    assert s.noise_sample == 0.25
+    s.close()
+    for bad in ("lots", "1.5", "-0.1"):
+        monkeypatch.setenv("SHIM_NOISE_SAMPLE", bad)
+        with pytest.raises(
+            shim.ConfigError, match=f"SHIM_NOISE_SAMPLE: expected a share from 0 to 1, got '{bad}'"
+        ):
+            Shim.from_env()
+
+
 def test_context_nests_and_resets() -> None:
     assert shim.current_context() == {}
     with shim.context(user_id=1, tenant="a"):

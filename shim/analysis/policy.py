@@ -21,6 +21,8 @@ def _pct(x: float) -> str:
 def _a_number(value: Any) -> Any:
     if isinstance(value, bool):  # YAML's true is not 1.0 here: a slip, said as one
         raise ValueError("expected a number from 0 to 1, not true or false")
+    if isinstance(value, str):  # "0.9" quoted, or a word: not a share
+        raise ValueError("expected a number from 0 to 1, not text (write it without quotes)")
     return value
 
 

@@ -64,14 +64,16 @@ def quality_text(task: dict[str, Any]) -> str:
 
 
 def diff_paths_line(task: dict[str, Any], shown: int = 5) -> str | None:
-    """``kiwi.ocr: paths that differ: items[].name 12.0 % (noise 0.5 %); ...``: the task's
-    most frequent diff paths beyond legacy's noise; None when none differ."""
+    """``kiwi.ocr: paths that differ: items[].name 12.0 % (noise 0.5 %); totals.total
+    8.0 % (content); ...``: the task's most frequent diff paths beyond legacy's noise,
+    in shape or (``content``) in value; None when none differ."""
     found = task.get("diff_paths") or []
     if not found:
         return None
     parts = [
         f"{p['path']} {_pct(p['rate'])}"
         + (f" (noise {_pct(p['noise_rate'])})" if p["noise_rate"] is not None else "")
+        + (" (content)" if p.get("kind") == "value" else "")
         for p in found[:shown]
     ]
     return f"{task['task']}: paths that differ: " + "; ".join(parts)

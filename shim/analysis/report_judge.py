@@ -7,7 +7,8 @@ wins) / n, with a normal interval from their variance. A pair judged in both ord
 whose two verdicts disagree is a tie already (the record says so). Position bias comes
 from those pairs: the share where the judge picked the first answer both times, minus
 the share where it picked the second both times (0: no lean; 1: it always picks the
-first, whatever it reads).
+first, whatever it reads), with its 95 % interval; a judge is said to lean, and passes
+nothing, only when that whole interval is past 0.2 over at least 10 such pairs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shim.analysis.policy import Gates
-from shim.analysis.stats import Z_ONE_SIDED_95
+from shim.analysis.stats import Z95, Z_ONE_SIDED_95
 
 __all__ = ["MIN_JUDGED", "judge_gate", "judge_summary"]
 
@@ -25,6 +26,8 @@ __all__ = ["MIN_JUDGED", "judge_gate", "judge_summary"]
 MIN_JUDGED = 30
 #: A position bias past this is said beside the gate's line: the verdicts lean.
 BIAS_WARNING = 0.2
+#: Pairs judged in both orders enough to say a judge leans: fewer say too little.
+MIN_BOTH_ORDERS = 10
 
 
 def judge_summary(row: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -44,9 +47,14 @@ def judge_summary(row: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     wins, losses = int(row.get("judge_wins") or 0), int(row.get("judge_losses") or 0)
     both = int(row.get("judge_both") or 0)
-    bias = None
+    bias = bias_bounds = None
     if both:
-        bias = (int(row.get("judge_first") or 0) - int(row.get("judge_second") or 0)) / both
+        first, second = int(row.get("judge_first") or 0), int(row.get("judge_second") or 0)
+        bias = (first - second) / both
+        if both > 1:  # each pair +1 (first both times), -1 (second) or 0
+            variance = max(0.0, (first + second) / both - bias * bias) * both / (both - 1)
+            half = Z95 * math.sqrt(variance / both)
+            bias_bounds = [max(-1.0, bias - half), min(1.0, bias + half)]
     margin = None
     if n:
         mean = (losses - wins) / n
@@ -62,6 +70,7 @@ def judge_summary(row: Mapping[str, Any]) -> dict[str, Any] | None:
         "losses": losses,
         "ties": n - wins - losses,
         "position_bias": bias,
+        "position_bias_ci95": bias_bounds,
         "both_orders": both,
         "loss_margin": margin,
         "skipped": skipped,
@@ -74,9 +83,8 @@ def judge_gate(judge: dict[str, Any] | None, gates: Gates) -> tuple[str, str] | 
     the policy sets none. ROLLBACK when even the lower bound of the loss margin is over
     ``max_judge_loss`` (the judge prefers legacy by more than allowed); it passes when
     the upper bound is within it; either needs :data:`MIN_JUDGED` judged pairs, and
-    holds otherwise. A judge that leans to a position by more than
-    :data:`BIAS_WARNING` never passes: its single-order verdicts are partly coin flips
-    that dilute a real loss."""
+    holds otherwise. A judge that leans to a position (:func:`_leans`) never passes:
+    its single-order verdicts are partly coin flips that dilute a real loss."""
     limit = gates.max_judge_loss
     if limit is None:
         return None
@@ -95,15 +103,26 @@ def judge_gate(judge: dict[str, Any] | None, gates: Gates) -> tuple[str, str] | 
         f"ties; loss margin {margin['mean']:+.3f} (one-sided 95 % bounds "
         f"{margin['low']:+.3f} to {margin['high']:+.3f}) vs max_judge_loss {limit:.3f}"
     )
-    bias = judge["position_bias"]
-    leans = bias is not None and abs(bias) > BIAS_WARNING
+    leans = _leans(judge)
     if leans:
+        bias = judge["position_bias"]
         line += (
             f"; the judge leans to the {'first' if bias > 0 else 'second'} answer "
-            f"({bias:+.2f}), so it passes nothing: mend the rubric or the judge's model"
+            f"({bias:+.2f} over {judge['both_orders']} pairs judged both ways), so it passes "
+            "nothing: mend the rubric or the judge's model"
         )
     if judge["n"] < MIN_JUDGED:
         return "hold", line + f"; {judge['n']} judged pairs, needs {MIN_JUDGED - judge['n']} more"
     if margin["low"] > limit:
         return "rollback", line
     return ("pass" if margin["high"] <= limit and not leans else "hold"), line
+
+
+def _leans(judge: dict[str, Any]) -> bool:
+    """The judge leans to a position: over :data:`MIN_BOTH_ORDERS` pairs judged both
+    ways, the whole 95 % interval of its position bias is past :data:`BIAS_WARNING`."""
+    bounds = judge.get("position_bias_ci95")
+    if bounds is None or judge["both_orders"] < MIN_BOTH_ORDERS:
+        return False
+    low, high = float(bounds[0]), float(bounds[1])
+    return low > BIAS_WARNING or high < -BIAS_WARNING

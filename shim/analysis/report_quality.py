@@ -101,6 +101,11 @@ def quality_gate(quality: dict[str, Any] | None, gates: Gates) -> tuple[str, str
     relative, noise = quality["relative"], quality["noise"]
     if relative["against_noise"]:
         how = f"relative to legacy's own noise, {noise['n']} runs"
+    elif noise and noise["n"] >= MIN_SCORES:
+        how = (
+            f"legacy scores {noise['mean']:.3f} against itself over {noise['n']} noise runs: "
+            "too near 0 to read the candidate against; not relied on"
+        )
     elif noise:
         how = f"only {noise['n']} noise runs: not relied on"
     else:
@@ -125,13 +130,17 @@ TOP_PATHS = 10
 
 
 def diff_paths(row: Mapping[str, Any], compared: int) -> list[dict[str, Any]]:
-    """``[{"path", "rate", "noise_rate"}]``: the paths that differ most often beyond
-    legacy's own noise (rate minus noise rate, top :data:`TOP_PATHS`). ``rate`` is over
-    the structurally compared pairs, ``noise_rate`` over the noise runs (null without
-    any). A path is counted once per pair; the ``... N more`` line of a capped diff is
-    not a path."""
+    """``[{"path", "rate", "noise_rate", "kind"}]``: the paths that differ most often
+    beyond legacy's own noise (rate minus noise rate, top :data:`TOP_PATHS`). ``kind``
+    ``structure``: the path's shape differs (``rate`` over the structurally compared
+    pairs, ``noise_rate`` over the noise runs, null without any); ``value``: the same
+    shape, but a content score found the path among a pair's worst (its rate over the
+    same pairs; no noise rate: noise runs keep only their score). A path is counted
+    once per pair, and one that differs both ways is listed as its structure; the ``...
+    N more`` line of a capped diff is not a path."""
     found = row.get("diff_paths") or {}
-    if not compared or not found:
+    valued = row.get("value_paths") or {}
+    if not compared or not (found or valued):
         return []
     runs = int(row.get("noise_runs") or 0)
     noise = row.get("noise_diff_paths") or {}
@@ -141,6 +150,13 @@ def diff_paths(row: Mapping[str, Any], compared: int) -> list[dict[str, Any]]:
             continue
         rate = int(count) / compared
         noise_rate = int(noise.get(path, 0)) / runs if runs else None
-        ranked.append((-(rate - (noise_rate or 0.0)), str(path), rate, noise_rate))
+        ranked.append((-(rate - (noise_rate or 0.0)), str(path), rate, noise_rate, "structure"))
+    for path, count in valued.items():
+        if path is None or path in found:
+            continue
+        rate = min(1.0, int(count) / compared)
+        ranked.append((-rate, str(path), rate, None, "value"))
     ranked.sort(key=lambda r: r[:2])
-    return [{"path": p, "rate": r, "noise_rate": n} for _, p, r, n in ranked[:TOP_PATHS]]
+    return [
+        {"path": p, "rate": r, "noise_rate": n, "kind": k} for _, p, r, n, k in ranked[:TOP_PATHS]
+    ]

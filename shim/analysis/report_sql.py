@@ -50,7 +50,7 @@ _COLUMNS = {
     "structure": "STRUCT(match BOOLEAN, legacy_valid BOOLEAN, candidate_valid BOOLEAN, "
     "diff VARCHAR[], noise_paths VARCHAR[], error VARCHAR, "
     "noise STRUCT(score DOUBLE, match BOOLEAN, diff VARCHAR[]))",
-    "quality": "STRUCT(score DOUBLE)",
+    "quality": "STRUCT(score DOUBLE, detail STRUCT(worst JSON))",
     "judge": "STRUCT(winner VARCHAR, orders STRUCT(legacy_first VARCHAR, candidate_first VARCHAR))",
 }
 
@@ -129,6 +129,10 @@ SELECT product, task,
   list_aggregate(flatten(list(list_distinct(list_transform(structure.diff,
       lambda x: split_part(x, ': ', 1)))) FILTER (cmp AND structure.match = false)),
     'histogram') AS diff_paths,
+  -- and where their content differs: the paths a content score found worst in a pair
+  -- (a JSON field, a recipe's section), from the few rows that scored under 1
+  list_aggregate(flatten(list(json_keys(quality.detail.worst))
+      FILTER (cmp AND quality.score < 1)), 'histogram') AS value_paths,
   count_if(cmp AND structure.noise.match IS NOT NULL) AS noise_runs,
   list_aggregate(flatten(list(list_distinct(list_transform(structure.noise.diff,
       lambda x: split_part(x, ': ', 1)))) FILTER (cmp AND structure.noise.match = false)),

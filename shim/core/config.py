@@ -192,6 +192,8 @@ def env_config(overrides: dict[str, Any]) -> tuple[str, Off | None]:
     ):
         if key not in overrides and env.get(var):
             overrides[key] = env[var]
+    if "noise_sample" not in overrides and env.get("SHIM_NOISE_SAMPLE", "").strip():
+        overrides["noise_sample"] = _share("SHIM_NOISE_SAMPLE")
     if "judge" not in overrides and env.get("SHIM_JUDGE"):
         overrides["judge"] = judge_from_env()
     elif not env.get("SHIM_JUDGE"):
@@ -249,6 +251,20 @@ def judge_from_env() -> Judge:
         return Judge(**settings)
     except ValueError as exc:
         raise ConfigError([Problem("environment", None, "SHIM_JUDGE", str(exc))]) from None
+
+
+def _share(var: str) -> float:
+    """The share from 0 to 1 that environment variable ``var`` holds."""
+    raw = os.environ[var].strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(
+            [Problem("environment", None, var, f"expected a share from 0 to 1, got {raw!r}")]
+        )
+    return value
 
 
 def _yes_or_no(var: str) -> bool:
