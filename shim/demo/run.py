@@ -210,6 +210,9 @@ def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str,
             # a judge (kiwi.judge on the coordinator) reads a fifth of the pairs
             "SHIM_JUDGE": "kiwi.judge",
             "SHIM_JUDGE_SAMPLE": "0.2",
+            # legacy runs again on a tenth of the shadowed calls: its own noise, which
+            # the mismatch and quality gates read the candidate against
+            "SHIM_NOISE_SAMPLE": "0.1",
         }
         story = _Story(_callsites(env), out, console, rng)
         console.print(f"simulator on {url}; kiwi's call sites wrapped; flags {story.flags}")
