@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from shim.core.shim import Shim
     from shim.core.spend import Backoff, ShadowBudget
     from shim.records.capture import Capture
-    from shim.records.observe import NOT_RECORDED, is_soft_failure
+    from shim.records.observe import NOT_RECORDED
     from shim.records.sinks import FileSink, RecordSink, StreamSink
+    from shim.records.soft import is_soft_failure
 
 # name -> the module that defines it
 _HOME = {
@@ -73,7 +74,7 @@ _HOME = {
     "context": "shim.base.context",
     "current_context": "shim.base.context",
     "drain_on_sigterm": "shim.core.lifecycle",
-    "is_soft_failure": "shim.records.observe",
+    "is_soft_failure": "shim.records.soft",
 }
 _SUBPACKAGES = {"comparators", "flags", "metrics", "sim", "testing"}
 

@@ -69,7 +69,7 @@ class Serving:
                 self.admitted = engine.admission.allow(site, shadow=False)
         if self.admitted is None:
             self.leave()
-            engine.served(site, "legacy")
+            engine.events.served(site, "legacy")
             return None
         assert call.prepared is not None
         request, hint = call.prepared
@@ -98,7 +98,7 @@ class Serving:
 
     def fell_back(self, candidate: Observation) -> tuple[Callable[[], bool], OnEnd]:
         """The relay hooks of legacy serving instead, its pair recorded."""
-        self.engine.served(self.call.site, "legacy_fallback")
+        self.engine.events.served(self.call.site, "legacy_fallback")
         return _always, lambda end: self._record(end, "legacy_fallback", candidate)
 
     def interrupted(self, exc: Exception, lane: Lane) -> BaseException:
@@ -196,14 +196,14 @@ def serve(engine: Engine, call: Call) -> Generator[Any, Any, Any]:
     except Exception as exc:
         candidate = serving.failed(exc)
         if not site.fallback:
-            engine.served(site, "task")
+            engine.events.served(site, "task")
             raise
         inner = call.fn(*call.args, **call.kwargs)
         return (yield from relay(inner, *serving.fell_back(candidate)))
     except BaseException:
         serving.left()
         raise
-    engine.served(site, "task")
+    engine.events.served(site, "task")
     tap, broken = serving.tap, False
     try:
         while piece is not _END:
@@ -239,7 +239,7 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
     except Exception as exc:
         candidate = serving.failed(exc)
         if not site.fallback:
-            engine.served(site, "task")
+            engine.events.served(site, "task")
             raise
         inner = call.fn(*call.args, **call.kwargs)
         async for chunk in arelay(inner, *serving.fell_back(candidate)):
@@ -248,7 +248,7 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
     except BaseException:
         serving.left()
         raise
-    engine.served(site, "task")
+    engine.events.served(site, "task")
     tap, broken = serving.tap, False
     try:
         while piece is not _END:

@@ -16,6 +16,7 @@ from typing import Any
 from shim.comparators import Comparator, ModelNames, Quality, Structure
 from shim.records.callid import new_call_id
 from shim.records.capture import Capture
+from shim.records.soft import is_soft_failure, soft_failure_error
 from shim.records.usage import usage_record
 from shim.records.values import (
     NOT_RECORDED,
@@ -103,11 +104,9 @@ class CallSite:
     #: Legacy has side effects that must happen once per call: False; True (legacy
     #: always runs, never twice); "serve" (the task path may serve all the same).
     side_effects: bool | str = False
-    #: A stream (a generator, or ``stream=``): False, "sync" or "async"; the task
-    #: path's output is then a stream too.
+    #: A stream (a generator, or ``stream=``): False, "sync" or "async".
     stream: bool | str = False
-    #: What a served stream that broke after its first piece raises instead of
-    #: StreamInterrupted (the call site's ``stream_error=``).
+    #: What a served stream broken after its first piece raises (``stream_error=``).
     stream_error: Callable[[BaseException], BaseException] | None = None
 
 
@@ -241,29 +240,6 @@ def _with_noise(
         d for d in structure.get("diff") or () if d.split(":", 1)[0] in noisy
     ]
     return structure
-
-
-def is_soft_failure(value: Any) -> bool:
-    """The default soft-failure rule: ``None``, a blank string, or an empty container
-    is what a call site returns when it swallowed a failure, not an answer."""
-    if value is None:
-        return True
-    if isinstance(value, str | bytes):
-        return not value.strip()
-    if isinstance(value, list | tuple | dict | set | frozenset):
-        return not value
-    return False
-
-
-def soft_failure_error(side: str, value: Any) -> str:
-    """Why a side's value was a soft failure (the message of a ``SoftFailure``)."""
-    try:
-        shown = repr(value)
-    except Exception:  # the value's own repr failing must not lose the record
-        shown = type(value).__name__
-    if value is not None and len(shown) > 20:
-        shown = type(value).__name__
-    return f"{side} returned {shown}, which the call site counts as a failure"
 
 
 Side = tuple[Observation, Any, str | None]  # what a path did, its output, why none
