@@ -333,3 +333,142 @@ def test_stream_options_are_checked_when_decorating(sim: Simulator, tmp_path: Pa
     with pytest.raises(ValueError, match="stream must be"):
         wrap(s, lambda q: iter(CHUNKS), stream="yes")
     s.close()
+
+
+# -- from a review: each of these failed before its fix -------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_site_returning_an_iterator_falls_back_to_it(
+    sim: Simulator, tmp_path: Path, kind: str
+) -> None:
+    sim.set_profile(QUIET.with_knob(TASK, "error_rate", 1.0))
+    s = make_shim(sim.url, tmp_path, CANARY)
+    legacy = Legacy()
+    if kind == "sync":
+        site = wrap(s, lambda q: iter(CHUNKS), stream=True)
+    else:
+        site = wrap(s, lambda q: legacy.asynchronous(q).__aiter__(), stream="async")
+    assert [p for p, _ in read(site)] == CHUNKS
+    assert s.flush(timeout=10)
+    s.close()
+    [rec] = records(tmp_path / "log.jsonl")
+    assert rec["served_by"] == "legacy_fallback" and rec["legacy"]["chunks"] == 3
+
+
+def test_past_max_serving_an_async_iterator_site_is_served_by_legacy(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    s = make_shim(sim.url, tmp_path, LIVE, limits=Limits(max_serving=1))
+    legacy = Legacy()
+    site = wrap(s, lambda q: legacy.asynchronous(q).__aiter__(), stream="async")
+
+    async def run() -> tuple[str, list[str]]:
+        held = site(PROMPT)
+        first = await anext(held)  # holds the only place
+        second = [chunk async for chunk in site(PROMPT)]
+        await held.aclose()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert isinstance(first, str) and second == CHUNKS
+    s.close()
+
+
+def test_a_task_stream_dropped_unread_gives_its_allocation_back(sim: Simulator) -> None:
+    import gc
+
+    with TaskClient(sim.url) as client:
+        for _ in range(3):
+            stream = client.open_stream("kiwi", "recipe_generation", TaskRequest(prompt=PROMPT))
+            assert sim.stats()["allocations_active"] == 1
+            del stream  # never read, never closed
+            gc.collect()
+            wait_for(lambda: sim.stats()["allocations_active"] == 0)
+        half = client.open_stream("kiwi", "recipe_generation", TaskRequest(prompt=PROMPT))
+        next(half)
+        del half  # read in part: given back at once, not at the next cyclic collection
+        wait_for(lambda: sim.stats()["allocations_active"] == 0)
+
+
+def test_an_async_task_stream_dropped_unread_gives_its_allocation_back(sim: Simulator) -> None:
+    import gc
+
+    from shim import AsyncTaskClient
+
+    async def run() -> None:
+        async with AsyncTaskClient(sim.url) as client:
+            stream = await client.open_stream(
+                "kiwi", "recipe_generation", TaskRequest(prompt=PROMPT)
+            )
+            del stream
+            gc.collect()
+            for _ in range(100):
+                if sim.stats()["allocations_active"] == 0:
+                    return
+                await asyncio.sleep(0.02)
+
+    asyncio.run(run())
+    assert sim.stats()["allocations_active"] == 0
+
+
+def test_an_uncompared_stream_left_early_is_not_recorded_on_either_path(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Abandonment is recorded for compared calls only, whoever served them, so the
+    report's counts per path stand on the same footing."""
+    s = make_shim(sim.url, tmp_path, LIVE)
+    read(wrap(s, Legacy().sync), leave_after=1)
+    s.close()
+    log = tmp_path / "log.jsonl"
+    assert records(log, "shim.abandoned") == [] and dropped(log) == 0
+
+
+def test_the_callers_time_is_not_the_task_paths_in_an_abandoned_record(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    s = make_shim(sim.url, tmp_path, CANARY)
+    stream = wrap(s, Legacy().sync)(PROMPT)
+    next(stream)
+    time.sleep(0.3)  # the caller's own time
+    stream.close()
+    s.close()
+    [left] = records(tmp_path / "log.jsonl", "shim.abandoned")
+    assert left["latency_ms"] < 250, left
+
+
+def test_an_empty_answer_falls_back_to_legacy(tmp_path: Path) -> None:
+    """The node streams no text at all: as for any call site, an empty answer is a
+    task-path failure (soft), and legacy serves before the caller saw anything."""
+    import httpx
+
+    def coordinator(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/inference/task":
+            return httpx.Response(
+                200, json={"url": "http://node.test", "allocation_id": "a", "service": "cf-text"}
+            )
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        if request.url.path.endswith("/v1/models"):
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        return httpx.Response(200, content=b"data: [DONE]\n\n")
+
+    http = httpx.Client(transport=httpx.MockTransport(coordinator))
+    s = make_shim("http://orch.test", tmp_path, LIVE, http=http)
+    got = [p for p, _ in read(wrap(s, Legacy().sync))]
+    assert got == CHUNKS
+    s.close()
+    [rec] = records(tmp_path / "log.jsonl")
+    assert rec["served_by"] == "legacy_fallback" and "SoftFailure" in rec["candidate"]["error"]
+
+
+def test_a_stream_error_that_gives_no_exception_is_the_call_sites_error(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.set_profile(QUIET.with_knob(TASK, "stream_cut_rate", 1.0))
+    s = make_shim(sim.url, tmp_path, LIVE)
+    site = wrap(s, Legacy().sync, stream_error=lambda exc: "not an exception")
+    with pytest.raises(StreamInterrupted):
+        list(site(PROMPT))
+    assert s.stats()["internal_errors"].get("call_site.stream_error") == 1
+    s.close()

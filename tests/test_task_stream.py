@@ -201,3 +201,31 @@ def test_a_body_cut_short_is_not_a_completion() -> None:
     assert reader.feed(_sse(_chunk("a"))) == ["a"]
     with pytest.raises(SSEError, match=r"without data: \[DONE\]"):
         reader.finish()
+
+
+def test_a_long_event_in_small_pieces_is_not_scanned_again_and_again() -> None:
+    """A 2 MB event fed 4 KB at a time: each byte searched once (it was quadratic)."""
+    event = b"data: " + json.dumps({"choices": [{"delta": {"content": "x" * 2_000_000}}]}).encode()
+    body = event + b"\n\ndata: [DONE]\n\n"
+    reader = CompletionReader()
+    started = time.perf_counter()
+    pieces = [p for at in range(0, len(body), 4096) for p in reader.feed(body[at : at + 4096])]
+    assert time.perf_counter() - started < 1.0
+    assert pieces == ["x" * 2_000_000] and reader.done
+
+
+def test_nothing_after_done_is_read_not_even_bytes_that_are_not_text() -> None:
+    reader = CompletionReader()
+    assert reader.feed(_sse(_chunk("a"), "[DONE]") + b"data: \xff\n\n") == ["a"]
+    assert reader.finish() == []
+
+
+def test_an_async_stream_ends_at_its_deadline_not_a_read_timeout_later(sim: Simulator) -> None:
+    sim.set_profile(QUIET.with_knob("kiwi.recipe_generation", "chunk_interval_ms", 400))
+    started = time.perf_counter()
+    seen, result, error = _read_async(sim.url, REQ, timeout=0.9)
+    took = time.perf_counter() - started
+    assert isinstance(error, TaskFailed) and "no answer within 0.9 s" in str(error)
+    assert result is None
+    assert seen and took < 1.3, took  # a read timeout after the deadline would be ~1.7 s
+    assert sim.stats()["allocations_active"] == 0

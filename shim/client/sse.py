@@ -122,10 +122,11 @@ class CompletionReader:
     the end of the body. ``model`` and ``usage`` are the last the chunks named;
     ``done`` once ``data: [DONE]`` came (what follows it is not read)."""
 
-    __slots__ = ("_buffer", "_error", "_lines", "_said", "done")
+    __slots__ = ("_buffer", "_error", "_lines", "_said", "_searched", "done")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._searched = 0  # the buffer holds no line end before this
         self._lines: list[bytes] = []
         self._said = _Said()
         self._error: SSEError | None = None
@@ -150,7 +151,8 @@ class CompletionReader:
         pieces: list[str] = []
         start = 0
         try:
-            for end in _LINE_END.finditer(buffer):
+            # searched once: a long event coming in small pieces is not scanned again
+            for end in _LINE_END.finditer(buffer, self._searched):
                 if end.end() == len(buffer) and buffer[-1:] == b"\r":
                     break  # perhaps half of a CRLF: decided by the next bytes
                 line = bytes(buffer[start : end.start()])
@@ -164,6 +166,8 @@ class CompletionReader:
                 raise
             self._error = exc  # what came before it is given first
         del buffer[:start]
+        # a CR at the end may be half of a CRLF: searched again with the next bytes
+        self._searched = max(0, len(buffer) - 1)
         return pieces
 
     def finish(self) -> list[str]:
@@ -183,8 +187,10 @@ class CompletionReader:
 
     def _event(self, pieces: list[str]) -> None:
         lines, self._lines = self._lines, []
+        if self.done:  # nothing after [DONE] is read
+            return
         data = _data(lines)
-        if data is None or self.done:
+        if data is None:
             return
         if data == "[DONE]":
             self.done = True

@@ -10,8 +10,12 @@ gives its allocation back, once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import httpx
 
@@ -41,6 +45,7 @@ class Reading:
         "count",
         "deadline",
         "ex",
+        "final",
         "first",
         "max_bytes",
         "opened",
@@ -55,6 +60,7 @@ class Reading:
         self.text: list[str] = []
         self.first: float | None = None
         self.count = self.size = 0
+        self.final: TaskResult | None = None
 
     def refused(self, status: int, content: bytes) -> BaseException:
         """The error for a node that answered an error status."""
@@ -69,9 +75,17 @@ class Reading:
             raise httpx.ReadTimeout("total deadline passed while reading the stream")
         return self._noted(self._reader.feed(data))
 
+    @property
+    def done(self) -> bool:
+        """``data: [DONE]`` came: the answer is whole."""
+        return self._reader.done
+
     def finish(self) -> list[str]:
-        """The body ended: its last pieces (SSEError if it was cut short)."""
-        return self._noted(self._reader.finish())
+        """The body ended (or said ``[DONE]``): its last pieces (SSEError if it was cut
+        short); :attr:`final` is the result from here on."""
+        pieces = self._noted(self._reader.finish())
+        self.final = self.result()
+        return pieces
 
     def _noted(self, pieces: list[str]) -> list[str]:
         if pieces:
@@ -98,23 +112,43 @@ class Reading:
         return transport(exc)
 
 
+class _Once:
+    """Runs an end (closing the connection, giving the allocation back) once, whoever
+    asks first: the stream read to its end, :meth:`close`, or the stream collected."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], Any] | None) -> None:
+        self.fn = fn
+
+    def __call__(self) -> Any:
+        fn, self.fn = self.fn, None
+        return None if fn is None else fn()
+
+
 class TaskStream(Iterator[str]):
     """A task-path answer as it streams: iterate it for its pieces of text (TaskFailed
     if the stream fails); ``result`` is the whole answer once read to its end. Reading
-    to the end, an error or :meth:`close` closes the connection and gives the node's
-    allocation back. A coordinator's own answer (or a document node's) comes as one
-    piece."""
+    to the end, an error, :meth:`close` or the stream being collected closes the
+    connection and gives the node's allocation back. A coordinator's own answer (or a
+    document node's) comes as one piece."""
 
-    def __init__(self, pieces: Iterator[str], end: Callable[[], None] | None = None) -> None:
+    def __init__(self, pieces: Iterator[str], reading: Reading | None = None) -> None:
         self._pieces = pieces
-        self._end = end
-        self.result: TaskResult | None = None
+        self._reading = reading
+        self._result: TaskResult | None = None
+        self._end = _Once(None)
+
+    @property
+    def result(self) -> TaskResult | None:
+        """The whole answer, once the stream was read to its end (else None)."""
+        return self._result if self._reading is None else self._reading.final
 
     @classmethod
     def whole(cls, result: TaskResult) -> TaskStream:
         """A stream of an answer already whole: its text, as one piece."""
         stream = cls(iter([result.text] if result.text else []))
-        stream.result = result
+        stream._result = result
         return stream
 
     @classmethod
@@ -127,22 +161,12 @@ class TaskStream(Iterator[str]):
     ) -> TaskStream:
         """The node's stream ``response``, read with ``reading``; ``release`` gives
         the allocation back."""
-        stream = cls(iter(()), lambda: _closed(response, release))
-        stream._pieces = stream._read(response, reading, transport)
+        end = _Once(lambda: _closed(response, release))
+        stream = cls(_read(response, reading, transport, end), reading)
+        stream._end = end
+        # dropped unread or half read: given back all the same (not at exit: no calls then)
+        weakref.finalize(stream, end).atexit = False
         return stream
-
-    def _read(self, response: httpx.Response, reading: Reading, transport: Failed) -> Iterator[str]:
-        try:
-            if response.status_code >= 300:
-                raise reading.refused(response.status_code, _head_of(response.iter_bytes()))
-            for data in response.iter_bytes():
-                yield from reading.take(data)
-            yield from reading.finish()
-            self.result = reading.result()
-        except Exception as exc:
-            raise reading.failed(exc, transport)  # noqa: B904 - the cause is set as it must be
-        finally:
-            self._ended()
 
     def __next__(self) -> str:
         return next(self._pieces)
@@ -154,30 +178,49 @@ class TaskStream(Iterator[str]):
             if close is not None:
                 close()
         finally:
-            self._ended()
+            self._end()
 
-    def _ended(self) -> None:
-        end, self._end = self._end, None
-        if end is not None:
-            end()
+
+def _read(
+    response: httpx.Response, reading: Reading, transport: Failed, end: _Once
+) -> Iterator[str]:
+    """The pieces of the node's stream (no reference to the stream object: dropping it
+    runs its finalizer at once)."""
+    try:
+        if response.status_code >= 300:
+            raise reading.refused(response.status_code, _head_of(response.iter_bytes()))
+        for data in response.iter_bytes():
+            yield from reading.take(data)
+            if reading.done:  # what follows [DONE] is not waited for
+                break
+        yield from reading.finish()
+    except Exception as exc:
+        raise reading.failed(exc, transport)  # noqa: B904 - the cause is set as it must be
+    finally:
+        end()
 
 
 class AsyncTaskStream(AsyncIterator[str]):
     """:class:`TaskStream` for the async client: ``async for`` its pieces; ``await
-    aclose()`` to leave it early."""
+    aclose()`` to leave it early (a stream collected unclosed is closed on its event
+    loop). The whole stream must end within the client's timeout."""
 
-    def __init__(
-        self, pieces: AsyncIterator[str], end: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
+    def __init__(self, pieces: AsyncIterator[str], reading: Reading | None = None) -> None:
         self._pieces = pieces
-        self._end = end
-        self.result: TaskResult | None = None
+        self._reading = reading
+        self._result: TaskResult | None = None
+        self._end = _Once(None)
+
+    @property
+    def result(self) -> TaskResult | None:
+        """The whole answer, once the stream was read to its end (else None)."""
+        return self._result if self._reading is None else self._reading.final
 
     @classmethod
     def whole(cls, result: TaskResult) -> AsyncTaskStream:
         """A stream of an answer already whole: its text, as one piece."""
         stream = cls(_once(result.text))
-        stream.result = result
+        stream._result = result
         return stream
 
     @classmethod
@@ -190,26 +233,11 @@ class AsyncTaskStream(AsyncIterator[str]):
     ) -> AsyncTaskStream:
         """The node's stream ``response``, read with ``reading``; ``release`` gives
         the allocation back."""
-        stream = cls(_once(""), lambda: _aclosed(response, release))
-        stream._pieces = stream._read(response, reading, transport)
+        end = _Once(lambda: _aclosed(response, release))
+        stream = cls(_aread(response, reading, transport, end), reading)
+        stream._end = end
+        weakref.finalize(stream, _on_loop, asyncio.get_running_loop(), end).atexit = False
         return stream
-
-    async def _read(
-        self, response: httpx.Response, reading: Reading, transport: Failed
-    ) -> AsyncIterator[str]:
-        try:
-            if response.status_code >= 300:
-                raise reading.refused(response.status_code, await _ahead_of(response))
-            async for data in response.aiter_bytes():
-                for piece in reading.take(data):
-                    yield piece
-            for piece in reading.finish():
-                yield piece
-            self.result = reading.result()
-        except Exception as exc:
-            raise reading.failed(exc, transport)  # noqa: B904 - the cause is set as it must be
-        finally:
-            await self._ended()
 
     async def __anext__(self) -> str:
         return await self._pieces.__anext__()
@@ -221,12 +249,59 @@ class AsyncTaskStream(AsyncIterator[str]):
             if aclose is not None:
                 await aclose()
         finally:
-            await self._ended()
+            ending = self._end()
+            if ending is not None:
+                await ending
 
-    async def _ended(self) -> None:
-        end, self._end = self._end, None
-        if end is not None:
-            await end()
+
+async def _aread(
+    response: httpx.Response, reading: Reading, transport: Failed, end: _Once
+) -> AsyncIterator[str]:
+    """:func:`_read` on an event loop; each wait for the node's bytes within the
+    stream's deadline."""
+    try:
+        if response.status_code >= 300:
+            raise reading.refused(response.status_code, await _ahead_of(response))
+        chunks = response.aiter_bytes()
+        while not reading.done:
+            try:
+                async with asyncio.timeout(max(0.0, reading.deadline - _perf())):
+                    data = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise httpx.ReadTimeout("total deadline passed while reading the stream") from None
+            for piece in reading.take(data):
+                yield piece
+        for piece in reading.finish():
+            yield piece
+    except Exception as exc:
+        raise reading.failed(exc, transport)  # noqa: B904 - the cause is set as it must be
+    finally:
+        ending = end()
+        if ending is not None:
+            await ending
+
+
+#: Ends of streams collected unclosed, running on their loops (kept until they finish).
+_ENDING: set[asyncio.Task[Any]] = set()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, end: _Once) -> None:
+    """A stream collected unclosed: its end, run as a task on its event loop (if the
+    loop still runs; the allocation's TTL takes care of it otherwise)."""
+    if end.fn is None or loop.is_closed():
+        return
+
+    def start() -> None:
+        ending = end()
+        if ending is not None:
+            task = loop.create_task(ending)
+            _ENDING.add(task)
+            task.add_done_callback(_ENDING.discard)
+
+    with contextlib.suppress(RuntimeError):  # closed meanwhile
+        loop.call_soon_threadsafe(start)
 
 
 def _closed(response: httpx.Response, release: Callable[[], None]) -> None:

@@ -176,14 +176,13 @@ class Events:
         self.recorder.dropped(product, name, "shutdown")
 
     def abandoned(
-        self, site: CallSite, stage: str, served_by: str, seen: Stream, busy: float, *, lost: bool
+        self, site: CallSite, stage: str, served_by: str, seen: Stream, busy: float
     ) -> None:
-        """The caller left a stream early: recorded with what it had seen
-        (``shim.abandoned``: who served it, its chunks, time to first chunk and the
-        milliseconds its path spent); ``lost``: a comparison that will not happen,
-        counted as dropped (``abandoned``)."""
-        if lost:
-            self.recorder.dropped(site.product, site.task, "abandoned")
+        """The caller left a compared stream early: its comparison counted as dropped
+        (``abandoned``), and recorded with what the caller had seen (``shim.abandoned``:
+        who served it, its chunks, time to first chunk and the milliseconds its path
+        spent)."""
+        self.recorder.dropped(site.product, site.task, "abandoned")
         ttft = None if seen.ttft_ms is None else round(seen.ttft_ms, 3)
         self.recorder.event(
             "shim.abandoned",

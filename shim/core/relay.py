@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +28,11 @@ __all__ = [
     "StreamEnd",
     "Tap",
     "adrain",
+    "agenerator",
     "arelay",
     "assemble",
     "drain",
+    "generator",
     "relay",
     "stream_observation",
 ]
@@ -187,6 +189,31 @@ async def arelay(
         if tell is not None:
             tell(tap.end(exc))
         raise
+
+
+def generator(chunks: Iterable[Any]) -> Generator[Any, Any, Any]:
+    """``chunks`` as a generator: itself if it is one (``send``, ``throw`` and
+    ``close`` reach it), else one that iterates it (a ``stream=True`` site's iterator)."""
+    if isinstance(chunks, Generator):
+        return chunks
+    return _iterating(iter(chunks))
+
+
+def _iterating(chunks: Any) -> Generator[Any, Any, Any]:
+    return (yield from chunks)
+
+
+def agenerator(chunks: AsyncIterable[Any]) -> AsyncGenerator[Any, Any]:
+    """``chunks`` as an async generator: itself if it is one, else one that iterates
+    it (a ``stream="async"`` site's async iterator)."""
+    if isinstance(chunks, AsyncGenerator):
+        return chunks
+    return _aiterating(aiter(chunks))
+
+
+async def _aiterating(chunks: Any) -> AsyncGenerator[Any, Any]:
+    async for chunk in chunks:
+        yield chunk
 
 
 def drain(fn: Callable[..., Any]) -> Callable[..., StreamEnd]:

@@ -31,7 +31,16 @@ from shim.core.admission import Admitted
 from shim.core.call import Call, candidate_answered, candidate_failed
 from shim.core.callsite import CallSiteError, responded
 from shim.core.engine import Engine
-from shim.core.relay import OnEnd, StreamEnd, Tap, arelay, relay, stream_observation
+from shim.core.relay import (
+    OnEnd,
+    StreamEnd,
+    Tap,
+    agenerator,
+    arelay,
+    generator,
+    relay,
+    stream_observation,
+)
 from shim.core.steps import Lane
 from shim.records.observe import Observation, Pending, Stream, describe, restore
 
@@ -119,24 +128,37 @@ class Serving:
         if site.stream_error is None:
             return error
         try:
-            return site.stream_error(error)
+            theirs = site.stream_error(error)
+            if not isinstance(theirs, BaseException):
+                raise TypeError(f"returned {type(theirs).__name__}, not an exception")
         except Exception as failed:  # the call site's callable: counted, ours raised
             self.engine.events.call_site_error("stream_error", site.stream_error, failed, site=site)
             return error
+        return theirs
 
-    def left(self) -> None:
-        """The caller left the stream early (before its first piece too): recorded
-        with what it had seen; a compared call's comparison counted as dropped."""
+    def site_error(self, err: CallSiteError, result: TaskResult | None) -> None:
+        """The call site's own callable raised on the task path's answer: its error,
+        counted; the task path answered (the breaker hears so); legacy serves."""
+        engine, site = self.engine, self.call.site
+        if self.admitted is not None and result is not None:
+            engine.admission.answered(self.admitted, result)
+        self.leave()
+        engine.events.call_site_error(err.name, err.fn, err.error, site=site)
+        engine.events.served(site, "legacy")
+
+    def left(self, *, at_yield: bool) -> None:
+        """The caller left the stream early (``at_yield``: holding it between pieces;
+        else while the task path worked, cancelled or interrupted). A compared call is
+        recorded with what the caller had seen, its comparison counted as dropped."""
         if self.admitted is not None:
             self.engine.admission.abandoned(self.admitted)
         self.leave()
         call, tap = self.call, self.tap
+        if not call.decision.compare:
+            return
         seen = Stream(None if tap.first is None else tap.first * 1000, tap.count)
-        busy = tap.end().busy
-        compared = call.decision.compare
-        self.engine.events.abandoned(
-            call.site, call.decision.stage, "task", seen, busy, lost=compared
-        )
+        busy = tap.busy if at_yield else tap.end().busy  # the caller's own time left out
+        self.engine.events.abandoned(call.site, call.decision.stage, "task", seen, busy)
 
     def ended(self, result: TaskResult | None, lane: Lane) -> None:
         """The stream ended: the breaker hears of it, and a compared call runs legacy
@@ -165,7 +187,7 @@ class Serving:
             if end.how == "abandoned":
                 seen = Stream(None if end.first is None else end.first * 1000, end.count)
                 stage = call.decision.stage
-                engine.events.abandoned(site, stage, served_by, seen, end.busy, lost=True)
+                engine.events.abandoned(site, stage, served_by, seen, end.busy)
                 return
             legacy = stream_observation(end, call.model)
             if legacy is None:
@@ -186,29 +208,39 @@ def serve(engine: Engine, call: Call) -> Generator[Any, Any, Any]:
     serving = Serving(engine, call)
     opening = serving.begin()
     if opening is None:
-        return (yield from call.fn(*call.args, **call.kwargs))
+        return (yield from generator(call.fn(*call.args, **call.kwargs)))
     site, (request, hint) = call.site, opening
+    stream = None
     try:
         stream = engine.threads.serving.open_stream(
             site.product, site.task, request, service_hint=hint
         )
         piece = next(stream, _END)
+        if piece is _END:  # no text at all: a failure if the call site counts it so
+            responded(site, stream.result)
+    except CallSiteError as err:
+        serving.site_error(err, None if stream is None else stream.result)
+        return (yield from generator(call.fn(*call.args, **call.kwargs)))
     except Exception as exc:
         candidate = serving.failed(exc)
         if not site.fallback:
             engine.events.served(site, "task")
             raise
-        inner = call.fn(*call.args, **call.kwargs)
+        inner = generator(call.fn(*call.args, **call.kwargs))
         return (yield from relay(inner, *serving.fell_back(candidate)))
     except BaseException:
-        serving.left()
+        serving.left(at_yield=False)
+        if stream is not None:
+            stream.close()
         raise
     engine.events.served(site, "task")
-    tap, broken = serving.tap, False
+    tap, broken, at_yield = serving.tap, False, False
     try:
         while piece is not _END:
             tap.add(piece)
+            at_yield = True
             yield piece  # what the caller throws in (or closing) leaves the stream
+            at_yield = False
             tap.resume()
             try:
                 piece = next(stream, _END)
@@ -217,7 +249,7 @@ def serve(engine: Engine, call: Call) -> Generator[Any, Any, Any]:
                 raise serving.interrupted(exc, engine.threads) from exc
     except BaseException:
         if not broken:
-            serving.left()
+            serving.left(at_yield=at_yield)
         stream.close()
         raise
     serving.ended(stream.result, engine.threads)
@@ -228,32 +260,44 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
     serving = Serving(engine, call)
     opening = serving.begin()
     if opening is None:
-        async for chunk in arelay(call.fn(*call.args, **call.kwargs), _never, _ignore):
+        async for chunk in arelay(agenerator(call.fn(*call.args, **call.kwargs)), _never, _ignore):
             yield chunk
         return
     site, (request, hint) = call.site, opening
+    stream = None
     try:
         client = engine.loops.state().client
         stream = await client.open_stream(site.product, site.task, request, service_hint=hint)
         piece = await anext(stream, _END)
+        if piece is _END:  # no text at all: a failure if the call site counts it so
+            responded(site, stream.result)
+    except CallSiteError as err:
+        serving.site_error(err, None if stream is None else stream.result)
+        async for chunk in arelay(agenerator(call.fn(*call.args, **call.kwargs)), _never, _ignore):
+            yield chunk
+        return
     except Exception as exc:
         candidate = serving.failed(exc)
         if not site.fallback:
             engine.events.served(site, "task")
             raise
-        inner = call.fn(*call.args, **call.kwargs)
+        inner = agenerator(call.fn(*call.args, **call.kwargs))
         async for chunk in arelay(inner, *serving.fell_back(candidate)):
             yield chunk
         return
     except BaseException:
-        serving.left()
+        serving.left(at_yield=False)
+        if stream is not None:
+            await stream.aclose()
         raise
     engine.events.served(site, "task")
-    tap, broken = serving.tap, False
+    tap, broken, at_yield = serving.tap, False, False
     try:
         while piece is not _END:
             tap.add(piece)
+            at_yield = True
             yield piece
+            at_yield = False
             tap.resume()
             try:
                 piece = await anext(stream, _END)
@@ -262,7 +306,7 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
                 raise serving.interrupted(exc, engine.loops) from exc
     except BaseException:
         if not broken:
-            serving.left()
+            serving.left(at_yield=at_yield)
         await stream.aclose()
         raise
     serving.ended(stream.result, engine.loops)

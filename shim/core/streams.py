@@ -20,12 +20,12 @@ chunk and at the start of a stream: ``bench/streams.py``.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
 from shim.core.call import Call
 from shim.core.engine import Engine
-from shim.core.relay import OnEnd, StreamEnd, arelay, assemble, relay
+from shim.core.relay import OnEnd, StreamEnd, agenerator, arelay, assemble, generator, relay
 from shim.core.served_streams import aserve, serve
 from shim.records.observe import Stream
 
@@ -46,18 +46,14 @@ class StreamCalls:
         does not fit its arguments raises here, as it would unwrapped) and relayed."""
         if call.decision.serve:
             return serve(self._engine, call)
-        inner = call.fn(*call.args, **call.kwargs)
-        if not isinstance(inner, Generator):  # an iterator a ``stream=True`` site returns
-            inner = _generator(iter(inner))
+        inner = generator(call.fn(*call.args, **call.kwargs))
         return relay(inner, *self._hooks(call))
 
     def asynchronous(self, call: Call) -> AsyncGenerator[Any, Any]:
         """:meth:`sync` for an async streaming call site."""
         if call.decision.serve:
             return aserve(self._engine, call)
-        inner = call.fn(*call.args, **call.kwargs)
-        if not isinstance(inner, AsyncGenerator):  # a ``stream="async"`` site's iterator
-            inner = _agenerator(aiter(inner))
+        inner = agenerator(call.fn(*call.args, **call.kwargs))
         return arelay(inner, *self._hooks(call))
 
     def _hooks(self, call: Call) -> tuple[Callable[[], bool], OnEnd]:
@@ -87,7 +83,7 @@ class StreamCalls:
             if end.how == "abandoned":
                 seen = Stream(None if end.first is None else end.first * 1000, end.count)
                 stage = call.decision.stage
-                engine.events.abandoned(site, stage, "legacy", seen, end.busy, lost=True)
+                engine.events.abandoned(site, stage, "legacy", seen, end.busy)
                 return
             if end.chunks is None:
                 engine.recorder.dropped(site.product, site.task, "stream_too_large")
@@ -104,12 +100,3 @@ class StreamCalls:
                 engine.legacy_returned(call, end.busy, output, engine.threads, stream)
         except Exception as exc:
             engine.hand_off_failed(call, exc, slot=False)
-
-
-def _generator(chunks: Iterator[Any]) -> Generator[Any, Any, Any]:
-    return (yield from chunks)
-
-
-async def _agenerator(chunks: AsyncIterator[Any]) -> AsyncGenerator[Any, Any]:
-    async for chunk in chunks:
-        yield chunk
