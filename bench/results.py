@@ -32,6 +32,7 @@ BENCHES = (
     "load",
     "records",
     "judge",
+    "sequential",
 )
 
 
@@ -257,6 +258,26 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"{plain['call_p50_us']} us",
                 f"call p50 {judged['call_p50_us']} us",
                 "no drops, every pair recorded, budget honoured: " + verdict(all(checks.values())),
+            )
+        )
+    sq = f.get("sequential")
+    if sq:
+        seq, fixed = sq["aa_sequential"], sq["aa_fixed_watcher"]
+        err, slow = sq["error_regression"], sq["latency_regression"]
+        out.append(
+            (
+                f"false rollbacks on A/A traffic, checked every {sq['step']} pairs "
+                f"({sq['runs']} seeded runs of {sq['pairs']:,} pairs; lines at no difference)",
+                f"always-valid bounds: {seq['rate']:.1%} (95 % CI {seq['low']:.1%}-"
+                f"{seq['high']:.1%}); error +2 points caught {err['sequential_caught']}/"
+                f"{sq['runs']}, median {err['sequential_median_pairs']} pairs; latency x1.5 "
+                f"caught {slow['sequential_caught']}/{sq['runs']}, median "
+                f"{slow['sequential_median_pairs']} pairs",
+                f"shim watch's fixed bounds: {fixed['rate']:.1%} (95 % CI {fixed['low']:.1%}-"
+                f"{fixed['high']:.1%}); error +2 points caught {err['watcher_caught']}/"
+                f"{sq['runs']}, median {err['watcher_median_pairs']} pairs",
+                "",
+                f"<= {sq['alpha']:.0%}: " + verdict(seq["rate"] <= sq["alpha"]),
             )
         )
     return out
