@@ -273,7 +273,8 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"{sq['runs']}, median {err['sequential_median_pairs']} pairs; latency x1.5 "
                 f"caught {slow['sequential_caught']}/{sq['runs']}, median "
                 f"{slow['sequential_median_pairs']} pairs",
-                f"shim watch's fixed bounds: {fixed['rate']:.1%} (95 % CI {fixed['low']:.1%}-"
+                f"fixed windowed bounds (shim watch before): {fixed['rate']:.1%} "
+                f"(95 % CI {fixed['low']:.1%}-"
                 f"{fixed['high']:.1%}); error +2 points caught {err['watcher_caught']}/"
                 f"{sq['runs']}, median {err['watcher_median_pairs']} pairs",
                 "",

@@ -11,9 +11,10 @@ after every 50 pairs, to the end of the run:
 
 - ``sequential``: the always-valid bounds of :mod:`shim.analysis.sequential`, over
   every pair of the stage; rolls back the first time a bound crosses its line;
-- ``fixed watcher``: ``shim watch``'s current rule on the same pairs (one-sided 95 %
-  bounds over its last 200 pairs, a breach after three failing checks in a row or five
-  in the stage), on the error gate (it has no latency gate).
+- ``fixed watcher``: the rule ``shim watch`` used before it took the always-valid
+  bounds, on the same pairs (one-sided 95 % bounds over its last 200 pairs, a breach
+  after three failing checks in a row or five in the stage), on the error gate (it had
+  no latency gate).
 
 A false rollback is a run that rolled back at all. With a planted regression (the
 task path failing 2 points more often: 7 % against 5 %; or every task-path time 1.5
@@ -29,13 +30,13 @@ import json
 import random
 import statistics
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-from shim.analysis.policy import Gates, Policy
+from shim.analysis.policy import Gates
 from shim.analysis.sequential import ALPHA, StageTests
 from shim.analysis.stats import wilson
-from shim.ops.watch import Watch
 
 STEP = 50
 BASE_ERROR = 0.05
@@ -63,26 +64,32 @@ def sequential_rollback(run: list[tuple[Any, ...]], latency_line: float) -> int 
     return None
 
 
-_WATCH_POLICY = Policy(
-    defaults=Gates(rollback_error_increase=0.0, rollback_mismatch=1.0, watch_step=STEP)
-)
+_FIXED = Gates(rollback_error_increase=0.0, rollback_mismatch=1.0, watch_step=STEP)
 
 
 def watcher_rollback(run: list[tuple[Any, ...]]) -> int | None:
-    """The pairs after which ``shim watch``'s fixed-bound rule rolls back; None if never."""
-    watch = Watch(_WATCH_POLICY)
-    record: dict[str, Any] = {
-        "event": "shim.comparison",
-        "schema": 1,
-        "product": "kiwi",
-        "task": "aa",
-        "stage": "canary",
-        "structure": {"match": True},
-        "model": {},
-    }
+    """The pairs after which the fixed-bound rule ``shim watch`` used before rolls
+    back (one-sided 95 % bounds over its last ``watch_window`` pairs, checked every
+    ``watch_step``; a breach after ``watch_consecutive`` failing checks in a row or
+    ``watch_cumulative`` in the stage); None if never."""
+    gates = _FIXED
+    window: deque[tuple[bool, bool]] = deque(maxlen=gates.watch_window)
+    consecutive = cumulative = 0
     for i, (legacy_ok, task_ok, _, _) in enumerate(run, 1):
-        record["legacy"], record["candidate"] = {"ok": legacy_ok}, {"ok": task_ok}
-        if watch.feed(record) is not None:
+        window.append((legacy_ok, task_ok))
+        if i % gates.watch_step:
+            continue
+        failing = gates.rollback_reasons(
+            pairs=len(window),
+            legacy_errors=sum(not legacy for legacy, _ in window),
+            candidate_errors=sum(not task for _, task in window),
+            compared=0,
+            mismatches=0,
+            routing_errors=0,
+        )
+        consecutive = consecutive + 1 if failing else 0
+        cumulative += bool(failing)
+        if consecutive >= gates.watch_consecutive or cumulative >= gates.watch_cumulative:
             return i
     return None
 

@@ -216,7 +216,7 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
     assert streams and all(r["legacy"]["chunks"] > 3 < r["candidate"]["chunks"] for r in streams)
     assert re.search(r"kiwi\.recipe_generation: time to first chunk: p50", story)
     [rollback] = [r for r in rows if r["event"] == "shim.rollback"]
-    assert rollback["task"] == "ocr" and "structure mismatch" in rollback["reason"]
+    assert rollback["task"] == "ocr" and "mismatch rate" in rollback["reason"]
     forced = [r for r in rows if r["event"] == "shim.promote" and r.get("forced")]
     assert [r["task"] for r in forced] == ["ocr"]
     flags = (tmp_path / "flags.yaml").read_text()

@@ -42,15 +42,46 @@ def test_a_task_that_starts_failing_breaches_within_one_window() -> None:
     breaches = [(i, b) for i, row in enumerate(rows) if (b := watch.feed(row)) is not None]
     assert breaches, "the failing stretch must breach"
     first, breach = breaches[0]
-    assert 600 < first <= 600 + 200, "within one window (200 pairs) of the failures starting"
-    assert breach.task == "kiwi.meal_plan" and breach.consecutive == 3
-    assert "task-path errors" in breach.reasons[0]
-    assert "increase at least" in breach.describe()
+    assert 600 < first <= 600 + 200, "within 200 pairs of the failures starting"
+    # an always-valid bound over the stage's pairs: one crossing is enough
+    assert breach.task == "kiwi.meal_plan" and breach.consecutive == 1
+    assert breach.reasons[0].startswith("candidate error rate higher by ")
+    assert "always-valid 95 % over" in breach.describe()
+    assert breach.pairs == first + 1
 
 
 def test_healthy_traffic_never_breaches() -> None:
     watch = Watch()
     assert not any(watch.feed(row) for row in stream(random.Random(2), 3000, 0))
+
+
+def test_a_task_path_that_gets_slower_breaches_on_latency() -> None:
+    """Every task-path time 1.5 times legacy's (its p95 too): over the policy's
+    max_latency_ratio_p95 (1.25), on the typical ratio's always-valid bound."""
+    rows = stream(random.Random(6), 300, 0)
+    for row in rows:
+        row["candidate"]["latency_ms"] = row["legacy"]["latency_ms"] * 1.5
+    watch = Watch()
+    breaches = [b for row in rows if (b := watch.feed(row)) is not None]
+    assert breaches and breaches[0].reasons[0].startswith("task path slower: typical latency")
+    assert "ratio 1.50" in breaches[0].reasons[0] and "over 1.25" in breaches[0].reasons[0]
+
+
+def test_a_b_a_a_stage_watched_a_long_time_does_not_breach_on_noise() -> None:
+    """The fixed bounds re-tested every 50 pairs rolled back A/A traffic (the same 5 %
+    error rate on both paths) when the line sat at no difference; the always-valid
+    ones hold."""
+    policy = Policy.model_validate({"defaults": {"rollback_error_increase": 0.0}})
+    rng = random.Random(7)
+    rows = [
+        record("kiwi.meal_plan", rng, legacy_err=0.05, cand_err=0.05, mismatch=0.0, speed=1.0)
+        for _ in range(6000)
+    ]
+    for row in rows:
+        row["stage"] = "canary"
+    watch = Watch(policy)
+    assert not any(watch.feed(row) for row in rows)
+    assert watch.evaluations == 6000 // 50
 
 
 def test_cli_rolls_back_and_says_why(tmp_path: Path) -> None:
@@ -69,8 +100,8 @@ def test_cli_rolls_back_and_says_why(tmp_path: Path) -> None:
     [decision] = [
         json.loads(line) for line in log.read_text().splitlines() if '"shim.rollback"' in line
     ]
-    assert decision["automatic"] is True and decision["consecutive"] == 3
-    assert decision["from"]["serve"] == 25 and "task-path errors" in decision["reason"]
+    assert decision["automatic"] is True and decision["consecutive"] == 1
+    assert decision["from"]["serve"] == 25 and "candidate error rate higher" in decision["reason"]
 
 
 def test_follow_reads_a_growing_log_across_rotation(tmp_path: Path) -> None:

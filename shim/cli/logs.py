@@ -87,9 +87,10 @@ def watch(
         ),
     ] = None,
 ) -> None:
-    """Evaluate rolling windows of LOG as it grows; with --auto-rollback, act on a breach.
-    A LOG that is not there is an error (exit 2) unless --wait. With --once: exit 1 on a
-    breach, 0 when windows were evaluated without one, 2 when none could be."""
+    """Test each task in LOG as it grows (always-valid bounds over its stage; rolling
+    windows for routing, quality and judges); with --auto-rollback, act on a breach. A
+    LOG that is not there is an error (exit 2) unless --wait. With --once: exit 1 on a
+    breach, 0 when tasks were evaluated without one, 2 when none could be."""
     from shim.ops.watch import Watch, follow, wait_for_log
 
     found = _watched(log)
@@ -139,7 +140,7 @@ def _judged(watcher: Watch, log: Path, from_start: bool, breaches: int) -> None:
     if not watcher.evaluations:
         say(
             f"read {watcher.records} comparison records from {log}: too few to evaluate "
-            "one window (a task needs the policy's watch_step pairs)",
+            "a task once (a task needs the policy's watch_step pairs)",
             error=True,
         )
         raise typer.Exit(2)

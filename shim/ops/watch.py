@@ -1,10 +1,14 @@
 """``shim watch``: follow a comparison log and roll a task back when it breaches.
 
-:class:`Watch` is the I/O-free core: feed it records, it evaluates each task's last
-``watch_window`` pairs every ``watch_step`` new pairs against the policy's rollback
-lines, and reports a breach after ``watch_consecutive`` failing evaluations in a row or
-``watch_cumulative`` in the stage; it counts what it read and evaluated, so a one-off
-run can tell "no breach" from "nothing to judge". :func:`wait_for_log` waits for a log
+:class:`Watch` is the I/O-free core: feed it records, it evaluates each task every
+``watch_step`` new pairs. The error increase, the mismatch rate and the typical latency
+ratio are tested on every pair of the task's stage with always-valid bounds
+(:mod:`shim.analysis.sequential`): one crossing is a breach, and checking after every
+step keeps false rollbacks at 5 %. Routing errors, content quality (read against
+legacy's noise) and judge verdicts are read over the last ``watch_window`` pairs, a
+breach after ``watch_consecutive`` failing evaluations in a row or ``watch_cumulative``
+in the stage. It counts what it read and evaluated, so a one-off run can tell "no
+breach" from "nothing to judge". :func:`wait_for_log` waits for a log
 to appear; :func:`follow` reads a growing log, across rotation.
 :func:`auto_rollback` acts on a breach: one read-modify-write under the flag store's
 lock, so a promote that read the flags before it cannot undo it.
@@ -13,11 +17,12 @@ lock, so a promote that read the flags before it cannot undo it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +30,7 @@ from shim.analysis.log_lines import MAX_LINE_BYTES
 from shim.analysis.policy import Gates, Policy
 from shim.analysis.report_judge import judge_gate, judge_summary
 from shim.analysis.report_quality import quality_gate, quality_summary
+from shim.analysis.sequential import StageTests
 
 if TYPE_CHECKING:
     from shim.flags.store import Change, FlagStore
@@ -47,8 +53,8 @@ class Breach:
         """One line for people and for the rollback record."""
         return (
             f"{self.task} breached in stage {self.stage}: {self.consecutive} failing "
-            f"evaluation(s) in a row, {self.cumulative} in the stage, over the last "
-            f"{self.pairs} pairs: " + "; ".join(self.reasons)
+            f"evaluation(s) in a row, {self.cumulative} in the stage, over {self.pairs} "
+            "pairs: " + "; ".join(self.reasons)
         )
 
 
@@ -60,10 +66,19 @@ class _TaskWatch:
     #: the last ``watch_window`` judge verdicts (see _judged): a judge reads a sample,
     #: so its verdicts get a window of their own, as long as the pairs'
     judged: deque[tuple[str, int | None]]
+    #: every pair of the stage, for the always-valid tests
+    tests: StageTests = field(default_factory=StageTests)
     stage: str = ""
     since_eval: int = 0
     consecutive: int = 0
     cumulative: int = 0
+
+    def restart(self) -> None:
+        """A new stage, or a breach acted on: the evidence starts again."""
+        self.consecutive = self.cumulative = self.since_eval = 0
+        self.window.clear()
+        self.judged.clear()
+        self.tests = StageTests()
 
 
 class Watch:
@@ -95,23 +110,23 @@ class Watch:
             )
         stage = str(record.get("stage"))
         if stage != state.stage:  # a new stage starts a new count
-            state.stage, state.consecutive, state.cumulative = stage, 0, 0
-            state.window.clear()
-            state.judged.clear()
-            state.since_eval = 0
+            state.restart()
+            state.stage = stage
         try:
             legacy, candidate = record["legacy"], record["candidate"]
             structure, model = record.get("structure") or {}, record.get("model") or {}
-            state.window.append(
-                (
-                    bool(legacy["ok"]),
-                    bool(candidate["ok"]),
-                    structure.get("match"),
-                    bool(model.get("routing_error")),
-                    _score(record.get("quality")),
-                    _score(structure.get("noise")),
-                )
+            pair = (
+                bool(legacy["ok"]),
+                bool(candidate["ok"]),
+                structure.get("match"),
+                bool(model.get("routing_error")),
+                _score(record.get("quality")),
+                _score(structure.get("noise")),
             )
+            match = pair[2] if isinstance(pair[2], bool) else None
+            latencies = _ms(legacy.get("latency_ms")), _ms(candidate.get("latency_ms"))
+            state.tests.add(pair[0], pair[1], match, None, *latencies)
+            state.window.append(pair)
             verdict = _judged(record.get("judge"))
             if verdict is not None:
                 state.judged.append(verdict)
@@ -123,40 +138,41 @@ class Watch:
             return None
         state.since_eval = 0
         self.evaluations += 1
-        reasons = self._failing(state, gates)
+        crossed = state.tests.breaches(
+            error_increase=gates.rollback_error_increase,
+            mismatch=gates.rollback_mismatch,
+            latency_ratio=gates.max_latency_ratio_p95,
+        )
+        reasons = crossed + self._failing(state, gates)
         if not reasons:
             state.consecutive = 0
             return None
         state.consecutive += 1
         state.cumulative += 1
-        if state.consecutive >= gates.watch_consecutive or (
-            state.cumulative >= gates.watch_cumulative
+        if (
+            crossed  # an always-valid bound: once is enough
+            or state.consecutive >= gates.watch_consecutive
+            or state.cumulative >= gates.watch_cumulative
         ):
+            pairs = state.tests.errors.n if crossed else len(state.window)
             breach = Breach(
-                task,
-                state.stage,
-                tuple(reasons),
-                state.consecutive,
-                state.cumulative,
-                len(state.window),
+                task, state.stage, tuple(reasons), state.consecutive, state.cumulative, pairs
             )
-            state.consecutive = state.cumulative = 0
-            state.window.clear()
-            state.judged.clear()
+            state.restart()
             return breach
         return None
 
     @staticmethod
     def _failing(state: _TaskWatch, gates: Gates) -> list[str]:
+        """What the last window crosses: routing errors, quality, judge verdicts."""
         rows = list(state.window)
-        compared = [r[2] for r in rows if r[2] is not None]
         reasons = list(
-            gates.rollback_reasons(
-                pairs=len(rows),
-                legacy_errors=sum(not r[0] for r in rows),
-                candidate_errors=sum(not r[1] for r in rows),
-                compared=len(compared),
-                mismatches=sum(m is False for m in compared),
+            gates.rollback_reasons(  # errors and mismatches: the always-valid tests'
+                pairs=0,
+                legacy_errors=0,
+                candidate_errors=0,
+                compared=0,
+                mismatches=0,
                 routing_errors=sum(r[3] for r in rows),
             )
         )
@@ -210,6 +226,17 @@ def _judge_counts(judged: list[tuple[str, int | None]]) -> dict[str, int]:
         "judge_first": positions.count(1),
         "judge_second": positions.count(-1),
     }
+
+
+def _ms(value: Any) -> float | None:
+    """A record's latency in milliseconds, if it is a positive number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        ms = float(value)
+    except OverflowError:
+        return None
+    return ms if 0 < ms < math.inf else None
 
 
 def _score(part: Any) -> float | None:
