@@ -247,7 +247,8 @@ class AsyncTaskStream(AsyncIterator[str]):
         try:
             aclose = getattr(self._pieces, "aclose", None)
             if aclose is not None:
-                await aclose()
+                with contextlib.suppress(RuntimeError):  # being closed already: loop's end
+                    await aclose()
         finally:
             ending = self._end()
             if ending is not None:

@@ -12,7 +12,7 @@ import functools
 import ssl
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TypeVar
 
@@ -68,6 +68,8 @@ class TaskClient(ClientBase[httpx.Client], AbstractContextManager["TaskClient"])
     """
 
     _stream_http: httpx.Client | None = None
+    _open_streams = 0
+    _closing = False
 
     def _connect(
         self, http: httpx.Client | None, tls: ssl.SSLContext | None
@@ -128,9 +130,27 @@ class TaskClient(ClientBase[httpx.Client], AbstractContextManager["TaskClient"])
             release()
             raise self._failed(exc, ex)  # noqa: B904 - the cause is set as it must be
         reading = Reading(ex, opened, deadline, MAX_REPLY_BYTES)
+        with self._lock:
+            self._open_streams += 1
         return TaskStream.reading(
-            response, reading, release, functools.partial(self._failed, ex=ex)
+            response, reading, self._ended(release), functools.partial(self._failed, ex=ex)
         )
+
+    def _ended(self, release: Callable[[], None]) -> Callable[[], None]:
+        """``release``, then one open stream less: the last one after :meth:`close`
+        closes the client streams are read with."""
+
+        def end() -> None:
+            try:
+                release()
+            finally:
+                with self._lock:
+                    self._open_streams -= 1
+                    last = self._closing and not self._open_streams
+                if last:
+                    self._close_http()
+
+        return end
 
     def _streams(self) -> httpx.Client:
         """The httpx client node streams are read with: the one given, else one of
@@ -196,9 +216,19 @@ class TaskClient(ClientBase[httpx.Client], AbstractContextManager["TaskClient"])
             return self._failed(exc, ex)
 
     def close(self) -> None:
-        """Close the connections, or the httpx.Client if this client created it."""
+        """Close the connections, or the httpx.Client if this client created it.
+        Streams still open are read to their end (or left) first: the client they
+        read with closes after the last."""
         if self._wire is not None:
             self._wire.close()
+        with self._lock:
+            self._closing = True
+            now = not self._open_streams
+        if now:
+            self._close_http()
+
+    def _close_http(self) -> None:
+        """Close the httpx clients this client made (for streams, or for a proxy)."""
         if self._owned and self._http is not None:
             self._http.close()
         if self._stream_http is not None:
@@ -220,6 +250,8 @@ class AsyncTaskClient(
     def _connect(
         self, http: httpx.AsyncClient | None, tls: ssl.SSLContext | None
     ) -> httpx.AsyncClient:
+        self._open_streams = 0
+        self._after_streams: list[Callable[[], Awaitable[None]]] = []
         if http is not None:
             return http
         return httpx.AsyncClient(headers={"User-Agent": USER_AGENT}, verify=tls or default_tls())
@@ -264,7 +296,42 @@ class AsyncTaskClient(
             raise self._failed(exc, ex)  # noqa: B904 - the cause is set as it must be
         reading = Reading(ex, opened, deadline, MAX_REPLY_BYTES)
         failed = functools.partial(self._failed, ex=ex)
-        return AsyncTaskStream.reading(response, reading, release, failed)
+        self._open_streams += 1
+
+        async def end() -> None:
+            try:
+                await release()
+            except BaseException:  # stopped midway: the stream's loop is ending
+                self._release_elsewhere(product, task, opened.alloc)
+                raise
+            finally:
+                self._open_streams -= 1
+                if not self._open_streams:
+                    closes, self._after_streams = self._after_streams, []
+                    for close in closes:
+                        await close()
+
+        return AsyncTaskStream.reading(response, reading, end, failed)
+
+    def _release_elsewhere(self, product: str, task: str, alloc: TaskAllocation) -> None:
+        """Give ``alloc`` back from a thread of its own, with a sync client: the event
+        loop it was taken on is ending (a release the loop stopped midway may have
+        reached the coordinator: a second one is logged as failed, never raised)."""
+        orch, key, hook = self.orch_url, self.secret, self.on_release_failed
+
+        def release() -> None:
+            with TaskClient(orch, api_key=key, timeout=5.0, on_release_failed=hook) as client:
+                client.release(product, task, alloc)
+
+        threading.Thread(target=release, name="shim-release", daemon=False).start()
+
+    async def close_after_streams(self, close: Callable[[], Awaitable[None]]) -> None:
+        """``close()`` now, or, while streams are open, once the last has ended (read,
+        left, or collected) and given its allocation back with this client."""
+        if self._open_streams:
+            self._after_streams.append(close)
+        else:
+            await close()
 
     async def allocate(
         self, product: str, task: str, *, service_hint: str | None = None
@@ -303,9 +370,10 @@ class AsyncTaskClient(
             return self._failed(exc, ex)
 
     async def aclose(self) -> None:
-        """Close the underlying httpx.AsyncClient if this client created it."""
+        """Close the underlying httpx.AsyncClient if this client created it: at once,
+        or after the last stream still open (which gives its allocation back with it)."""
         if self._owned:
-            await self._http.aclose()
+            await self.close_after_streams(self._http.aclose)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()

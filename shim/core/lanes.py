@@ -246,7 +246,9 @@ class LoopState:
         try:
             yield
         finally:
-            await self.http.aclose()
+            # served streams the loop's end is closing give their allocations back
+            # with this client: it closes after them
+            await self.client.close_after_streams(self.http.aclose)
 
 
 class Loops:

@@ -72,8 +72,8 @@ class Tap:
 
     __slots__ = ("busy", "chunks", "closing", "count", "first", "size", "started", "thrown")
 
-    def __init__(self) -> None:
-        self.busy = 0.0
+    def __init__(self, lead: float = 0.0) -> None:
+        self.busy = lead  # what making the stream took before its first chunk was asked
         self.first: float | None = None
         self.chunks: list[Any] | None = []
         self.count = self.size = 0
@@ -126,14 +126,18 @@ def assemble(chunks: list[Any]) -> Any:
 
 
 def relay(
-    inner: Generator[Any, Any, Any], on_start: Callable[[], bool], on_end: OnEnd
+    inner: Generator[Any, Any, Any],
+    on_start: Callable[[], bool],
+    on_end: OnEnd,
+    lead: float = 0.0,
 ) -> Generator[Any, Any, Any]:
     """Legacy's generator ``inner``, chunk for chunk. ``on_start()`` runs as the
     caller asks for the first chunk; False: not compared, ``inner`` is handed on as is.
-    ``on_end`` hears how a compared stream ended."""
+    ``on_end`` hears how a compared stream ended; ``lead``: the seconds making
+    ``inner`` took (a function that returns its stream works before it does)."""
     if not on_start():
         return (yield from inner)
-    tap = Tap()
+    tap = Tap(lead)
     try:
         chunk = inner.send(None)
         while True:
@@ -159,13 +163,16 @@ def relay(
 
 
 async def arelay(
-    inner: AsyncGenerator[Any, Any], on_start: Callable[[], bool], on_end: OnEnd
+    inner: AsyncGenerator[Any, Any],
+    on_start: Callable[[], bool],
+    on_end: OnEnd,
+    lead: float = 0.0,
 ) -> AsyncGenerator[Any, Any]:
     """:func:`relay` for an async generator (which returns nothing). Not compared, it
     forwards all the same: ``async for`` over ``inner`` would lose what is sent and
     thrown in, and leave ``inner`` open on ``aclose()``."""
     tell = on_end if on_start() else None
-    tap = Tap()
+    tap = Tap(lead)
     try:
         chunk = await inner.asend(None)
         while True:
@@ -221,7 +228,7 @@ def drain(fn: Callable[..., Any]) -> Callable[..., StreamEnd]:
     function that reads its whole stream, in the background, and tells how it went."""
 
     def drained(*args: Any, **kwargs: Any) -> StreamEnd:
-        tap = Tap()
+        tap = Tap()  # from the call: a function that returns its stream works first
         try:
             for chunk in fn(*args, **kwargs):
                 tap.add(chunk)

@@ -226,8 +226,9 @@ def serve(engine: Engine, call: Call) -> Generator[Any, Any, Any]:
         if not site.fallback:
             engine.events.served(site, "task")
             raise
+        started = _perf()
         inner = generator(call.fn(*call.args, **call.kwargs))
-        return (yield from relay(inner, *serving.fell_back(candidate)))
+        return (yield from relay(inner, *serving.fell_back(candidate), lead=_perf() - started))
     except BaseException:
         serving.left(at_yield=False)
         if stream is not None:
@@ -281,8 +282,9 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
         if not site.fallback:
             engine.events.served(site, "task")
             raise
+        started = _perf()
         inner = agenerator(call.fn(*call.args, **call.kwargs))
-        async for chunk in arelay(inner, *serving.fell_back(candidate)):
+        async for chunk in arelay(inner, *serving.fell_back(candidate), lead=_perf() - started):
             yield chunk
         return
     except BaseException:

@@ -297,10 +297,9 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
 
         Generator and async generator functions are streaming call sites, as is a
         function that returns an iterator (``stream=True``) or an async iterator
-        (``stream="async"``) of chunks: see the README's "Streaming call sites". Served
-        by the task path, a stream that fails after its first piece raises
-        StreamInterrupted, or what ``stream_error`` (StreamInterrupted -> exception)
-        makes of it.
+        (``stream="async"``) of chunks (README, "Streaming call sites"). Served by the
+        task path, a stream that breaks after its first piece raises StreamInterrupted,
+        or what ``stream_error`` (StreamInterrupted -> exception) makes of it.
         """
         options = ShadowOptions(
             request=request,
@@ -390,7 +389,7 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         state = self._engine.loops.forget()
         if state is not None:
             await state.dispatch.drain(timeout)  # the cancelled are counted as they end
-            await state.http.aclose()
+            await state.client.close_after_streams(state.http.aclose)  # streams: after
         await asyncio.to_thread(self.close, max(0.5, deadline - time.monotonic()))
 
     def __exit__(self, *exc: object) -> None:

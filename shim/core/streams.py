@@ -20,6 +20,7 @@ chunk and at the start of a stream: ``bench/streams.py``.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
@@ -30,6 +31,8 @@ from shim.core.served_streams import aserve, serve
 from shim.records.observe import Stream
 
 __all__ = ["StreamCalls"]
+
+_perf = time.perf_counter
 
 
 class StreamCalls:
@@ -46,15 +49,17 @@ class StreamCalls:
         does not fit its arguments raises here, as it would unwrapped) and relayed."""
         if call.decision.serve:
             return serve(self._engine, call)
+        started = _perf()
         inner = generator(call.fn(*call.args, **call.kwargs))
-        return relay(inner, *self._hooks(call))
+        return relay(inner, *self._hooks(call), lead=_perf() - started)
 
     def asynchronous(self, call: Call) -> AsyncGenerator[Any, Any]:
         """:meth:`sync` for an async streaming call site."""
         if call.decision.serve:
             return aserve(self._engine, call)
+        started = _perf()
         inner = agenerator(call.fn(*call.args, **call.kwargs))
-        return arelay(inner, *self._hooks(call))
+        return arelay(inner, *self._hooks(call), lead=_perf() - started)
 
     def _hooks(self, call: Call) -> tuple[Callable[[], bool], OnEnd]:
         """What the relay tells of ``call``'s stream, which legacy serves."""
