@@ -99,6 +99,7 @@ def test_a_stream_asks_for_an_allocation_and_the_node_for_events() -> None:
         "mode": "allocate",
     }
     assert seen[1]["stream"] is True and seen[1]["messages"][-1]["content"] == "hi"
+    assert seen[1]["stream_options"] == {"include_usage": True}
     assert seen[2] == "released"
     assert (result.text, result.chunks, result.model) == ("Hello there", 2, "m-1")
 

@@ -433,6 +433,30 @@ def test_recipe_stream_is_a_streaming_call_site(
     assert row["candidate"]["ok"] and row["legacy"]["ok"] and row["quality"]["method"]
 
 
+def test_a_failing_task_path_falls_back_to_kiwis_own_stream(
+    load: Callable[..., Kiwi], sim: Simulator, tmp_path: Path
+) -> None:
+    """Live, with the task path failing before its first piece: the browser gets kiwi's
+    own stream (the fault is the task's: kiwi's /proxy/authorize is legacy's path)."""
+    from shim.sim import Profile
+
+    sim.set_profile(Profile(seed=1).with_knob("kiwi.recipe_generation", "error_rate", 1.0))
+    k = load(flags("live", "recipe_generation"))
+
+    async def main() -> list[str]:
+        req = k.RecipeRequest(pantry_items=PANTRY)
+        chunks = [chunk async for chunk in k.stream_recipe_chunks(req)]
+        await k.aclose()
+        return chunks
+
+    chunks = asyncio.run(main())
+    k.close()
+    assert len(chunks) > 3 and k.parse_recipe("".join(chunks))["title"]
+    [row] = log_of(tmp_path)
+    assert row["served_by"] == "legacy_fallback" and not row["candidate"]["ok"]
+    assert row["legacy"]["chunks"] == len(chunks)
+
+
 def test_recipe_stream_refused_without_a_product_key(load: Callable[..., Kiwi]) -> None:
     """No product key: kiwi's API would answer 503, before any request."""
     k = load("{}\n", COORDINATOR_KIWI_KEY=None)

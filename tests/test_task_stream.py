@@ -79,6 +79,8 @@ def test_pieces_come_as_the_node_sends_them_and_add_up_to_the_answer(
     first, last = seen[0][1], seen[-1][1]
     assert last - first >= 0.02 * (len(seen) - 1) * 0.8, "each piece as it came, not at the end"
     assert result.ttft_ms is not None and 100 <= result.ttft_ms < result.latency_ms
+    # asked for (stream_options.include_usage), the usage comes in a last chunk
+    assert result.usage is not None and result.usage["completion_tokens"] > 0
     assert sim.stats()["allocations_active"] == 0, "released"
 
 

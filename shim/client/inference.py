@@ -176,8 +176,9 @@ def _complete(
     model = yield from _model(alloc, node, headers)
     body = _chat_body(req, model)
     if ex.stream:
+        streamed_body = body | {"stream": True, "stream_options": {"include_usage": True}}
         reply = yield Call(
-            "POST", f"{node}/v1/chat/completions", body | {"stream": True}, headers, stream=True
+            "POST", f"{node}/v1/chat/completions", streamed_body, headers, stream=True
         )
         return _streamed(ex, reply, where, started, alloc, model)
     reply = yield Call("POST", f"{node}/v1/chat/completions", body, headers)
@@ -278,7 +279,9 @@ def _node_stream(
 ) -> Generator[Call, Reply, NodeStream]:
     node, headers = node_of(ex, alloc)
     model = yield from _model(alloc, node, headers)
-    body = _chat_body(req, model) | {"stream": True}
+    # usage comes in a last chunk when asked for (OpenAI-compatible servers: vLLM,
+    # llama.cpp, Ollama); one that does not know the option ignores it
+    body = _chat_body(req, model) | {"stream": True, "stream_options": {"include_usage": True}}
     call = Call("POST", f"{node}/v1/chat/completions", body, headers, stream=True)
     return NodeStream(alloc, call, model, alloc.node_id or node, started)
 

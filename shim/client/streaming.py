@@ -171,6 +171,12 @@ class TaskStream(Iterator[str]):
     def __next__(self) -> str:
         return next(self._pieces)
 
+    def __enter__(self) -> TaskStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop reading: the connection closed, the allocation given back (once)."""
         try:
@@ -241,6 +247,12 @@ class AsyncTaskStream(AsyncIterator[str]):
 
     async def __anext__(self) -> str:
         return await self._pieces.__anext__()
+
+    async def __aenter__(self) -> AsyncTaskStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop reading: the connection closed, the allocation given back (once)."""

@@ -103,6 +103,7 @@ class Events:
         *,
         site: CallSite | None = None,
         call_site: str | None = None,
+        then: str = "the call goes on as legacy",
     ) -> None:
         """The call site's own callable ``name`` (``request``, ``response``, ``key``,
         ...: the user's code, ``fn``) raised: not the task path's failure, so neither
@@ -119,11 +120,11 @@ class Events:
             self._told.add((where, name))
         if first:
             _log.warning(
-                "task-shim: %s= of %s raised %s (counted and recorded as shim.error; "
-                "the call goes on as legacy)",
+                "task-shim: %s= of %s raised %s (counted and recorded as shim.error; %s)",
                 name,
                 where,
                 describe(exc),
+                then,
             )
         self.recorder.tally(
             "shim.error",

@@ -132,7 +132,13 @@ class Serving:
             if not isinstance(theirs, BaseException):
                 raise TypeError(f"returned {type(theirs).__name__}, not an exception")
         except Exception as failed:  # the call site's callable: counted, ours raised
-            self.engine.events.call_site_error("stream_error", site.stream_error, failed, site=site)
+            self.engine.events.call_site_error(
+                "stream_error",
+                site.stream_error,
+                failed,
+                site=site,
+                then="the caller gets StreamInterrupted",
+            )
             return error
         return theirs
 

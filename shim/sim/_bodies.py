@@ -83,6 +83,8 @@ class ChatBody(_Body):
     model: str | None = None
     messages: Annotated[list[dict[str, Any]], Field(min_length=1)]
     stream: bool = False
+    #: ``{"include_usage": true}``: a streamed answer ends with a usage chunk
+    stream_options: dict[str, Any] | None = None
 
 
 class ExtractBody(_Body):

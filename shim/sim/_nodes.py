@@ -161,7 +161,10 @@ def node_routes(state: SimState) -> APIRouter:
             cut = state.rng.random() < s.stream_cut_rate
             if cut:
                 state.count("streams.cut")
-            events = paced(sse_chunks(content, model_id, chat_id), s, cut=cut)
+            counted = usage(user_prompt(body.messages), content)
+            asked = bool((body.stream_options or {}).get("include_usage"))
+            chunks = sse_chunks(content, model_id, chat_id, usage=counted if asked else None)
+            events = paced(chunks, s, cut=cut)
             return StreamingResponse(events, media_type="text/event-stream")
         return state.reply(
             {

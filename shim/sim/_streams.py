@@ -56,8 +56,17 @@ STREAM_TASK = "recipe_generation"
 _PIECES = re.compile(r"\S+\s*|\s+")
 
 
-def sse_chunks(text: str, model: str, chunk_id: str, *, words: int = 4) -> Iterator[bytes]:
-    """``text`` as OpenAI chat-completion chunk events, then ``data: [DONE]``."""
+def sse_chunks(
+    text: str,
+    model: str,
+    chunk_id: str,
+    *,
+    words: int = 4,
+    usage: dict[str, int] | None = None,
+) -> Iterator[bytes]:
+    """``text`` as OpenAI chat-completion chunk events, then (with ``usage``, as
+    ``stream_options.include_usage`` asks) a chunk with no choices and the usage, then
+    ``data: [DONE]``."""
     created = int(time.time())
 
     def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -75,6 +84,10 @@ def sse_chunks(text: str, model: str, chunk_id: str, *, words: int = 4) -> Itera
     for start in range(0, len(pieces), words):
         yield event({"content": "".join(pieces[start : start + words])})
     yield event({}, "stop")
+    if usage is not None:
+        last = {"id": chunk_id, "object": "chat.completion.chunk", "created": created}
+        last |= {"model": model, "choices": [], "usage": usage}
+        yield f"data: {json.dumps(last)}\n\n".encode()
     yield b"data: [DONE]\n\n"
 
 
@@ -118,7 +131,7 @@ def stream_token_routes(state: SimState, product_key: str | None) -> APIRouter:
         if entry is None:
             return error(503, "no_gpu", f"{task} is not registered: nothing can stream")
         found = await state.place(
-            task, entry.service_type, legacy=False, where="authorize", busy="no_gpu"
+            task, entry.service_type, legacy=True, where="authorize", busy="no_gpu"
         )
         if isinstance(found, Response):
             return found
