@@ -1,0 +1,390 @@
+"""``shim rollout``: walk one task through a plan's steps, advancing and retreating on
+its own, on evidence that stays valid however often it is looked at.
+
+:class:`Rollout` is the controller. It takes the log's records in order
+(:meth:`Rollout.take`): change records (``shim.promote``, ``shim.rollback``,
+``shim.rollout``) start a step's evidence again, approvals are noted, and each
+comparison of the task in the current stage goes into the step's always-valid tests
+(:class:`~shim.analysis.sequential.StageTests`). :meth:`Rollout.decide` then, in
+order:
+
+1. stops if the flags moved under it (someone rolled the task back, or promoted it:
+   theirs is the last word, never overwritten);
+2. rolls back (to the plan's ``on_breach``) when a bound crosses a rollback line;
+3. completes at the last step;
+4. holds while the step's soak time, its pairs, or a promotion gate (the bound on the
+   error increase, the mismatch rate, the typical latency ratio and, with
+   ``min_quality``, the content score) is short;
+5. waits for an approval (``confirm``), then advances.
+
+Every decision but a hold is a ``shim.rollout`` record (``action``: ``start``,
+``advance``, ``await_approval``, ``rollback``, ``complete``, ``stopped``,
+``webhook_failed``; the evidence it used) and is told to the plan's webhook. The state
+is the flags and the log: a controller started again reads the log from its start and
+takes up the same step with the same evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from shim.analysis.policy import Gates, Policy
+from shim.analysis.sequential import StageTests, sequence_bounds
+from shim.flags import FlagState
+from shim.flags.store import Change, FlagStore, Setting, setting_of
+from shim.ops.promote import OpsError, record
+from shim.ops.rollout_plan import Plan
+from shim.ops.webhook import notify
+
+__all__ = ["Decision", "LogTail", "Rollout", "approve"]
+
+_CHANGES = ("shim.promote", "shim.rollback", "shim.rollout")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one look decided: ``action`` (``hold`` or a recorded action), the step the
+    task is at afterwards (None: off the plan), why, and whether the rollout ended."""
+
+    action: str
+    step: int | None
+    reasons: tuple[str, ...] = ()
+    done: bool = False
+
+
+class _Moved(Exception):
+    """The task's flags are not what the controller set."""
+
+
+@dataclass
+class Rollout:
+    """One task's rollout (see the module's docstring). ``log``: where its records go;
+    ``clock``: seconds since the epoch, as the records' ``ts``."""
+
+    task: str
+    plan: Plan
+    store: FlagStore
+    log: Path | None
+    policy: Policy = field(default_factory=Policy)
+    clock: Callable[[], float] = time.time
+    tell: Callable[..., str | None] = notify
+    tests: StageTests = field(default_factory=StageTests)
+    since: float | None = None
+    approved: set[int] = field(default_factory=set)
+    expected: Setting | None = None
+    awaiting: int | None = None
+    done: bool = False
+
+    @property
+    def gates(self) -> Gates:
+        return self.policy.for_task(self.task)
+
+    # -- evidence ----------------------------------------------------------------------
+
+    def take(self, rec: dict[str, Any]) -> None:
+        """One record of the logs, in their order."""
+        if f"{rec.get('product')}.{rec.get('task')}" != self.task:
+            return
+        event = rec.get("event")
+        if event == "shim.rollout" and rec.get("action") == "approved":
+            if isinstance(rec.get("step"), int):
+                self.approved.add(rec["step"])
+            return
+        if event in _CHANGES:
+            before, after = rec.get("from"), rec.get("to")
+            if not isinstance(after, dict) or before == after:
+                return
+            if self.expected is None:  # reading the log back: a new step's evidence
+                self.tests, self.since = StageTests(), _seconds(rec.get("ts"))
+            # running, it started the step itself (and a change of someone else's is
+            # found in the flags, where it stops the rollout)
+            return
+        if event != "shim.comparison" or rec.get("schema") != 1:
+            return
+        if self.expected is not None and rec.get("stage") != self.expected.stage:
+            return  # made before the change, recorded after it
+        try:
+            legacy, candidate = rec["legacy"], rec["candidate"]
+            match = (rec.get("structure") or {}).get("match")
+            quality = rec.get("quality")
+            score = quality.get("score") if isinstance(quality, dict) else None
+            self.tests.add(
+                bool(legacy["ok"]),
+                bool(candidate["ok"]),
+                match if isinstance(match, bool) else None,
+                score if isinstance(score, int | float) and not isinstance(score, bool) else None,
+                _ms(legacy.get("latency_ms")),
+                _ms(candidate.get("latency_ms")),
+            )
+        except (KeyError, TypeError, AttributeError, OverflowError):
+            return
+
+    # -- deciding ----------------------------------------------------------------------
+
+    def decide(self) -> Decision:
+        """Look once, and act (see the module's docstring)."""
+        if self.done:
+            raise OpsError(f"the rollout of {self.task} has ended")
+        setting = setting_of(self.store.read([self.task]), self.task)
+        if self.expected is not None and setting != self.expected:
+            why = (
+                f"the flags of {self.task} moved to serve {setting.serve} %, shadow "
+                f"{setting.shadow} % (someone else changed them): stopped, nothing changed"
+            )
+            return self._note("stopped", setting, why, done=True)
+        step = self.plan.index_of(setting.serve, setting.shadow)
+        if self.expected is None:  # first look: take up where the flags are
+            self.expected = setting
+            if step is None:
+                return self._move(setting, 0, "start", "the plan's first step")
+        assert step is not None
+        if self.since is None:
+            self.since = self.clock()
+        crossed = self.tests.breaches(
+            error_increase=self.gates.rollback_error_increase,
+            mismatch=self.gates.rollback_mismatch,
+            min_quality=self.gates.min_quality,
+            latency_ratio=self.gates.max_latency_ratio_p95,
+        )
+        if crossed:
+            back = self.plan.on_breach
+            target = Setting(0, 0) if back == "off" else self._setting(back.step)
+            return self._apply(setting, target, "rollback", "; ".join(crossed), done=True)
+        if step == len(self.plan.steps) - 1:
+            return self._note("complete", setting, "the plan's last step", done=True)
+        short = self._shortfalls(step)
+        if short:
+            return Decision("hold", step, tuple(short))
+        if self.plan.confirm and step + 1 not in self.approved:
+            if self.awaiting != step + 1:
+                self.awaiting = step + 1
+                why = f"step {step + 1} waits for `shim rollout approve {self.task}`"
+                self._note("await_approval", setting, why, step=step + 1)
+            return Decision("hold", step, (f"waiting for approval of step {step + 1}",))
+        return self._move(setting, step + 1, "advance", "every gate passed")
+
+    def _setting(self, index: int) -> Setting:
+        step = self.plan.steps[index]
+        return Setting(step.serve, step.shadow)
+
+    def _shortfalls(self, index: int) -> list[str]:
+        """Why the step cannot advance yet (empty: it can)."""
+        step, gates, tests = self.plan.steps[index], self.gates, self.tests
+        short = []
+        elapsed = self.clock() - (self.since or self.clock())
+        if elapsed < step.soak:
+            short.append(f"soaked {elapsed:.0f} of {step.soak:.0f} s")
+        if tests.errors.n < step.min_pairs:
+            short.append(f"{tests.errors.n} of {step.min_pairs} pairs")
+        for name, run, line, upper in (
+            ("error increase", tests.errors, gates.max_error_increase, True),
+            ("mismatch rate", tests.mismatches, gates.max_mismatch, True),
+            ("latency ratio", tests.latency, math.log(gates.max_latency_ratio_p95), True),
+            ("quality", tests.quality, gates.min_quality, False),
+        ):
+            bounds = sequence_bounds(run)
+            if line is None or bounds is None:
+                continue
+            bound = bounds[1] if upper else bounds[0]
+            if (bound > line) if upper else (bound < line):
+                shown = (
+                    (math.exp(bound), math.exp(line))
+                    if name == "latency ratio"
+                    else (
+                        bound,
+                        line,
+                    )
+                )
+                side = "upper" if upper else "lower"
+                short.append(
+                    f"{name}: {side} bound {shown[0]:.4f} vs {shown[1]:.4f} (always-valid 95 %)"
+                )
+        return short
+
+    def evidence(self) -> dict[str, Any]:
+        """What the step's decisions rest on, for records and the live view."""
+        tests = self.tests
+        found: dict[str, Any] = {
+            "pairs": tests.errors.n,
+            "seconds": round(self.clock() - (self.since or self.clock()), 1),
+        }
+        for name, run in (
+            ("error_increase", tests.errors),
+            ("mismatch_rate", tests.mismatches),
+            ("log_latency_ratio", tests.latency),
+            ("quality", tests.quality),
+        ):
+            bounds = sequence_bounds(run)
+            if bounds is not None:
+                found[name] = {
+                    "n": run.n,
+                    "mean": round(run.mean, 6),
+                    "bounds": [round(b, 6) for b in bounds],
+                }
+        return found
+
+    # -- acting ------------------------------------------------------------------------
+
+    def _move(self, setting: Setting, index: int, action: str, why: str) -> Decision:
+        return self._apply(setting, self._setting(index), action, why, step=index)
+
+    def _apply(
+        self,
+        before: Setting,
+        after: Setting,
+        action: str,
+        why: str,
+        *,
+        step: int | None = None,
+        done: bool = False,
+    ) -> Decision:
+        """Set the task's flags (if they are still ``before``), record and tell."""
+        evidence = self.evidence()
+        changes: list[Change] = []
+
+        def plan(state: FlagState) -> dict[str, Setting]:
+            if setting_of(state, self.task) != before:
+                raise _Moved
+            return {self.task: after}
+
+        def then(applied: list[Change]) -> None:
+            changes.extend(applied)
+            self._write(action, applied, why, evidence, step)
+
+        try:
+            self.store.update(plan, tasks=[self.task], on_applied=then)
+        except _Moved:
+            now = setting_of(self.store.read([self.task]), self.task)
+            self.expected = now
+            return self._note("stopped", now, "the flags moved while changing them", done=True)
+        if not changes:  # already there
+            self._write(action, [Change(self.task, before, after)], why, evidence, step)
+        self.expected, self.tests, self.since = after, StageTests(), self.clock()
+        self.awaiting = None
+        self.done = done
+        found = self.plan.index_of(after.serve, after.shadow)
+        self._tell(action, before, after, why, evidence, step)
+        return Decision(action, found, (why,), done)
+
+    def _note(
+        self,
+        action: str,
+        setting: Setting,
+        why: str,
+        *,
+        done: bool = False,
+        step: int | None = None,
+    ) -> Decision:
+        """A decision that changes no flag: recorded and told."""
+        evidence = self.evidence()
+        self._write(action, [Change(self.task, setting, setting)], why, evidence, step)
+        self._tell(action, setting, setting, why, evidence, step)
+        self.done = done
+        return Decision(action, self.plan.index_of(setting.serve, setting.shadow), (why,), done)
+
+    def _write(
+        self,
+        action: str,
+        changes: list[Change],
+        why: str,
+        evidence: dict[str, Any],
+        step: int | None,
+    ) -> None:
+        extra: dict[str, Any] = {
+            "action": action,
+            "steps": len(self.plan.steps),
+            "evidence": evidence,
+            "automatic": True,
+        }
+        if step is not None:
+            extra["step"] = step
+        record("shim.rollout", changes, self.store, self.log, reason=why, extra=extra)
+
+    def _tell(
+        self,
+        action: str,
+        before: Setting,
+        after: Setting,
+        why: str,
+        evidence: dict[str, Any],
+        step: int | None,
+    ) -> None:
+        hook = self.plan.webhook
+        if hook is None:
+            return
+        body = {
+            "task": self.task,
+            "action": action,
+            "step": step,
+            "from": before.as_record(),
+            "to": after.as_record(),
+            "reason": why,
+            "evidence": evidence,
+        }
+        failed = self.tell(hook, body)
+        if failed is not None:
+            extra = {"action": "webhook_failed", "error": failed, "automatic": True}
+            same = [Change(self.task, after, after)]
+            record("shim.rollout", same, self.store, self.log, reason=action, extra=extra)
+
+
+def approve(task: str, step: int, store: FlagStore, log: Path) -> None:
+    """Approve ``step`` of ``task``'s rollout (a ``shim.rollout`` record, ``action:
+    approved``), for a rollout with ``confirm: true``."""
+    setting = setting_of(store.read([task]), task)
+    same = [Change(task, setting, setting)]
+    extra = {"action": "approved", "step": step}
+    record("shim.rollout", same, store, log, reason=f"step {step} approved", extra=extra)
+
+
+class LogTail:
+    """The records appended to some logs since the last look, in order, file by file;
+    a file that shrank or was replaced is read again from its start."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self._at: dict[Path, tuple[int, int]] = {Path(p): (0, -1) for p in paths}
+
+    def poll(self) -> Iterator[dict[str, Any]]:
+        for path, (offset, inode) in list(self._at.items()):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if stat.st_ino != inode or stat.st_size < offset:
+                offset = 0
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+            whole = data.rfind(b"\n") + 1
+            self._at[path] = (offset + whole, stat.st_ino)
+            for line in data[:whole].splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    yield rec
+
+
+def _seconds(ts: Any) -> float | None:
+    """A record's ``ts`` as seconds since the epoch."""
+    if not isinstance(ts, str):
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _ms(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    ms = float(value)
+    return ms if 0 < ms < math.inf else None

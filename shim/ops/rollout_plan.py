@@ -1,0 +1,110 @@
+"""A rollout plan: the steps ``shim rollout`` walks one task through, what each step
+needs before the next, and what a breach does.
+
+::
+
+    steps:                        # serve / shadow percentages, in order
+      - {serve: 0, shadow: 100, soak: 600, min_pairs: 300}
+      - {serve: 5, shadow: 100, soak: 600, min_pairs: 300}
+      - {serve: 25, shadow: 50, soak: 900, min_pairs: 500}
+      - {serve: 100, shadow: 10}  # the last step: the rollout is complete there
+    on_breach: off                # or a step's index to fall back to: {step: 1}
+    confirm: false                # wait for `shim rollout approve TASK` before each step
+    webhook:                      # optional: told of every decision
+      url: https://hooks.example.com/rollout
+      timeout: 5
+      retries: 3
+
+``soak`` is the seconds a step lasts at least, ``min_pairs`` the compared pairs it
+needs *from that step* (records made since the step began); the gates that must pass
+to advance, and the lines that roll back, are the policy's (``--policy``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+__all__ = ["Breach", "Plan", "Step", "Webhook"]
+
+Percent = Annotated[int, Field(ge=0, le=100, strict=True)]
+
+
+def _off(value: object) -> object:
+    return "off" if value is False else value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Step(_Strict):
+    """One rung: its percentages, and what it needs before the next."""
+
+    serve: Percent
+    shadow: Percent
+    #: seconds the step lasts at least
+    soak: Annotated[float, Field(ge=0)] = 600.0
+    #: compared pairs made since the step began, at least
+    min_pairs: Annotated[int, Field(ge=1)] = 300
+
+
+class Breach(_Strict):
+    """Where a breach takes the task: a step of the plan (its index from 0)."""
+
+    step: Annotated[int, Field(ge=0)]
+
+
+class Webhook(_Strict):
+    """A URL told of every decision (JSON, POST), with a timeout and retries."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+
+class Plan(_Strict):
+    """The steps of a rollout, what a breach does, and who hears of it."""
+
+    steps: Annotated[list[Step], Field(min_length=1)]
+    #: ``off`` (YAML reads a bare ``off`` as false: taken as ``off`` too) or a step
+    on_breach: Annotated[Literal["off"] | Breach, BeforeValidator(_off)] = "off"
+    confirm: bool = False
+    webhook: Webhook | None = None
+
+    @model_validator(mode="after")
+    def _sound(self) -> Plan:
+        for before, after in zip(self.steps, self.steps[1:], strict=False):
+            if after.serve < before.serve:
+                raise ValueError(
+                    "steps must serve no less than the step before them (a step back is "
+                    "what on_breach is for)"
+                )
+        if isinstance(self.on_breach, Breach) and self.on_breach.step >= len(self.steps):
+            raise ValueError(
+                f"on_breach.step {self.on_breach.step} is past the last step "
+                f"({len(self.steps) - 1})"
+            )
+        return self
+
+    def index_of(self, serve: int, shadow: int) -> int | None:
+        """The step with these percentages (the last such), if any."""
+        found = None
+        for i, step in enumerate(self.steps):
+            if (step.serve, step.shadow) == (serve, shadow):
+                found = i
+        return found
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        """Read a plan file; ConfigError naming file, line and field."""
+        from shim.base.errors import ConfigError
+        from shim.base.yamlfile import load_yaml, validate
+
+        doc = load_yaml(path)
+        plan, problems = validate(doc, cls, doc.data if doc.data is not None else {})
+        if problems:
+            raise ConfigError(problems)
+        return plan  # type: ignore[no-any-return]

@@ -1,0 +1,243 @@
+"""shim rollout: a plan walked on its own, on always-valid evidence; rollback on a
+breach, respect for a human's change, restart without losing or double-counting, and
+webhooks that hear every transition."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shim.analysis.policy import Policy
+from shim.base.errors import ConfigError
+from shim.flags.store import FileStore
+from shim.ops.rollout import LogTail, Rollout, approve
+from shim.ops.rollout_plan import Plan
+
+from .test_report import record
+
+TASK = "kiwi.meal_plan"
+PLAN = {
+    "steps": [
+        {"serve": 0, "shadow": 100, "soak": 60, "min_pairs": 200},
+        {"serve": 10, "shadow": 100, "soak": 60, "min_pairs": 200},
+        {"serve": 100, "shadow": 10},
+    ]
+}
+STAGES = {0: "shadow", 1: "canary", 2: "live"}
+#: Promotion lines a few hundred clean pairs can show with always-valid bounds (the
+#: built-in 0.5 point error line needs about 4,000 pairs with none failing).
+POLICY = Policy.model_validate({"defaults": {"max_error_increase": 0.08, "max_mismatch": 0.08}})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Traffic:
+    """Comparison records of the task, appended to the log as the app would."""
+
+    def __init__(self, log: Path, seed: int = 1) -> None:
+        self.log, self.rng = log, random.Random(seed)
+
+    def add(self, n: int, stage: str, cand_err: float = 0.0, speed: float = 1.0) -> None:
+        rows = []
+        for _ in range(n):
+            row = record(
+                TASK, self.rng, legacy_err=0.0, cand_err=cand_err, mismatch=0.0, speed=speed
+            )
+            row["stage"] = stage
+            rows.append(json.dumps(row))
+        with self.log.open("a") as out:
+            out.write("\n".join(rows) + "\n")
+
+
+def setup(
+    tmp_path: Path, plan: dict[str, Any] = PLAN, **kw: Any
+) -> tuple[Rollout, Clock, Traffic, FileStore, LogTail]:
+    flags = tmp_path / "flags.yaml"
+    flags.write_text(f"{TASK}: {{serve: 0, shadow: 100}}\n")
+    log = tmp_path / "comparisons.jsonl"
+    log.touch()
+    store, clock = FileStore(flags), Clock()
+    kw.setdefault("policy", POLICY)
+    rollout = Rollout(TASK, Plan.model_validate(plan), store, log, clock=clock, **kw)
+    rollout.decide()  # started: the first step's soak runs from here
+    return rollout, clock, Traffic(log), store, LogTail([log])
+
+
+def step_of(store: FileStore) -> tuple[int, int]:
+    flags = store.read([TASK]).tasks[TASK]
+    return flags.serve, flags.shadow
+
+
+def look(rollout: Rollout, tail: LogTail) -> Any:
+    for rec in tail.poll():
+        rollout.take(rec)
+    return rollout.decide()
+
+
+def decisions(log: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    return [r for r in rows if r["event"] == "shim.rollout"]
+
+
+def test_healthy_traffic_walks_the_plan_to_the_end(tmp_path: Path) -> None:
+    rollout, clock, traffic, store, tail = setup(tmp_path)
+    for index in range(2):
+        assert look(rollout, tail).action == "hold"  # no pairs, no soak yet
+        traffic.add(300, STAGES[index])
+        clock.now += 30
+        held = look(rollout, tail)
+        assert held.action == "hold" and any("soaked 30 of 60 s" in r for r in held.reasons)
+        clock.now += 40
+        moved = look(rollout, tail)
+        assert moved.action == "advance" and moved.step == index + 1
+    assert step_of(store) == (100, 10)
+    done = look(rollout, tail)
+    assert done.action == "complete" and done.done
+    rows = decisions(tmp_path / "comparisons.jsonl")
+    assert [r["action"] for r in rows] == ["advance", "advance", "complete"]
+    first = rows[0]
+    assert first["from"]["serve"] == 0 and first["to"]["serve"] == 10 and first["step"] == 1
+    assert first["evidence"]["pairs"] == 300 and first["automatic"] is True
+
+
+def test_a_regression_rolls_back_to_off_or_to_the_plans_step(tmp_path: Path) -> None:
+    rollout, clock, traffic, store, tail = setup(tmp_path)
+    traffic.add(300, "shadow")
+    clock.now += 120
+    assert look(rollout, tail).action == "advance"
+    traffic.add(300, "canary", cand_err=0.2)
+    decided = look(rollout, tail)
+    assert decided.action == "rollback" and decided.done
+    assert "candidate error rate higher" in decided.reasons[0]
+    assert step_of(store) == (0, 0)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    plan = PLAN | {"on_breach": {"step": 0}}
+    rollout, clock, traffic, store, tail = setup(other, plan)
+    traffic.add(300, "shadow")
+    clock.now += 120
+    look(rollout, tail)
+    traffic.add(300, "canary", speed=2.0)  # the task path twice as slow
+    decided = look(rollout, tail)
+    assert decided.action == "rollback" and "task path slower" in decided.reasons[0]
+    assert step_of(store) == (0, 100)
+
+
+def test_a_human_change_meanwhile_stops_the_rollout_and_is_kept(tmp_path: Path) -> None:
+    rollout, _, _, store, tail = setup(tmp_path)
+    look(rollout, tail)
+    (tmp_path / "flags.yaml").write_text(f"{TASK}: {{serve: 0, shadow: 0}}\n")  # a rollback
+    decided = look(rollout, tail)
+    assert decided.action == "stopped" and decided.done
+    assert step_of(store) == (0, 0), "theirs is the last word"
+    with pytest.raises(Exception, match="has ended"):
+        rollout.decide()
+
+
+def test_a_restarted_controller_takes_up_the_same_step_with_the_same_evidence(
+    tmp_path: Path,
+) -> None:
+    rollout, clock, traffic, store, tail = setup(tmp_path)
+    traffic.add(300, "shadow")
+    clock.now += 120
+    assert look(rollout, tail).action == "advance"
+    traffic.add(150, "canary")
+    held = look(rollout, tail)
+    assert held.action == "hold" and rollout.tests.errors.n == 150
+    # killed here; a new one reads the whole log from its start
+    log = tmp_path / "comparisons.jsonl"
+    again = Rollout(TASK, rollout.plan, store, log, clock=clock, policy=POLICY)
+    fresh = LogTail([tmp_path / "comparisons.jsonl"])
+    held = look(again, fresh)
+    assert held.action == "hold" and held.step == 1
+    assert again.tests.errors.n == 150, "the step's pairs, once each"
+    traffic.add(100, "canary")
+    clock.now += 70
+    assert look(again, fresh).action == "advance"
+    assert again.tests.errors.n == 0 and step_of(store) == (100, 10)
+
+
+def test_confirm_waits_for_an_approval_of_each_step(tmp_path: Path) -> None:
+    rollout, clock, traffic, store, tail = setup(tmp_path, PLAN | {"confirm": True})
+    traffic.add(300, "shadow")
+    clock.now += 120
+    waiting = look(rollout, tail)
+    assert waiting.action == "hold" and "waiting for approval of step 1" in waiting.reasons
+    assert look(rollout, tail).action == "hold"
+    assert [r["action"] for r in decisions(tmp_path / "comparisons.jsonl")] == ["await_approval"]
+    approve(TASK, 1, store, tmp_path / "comparisons.jsonl")
+    assert look(rollout, tail).action == "advance" and step_of(store) == (10, 100)
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[dict[str, Any]], list[int]]]:
+    """A webhook receiver on 127.0.0.1: what it got, and the statuses to answer."""
+    got: list[dict[str, Any]] = []
+    answers: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            size = int(self.headers["Content-Length"])
+            got.append(json.loads(self.rfile.read(size)))
+            self.send_response(answers.pop(0) if answers else 200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", got, answers
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_webhook_hears_every_transition_and_a_failing_one_stops_nothing(
+    tmp_path: Path, receiver: tuple[str, list[dict[str, Any]], list[int]]
+) -> None:
+    url, got, answers = receiver
+    hook = {"webhook": {"url": url, "timeout": 2, "retries": 1}}
+    rollout, clock, traffic, _, tail = setup(tmp_path, PLAN | hook, tell=_quick)
+    answers += [500, 500]  # the first transition fails twice: recorded, and on we go
+    for stage in ("shadow", "canary"):
+        traffic.add(300, stage)
+        clock.now += 120
+        assert look(rollout, tail).action == "advance"
+    assert look(rollout, tail).action == "complete"
+    assert [g["action"] for g in got] == ["advance", "advance", "advance", "complete"]
+    assert got[-1]["to"] == {"serve": 100, "shadow": 10, "stage": "live"}
+    actions = [r["action"] for r in decisions(tmp_path / "comparisons.jsonl")]
+    assert actions == ["advance", "webhook_failed", "advance", "complete"]
+
+
+def _quick(hook: Any, body: dict[str, Any]) -> str | None:
+    from shim.ops.webhook import notify
+
+    return notify(hook, body, sleep=lambda s: None)
+
+
+def test_a_plan_file_that_is_wrong_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text("steps:\n  - {serve: 50, shadow: 100}\n  - {serve: 10, shadow: 100}\n")
+    with pytest.raises(ConfigError, match=r"plan\.yaml:1: steps must serve no less than the step"):
+        Plan.load(path)
+    path.write_text("steps:\n  - {serve: 0, shadow: 100}\n  - {serve: 120, shadow: 10}\n")
+    with pytest.raises(ConfigError, match=r"plan.yaml:3: steps\[1\]\.serve: Input should be less"):
+        Plan.load(path)
+    path.write_text("steps:\n  - {serve: 0, shadow: 100}\non_breach: off\n")
+    assert Plan.load(path).on_breach == "off"  # YAML's bare off
