@@ -241,3 +241,38 @@ def test_a_plan_file_that_is_wrong_names_its_line(tmp_path: Path) -> None:
         Plan.load(path)
     path.write_text("steps:\n  - {serve: 0, shadow: 100}\non_breach: off\n")
     assert Plan.load(path).on_breach == "off"  # YAML's bare off
+
+
+def test_the_cli_decides_once_says_so_in_json_and_approves(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shim.cli.app import app
+
+    flags = tmp_path / "flags.yaml"
+    flags.write_text(f"{TASK}: {{serve: 0, shadow: 100}}\n")
+    log = tmp_path / "comparisons.jsonl"
+    Traffic(log).add(300, "shadow")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "steps:\n  - {serve: 0, shadow: 100, soak: 0, min_pairs: 200}\n"
+        "  - {serve: 10, shadow: 100}\nconfirm: true\n"
+    )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("defaults:\n  max_error_increase: 0.08\n  max_mismatch: 0.08\n")
+    args = ["rollout", TASK, "--plan", str(plan), "--log", str(log), "--flags", str(flags)]
+    args += ["--policy", str(policy), "--once", "--json"]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    said = json.loads(first.output.splitlines()[-1])
+    assert said["action"] == "hold" and said["reasons"] == ["waiting for approval of step 1"]
+    approved = runner.invoke(
+        app, ["rollout", "approve", TASK, "--step", "1", "--log", str(log), "--flags", str(flags)]
+    )
+    assert approved.exit_code == 0 and "approved step 1" in approved.output
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.output.splitlines()[-1])["action"] == "advance"
+    assert f"{TASK}: {{serve: 10, shadow: 100}}" in flags.read_text()
+    missing = runner.invoke(app, ["rollout", TASK, "--log", str(log), "--flags", str(flags)])
+    assert missing.exit_code == 2 and "--plan is needed" in missing.output

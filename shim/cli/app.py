@@ -10,6 +10,7 @@ Each verb lives in a module of its group and imports what it needs when it runs,
 - ``check_status``: ``check``, ``status``
 - ``ramp``: ``promote``, ``rollback``
 - ``logs``: ``report``, ``watch``
+- ``rollout``: ``rollout`` (and ``rollout approve``)
 
 ``options`` holds what several verbs share (options, error handling), ``console`` where
 they print and how a run that fails ends. ``shim report`` with plain arguments runs
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 import typer
 
-from . import check_status, logs, ramp, sim_demo
+from . import check_status, logs, ramp, rollout, sim_demo
 from .console import EXIT_INTERNAL, EXIT_PIPE, run_guarded
 
 __all__ = ["EXIT_INTERNAL", "EXIT_PIPE", "app", "main"]
@@ -44,6 +45,7 @@ for verb in (
     ramp.rollback,
     logs.report,
     logs.watch,
+    rollout.rollout,
     sim_demo.demo,
 ):
     app.command()(verb)

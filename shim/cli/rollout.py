@@ -1,0 +1,200 @@
+"""``shim rollout``: the rollout controller at the command line, and its approvals."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .console import console, emit, say
+from .options import FlagsOpt, PolicyOpt, guard, load_policy
+
+if TYPE_CHECKING:
+    from shim.ops.rollout import Decision, Rollout
+
+__all__ = ["rollout"]
+
+
+def rollout(
+    task: Annotated[
+        str,
+        typer.Argument(
+            help="The task (product.task); or `approve`, then the task, to approve a step.",
+            show_default=False,
+            metavar="TASK",
+        ),
+    ],
+    approved: Annotated[
+        str | None,
+        typer.Argument(
+            help="With `approve`: the task whose step is approved.",
+            show_default=False,
+            metavar="[APPROVED_TASK]",
+        ),
+    ] = None,
+    plan: Annotated[
+        Path | None,
+        typer.Option("--plan", help="The rollout plan (YAML): steps, on_breach, confirm, webhook."),
+    ] = None,
+    log: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--log",
+            help="The comparison log(s) to read evidence from; decisions are appended to "
+            "the first.",
+            metavar="LOG",
+        ),
+    ] = None,
+    flags: FlagsOpt = None,
+    policy: PolicyOpt = None,
+    step: Annotated[
+        int | None, typer.Option("--step", help="With `approve`: the step approved.", min=0)
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between looks at the evidence.", min=0.05)
+    ] = 5.0,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Read the logs, decide once, and exit (for a scheduler)."),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON line per decision, for machines.")
+    ] = False,
+) -> None:
+    """Walk TASK through a plan's steps on its own: advance when every gate passes on
+    evidence from the current step (always-valid bounds, so looking often is safe),
+    roll back on a breach, stop if someone else changes the task's flags. Exit 0 when
+    the plan completes, 1 when it rolled back or stopped, 2 on bad input. `shim
+    rollout approve TASK --step N --log LOG` approves step N of a `confirm: true` plan."""
+    from shim.ops.promote import open_store
+
+    logs = list(log or [])
+    if not logs:
+        say("--log is needed: the evidence, and where decisions are written", error=True)
+        raise typer.Exit(2)
+    store = guard(open_store, flags)
+    if task == "approve":
+        if approved is None or step is None:
+            say("approve needs the task and --step: shim rollout approve TASK --step N", error=True)
+            raise typer.Exit(2)
+        from shim.ops.rollout import approve
+
+        guard(approve, approved, step, store, logs[0])
+        say(f"approved step {step} of {approved}'s rollout")
+        return
+    if plan is None:
+        say("--plan is needed: the steps to walk (see `shim rollout --help`)", error=True)
+        raise typer.Exit(2)
+    from shim.ops.rollout import LogTail, Rollout
+    from shim.ops.rollout_plan import Plan
+
+    controller = Rollout(task, guard(Plan.load, plan), store, logs[0], policy=load_policy(policy))
+    tail = LogTail(logs)
+    decided = _run(controller, tail, interval, once, as_json)
+    if decided is not None and decided.done and decided.action != "complete":
+        raise typer.Exit(1)
+
+
+def _run(
+    controller: Rollout, tail: Any, interval: float, once: bool, as_json: bool
+) -> Decision | None:
+    """Look, decide, show; until the rollout ends (or once)."""
+    from rich.live import Live
+
+    out = console()
+    live = None if (as_json or not out.is_terminal) else Live(console=out, auto_refresh=False)
+    view = _View(controller, live, as_json)
+    decided: Decision | None = None
+    try:
+        if live is not None:
+            live.start()
+        while True:
+            for rec in tail.poll():
+                controller.take(rec)
+            decided = guard(controller.decide)
+            view.show(decided)
+            if decided.done or once:
+                return decided
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return decided
+    finally:
+        if live is not None:
+            live.stop()
+
+
+class _View:
+    """Where decisions are shown: the live table (a terminal), a JSON line per
+    decision (``--json``), or a line whenever what is said changes."""
+
+    def __init__(self, controller: Rollout, live: Any, as_json: bool) -> None:
+        self.controller, self.live, self.as_json = controller, live, as_json
+        self.last: str | None = None
+
+    def show(self, decided: Decision) -> None:
+        import json
+
+        controller = self.controller
+        if self.live is not None:
+            self.live.update(_table(controller, decided), refresh=True)
+            return
+        line = _line(controller, decided)
+        if decided.action == "hold" and line == self.last:
+            return  # the same hold: said once
+        self.last = line
+        if not self.as_json:
+            say(line)
+            return
+        row = {
+            "task": controller.task,
+            "action": decided.action,
+            "step": decided.step,
+            "reasons": list(decided.reasons),
+            "evidence": controller.evidence(),
+        }
+        emit(json.dumps(row))
+
+
+def _line(controller: Rollout, decided: Decision) -> str:
+    steps = len(controller.plan.steps)
+    where = "off the plan" if decided.step is None else f"step {decided.step} of {steps - 1}"
+    return f"{controller.task}: {decided.action} ({where}): " + "; ".join(decided.reasons)
+
+
+def _table(controller: Rollout, decided: Decision) -> Any:
+    """The live view: the step, its soak and pairs, each gate's bound against its line."""
+    import math
+
+    from rich.table import Table
+
+    plan, gates, evidence = controller.plan, controller.gates, controller.evidence()
+    index = decided.step
+    step = plan.steps[index] if index is not None else None
+    table = Table(title=f"shim rollout {controller.task}", show_header=True)
+    table.add_column("what")
+    table.add_column("now", justify="right")
+    table.add_column("needs", justify="right")
+    if step is not None:
+        table.add_row(
+            "step",
+            f"{index} of {len(plan.steps) - 1}",
+            f"serve {step.serve} %, shadow {step.shadow} %",
+        )
+        table.add_row("soaked", f"{evidence['seconds']:.0f} s", f"{step.soak:.0f} s")
+        table.add_row("pairs", f"{evidence['pairs']:,}", f"{step.min_pairs:,}")
+    lines = (
+        ("error increase (upper)", "error_increase", 1, gates.max_error_increase, False),
+        ("mismatch rate (upper)", "mismatch_rate", 1, gates.max_mismatch, False),
+        ("latency ratio (upper)", "log_latency_ratio", 1, gates.max_latency_ratio_p95, True),
+        ("quality (lower)", "quality", 0, gates.min_quality, False),
+    )
+    for name, key, side, line, logged in lines:
+        found = evidence.get(key)
+        if found is None or line is None:
+            continue
+        bound = found["bounds"][side]
+        table.add_row(name, f"{math.exp(bound) if logged else bound:.4f}", f"{line:.4f}")
+    table.add_row("decision", decided.action, "; ".join(decided.reasons)[:120])
+    return table
