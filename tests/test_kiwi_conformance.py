@@ -706,8 +706,8 @@ def test_stream_authorisation_refusals_map_as_kiwi_maps_them(
 
     kiwi_env.set_profile(QUIET.model_copy(update={"nodes": [NodeSpec(id="t", services=["x"])]}))
     assert (refused().status_code, str(refused())) == (503, "No GPU available for streaming")
-    faulty = QUIET.with_knob("kiwi.recipe_generation", "error_rate", 1.0)
-    kiwi_env.set_profile(faulty.with_knob("kiwi.recipe_generation", "error_status", 500))
+    faulty = QUIET.with_knob("legacy", "error_rate", 1.0)  # authorising is kiwi's own path
+    kiwi_env.set_profile(faulty.with_knob("legacy", "error_status", 500))
     other = refused()
     assert other.status_code == 503 and str(other).startswith("Coordinator error 500")
 

@@ -46,6 +46,7 @@ class Reading:
         "deadline",
         "ex",
         "final",
+        "finished",
         "first",
         "max_bytes",
         "opened",
@@ -61,6 +62,8 @@ class Reading:
         self.first: float | None = None
         self.count = self.size = 0
         self.final: TaskResult | None = None
+        #: when the answer was whole (perf_counter), before the allocation went back
+        self.finished: float | None = None
 
     def refused(self, status: int, content: bytes) -> BaseException:
         """The error for a node that answered an error status."""
@@ -84,7 +87,7 @@ class Reading:
         """The body ended (or said ``[DONE]``): its last pieces (SSEError if it was cut
         short); :attr:`final` is the result from here on."""
         pieces = self._noted(self._reader.finish())
-        self.final = self.result()
+        self.final, self.finished = self.result(), _perf()
         return pieces
 
     def _noted(self, pieces: list[str]) -> list[str]:
@@ -143,6 +146,12 @@ class TaskStream(Iterator[str]):
     def result(self) -> TaskResult | None:
         """The whole answer, once the stream was read to its end (else None)."""
         return self._result if self._reading is None else self._reading.final
+
+    @property
+    def finished(self) -> float | None:
+        """When (``time.perf_counter()``) the answer was whole, before the allocation
+        was given back; None until then (or for an answer that came whole)."""
+        return None if self._reading is None else self._reading.finished
 
     @classmethod
     def whole(cls, result: TaskResult) -> TaskStream:
@@ -221,6 +230,12 @@ class AsyncTaskStream(AsyncIterator[str]):
     def result(self) -> TaskResult | None:
         """The whole answer, once the stream was read to its end (else None)."""
         return self._result if self._reading is None else self._reading.final
+
+    @property
+    def finished(self) -> float | None:
+        """When (``time.perf_counter()``) the answer was whole, before the allocation
+        was given back; None until then (or for an answer that came whole)."""
+        return None if self._reading is None else self._reading.finished
 
     @classmethod
     def whole(cls, result: TaskResult) -> AsyncTaskStream:

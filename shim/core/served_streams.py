@@ -99,11 +99,14 @@ class Serving:
         self.leave()
         return self._side(candidate_failed(exc, _perf(), None))
 
-    def _side(self, observed: Observation) -> Observation:
-        """``observed`` with the task path's own time and the stream's timing."""
-        first, end = self.tap.first, self.tap.end()
-        stream = Stream(None if first is None else first * 1000, end.count)
-        return replace(observed, latency_ms=end.busy * 1000, stream=stream)
+    def _side(self, observed: Observation, until: float | None = None) -> Observation:
+        """``observed`` with the task path's own time (to ``until``, a perf_counter
+        value: when its answer was whole, the allocation's release left out) and the
+        stream's timing."""
+        tap = self.tap
+        busy = tap.busy + ((_perf() if until is None else until) - tap.started)
+        stream = Stream(None if tap.first is None else tap.first * 1000, tap.count)
+        return replace(observed, latency_ms=busy * 1000, stream=stream)
 
     def fell_back(self, candidate: Observation) -> tuple[Callable[[], bool], OnEnd]:
         """The relay hooks of legacy serving instead, its pair recorded."""
@@ -166,9 +169,10 @@ class Serving:
         busy = tap.busy if at_yield else tap.end().busy  # the caller's own time left out
         self.engine.events.abandoned(call.site, call.decision.stage, "task", seen, busy)
 
-    def ended(self, result: TaskResult | None, lane: Lane) -> None:
-        """The stream ended: the breaker hears of it, and a compared call runs legacy
-        in the background. Never raises into the caller."""
+    def ended(self, result: TaskResult | None, lane: Lane, until: float | None = None) -> None:
+        """The stream ended (its answer whole at ``until``): the breaker hears of it,
+        and a compared call runs legacy in the background. Never raises into the
+        caller."""
         engine, call = self.engine, self.call
         assert self.admitted is not None and result is not None
         engine.admission.answered(self.admitted, result)
@@ -183,7 +187,7 @@ class Serving:
                 call, self._side(candidate_failed(exc, _perf(), result)), None, lane
             )
             return
-        candidate = self._side(candidate_answered(result, value, _perf()))
+        candidate = self._side(candidate_answered(result, value, _perf()), until)
         engine.compare_served(call, candidate, value, lane)
 
     def _record(self, end: StreamEnd, served_by: str, candidate: Observation) -> None:
@@ -259,7 +263,7 @@ def serve(engine: Engine, call: Call) -> Generator[Any, Any, Any]:
             serving.left(at_yield=at_yield)
         stream.close()
         raise
-    serving.ended(stream.result, engine.threads)
+    serving.ended(stream.result, engine.threads, stream.finished)
 
 
 async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
@@ -317,7 +321,7 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
             serving.left(at_yield=at_yield)
         await stream.aclose()
         raise
-    serving.ended(stream.result, engine.loops)
+    serving.ended(stream.result, engine.loops, stream.finished)
 
 
 def _never() -> bool:
