@@ -276,3 +276,62 @@ def test_the_cli_decides_once_says_so_in_json_and_approves(tmp_path: Path) -> No
     assert f"{TASK}: {{serve: 10, shadow: 100}}" in flags.read_text()
     missing = runner.invoke(app, ["rollout", TASK, "--log", str(log), "--flags", str(flags)])
     assert missing.exit_code == 2 and "--plan is needed" in missing.output
+
+
+def test_a_breach_never_serves_more_than_the_step_it_breached_in(tmp_path: Path) -> None:
+    """on_breach: {step: 1}, breached at step 0: off, not up to step 1."""
+    rollout, _, traffic, store, tail = setup(tmp_path, PLAN | {"on_breach": {"step": 1}})
+    traffic.add(300, "shadow", cand_err=0.3)
+    assert look(rollout, tail).action == "rollback"
+    assert step_of(store) == (0, 0)
+
+
+def test_a_rollback_ends_the_rollout_until_it_is_started_fresh(tmp_path: Path) -> None:
+    rollout, clock, traffic, store, tail = setup(tmp_path, PLAN | {"confirm": True})
+    log = tmp_path / "comparisons.jsonl"
+    traffic.add(300, "shadow")
+    clock.now += 120
+    look(rollout, tail)
+    approve(TASK, 1, store, log)
+    assert look(rollout, tail).action == "advance"
+    from shim.ops.promote import rollback
+
+    rollback(store, [TASK], [TASK], log=log, reason="by hand")  # a human's
+    for fresh in (False, True):
+        again = Rollout(TASK, rollout.plan, store, log, clock=clock, policy=POLICY, fresh=fresh)
+        tail = LogTail([log])
+        decided = look(again, tail)
+        if not fresh:  # a scheduler's next --once run: the human's rollback stands
+            assert decided.action == "stopped" and "rolled back (by " in decided.reasons[0]
+            assert step_of(store) == (0, 100)
+    # started fresh at step 0 (serve 0 %, shadow 100 %): step 1's old approval is gone
+    traffic.add(300, "shadow")
+    clock.now += 120
+    decided = look(again, tail)
+    assert decided.action == "hold" and "waiting for approval of step 1" in decided.reasons
+
+
+def test_a_change_no_record_tells_of_starts_the_steps_evidence_again(tmp_path: Path) -> None:
+    rollout, clock, traffic, store, tail = setup(tmp_path)
+    log = tmp_path / "comparisons.jsonl"
+    traffic.add(300, "shadow")
+    clock.now += 120
+    assert look(rollout, tail).action == "advance"
+    traffic.add(300, "canary")
+    (tmp_path / "flags.yaml").write_text(f"{TASK}: {{serve: 0, shadow: 100}}\n")  # by hand
+    again = Rollout(TASK, rollout.plan, store, log, clock=clock, policy=POLICY)
+    decided = look(again, LogTail([log]))
+    assert decided.action == "hold" and again.tests.errors.n == 0
+    assert any("soaked 0 of 60 s" in r for r in decided.reasons)
+
+
+def test_a_webhook_url_httpx_cannot_use_is_recorded_without_its_token(tmp_path: Path) -> None:
+    url = "http://[::1/hook?token=s3cr3t-t0ken"
+    rollout, clock, traffic, _, tail = setup(
+        tmp_path, PLAN | {"webhook": {"url": url}}, tell=_quick
+    )
+    traffic.add(300, "shadow")
+    clock.now += 120
+    assert look(rollout, tail).action == "advance"
+    text = (tmp_path / "comparisons.jsonl").read_text()
+    assert "webhook_failed" in text and "s3cr3t-t0ken" not in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_a_task_that_starts_failing_breaches_within_one_window() -> None:
     # an always-valid bound over the stage's pairs: one crossing is enough
     assert breach.task == "kiwi.meal_plan" and breach.consecutive == 1
     assert breach.reasons[0].startswith("candidate error rate higher by ")
-    assert "always-valid 95 % over" in breach.describe()
+    assert re.search(r"always-valid 9\d % over", breach.describe())
     assert breach.pairs == first + 1
 
 
@@ -56,15 +57,15 @@ def test_healthy_traffic_never_breaches() -> None:
 
 
 def test_a_task_path_that_gets_slower_breaches_on_latency() -> None:
-    """Every task-path time 1.5 times legacy's (its p95 too): over the policy's
-    max_latency_ratio_p95 (1.25), on the typical ratio's always-valid bound."""
+    """Every task-path time 1.5 times legacy's: over the policy's
+    max_latency_ratio_p50 (1.10), on the typical ratio's always-valid bound."""
     rows = stream(random.Random(6), 300, 0)
     for row in rows:
         row["candidate"]["latency_ms"] = row["legacy"]["latency_ms"] * 1.5
     watch = Watch()
     breaches = [b for row in rows if (b := watch.feed(row)) is not None]
     assert breaches and breaches[0].reasons[0].startswith("task path slower: typical latency")
-    assert "ratio 1.50" in breaches[0].reasons[0] and "over 1.25" in breaches[0].reasons[0]
+    assert "ratio 1.50" in breaches[0].reasons[0] and "over the 1.10 line" in breaches[0].reasons[0]
 
 
 def test_a_b_a_a_stage_watched_a_long_time_does_not_breach_on_noise() -> None:
@@ -186,3 +187,12 @@ def test_a_judge_that_prefers_legacy_breaches_on_max_judge_loss_and_ties_never()
     for row in odd:  # what a judge record is not: skipped, never a crash
         row["judge"] = {"winner": ["legacy"], "orders": "x"}
     assert not any(Watch(policy).feed(row) for row in odd)
+
+
+def test_a_regression_late_in_a_long_stage_is_caught_as_fast_as_early() -> None:
+    """The tests start again every 2,000 pairs (alpha spent over epochs): 20,000
+    healthy pairs before the failures do not slow the breach down."""
+    rows = stream(random.Random(8), healthy=20_000, failing=800)
+    watch = Watch()
+    first = next(i for i, row in enumerate(rows) if watch.feed(row) is not None)
+    assert 20_000 < first <= 20_000 + 2_000 + 300, first

@@ -148,7 +148,7 @@ class StageTests:
             reasons.append(
                 f"task path slower: typical latency ratio {math.exp(self.latency.mean):.2f} "
                 f"(at least {math.exp(found[0]):.2f}, always-valid {level} over "
-                f"{self.latency.n:,} pairs), over {latency_ratio:.2f}"
+                f"{self.latency.n:,} pairs), over the {latency_ratio:.2f} line"
             )
         return reasons
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from shim.base.errors import ShimError
+
 from .console import console, emit, say
 from .options import FlagsOpt, PolicyOpt, guard, load_policy
 
@@ -62,6 +64,14 @@ def rollout(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON line per decision, for machines.")
     ] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Start the plan again though the log says the last rollout of the task "
+            "ended (rolled back, stopped or complete).",
+        ),
+    ] = False,
 ) -> None:
     """Walk TASK through a plan's steps on its own: advance when every gate passes on
     evidence from the current step (always-valid bounds, so looking often is safe),
@@ -90,7 +100,9 @@ def rollout(
     from shim.ops.rollout import LogTail, Rollout
     from shim.ops.rollout_plan import Plan
 
-    controller = Rollout(task, guard(Plan.load, plan), store, logs[0], policy=load_policy(policy))
+    controller = Rollout(
+        task, guard(Plan.load, plan), store, logs[0], policy=load_policy(policy), fresh=fresh
+    )
     tail = LogTail(logs)
     decided = _run(controller, tail, interval, once, as_json)
     if decided is not None and decided.done and decided.action != "complete":
@@ -113,7 +125,15 @@ def _run(
         while True:
             for rec in tail.poll():
                 controller.take(rec)
-            decided = guard(controller.decide)
+            if once:
+                decided = guard(controller.decide)
+            else:
+                try:
+                    decided = controller.decide()
+                except ShimError as exc:  # a flag service that did not answer: next look
+                    say(f"{controller.task}: could not decide this time: {exc}", error=True)
+                    time.sleep(interval)
+                    continue
             view.show(decided)
             if decided.done or once:
                 return decided

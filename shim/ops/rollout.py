@@ -81,6 +81,11 @@ class Rollout:
     expected: Setting | None = None
     awaiting: int | None = None
     done: bool = False
+    #: take up the plan whatever the log says ended the last rollout of the task
+    fresh: bool = False
+    #: read back from the log: the last change's setting, and what ended a rollout
+    last_to: Setting | None = None
+    ended_by: str | None = None
 
     @property
     def gates(self) -> Gates:
@@ -92,24 +97,22 @@ class Rollout:
         """One record of the logs, in their order."""
         if f"{rec.get('product')}.{rec.get('task')}" != self.task:
             return
-        event = rec.get("event")
-        if event == "shim.rollout" and rec.get("action") == "approved":
+        event, action = rec.get("event"), rec.get("action")
+        if event == "shim.rollout" and action == "approved":
             if isinstance(rec.get("step"), int):
                 self.approved.add(rec["step"])
             return
         if event in _CHANGES:
-            before, after = rec.get("from"), rec.get("to")
-            if not isinstance(after, dict) or before == after:
-                return
-            if self.expected is None:  # reading the log back: a new step's evidence
-                self.tests, self.since = StageTests(), _seconds(rec.get("ts"))
-            # running, it started the step itself (and a change of someone else's is
+            if self.expected is None:  # reading the log back
+                self._read_back(rec)
+            # running, it started each step itself (and a change of someone else's is
             # found in the flags, where it stops the rollout)
             return
         if event != "shim.comparison" or rec.get("schema") != 1:
             return
-        if self.expected is not None and rec.get("stage") != self.expected.stage:
-            return  # made before the change, recorded after it
+        current = self.expected or self.last_to
+        if current is not None and rec.get("stage") != current.stage:
+            return  # made before the change, recorded after it (or another step's)
         try:
             legacy, candidate = rec["legacy"], rec["candidate"]
             match = (rec.get("structure") or {}).get("match")
@@ -126,6 +129,30 @@ class Rollout:
         except (KeyError, TypeError, AttributeError, OverflowError):
             return
 
+    def _read_back(self, rec: dict[str, Any]) -> None:
+        """A change record read back from the log: a new step's evidence begins (its
+        approvals with it); a rollback, or a rollout that stopped or completed, ended
+        the last rollout of the task."""
+        event, action = rec.get("event"), rec.get("action")
+        if event == "shim.rollout" and action in ("stopped", "complete"):
+            self.ended_by = f"the last rollout of {self.task} {action}"
+        before, after = rec.get("from"), rec.get("to")
+        if not isinstance(after, dict) or before == after:
+            return
+        self.tests, self.since = StageTests(), _seconds(rec.get("ts"))
+        self.approved.clear()
+        try:
+            self.last_to = Setting(int(after["serve"]), int(after["shadow"]))
+        except (KeyError, TypeError, ValueError):
+            self.last_to = None
+        if event == "shim.rollback" or (event == "shim.rollout" and action == "rollback"):
+            how = "automatically" if rec.get("automatic") else f"by {rec.get('who', 'someone')}"
+            self.ended_by = f"{self.task} was rolled back ({how})"
+        elif (
+            event == "shim.rollout" and action in ("start", "advance")
+        ) or event == "shim.promote":
+            self.ended_by = None
+
     # -- deciding ----------------------------------------------------------------------
 
     def decide(self) -> Decision:
@@ -140,7 +167,14 @@ class Rollout:
             )
             return self._note("stopped", setting, why, done=True)
         step = self.plan.index_of(setting.serve, setting.shadow)
-        if self.expected is None:  # first look: take up where the flags are
+        if self.expected is None:  # first look: take up where the flags and log are
+            if self.ended_by is not None and not self.fresh:
+                self.done = True
+                why = f"{self.ended_by}: nothing changed; to start again, add --fresh"
+                return Decision("stopped", step, (why,), True)
+            if self.last_to is not None and setting != self.last_to:
+                # changed where no record says when: this step's evidence starts now
+                self.tests, self.since, self.approved = StageTests(), None, set()
             self.expected = setting
             if step is None:
                 return self._move(setting, 0, "start", "the plan's first step")
@@ -150,12 +184,13 @@ class Rollout:
         crossed = self.tests.breaches(
             error_increase=self.gates.rollback_error_increase,
             mismatch=self.gates.rollback_mismatch,
-            min_quality=self.gates.min_quality,
-            latency_ratio=self.gates.max_latency_ratio_p95,
+            latency_ratio=self.gates.max_latency_ratio_p50,
         )
         if crossed:
             back = self.plan.on_breach
-            target = Setting(0, 0) if back == "off" else self._setting(back.step)
+            # a step below this one, or off: a breach never serves more
+            low = None if isinstance(back, str) or back.step >= step else back.step
+            target = Setting(0, 0) if low is None else self._setting(low)
             return self._apply(setting, target, "rollback", "; ".join(crossed), done=True)
         if step == len(self.plan.steps) - 1:
             return self._note("complete", setting, "the plan's last step", done=True)
@@ -186,7 +221,7 @@ class Rollout:
         for name, run, line, upper in (
             ("error increase", tests.errors, gates.max_error_increase, True),
             ("mismatch rate", tests.mismatches, gates.max_mismatch, True),
-            ("latency ratio", tests.latency, math.log(gates.max_latency_ratio_p95), True),
+            ("latency ratio", tests.latency, math.log(gates.max_latency_ratio_p50), True),
             ("quality", tests.quality, gates.min_quality, False),
         ):
             bounds = sequence_bounds(run)
@@ -268,6 +303,7 @@ class Rollout:
             self._write(action, [Change(self.task, before, after)], why, evidence, step)
         self.expected, self.tests, self.since = after, StageTests(), self.clock()
         self.awaiting = None
+        self.approved.clear()
         self.done = done
         found = self.plan.index_of(after.serve, after.shadow)
         self._tell(action, before, after, why, evidence, step)

@@ -2,9 +2,10 @@
 
 :class:`Watch` is the I/O-free core: feed it records, it evaluates each task every
 ``watch_step`` new pairs. The error increase, the mismatch rate and the typical latency
-ratio are tested on every pair of the task's stage with always-valid bounds
-(:mod:`shim.analysis.sequential`): one crossing is a breach, and checking after every
-step keeps false rollbacks at 5 %. Routing errors, content quality (read against
+ratio (against ``max_latency_ratio_p50``) are tested on the task's stage with always-valid
+bounds (:mod:`shim.analysis.sequential`), started again every :data:`EPOCH_PAIRS` pairs
+with a share of alpha that shrinks as 1/k^2: one crossing is a breach, and however long
+a stage is watched, false rollbacks stay at 5 %. Routing errors, content quality (read against
 legacy's noise) and judge verdicts are read over the last ``watch_window`` pairs, a
 breach after ``watch_consecutive`` failing evaluations in a row or ``watch_cumulative``
 in the stage. It counts what it read and evaluated, so a one-off run can tell "no
@@ -30,12 +31,15 @@ from shim.analysis.log_lines import MAX_LINE_BYTES
 from shim.analysis.policy import Gates, Policy
 from shim.analysis.report_judge import judge_gate, judge_summary
 from shim.analysis.report_quality import quality_gate, quality_summary
-from shim.analysis.sequential import StageTests
+from shim.analysis.sequential import ALPHA, StageTests
 
 if TYPE_CHECKING:
     from shim.flags.store import Change, FlagStore
 
-__all__ = ["Breach", "Watch", "auto_rollback", "follow", "wait_for_log"]
+__all__ = ["EPOCH_PAIRS", "Breach", "Watch", "auto_rollback", "follow", "wait_for_log"]
+
+#: The always-valid tests start again every this many pairs of a stage (see feed()).
+EPOCH_PAIRS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,8 @@ class _TaskWatch:
     judged: deque[tuple[str, int | None]]
     #: every pair of the stage, for the always-valid tests
     tests: StageTests = field(default_factory=StageTests)
+    #: how many epochs of EPOCH_PAIRS pairs the stage's tests have started again
+    epoch: int = 0
     stage: str = ""
     since_eval: int = 0
     consecutive: int = 0
@@ -78,7 +84,7 @@ class _TaskWatch:
         self.consecutive = self.cumulative = self.since_eval = 0
         self.window.clear()
         self.judged.clear()
-        self.tests = StageTests()
+        self.tests, self.epoch = StageTests(), 0
 
 
 class Watch:
@@ -138,11 +144,17 @@ class Watch:
             return None
         state.since_eval = 0
         self.evaluations += 1
+        # alpha spent over epochs (6 / pi^2 / k^2 of it on the k-th): a stage watched
+        # for ever rolls back for nothing at most alpha of the time, and a regression
+        # late in a long stage is weighed against one epoch's pairs, not all before it
         crossed = state.tests.breaches(
             error_increase=gates.rollback_error_increase,
             mismatch=gates.rollback_mismatch,
-            latency_ratio=gates.max_latency_ratio_p95,
+            latency_ratio=gates.max_latency_ratio_p50,
+            alpha=ALPHA * 6 / (math.pi**2 * (state.epoch + 1) ** 2),
         )
+        if not crossed and state.tests.errors.n >= EPOCH_PAIRS:
+            state.tests, state.epoch = StageTests(), state.epoch + 1
         reasons = crossed + self._failing(state, gates)
         if not reasons:
             state.consecutive = 0
