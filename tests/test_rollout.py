@@ -17,7 +17,8 @@ import pytest
 from shim.analysis.policy import Policy
 from shim.base.errors import ConfigError
 from shim.flags.store import FileStore
-from shim.ops.rollout import LogTail, Rollout, approve
+from shim.ops.logtail import LogTail
+from shim.ops.rollout import Rollout, approve
 from shim.ops.rollout_plan import Plan
 
 from .test_report import record

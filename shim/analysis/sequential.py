@@ -91,23 +91,19 @@ class StageTests:
         candidate_ok: bool,
         match: bool | None = None,
         score: float | None = None,
-        legacy_ms: float | None = None,
-        candidate_ms: float | None = None,
+        legacy_ms: object = None,
+        candidate_ms: object = None,
     ) -> None:
-        """Take one pair."""
+        """Take one pair (latencies as a record has them: what is not a positive,
+        finite number of milliseconds is left out)."""
         self.errors.add(float(not candidate_ok) - float(not legacy_ok))
         if match is not None:
             self.mismatches.add(0.0 if match else 1.0)
         if score is not None:
             self.quality.add(min(1.0, max(0.0, score)))
-        if (
-            legacy_ok
-            and candidate_ok
-            and legacy_ms
-            and candidate_ms
-            and legacy_ms > 0 < candidate_ms
-        ):
-            self.latency.add(math.log(candidate_ms / legacy_ms))
+        legacy, candidate = _ms(legacy_ms), _ms(candidate_ms)
+        if legacy_ok and candidate_ok and legacy is not None and candidate is not None:
+            self.latency.add(math.log(candidate / legacy))
 
     def breaches(
         self,
@@ -155,3 +151,14 @@ class StageTests:
 
 def _pct(x: float) -> str:
     return f"{x * 100:.2f} %"
+
+
+def _ms(value: object) -> float | None:
+    """A latency in milliseconds, if it is a positive, finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        ms = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return ms if 0 < ms < math.inf else None

@@ -97,7 +97,8 @@ def rollout(
     if plan is None:
         say("--plan is needed: the steps to walk (see `shim rollout --help`)", error=True)
         raise typer.Exit(2)
-    from shim.ops.rollout import LogTail, Rollout
+    from shim.ops.logtail import LogTail
+    from shim.ops.rollout import Rollout
     from shim.ops.rollout_plan import Plan
 
     controller = Rollout(

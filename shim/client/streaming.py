@@ -129,15 +129,11 @@ class _Once:
         return None if fn is None else fn()
 
 
-class TaskStream(Iterator[str]):
-    """A task-path answer as it streams: iterate it for its pieces of text (TaskFailed
-    if the stream fails); ``result`` is the whole answer once read to its end. Reading
-    to the end, an error, :meth:`close` or the stream being collected closes the
-    connection and gives the node's allocation back. A coordinator's own answer (or a
-    document node's) comes as one piece."""
+class _Answer:
+    """What both stream readers tell of the answer: the whole of it once read to its
+    end, and when it was whole."""
 
-    def __init__(self, pieces: Iterator[str], reading: Reading | None = None) -> None:
-        self._pieces = pieces
+    def __init__(self, reading: Reading | None) -> None:
         self._reading = reading
         self._result: TaskResult | None = None
         self._end = _Once(None)
@@ -152,6 +148,18 @@ class TaskStream(Iterator[str]):
         """When (``time.perf_counter()``) the answer was whole, before the allocation
         was given back; None until then (or for an answer that came whole)."""
         return None if self._reading is None else self._reading.finished
+
+
+class TaskStream(_Answer, Iterator[str]):
+    """A task-path answer as it streams: iterate it for its pieces of text (TaskFailed
+    if the stream fails); ``result`` is the whole answer once read to its end. Reading
+    to the end, an error, :meth:`close` or the stream being collected closes the
+    connection and gives the node's allocation back. A coordinator's own answer (or a
+    document node's) comes as one piece."""
+
+    def __init__(self, pieces: Iterator[str], reading: Reading | None = None) -> None:
+        super().__init__(reading)
+        self._pieces = pieces
 
     @classmethod
     def whole(cls, result: TaskResult) -> TaskStream:
@@ -215,27 +223,14 @@ def _read(
         end()
 
 
-class AsyncTaskStream(AsyncIterator[str]):
+class AsyncTaskStream(_Answer, AsyncIterator[str]):
     """:class:`TaskStream` for the async client: ``async for`` its pieces; ``await
     aclose()`` to leave it early (a stream collected unclosed is closed on its event
     loop). The whole stream must end within the client's timeout."""
 
     def __init__(self, pieces: AsyncIterator[str], reading: Reading | None = None) -> None:
+        super().__init__(reading)
         self._pieces = pieces
-        self._reading = reading
-        self._result: TaskResult | None = None
-        self._end = _Once(None)
-
-    @property
-    def result(self) -> TaskResult | None:
-        """The whole answer, once the stream was read to its end (else None)."""
-        return self._result if self._reading is None else self._reading.final
-
-    @property
-    def finished(self) -> float | None:
-        """When (``time.perf_counter()``) the answer was whole, before the allocation
-        was given back; None until then (or for an answer that came whole)."""
-        return None if self._reading is None else self._reading.finished
 
     @classmethod
     def whole(cls, result: TaskResult) -> AsyncTaskStream:

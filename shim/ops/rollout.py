@@ -26,10 +26,9 @@ takes up the same step with the same evidence.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +42,7 @@ from shim.ops.promote import OpsError, record
 from shim.ops.rollout_plan import Plan
 from shim.ops.webhook import notify
 
-__all__ = ["Decision", "LogTail", "Rollout", "approve"]
+__all__ = ["Decision", "Rollout", "approve"]
 
 _CHANGES = ("shim.promote", "shim.rollback", "shim.rollout")
 
@@ -123,8 +122,8 @@ class Rollout:
                 bool(candidate["ok"]),
                 match if isinstance(match, bool) else None,
                 score if isinstance(score, int | float) and not isinstance(score, bool) else None,
-                _ms(legacy.get("latency_ms")),
-                _ms(candidate.get("latency_ms")),
+                legacy.get("latency_ms"),
+                candidate.get("latency_ms"),
             )
         except (KeyError, TypeError, AttributeError, OverflowError):
             return
@@ -380,35 +379,6 @@ def approve(task: str, step: int, store: FlagStore, log: Path) -> None:
     record("shim.rollout", same, store, log, reason=f"step {step} approved", extra=extra)
 
 
-class LogTail:
-    """The records appended to some logs since the last look, in order, file by file;
-    a file that shrank or was replaced is read again from its start."""
-
-    def __init__(self, paths: Iterable[Path]) -> None:
-        self._at: dict[Path, tuple[int, int]] = {Path(p): (0, -1) for p in paths}
-
-    def poll(self) -> Iterator[dict[str, Any]]:
-        for path, (offset, inode) in list(self._at.items()):
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            if stat.st_ino != inode or stat.st_size < offset:
-                offset = 0
-            with path.open("rb") as fh:
-                fh.seek(offset)
-                data = fh.read()
-            whole = data.rfind(b"\n") + 1
-            self._at[path] = (offset + whole, stat.st_ino)
-            for line in data[:whole].splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    yield rec
-
-
 def _seconds(ts: Any) -> float | None:
     """A record's ``ts`` as seconds since the epoch."""
     if not isinstance(ts, str):
@@ -417,10 +387,3 @@ def _seconds(ts: Any) -> float | None:
         return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def _ms(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    ms = float(value)
-    return ms if 0 < ms < math.inf else None

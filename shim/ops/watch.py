@@ -130,7 +130,7 @@ class Watch:
                 _score(structure.get("noise")),
             )
             match = pair[2] if isinstance(pair[2], bool) else None
-            latencies = _ms(legacy.get("latency_ms")), _ms(candidate.get("latency_ms"))
+            latencies = legacy.get("latency_ms"), candidate.get("latency_ms")
             state.tests.add(pair[0], pair[1], match, None, *latencies)
             state.window.append(pair)
             verdict = _judged(record.get("judge"))
@@ -238,17 +238,6 @@ def _judge_counts(judged: list[tuple[str, int | None]]) -> dict[str, int]:
         "judge_first": positions.count(1),
         "judge_second": positions.count(-1),
     }
-
-
-def _ms(value: Any) -> float | None:
-    """A record's latency in milliseconds, if it is a positive number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        ms = float(value)
-    except OverflowError:
-        return None
-    return ms if 0 < ms < math.inf else None
 
 
 def _score(part: Any) -> float | None:
