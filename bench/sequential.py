@@ -4,10 +4,11 @@
     python bench/sequential.py --quick    # smoke run for CI: 30 runs of 3,000 pairs
 
 Simulated traffic, no I/O: each pair's legacy and task path fail with the same chance
-(5 %) and take log-normal times from the same distribution (A/A: no difference). The
-rollback lines sit where the difference starts (an error increase over 0; a latency
-ratio over 1), the hardest place to keep false rollbacks down, and each test is checked
-after every 50 pairs, to the end of the run:
+(5 %), take log-normal times from the same distribution and cost the same (200 to 800
+tokens; A/A: no difference). The rollback lines sit where the difference starts (an
+error increase over 0; a typical latency ratio, a p95 ratio and a cost ratio over 1),
+the hardest place to keep false rollbacks down, and each test is checked after every 50
+pairs, to the end of the run:
 
 - ``sequential``: the always-valid bounds of :mod:`shim.analysis.sequential`, over
   every pair of the stage; rolls back the first time a bound crosses its line;
@@ -16,17 +17,21 @@ after every 50 pairs, to the end of the run:
   after three failing checks in a row or five in the stage), on the error gate (it had
   no latency gate).
 
-A false rollback is a run that rolled back at all. With a planted regression (the
-task path failing 2 points more often: 7 % against 5 %; or every task-path time 1.5
-times legacy's, so its p95 too, against a 1.25 line) the median pairs to rollback is
-reported, over the same number of seeded runs. Target: the sequential false-rollback
-rate at most 5 % (the stated alpha), the upper end of its 95 % interval reported.
+A false rollback is a run that rolled back at all. With a planted regression the
+median pairs to rollback is reported, over the same number of seeded runs: the task
+path failing 2 points more often (7 % against 5 %); every task-path time 1.5 times
+legacy's (against a 1.10 typical-ratio line); only the slowest tenth of task-path times
+1.5 times as long, so its p95 is 1.5 times legacy's and its median the same (against a
+1.25 p95 line); every task-path call costing 1.5 times as much (a 1.25 cost line).
+Target: the sequential false-rollback rate at most 5 % (the stated alpha), the upper
+end of its 95 % interval reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -42,24 +47,40 @@ STEP = 50
 BASE_ERROR = 0.05
 
 
-def pairs(rng: random.Random, n: int, error: float, slower: float) -> list[tuple[Any, ...]]:
-    """``n`` pairs: (legacy ok, task ok, legacy ms, task ms)."""
+#: the task path's times over this (its p90) are the tail a tail regression slows
+P90_MS = 100 * math.exp(1.2816 * 0.4)
+#: the lines of no difference (A/A), and the built-in lines a regression is held to
+AA_LINES = {"error_increase": 0.0, "latency_ratio": 1.0, "p95_ratio": 1.0, "cost_ratio": 1.0}
+LINES = {"error_increase": 0.0, "latency_ratio": 1.10, "p95_ratio": 1.25, "cost_ratio": 1.25}
+
+
+def pairs(
+    rng: random.Random,
+    n: int,
+    error: float = BASE_ERROR,
+    slower: float = 1.0,
+    tail: float = 1.0,
+    dearer: float = 1.0,
+) -> list[tuple[Any, ...]]:
+    """``n`` pairs: (legacy ok, task ok, legacy ms, task ms, legacy cost, task cost)."""
     out = []
     for _ in range(n):
         legacy_ms = 100 * rng.lognormvariate(0, 0.4)
         task_ms = 100 * rng.lognormvariate(0, 0.4) * slower
-        out.append((rng.random() >= BASE_ERROR, rng.random() >= error, legacy_ms, task_ms))
+        if task_ms > P90_MS:
+            task_ms *= tail
+        costs = rng.randint(200, 800) * 1e-6, rng.randint(200, 800) * 1e-6 * dearer
+        ok = rng.random() >= BASE_ERROR, rng.random() >= error
+        out.append((*ok, legacy_ms, task_ms, *costs))
     return out
 
 
-def sequential_rollback(run: list[tuple[Any, ...]], latency_line: float) -> int | None:
+def sequential_rollback(run: list[tuple[Any, ...]], lines: dict[str, float]) -> int | None:
     """The pairs after which the always-valid tests roll back; None if they never do."""
     tests = StageTests()
-    for i, (legacy_ok, task_ok, legacy_ms, task_ms) in enumerate(run, 1):
-        tests.add(legacy_ok, task_ok, None, None, legacy_ms, task_ms)
-        if i % STEP == 0 and tests.breaches(
-            error_increase=0.0, mismatch=None, latency_ratio=latency_line
-        ):
+    for i, (legacy_ok, task_ok, *measured) in enumerate(run, 1):
+        tests.add(legacy_ok, task_ok, None, None, *measured)
+        if i % STEP == 0 and tests.breaches(mismatch=None, **lines):
             return i
     return None
 
@@ -75,7 +96,7 @@ def watcher_rollback(run: list[tuple[Any, ...]]) -> int | None:
     gates = _FIXED
     window: deque[tuple[bool, bool]] = deque(maxlen=gates.watch_window)
     consecutive = cumulative = 0
-    for i, (legacy_ok, task_ok, _, _) in enumerate(run, 1):
+    for i, (legacy_ok, task_ok, *_) in enumerate(run, 1):
         window.append((legacy_ok, task_ok))
         if i % gates.watch_step:
             continue
@@ -107,35 +128,44 @@ def median_pairs(found: list[int | None]) -> float | None:
 
 def run(quick: bool) -> dict[str, Any]:
     runs, n = (30, 3000) if quick else (200, 10_000)
-    aa_seq, aa_watch = [], []
-    error_seq, error_watch, slow_seq = [], [], []
+    aa_seq, aa_watch, error_watch = [], [], []
+    planted: dict[str, list[int | None]] = {name: [] for name in REGRESSIONS}
     for seed in range(runs):
-        aa = pairs(random.Random(seed), n, BASE_ERROR, 1.0)
-        aa_seq.append(sequential_rollback(aa, 1.0))
+        aa = pairs(random.Random(seed), n)
+        aa_seq.append(sequential_rollback(aa, AA_LINES))
         aa_watch.append(watcher_rollback(aa))
-        worse = pairs(random.Random(10_000 + seed), n, BASE_ERROR + 0.02, 1.0)
-        error_seq.append(sequential_rollback(worse, 1.0))
-        error_watch.append(watcher_rollback(worse))
-        slow = pairs(random.Random(20_000 + seed), n, BASE_ERROR, 1.5)
-        slow_seq.append(sequential_rollback(slow, 1.25))
-    return {
+        for k, (name, (planting, lines)) in enumerate(REGRESSIONS.items(), 1):
+            worse = pairs(random.Random(10_000 * k + seed), n, **planting)
+            planted[name].append(sequential_rollback(worse, lines))
+            if name == "error_regression":
+                error_watch.append(watcher_rollback(worse))
+    found: dict[str, Any] = {
         "runs": runs,
         "pairs": n,
         "step": STEP,
         "alpha": ALPHA,
         "aa_sequential": rate(sum(x is not None for x in aa_seq), runs),
         "aa_fixed_watcher": rate(sum(x is not None for x in aa_watch), runs),
-        "error_regression": {
-            "sequential_median_pairs": median_pairs(error_seq),
-            "sequential_caught": sum(x is not None for x in error_seq),
-            "watcher_median_pairs": median_pairs(error_watch),
-            "watcher_caught": sum(x is not None for x in error_watch),
-        },
-        "latency_regression": {
-            "sequential_median_pairs": median_pairs(slow_seq),
-            "sequential_caught": sum(x is not None for x in slow_seq),
-        },
     }
+    for name, caught in planted.items():
+        found[name] = {
+            "sequential_median_pairs": median_pairs(caught),
+            "sequential_caught": sum(x is not None for x in caught),
+        }
+    found["error_regression"] |= {
+        "watcher_median_pairs": median_pairs(error_watch),
+        "watcher_caught": sum(x is not None for x in error_watch),
+    }
+    return found
+
+
+#: each planted regression: how the pairs are made, and the lines it is held to
+REGRESSIONS: dict[str, tuple[dict[str, float], dict[str, float]]] = {
+    "error_regression": ({"error": BASE_ERROR + 0.02}, {"error_increase": 0.0}),
+    "latency_regression": ({"slower": 1.5}, LINES),
+    "p95_regression": ({"tail": 1.5}, LINES),
+    "cost_regression": ({"dearer": 1.5}, LINES),
+}
 
 
 def report(r: dict[str, Any]) -> bool:
@@ -146,16 +176,22 @@ def report(r: dict[str, Any]) -> bool:
             f"  {name:<14} false rollbacks {found['hits']:>3}/{found['runs']} = "
             f"{found['rate']:.1%} (95 % CI {found['low']:.1%} to {found['high']:.1%})"
         )
-    err, slow = r["error_regression"], r["latency_regression"]
+    err = r["error_regression"]
     print(
         f"error rate +2 points: sequential caught {err['sequential_caught']}/{r['runs']}, "
         f"median {err['sequential_median_pairs']} pairs; fixed watcher caught "
         f"{err['watcher_caught']}/{r['runs']}, median {err['watcher_median_pairs']} pairs"
     )
-    print(
-        f"latency x1.5 (line 1.25): sequential caught {slow['sequential_caught']}/{r['runs']}, "
-        f"median {slow['sequential_median_pairs']} pairs"
-    )
+    for name, what in (
+        ("latency_regression", "every time x1.5 (typical-ratio line 1.10)"),
+        ("p95_regression", "slowest tenth x1.5, p95 x1.5 (p95 line 1.25)"),
+        ("cost_regression", "cost per call x1.5 (cost line 1.25)"),
+    ):
+        found = r[name]
+        print(
+            f"{what}: sequential caught {found['sequential_caught']}/{r['runs']}, "
+            f"median {found['sequential_median_pairs']} pairs"
+        )
     ok = seq["rate"] <= r["alpha"]
     print(f"target: sequential false-rollback rate <= {r['alpha']:.0%}: {'PASS' if ok else 'FAIL'}")
     return ok

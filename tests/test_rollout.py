@@ -5,9 +5,10 @@ webhooks that hear every transition."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,22 @@ class Traffic:
     def __init__(self, log: Path, seed: int = 1) -> None:
         self.log, self.rng = log, random.Random(seed)
 
-    def add(self, n: int, stage: str, cand_err: float = 0.0, speed: float = 1.0) -> None:
+    def add(
+        self,
+        n: int,
+        stage: str,
+        cand_err: float = 0.0,
+        speed: float = 1.0,
+        change: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         rows = []
         for _ in range(n):
             row = record(
                 TASK, self.rng, legacy_err=0.0, cand_err=cand_err, mismatch=0.0, speed=speed
             )
             row["stage"] = stage
+            if change is not None:
+                change(row)
             rows.append(json.dumps(row))
         with self.log.open("a") as out:
             out.write("\n".join(rows) + "\n")
@@ -105,6 +115,11 @@ def test_healthy_traffic_walks_the_plan_to_the_end(tmp_path: Path) -> None:
         moved = look(rollout, tail)
         assert moved.action == "advance" and moved.step == index + 1
     assert step_of(store) == (100, 10)
+    # the last step is watched like any other: its soak and pairs before it completes
+    held = look(rollout, tail)
+    assert held.action == "hold" and held.reasons == ("soaked 0 of 600 s", "0 of 300 pairs")
+    traffic.add(300, "live")
+    clock.now += 601
     done = look(rollout, tail)
     assert done.action == "complete" and done.done
     rows = decisions(tmp_path / "comparisons.jsonl")
@@ -136,6 +151,63 @@ def test_a_regression_rolls_back_to_off_or_to_the_plans_step(tmp_path: Path) -> 
     decided = look(rollout, tail)
     assert decided.action == "rollback" and "task path slower" in decided.reasons[0]
     assert step_of(store) == (0, 100)
+
+
+def _slow_tail(row: dict[str, Any]) -> None:
+    """The task path's slowest tenth (legacy's times are 800 ms log-normal, sd 0.4)
+    half as slow again: its p95 1.5 times legacy's, its typical time the same."""
+    if row["legacy"]["latency_ms"] > 800 * math.exp(1.2816 * 0.4):
+        row["candidate"]["latency_ms"] *= 1.5
+
+
+def _dearer(row: dict[str, Any]) -> None:
+    """The task path resolves to a model priced twice as high."""
+    row["candidate"]["model"] = "big"
+    for side in ("legacy", "candidate"):
+        row[side]["usage"] = {"input_tokens": 400, "output_tokens": 300}
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [(_slow_tail, "task path slower in the tail: p95 at least"), (_dearer, "task path dearer")],
+)
+def test_a_slower_tail_or_a_dearer_path_rolls_back(
+    tmp_path: Path, change: Callable[[dict[str, Any]], None], said: str
+) -> None:
+    policy = Policy.model_validate(
+        POLICY.model_dump()
+        | {
+            "defaults": POLICY.defaults.model_dump() | {"max_cost_ratio": 1.25},
+            "prices": {
+                "m": {"input_per_1k": 0.01, "output_per_1k": 0.03},
+                "big": {"input_per_1k": 0.02, "output_per_1k": 0.06},
+            },
+        }
+    )
+    rollout, clock, traffic, store, tail = setup(tmp_path, policy=policy)
+    traffic.add(300, "shadow")
+    clock.now += 120
+    assert look(rollout, tail).action == "advance"
+    for _ in range(40):  # a look every 100 pairs, as a controller polling would
+        traffic.add(100, "canary", change=change)
+        decided = look(rollout, tail)
+        if decided.action != "hold":
+            break
+    assert decided.action == "rollback", decided
+    [reason] = decided.reasons
+    assert reason.startswith(said) and "over the 1.25 line" in reason
+    assert step_of(store) == (0, 0)
+
+
+def test_a_last_step_that_compares_nothing_completes_on_its_soak(tmp_path: Path) -> None:
+    plan = {"steps": [PLAN["steps"][0], {"serve": 100, "shadow": 0, "soak": 30}]}
+    rollout, clock, traffic, store, tail = setup(tmp_path, plan)
+    traffic.add(300, "shadow")
+    clock.now += 120
+    assert look(rollout, tail).action == "advance" and step_of(store) == (100, 0)
+    assert look(rollout, tail).reasons == ("soaked 0 of 30 s",)
+    clock.now += 31
+    assert look(rollout, tail).action == "complete"
 
 
 def test_a_human_change_meanwhile_stops_the_rollout_and_is_kept(tmp_path: Path) -> None:
@@ -214,13 +286,19 @@ def test_the_webhook_hears_every_transition_and_a_failing_one_stops_nothing(
     url, got, answers = receiver
     hook = {"webhook": {"url": url, "timeout": 2, "retries": 1}}
     rollout, clock, traffic, _, tail = setup(tmp_path, PLAN | hook, tell=_quick)
-    answers += [500, 500]  # the first transition fails twice: recorded, and on we go
+    answers += [500, 500]  # the first advance fails twice: recorded, and on we go
     for stage in ("shadow", "canary"):
         traffic.add(300, stage)
         clock.now += 120
         assert look(rollout, tail).action == "advance"
+    assert look(rollout, tail).action == "hold"
+    assert look(rollout, tail).action == "hold"  # told once a step, not once a look
+    traffic.add(300, "live")
+    clock.now += 601
     assert look(rollout, tail).action == "complete"
-    assert [g["action"] for g in got] == ["advance", "advance", "advance", "complete"]
+    told = [g["action"] for g in got]
+    assert told == ["hold", "advance", "advance", "advance", "hold", "complete"]
+    assert got[0]["reason"] == "soaked 0 of 60 s; 0 of 200 pairs" and got[0]["step"] == 0
     assert got[-1]["to"] == {"serve": 100, "shadow": 10, "stage": "live"}
     actions = [r["action"] for r in decisions(tmp_path / "comparisons.jsonl")]
     assert actions == ["advance", "webhook_failed", "advance", "complete"]

@@ -19,6 +19,7 @@ from shim.cli.app import app
 from shim.ops.watch import Watch, follow
 
 from .test_report import record
+from .test_rollout import _dearer, _slow_tail
 
 runner = CliRunner()
 
@@ -66,6 +67,34 @@ def test_a_task_path_that_gets_slower_breaches_on_latency() -> None:
     breaches = [b for row in rows if (b := watch.feed(row)) is not None]
     assert breaches and breaches[0].reasons[0].startswith("task path slower: typical latency")
     assert "ratio 1.50" in breaches[0].reasons[0] and "over the 1.10 line" in breaches[0].reasons[0]
+
+
+def test_a_slower_tail_or_a_dearer_path_breaches_and_prices_decide_the_cost() -> None:
+    """Only the task path's slowest tenth 1.5 times slower (the p95 line, 1.25), or a
+    model priced twice as high (``max_cost_ratio`` 1.25): each breaches alone."""
+    policy = Policy.model_validate(
+        {
+            "defaults": {"max_cost_ratio": 1.25},
+            "prices": {"m": {"input_per_1k": 0.01}, "big": {"input_per_1k": 0.02}},
+        }
+    )
+    for change, said in (
+        (_slow_tail, "task path slower in the tail"),
+        (_dearer, "task path dearer"),
+    ):
+        rows = stream(random.Random(8), 3000, 0)
+        for row in rows:
+            row["candidate"]["latency_ms"] = row["legacy"]["latency_ms"]
+            change(row)
+        watch = Watch(policy)
+        breaches = [b for row in rows if (b := watch.feed(row)) is not None]
+        assert breaches and [r.split(":")[0] for r in breaches[0].reasons] == [said]
+    # without prices the cost is not known, and nothing is said of it
+    rows = stream(random.Random(8), 3000, 0)
+    for row in rows:
+        _dearer(row)
+    watch = Watch(Policy.model_validate({"defaults": {"max_cost_ratio": 1.25}}))
+    assert not any(watch.feed(row) for row in rows)
 
 
 def test_a_b_a_a_stage_watched_a_long_time_does_not_breach_on_noise() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -67,6 +67,10 @@ class Gates(BaseModel):
     #: times legacy's, roll back when the bootstrap interval's lower bound is over it;
     #: None leaves it out (tasks without streams are never gated on it)
     ttft_p95_ratio: Annotated[float, Field(gt=0)] | None = 1.25
+    #: shim watch and shim rollout: roll back when the task path's mean cost per call
+    #: (at the policy's ``prices``) is over this times legacy's by an always-valid
+    #: bound; None (the default) leaves cost out (so do policies without prices)
+    max_cost_ratio: Annotated[float, Field(gt=0)] | None = None
     #: models the task path may resolve to (besides the expected one); others roll back
     allowed_models: list[str] | None = None
     #: shim watch: each evaluation looks at the task's last ``watch_window`` pairs ...
@@ -129,6 +133,26 @@ class Price(BaseModel):
     output_per_1k: Money = 0.0
     gpu_hour: Money = 0.0
 
+    def of(self, usage: dict[str, Any], latency_ms: float) -> float:
+        """What one call cost: its tokens, and its GPU-seconds (reported, else the
+        call's latency), as ``shim report`` counts them."""
+        gpu_s = usage.get("gpu_s")
+        seconds = float(gpu_s) if _number(gpu_s) else latency_ms / 1000
+        return (
+            _tokens(usage.get("input_tokens")) * self.input_per_1k / 1000
+            + _tokens(usage.get("output_tokens")) * self.output_per_1k / 1000
+            + seconds * self.gpu_hour / 3600
+        )
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    """A count or an amount a record may hold: a finite number, not negative."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e18
+
+
+def _tokens(value: Any) -> float:
+    return float(value) if _number(value) else 0.0
+
 
 class Policy(BaseModel):
     """``policy.yaml``: ``defaults`` for every task, ``tasks`` to override per task, and
@@ -139,6 +163,26 @@ class Policy(BaseModel):
     defaults: Gates = Gates()
     tasks: dict[TaskName, dict[str, Any]] = {}
     prices: dict[str, Price] = {}
+
+    def call_cost(self, side: Any) -> float | None:
+        """What a record's path (``legacy`` or ``candidate``) cost at ``prices``: 0 for a
+        model without a price, None without prices or a usable latency."""
+        if not self.prices or not isinstance(side, dict):
+            return None
+        latency = side.get("latency_ms")
+        if not _number(latency):
+            return None
+        price = self.prices.get(str(side.get("model")))
+        usage = side.get("usage")
+        if price is None:
+            return 0.0
+        return price.of(usage if isinstance(usage, dict) else {}, float(latency))
+
+    def costs(self, legacy: Any, candidate: Any, gates: Gates) -> tuple[float | None, ...]:
+        """Both paths' costs for the cost test; (None, None) where ``gates`` test no cost."""
+        if gates.max_cost_ratio is None:
+            return None, None
+        return self.call_cost(legacy), self.call_cost(candidate)
 
     def for_task(self, task: str) -> Gates:
         """The gates in force for ``task``."""

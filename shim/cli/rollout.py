@@ -203,12 +203,20 @@ def _table(controller: Rollout, decided: Decision) -> Any:
             f"{index} of {len(plan.steps) - 1}",
             f"serve {step.serve} %, shadow {step.shadow} %",
         )
+        left = max(0.0, step.soak - evidence["seconds"])
         table.add_row("soaked", f"{evidence['seconds']:.0f} s", f"{step.soak:.0f} s")
+        table.add_row("time left", f"{left:.0f} s", "")
         table.add_row("pairs", f"{evidence['pairs']:,}", f"{step.min_pairs:,}")
     lines = (
         ("error increase (upper)", "error_increase", 1, gates.max_error_increase, False),
         ("mismatch rate (upper)", "mismatch_rate", 1, gates.max_mismatch, False),
-        ("latency ratio (upper)", "log_latency_ratio", 1, gates.max_latency_ratio_p95, True),
+        (
+            "typical latency ratio (upper)",
+            "log_latency_ratio",
+            1,
+            gates.max_latency_ratio_p50,
+            True,
+        ),
         ("quality (lower)", "quality", 0, gates.min_quality, False),
     )
     for name, key, side, line, logged in lines:
@@ -217,5 +225,14 @@ def _table(controller: Rollout, decided: Decision) -> Any:
             continue
         bound = found["bounds"][side]
         table.add_row(name, f"{math.exp(bound) if logged else bound:.4f}", f"{line:.4f}")
+    p95 = evidence.get("p95_ms")
+    if p95 is not None and None not in (p95["candidate"][0], p95["legacy"][1]):
+        low = p95["candidate"][0] / p95["legacy"][1]
+        line = f"rolls back over {gates.max_latency_ratio_p95:.2f}"
+        table.add_row("p95 latency ratio (lower)", f"{low:.2f}", line)
+    cost = evidence.get("cost_ratio")
+    if cost is not None and gates.max_cost_ratio is not None:
+        line = f"rolls back over {gates.max_cost_ratio:.2f}"
+        table.add_row("cost per call ratio", f"{cost['ratio']:.2f}", line)
     table.add_row("decision", decided.action, "; ".join(decided.reasons)[:120])
     return table

@@ -10,23 +10,26 @@ order:
 
 1. stops if the flags moved under it (someone rolled the task back, or promoted it:
    theirs is the last word, never overwritten);
-2. rolls back (to the plan's ``on_breach``) when a bound crosses a rollback line;
-3. completes at the last step;
-4. holds while the step's soak time, its pairs, or a promotion gate (the bound on the
+2. rolls back (to the plan's ``on_breach``) when a bound crosses a rollback line (the
+   error increase, the mismatch rate, the typical and the p95 latency ratio and, with
+   prices and ``max_cost_ratio``, the cost per call);
+3. holds while the step's soak time, its pairs, or a promotion gate (the bound on the
    error increase, the mismatch rate, the typical latency ratio and, with
-   ``min_quality``, the content score) is short;
+   ``min_quality``, the content score) is short; a step that compares nothing
+   (``shadow: 0``) needs its soak time only;
+4. completes at the last step, once it held like any other;
 5. waits for an approval (``confirm``), then advances.
 
 Every decision but a hold is a ``shim.rollout`` record (``action``: ``start``,
 ``advance``, ``await_approval``, ``rollback``, ``complete``, ``stopped``,
-``webhook_failed``; the evidence it used) and is told to the plan's webhook. The state
+``webhook_failed``; the evidence it used) and is told to the plan's webhook; so is the
+first hold of each step (``hold``, with what it waits for), which is not recorded.The state
 is the flags and the log: a controller started again reads the log from its start and
 takes up the same step with the same evidence.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from shim.analysis.policy import Gates, Policy
-from shim.analysis.sequential import StageTests, sequence_bounds
+from shim.analysis.sequential import StageTests
 from shim.flags import FlagState
 from shim.flags.store import Change, FlagStore, Setting, setting_of
 from shim.ops.promote import OpsError, record
@@ -79,6 +82,8 @@ class Rollout:
     approved: set[int] = field(default_factory=set)
     expected: Setting | None = None
     awaiting: int | None = None
+    #: the step whose first hold the webhook heard of
+    held: int | None = None
     done: bool = False
     #: take up the plan whatever the log says ended the last rollout of the task
     fresh: bool = False
@@ -124,6 +129,7 @@ class Rollout:
                 score if isinstance(score, int | float) and not isinstance(score, bool) else None,
                 legacy.get("latency_ms"),
                 candidate.get("latency_ms"),
+                *self.policy.costs(legacy, candidate, self.gates),
             )
         except (KeyError, TypeError, AttributeError, OverflowError):
             return
@@ -184,6 +190,8 @@ class Rollout:
             error_increase=self.gates.rollback_error_increase,
             mismatch=self.gates.rollback_mismatch,
             latency_ratio=self.gates.max_latency_ratio_p50,
+            p95_ratio=self.gates.max_latency_ratio_p95,
+            cost_ratio=self.gates.max_cost_ratio,
         )
         if crossed:
             back = self.plan.on_breach
@@ -191,11 +199,12 @@ class Rollout:
             low = None if isinstance(back, str) or back.step >= step else back.step
             target = Setting(0, 0) if low is None else self._setting(low)
             return self._apply(setting, target, "rollback", "; ".join(crossed), done=True)
-        if step == len(self.plan.steps) - 1:
-            return self._note("complete", setting, "the plan's last step", done=True)
         short = self._shortfalls(step)
         if short:
-            return Decision("hold", step, tuple(short))
+            return self._hold(setting, step, short)
+        if step == len(self.plan.steps) - 1:
+            why = "the plan's last step held its gates for its soak time"
+            return self._note("complete", setting, why, done=True)
         if self.plan.confirm and step + 1 not in self.approved:
             if self.awaiting != step + 1:
                 self.awaiting = step + 1
@@ -203,6 +212,14 @@ class Rollout:
                 self._note("await_approval", setting, why, step=step + 1)
             return Decision("hold", step, (f"waiting for approval of step {step + 1}",))
         return self._move(setting, step + 1, "advance", "every gate passed")
+
+    def _hold(self, setting: Setting, step: int, short: list[str]) -> Decision:
+        """Not yet: the webhook hears of the first hold of each step (not of every look)."""
+        if self.held != step:
+            self.held = step
+            why = "; ".join(short)
+            self._tell("hold", setting, setting, why, self.evidence(), step)
+        return Decision("hold", step, tuple(short))
 
     def _setting(self, index: int) -> Setting:
         step = self.plan.steps[index]
@@ -215,54 +232,24 @@ class Rollout:
         elapsed = self.clock() - (self.since or self.clock())
         if elapsed < step.soak:
             short.append(f"soaked {elapsed:.0f} of {step.soak:.0f} s")
+        if step.shadow == 0:  # nothing is compared: time is all it can show
+            return short
         if tests.errors.n < step.min_pairs:
             short.append(f"{tests.errors.n} of {step.min_pairs} pairs")
-        for name, run, line, upper in (
-            ("error increase", tests.errors, gates.max_error_increase, True),
-            ("mismatch rate", tests.mismatches, gates.max_mismatch, True),
-            ("latency ratio", tests.latency, math.log(gates.max_latency_ratio_p50), True),
-            ("quality", tests.quality, gates.min_quality, False),
-        ):
-            bounds = sequence_bounds(run)
-            if line is None or bounds is None:
-                continue
-            bound = bounds[1] if upper else bounds[0]
-            if (bound > line) if upper else (bound < line):
-                shown = (
-                    (math.exp(bound), math.exp(line))
-                    if name == "latency ratio"
-                    else (
-                        bound,
-                        line,
-                    )
-                )
-                side = "upper" if upper else "lower"
-                short.append(
-                    f"{name}: {side} bound {shown[0]:.4f} vs {shown[1]:.4f} (always-valid 95 %)"
-                )
+        short += tests.shortfalls(
+            error_increase=gates.max_error_increase,
+            mismatch=gates.max_mismatch,
+            latency_ratio=gates.max_latency_ratio_p50,
+            min_quality=gates.min_quality,
+        )
         return short
 
     def evidence(self) -> dict[str, Any]:
         """What the step's decisions rest on, for records and the live view."""
-        tests = self.tests
-        found: dict[str, Any] = {
-            "pairs": tests.errors.n,
+        return {
+            "pairs": self.tests.errors.n,
             "seconds": round(self.clock() - (self.since or self.clock()), 1),
-        }
-        for name, run in (
-            ("error_increase", tests.errors),
-            ("mismatch_rate", tests.mismatches),
-            ("log_latency_ratio", tests.latency),
-            ("quality", tests.quality),
-        ):
-            bounds = sequence_bounds(run)
-            if bounds is not None:
-                found[name] = {
-                    "n": run.n,
-                    "mean": round(run.mean, 6),
-                    "bounds": [round(b, 6) for b in bounds],
-                }
-        return found
+        } | self.tests.summary()
 
     # -- acting ------------------------------------------------------------------------
 
@@ -301,7 +288,7 @@ class Rollout:
         if not changes:  # already there
             self._write(action, [Change(self.task, before, after)], why, evidence, step)
         self.expected, self.tests, self.since = after, StageTests(), self.clock()
-        self.awaiting = None
+        self.awaiting = self.held = None
         self.approved.clear()
         self.done = done
         found = self.plan.index_of(after.serve, after.shadow)

@@ -1,11 +1,13 @@
 """``shim watch``: follow a comparison log and roll a task back when it breaches.
 
 :class:`Watch` is the I/O-free core: feed it records, it evaluates each task every
-``watch_step`` new pairs. The error increase, the mismatch rate and the typical latency
-ratio (against ``max_latency_ratio_p50``) are tested on the task's stage with always-valid
-bounds (:mod:`shim.analysis.sequential`), started again every :data:`EPOCH_PAIRS` pairs
-with a share of alpha that shrinks as 1/k^2: one crossing is a breach, and however long
-a stage is watched, false rollbacks stay at 5 %. Routing errors, content quality (read against
+``watch_step`` new pairs. The error increase, the mismatch rate, the typical latency
+ratio (against ``max_latency_ratio_p50``), the p95 latency ratio (against
+``max_latency_ratio_p95``) and, with prices, the cost per call (``max_cost_ratio``) are
+tested on the task's stage with always-valid bounds (:mod:`shim.analysis.sequential`),
+started again every :data:`EPOCH_PAIRS` pairs with a share of alpha that shrinks as
+1/k^2: one crossing is a breach, and however long a stage is watched, false rollbacks
+stay at 5 %. Routing errors, content quality (read against
 legacy's noise) and judge verdicts are read over the last ``watch_window`` pairs, a
 breach after ``watch_consecutive`` failing evaluations in a row or ``watch_cumulative``
 in the stage. It counts what it read and evaluated, so a one-off run can tell "no
@@ -131,7 +133,8 @@ class Watch:
             )
             match = pair[2] if isinstance(pair[2], bool) else None
             latencies = legacy.get("latency_ms"), candidate.get("latency_ms")
-            state.tests.add(pair[0], pair[1], match, None, *latencies)
+            costs = self.policy.costs(legacy, candidate, gates)
+            state.tests.add(pair[0], pair[1], match, None, *latencies, *costs)
             state.window.append(pair)
             verdict = _judged(record.get("judge"))
             if verdict is not None:
@@ -151,6 +154,8 @@ class Watch:
             error_increase=gates.rollback_error_increase,
             mismatch=gates.rollback_mismatch,
             latency_ratio=gates.max_latency_ratio_p50,
+            p95_ratio=gates.max_latency_ratio_p95,
+            cost_ratio=gates.max_cost_ratio,
             alpha=ALPHA * 6 / (math.pi**2 * (state.epoch + 1) ** 2),
         )
         if not crossed and state.tests.errors.n >= EPOCH_PAIRS:
