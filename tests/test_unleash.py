@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from shim import flags
-from shim.flags.store import Setting, UnleashAdminStore
+from shim.flags.store import Setting, UnleashAdminStore, setting_of
 
 from .shimkit import wait_for
 
@@ -370,3 +370,60 @@ def test_flags_arrive_once_an_unreachable_server_answers(tmp_path: Path) -> None
         server.server_close()
         source.close()
     assert [e.level for e in events] == ["warning", "info", "warning", "info"]
+
+
+@needs_server
+def test_a_rollout_walks_and_rolls_back_on_the_server(
+    product: str, admin: UnleashAdminStore, client_flags: flags.UnleashFlags, tmp_path: Path
+) -> None:
+    """``shim rollout`` against the Admin API: it starts the plan, advances on clean
+    pairs (seen by the SDK a running app uses), and rolls back a failing step."""
+    import json
+    import random
+
+    from .test_report import record
+
+    task = f"{product}.meal_plan"
+    admin.apply({task: Setting(0, 0)})
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "steps:\n  - {serve: 0, shadow: 100, soak: 0, min_pairs: 200}\n"
+        "  - {serve: 10, shadow: 100, soak: 0, min_pairs: 200}\n  - {serve: 100, shadow: 10}\n"
+    )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("defaults:\n  max_error_increase: 0.08\n  max_mismatch: 0.08\n")
+    log = tmp_path / "comparisons.jsonl"
+    rng = random.Random(3)
+
+    def traffic(stage: str, cand_err: float) -> None:
+        rows = []
+        for _ in range(300):
+            row = record(task, rng, legacy_err=0.0, cand_err=cand_err, mismatch=0.0, speed=1.0)
+            rows.append(json.dumps(row | {"stage": stage}))
+        with log.open("a") as out:
+            out.write("\n".join(rows) + "\n")
+
+    def look() -> tuple[int, dict[str, Any]]:
+        args = ("rollout", task, "--plan", str(plan), "--log", str(log), "--policy", str(policy))
+        done = shim_cli(*args, "--once", "--json")
+        assert done.returncode in (0, 1), done.stderr
+        return done.returncode, json.loads(done.stdout.splitlines()[-1])
+
+    assert look()[1]["action"] == "start"
+    assert setting_of(admin.read(), task) == Setting(0, 100)
+    traffic("shadow", 0.0)
+    assert look()[1]["action"] == "advance"
+    assert setting_of(admin.read(), task) == Setting(10, 100)
+    wait_for(
+        lambda: (
+            client_flags.rules.state.tasks.get(task) is not None
+            and client_flags.rules.state.tasks[task].serve == 10
+        ),
+        timeout=10,
+    )
+    traffic("canary", 0.3)
+    code, said = look()
+    assert code == 1 and said["action"] == "rollback", said
+    assert setting_of(admin.read(), task) == Setting(0, 0)
+    actions = [json.loads(line).get("action") for line in log.read_text().splitlines()]
+    assert [a for a in actions if a] == ["start", "advance", "rollback"]
