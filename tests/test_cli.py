@@ -198,9 +198,12 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
     judged = re.search(r"kiwi\.ocr: judge: 0 wins, (\d+) losses", story)
     assert judged is not None and int(judged[1]) > 0, story
     assert re.search(r"kiwi\.meal_plan: judge: 0 wins, 0 losses", story)
-    assert story.count("$ shim promote kiwi.meal_plan") == 5, "every rung, with evidence"
-    assert "320 of 320 calls served by the task path" in story, "live serves everything"
-    assert "BREACH kiwi.ocr" in story and "rolled back kiwi.ocr: serve 25 % -> 0 %" in story
+    # meal_plan on autopilot: each rung advanced by the controller, then complete
+    ramp = story[story.index("3. Ramp") : story.index("Drill:")]
+    advances = re.findall(r"kiwi\.meal_plan: advance \(step (\d) of 3\)", ramp)
+    assert advances == ["1", "2", "3"], ramp
+    assert "kiwi.meal_plan: complete (step 3 of 3)" in ramp and "exit code 0" in ramp
+    assert "kiwi.ocr: rollback (step 0 of 3): mismatch rate" in story
 
     rows = [json.loads(line) for line in (tmp_path / "comparisons.jsonl").read_text().splitlines()]
     compared = [r for r in rows if r["event"] == "shim.comparison"]
@@ -215,13 +218,20 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
     streams = [r for r in compared if r["call_site"].endswith("stream_recipe_chunks")]
     assert streams and all(r["legacy"]["chunks"] > 3 < r["candidate"]["chunks"] for r in streams)
     assert re.search(r"kiwi\.recipe_generation: time to first chunk: p50", story)
-    [rollback] = [r for r in rows if r["event"] == "shim.rollback"]
-    assert rollback["task"] == "ocr" and "mismatch rate" in rollback["reason"]
+    decided = [(r["task"], r["action"]) for r in rows if r["event"] == "shim.rollout"]
+    assert decided == [("meal_plan", "advance")] * 3 + [
+        ("meal_plan", "complete"),
+        ("ocr", "rollback"),
+    ]
+    [rollback] = [r for r in rows if r["event"] == "shim.rollout" and r["action"] == "rollback"]
+    assert "mismatch rate" in rollback["reason"] and rollback["evidence"]["pairs"] >= 50
+    live = [r for r in compared if r["task"] == "meal_plan" and r["stage"] == "live"]
+    assert live and all(r["served_by"] != "legacy" for r in live), "live serves everything"
     forced = [r for r in rows if r["event"] == "shim.promote" and r.get("forced")]
     assert [r["task"] for r in forced] == ["ocr"]
     flags = (tmp_path / "flags.yaml").read_text()
     assert re.search(r"kiwi\.meal_plan: +\{serve: 100", flags)
-    assert re.search(r"kiwi\.ocr: +\{serve: 0", flags)
+    assert re.search(r"kiwi\.ocr: +\{serve: 0, shadow: 100", flags)  # back in shadow
     assert "<svg" in (tmp_path / "report.html").read_text()
 
 

@@ -8,7 +8,9 @@ import json
 import math
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -49,8 +51,8 @@ class Clock:
 class Traffic:
     """Comparison records of the task, appended to the log as the app would."""
 
-    def __init__(self, log: Path, seed: int = 1) -> None:
-        self.log, self.rng = log, random.Random(seed)
+    def __init__(self, log: Path, seed: int = 1, clock: Callable[[], float] = time.time) -> None:
+        self.log, self.rng, self.clock = log, random.Random(seed), clock
 
     def add(
         self,
@@ -66,11 +68,17 @@ class Traffic:
                 TASK, self.rng, legacy_err=0.0, cand_err=cand_err, mismatch=0.0, speed=speed
             )
             row["stage"] = stage
+            row["ts"] = stamp(self.clock())
             if change is not None:
                 change(row)
             rows.append(json.dumps(row))
         with self.log.open("a") as out:
             out.write("\n".join(rows) + "\n")
+
+
+def stamp(seconds: float) -> str:
+    """A record's ``ts`` for a time in seconds since the epoch."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def setup(
@@ -84,7 +92,7 @@ def setup(
     kw.setdefault("policy", POLICY)
     rollout = Rollout(TASK, Plan.model_validate(plan), store, log, clock=clock, **kw)
     rollout.decide()  # started: the first step's soak runs from here
-    return rollout, clock, Traffic(log), store, LogTail([log])
+    return rollout, clock, Traffic(log, clock=clock), store, LogTail([log])
 
 
 def step_of(store: FileStore) -> tuple[int, int]:
@@ -242,6 +250,30 @@ def test_a_restarted_controller_takes_up_the_same_step_with_the_same_evidence(
     clock.now += 70
     assert look(again, fresh).action == "advance"
     assert again.tests.errors.n == 0 and step_of(store) == (100, 10)
+
+
+def test_evidence_from_many_logs_is_taken_by_when_it_was_made(tmp_path: Path) -> None:
+    """Decisions in one log, the app's comparisons in another: read back file by file,
+    the comparisons of an earlier rung in the same stage (canary 5 %, then canary 25 %)
+    come after the change that ended it, and are left out by their time."""
+    plan = {"steps": [PLAN["steps"][0], *({"serve": p, "shadow": 100} for p in (5, 25, 100))]}
+    plan["steps"][1] |= {"soak": 60, "min_pairs": 200}
+    rollout, clock, _, store, _ = setup(tmp_path, plan)
+    app_log = tmp_path / "app.jsonl"
+    traffic = Traffic(app_log, clock=clock)
+    tail = LogTail([tmp_path / "comparisons.jsonl", app_log])
+    for stage, pairs in (("shadow", 300), ("canary", 300)):
+        clock.now += 1
+        traffic.add(pairs, stage)
+        clock.now += 120
+        assert look(rollout, tail).action == "advance"
+    clock.now += 1
+    traffic.add(100, "canary")
+    assert look(rollout, tail).step == 2 and rollout.tests.errors.n == 100
+    again = Rollout(TASK, rollout.plan, store, tmp_path / "comparisons.jsonl", clock=clock,
+                    policy=POLICY)  # fmt: skip
+    held = look(again, LogTail([tmp_path / "comparisons.jsonl", app_log]))
+    assert held.step == 2 and again.tests.errors.n == 100, "25 %'s pairs, not 5 %'s"
 
 
 def test_confirm_waits_for_an_approval_of_each_step(tmp_path: Path) -> None:

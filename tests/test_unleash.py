@@ -382,6 +382,7 @@ def test_a_rollout_walks_and_rolls_back_on_the_server(
     import random
 
     from .test_report import record
+    from .test_rollout import stamp
 
     task = f"{product}.meal_plan"
     admin.apply({task: Setting(0, 0)})
@@ -399,7 +400,7 @@ def test_a_rollout_walks_and_rolls_back_on_the_server(
         rows = []
         for _ in range(300):
             row = record(task, rng, legacy_err=0.0, cand_err=cand_err, mismatch=0.0, speed=1.0)
-            rows.append(json.dumps(row | {"stage": stage}))
+            rows.append(json.dumps(row | {"stage": stage, "ts": stamp(time.time())}))
         with log.open("a") as out:
             out.write("\n".join(rows) + "\n")
 

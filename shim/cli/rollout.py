@@ -150,9 +150,13 @@ class _View:
     """Where decisions are shown: the live table (a terminal), a JSON line per
     decision (``--json``), or a line whenever what is said changes."""
 
+    #: a hold that waits for the same things is said again after this many seconds
+    EVERY = 60.0
+
     def __init__(self, controller: Rollout, live: Any, as_json: bool) -> None:
         self.controller, self.live, self.as_json = controller, live, as_json
-        self.last: str | None = None
+        self.last: tuple[Any, ...] | None = None
+        self.said_at = 0.0
 
     def show(self, decided: Decision) -> None:
         import json
@@ -161,10 +165,14 @@ class _View:
         if self.live is not None:
             self.live.update(_table(controller, decided), refresh=True)
             return
+        # a hold is said when what it waits for changes (or once a minute), not each
+        # time its figures move
+        gist = (decided.action, decided.step, *map(_waits_for, decided.reasons))
+        now = time.monotonic()
+        if decided.action == "hold" and gist == self.last and now - self.said_at < self.EVERY:
+            return
+        self.last, self.said_at = gist, now
         line = _line(controller, decided)
-        if decided.action == "hold" and line == self.last:
-            return  # the same hold: said once
-        self.last = line
         if not self.as_json:
             say(line)
             return
@@ -176,6 +184,13 @@ class _View:
             "evidence": controller.evidence(),
         }
         emit(json.dumps(row))
+
+
+def _waits_for(reason: str) -> str:
+    """What a hold's reason waits for, without its figures: "pairs", "error increase"."""
+    import re
+
+    return reason.partition(":")[0] if ":" in reason else re.sub(r"[\d.,]+ ", "", reason)
 
 
 def _line(controller: Rollout, decided: Decision) -> str:

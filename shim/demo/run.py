@@ -2,9 +2,9 @@
 
 Kiwi's wrapped call sites (``examples/kiwi``) take its app's requests
 (``examples/kiwi/traffic.py``) against ``shim sim``. Shadow every task, read the
-report, ramp the task that earned it to live with ``shim promote --evidence``, drill an
-automatic rollback with ``shim watch``, and end with the report as a table and an HTML
-page. The CLI steps run as an operator would type them, against the flags file and the
+report, ramp the task that earned it to live on autopilot (``shim rollout``), drill an
+automatic rollback of the task that did not, and end with the report as a table and an
+HTML page. The CLI steps run as an operator would type them, against the flags file and the
 log of the running call sites.
 """
 
@@ -33,6 +33,7 @@ from shim.analysis.report_format import table
 from shim.analysis.report_html import render_html
 from shim.base.orch import default_config_path
 from shim.base.text import escape_markup
+from shim.demo.background import Background
 from shim.flags import FileFlags
 from shim.flags.store import FileStore
 
@@ -141,14 +142,18 @@ class _Story:
         self.output(done.stdout + done.stderr)
         return done
 
-    def traffic(self, description: str, plan: list[str]) -> None:
-        with Progress(
+    def progress(self) -> Progress:
+        """A progress bar on the demo's console."""
+        return Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=self.console,
-        ) as progress:
+        )
+
+    def traffic(self, description: str, plan: list[str]) -> None:
+        with self.progress() as progress:
             bar = progress.add_task(description, total=len(plan))
             _drive(self.kiwi, plan, self.rng, lambda: progress.advance(bar))
         self.kiwi.shim.flush(timeout=30)
@@ -192,6 +197,7 @@ def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str,
     for stale in ("comparisons.jsonl", "report.html"):
         (out / stale).unlink(missing_ok=True)
     (out / "policy.yaml").write_text(DEMO_POLICY)
+    (out / "plan.yaml").write_text(DEMO_PLAN)
     (out / "flags.yaml").write_text(
         "# written by shim demo; `shim promote` and `shim rollback` edit it from here on\n"
         + "".join(f"{t}: {{serve: 0, shadow: 100}}\n" for t in TASKS)
@@ -217,7 +223,7 @@ def run_demo(*, seed: int, calls: int, out: Path, console: Console) -> dict[str,
         story = _Story(_callsites(env), out, console, rng)
         console.print(f"simulator on {url}; kiwi's call sites wrapped; flags {story.flags}")
         _act_shadow(story, calls)
-        _act_promote(story, "kiwi.meal_plan")
+        _act_autopilot(story, "kiwi.meal_plan")
         _act_drill(story, "kiwi.ocr")
         story.kiwi.close()
     report = story.report("4. Final report")
@@ -267,82 +273,79 @@ tasks:                       # content read field by field or section by section
 """
 
 
-def _act_promote(story: _Story, task: str, calls_per_rung: int = 320) -> None:
-    story.console.rule(f"3. Ramp {task} from shadow to live, with the evidence at each rung")
-    policy = story.flags.parent / "policy.yaml"
+#: The demo's rollout plan: shadow, two canary rungs, live; a breach goes back to shadow.
+DEMO_PLAN = """\
+# written by shim demo: the rungs `shim rollout` walks a task through
+steps:                       # each needs 300 pairs of its own and the policy's gates
+  - {serve: 0, shadow: 100, soak: 0, min_pairs: 300}    # a demo has no time to soak
+  - {serve: 5, shadow: 100, soak: 0, min_pairs: 300}
+  - {serve: 25, shadow: 100, soak: 0, min_pairs: 300}
+  - {serve: 100, shadow: 100, soak: 0, min_pairs: 300}  # watched too, then complete
+on_breach: {step: 0}         # back to shadow: the task path serves nothing, pairs go on
+"""
+
+
+def _act_autopilot(story: _Story, task: str, cap: int = 4000) -> None:
+    story.console.rule(f"3. Ramp {task} from shadow to live on autopilot")
+    plan = story.flags.parent / "plan.yaml"
     story.console.print(
-        "Each rung needs its own evidence: 300 pairs compared at the current stage "
-        f"(the demo's {policy.name} skips the soak time)."
+        f"`shim rollout` walks {plan.name}'s rungs on its own: each needs 300 pairs from "
+        "that rung, and the policy's gates held by always-valid bounds (looking after "
+        "every batch is safe), before the next."
     )
-    while True:
-        done = story.shim_cli(
-            "promote",
-            task,
-            "--flags",
-            str(story.flags),
-            "--evidence",
-            str(story.log),
-            "--policy",
-            str(policy),
-            "--log",
-            str(story.log),
-        )
-        if done.returncode != 0:
-            break
-        serve = story.until_running(task)
-        since = story.log.stat().st_size
-        story.traffic(f"{task} at serve {serve} %", [task] * calls_per_rung)
-        split = story.served(task, since)
-        story.console.print(
-            f"  {split['task']} of {sum(split.values())} calls served by the task path, "
-            f"{split['legacy']} by legacy, {split['legacy_fallback']} fell back"
-        )
-        if serve == 100:
-            break
+    since = story.log.stat().st_size
+    code, sent = _controlled(story, task, plan, cap)
+    split = story.served(task, since)
+    story.console.print(
+        f"{task}: the rollout ended with exit code {code} after {sent} calls; "
+        f"{split['task']} of them served by the task path, {split['legacy']} by legacy, "
+        f"{split['legacy_fallback']} fell back. Each step is a shim.rollout record with "
+        "its evidence."
+    )
 
 
 def _act_drill(story: _Story, task: str) -> None:
-    story.console.rule(f"Drill: automatic rollback of {task}")
+    story.console.rule(f"Drill: {task} rolls back on its own")
     story.console.print(
-        f"{task}'s verdict says ROLLBACK; to show the watchdog at work it is forced to serve "
-        "25 % anyway (the record says forced)."
+        f"{task}'s verdict says ROLLBACK; to show the controller at work it is forced to "
+        "serve 25 % anyway (the record says forced), and a rollout takes it up from there."
     )
     story.shim_cli(
-        "promote",
-        task,
-        "--serve",
-        "25",
-        "--force",
-        "--flags",
-        str(story.flags),
-        "--log",
-        str(story.log),
-    )
+        "promote", task, "--serve", "25", "--force", "--flags", str(story.flags),
+        "--log", str(story.log),
+    )  # fmt: skip
     story.until_running(task)
-    policy = str(story.flags.parent / "policy.yaml")  # the gates promote and report read
-    command = ["watch", str(story.log), "--auto-rollback", "--flags", str(story.flags)]
-    command += ["--policy", policy]
-    story.command(command, " (in the background)")
-    watch = subprocess.Popen(
-        [sys.executable, "-m", "shim", *command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert watch.stdout is not None
-    story.output(watch.stdout.readline())
-    started, sent = time.monotonic(), 0
-    while story.serve_percent(task) and sent < 3000:
-        story.traffic(f"{task} at serve 25 %", [task] * 100)
-        sent += 100
-    took = time.monotonic() - started
+    code, sent = _controlled(story, task, story.flags.parent / "plan.yaml", 3000)
     story.until_running(task)
-    watch.terminate()
-    story.output(watch.communicate(timeout=10)[0])
     story.console.print(
-        f"{task} is back on legacy (serve {story.serve_percent(task)} %) after {sent} calls "
-        f"({took:.1f} s); the shim.rollback record in the log says why."
+        f"{task} is back in shadow (serve {story.serve_percent(task)} %) after {sent} "
+        f"calls (exit code {code}); the shim.rollout record in the log says why."
     )
+
+
+def _controlled(story: _Story, task: str, plan: Path, cap: int) -> tuple[int, int]:
+    """Run ``shim rollout`` on ``task`` in the background and drive the task's traffic
+    until it ends (or ``cap`` calls); its exit code and the calls sent."""
+    policy = story.flags.parent / "policy.yaml"
+    command = ["rollout", task, "--plan", str(plan), "--log", str(story.log)]
+    command += ["--flags", str(story.flags), "--policy", str(policy), "--interval", "0.2"]
+    story.command(command, " (in the background)")
+    controller = Background(command)
+    sent = 0
+    with story.progress() as progress:
+        bar = progress.add_task(task, total=None)
+        while controller.running and sent < cap:
+            serve = story.serve_percent(task)
+            progress.update(bar, description=f"{task} at serve {serve} %")
+            _drive(story.kiwi, [task] * 100, story.rng, lambda: progress.advance(bar))
+            sent += 100
+            for line in controller.said():
+                progress.console.print("  " + story.short(line), markup=False)
+        code = controller.wait(timeout=30)
+        for line in controller.said():
+            progress.console.print("  " + story.short(line), markup=False)
+    story.kiwi.shim.flush(timeout=30)
+    return code, sent
 
 
 def _drive(kiwi: Any, plan: list[str], rng: random.Random, tick: Any) -> None:

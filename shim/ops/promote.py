@@ -157,8 +157,10 @@ def record(
     *,
     reason: str | None = None,
     extra: dict[str, Any] | None = None,
+    when: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Write one ``shim.promote`` / ``shim.rollback`` record per change to ``log``.
+    """Write one ``shim.promote`` / ``shim.rollback`` record per change to ``log``,
+    stamped now (or ``when``).
 
     The lines go through the same redaction as the recorder's (the environment's
     secrets and the store's own, in every form, and URL passwords): the reason and
@@ -167,7 +169,7 @@ def record(
     rows = []
     for change in changes:
         product, _, task = change.task.partition(".")
-        row = envelope(event, product, task)
+        row = envelope(event, product, task, when)
         row.update(
             {
                 "who": who,

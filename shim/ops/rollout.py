@@ -117,6 +117,9 @@ class Rollout:
         current = self.expected or self.last_to
         if current is not None and rec.get("stage") != current.stage:
             return  # made before the change, recorded after it (or another step's)
+        made = _seconds(rec.get("ts"))
+        if self.since is not None and made is not None and made < self.since:
+            return  # from before the step began, read late (another log, read after)
         try:
             legacy, candidate = rec["legacy"], rec["candidate"]
             match = (rec.get("structure") or {}).get("match")
@@ -327,7 +330,15 @@ class Rollout:
         }
         if step is not None:
             extra["step"] = step
-        record("shim.rollout", changes, self.store, self.log, reason=why, extra=extra)
+        record(
+            "shim.rollout",
+            changes,
+            self.store,
+            self.log,
+            reason=why,
+            extra=extra,
+            when=self.clock(),
+        )
 
     def _tell(
         self,
@@ -354,7 +365,10 @@ class Rollout:
         if failed is not None:
             extra = {"action": "webhook_failed", "error": failed, "automatic": True}
             same = [Change(self.task, after, after)]
-            record("shim.rollout", same, self.store, self.log, reason=action, extra=extra)
+            when = self.clock()
+            record(
+                "shim.rollout", same, self.store, self.log, reason=action, extra=extra, when=when
+            )
 
 
 def approve(task: str, step: int, store: FlagStore, log: Path) -> None:

@@ -139,12 +139,15 @@ def pending_bytes(pending: Pending) -> int:
     )
 
 
-def envelope(event: str, product: str | None, task: str | None) -> dict[str, Any]:
-    """The fields every record starts with, stamped now."""
+def envelope(
+    event: str, product: str | None, task: str | None, when: float | None = None
+) -> dict[str, Any]:
+    """The fields every record starts with, stamped now (or ``when``, in seconds since
+    the epoch)."""
     return {
         "event": event,
         "schema": SCHEMA,
-        "ts": _stamp(time.time()),
+        "ts": _stamp(time.time() if when is None else when),
         "product": product,
         "task": task,
     }
