@@ -99,3 +99,30 @@ def test_a_controller_killed_mid_step_resumes_it_with_the_same_evidence(tmp_path
     # the second advance rests on the 250 pairs of step 1: before and after the kill
     assert rows[1]["evidence"]["pairs"] == 250
     assert json.loads(log.read_text().splitlines()[-1])["to"]["serve"] == 100
+
+
+def test_the_live_view_in_a_terminal_shows_each_gate_against_its_line(tmp_path: Path) -> None:
+    """A terminal gets the live table (rich thinks FORCE_COLOR's output is one): the
+    step, soak, pairs, each bound against its line, the p95 and cost rollback lines."""
+    (tmp_path / "flags.yaml").write_text(f"{TASK}: {{serve: 0, shadow: 100}}\n")
+    (tmp_path / "plan.yaml").write_text(PLAN)
+    (tmp_path / "policy.yaml").write_text(
+        POLICY + "  max_cost_ratio: 1.25\nprices:\n  m: {input_per_1k: 0.01}\n"
+    )
+    Traffic(tmp_path / "comparisons.jsonl").add(
+        100, "shadow", change=lambda row: row["legacy"].update(usage={"input_tokens": 500})
+    )
+    args = [sys.executable, "-m", "shim", "rollout", TASK, "--once"]
+    for option in ("plan", "flags", "policy"):
+        args += [f"--{option}", str(tmp_path / f"{option}.yaml")]
+    args += ["--log", str(tmp_path / "comparisons.jsonl")]
+    env = os.environ | {"FORCE_COLOR": "1", "COLUMNS": "150"}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout
+    assert f"shim rollout {TASK}" in shown
+    for row in ("step", "soaked", "time left", "pairs", "error increase (upper)",
+                "typical latency ratio (upper)", "p95 latency ratio (lower)",
+                "cost per call ratio"):  # fmt: skip
+        assert f"│ {row} " in shown, row
+    assert "rolls back over 1.25" in shown and "100 of 200 pairs" in shown

@@ -117,7 +117,13 @@ def _run(
     from rich.live import Live
 
     out = console()
-    live = None if (as_json or not out.is_terminal) else Live(console=out, auto_refresh=False)
+    # not redirected: the console writes to whatever sys.stdout is when it writes, and
+    # a redirected sys.stdout writes back to the console
+    live = (
+        None
+        if (as_json or not out.is_terminal)
+        else Live(console=out, auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
+    )
     view = _View(controller, live, as_json)
     decided: Decision | None = None
     try:
@@ -211,7 +217,7 @@ def _table(controller: Rollout, decided: Decision) -> Any:
     table = Table(title=f"shim rollout {controller.task}", show_header=True)
     table.add_column("what")
     table.add_column("now", justify="right")
-    table.add_column("needs", justify="right")
+    table.add_column("needs")
     if step is not None:
         table.add_row(
             "step",
@@ -241,13 +247,14 @@ def _table(controller: Rollout, decided: Decision) -> Any:
         bound = found["bounds"][side]
         table.add_row(name, f"{math.exp(bound) if logged else bound:.4f}", f"{line:.4f}")
     p95 = evidence.get("p95_ms")
-    if p95 is not None and None not in (p95["candidate"][0], p95["legacy"][1]):
-        low = p95["candidate"][0] / p95["legacy"][1]
-        line = f"rolls back over {gates.max_latency_ratio_p95:.2f}"
-        table.add_row("p95 latency ratio (lower)", f"{low:.2f}", line)
+    if p95 is not None:  # "-" until there are pairs enough to bound a p95
+        low, high = p95["candidate"][0], p95["legacy"][1]
+        now = "-" if low is None or high is None else f"{low / high:.2f}"
+        over = f"rolls back over {gates.max_latency_ratio_p95:.2f}"
+        table.add_row("p95 latency ratio (lower)", now, over)
     cost = evidence.get("cost_ratio")
     if cost is not None and gates.max_cost_ratio is not None:
-        line = f"rolls back over {gates.max_cost_ratio:.2f}"
-        table.add_row("cost per call ratio", f"{cost['ratio']:.2f}", line)
+        over = f"rolls back over {gates.max_cost_ratio:.2f}"
+        table.add_row("cost per call ratio", f"{cost['ratio']:.2f}", over)
     table.add_row("decision", decided.action, "; ".join(decided.reasons)[:120])
     return table
