@@ -24,6 +24,9 @@ EXPECT: dict[str, list[str]] = {
         "PROMOTE",
         "-> live (serve 100 %",
         "refused (exit 1)",
+        "kiwi.ocr: start (step 0 of 1)",
+        "kiwi.ocr: advance (step 1 of 1): every gate passed",
+        "rollout complete",
     ],
     "shadow-spend": ["skipped for budget", "task path spent"],
 }
