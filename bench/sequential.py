@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from shim.analysis.policy import Gates
-from shim.analysis.sequential import ALPHA, StageTests
+from shim.analysis.sequential import ALPHA
+from shim.analysis.stage_tests import StageTests
 from shim.analysis.stats import wilson
 
 STEP = 50

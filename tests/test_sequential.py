@@ -9,7 +9,8 @@ import statistics
 
 import pytest
 
-from shim.analysis.sequential import ALPHA, Paired, Running, Sample, StageTests, sequence_bounds
+from shim.analysis.sequential import ALPHA, Paired, Running, Sample, sequence_bounds
+from shim.analysis.stage_tests import StageTests
 
 
 def test_running_figures_are_the_sample_mean_and_variance() -> None:

@@ -180,8 +180,27 @@ def test_content_that_gets_worse_breaches_on_min_quality_and_equal_never() -> No
     assert not any(watch.feed(row) for row in good)
     worse = scored(stream(rng, 400, 0), 0.80)  # shapes and errors as before: only content
     breaches = [b for row in worse if (b := watch.feed(row)) is not None]
-    assert breaches and "vs min_quality 0.950" in breaches[0].reasons[0]
+    assert breaches and breaches[0].reasons[0].startswith("quality 0.9")
+    assert "under min_quality 0.950" in breaches[0].reasons[0]
     assert not any(Watch().feed(row) for row in worse), "no min_quality: content not read"
+    # a candidate as good as legacy, whose own answers differ as much (noise runs):
+    # read against that noise, never a breach
+    noisy = scored(stream(rng, 1500, 0), 0.85)
+    for row in noisy[::5]:
+        row["structure"]["noise"] = {"score": 0.85 + rng.uniform(-0.05, 0.05)}
+    watch = Watch(policy)
+    assert not any(watch.feed(row) for row in noisy)
+    # without noise runs the same scores are read as they are: under the line
+    watch = Watch(policy)
+    plain = [b for row in scored(stream(rng, 1500, 0), 0.85) if (b := watch.feed(row))]
+    assert plain and "relative" not in plain[0].reasons[0]
+    # and a candidate worse than legacy's noise is told as such
+    worse_than_noise = scored(stream(rng, 1500, 0), 0.70)
+    for row in worse_than_noise[::5]:
+        row["structure"]["noise"] = {"score": 0.85 + rng.uniform(-0.05, 0.05)}
+    watch = Watch(policy)
+    found = [b for row in worse_than_noise if (b := watch.feed(row))]
+    assert found and "relative to legacy's own noise" in found[0].reasons[0]
 
 
 def test_a_score_too_large_for_a_float_is_read_not_a_crash() -> None:

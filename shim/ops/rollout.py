@@ -11,8 +11,9 @@ order:
 1. stops if the flags moved under it (someone rolled the task back, or promoted it:
    theirs is the last word, never overwritten);
 2. rolls back (to the plan's ``on_breach``) when a bound crosses a rollback line (the
-   error increase, the mismatch rate, the typical and the p95 latency ratio and, with
-   prices and ``max_cost_ratio``, the cost per call);
+   error increase, the mismatch rate, with ``min_quality`` the content score, the
+   typical and the p95 latency ratio and, with prices and ``max_cost_ratio``, the cost
+   per call);
 3. holds while the step's soak time, its pairs, or a promotion gate (the bound on the
    error increase, the mismatch rate, the typical latency ratio and, with
    ``min_quality``, the content score) is short; a step that compares nothing
@@ -23,7 +24,7 @@ order:
 Every decision but a hold is a ``shim.rollout`` record (``action``: ``start``,
 ``advance``, ``await_approval``, ``rollback``, ``complete``, ``stopped``,
 ``webhook_failed``; the evidence it used) and is told to the plan's webhook; so is the
-first hold of each step (``hold``, with what it waits for), which is not recorded.The state
+first hold of each step (``hold``, with what it waits for), which is not recorded. The state
 is the flags and the log: a controller started again reads the log from its start and
 takes up the same step with the same evidence.
 """
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from shim.analysis.policy import Gates, Policy
-from shim.analysis.sequential import StageTests
+from shim.analysis.stage_tests import StageTests
 from shim.flags import FlagState
 from shim.flags.store import Change, FlagStore, Setting, setting_of
 from shim.ops.promote import OpsError, record
@@ -121,20 +122,9 @@ class Rollout:
         if self.since is not None and made is not None and made < self.since:
             return  # from before the step began, read late (another log, read after)
         try:
-            legacy, candidate = rec["legacy"], rec["candidate"]
-            match = (rec.get("structure") or {}).get("match")
-            quality = rec.get("quality")
-            score = quality.get("score") if isinstance(quality, dict) else None
-            self.tests.add(
-                bool(legacy["ok"]),
-                bool(candidate["ok"]),
-                match if isinstance(match, bool) else None,
-                score if isinstance(score, int | float) and not isinstance(score, bool) else None,
-                legacy.get("latency_ms"),
-                candidate.get("latency_ms"),
-                *self.policy.costs(legacy, candidate, self.gates),
-            )
-        except (KeyError, TypeError, AttributeError, OverflowError):
+            costs = self.policy.costs(rec.get("legacy"), rec.get("candidate"), self.gates)
+            self.tests.add_record(rec, *costs)
+        except (KeyError, TypeError, AttributeError):
             return
 
     def _read_back(self, rec: dict[str, Any]) -> None:
@@ -193,6 +183,7 @@ class Rollout:
             error_increase=self.gates.rollback_error_increase,
             mismatch=self.gates.rollback_mismatch,
             latency_ratio=self.gates.max_latency_ratio_p50,
+            min_quality=self.gates.min_quality,
             p95_ratio=self.gates.max_latency_ratio_p95,
             cost_ratio=self.gates.max_cost_ratio,
         )

@@ -1,16 +1,17 @@
 """``shim watch``: follow a comparison log and roll a task back when it breaches.
 
 :class:`Watch` is the I/O-free core: feed it records, it evaluates each task every
-``watch_step`` new pairs. The error increase, the mismatch rate, the typical latency
-ratio (against ``max_latency_ratio_p50``), the p95 latency ratio (against
+``watch_step`` new pairs. The error increase, the mismatch rate, the content score
+(``min_quality``, relative to legacy's own noise where noise runs say it), the typical
+latency ratio (against ``max_latency_ratio_p50``), the p95 latency ratio (against
 ``max_latency_ratio_p95``) and, with prices, the cost per call (``max_cost_ratio``) are
-tested on the task's stage with always-valid bounds (:mod:`shim.analysis.sequential`),
-started again every :data:`EPOCH_PAIRS` pairs with a share of alpha that shrinks as
-1/k^2: one crossing is a breach, and however long a stage is watched, false rollbacks
-stay at 5 %. Routing errors, content quality (read against
-legacy's noise) and judge verdicts are read over the last ``watch_window`` pairs, a
-breach after ``watch_consecutive`` failing evaluations in a row or ``watch_cumulative``
-in the stage. It counts what it read and evaluated, so a one-off run can tell "no
+tested on the task's stage with always-valid bounds
+(:class:`~shim.analysis.stage_tests.StageTests`), started again every
+:data:`EPOCH_PAIRS` pairs with a share of alpha that shrinks as 1/k^2: one crossing is a
+breach, and however long a stage is watched, false rollbacks stay at 5 %. Routing
+errors and judge verdicts are read over the last ``watch_window`` pairs, a breach after
+``watch_consecutive`` failing evaluations in a row or ``watch_cumulative`` in the stage.
+It counts what it read and evaluated, so a one-off run can tell "no
 breach" from "nothing to judge". :func:`wait_for_log` waits for a log
 to appear; :func:`follow` reads a growing log, across rotation.
 :func:`auto_rollback` acts on a breach: one read-modify-write under the flag store's
@@ -32,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 from shim.analysis.log_lines import MAX_LINE_BYTES
 from shim.analysis.policy import Gates, Policy
 from shim.analysis.report_judge import judge_gate, judge_summary
-from shim.analysis.report_quality import quality_gate, quality_summary
-from shim.analysis.sequential import ALPHA, StageTests
+from shim.analysis.sequential import ALPHA
+from shim.analysis.stage_tests import StageTests
 
 if TYPE_CHECKING:
     from shim.flags.store import Change, FlagStore
@@ -66,9 +67,9 @@ class Breach:
 
 @dataclass
 class _TaskWatch:
-    #: per pair: legacy ok, candidate ok, structure match, routing error, content
-    #: score, legacy's noise score (None: none)
-    window: deque[tuple[bool, bool, bool | None, bool, float | None, float | None]]
+    #: the last ``watch_window`` pairs: whether the task path went where the
+    #: configuration does not send it (a routing error)
+    window: deque[bool]
     #: the last ``watch_window`` judge verdicts (see _judged): a judge reads a sample,
     #: so its verdicts get a window of their own, as long as the pairs'
     judged: deque[tuple[str, int | None]]
@@ -121,26 +122,16 @@ class Watch:
             state.restart()
             state.stage = stage
         try:
-            legacy, candidate = record["legacy"], record["candidate"]
-            structure, model = record.get("structure") or {}, record.get("model") or {}
-            pair = (
-                bool(legacy["ok"]),
-                bool(candidate["ok"]),
-                structure.get("match"),
-                bool(model.get("routing_error")),
-                _score(record.get("quality")),
-                _score(structure.get("noise")),
-            )
-            match = pair[2] if isinstance(pair[2], bool) else None
-            latencies = legacy.get("latency_ms"), candidate.get("latency_ms")
-            costs = self.policy.costs(legacy, candidate, gates)
-            state.tests.add(pair[0], pair[1], match, None, *latencies, *costs)
-            state.window.append(pair)
-            verdict = _judged(record.get("judge"))
-            if verdict is not None:
-                state.judged.append(verdict)
-        except (KeyError, TypeError):
+            model = record.get("model") or {}
+            routing = bool(model.get("routing_error"))
+            costs = self.policy.costs(record["legacy"], record["candidate"], gates)
+            state.tests.add_record(record, *costs)
+        except (KeyError, TypeError, AttributeError):
             return None
+        state.window.append(routing)
+        verdict = _judged(record.get("judge"))
+        if verdict is not None:
+            state.judged.append(verdict)
         self.records += 1
         state.since_eval += 1
         if state.since_eval < gates.watch_step or len(state.window) < gates.watch_step:
@@ -153,6 +144,7 @@ class Watch:
         crossed = state.tests.breaches(
             error_increase=gates.rollback_error_increase,
             mismatch=gates.rollback_mismatch,
+            min_quality=gates.min_quality,
             latency_ratio=gates.max_latency_ratio_p50,
             p95_ratio=gates.max_latency_ratio_p95,
             cost_ratio=gates.max_cost_ratio,
@@ -181,8 +173,7 @@ class Watch:
 
     @staticmethod
     def _failing(state: _TaskWatch, gates: Gates) -> list[str]:
-        """What the last window crosses: routing errors, quality, judge verdicts."""
-        rows = list(state.window)
+        """What the last window crosses: routing errors, judge verdicts."""
         reasons = list(
             gates.rollback_reasons(  # errors and mismatches: the always-valid tests'
                 pairs=0,
@@ -190,32 +181,14 @@ class Watch:
                 candidate_errors=0,
                 compared=0,
                 mismatches=0,
-                routing_errors=sum(r[3] for r in rows),
+                routing_errors=sum(state.window),
             )
         )
-        if gates.min_quality is not None:
-            quality = [r[4] for r in rows if r[4] is not None]
-            noise = [r[5] for r in rows if r[5] is not None]
-            found = quality_gate(
-                quality_summary(_sums("quality", quality) | _sums("noise", noise)), gates
-            )
-            if found is not None and found[0] == "rollback":
-                reasons.append(found[1])
         if gates.max_judge_loss is not None:
             found = judge_gate(judge_summary(_judge_counts(list(state.judged))), gates)
             if found is not None and found[0] == "rollback":
                 reasons.append(f"{found[1]} (the last {len(state.judged)} verdicts)")
         return reasons
-
-
-def _sums(name: str, scores: list[float]) -> dict[str, float]:
-    """The sums :func:`~shim.analysis.report_quality.quality_summary` reads, as the
-    report's query makes them."""
-    return {
-        f"{name}_n": len(scores),
-        f"{name}_sum": sum(scores),
-        f"{name}_sumsq": sum(x * x for x in scores),
-    }
 
 
 def _judged(part: Any) -> tuple[str, int | None] | None:
@@ -243,17 +216,6 @@ def _judge_counts(judged: list[tuple[str, int | None]]) -> dict[str, int]:
         "judge_first": positions.count(1),
         "judge_second": positions.count(-1),
     }
-
-
-def _score(part: Any) -> float | None:
-    """A record's ``quality.score`` (or ``structure.noise.score``) in [0, 1], if any."""
-    score = part.get("score") if isinstance(part, dict) else None
-    if isinstance(score, bool) or not isinstance(score, int | float) or score != score:
-        return None
-    try:
-        return min(1.0, max(0.0, float(score)))
-    except OverflowError:  # an integer of hundreds of digits: past either end
-        return 1.0 if score > 0 else 0.0
 
 
 def auto_rollback(breach: Breach, store: FlagStore, log: Path | None) -> Change | None:
