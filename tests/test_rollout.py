@@ -106,9 +106,11 @@ def look(rollout: Rollout, tail: LogTail) -> Any:
     return rollout.decide()
 
 
-def decisions(log: Path) -> list[dict[str, Any]]:
+def decisions(log: Path, every: bool = False) -> list[dict[str, Any]]:
+    """The rollout's records (without ``every``: its transitions, no take-up or hold)."""
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    return [r for r in rows if r["event"] == "shim.rollout"]
+    rows = [r for r in rows if r["event"] == "shim.rollout"]
+    return rows if every else [r for r in rows if r["action"] not in ("take_up", "hold")]
 
 
 def test_healthy_traffic_walks_the_plan_to_the_end(tmp_path: Path) -> None:
@@ -285,6 +287,37 @@ def test_evidence_from_many_logs_is_taken_by_when_it_was_made(tmp_path: Path) ->
     assert held.step == 2 and again.tests.errors.n == 100, "25 %'s pairs, not 5 %'s"
 
 
+def test_run_once_a_minute_by_a_scheduler_it_soaks_and_tells_as_one_controller(
+    tmp_path: Path, receiver: tuple[str, list[dict[str, Any]], list[int]]
+) -> None:
+    """``--once`` from cron: each run is a new controller reading the log. The soak
+    counts from the take-up record, not from each run; a step's hold is told once."""
+    url, got, _ = receiver
+    hook = {"webhook": {"url": url, "timeout": 2, "retries": 0}}
+    first, clock, traffic, store, _ = setup(tmp_path, PLAN | hook)
+    log = tmp_path / "comparisons.jsonl"
+
+    def run_once() -> Any:
+        again = Rollout(TASK, first.plan, store, log, clock=clock, policy=POLICY)
+        return look(again, LogTail([log]))
+
+    traffic.add(300, "shadow")
+    clock.now += 30
+    held = run_once()
+    assert held.action == "hold" and held.reasons == ("soaked 30 of 60 s",)
+    clock.now += 40
+    assert run_once().action == "advance"
+    assert run_once().action == "hold"
+    assert run_once().action == "hold"
+    assert [g["action"] for g in got] == ["take_up", "hold", "advance", "hold"]
+    assert [r["action"] for r in decisions(log, every=True)] == [
+        "take_up",
+        "hold",
+        "advance",
+        "hold",
+    ]
+
+
 def test_confirm_waits_for_an_approval_of_each_step(tmp_path: Path) -> None:
     rollout, clock, traffic, store, tail = setup(tmp_path, PLAN | {"confirm": True})
     traffic.add(300, "shadow")
@@ -338,8 +371,8 @@ def test_the_webhook_hears_every_transition_and_a_failing_one_stops_nothing(
     clock.now += 601
     assert look(rollout, tail).action == "complete"
     told = [g["action"] for g in got]
-    assert told == ["hold", "advance", "advance", "advance", "hold", "complete"]
-    assert got[0]["reason"] == "soaked 0 of 60 s; 0 of 200 pairs" and got[0]["step"] == 0
+    assert told == ["take_up", "hold", "advance", "advance", "advance", "hold", "complete"]
+    assert got[1]["reason"] == "soaked 0 of 60 s; 0 of 200 pairs" and got[1]["step"] == 0
     assert got[-1]["to"] == {"serve": 100, "shadow": 10, "stage": "live"}
     actions = [r["action"] for r in decisions(tmp_path / "comparisons.jsonl")]
     assert actions == ["advance", "webhook_failed", "advance", "complete"]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from shim import flags
@@ -48,8 +49,23 @@ def test_a_task_that_starts_failing_breaches_within_one_window() -> None:
     # an always-valid bound over the stage's pairs: one crossing is enough
     assert breach.task == "kiwi.meal_plan" and breach.consecutive == 1
     assert breach.reasons[0].startswith("candidate error rate higher by ")
-    assert re.search(r"always-valid 9\d % over", breach.describe())
+    assert re.search(r"always-valid 9[\d.]+ % over", breach.describe())
     assert breach.pairs == first + 1
+
+
+def test_records_that_are_not_pairs_leave_the_stage_and_its_evidence_alone() -> None:
+    """A line of another shape every tenth record (no stage, no paths): the failing
+    stretch still breaches, on the evidence before and after each."""
+    rows = stream(random.Random(1), healthy=600, failing=400)
+    mixed: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        mixed.append(row)
+        if i % 10 == 0:
+            mixed.append({"event": "shim.comparison", "schema": 1, "product": "kiwi",
+                          "task": "meal_plan", "stage": None})  # fmt: skip
+    watch = Watch()
+    breaches = [b for row in mixed if (b := watch.feed(row)) is not None]
+    assert breaches and breaches[0].pairs > 600, "the stage's pairs, all of them"
 
 
 def test_healthy_traffic_never_breaches() -> None:
@@ -89,12 +105,18 @@ def test_a_slower_tail_or_a_dearer_path_breaches_and_prices_decide_the_cost() ->
         watch = Watch(policy)
         breaches = [b for row in rows if (b := watch.feed(row)) is not None]
         assert breaches and [r.split(":")[0] for r in breaches[0].reasons] == [said]
-    # without prices the cost is not known, and nothing is said of it
+    # a model without a price is not free: its pairs are left out of the cost test
+    unpriced = Policy.model_validate(
+        {"defaults": {"max_cost_ratio": 1.25}, "prices": {"m": {"input_per_1k": 0.01}}}
+    )
     rows = stream(random.Random(8), 3000, 0)
     for row in rows:
         _dearer(row)
-    watch = Watch(Policy.model_validate({"defaults": {"max_cost_ratio": 1.25}}))
+    watch = Watch(unpriced)
     assert not any(watch.feed(row) for row in rows)
+    # and a cost line without prices is a mistake, said when the policy is read
+    with pytest.raises(ValueError, match="max_cost_ratio needs prices"):
+        Policy.model_validate({"tasks": {"kiwi.ocr": {"max_cost_ratio": 1.25}}})
 
 
 def test_a_b_a_a_stage_watched_a_long_time_does_not_breach_on_noise() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, TypeGuard
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, wilson
 from shim.base.errors import ConfigError
@@ -165,8 +165,8 @@ class Policy(BaseModel):
     prices: dict[str, Price] = {}
 
     def call_cost(self, side: Any) -> float | None:
-        """What a record's path (``legacy`` or ``candidate``) cost at ``prices``: 0 for a
-        model without a price, None without prices or a usable latency."""
+        """What a record's path (``legacy`` or ``candidate``) cost at ``prices``; None
+        without a price for its model (unknown, not free) or a usable latency."""
         if not self.prices or not isinstance(side, dict):
             return None
         latency = side.get("latency_ms")
@@ -175,8 +175,18 @@ class Policy(BaseModel):
         price = self.prices.get(str(side.get("model")))
         usage = side.get("usage")
         if price is None:
-            return 0.0
+            return None
         return price.of(usage if isinstance(usage, dict) else {}, float(latency))
+
+    @model_validator(mode="after")
+    def _priced(self) -> Policy:
+        tasks = [t for t, o in self.tasks.items() if (o or {}).get("max_cost_ratio") is not None]
+        if (self.defaults.max_cost_ratio is not None or tasks) and not self.prices:
+            raise ValueError(
+                "max_cost_ratio needs prices: add `prices:` with each model's "
+                "input_per_1k, output_per_1k and gpu_hour (or take max_cost_ratio out)"
+            )
+        return self
 
     def costs(self, legacy: Any, candidate: Any, gates: Gates) -> tuple[float | None, ...]:
         """Both paths' costs for the cost test; (None, None) where ``gates`` test no cost."""

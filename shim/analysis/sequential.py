@@ -22,17 +22,18 @@ used for one-sided decisions too (at most ``alpha`` to leave on either side), wh
 errs on the side of not rolling back.
 
 Two tests are built on it. *A quantile* (the p95 latency) gets bounds from order
-statistics: the share of observations at or under the true ``q``-quantile is a running
-mean of Bernoulli(``q``) draws, so a confidence sequence for that share around ``q``
-(variance ``q (1 - q)``, known) turns into a low and a high order statistic that hold
-the quantile at every sample size (the construction of Howard and Ramdas, "Sequential
-estimation of quantiles with applications to A/B-testing and best-arm identification",
-Bernoulli 28(3), 2022). The task path's p95 is over ``ratio`` times legacy's when the
-low bound of the one lies past ``ratio`` times the high bound of the other, each at
-``alpha / 2``. *A ratio of means* (cost per call) is a mean too: the task path costs
-over ``ratio`` times legacy's when the pairs' ``task - ratio * legacy`` has a mean
-over 0, read in units of the first legacy cost of the stage so that the bounds do not
-depend on the currency.
+statistics, as Howard and Ramdas build them ("Sequential estimation of quantiles with
+applications to A/B-testing and best-arm identification", Bernoulli 28(3), 2022): the
+share of observations at or under the true ``q``-quantile is a running mean of
+Bernoulli(``q``) draws, so a confidence sequence for that share around ``q`` turns into a
+low and a high order statistic that hold the quantile at every sample size. The share's
+sequence is theirs too: where a beta-binomial mixture of likelihood ratios stays under
+``1 / alpha``, which holds at every sample size, not only asymptotically.
+
+*A ratio of means* (cost per call) is a mean too: the task path costs over ``ratio``
+times legacy's when the pairs' ``task - ratio * legacy`` has a mean over 0, read in
+units of the first legacy cost of the stage so that the bounds do not depend on the
+currency.
 """
 
 from __future__ import annotations
@@ -73,15 +74,18 @@ class Running:
 
 
 def sequence_bounds(
-    run: Running, alpha: float = ALPHA, tuned_for: int = TUNED_FOR
+    run: Running, alpha: float = ALPHA, tuned_for: int = TUNED_FOR, floor: float = 0.0
 ) -> tuple[float, float] | None:
     """The confidence sequence's (low, high) for the mean after ``run.n``
     observations; None before the first. The bounds are tightest at ``tuned_for``
     observations when the variance is about ``run.spread``; any fixed guess keeps them
-    valid (one read from the data would not), a good one makes them narrower."""
+    valid (one read from the data would not), a good one makes them narrower.
+    ``floor``: the least variance taken, whatever the sample's: a share ``p`` tested
+    against a line has at least ``line (1 - line)`` there, and a rare event's sample
+    variance (0 before the first) would make the bound far too narrow."""
     if run.n == 0:
         return None
-    radius = _radius(run.n, run.variance, alpha, tuned_for, run.spread)
+    radius = _radius(run.n, max(run.variance, floor), alpha, tuned_for, run.spread)
     return run.mean - radius, run.mean + radius
 
 
@@ -96,41 +100,76 @@ def _radius(n: int, variance: float, alpha: float, tuned_for: int, expected: flo
 
 @dataclass(slots=True)
 class Sample:
-    """Every observation kept, for always-valid bounds on a quantile."""
+    """Positive observations (latencies), counted in buckets 1 % wide, for always-valid
+    bounds on a quantile in memory that does not grow with their number: a bound is
+    the edge of its order statistic's bucket on the safe side (the low edge for a low
+    bound, the high edge for a high one), so it is at most 1 % wider."""
 
-    values: list[float] = field(default_factory=list)
-    _sorted: bool = True
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
+    counts: dict[int, int] = field(default_factory=dict)
+    n: int = 0
 
     def add(self, x: float) -> None:
-        """Take one observation."""
-        self.values.append(x)
-        self._sorted = False
+        """Take one observation (positive and finite)."""
+        bucket = math.floor(math.log(x) / _LOG_STEP)
+        self.counts[bucket] = self.counts.get(bucket, 0) + 1
+        self.n += 1
 
-    def quantile_bounds(
-        self, q: float, alpha: float = ALPHA, tuned_for: int = TUNED_FOR
-    ) -> tuple[float, float] | None:
+    def quantile_bounds(self, q: float, alpha: float = ALPHA) -> tuple[float, float] | None:
         """(low, high) holding the ``q``-quantile at every sample size with chance
-        ``1 - alpha`` (-inf or inf where too few observations reach that far); None
-        before the first."""
-        n = len(self.values)
+        ``1 - alpha`` (0 or inf where too few observations reach that far); None before
+        the first."""
+        n = self.n
         if n == 0:
             return None
-        if not self._sorted:
-            self.values.sort()
-            self._sorted = True
-        variance = q * (1.0 - q)
-        radius = _radius(n, variance, alpha, tuned_for, expected=variance)
-        # at least ceil(n (q - r)) observations lie at or under the quantile, and at
-        # most floor(n (q + r)) under it: those order statistics (from 1) bound it
-        low_k = math.ceil(n * (q - radius))
-        high_k = math.floor(n * (q + radius)) + 1
-        low = self.values[low_k - 1] if low_k >= 1 else -math.inf
-        high = self.values[high_k - 1] if high_k <= n else math.inf
+        at_least, at_most = _share_counts(n, q, alpha)
+        # at least ``at_least`` observations lie at or under the quantile, and at most
+        # ``at_most`` under it: those order statistics (from 1) bound it
+        low_k, high_k = at_least, at_most + 1
+        low, high = 0.0, math.inf
+        seen = 0
+        for bucket in sorted(self.counts):
+            before, seen = seen, seen + self.counts[bucket]
+            if before < low_k <= seen:
+                low = math.exp(bucket * _LOG_STEP)
+            if before < high_k <= seen:
+                high = math.exp((bucket + 1) * _LOG_STEP)
+                break
         return low, high
+
+
+def _share_counts(n: int, q: float, alpha: float) -> tuple[int, int]:
+    """The counts a Bernoulli(``q``) sum of ``n`` draws stays within at every ``n`` with
+    chance ``1 - alpha``: where the beta-binomial mixture of likelihood ratios (a
+    martingale, mean ``q``, :data:`_PRIOR_WEIGHT` draws' worth of prior) stays under
+    ``1 / alpha`` (Ville). It is convex in the count: a binary search on each side of
+    its low point finds the ends."""
+    a, b = q * _PRIOR_WEIGHT, (1.0 - q) * _PRIOR_WEIGHT
+    base = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) - math.lgamma(a + b + n)
+    log_q, log_p = math.log(q), math.log(1.0 - q)
+    line = math.log(1.0 / alpha)
+
+    def inside(s: int) -> bool:
+        mixture = math.lgamma(a + s) + math.lgamma(b + n - s) + base
+        return mixture - s * log_q - (n - s) * log_p < line
+
+    middle = min(n, max(0, round(n * q)))
+    low, high = 0, middle
+    while low < high:  # the least count inside
+        mid = (low + high) // 2
+        low, high = (low, mid) if inside(mid) else (mid + 1, high)
+    least = low
+    low, high = middle, n
+    while low < high:  # the greatest count inside
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if inside(mid) else (low, mid - 1)
+    return least, low
+
+
+#: The beta-binomial mixture's prior, in draws: the bounds are tightest at a few
+#: hundred to a few thousand observations.
+_PRIOR_WEIGHT = 50.0
+#: The width of a :class:`Sample`'s buckets, as a log: 1 %.
+_LOG_STEP = math.log(1.01)
 
 
 @dataclass(slots=True)
@@ -148,11 +187,12 @@ class Paired:
     unit: float | None = None
 
     def add(self, x: float, y: float) -> None:
-        """Take one pair."""
+        """Take one pair; the first with a positive y sets the unit and is left out,
+        so that the unit is fixed before the pairs the bounds rest on."""
         if self.unit is None:
-            if y <= 0:
-                return  # nothing to measure by yet: a stage's first costs may be 0
-            self.unit = y
+            if y > 0:
+                self.unit = y
+            return
         x, y = x / self.unit, y / self.unit
         self.n += 1
         dx, dy = x - self.mean_x, y - self.mean_y

@@ -16,12 +16,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from shim.analysis.report_quality import MIN_SCORES
 from shim.analysis.sequential import ALPHA, Paired, Running, Sample, sequence_bounds
 
 __all__ = ["MIN_NOISE_RUNS", "StageTests", "score_of"]
 
-#: Noise runs enough for the content score to be read relative to legacy's own noise.
-MIN_NOISE_RUNS = 30
+#: Noise runs enough for the content score to be read relative to legacy's own noise
+#: (as ``shim report`` reads it).
+MIN_NOISE_RUNS = MIN_SCORES
 
 
 @dataclass(slots=True)
@@ -72,8 +74,10 @@ class StageTests:
         legacy, candidate = _ms(legacy_ms), _ms(candidate_ms)
         if not (legacy_ok and candidate_ok):
             return
-        if legacy is not None and candidate is not None:
-            self.latency.add(math.log(candidate / legacy))
+        ratio = candidate / legacy if legacy is not None and candidate is not None else 0.0
+        if 0.0 < ratio < math.inf:  # 5e-324 ms is positive, and its ratio is not finite
+            assert legacy is not None and candidate is not None
+            self.latency.add(math.log(ratio))
             self.legacy_ms.add(legacy)
             self.candidate_ms.add(candidate)
         if legacy_cost is not None and candidate_cost is not None:
@@ -90,10 +94,14 @@ class StageTests:
         cost_ratio: float | None = None,
         alpha: float = ALPHA,
     ) -> list[str]:
-        """Why the stage crosses a rollback line, each by an always-valid bound at
-        ``alpha``; empty when none does. A line given as None is not tested."""
+        """Why the stage crosses a rollback line, each by an always-valid bound;
+        empty when none does. A line given as None is not tested; ``alpha`` is shared
+        out evenly over the lines given, so that the chance of any false rollback over
+        the stage is at most ``alpha`` however many are."""
+        lines = (error_increase, mismatch, min_quality, latency_ratio, p95_ratio, cost_ratio)
+        alpha /= max(1, sum(line is not None for line in lines))
         reasons = []
-        pct, level = _pct, f"{(1 - alpha) * 100:.0f} %"
+        pct, level = _pct, f"{(1 - alpha) * 100:.1f} %"
         found = sequence_bounds(self.errors, alpha)
         if error_increase is not None and found and found[0] > error_increase:
             reasons.append(
@@ -124,7 +132,7 @@ class StageTests:
                 f"{self.latency.n:,} pairs), over the {latency_ratio:.2f} line"
             )
         if p95_ratio is not None:
-            reasons += self._p95(p95_ratio, alpha, level)
+            reasons += self._p95(p95_ratio, alpha)
         found = self.cost.excess(cost_ratio, alpha) if cost_ratio is not None else None
         if cost_ratio is not None and found and found[0] > 0:
             ratio = self.cost.mean_x / self.cost.mean_y if self.cost.mean_y > 0 else math.inf
@@ -156,9 +164,17 @@ class StageTests:
             ("typical latency ratio", self.latency, log_line, True),
             ("quality", self.quality, min_quality, False),
         ):
-            bounds = sequence_bounds(run, alpha)
-            if run is self.quality and (relative := self.quality_bounds(alpha)) is not None:
-                bounds = relative[:2]
+            # a rate at its line varies at least as a Bernoulli there does: a rare
+            # event's sample variance (0 before the first) would pass it too soon
+            rate = run is self.errors or run is self.mismatches
+            floor = line * (1 - line) if rate and line is not None and 0 < line < 1 else 0.0
+            bounds = sequence_bounds(run, alpha, floor=floor)
+            if run is self.quality and line is not None and bounds is not None:
+                scored = self.quality_bounds(alpha)
+                if scored is None:
+                    short.append(f"quality: {self.noise.n} of {MIN_NOISE_RUNS} noise runs")
+                    continue
+                bounds = scored[:2]
             if line is None or bounds is None:
                 continue
             bound = bounds[1] if upper else bounds[0]
@@ -173,8 +189,11 @@ class StageTests:
         """Bounds on the content score: with :data:`MIN_NOISE_RUNS` noise runs or more
         (and a noise score bounded above 0), on the score *relative* to legacy's own
         noise, capped at 1 (the score's low bound over the noise's high, and the other
-        way round, each at ``alpha / 2``; True last); with none, on the score itself;
-        None while noise runs come but are fewer (what noise is, is not known yet)."""
+        way round, each at ``alpha / 2``; True last); with none at all, on the score
+        itself; None while noise runs come but are fewer (legacy's noise is not known
+        yet: reading the score itself would roll back an equal candidate of a noisy
+        task). Noise runs measure legacy alone, so they are kept from step to step and
+        epoch to epoch (see :meth:`fresh`)."""
         if self.noise.n >= MIN_NOISE_RUNS:
             score = sequence_bounds(self.quality, alpha / 2)
             noise = sequence_bounds(self.noise, alpha / 2)
@@ -185,26 +204,27 @@ class StageTests:
         found = sequence_bounds(self.quality, alpha)
         return None if found is None else (found[0], found[1], False)
 
-    def add_record(
-        self, rec: dict[str, Any], legacy_cost: float | None = None,
-        candidate_cost: float | None = None,
-    ) -> None:  # fmt: skip
-        """Take a ``shim.comparison`` record's pair (KeyError or TypeError when it is
-        not one)."""
+    def fresh(self) -> StageTests:
+        """Tests for a new step or epoch: nothing of this one's pairs, but legacy's
+        noise runs, which say what legacy is whatever the task path does."""
+        return StageTests(noise=self.noise)
+
+    @staticmethod
+    def read_pair(rec: dict[str, Any]) -> dict[str, Any]:
+        """A ``shim.comparison`` record's pair, as :meth:`add` takes it (KeyError,
+        TypeError or AttributeError when the record is not one)."""
         legacy, candidate = rec["legacy"], rec["candidate"]
         structure = rec.get("structure") or {}
         match = structure.get("match")
-        self.add(
-            bool(legacy["ok"]),
-            bool(candidate["ok"]),
-            match if isinstance(match, bool) else None,
-            score_of(rec.get("quality")),
-            legacy.get("latency_ms"),
-            candidate.get("latency_ms"),
-            legacy_cost,
-            candidate_cost,
-            score_of(structure.get("noise")),
-        )
+        return {
+            "legacy_ok": bool(legacy["ok"]),
+            "candidate_ok": bool(candidate["ok"]),
+            "match": match if isinstance(match, bool) else None,
+            "score": score_of(rec.get("quality")),
+            "legacy_ms": legacy.get("latency_ms"),
+            "candidate_ms": candidate.get("latency_ms"),
+            "noise": score_of(structure.get("noise")),
+        }
 
     def summary(self, alpha: float = ALPHA) -> dict[str, Any]:
         """The tests' figures, for records: per mean its count, mean and bounds; the
@@ -220,9 +240,15 @@ class StageTests:
             if bounds is not None:
                 found[name] = {
                     "n": run.n,
-                    "mean": round(run.mean, 6),
-                    "bounds": [round(b, 6) for b in bounds],
+                    "mean": _finite(run.mean, 6),
+                    "bounds": [_finite(b, 6) for b in bounds],
                 }
+        scored = self.quality_bounds(alpha)
+        if "quality" in found:  # the bounds the gates read: relative to noise, or not
+            found["quality"]["relative"] = scored is not None and scored[2]
+            if scored is not None:
+                found["quality"]["bounds"] = [_finite(b, 6) for b in scored[:2]]
+            found["quality"]["noise_runs"] = self.noise.n
         p95 = {
             path: sample.quantile_bounds(0.95, alpha / 2)
             for path, sample in (("legacy", self.legacy_ms), ("candidate", self.candidate_ms))
@@ -239,7 +265,7 @@ class StageTests:
             }
         return found
 
-    def _p95(self, ratio: float, alpha: float, level: str) -> list[str]:
+    def _p95(self, ratio: float, alpha: float) -> list[str]:
         """The p95 test: the task path's low bound past ``ratio`` times legacy's high."""
         task = self.candidate_ms.quantile_bounds(0.95, alpha / 2)
         legacy = self.legacy_ms.quantile_bounds(0.95, alpha / 2)
@@ -248,7 +274,7 @@ class StageTests:
         return [
             f"task path slower in the tail: p95 at least {task[0]:.0f} ms against legacy's "
             f"at most {legacy[1]:.0f} ms (ratio at least {task[0] / legacy[1]:.2f}, "
-            f"always-valid {level} over {self.candidate_ms.n:,} pairs), over the "
+            f"always-valid {(1 - alpha) * 100:.1f} % over {self.candidate_ms.n:,} pairs), over the "
             f"{ratio:.2f} line"
         ]
 
@@ -264,9 +290,10 @@ def score_of(part: Any) -> float | None:
         return 1.0 if score > 0 else 0.0
 
 
-def _finite(x: float) -> float | None:
-    """A bound for JSON: None where it is infinite (too few observations yet)."""
-    return round(x, 3) if math.isfinite(x) else None
+def _finite(x: float, digits: int = 3) -> float | None:
+    """A figure for JSON: None where it is not finite (a bound too few observations
+    reach yet)."""
+    return round(x, digits) if math.isfinite(x) else None
 
 
 def _pct(x: float) -> str:

@@ -245,6 +245,10 @@ def _table(controller: Rollout, decided: Decision) -> Any:
         if found is None or line is None:
             continue
         bound = found["bounds"][side]
+        if bound is None:
+            continue
+        if key == "quality" and found.get("relative"):
+            name = "quality, relative to legacy's noise (lower)"
         table.add_row(name, f"{math.exp(bound) if logged else bound:.4f}", f"{line:.4f}")
     p95 = evidence.get("p95_ms")
     if p95 is not None:  # "-" until there are pairs enough to bound a p95

@@ -122,10 +122,11 @@ class Rollout:
         if self.since is not None and made is not None and made < self.since:
             return  # from before the step began, read late (another log, read after)
         try:
-            costs = self.policy.costs(rec.get("legacy"), rec.get("candidate"), self.gates)
-            self.tests.add_record(rec, *costs)
+            pair = StageTests.read_pair(rec)
         except (KeyError, TypeError, AttributeError):
             return
+        costs = self.policy.costs(rec["legacy"], rec["candidate"], self.gates)
+        self.tests.add(**pair, legacy_cost=costs[0], candidate_cost=costs[1])
 
     def _read_back(self, rec: dict[str, Any]) -> None:
         """A change record read back from the log: a new step's evidence begins (its
@@ -134,11 +135,16 @@ class Rollout:
         event, action = rec.get("event"), rec.get("action")
         if event == "shim.rollout" and action in ("stopped", "complete"):
             self.ended_by = f"the last rollout of {self.task} {action}"
+        if event == "shim.rollout" and action == "hold" and isinstance(rec.get("step"), int):
+            self.held = rec["step"]
         before, after = rec.get("from"), rec.get("to")
-        if not isinstance(after, dict) or before == after:
+        take_up = event == "shim.rollout" and action == "take_up"
+        if not isinstance(after, dict) or (before == after and not take_up):
             return
-        self.tests, self.since = StageTests(), _seconds(rec.get("ts"))
-        self.approved.clear()
+        if not take_up or rec.get("restarted"):
+            self.tests = self.tests.fresh()
+            self.approved.clear()
+        self.since, self.held = _seconds(rec.get("ts")), None
         try:
             self.last_to = Setting(int(after["serve"]), int(after["shadow"]))
         except (KeyError, TypeError, ValueError):
@@ -147,7 +153,7 @@ class Rollout:
             how = "automatically" if rec.get("automatic") else f"by {rec.get('who', 'someone')}"
             self.ended_by = f"{self.task} was rolled back ({how})"
         elif (
-            event == "shim.rollout" and action in ("start", "advance")
+            event == "shim.rollout" and action in ("start", "advance", "take_up")
         ) or event == "shim.promote":
             self.ended_by = None
 
@@ -170,15 +176,22 @@ class Rollout:
                 self.done = True
                 why = f"{self.ended_by}: nothing changed; to start again, add --fresh"
                 return Decision("stopped", step, (why,), True)
-            if self.last_to is not None and setting != self.last_to:
-                # changed where no record says when: this step's evidence starts now
-                self.tests, self.since, self.approved = StageTests(), None, set()
+            restarted = self.last_to is not None and setting != self.last_to
+            if restarted:  # changed where no record says when: the evidence starts now
+                self.tests, self.since, self.approved = self.tests.fresh(), None, set()
             self.expected = setting
             if step is None:
                 return self._move(setting, 0, "start", "the plan's first step")
+            if self.since is None or self.ended_by is not None:
+                # no record says when this step began (or a fresh rollout takes it up):
+                # one does now, so that a controller started again counts from it too
+                now = self.clock()
+                why = f"took up {self.task} at step {step}"
+                self._note(
+                    "take_up", setting, why, step=step, when=now, more={"restarted": restarted}
+                )
+                self.since, self.ended_by, self.held = now, None, None
         assert step is not None
-        if self.since is None:
-            self.since = self.clock()
         crossed = self.tests.breaches(
             error_increase=self.gates.rollback_error_increase,
             mismatch=self.gates.rollback_mismatch,
@@ -208,11 +221,10 @@ class Rollout:
         return self._move(setting, step + 1, "advance", "every gate passed")
 
     def _hold(self, setting: Setting, step: int, short: list[str]) -> Decision:
-        """Not yet: the webhook hears of the first hold of each step (not of every look)."""
+        """Not yet: the first hold of each step is recorded and told (not every look)."""
         if self.held != step:
             self.held = step
-            why = "; ".join(short)
-            self._tell("hold", setting, setting, why, self.evidence(), step)
+            self._note("hold", setting, "; ".join(short), step=step)
         return Decision("hold", step, tuple(short))
 
     def _setting(self, index: int) -> Setting:
@@ -260,8 +272,9 @@ class Rollout:
         step: int | None = None,
         done: bool = False,
     ) -> Decision:
-        """Set the task's flags (if they are still ``before``), record and tell."""
-        evidence = self.evidence()
+        """Set the task's flags (if they are still ``before``), record and tell; the
+        step begins when the change is made, as its record says (read back alike)."""
+        evidence, now = self.evidence(), self.clock()
         changes: list[Change] = []
 
         def plan(state: FlagState) -> dict[str, Setting]:
@@ -271,17 +284,17 @@ class Rollout:
 
         def then(applied: list[Change]) -> None:
             changes.extend(applied)
-            self._write(action, applied, why, evidence, step)
+            self._write(action, applied, why, evidence, step, now)
 
         try:
             self.store.update(plan, tasks=[self.task], on_applied=then)
         except _Moved:
-            now = setting_of(self.store.read([self.task]), self.task)
-            self.expected = now
-            return self._note("stopped", now, "the flags moved while changing them", done=True)
+            moved = setting_of(self.store.read([self.task]), self.task)
+            self.expected = moved
+            return self._note("stopped", moved, "the flags moved while changing them", done=True)
         if not changes:  # already there
-            self._write(action, [Change(self.task, before, after)], why, evidence, step)
-        self.expected, self.tests, self.since = after, StageTests(), self.clock()
+            self._write(action, [Change(self.task, before, after)], why, evidence, step, now)
+        self.expected, self.tests, self.since = after, self.tests.fresh(), now
         self.awaiting = self.held = None
         self.approved.clear()
         self.done = done
@@ -297,10 +310,13 @@ class Rollout:
         *,
         done: bool = False,
         step: int | None = None,
+        when: float | None = None,
+        more: dict[str, Any] | None = None,
     ) -> Decision:
         """A decision that changes no flag: recorded and told."""
         evidence = self.evidence()
-        self._write(action, [Change(self.task, setting, setting)], why, evidence, step)
+        same = [Change(self.task, setting, setting)]
+        self._write(action, same, why, evidence, step, when, more)
         self._tell(action, setting, setting, why, evidence, step)
         self.done = done
         return Decision(action, self.plan.index_of(setting.serve, setting.shadow), (why,), done)
@@ -312,24 +328,20 @@ class Rollout:
         why: str,
         evidence: dict[str, Any],
         step: int | None,
+        when: float | None = None,
+        more: dict[str, Any] | None = None,
     ) -> None:
         extra: dict[str, Any] = {
             "action": action,
             "steps": len(self.plan.steps),
             "evidence": evidence,
             "automatic": True,
+            **(more or {}),
         }
         if step is not None:
             extra["step"] = step
-        record(
-            "shim.rollout",
-            changes,
-            self.store,
-            self.log,
-            reason=why,
-            extra=extra,
-            when=self.clock(),
-        )
+        when = self.clock() if when is None else when
+        record("shim.rollout", changes, self.store, self.log, reason=why, extra=extra, when=when)
 
     def _tell(
         self,

@@ -87,7 +87,7 @@ class _TaskWatch:
         self.consecutive = self.cumulative = self.since_eval = 0
         self.window.clear()
         self.judged.clear()
-        self.tests, self.epoch = StageTests(), 0
+        self.tests, self.epoch = self.tests.fresh(), 0
 
 
 class Watch:
@@ -112,6 +112,11 @@ class Watch:
             return None
         task = f"{record.get('product')}.{record.get('task')}"
         gates = self.policy.for_task(task)
+        try:  # read first: a record that is not one leaves the stage as it is
+            pair = StageTests.read_pair(record)
+            routing = bool((record.get("model") or {}).get("routing_error"))
+        except (KeyError, TypeError, AttributeError):
+            return None
         state = self._tasks.get(task)
         if state is None:
             state = self._tasks[task] = _TaskWatch(
@@ -121,13 +126,8 @@ class Watch:
         if stage != state.stage:  # a new stage starts a new count
             state.restart()
             state.stage = stage
-        try:
-            model = record.get("model") or {}
-            routing = bool(model.get("routing_error"))
-            costs = self.policy.costs(record["legacy"], record["candidate"], gates)
-            state.tests.add_record(record, *costs)
-        except (KeyError, TypeError, AttributeError):
-            return None
+        costs = self.policy.costs(record["legacy"], record["candidate"], gates)
+        state.tests.add(**pair, legacy_cost=costs[0], candidate_cost=costs[1])
         state.window.append(routing)
         verdict = _judged(record.get("judge"))
         if verdict is not None:
@@ -151,7 +151,7 @@ class Watch:
             alpha=ALPHA * 6 / (math.pi**2 * (state.epoch + 1) ** 2),
         )
         if not crossed and state.tests.errors.n >= EPOCH_PAIRS:
-            state.tests, state.epoch = StageTests(), state.epoch + 1
+            state.tests, state.epoch = state.tests.fresh(), state.epoch + 1
         reasons = crossed + self._failing(state, gates)
         if not reasons:
             state.consecutive = 0
