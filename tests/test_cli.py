@@ -188,7 +188,7 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
     )
     took = time.monotonic() - started
     assert done.returncode == 0, done.stderr
-    assert took < 90, f"the story must fit in 90 s, took {took:.0f} s"
+    assert took < 150, f"the story must fit in 150 s, took {took:.0f} s"
     story = done.stdout
     first = story[story.index("2. What the comparisons say") : story.index("3. Ramp")]
     verdicts = {task: verdict for verdict, task in re.findall(r"│ (\w+) +│ (kiwi\.\w+)", first)}
@@ -200,10 +200,10 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
     assert re.search(r"kiwi\.meal_plan: judge: 0 wins, 0 losses", story)
     # meal_plan on autopilot: each rung advanced by the controller, then complete
     ramp = story[story.index("3. Ramp") : story.index("Drill:")]
-    advances = re.findall(r"kiwi\.meal_plan: advance \(step (\d) of 3\)", ramp)
-    assert advances == ["1", "2", "3"], ramp
-    assert "kiwi.meal_plan: complete (step 3 of 3)" in ramp and "exit code 0" in ramp
-    assert "kiwi.ocr: rollback (step 0 of 3): mismatch rate" in story
+    advances = re.findall(r"kiwi\.meal_plan: advance \(step (\d) of 2\)", ramp)
+    assert advances == ["1", "2"], ramp
+    assert "kiwi.meal_plan: complete (step 2 of 2)" in ramp and "exit code 0" in ramp
+    assert "kiwi.ocr: rollback (step 0 of 2): mismatch rate" in story
 
     rows = [json.loads(line) for line in (tmp_path / "comparisons.jsonl").read_text().splitlines()]
     compared = [r for r in rows if r["event"] == "shim.comparison"]
@@ -219,7 +219,8 @@ def test_demo_tells_the_whole_rollout(tmp_path: Path) -> None:
     assert streams and all(r["legacy"]["chunks"] > 3 < r["candidate"]["chunks"] for r in streams)
     assert re.search(r"kiwi\.recipe_generation: time to first chunk: p50", story)
     decided = [(r["task"], r["action"]) for r in rows if r["event"] == "shim.rollout"]
-    assert decided == [("meal_plan", "advance")] * 3 + [
+    transitions = [d for d in decided if d[1] not in ("take_up", "hold")]
+    assert transitions == [("meal_plan", "advance")] * 2 + [
         ("meal_plan", "complete"),
         ("ocr", "rollback"),
     ]

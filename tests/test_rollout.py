@@ -163,21 +163,21 @@ def test_a_regression_rolls_back_to_off_or_to_the_plans_step(tmp_path: Path) -> 
     assert step_of(store) == (0, 100)
 
 
-def _slow_tail(row: dict[str, Any]) -> None:
+def slow_tail(row: dict[str, Any]) -> None:
     """The task path's slowest tenth (legacy's times are 800 ms log-normal, sd 0.4)
     half as slow again: its p95 1.5 times legacy's, its typical time the same."""
     if row["legacy"]["latency_ms"] > 800 * math.exp(1.2816 * 0.4):
         row["candidate"]["latency_ms"] *= 1.5
 
 
-def _dearer(row: dict[str, Any]) -> None:
+def dearer(row: dict[str, Any]) -> None:
     """The task path resolves to a model priced twice as high."""
     row["candidate"]["model"] = "big"
     for side in ("legacy", "candidate"):
         row[side]["usage"] = {"input_tokens": 400, "output_tokens": 300}
 
 
-def _worse_content(row: dict[str, Any]) -> None:
+def worse_content(row: dict[str, Any]) -> None:
     """Answers shaped alike whose content scores 0.7 against legacy's."""
     row["quality"] = {"method": "json_fields", "score": 0.7}
 
@@ -185,9 +185,9 @@ def _worse_content(row: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("change", "said"),
     [
-        (_slow_tail, "task path slower in the tail: p95 at least"),
-        (_dearer, "task path dearer"),
-        (_worse_content, "quality 0.700 (at most 0.7"),
+        (slow_tail, "task path slower in the tail: p95 at least"),
+        (dearer, "task path dearer"),
+        (worse_content, "quality 0.700 (at most 0.7"),
     ],
 )
 def test_a_slower_tail_or_a_dearer_path_rolls_back(

@@ -20,7 +20,7 @@ from shim.cli.app import app
 from shim.ops.watch import Watch, follow
 
 from .test_report import record
-from .test_rollout import _dearer, _slow_tail
+from .test_rollout import dearer, slow_tail
 
 runner = CliRunner()
 
@@ -95,8 +95,8 @@ def test_a_slower_tail_or_a_dearer_path_breaches_and_prices_decide_the_cost() ->
         }
     )
     for change, said in (
-        (_slow_tail, "task path slower in the tail"),
-        (_dearer, "task path dearer"),
+        (slow_tail, "task path slower in the tail"),
+        (dearer, "task path dearer"),
     ):
         rows = stream(random.Random(8), 3000, 0)
         for row in rows:
@@ -111,7 +111,7 @@ def test_a_slower_tail_or_a_dearer_path_breaches_and_prices_decide_the_cost() ->
     )
     rows = stream(random.Random(8), 3000, 0)
     for row in rows:
-        _dearer(row)
+        dearer(row)
     watch = Watch(unpriced)
     assert not any(watch.feed(row) for row in rows)
     # and a cost line without prices is a mistake, said when the policy is read
