@@ -21,10 +21,10 @@ order:
 4. completes at the last step, once it held like any other;
 5. waits for an approval (``confirm``), then advances.
 
-Every decision but a hold is a ``shim.rollout`` record (``action``: ``start``,
-``advance``, ``await_approval``, ``rollback``, ``complete``, ``stopped``,
-``webhook_failed``; the evidence it used) and is told to the plan's webhook; so is the
-first hold of each step (``hold``, with what it waits for), which is not recorded. The state
+Every decision is a ``shim.rollout`` record (``action``: ``start``, ``take_up``,
+``hold`` (the first of each step), ``advance``, ``await_approval``, ``rollback``,
+``complete``, ``stopped``, ``webhook_failed``; the evidence it used) and is told to the
+plan's webhook. The state
 is the flags and the log: a controller started again reads the log from its start and
 takes up the same step with the same evidence.
 """
