@@ -21,7 +21,8 @@ from shim.analysis.policy import Policy
 from shim.base.errors import ConfigError
 from shim.flags.store import FileStore
 from shim.ops.logtail import LogTail
-from shim.ops.rollout import Rollout, approve
+from shim.ops.rollout import Rollout
+from shim.ops.rollout_guard import approve
 from shim.ops.rollout_plan import Plan
 
 from .test_report import record
@@ -136,6 +137,11 @@ def test_healthy_traffic_walks_the_plan_to_the_end(tmp_path: Path) -> None:
     assert [r["action"] for r in rows] == ["advance", "advance", "complete"]
     first = rows[0]
     assert first["from"]["serve"] == 0 and first["to"]["serve"] == 10 and first["step"] == 1
+    assert rows[-1]["step"] == 2
+    # completed: a controller started again (a scheduler's next run) says so, done
+    again = Rollout(TASK, rollout.plan, store, tmp_path / "comparisons.jsonl", clock=clock)
+    after = look(again, LogTail([tmp_path / "comparisons.jsonl"]))
+    assert after.action == "complete" and after.done and "completed" in after.reasons[0]
     assert first["evidence"]["pairs"] == 300 and first["automatic"] is True
 
 
@@ -386,8 +392,8 @@ def _quick(hook: Any, body: dict[str, Any]) -> str | None:
 
 def test_a_plan_file_that_is_wrong_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "plan.yaml"
-    path.write_text("steps:\n  - {serve: 50, shadow: 100}\n  - {serve: 10, shadow: 100}\n")
-    with pytest.raises(ConfigError, match=r"plan\.yaml:1: steps must serve no less than the step"):
+    path.write_text("steps:\n  - {serve: 0, shadow: 100}\n  - {serve: 10, shadow: 100}\n  - [1]\n")
+    with pytest.raises(ConfigError, match=r"plan\.yaml:4: steps\[2\]: Input should be a valid"):
         Plan.load(path)
     path.write_text("steps:\n  - {serve: 0, shadow: 100}\n  - {serve: 120, shadow: 10}\n")
     with pytest.raises(ConfigError, match=r"plan.yaml:3: steps\[1\]\.serve: Input should be less"):
@@ -464,7 +470,10 @@ def test_a_rollback_ends_the_rollout_until_it_is_started_fresh(tmp_path: Path) -
     assert decided.action == "hold" and "waiting for approval of step 1" in decided.reasons
 
 
-def test_a_change_no_record_tells_of_starts_the_steps_evidence_again(tmp_path: Path) -> None:
+def test_a_change_no_record_tells_of_stops_a_restarted_rollout(tmp_path: Path) -> None:
+    """Flags changed by hand (an edit, the Unleash UI) while no controller ran: one
+    started again (or a scheduler's --once) stops, as a running one would; with
+    --fresh it takes the task up where it is, its evidence and soak from then on."""
     rollout, clock, traffic, store, tail = setup(tmp_path)
     log = tmp_path / "comparisons.jsonl"
     traffic.add(300, "shadow")
@@ -473,9 +482,31 @@ def test_a_change_no_record_tells_of_starts_the_steps_evidence_again(tmp_path: P
     traffic.add(300, "canary")
     (tmp_path / "flags.yaml").write_text(f"{TASK}: {{serve: 0, shadow: 100}}\n")  # by hand
     again = Rollout(TASK, rollout.plan, store, log, clock=clock, policy=POLICY)
-    decided = look(again, LogTail([log]))
-    assert decided.action == "hold" and again.tests.errors.n == 0
+    stopped = look(again, LogTail([log]))
+    assert stopped.action == "stopped" and stopped.done
+    assert "not what its rollout last set" in stopped.reasons[0]
+    assert step_of(store) == (0, 100)
+    fresh = Rollout(TASK, rollout.plan, store, log, clock=clock, policy=POLICY, fresh=True)
+    decided = look(fresh, LogTail([log]))
+    assert decided.action == "hold" and fresh.tests.errors.n == 0
     assert any("soaked 0 of 60 s" in r for r in decided.reasons)
+
+
+def test_a_recorded_promote_during_a_rollout_stops_it_and_completed_is_done(
+    tmp_path: Path,
+) -> None:
+    from shim.ops.promote import promote
+
+    rollout, clock, traffic, store, tail = setup(tmp_path)
+    log = tmp_path / "comparisons.jsonl"
+    traffic.add(300, "shadow")
+    clock.now += 120
+    assert look(rollout, tail).action == "advance"
+    promote(store, TASK, [TASK], serve=25, shadow=100, log=log)
+    again = Rollout(TASK, rollout.plan, store, log, clock=clock, policy=POLICY)
+    stopped = look(again, LogTail([log]))
+    assert stopped.action == "stopped" and "promoted by" in stopped.reasons[0]
+    assert step_of(store) == (25, 100)
 
 
 def test_a_webhook_url_httpx_cannot_use_is_recorded_without_its_token(tmp_path: Path) -> None:
@@ -488,3 +519,78 @@ def test_a_webhook_url_httpx_cannot_use_is_recorded_without_its_token(tmp_path: 
     assert look(rollout, tail).action == "advance"
     text = (tmp_path / "comparisons.jsonl").read_text()
     assert "webhook_failed" in text and "s3cr3t-t0ken" not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            "steps:\n  - {serve: 0, shadow: 100}\n  - {serve: 50, shadow: 100}\n"
+            "  - {serve: 10, shadow: 100}\n",
+            "plan.yaml:4: steps[2].serve: serves 10 %, less than step 1 (50 %)",
+        ),
+        (
+            "steps:\n  - {serve: 0, shadow: 100}\n  - {serve: 0, shadow: 100}\n",
+            "plan.yaml:3: steps[1]: the same as step 0 (serve 0, shadow 100)",
+        ),
+        (
+            "steps:\n  - {serve: 25, shadow: 0}\n",
+            "plan.yaml:2: steps[0].serve: the first step must serve 0 %",
+        ),
+        (
+            "steps:\n  - {serve: 0, shadow: 100}\non_breach:\n  step: 2\n",
+            "plan.yaml:4: on_breach.step: 2 is past the last step (0)",
+        ),
+    ],
+)
+def test_what_one_step_says_of_another_is_said_at_its_line(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        Plan.load(path)
+    assert said in str(caught.value), str(caught.value)
+
+
+def test_a_cost_line_without_prices_is_said_at_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("defaults:\n  min_pairs: 10\n\n  max_cost_ratio: 1.2\n")
+    with pytest.raises(ConfigError, match=r"policy\.yaml:4: defaults\.max_cost_ratio: max_cost"):
+        Policy.load(path)
+
+
+def test_the_cli_refuses_what_would_roll_out_nothing_or_twice(tmp_path: Path) -> None:
+    """A log that is not there (a typo reads no evidence, and never rolls back), a task
+    name that is not one or that nothing knows, a second controller on the same task
+    and log, an approval of a step no one waits for: each exit 2, saying why."""
+    from typer.testing import CliRunner
+
+    from shim.cli.app import app
+    from shim.ops.rollout_guard import controller_lock
+
+    flags = tmp_path / "flags.yaml"
+    flags.write_text(f"{TASK}: {{serve: 0, shadow: 100}}\n")
+    log = tmp_path / "comparisons.jsonl"
+    Traffic(log).add(10, "shadow")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("steps:\n  - {serve: 0, shadow: 100}\n  - {serve: 10, shadow: 100}\n")
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(app, ["rollout", *args, "--flags", str(flags)])
+
+    typo = run(TASK, "--plan", str(plan), "--log", str(tmp_path / "comparisons.jsnl"), "--once")
+    assert typo.exit_code == 2 and "comparisons.jsnl: no such log" in typo.output
+    assert not (tmp_path / "comparisons.jsnl").exists()
+    bad = run("ocr", "--plan", str(plan), "--log", str(log), "--once")
+    assert bad.exit_code == 2 and "flags.yaml" not in bad.output, bad.output
+    unknown = run("kiwi.nope", "--plan", str(plan), "--log", str(log), "--once")
+    assert unknown.exit_code == 2 and "unknown task 'kiwi.nope'" in unknown.output
+    assert "kiwi.nope" not in flags.read_text()
+    with controller_lock(TASK, log):
+        second = run(TASK, "--plan", str(plan), "--log", str(log), "--once")
+    assert second.exit_code == 2 and "another `shim rollout kiwi.meal_plan` runs" in second.output
+    early = run("approve", TASK, "--step", "1", "--log", str(log))
+    assert early.exit_code == 2 and "no step of kiwi.meal_plan's rollout waits" in early.output
+    assert run(TASK, "--plan", str(plan), "--log", str(log), "--once").exit_code == 0

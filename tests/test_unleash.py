@@ -394,6 +394,7 @@ def test_a_rollout_walks_and_rolls_back_on_the_server(
     policy = tmp_path / "policy.yaml"
     policy.write_text("defaults:\n  max_error_increase: 0.08\n  max_mismatch: 0.08\n")
     log = tmp_path / "comparisons.jsonl"
+    log.touch()  # the app's log, before its first comparison
     rng = random.Random(3)
 
     def traffic(stage: str, cand_err: float) -> None:

@@ -145,6 +145,26 @@ class Price(BaseModel):
         )
 
 
+_NEEDS_PRICES = (
+    "max_cost_ratio needs prices: add `prices:` with each model's input_per_1k, "
+    "output_per_1k and gpu_hour (or take max_cost_ratio out)"
+)
+
+
+def _cost_lines_unpriced(data: object) -> list[tuple[str, ...]]:
+    """Where a policy file sets ``max_cost_ratio`` while it has no ``prices``."""
+    if not isinstance(data, dict) or data.get("prices"):
+        return []
+    sections = [("defaults",), *(("tasks", str(t)) for t in data.get("tasks") or {})]
+    found = []
+    for where in sections:
+        part = data.get(where[0])
+        part = part.get(where[1]) if len(where) == 2 and isinstance(part, dict) else part
+        if isinstance(part, dict) and part.get("max_cost_ratio") is not None:
+            found.append((*where, "max_cost_ratio"))
+    return found
+
+
 def _number(value: object) -> TypeGuard[int | float]:
     """A count or an amount a record may hold: a finite number, not negative."""
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e18
@@ -182,10 +202,7 @@ class Policy(BaseModel):
     def _priced(self) -> Policy:
         tasks = [t for t, o in self.tasks.items() if (o or {}).get("max_cost_ratio") is not None]
         if (self.defaults.max_cost_ratio is not None or tasks) and not self.prices:
-            raise ValueError(
-                "max_cost_ratio needs prices: add `prices:` with each model's "
-                "input_per_1k, output_per_1k and gpu_hour (or take max_cost_ratio out)"
-            )
+            raise ValueError(_NEEDS_PRICES)
         return self
 
     def costs(self, legacy: Any, candidate: Any, gates: Gates) -> tuple[float | None, ...]:
@@ -210,7 +227,11 @@ class Policy(BaseModel):
         from shim.base.yamlfile import load_yaml, validate
 
         doc = load_yaml(path)
-        policy, problems = validate(doc, cls, doc.data if doc.data is not None else {})
+        data = doc.data if doc.data is not None else {}
+        unpriced = [doc.problem(loc, _NEEDS_PRICES) for loc in _cost_lines_unpriced(data)]
+        if unpriced:  # at the line of each cost line, not the file's first
+            raise ConfigError(unpriced)
+        policy, problems = validate(doc, cls, data)
         if not problems:
             for task, override in policy.tasks.items():
                 _, more = validate(doc, Gates, {**policy.defaults.model_dump(), **override})

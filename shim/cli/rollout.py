@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -78,18 +79,29 @@ def rollout(
     roll back on a breach, stop if someone else changes the task's flags. Exit 0 when
     the plan completes, 1 when it rolled back or stopped, 2 on bad input. `shim
     rollout approve TASK --step N --log LOG` approves step N of a `confirm: true` plan."""
-    from shim.ops.promote import open_store
+    from shim.ops.promote import check_request, check_task, known_tasks, open_store
 
     logs = list(log or [])
     if not logs:
         say("--log is needed: the evidence, and where decisions are written", error=True)
         raise typer.Exit(2)
+    missing = [path for path in logs if not path.is_file()]
+    if missing:  # a typo would read no evidence, and never roll back
+        say(
+            f"{missing[0]}: no such log (check the path: the app's comparison log, "
+            "SHIM_LOG, which it creates at its first record)",
+            error=True,
+        )
+        raise typer.Exit(2)
+    name = approved if task == "approve" else task
+    if name is not None:  # the name, said as the command line's, before any flags
+        guard(check_request, [name])
     store = guard(open_store, flags)
     if task == "approve":
         if approved is None or step is None:
             say("approve needs the task and --step: shim rollout approve TASK --step N", error=True)
             raise typer.Exit(2)
-        from shim.ops.rollout import approve
+        from shim.ops.rollout_guard import approve
 
         guard(approve, approved, step, store, logs[0])
         say(f"approved step {step} of {approved}'s rollout")
@@ -99,13 +111,15 @@ def rollout(
         raise typer.Exit(2)
     from shim.ops.logtail import LogTail
     from shim.ops.rollout import Rollout
+    from shim.ops.rollout_guard import controller_lock
     from shim.ops.rollout_plan import Plan
 
-    controller = Rollout(
-        task, guard(Plan.load, plan), store, logs[0], policy=load_policy(policy), fresh=fresh
-    )
-    tail = LogTail(logs)
-    decided = _run(controller, tail, interval, once, as_json)
+    the_plan, the_policy = guard(Plan.load, plan), load_policy(policy)
+    guard(check_task, task, guard(store.read, [task]), known_tasks(None))
+    controller = Rollout(task, the_plan, store, logs[0], policy=the_policy, fresh=fresh)
+    with ExitStack() as held:
+        guard(held.enter_context, controller_lock(task, logs[0]))
+        decided = _run(controller, LogTail(logs), interval, once, as_json)
     if decided is not None and decided.done and decided.action != "complete":
         raise typer.Exit(1)
 
@@ -180,7 +194,7 @@ class _View:
         self.last, self.said_at = gist, now
         line = _line(controller, decided)
         if not self.as_json:
-            say(line)
+            say(line, soft_wrap=True)  # a line a decision, whatever the width
             return
         row = {
             "task": controller.task,

@@ -34,6 +34,7 @@ __all__ = [
     "OpsError",
     "apply",
     "check_request",
+    "check_task",
     "known_tasks",
     "open_store",
     "plan_promote",
@@ -98,7 +99,8 @@ def check_request(
     _percent("shadow", shadow)
 
 
-def _check_task(task: str, state: FlagState, known: Sequence[str]) -> None:
+def check_task(task: str, state: FlagState, known: Sequence[str]) -> None:
+    """``task`` is a task name, and in the flags or in assignments.yaml (``known``)."""
     check_request([task])
     if task not in state.tasks and task not in known:
         raise OpsError(
@@ -122,7 +124,7 @@ def plan_promote(
     ramp: Sequence[int] = DEFAULT_RAMP,
 ) -> Change | None:
     """The next rung (or the explicit percentages); None when already live."""
-    _check_task(task, state, known)
+    check_task(task, state, known)
     _percent("serve", serve)
     _percent("shadow", shadow)
     before = setting_of(state, task)
@@ -142,7 +144,7 @@ def plan_rollback(state: FlagState, tasks: Sequence[str], known: Sequence[str]) 
     """Serve 0 for these tasks, shadow kept; tasks already at serve 0 are left alone."""
     changes = []
     for task in tasks:
-        _check_task(task, state, known)
+        check_task(task, state, known)
         before = setting_of(state, task)
         if before.serve:
             changes.append(Change(task, before, Setting(0, before.shadow)))

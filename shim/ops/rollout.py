@@ -46,7 +46,7 @@ from shim.ops.promote import OpsError, record
 from shim.ops.rollout_plan import Plan
 from shim.ops.webhook import notify
 
-__all__ = ["Decision", "Rollout", "approve"]
+__all__ = ["Decision", "Rollout", "seconds_of"]
 
 _CHANGES = ("shim.promote", "shim.rollback", "shim.rollout")
 
@@ -88,9 +88,12 @@ class Rollout:
     done: bool = False
     #: take up the plan whatever the log says ended the last rollout of the task
     fresh: bool = False
-    #: read back from the log: the last change's setting, and what ended a rollout
+    #: read back from the log: the last change's setting, what ended a rollout (and
+    #: whether it completed), whether one is in progress
     last_to: Setting | None = None
     ended_by: str | None = None
+    completed: bool = False
+    rolling: bool = False
 
     @property
     def gates(self) -> Gates:
@@ -118,7 +121,7 @@ class Rollout:
         current = self.expected or self.last_to
         if current is not None and rec.get("stage") != current.stage:
             return  # made before the change, recorded after it (or another step's)
-        made = _seconds(rec.get("ts"))
+        made = seconds_of(rec.get("ts"))
         if self.since is not None and made is not None and made < self.since:
             return  # from before the step began, read late (another log, read after)
         try:
@@ -134,7 +137,10 @@ class Rollout:
         the last rollout of the task."""
         event, action = rec.get("event"), rec.get("action")
         if event == "shim.rollout" and action in ("stopped", "complete"):
-            self.ended_by = f"the last rollout of {self.task} {action}"
+            self.ended_by = f"the last rollout of {self.task} " + (
+                "completed" if action == "complete" else "stopped"
+            )
+            self.completed, self.rolling = action == "complete", False
         if event == "shim.rollout" and action == "hold" and isinstance(rec.get("step"), int):
             self.held = rec["step"]
         before, after = rec.get("from"), rec.get("to")
@@ -144,7 +150,7 @@ class Rollout:
         if not take_up or rec.get("restarted"):
             self.tests = self.tests.fresh()
             self.approved.clear()
-        self.since, self.held = _seconds(rec.get("ts")), None
+        self.since, self.held = seconds_of(rec.get("ts")), None
         try:
             self.last_to = Setting(int(after["serve"]), int(after["shadow"]))
         except (KeyError, TypeError, ValueError):
@@ -152,10 +158,16 @@ class Rollout:
         if event == "shim.rollback" or (event == "shim.rollout" and action == "rollback"):
             how = "automatically" if rec.get("automatic") else f"by {rec.get('who', 'someone')}"
             self.ended_by = f"{self.task} was rolled back ({how})"
+        elif event == "shim.promote" and self.rolling:
+            # a human's change in the middle of a rollout is the last word
+            who = rec.get("who", "someone")
+            self.ended_by = f"{self.task} was promoted by {who} during its rollout"
         elif (
             event == "shim.rollout" and action in ("start", "advance", "take_up")
         ) or event == "shim.promote":
             self.ended_by = None
+        self.completed = False
+        self.rolling = event == "shim.rollout" and self.ended_by is None
 
     # -- deciding ----------------------------------------------------------------------
 
@@ -172,17 +184,26 @@ class Rollout:
             return self._note("stopped", setting, why, done=True)
         step = self.plan.index_of(setting.serve, setting.shadow)
         if self.expected is None:  # first look: take up where the flags and log are
+            if self.rolling and self.last_to is not None and setting != self.last_to:
+                # the rollout's last decision set other flags: someone changed them since
+                self.ended_by = (
+                    f"the flags of {self.task} are serve {setting.serve} %, shadow "
+                    f"{setting.shadow} %, not what its rollout last set (someone else "
+                    "changed them)"
+                )
             if self.ended_by is not None and not self.fresh:
                 self.done = True
                 why = f"{self.ended_by}: nothing changed; to start again, add --fresh"
-                return Decision("stopped", step, (why,), True)
-            restarted = self.last_to is not None and setting != self.last_to
+                return Decision("complete" if self.completed else "stopped", step, (why,), True)
+            # a fresh rollout, or flags changed where no record says when: the step's
+            # evidence starts now
+            restarted = self.fresh or (self.last_to is not None and setting != self.last_to)
             if restarted:  # changed where no record says when: the evidence starts now
                 self.tests, self.since, self.approved = self.tests.fresh(), None, set()
             self.expected = setting
             if step is None:
                 return self._move(setting, 0, "start", "the plan's first step")
-            if self.since is None or self.ended_by is not None:
+            if self.since is None or restarted:
                 # no record says when this step began (or a fresh rollout takes it up):
                 # one does now, so that a controller started again counts from it too
                 now = self.clock()
@@ -205,13 +226,14 @@ class Rollout:
             # a step below this one, or off: a breach never serves more
             low = None if isinstance(back, str) or back.step >= step else back.step
             target = Setting(0, 0) if low is None else self._setting(low)
-            return self._apply(setting, target, "rollback", "; ".join(crossed), done=True)
+            why = "; ".join(crossed)
+            return self._apply(setting, target, "rollback", why, step=low, done=True)
         short = self._shortfalls(step)
         if short:
             return self._hold(setting, step, short)
         if step == len(self.plan.steps) - 1:
             why = "the plan's last step held its gates for its soak time"
-            return self._note("complete", setting, why, done=True)
+            return self._note("complete", setting, why, done=True, step=step)
         if self.plan.confirm and step + 1 not in self.approved:
             if self.awaiting != step + 1:
                 self.awaiting = step + 1
@@ -254,7 +276,7 @@ class Rollout:
         """What the step's decisions rest on, for records and the live view."""
         return {
             "pairs": self.tests.errors.n,
-            "seconds": round(self.clock() - (self.since or self.clock()), 1),
+            "seconds": max(0.0, round(self.clock() - (self.since or self.clock()), 1)),
         } | self.tests.summary()
 
     # -- acting ------------------------------------------------------------------------
@@ -374,16 +396,7 @@ class Rollout:
             )
 
 
-def approve(task: str, step: int, store: FlagStore, log: Path) -> None:
-    """Approve ``step`` of ``task``'s rollout (a ``shim.rollout`` record, ``action:
-    approved``), for a rollout with ``confirm: true``."""
-    setting = setting_of(store.read([task]), task)
-    same = [Change(task, setting, setting)]
-    extra = {"action": "approved", "step": step}
-    record("shim.rollout", same, store, log, reason=f"step {step} approved", extra=extra)
-
-
-def _seconds(ts: Any) -> float | None:
+def seconds_of(ts: Any) -> float | None:
     """A record's ``ts`` as seconds since the epoch."""
     if not isinstance(ts, str):
         return None

@@ -76,17 +76,11 @@ class Plan(_Strict):
 
     @model_validator(mode="after")
     def _sound(self) -> Plan:
-        for before, after in zip(self.steps, self.steps[1:], strict=False):
-            if after.serve < before.serve:
-                raise ValueError(
-                    "steps must serve no less than the step before them (a step back is "
-                    "what on_breach is for)"
-                )
-        if isinstance(self.on_breach, Breach) and self.on_breach.step >= len(self.steps):
-            raise ValueError(
-                f"on_breach.step {self.on_breach.step} is past the last step "
-                f"({len(self.steps) - 1})"
-            )
+        steps = [(step.serve, step.shadow) for step in self.steps]
+        back = self.on_breach.step if isinstance(self.on_breach, Breach) else None
+        found = _unsound(steps, back)
+        if found:
+            raise ValueError(found[0][1])
         return self
 
     def index_of(self, serve: int, shadow: int) -> int | None:
@@ -104,7 +98,76 @@ class Plan(_Strict):
         from shim.base.yamlfile import load_yaml, validate
 
         doc = load_yaml(path)
-        plan, problems = validate(doc, cls, doc.data if doc.data is not None else {})
+        data = doc.data if doc.data is not None else {}
+        # what one step says of another, at the line of the step that says it wrong
+        steps, back = _shapes(data)
+        if steps is not None:
+            located = [doc.problem(loc, message) for loc, message in _unsound(steps, back)]
+            if located:
+                raise ConfigError(located)
+        plan, problems = validate(doc, cls, data)
         if problems:
             raise ConfigError(problems)
         return plan  # type: ignore[no-any-return]
+
+
+def _shapes(data: object) -> tuple[list[tuple[int, int]] | None, int | None]:
+    """The steps' (serve, shadow) and on_breach's step of a plan file's data, where
+    they are written as they should be (else None: validation says what is wrong)."""
+    if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
+        return None, None
+    steps = []
+    for step in data["steps"]:
+        if not isinstance(step, dict):
+            return None, None
+        serve, shadow = step.get("serve"), step.get("shadow")
+        if type(serve) is not int or type(shadow) is not int:
+            return None, None
+        steps.append((serve, shadow))
+    back = data.get("on_breach")
+    step = back.get("step") if isinstance(back, dict) else None
+    return steps, step if type(step) is int else None
+
+
+def _unsound(
+    steps: list[tuple[int, int]], back: int | None
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """What is wrong across the steps: (where, why) each."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    if steps and steps[0][0]:
+        found.append(
+            (
+                ("steps", 0, "serve"),
+                "the first step must serve 0 % (shadow only): a plan gathers evidence "
+                "before the task path serves anyone",
+            )
+        )
+    seen: dict[tuple[int, int], int] = {}
+    for i, step in enumerate(steps):
+        first = seen.setdefault(step, i)
+        if first != i:
+            found.append(
+                (
+                    ("steps", i),
+                    f"the same as step {first} (serve {step[0]}, shadow {step[1]}): a "
+                    "step is known by its percentages, so each must differ",
+                )
+            )
+        if i and step[0] < steps[i - 1][0]:
+            found.append(
+                (
+                    ("steps", i, "serve"),
+                    f"serves {step[0]} %, less than step {i - 1} ({steps[i - 1][0]} %): "
+                    "steps must serve no less than the step before them (a step back is "
+                    "what on_breach is for)",
+                )
+            )
+    if back is not None and back >= len(steps):
+        found.append(
+            (
+                ("on_breach", "step"),
+                f"{back} is past the last step ({len(steps) - 1}): name a step from 0 "
+                f"to {len(steps) - 1}, or write `on_breach: off`",
+            )
+        )
+    return found
