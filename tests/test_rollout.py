@@ -541,6 +541,14 @@ def test_a_webhook_url_httpx_cannot_use_is_recorded_without_its_token(tmp_path: 
             "steps:\n  - {serve: 0, shadow: 100}\non_breach:\n  step: 2\n",
             "plan.yaml:4: on_breach.step: 2 is past the last step (0)",
         ),
+        (
+            "steps:\n  - {serve: 0, shadow: 100}\non_breach: 0\n",
+            "plan.yaml:3: on_breach: write `on_breach: off`, or `on_breach: {step: N}`",
+        ),
+        (
+            "steps:\n  - {serve: 0, shadow: 100}\nwebhook: {url: ftp://hooks}\n",
+            "plan.yaml:3: webhook.url: a URL that starts with http:// or https://",
+        ),
     ],
 )
 def test_what_one_step_says_of_another_is_said_at_its_line(

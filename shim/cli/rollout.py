@@ -196,12 +196,16 @@ class _View:
         if not self.as_json:
             say(line, soft_wrap=True)  # a line a decision, whatever the width
             return
+        from datetime import UTC, datetime
+
         row = {
+            "ts": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "task": controller.task,
             "action": decided.action,
             "step": decided.step,
             "reasons": list(decided.reasons),
-            "evidence": controller.evidence(),
+            # what the decision rested on (after a move, the new step has no pairs yet)
+            "evidence": decided.evidence or controller.evidence(),
         }
         emit(json.dumps(row))
 

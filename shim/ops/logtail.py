@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LogTail"]
+__all__ = ["LogTail", "seconds_of"]
 
 
 class LogTail:
@@ -38,3 +39,13 @@ class LogTail:
                     continue
                 if isinstance(rec, dict):
                     yield rec
+
+
+def seconds_of(ts: Any) -> float | None:
+    """A record's ``ts`` as seconds since the epoch."""
+    if not isinstance(ts, str):
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -34,7 +34,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,12 @@ from shim.analysis.policy import Gates, Policy
 from shim.analysis.stage_tests import StageTests
 from shim.flags import FlagState
 from shim.flags.store import Change, FlagStore, Setting, setting_of
+from shim.ops.logtail import seconds_of
 from shim.ops.promote import OpsError, record
 from shim.ops.rollout_plan import Plan
 from shim.ops.webhook import notify
 
-__all__ = ["Decision", "Rollout", "seconds_of"]
+__all__ = ["Decision", "Rollout"]
 
 _CHANGES = ("shim.promote", "shim.rollback", "shim.rollout")
 
@@ -54,12 +54,14 @@ _CHANGES = ("shim.promote", "shim.rollback", "shim.rollout")
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What one look decided: ``action`` (``hold`` or a recorded action), the step the
-    task is at afterwards (None: off the plan), why, and whether the rollout ended."""
+    task is at afterwards (None: off the plan), why, whether the rollout ended, and the
+    evidence it rested on (as its record has it; None for a hold)."""
 
     action: str
     step: int | None
     reasons: tuple[str, ...] = ()
     done: bool = False
+    evidence: dict[str, Any] | None = None
 
 
 class _Moved(Exception):
@@ -322,7 +324,7 @@ class Rollout:
         self.done = done
         found = self.plan.index_of(after.serve, after.shadow)
         self._tell(action, before, after, why, evidence, step)
-        return Decision(action, found, (why,), done)
+        return Decision(action, found, (why,), done, evidence)
 
     def _note(
         self,
@@ -341,7 +343,8 @@ class Rollout:
         self._write(action, same, why, evidence, step, when, more)
         self._tell(action, setting, setting, why, evidence, step)
         self.done = done
-        return Decision(action, self.plan.index_of(setting.serve, setting.shadow), (why,), done)
+        found = self.plan.index_of(setting.serve, setting.shadow)
+        return Decision(action, found, (why,), done, evidence)
 
     def _write(
         self,
@@ -394,13 +397,3 @@ class Rollout:
             record(
                 "shim.rollout", same, self.store, self.log, reason=action, extra=extra, when=when
             )
-
-
-def seconds_of(ts: Any) -> float | None:
-    """A record's ``ts`` as seconds since the epoch."""
-    if not isinstance(ts, str):
-        return None
-    try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

@@ -25,7 +25,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 __all__ = ["Breach", "Plan", "Step", "Webhook"]
 
@@ -33,7 +40,17 @@ Percent = Annotated[int, Field(ge=0, le=100, strict=True)]
 
 
 def _off(value: object) -> object:
-    return "off" if value is False else value
+    if value is False:  # YAML's bare off
+        return "off"
+    if not (value == "off" or isinstance(value, dict)):
+        raise ValueError("write `on_breach: off`, or `on_breach: {step: N}` for a step of the plan")
+    return value
+
+
+def _http(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("a URL that starts with http:// or https://")
+    return value
 
 
 class _Strict(BaseModel):
@@ -60,7 +77,7 @@ class Breach(_Strict):
 class Webhook(_Strict):
     """A URL told of every decision (JSON, POST), with a timeout and retries."""
 
-    url: Annotated[str, Field(pattern=r"^https?://")]
+    url: Annotated[str, AfterValidator(_http)]
     timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
     retries: Annotated[int, Field(ge=0, le=10)] = 3
 
