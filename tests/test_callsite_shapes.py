@@ -113,6 +113,31 @@ def test_router_pair_served_by_the_task_path_releases_when_ctx_is_left(
     assert records(tmp_path / "log.jsonl", "shim.release_failed") == []
 
 
+def test_router_pair_whose_task_path_fails_falls_back_and_is_recorded_whole(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Served, the task path fails: legacy's (router, ctx) answers, kept by reference
+    as every allocation is (a held context cannot be copied), never a copy failure."""
+    from .conftest import QUIET
+
+    s = make_shim(sim.url, tmp_path, "kiwi.meal_plan: {serve: 100, shadow: 100}\n")
+    get_router = router_site(s, sim)
+    sim.set_profile(QUIET.with_knob("kiwi.meal_plan", "error_rate", 1.0))
+    try:
+        router, ctx = get_router()
+        assert isinstance(router, NodeRouter)
+        ctx.__exit__(None, None, None)
+    finally:
+        sim.set_profile(QUIET)
+    stats = s.stats()
+    s.close()
+    [row] = records(tmp_path / "log.jsonl")
+    assert row["served_by"] == "legacy_fallback" and row["legacy"]["ok"]
+    assert row["legacy"].get("output_bytes") is not None, row["legacy"]
+    assert not stats["internal_errors"], stats["internal_errors"]
+    assert active(sim) == 0
+
+
 def test_router_pair_canary_serves_some_callers_from_each_path(
     sim: Simulator, tmp_path: Path
 ) -> None:

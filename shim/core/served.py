@@ -112,7 +112,10 @@ class ServedCalls:
         exc: BaseException | None = None,
     ) -> None:
         try:
-            legacy = legacy_observation(started, call.model, result, exc=exc)
+            # an allocation is kept by reference, as everywhere: a held context can be
+            # neither copied nor taken twice, and only its attributes are read
+            copy = not call.site.allocation
+            legacy = legacy_observation(started, call.model, result, exc=exc, copy=copy)
             self.events.served(call.site, "legacy_fallback")
             stage = call.decision.stage
             pending = Pending(call.site, stage, "legacy_fallback", legacy, candidate)
