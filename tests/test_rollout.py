@@ -602,3 +602,16 @@ def test_the_cli_refuses_what_would_roll_out_nothing_or_twice(tmp_path: Path) ->
     early = run("approve", TASK, "--step", "1", "--log", str(log))
     assert early.exit_code == 2 and "no step of kiwi.meal_plan's rollout waits" in early.output
     assert run(TASK, "--plan", str(plan), "--log", str(log), "--once").exit_code == 0
+
+
+def test_the_evidence_shows_the_bound_the_hold_reads(tmp_path: Path) -> None:
+    """The live view and the records show the error bound the gate held on, the same
+    figure as the hold's words (a rate's bound takes its line's variance)."""
+    rollout, clock, traffic, _, tail = setup(tmp_path)
+    traffic.add(60, "shadow")
+    clock.now += 120
+    held = look(rollout, tail)
+    said = [r for r in held.reasons if r.startswith("error increase: upper bound")]
+    assert said, held
+    shown = rollout.evidence()["error_increase"]["bounds"][1]
+    assert f"upper bound {shown:.4f} vs" in said[0]

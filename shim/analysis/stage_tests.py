@@ -226,17 +226,24 @@ class StageTests:
             "noise": score_of(structure.get("noise")),
         }
 
-    def summary(self, alpha: float = ALPHA) -> dict[str, Any]:
-        """The tests' figures, for records: per mean its count, mean and bounds; the
-        p95s' bounds per path; the cost ratio and its pairs."""
+    def summary(
+        self,
+        alpha: float = ALPHA,
+        error_increase: float | None = None,
+        mismatch: float | None = None,
+    ) -> dict[str, Any]:
+        """The tests' figures, for records: per mean its count, mean and bounds (a
+        rate's as :meth:`shortfalls` reads it against ``error_increase`` and
+        ``mismatch``, given); the p95s' bounds per path; the cost ratio and its pairs."""
         found: dict[str, Any] = {}
-        for name, run in (
-            ("error_increase", self.errors),
-            ("mismatch_rate", self.mismatches),
-            ("log_latency_ratio", self.latency),
-            ("quality", self.quality),
+        for name, run, line in (
+            ("error_increase", self.errors, error_increase),
+            ("mismatch_rate", self.mismatches, mismatch),
+            ("log_latency_ratio", self.latency, None),
+            ("quality", self.quality, None),
         ):
-            bounds = sequence_bounds(run, alpha)
+            floor = line * (1 - line) if line is not None and 0 < line < 1 else 0.0
+            bounds = sequence_bounds(run, alpha, floor=floor)
             if bounds is not None:
                 found[name] = {
                     "n": run.n,

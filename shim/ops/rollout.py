@@ -279,7 +279,9 @@ class Rollout:
         return {
             "pairs": self.tests.errors.n,
             "seconds": max(0.0, round(self.clock() - (self.since or self.clock()), 1)),
-        } | self.tests.summary()
+        } | self.tests.summary(
+            error_increase=self.gates.max_error_increase, mismatch=self.gates.max_mismatch
+        )
 
     # -- acting ------------------------------------------------------------------------
 
