@@ -64,7 +64,10 @@ def controller_lock(task: str, log: Path) -> Iterator[None]:
     """Hold the lock of ``task``'s controller on ``log`` (a file beside it, locked with
     ``flock``) while the block runs; OpsError when another controller holds it."""
     path = log.with_name(f".{log.name}.{task}.rollout.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # the controller writes its decisions there too
+        raise OpsError(f"{path}: cannot lock the controller ({exc.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
