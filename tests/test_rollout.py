@@ -615,3 +615,21 @@ def test_the_evidence_shows_the_bound_the_hold_reads(tmp_path: Path) -> None:
     assert said, held
     shown = rollout.evidence()["error_increase"]["bounds"][1]
     assert f"upper bound {shown:.4f} vs" in said[0]
+
+
+def test_the_log_is_read_a_chunk_at_a_time_and_a_line_too_long_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shim.ops import logtail
+
+    monkeypatch.setattr(LogTail, "CHUNK", 7)
+    monkeypatch.setattr(logtail, "MAX_LINE_BYTES", 40)
+    path = tmp_path / "log.jsonl"
+    rows = [json.dumps({"i": i}) for i in range(5)]
+    rows += [json.dumps({"i": "x" * 100}), json.dumps({"i": 5})]
+    path.write_text("\n".join(rows) + '\n{"i": 6')
+    tail = LogTail([path])
+    assert [r["i"] for r in tail.poll()] == [0, 1, 2, 3, 4, 5]
+    with path.open("a") as out:
+        out.write("}\n")
+    assert [r["i"] for r in tail.poll()] == [6], "the line in progress, once, when whole"

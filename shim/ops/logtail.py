@@ -9,12 +9,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from shim.analysis.log_lines import MAX_LINE_BYTES
+
 __all__ = ["LogTail", "seconds_of"]
 
 
 class LogTail:
     """The records appended to some logs since the last look, in order, file by file;
-    a file that shrank or was replaced is read again from its start."""
+    a file that shrank or was replaced is read again from its start. Read a chunk at a
+    time (a log of gigabytes is never held whole); a line longer than
+    :data:`~shim.analysis.log_lines.MAX_LINE_BYTES` is skipped."""
+
+    CHUNK = 4 << 20
 
     def __init__(self, paths: Iterable[Path]) -> None:
         self._at: dict[Path, tuple[int, int]] = {Path(p): (0, -1) for p in paths}
@@ -29,16 +35,32 @@ class LogTail:
                 offset = 0
             with path.open("rb") as fh:
                 fh.seek(offset)
-                data = fh.read()
-            whole = data.rfind(b"\n") + 1
-            self._at[path] = (offset + whole, stat.st_ino)
-            for line in data[:whole].splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    yield rec
+                carry, skipping = b"", False  # skipping: the rest of a line too long
+                while chunk := fh.read(self.CHUNK):
+                    data, start = carry + chunk, 0
+                    if skipping:
+                        start = data.find(b"\n") + 1
+                        skipping = start == 0
+                    whole = data.rfind(b"\n") + 1
+                    lines, carry = data[start:whole], b"" if skipping else data[whole:]
+                    if len(carry) > MAX_LINE_BYTES:  # let it go, up to its newline
+                        carry, skipping = b"", True
+                    offset = fh.tell() - len(carry)
+                    self._at[path] = (offset, stat.st_ino)  # before the records are taken
+                    yield from _records(lines)
+            self._at[path] = (offset, stat.st_ino)
+
+
+def _records(lines: bytes) -> Iterator[dict[str, Any]]:
+    for line in lines.splitlines():
+        if len(line) > MAX_LINE_BYTES:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            yield rec
 
 
 def seconds_of(ts: Any) -> float | None:

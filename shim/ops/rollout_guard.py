@@ -4,13 +4,13 @@ one controller per task and log at a time."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from shim.flags.store import Change, FlagStore, setting_of
+from shim.ops.logtail import LogTail
 from shim.ops.promote import OpsError, record
 
 __all__ = ["approve", "controller_lock", "waiting_for"]
@@ -24,20 +24,16 @@ def waiting_for(task: str, log: Path) -> int | None:
     ``await_approval`` record with no later move or end); None when none waits."""
     product, _, name = task.partition(".")
     waiting = None
-    with log.open("rb") as lines:
-        for line in lines:
-            if b'"shim.rollout"' not in line:
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("product") != product or rec.get("task") != name:
-                continue
-            if rec.get("action") == "await_approval" and isinstance(rec.get("step"), int):
-                waiting = rec["step"]
-            elif rec.get("action") in _PAST:
-                waiting = None
+    for rec in LogTail([log]).poll():
+        if rec.get("event") != "shim.rollout" or (rec.get("product"), rec.get("task")) != (
+            product,
+            name,
+        ):
+            continue
+        if rec.get("action") == "await_approval" and isinstance(rec.get("step"), int):
+            waiting = rec["step"]
+        elif rec.get("action") in _PAST:
+            waiting = None
     return waiting
 
 
