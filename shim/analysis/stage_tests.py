@@ -164,11 +164,8 @@ class StageTests:
             ("typical latency ratio", self.latency, log_line, True),
             ("quality", self.quality, min_quality, False),
         ):
-            # a rate at its line varies at least as a Bernoulli there does: a rare
-            # event's sample variance (0 before the first) would pass it too soon
             rate = run is self.errors or run is self.mismatches
-            floor = line * (1 - line) if rate and line is not None and 0 < line < 1 else 0.0
-            bounds = sequence_bounds(run, alpha, floor=floor)
+            bounds = sequence_bounds(run, alpha, floor=_rate_floor(line) if rate else 0.0)
             if run is self.quality and line is not None and bounds is not None:
                 scored = self.quality_bounds(alpha)
                 if scored is None:
@@ -242,8 +239,7 @@ class StageTests:
             ("log_latency_ratio", self.latency, None),
             ("quality", self.quality, None),
         ):
-            floor = line * (1 - line) if line is not None and 0 < line < 1 else 0.0
-            bounds = sequence_bounds(run, alpha, floor=floor)
+            bounds = sequence_bounds(run, alpha, floor=_rate_floor(line))
             if bounds is not None:
                 found[name] = {
                     "n": run.n,
@@ -284,6 +280,13 @@ class StageTests:
             f"always-valid {(1 - alpha) * 100:.1f} % over {self.candidate_ms.n:,} pairs), over the "
             f"{ratio:.2f} line"
         ]
+
+
+def _rate_floor(line: float | None) -> float:
+    """The least variance a rate's bound takes against ``line``: a rate at its line
+    varies at least as a Bernoulli there does, and a rare event's sample variance (0
+    before the first) would pass the line too soon."""
+    return line * (1 - line) if line is not None and 0 < line < 1 else 0.0
 
 
 def score_of(part: Any) -> float | None:
