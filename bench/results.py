@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = (
     "startup",
     "overhead",
+    "flags",
     "streams",
     "cpu",
     "compare",
@@ -126,6 +127,21 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 + verdict(shadow["median_added_us"] <= 15 and shadow["p99_added_us"] <= 60),
             )
         )
+    fl = f.get("flags")
+    if fl:
+        b = fl["backends"]
+        file_us = b["FileFlags"]["median_us"]
+        for name in ("UnleashFlags", *(n for n in b if n.startswith("OpenFeatureFlags"))):
+            out.append(
+                (
+                    f"one flag decision: `{name}` (mean of blocks, median)",
+                    f"{b[name]['median_us']:.2f} us",
+                    f"FileFlags {file_us:.2f} us; UnleashClient.is_enabled "
+                    f"{b['UnleashClient.is_enabled (one flag)']['median_us']:.1f} us",
+                    f"{b[name]['ratio_to_file']:.1f}x FileFlags",
+                    "",
+                )
+            )
     st = f.get("streams")
     if st:
         target = st["targets_us"]

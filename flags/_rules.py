@@ -71,6 +71,10 @@ class Rule:
 
     ``serve_engine`` / ``shadow_engine``, when given, decide that flag instead of the
     percentage (a flag-service SDK's own evaluation, for flags richer than a rollout).
+    The percentage such a flag reaches is not known, so a call it decides takes its
+    stage from what it got: ``canary`` when the task path serves it, ``shadow`` when
+    legacy serves it and it is compared, ``off`` otherwise (with a plain serve
+    percentage above 0, the stage is that percentage's, as without engines).
     """
 
     task: str
@@ -82,6 +86,7 @@ class Rule:
     #: The flags set a shadow budget (``shadow_rate`` or ``shadow_tokens_per_hour``).
     budgeted: bool = field(init=False)
     _table: tuple[Decision, Decision, Decision, Decision] = field(init=False, repr=False)
+    _by_call: tuple[Decision, Decision, Decision, Decision] = field(init=False, repr=False)
     _serve: int = field(init=False, repr=False)
     _shadow: int = field(init=False, repr=False)
     _serve_prefix: str = field(init=False, repr=False)
@@ -95,6 +100,10 @@ class Rule:
         )
         set_ = object.__setattr__
         set_(self, "_table", table)
+        canary = (Decision(True, False, "canary"), Decision(True, True, "canary"))
+        by_call = (OFF, Decision(False, True, "shadow"), *canary)
+        known = self.serve_engine is None and self.flags.serve > 0
+        set_(self, "_by_call", table if known else by_call)
         set_(self, "stickiness", self.flags.stickiness)
         budget = (self.flags.shadow_rate, self.flags.shadow_tokens_per_hour)
         set_(self, "budgeted", budget != (None, None))
@@ -125,7 +134,7 @@ class Rule:
         plain = Rule(self.task, self.flags).decide(sticky)
         s = self.serve_engine(sticky) if self.serve_engine is not None else plain.serve
         c = self.shadow_engine(sticky) if self.shadow_engine is not None else plain.compare
-        return self._table[2 * s + c]
+        return self._by_call[2 * bool(s) + bool(c)]
 
 
 @dataclass(frozen=True, slots=True)

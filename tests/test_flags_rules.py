@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import shim
 from shim import flags
 from shim.base.context import sticky_value
-from shim.flags import FlagState, Rules, TaskFlags
+from shim.flags import Decision, FlagState, Rules, TaskFlags
 
 
 def unleash_in(group: str, sticky: str, percent: int) -> bool:
@@ -55,3 +55,18 @@ def test_default_stickiness_is_user_then_session() -> None:
             assert sticky_value("tenant") is None
     with shim.context(tenant="acme"):
         assert sticky_value("tenant") == "acme"
+
+
+def test_a_call_an_engine_decides_takes_its_stage_from_what_it_got() -> None:
+    """An engine's percentage is unknown: the stage is the call's (served: canary,
+    compared: shadow), unless a plain serve percentage above 0 says it."""
+    tasks = {"kiwi.a": TaskFlags(), "kiwi.b": TaskFlags(serve=20)}
+    engines = {
+        "kiwi.a.serve": lambda sticky: sticky == "in",
+        "kiwi.a.shadow": lambda sticky: True,
+        "kiwi.b.shadow": lambda sticky: True,
+    }
+    rules = Rules(FlagState(tasks), engines)
+    assert rules.decide("kiwi.a", "in") == Decision(True, True, "canary")
+    assert rules.decide("kiwi.a", "out") == Decision(False, True, "shadow")
+    assert {rules.decide("kiwi.b", f"u{i}").stage for i in range(50)} == {"canary"}
