@@ -145,7 +145,9 @@ def test_plain_arguments_read_as_typer_reads_them() -> None:
     )
     verb = typer.main.get_command(app).commands["report"]  # type: ignore[attr-defined]
     typer_options = {o for p in verb.params for o in p.opts if o.startswith("--")}
-    assert typer_options == set(OPTIONS)  # --help is not a parameter
+    # --help is not a parameter; --export takes two values and is left to typer
+    assert typer_options == set(OPTIONS) | {"--export"}
+    assert parse_plain(["a.jsonl", "--export", "parquet", "a.parquet"]) is None
 
 
 def test_the_built_in_policy_has_no_prices() -> None:

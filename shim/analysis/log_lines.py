@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "PARQUET_SUFFIX",
     "Copied",
     "clean_copy",
     "ends_whole",
@@ -26,6 +27,9 @@ __all__ = [
 #: Lines longer than this (in bytes, without the newline) are skipped, never read
 #: whole: a record is a few KB, and only a field copied uncapped makes one this long.
 MAX_LINE_BYTES = 16 * 1024 * 1024
+
+#: The name a Parquet log ends in (``shim report --export parquet``): read as it is.
+PARQUET_SUFFIX = ".parquet"
 
 #: Bytes read (and, for ``.gz``, decompressed) at a time while copying a log.
 _CHUNK = 1 << 20

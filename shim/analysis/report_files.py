@@ -14,6 +14,7 @@ for DuckDB, one file's fault never the whole report's.
   from about twice the limit) each ``.gz`` is probed, and only one with such a fault
   is decompressed here without it, keeping whatever decompressed before a cut or a
   corrupt block.
+- A ``.parquet`` log (``shim report --export parquet``) is read by DuckDB as it is.
 
 Each such fault is a :class:`FileProblem`: counted, named, shown in every format.
 """
@@ -30,7 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shim.analysis.log_lines import MAX_LINE_BYTES, Copied, clean_copy, faults, has_long_line
+from shim.analysis.log_lines import (
+    MAX_LINE_BYTES,
+    PARQUET_SUFFIX,
+    Copied,
+    clean_copy,
+    faults,
+    has_long_line,
+)
 from shim.base.errors import ShimError
 
 __all__ = ["FileProblem", "LogFiles", "ReportError"]
@@ -103,7 +111,7 @@ class LogFiles:
                     seen.add(same)
                     self.files.append((name, self._readable(name)))
             for name, path in list(self.files):
-                if name.endswith(".gz"):
+                if name.endswith((".gz", PARQUET_SUFFIX)):
                     continue
                 try:
                     long = has_long_line(path)
@@ -131,6 +139,11 @@ class LogFiles:
         """The paths to hand DuckDB, one per file."""
         return [path for _, path in self.files]
 
+    @property
+    def lines(self) -> list[str]:
+        """The paths of the logs of JSON lines (not Parquet)."""
+        return [path for path in self.paths if not path.endswith(PARQUET_SUFFIX)]
+
     def clean_rest(self) -> bool:
         """After DuckDB failed to read the files as they are: probe each file not
         copied yet, one by one, and copy only those with a fault, without it. A
@@ -144,7 +157,7 @@ class LogFiles:
             if name in self._cleaned:
                 continue
             try:
-                if not name.endswith(".gz"):
+                if not name.endswith(".gz"):  # plain, or Parquet: read by DuckDB as it is
                     with open(name, "rb"):
                         continue
                 found = faults(name)
@@ -200,7 +213,8 @@ class LogFiles:
         """``name``, or a link to it with a name DuckDB does not take for a glob."""
         if not _GLOB.intersection(name):
             return name
-        link = self._temp(".jsonl.gz" if name.endswith(".gz") else ".jsonl")
+        suffix = next((s for s in (".gz", PARQUET_SUFFIX) if name.endswith(s)), "")
+        link = self._temp(".jsonl" + suffix if suffix != PARQUET_SUFFIX else suffix)
         try:
             os.symlink(os.path.abspath(name), link)
         except OSError:  # no symbolic links here: a copy reads the same

@@ -22,11 +22,11 @@ from shim.analysis.report_sql import (
     AGGREGATE,
     MODELS,
     PROBE,
-    READ,
     SOURCE,
     VERDICTS,
     literal,
-    sql_list,
+    relation,
+    scope_sql,
     usage_sql,
 )
 
@@ -88,15 +88,7 @@ def read_logs(
     (what may run beside the read starts there, not sooner: see report._preload)."""
     import duckdb
 
-    scope = ["true"]
-    if task:
-        scope.append(f"product || '.' || task = {literal(task)}")
-    if since:
-        scope.append(f"ts >= {literal(since)}")
-    if until:
-        scope.append(f"ts < {literal(until)}")
-    if stage:
-        scope.append(f"(stage = {literal(stage)} OR event <> 'shim.comparison')")
+    scope = scope_sql(task=task, since=since, until=until, stage=stage)
     with LogFiles(inputs) as found:
         try:
             con = duckdb.connect()
@@ -105,17 +97,13 @@ def read_logs(
             con.execute("SET preserve_insertion_order = false")
             if reading is not None:
                 reading()
-            rows, models = _read(con, found, " AND ".join(scope), prices)
+            rows, models = _read(con, found, scope, prices)
         except duckdb.Error as exc:
             raise ReportError(f"cannot read the logs: {exc}") from None
         problems = list(found.problems)
         if any(r["negative_counts"] or r["bad_counts"] for r in rows):
             source = SOURCE.format(
-                scope="true",
-                files=sql_list(found.paths),
-                tolerant="true",
-                filename=", filename=true",
-                **READ,
+                scope="true", relation=relation(found.paths, tolerant=True, filename=True)
             )
             problems += refused_counts(con, source, found.files, rows)
     total_lines = sum(int(r["all_rows"]) for r in rows)
@@ -152,7 +140,7 @@ def _read(con: Any, found: LogFiles, scope: str, prices: Mapping[str, Price]) ->
     import duckdb
 
     try:
-        return _query(con, found.paths, scope, prices, strict=all(map(ends_whole, found.paths)))
+        return _query(con, found.paths, scope, prices, strict=all(map(ends_whole, found.lines)))
     except duckdb.Error:
         pass
     if found.clean_rest():  # only the files with a fault are copied
@@ -162,7 +150,7 @@ def _read(con: Any, found: LogFiles, scope: str, prices: Mapping[str, Price]) ->
             pass
     for path in found.paths:
         try:
-            con.execute(PROBE.format(files=sql_list([path]), **READ))
+            con.execute(PROBE.format(relation=relation([path], tolerant=True)))
         except duckdb.Error as exc:
             found.drop(path, str(exc).splitlines()[0])
     return _query(con, found.paths, scope, prices, strict=False) if found.paths else ([], {})
@@ -187,13 +175,7 @@ def _query(
     # Latency pairs for the bootstrap: a deterministic sample of about 20,000 per log.
     every = max(1, sum(map(_size, files)) // 700 // 20_000)
     for tolerant in (False, True)[0 if strict else 1 :]:
-        source = SOURCE.format(
-            scope=scope,
-            files=sql_list(files),
-            tolerant=str(tolerant).lower(),
-            filename="",
-            **READ,
-        )
+        source = SOURCE.format(scope=scope, relation=relation(files, tolerant=tolerant))
         query = AGGREGATE.format(
             source=source, every=every, known=repr(VERDICTS), usage=usage_sql(prices)
         )

@@ -4,10 +4,11 @@ is :mod:`shim.analysis.report_logs`'s."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from shim.analysis.log_lines import MAX_LINE_BYTES
+from shim.analysis.log_lines import MAX_LINE_BYTES, PARQUET_SUFFIX
 from shim.analysis.report_counts import CHECKED
 
 if TYPE_CHECKING:  # the policy (pydantic) loads while the logs are read: report._preload
@@ -17,11 +18,13 @@ __all__ = [
     "AGGREGATE",
     "MODELS",
     "PROBE",
-    "READ",
     "SOURCE",
     "VERDICTS",
     "literal",
+    "relation",
+    "scope_sql",
     "sql_list",
+    "transform_structure",
     "usage_sql",
 ]
 
@@ -63,6 +66,21 @@ def literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def scope_sql(*, task: str | None, since: str | None, until: str | None, stage: str | None) -> str:
+    """The condition a record meets to be within a report's filters (checked ones:
+    :func:`~shim.analysis.report_filters.check_filters`)."""
+    scope = ["true"]
+    if task:
+        scope.append(f"product || '.' || task = {literal(task)}")
+    if since:
+        scope.append(f"ts >= {literal(since)}")
+    if until:
+        scope.append(f"ts < {literal(until)}")
+    if stage:
+        scope.append(f"(stage = {literal(stage)} OR event <> 'shim.comparison')")
+    return " AND ".join(scope)
+
+
 # One streaming pass computes everything per task; materialising the parsed log in a
 # table first costs more than parsing it (measured: 1.5-1.9 s against 0.6 s per GB).
 # Nothing in it is DISTINCT or a histogram: either makes DuckDB fan the scan out to a
@@ -86,8 +104,7 @@ SOURCE = (
         FROM """
     + CHECKED.replace(
         "{relation}",
-        "read_ndjson({files}, ignore_errors={tolerant}, columns={columns}, "
-        "maximum_object_size={max_line}{filename})",
+        "{relation}",
     )
     + """)
 )"""
@@ -237,9 +254,50 @@ GROUP BY ALL
 """
 
 
-READ = {
-    "columns": "{" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}",
-    "max_line": str(MAX_LINE_BYTES),
-}
-PROBE = """SELECT count(*) FROM read_ndjson({files}, ignore_errors=true, columns={columns},
-  maximum_object_size={max_line})"""
+_READ_COLUMNS = "{" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}"
+
+
+def relation(files: Sequence[str], *, tolerant: bool, filename: bool = False) -> str:
+    """The records of ``files`` as rows of the report's columns: JSON lines (plain or
+    ``.gz``) read by ``read_ndjson``, Parquet logs by ``read_parquet``, one relation.
+    ``tolerant`` reads a bad line as a row of NULLs (JSON lines); ``filename`` adds
+    each row's file."""
+    lines = [f for f in files if not f.endswith(PARQUET_SUFFIX)]
+    parquet = [f for f in files if f.endswith(PARQUET_SUFFIX)]
+    named = ", filename=true" if filename else ""
+    ndjson = (
+        f"read_ndjson({sql_list(lines)}, ignore_errors={str(tolerant).lower()}, "
+        f"columns={_READ_COLUMNS}, maximum_object_size={MAX_LINE_BYTES}{named})"
+    )
+    if not parquet:
+        return ndjson
+    columns = ", ".join(f'"{name}"' for name in _COLUMNS) + (", filename" if filename else "")
+    archived = f"SELECT {columns} FROM read_parquet({sql_list(parquet)}, union_by_name=true{named})"
+    if not lines:
+        return f"({archived})"
+    return f"(SELECT * FROM {ndjson} UNION ALL BY NAME {archived})"
+
+
+def transform_structure() -> str:
+    """The report's columns as a ``json_transform`` structure (JSON text): how the
+    export reads a record's fields beside its whole text."""
+    return json.dumps({name: _structure(kind) for name, kind in _COLUMNS.items()})
+
+
+def _structure(kind: str) -> Any:
+    """A DuckDB type (``STRUCT(a INTEGER, b VARCHAR[])``) as ``json_transform`` takes it."""
+    if kind.endswith("[]"):
+        return [_structure(kind[:-2])]
+    if not kind.startswith("STRUCT("):
+        return kind
+    fields, depth, start, body = {}, 0, 0, kind[len("STRUCT(") : -1]
+    for i, char in enumerate(body + ","):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            name, _, inner = body[start:i].strip().partition(" ")
+            fields[name] = _structure(inner.strip())
+            start = i + 1
+    return fields
+
+
+PROBE = "SELECT count(*) FROM {relation}"

@@ -42,12 +42,21 @@ def report(
         typer.Option(help="Only comparisons in this stage: off, shadow, canary or live."),
     ] = None,
     policy: PolicyOpt = None,
+    export: Annotated[
+        tuple[str, Path] | None,
+        typer.Option(
+            "--export",
+            metavar="parquet PATH",
+            help="Also archive the records read (within the filters) to a Parquet file: "
+            "--export parquet archive.parquet. Reports read it back like a log.",
+        ),
+    ] = None,
 ) -> None:
     """Per-task statistics and a verdict (PROMOTE, HOLD, ROLLBACK); exit 1 on ROLLBACK,
     2 when the logs cannot be read or hold nothing within the filters."""
     from .report import ReportArgs, run_report
 
-    args = ReportArgs(tuple(logs), fmt, out_file, task, since, until, stage, policy)
+    args = ReportArgs(tuple(logs), fmt, out_file, task, since, until, stage, policy, export)
     code = run_report(args)
     if code:
         raise typer.Exit(code)

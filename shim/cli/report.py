@@ -53,6 +53,8 @@ class ReportArgs:
     until: str | None = None
     stage: str | None = None
     policy: Path | None = None
+    #: ``--export parquet PATH``: (the format, where)
+    export: tuple[str, Path] | None = None
 
 
 def parse_plain(args: Sequence[str]) -> ReportArgs | None:
@@ -85,9 +87,13 @@ def parse_plain(args: Sequence[str]) -> ReportArgs | None:
         return None
     return ReportArgs(
         tuple(logs),
+        fmt=values.get("--format", "table"),
         out_file=None if out_file is None else Path(out_file),
+        task=values.get("--task"),
+        since=values.get("--since"),
+        until=values.get("--until"),
+        stage=values.get("--stage"),
         policy=None if policy is None else Path(policy),
-        **{OPTIONS[name]: value for name, value in values.items()},
     )
 
 
@@ -111,9 +117,24 @@ def run_report(args: ReportArgs) -> int:
     if args.fmt == "html" and args.out_file is None:
         say("--format html needs --out FILE", error=True)
         return 2
+    if args.export is not None and args.export[0] != "parquet":
+        say(f"--export takes parquet and a path, got {args.export[0]!r}", error=True)
+        return 2
     from shim.analysis.report import build_report
 
     try:
+        if args.export is not None:
+            from shim.analysis.report_export import export_parquet
+
+            exported = export_parquet(
+                args.logs,
+                args.export[1],
+                task=args.task,
+                since=args.since,
+                until=args.until,
+                stage=args.stage,
+            )
+            say(exported.describe(), error=True)
         policy = None  # the built-in one, made while the logs are read
         if args.policy is not None:
             from shim.analysis.policy import Policy
