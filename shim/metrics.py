@@ -10,25 +10,38 @@ Everything but the call counter is read from the records as they are made, off t
 callers' threads (on a worker or the recorder's thread): the callers pay for one
 labelled counter increment per call, and nothing at all without ``metrics``.
 
-``shim_calls_total{task, served_by}``, ``shim_comparisons_total{task, outcome}``
-(``match``, ``mismatch``, ``error``: either path failed, ``unchecked``: nothing to
-compare), ``shim_dropped_total{task, reason}``, ``shim_breaker_state{task}`` (0 closed,
-1 half-open, 2 open), ``shim_backoff_total{task}`` (pauses after a 429 or 503) and
-``shim_latency_seconds{task, path}`` (``legacy``, ``task``); with a judge,
-``shim_judge_verdicts_total{task, winner}`` (``legacy``, ``candidate``, ``tie``) and
-``shim_judge_skipped_total{task, reason}``.
+``shim_calls_total{task, served_by}``, ``shim_comparisons_total{task, stage,
+served_by, outcome}`` (``match``, ``mismatch``, ``error``: either path failed,
+``unchecked``: nothing to compare), ``shim_dropped_total{task, reason}``,
+``shim_breaker_state{task}`` (0 closed, 1 half-open, 2 open), ``shim_backoff_total{task}``
+(pauses after a 429 or 503) and ``shim_latency_seconds{task, stage, path}``
+(``legacy``, ``task``); with a judge, ``shim_judge_verdicts_total{task, stage, winner}``
+(``legacy``, ``candidate``, ``tie``) and ``shim_judge_skipped_total{task, reason}``.
+
+The evidence ``shim watch --prometheus`` tests, summed over replicas by PromQL:
+``shim_pairs_total{task, stage, legacy, candidate}`` (each ``ok`` or ``error``: the
+pairs both paths ran), ``shim_latency_ratio{task, stage}`` (task path over legacy, per
+pair both answered; buckets 10 % apart), ``shim_quality_score{task, stage}`` (content
+scores, buckets 0.02 wide) and ``shim_routing_errors_total{task, stage}``. Labels are
+bounded: tasks, the four stages, and fixed values.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PrometheusMetrics"]
+__all__ = ["LATENCY_BUCKETS", "RATIO_BUCKETS", "SCORE_BUCKETS", "PrometheusMetrics"]
 
 _BREAKER = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
-#: From 5 ms to 2 minutes: LLM calls.
-_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+#: From 5 ms to 2 minutes, each 20 % over the one before: LLM calls (fine enough for
+#: the p95 test read from them, whose bounds are taken at a bucket's far edge).
+LATENCY_BUCKETS = tuple(round(0.005 * 1.2**i, 6) for i in range(56))
+#: Task path over legacy, from 1/20 to 20, each 10 % over the one before.
+RATIO_BUCKETS = tuple(round(1.1**i, 6) for i in range(-31, 32))
+#: Content scores, 0.02 wide.
+SCORE_BUCKETS = tuple(round(i / 50, 2) for i in range(1, 51))
 #: Each family's help, by its name after the prefix.
 _HELP = {
     "calls": "Calls by task and the path that served them",
@@ -39,6 +52,10 @@ _HELP = {
     "latency_seconds": "Latency of each path in compared calls",
     "judge_verdicts": "Judge verdicts on compared pairs, by the path preferred",
     "judge_skipped": "Sampled pairs recorded without a judge's verdict, by reason",
+    "pairs": "Pairs both paths ran, by whether each answered",
+    "latency_ratio": "Task path latency over legacy's, per pair both answered",
+    "quality_score": "Content scores of compared pairs",
+    "routing_errors": "Pairs whose task path went where the configuration does not send it",
 }
 
 
@@ -54,12 +71,24 @@ class PrometheusMetrics:
             return kind(f"{prefix}_{name}", _HELP[name], labels, registry=self.registry, **options)
 
         self.calls = family(prom.Counter, "calls", "task", "served_by")
-        self.comparisons = family(prom.Counter, "comparisons", "task", "outcome")
+        self.comparisons = family(
+            prom.Counter, "comparisons", "task", "stage", "served_by", "outcome"
+        )
         self.dropped = family(prom.Counter, "dropped", "task", "reason")
         self.breaker = family(prom.Gauge, "breaker_state", "task")
         self.backoff = family(prom.Counter, "backoff", "task")
-        self.latency = family(prom.Histogram, "latency_seconds", "task", "path", buckets=_BUCKETS)
-        self.judge_verdicts = family(prom.Counter, "judge_verdicts", "task", "winner")
+        self.latency = family(
+            prom.Histogram, "latency_seconds", "task", "stage", "path", buckets=LATENCY_BUCKETS
+        )
+        self.judge_verdicts = family(prom.Counter, "judge_verdicts", "task", "stage", "winner")
+        self.pairs = family(prom.Counter, "pairs", "task", "stage", "legacy", "candidate")
+        self.latency_ratio = family(
+            prom.Histogram, "latency_ratio", "task", "stage", buckets=RATIO_BUCKETS
+        )
+        self.quality = family(
+            prom.Histogram, "quality_score", "task", "stage", buckets=SCORE_BUCKETS
+        )
+        self.routing = family(prom.Counter, "routing_errors", "task", "stage")
         self.judge_skipped = family(prom.Counter, "judge_skipped", "task", "reason")
         self._served: dict[tuple[str, str], Any] = {}
 
@@ -84,21 +113,7 @@ class PrometheusMetrics:
         event = record.get("event")
         task = f"{record.get('product')}.{record.get('task')}"
         if event == "shim.comparison":
-            legacy, candidate = record.get("legacy") or {}, record.get("candidate") or {}
-            match = (record.get("structure") or {}).get("match")
-            if not (legacy.get("ok") and candidate.get("ok")):
-                outcome = "error"
-            elif match is None:
-                outcome = "unchecked"
-            else:
-                outcome = "match" if match else "mismatch"
-            self.comparisons.labels(task, outcome).inc()
-            for side, path in ((legacy, "legacy"), (candidate, "task")):
-                if side.get("ok") and isinstance(side.get("latency_ms"), int | float):
-                    self.latency.labels(task, path).observe(side["latency_ms"] / 1000)
-            judge = record.get("judge")
-            if isinstance(judge, dict) and judge.get("winner") in ("legacy", "candidate", "tie"):
-                self.judge_verdicts.labels(task, judge["winner"]).inc()
+            self._comparison(task, record)
         elif event == "shim.dropped":
             self.dropped.labels(task, str(record.get("reason"))).inc(record.get("count") or 1)
         elif event == "shim.judge_skipped":
@@ -107,3 +122,37 @@ class PrometheusMetrics:
             self.breaker.labels(task).set(_BREAKER.get(str(record.get("to")), 0))
         elif event == "shim.backoff" and record.get("state") == "paused":
             self.backoff.labels(task).inc()
+
+    def _comparison(self, task: str, record: Mapping[str, Any]) -> None:
+        legacy, candidate = record.get("legacy") or {}, record.get("candidate") or {}
+        stage = str(record.get("stage"))
+        structure = record.get("structure") or {}
+        match = structure.get("match")
+        both = bool(legacy.get("ok")) and bool(candidate.get("ok"))
+        if not both:
+            outcome = "error"
+        elif match is None:
+            outcome = "unchecked"
+        else:
+            outcome = "match" if match else "mismatch"
+        self.comparisons.labels(task, stage, str(record.get("served_by")), outcome).inc()
+        if legacy.get("ok") is not None and candidate.get("ok") is not None:
+            sides = ("ok" if legacy["ok"] else "error", "ok" if candidate["ok"] else "error")
+            self.pairs.labels(task, stage, *sides).inc()
+        times = {}
+        for side, path in ((legacy, "legacy"), (candidate, "task")):
+            ms = side.get("latency_ms")
+            if side.get("ok") and isinstance(ms, int | float) and 0 <= ms < math.inf:
+                self.latency.labels(task, stage, path).observe(ms / 1000)
+                times[path] = ms
+        if both and len(times) == 2 and times["legacy"] > 0:
+            self.latency_ratio.labels(task, stage).observe(times["task"] / times["legacy"])
+        quality = record.get("quality")
+        score = quality.get("score") if isinstance(quality, dict) else None
+        if isinstance(score, int | float) and not isinstance(score, bool) and score == score:
+            self.quality.labels(task, stage).observe(min(1.0, max(0.0, float(score))))
+        if (record.get("model") or {}).get("routing_error"):
+            self.routing.labels(task, stage).inc()
+        judge = record.get("judge")
+        if isinstance(judge, dict) and judge.get("winner") in ("legacy", "candidate", "tie"):
+            self.judge_verdicts.labels(task, stage, judge["winner"]).inc()

@@ -461,7 +461,8 @@ def test_prometheus_counts_verdicts_and_skips() -> None:
         s.flush()
     assert (
         registry.get_sample_value(
-            "shim_judge_verdicts_total", {"task": "kiwi.meal_plan", "winner": "tie"}
+            "shim_judge_verdicts_total",
+            {"task": "kiwi.meal_plan", "stage": "shadow", "winner": "tie"},
         )
         == 3
     )

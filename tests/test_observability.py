@@ -19,7 +19,7 @@ from shim.metrics import PrometheusMetrics
 from shim.sim import Profile, Simulator
 
 from .conftest import QUIET
-from .shimkit import make_shim
+from .shimkit import make_shim, records
 
 
 def free_port() -> int:
@@ -82,13 +82,24 @@ def test_prometheus_metrics_after_a_known_sequence(sim: Simulator, tmp_path: Pat
     assert found[("shim_calls_total", (("served_by", "task"), *ocr))] == 4
     assert found[("shim_calls_total", (("served_by", "legacy_fallback"), *ocr))] == 3
     assert found[("shim_calls_total", (("served_by", "legacy"), *ocr))] == 2
-    assert found[("shim_comparisons_total", (("outcome", "match"), *meal))] == 10
-    assert found[("shim_comparisons_total", (("outcome", "error"), *ocr))] == 3
+    shadow, live = ("stage", "shadow"), ("stage", "live")
+    match = (("outcome", "match"), ("served_by", "legacy"), shadow, *meal)
+    assert found[("shim_comparisons_total", match)] == 10
+    fell_back = (("outcome", "error"), ("served_by", "legacy_fallback"), live, *ocr)
+    assert found[("shim_comparisons_total", fell_back)] == 3
     assert found[("shim_dropped_total", (("reason", "breaker_open"), *ocr))] == 2
     assert found[("shim_breaker_state", ocr)] == 2  # open
-    assert found[("shim_latency_seconds_count", (("path", "task"), *meal))] == 10
-    assert found[("shim_latency_seconds_count", (("path", "legacy"), *meal))] == 10
-    assert found[("shim_latency_seconds_count", (("path", "legacy"), *ocr))] == 3
+    assert found[("shim_latency_seconds_count", (("path", "task"), shadow, *meal))] == 10
+    assert found[("shim_latency_seconds_count", (("path", "legacy"), shadow, *meal))] == 10
+    assert found[("shim_latency_seconds_count", (("path", "legacy"), live, *ocr))] == 3
+    # the evidence shim watch --prometheus reads
+    ok_ok = (("candidate", "ok"), ("legacy", "ok"), shadow, *meal)
+    assert found[("shim_pairs_total", ok_ok)] == 10
+    assert found[("shim_pairs_total", (("candidate", "error"), ("legacy", "ok"), live, *ocr))] == 3
+    timed = [r for r in records(tmp_path / "log.jsonl") if r["task"] == "meal_plan"]
+    timed = [r for r in timed if r["legacy"]["latency_ms"] > 0]  # legacy here takes ~0 ms
+    assert found[("shim_latency_ratio_count", (shadow, *meal))] == len(timed)
+    assert ("shim_latency_ratio_count", (live, *ocr)) not in found  # no pair both answered
 
 
 def test_opentelemetry_spans_carry_the_genai_attributes(sim: Simulator, tmp_path: Path) -> None:
