@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job on embedded defaults
 	$(BIN)/shim demo
 
-test: lint  ## ruff, mypy --strict, pytest (with PostgreSQL, Unleash and Chromium for it)
+test: lint  ## ruff, mypy --strict, pytest (with PostgreSQL, Unleash, Prometheus and Chromium for it)
 	scripts/ensure-chromium.sh
+	scripts/ensure-prometheus.sh
 	scripts/with-unleash.sh $(BIN)/python -m pytest
 
 bench: $(STAMP)  ## every benchmark, full size; writes bench/RESULTS.md and bench/results.json

@@ -22,7 +22,8 @@ The evidence ``shim watch --prometheus`` tests, summed over replicas by PromQL:
 ``shim_pairs_total{task, stage, legacy, candidate}`` (each ``ok`` or ``error``: the
 pairs both paths ran), ``shim_latency_ratio{task, stage}`` (task path over legacy, per
 pair both answered; buckets 10 % apart), ``shim_quality_score{task, stage}`` (content
-scores, buckets 0.02 wide) and ``shim_routing_errors_total{task, stage}``. Labels are
+scores, buckets 0.02 wide), ``shim_noise_score{task, stage}`` (legacy against itself)
+and ``shim_routing_errors_total{task, stage}``. Labels are
 bounded: tasks, the four stages, and fixed values.
 """
 
@@ -55,6 +56,7 @@ _HELP = {
     "pairs": "Pairs both paths ran, by whether each answered",
     "latency_ratio": "Task path latency over legacy's, per pair both answered",
     "quality_score": "Content scores of compared pairs",
+    "noise_score": "Legacy scored against a second answer of its own (noise runs)",
     "routing_errors": "Pairs whose task path went where the configuration does not send it",
 }
 
@@ -88,6 +90,7 @@ class PrometheusMetrics:
         self.quality = family(
             prom.Histogram, "quality_score", "task", "stage", buckets=SCORE_BUCKETS
         )
+        self.noise = family(prom.Histogram, "noise_score", "task", "stage", buckets=SCORE_BUCKETS)
         self.routing = family(prom.Counter, "routing_errors", "task", "stage")
         self.judge_skipped = family(prom.Counter, "judge_skipped", "task", "reason")
         self._served: dict[tuple[str, str], Any] = {}
@@ -147,12 +150,21 @@ class PrometheusMetrics:
                 times[path] = ms
         if both and len(times) == 2 and times["legacy"] > 0:
             self.latency_ratio.labels(task, stage).observe(times["task"] / times["legacy"])
-        quality = record.get("quality")
-        score = quality.get("score") if isinstance(quality, dict) else None
-        if isinstance(score, int | float) and not isinstance(score, bool) and score == score:
-            self.quality.labels(task, stage).observe(min(1.0, max(0.0, float(score))))
+        quality, noise = record.get("quality"), structure.get("noise")
+        for histogram, part in ((self.quality, quality), (self.noise, noise)):
+            score = _score(part)
+            if score is not None:
+                histogram.labels(task, stage).observe(score)
         if (record.get("model") or {}).get("routing_error"):
             self.routing.labels(task, stage).inc()
         judge = record.get("judge")
         if isinstance(judge, dict) and judge.get("winner") in ("legacy", "candidate", "tie"):
             self.judge_verdicts.labels(task, stage, judge["winner"]).inc()
+
+
+def _score(part: Any) -> float | None:
+    """A ``quality`` (or ``noise``) part's score, within 0..1; None without one."""
+    score = part.get("score") if isinstance(part, dict) else None
+    if not isinstance(score, int | float) or isinstance(score, bool) or score != score:
+        return None
+    return min(1.0, max(0.0, float(score)))

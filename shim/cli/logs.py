@@ -64,9 +64,12 @@ def report(
 
 def watch(
     log: Annotated[
-        Path,
-        typer.Argument(help="The comparison log to follow (or a glob naming one).", dir_okay=False),
-    ],
+        Path | None,
+        typer.Argument(
+            help="The comparison log to follow (or a glob naming one); none with --prometheus.",
+            dir_okay=False,
+        ),
+    ] = None,
     auto_rollback: Annotated[
         bool, typer.Option("--auto-rollback", help="Roll a breaching task back (serve 0 %).")
     ] = False,
@@ -95,13 +98,36 @@ def watch(
             min=0,
         ),
     ] = None,
+    prometheus: Annotated[
+        str | None,
+        typer.Option(
+            "--prometheus",
+            metavar="URL",
+            help="Read the evidence from a Prometheus server that scrapes every replica's "
+            "shim.metrics (http://prometheus:9090), instead of a LOG.",
+        ),
+    ] = None,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", help="With --prometheus: seconds between reads.", min=0.1),
+    ] = 5.0,
 ) -> None:
     """Test each task in LOG as it grows (always-valid bounds over its stage; rolling
-    windows for routing, quality and judges); with --auto-rollback, act on a breach. A
-    LOG that is not there is an error (exit 2) unless --wait. With --once: exit 1 on a
-    breach, 0 when tasks were evaluated without one, 2 when none could be."""
+    windows for routing, quality and judges), or, with --prometheus, in what every
+    replica counted; with --auto-rollback, act on a breach. A LOG that is not there is
+    an error (exit 2) unless --wait. With --once: exit 1 on a breach, 0 when tasks were
+    evaluated without one, 2 when none could be."""
     from shim.ops.watch import Watch, follow, wait_for_log
 
+    if prometheus is not None:
+        if log is not None:
+            say("watch a LOG or --prometheus URL, not both", error=True)
+            raise typer.Exit(2)
+        _watch_prometheus(prometheus, auto_rollback, flags, policy, from_start, once, interval)
+        return
+    if log is None:
+        say("watch needs a LOG (or --prometheus URL)", error=True)
+        raise typer.Exit(2)
     found = _watched(log)
     if found is None and wait and any(c in str(log) for c in "*?["):
         say(f"{log}: matches no log; --wait needs the file's name", error=True)
@@ -137,7 +163,64 @@ def watch(
         _judged(watcher, log, from_start, breaches)
 
 
-def _judged(watcher: Watch, log: Path, from_start: bool, breaches: int) -> None:
+def _watch_prometheus(
+    url: str,
+    auto_rollback: bool,
+    flags: Path | None,
+    policy: Path | None,
+    from_start: bool,
+    once: bool,
+    interval: float,
+) -> None:
+    """``shim watch --prometheus URL``: every ``interval`` seconds, what each task's
+    stage gained across replicas, tested as a log's pairs are; a read that fails is
+    said and tried again (at start, or with --once, exit 2)."""
+    import time
+
+    from shim.ops.prom_evidence import PrometheusError, PromEvidence
+    from shim.ops.watch import Watch
+
+    watcher = Watch(load_policy(policy))
+    store = open_store(flags) if auto_rollback else None
+    evidence = PromEvidence(url, from_start=from_start or once)
+    breaches, read_once, failing = 0, False, False
+    say(f"watching Prometheus at {url}" + (" (auto-rollback on)" if auto_rollback else ""))
+    try:
+        while True:
+            try:
+                gains = evidence.poll()
+            except PrometheusError as exc:
+                if once or not read_once:
+                    say(str(exc), error=True)
+                    raise typer.Exit(2) from None
+                if not failing:
+                    say(f"{exc}; trying again every {interval:g} s", error=True)
+                failing = True
+                time.sleep(interval)
+                continue
+            if failing:
+                say(f"Prometheus at {url} answers again")
+            read_once, failing = True, False
+            for (task, stage), found in sorted(gains.items()):
+                breach = watcher.feed_gains(task, stage, found)
+                if breach is None:
+                    continue
+                breaches += 1
+                say(f"BREACH {breach.describe()}", error=True)
+                if store is not None:
+                    _roll_back(breach, store, None)
+            if once:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        evidence.close()
+    if once:
+        _judged(watcher, f"Prometheus at {url}", True, breaches)
+
+
+def _judged(watcher: Watch, log: Path | str, from_start: bool, breaches: int) -> None:
     """How a one-off watch ends: exit 1 on a breach; exit 2 when it read or evaluated
     nothing (a gate that read nothing has passed nothing); else what it read, exit 0."""
     if breaches:
@@ -177,7 +260,7 @@ def _watched(log: Path) -> Path | None:
     return matched[0] if matched else None
 
 
-def _roll_back(breach: Breach, store: FlagStore, log: Path) -> None:
+def _roll_back(breach: Breach, store: FlagStore, log: Path | None) -> None:
     """Serve 0 % for the breaching task (shadow kept), recorded as automatic in ``log``:
     one read-modify-write under the store's lock (:func:`shim.ops.watch.auto_rollback`)."""
     from shim.ops.watch import auto_rollback

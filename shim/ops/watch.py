@@ -38,6 +38,7 @@ from shim.analysis.stage_tests import StageTests
 
 if TYPE_CHECKING:
     from shim.flags.store import Change, FlagStore
+    from shim.ops.prom_evidence import Gains
 
 __all__ = ["EPOCH_PAIRS", "Breach", "Watch", "auto_rollback", "follow", "wait_for_log"]
 
@@ -117,15 +118,7 @@ class Watch:
             routing = bool((record.get("model") or {}).get("routing_error"))
         except (KeyError, TypeError, AttributeError):
             return None
-        state = self._tasks.get(task)
-        if state is None:
-            state = self._tasks[task] = _TaskWatch(
-                deque(maxlen=gates.watch_window), deque(maxlen=gates.watch_window)
-            )
-        stage = str(record.get("stage"))
-        if stage != state.stage:  # a new stage starts a new count
-            state.restart()
-            state.stage = stage
+        state = self._state(task, str(record.get("stage")), gates)
         costs = self.policy.costs(record["legacy"], record["candidate"], gates)
         state.tests.add(**pair, legacy_cost=costs[0], candidate_cost=costs[1])
         state.window.append(routing)
@@ -134,6 +127,38 @@ class Watch:
             state.judged.append(verdict)
         self.records += 1
         state.since_eval += 1
+        return self._evaluate(task, state, gates)
+
+    def feed_gains(self, task: str, stage: str, gains: Gains) -> Breach | None:
+        """Take what a task's stage gained across replicas (``shim watch --prometheus``:
+        :class:`~shim.ops.prom_evidence.Gains`); a Breach when it tips the task over.
+        The same tests as :meth:`feed`, evaluated once per read that brought at least
+        ``watch_step`` pairs (a read is one look, however many pairs it brought)."""
+        gates = self.policy.for_task(task)
+        if not gains.n and not gains.buckets:
+            return None
+        state = self._state(task, stage, gates)
+        gains.into(state.tests)
+        state.window.extend(gains.routing_window())
+        state.judged.extend((winner, None) for winner, n in gains.judged.items() for _ in range(n))
+        self.records += gains.n
+        state.since_eval += gains.n
+        return self._evaluate(task, state, gates)
+
+    def _state(self, task: str, stage: str, gates: Gates) -> _TaskWatch:
+        """The task's watch, started again when its stage changed."""
+        state = self._tasks.get(task)
+        if state is None:
+            state = self._tasks[task] = _TaskWatch(
+                deque(maxlen=gates.watch_window), deque(maxlen=gates.watch_window)
+            )
+        if stage != state.stage:  # a new stage starts a new count
+            state.restart()
+            state.stage = stage
+        return state
+
+    def _evaluate(self, task: str, state: _TaskWatch, gates: Gates) -> Breach | None:
+        """Evaluate the task once ``watch_step`` pairs came since the last time."""
         if state.since_eval < gates.watch_step or len(state.window) < gates.watch_step:
             return None
         state.since_eval = 0
