@@ -107,6 +107,57 @@ def test_the_fleet_breaches_where_no_replica_does_alone(
             replica.kill()
 
 
+def test_a_rollout_rolls_back_on_the_fleets_evidence(
+    sim: Simulator, prom: Prometheus, fleet_ports: list[int], tmp_path: Path
+) -> None:
+    """`shim rollout --prometheus`: the step's evidence is what every replica counted
+    since the step began; its own records still go to its log."""
+    flags_file = tmp_path / "flags.yaml"
+    flags_file.write_text("kiwi.meal_plan: {serve: 10, shadow: 100}\n")
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "steps:\n  - {serve: 0, shadow: 100}\n  - {serve: 10, shadow: 100}\non_breach: {step: 0}\n"
+    )
+    log = tmp_path / "rollout.jsonl"
+    log.touch()
+    scraped()  # the last test's replicas are gone from the scrape
+    controller = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "shim", "rollout", "kiwi.meal_plan", "--plan", str(plan)),
+            *("--log", str(log), "--flags", str(flags_file)),
+            *("--policy", str(tmp_path / "policy.yaml")),
+            *("--prometheus", prom.url, "--interval", "0.3", "--json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    replicas: list[Replica] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not any(r.get("action") == "take_up" for r in records(log, "shim.rollout")):
+            assert controller.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        replicas = [
+            Replica(sim, tmp_path, port, f"c{i}", calls=100, mismatch_every=12)
+            for i, port in enumerate(fleet_ports)
+        ]
+        out, err = controller.communicate(timeout=90)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.communicate()
+        for replica in replicas:
+            replica.kill()
+    assert controller.returncode == 1, out + err
+    (back,) = [r for r in records(log, "shim.rollout") if r["action"] == "rollback"]
+    assert back["to"] == {"serve": 0, "shadow": 100, "stage": "shadow"}
+    assert "mismatch rate" in back["reason"]
+    assert "serve: 0" in flags_file.read_text()
+    assert not records(log)  # no comparison of its own: the replicas logged theirs
+
+
 def test_a_replica_killed_or_restarted_is_counted_once(
     sim: Simulator, prom: Prometheus, fleet_ports: list[int], tmp_path: Path
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,6 +15,7 @@ from .console import console, emit, say
 from .options import FlagsOpt, PolicyOpt, guard, load_policy
 
 if TYPE_CHECKING:
+    from shim.ops.prom_evidence import PromEvidence
     from shim.ops.rollout import Decision, Rollout
 
 __all__ = ["rollout"]
@@ -73,6 +74,15 @@ def rollout(
             "ended (rolled back, stopped or complete).",
         ),
     ] = False,
+    prometheus: Annotated[
+        str | None,
+        typer.Option(
+            "--prometheus",
+            metavar="URL",
+            help="Take the comparisons from a Prometheus server that scrapes every "
+            "replica's shim.metrics; the --log still holds the rollout's own records.",
+        ),
+    ] = None,
 ) -> None:
     """Walk TASK through a plan's steps on its own: advance when every gate passes on
     evidence from the current step (always-valid bounds, so looking often is safe),
@@ -119,15 +129,27 @@ def rollout(
     controller = Rollout(task, the_plan, store, logs[0], policy=the_policy, fresh=fresh)
     with ExitStack() as held:
         guard(held.enter_context, controller_lock(task, logs[0]))
-        decided = _run(controller, LogTail(logs), interval, once, as_json)
+        evidence = None
+        if prometheus is not None:
+            from shim.ops.prom_evidence import PromEvidence
+
+            evidence = held.enter_context(closing(PromEvidence(prometheus)))
+            controller.log_evidence = False
+        decided = _run(controller, LogTail(logs), interval, once, as_json, evidence)
     if decided is not None and decided.done and decided.action != "complete":
         raise typer.Exit(1)
 
 
 def _run(
-    controller: Rollout, tail: Any, interval: float, once: bool, as_json: bool
+    controller: Rollout,
+    tail: Any,
+    interval: float,
+    once: bool,
+    as_json: bool,
+    evidence: PromEvidence | None = None,
 ) -> Decision | None:
-    """Look, decide, show; until the rollout ends (or once)."""
+    """Look, decide, show; until the rollout ends (or once). With ``evidence``, the
+    comparisons are what the fleet gained since the step began."""
     from rich.live import Live
 
     out = console()
@@ -143,9 +165,25 @@ def _run(
     try:
         if live is not None:
             live.start()
+        based: tuple[float | None] | None = None  # the step the evidence counts from
         while True:
             for rec in tail.poll():
                 controller.take(rec)
+            if evidence is not None:
+                try:
+                    if based != (controller.since,):
+                        evidence.rebase(controller.since)
+                        based = (controller.since,)
+                    gains = evidence.poll()
+                except ShimError as exc:
+                    if once or based is None:  # at start: say so and stop (exit 2)
+                        guard(_raise, exc)
+                    say(f"{controller.task}: {exc}; looking again in {interval:g} s", error=True)
+                    time.sleep(interval)
+                    continue
+                for (name, stage), found in gains.items():
+                    if name == controller.task:
+                        controller.take_gains(stage, found)
             if once:
                 decided = guard(controller.decide)
             else:
@@ -164,6 +202,10 @@ def _run(
     finally:
         if live is not None:
             live.stop()
+
+
+def _raise(exc: ShimError) -> None:
+    raise exc
 
 
 class _View:

@@ -137,24 +137,21 @@ class PromEvidence:
         self._client.close()
 
     def poll(self) -> dict[tuple[str, str], Gains]:
-        """What each (task, stage) gained since the last poll; PrometheusError when the
-        server cannot be asked."""
+        """What each (task, stage) gained since the last poll (or :meth:`rebase`);
+        PrometheusError when the server cannot be asked."""
         gains: dict[tuple[str, str], Gains] = {}
-        now: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-        for name in (*_COUNTERS, *(f"{h}_bucket" for h in _HISTOGRAMS)):
-            for labels, value in self._query(f"{self.prefix}_{name}"):
-                key = (name, frozenset(labels.items()))
-                now[key] = value
-                before = self._last.get(key)
-                if before is None:
-                    gained = 0.0 if self._first else value
-                elif value < before:  # the replica restarted: its counter began again
-                    self.resets += 1
-                    gained = value
-                else:
-                    gained = value - before
-                if gained > 0:
-                    _credit(gains, name, labels, round(gained))
+        now = self._read()
+        for key, value in now.items():
+            before = self._last.get(key)
+            if before is None:
+                gained = 0.0 if self._first else value
+            elif value < before:  # the replica restarted: its counter began again
+                self.resets += 1
+                gained = value
+            else:
+                gained = value - before
+            if gained > 0:
+                _credit(gains, key[0], dict(key[1]), round(gained))
         # a series not in this read (its replica is gone) keeps its last value: were it
         # to come back with the same labels, only what it gained since counts
         self._last.update(now)
@@ -164,11 +161,26 @@ class PromEvidence:
             _uncumulate(found)
         return gains
 
-    def _query(self, selector: str) -> Iterator[tuple[dict[str, str], float]]:
+    def rebase(self, at: float | None = None) -> None:
+        """Count from the counters' values at ``at`` (seconds since the epoch; None:
+        now): the next :meth:`poll` gives what was gained since. A series that did not
+        exist then counts from zero."""
+        self._last = self._read(at)
+        self._first = False
+
+    def _read(self, at: float | None = None) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        found = {}
+        for name in (*_COUNTERS, *(f"{h}_bucket" for h in _HISTOGRAMS)):
+            for labels, value in self._query(f"{self.prefix}_{name}", at):
+                found[(name, frozenset(labels.items()))] = value
+        return found
+
+    def _query(self, selector: str, at: float | None) -> Iterator[tuple[dict[str, str], float]]:
         import httpx
 
+        params = {"query": selector} | ({} if at is None else {"time": f"{at:.3f}"})
         try:
-            reply = self._client.get(f"{self.url}/api/v1/query", params={"query": selector})
+            reply = self._client.get(f"{self.url}/api/v1/query", params=params)
             body = reply.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise PrometheusError(f"cannot ask Prometheus at {self.url}: {exc}") from None

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shim.analysis.policy import Gates, Policy
 from shim.analysis.stage_tests import StageTests
@@ -45,6 +45,9 @@ from shim.ops.logtail import seconds_of
 from shim.ops.promote import OpsError, record
 from shim.ops.rollout_plan import Plan
 from shim.ops.webhook import notify
+
+if TYPE_CHECKING:
+    from shim.ops.prom_evidence import Gains
 
 __all__ = ["Decision", "Rollout"]
 
@@ -96,6 +99,8 @@ class Rollout:
     ended_by: str | None = None
     completed: bool = False
     rolling: bool = False
+    #: the comparisons come from the logs (False: from Prometheus, :meth:`take_gains`)
+    log_evidence: bool = True
 
     @property
     def gates(self) -> Gates:
@@ -118,7 +123,7 @@ class Rollout:
             # running, it started each step itself (and a change of someone else's is
             # found in the flags, where it stops the rollout)
             return
-        if event != "shim.comparison" or rec.get("schema") != 1:
+        if event != "shim.comparison" or rec.get("schema") != 1 or not self.log_evidence:
             return
         current = self.expected or self.last_to
         if current is not None and rec.get("stage") != current.stage:
@@ -132,6 +137,14 @@ class Rollout:
             return
         costs = self.policy.costs(rec["legacy"], rec["candidate"], self.gates)
         self.tests.add(**pair, legacy_cost=costs[0], candidate_cost=costs[1])
+
+    def take_gains(self, stage: str, gains: Gains) -> None:
+        """What the task's ``stage`` gained across replicas since the last read
+        (``--prometheus``), counted from when the step began (the caller rebases its
+        evidence on :attr:`since`); another stage's is not this step's."""
+        current = self.expected or self.last_to
+        if current is None or stage == current.stage:
+            gains.into(self.tests)
 
     def _read_back(self, rec: dict[str, Any]) -> None:
         """A change record read back from the log: a new step's evidence begins (its
