@@ -1,7 +1,8 @@
 """One replica of a kiwi-like app for the fleet tests: a Shim over the simulator with its
 own log and Prometheus metrics on a port, making ``--calls`` meal-plan calls at
-``--rate`` a second (every ``--mismatch-every``-th legacy answer shaped otherwise), then
-serving its metrics until it is stopped. Prints ``done N`` once its records are written.
+``--rate`` a second (every ``--mismatch-every``-th legacy answer shaped otherwise; with
+``--fleet-rate``, under a fleet's shadow budget shared by ``--replicas``), then serving
+its metrics until it is stopped. Prints ``done N in S s`` once its records are written.
 
     python tests/fleet_replica.py --orch URL --flags F --log L --port P --calls 100
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 import prometheus_client
 
-from shim import Shim, TaskRequest, flags
+from shim import ShadowBudget, Shim, TaskRequest, flags
 from shim.metrics import PrometheusMetrics
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +33,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--mismatch-every", type=int, default=0)
+    parser.add_argument("--fleet-rate", type=float, help="the fleet's comparisons a second")
+    parser.add_argument("--replicas", type=int, default=1, help="... shared by this many")
     args = parser.parse_args()
 
     metrics = PrometheusMetrics(prometheus_client.CollectorRegistry())
@@ -43,6 +46,11 @@ def main() -> int:
         metrics=metrics,
         registry=KIWI / "orch" / "model_registry.yaml",
         assignments=KIWI / "orch" / "assignments.yaml",
+        budgets=(
+            {"kiwi.meal_plan": ShadowBudget(per_second=args.fleet_rate, replicas=args.replicas)}
+            if args.fleet_rate
+            else None
+        ),
     )
 
     @shim.shadow(
@@ -57,11 +65,13 @@ def main() -> int:
             return {"plan": "a week of soups"}  # another shape than the coordinator's
         return [{"day": 1, "meal_type": "dinner", "recipe_id": i, "suggestion": "soup"}]
 
+    started = time.monotonic()
     for i in range(args.calls):
         plan(i)
-        time.sleep(1 / args.rate)
+        time.sleep(max(0.0, started + (i + 1) / args.rate - time.monotonic()))
+    elapsed = time.monotonic() - started
     shim.flush(timeout=60)
-    print(f"done {args.calls}", flush=True)
+    print(f"done {args.calls} in {elapsed:.3f} s", flush=True)
     try:
         while True:
             time.sleep(3600)

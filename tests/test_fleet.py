@@ -52,8 +52,14 @@ class Replica:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
     def done(self) -> str:
+        """``done N`` once its calls are made and recorded."""
+        return self.finished()[0]
+
+    def finished(self) -> tuple[str, float]:
+        """(``done N``, the seconds its calls took)."""
         assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
+        said, _, seconds = self.proc.stdout.readline().strip().partition(" in ")
+        return said, float(seconds.removesuffix(" s"))
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -156,6 +162,30 @@ def test_a_rollout_rolls_back_on_the_fleets_evidence(
     assert "mismatch rate" in back["reason"]
     assert "serve: 0" in flags_file.read_text()
     assert not records(log)  # no comparison of its own: the replicas logged theirs
+
+
+def test_a_fleet_budget_holds_the_fleet_within_10_percent(
+    sim: Simulator, fleet_ports: list[int], tmp_path: Path
+) -> None:
+    """30 comparisons a second for the fleet, shared by 3 replicas that each call 60
+    times a second with everything shadowed: together they compare 27 to 33 a second."""
+    (tmp_path / "flags.yaml").write_text("kiwi.meal_plan: {serve: 0, shadow: 100}\n")
+    replicas = [
+        Replica(sim, tmp_path, port, f"b{i}", calls=240, rate=60, fleet_rate=30, replicas=3)
+        for i, port in enumerate(fleet_ports)
+    ]
+    try:
+        finished = [r.finished() for r in replicas]
+    finally:
+        for replica in replicas:
+            replica.kill()
+    assert [said for said, _ in finished] == ["done 240"] * REPLICAS
+    compared = [len(records(r.log)) for r in replicas]
+    fleet_rate = sum(n / seconds for n, (_, seconds) in zip(compared, finished, strict=True))
+    print(f"fleet shadow rate {fleet_rate:.2f}/s (budget 30/s), per replica {compared}")
+    assert 27 <= fleet_rate <= 33, (compared, finished)
+    skipped = sum(r["count"] for replica in replicas for r in records(replica.log, "shim.dropped"))
+    assert skipped + sum(compared) == 3 * 240  # every call compared or counted as skipped
 
 
 def test_a_replica_killed_or_restarted_is_counted_once(

@@ -183,3 +183,76 @@ def _seconds(ts: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_fleet_budget_is_shared_by_the_live_replica_count(sim: Simulator, tmp_path: Path) -> None:
+    """ShadowBudget(replicas=...): this process takes its share of the fleet's rate,
+    the flags' shadow_rate included."""
+
+    def replicas() -> int:
+        return 4
+
+    shim = make_shim(
+        sim.url,
+        tmp_path,
+        "kiwi.meal_plan: {serve: 0, shadow: 100, shadow_rate: 20}\n",  # the fleet's 20/s
+        budgets={"kiwi.meal_plan": ShadowBudget(per_second=100, replicas=replicas)},
+        limits=Limits(workers=8),
+    )
+    wrapped = shim.shadow(
+        product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan {i}")
+    )(legacy_plan)
+    paced(wrapped, 100, 2.0)  # 20 / 4 replicas = 5 a second here
+    shim.close(timeout=30)
+    compared = records(tmp_path / "log.jsonl", "shim.comparison")
+    assert 8 <= len(compared) <= 12, len(compared)  # 5 a second for 2 s, give or take
+
+
+def test_a_replica_count_that_fails_is_an_internal_error_not_a_failed_call(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    def replicas() -> int:
+        raise RuntimeError("the orchestrator did not answer")
+
+    shim = make_shim(
+        sim.url,
+        tmp_path,
+        "kiwi.meal_plan: {serve: 0, shadow: 100}\n",
+        budgets={"kiwi.meal_plan": ShadowBudget(per_second=50, replicas=replicas)},
+    )
+    wrapped = shim.shadow(
+        product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan {i}")
+    )(legacy_plan)
+    assert wrapped(1)[0]["recipe_id"] == 1
+    shim.close(timeout=30)
+    assert shim.stats()["internal_errors"] == {"budget.replicas": 1}
+    assert len(records(tmp_path / "log.jsonl", "shim.comparison")) == 1  # as for 1 replica
+
+
+def test_fleet_budget_shares_and_counts() -> None:
+    from shim.core.spend import REPLICAS_EVERY, Replicas
+
+    budget = ShadowBudget(per_second=30, burst=2, tokens_per_hour=90_000, replicas=3)
+    assert budget.share(3) == ShadowBudget(per_second=10, burst=2, tokens_per_hour=30_000)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="replicas must be a whole number of 1 or more"):
+            ShadowBudget(per_second=1, replicas=bad)  # type: ignore[arg-type]
+    now, said, errors = [0.0], [2], []
+
+    def count() -> Any:
+        if isinstance(said[0], Exception):
+            raise said[0]
+        return said[0]
+
+    live = Replicas(count, errors.append, clock=lambda: now[0])
+    assert live.count() == 2
+    said[0] = 5
+    assert live.count() == 2  # asked again only after REPLICAS_EVERY
+    now[0] += REPLICAS_EVERY
+    assert live.count() == 5
+    for wrong in (RuntimeError("down"), 0, "3"):
+        said[0] = wrong
+        now[0] += REPLICAS_EVERY
+        assert live.count() == 5  # the last count stays in force
+    assert [type(e).__name__ for e in errors] == ["RuntimeError", "ValueError", "ValueError"]
+    assert Replicas(7, errors.append).count() == 7

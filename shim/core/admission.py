@@ -9,7 +9,7 @@ from shim import flags as flagpkg
 from shim.client.task import TaskAllocation, TaskResult
 from shim.core.breaker import BreakerPolicy, CircuitBreaker, Transition
 from shim.core.call import Call
-from shim.core.spend import BUSY, Backoff, ShadowBudget, Spend
+from shim.core.spend import BUSY, Backoff, Replicas, ShadowBudget, Spend
 from shim.core.ticket import Ticket
 from shim.records.observe import CallSite
 from shim.records.recorder import Recorder
@@ -59,7 +59,8 @@ class Admission:
     ``queue_full``.
 
     ``budgets`` are the Shim's per-task :class:`ShadowBudget`; the flags'
-    ``shadow_rate``/``shadow_tokens_per_hour`` override them.
+    ``shadow_rate``/``shadow_tokens_per_hour`` override them (a fleet's budget, with
+    ``replicas``, stays the fleet's: this process takes its share).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class Admission:
         flags: flagpkg.FlagSource,
         recorder: Recorder,
         on_transition: Transition,
+        on_error: Callable[[str, BaseException, CallSite | None], None] | None = None,
     ) -> None:
         self.policy = policy
         self.backoff = backoff
@@ -79,7 +81,11 @@ class Admission:
         self._flags = flags
         self._recorder = recorder
         self._on_transition = on_transition
+        self._on_error = on_error
         self._tasks: dict[str, _Task] = {}
+        #: fleet budgets: each one's replica count, and this process's share by count
+        self._replicas: dict[int, Replicas] = {}
+        self._shares: dict[tuple[int, int], ShadowBudget] = {}
 
     def add(self, name: str) -> None:
         """Keep a breaker and a spend for the task ``name`` (once per task)."""
@@ -203,25 +209,43 @@ class Admission:
     def _budget(self, site: CallSite, rule: flagpkg.Rule | None) -> ShadowBudget | None:
         """The task's budget: the flags' ``shadow_rate``/``shadow_tokens_per_hour`` over
         the Shim's ``budgets``."""
-        default = self._budgets.get(site.name)
+        budget = self._budgets.get(site.name)
         if rule is None:
             rule = self._flags.rules.active.get(site.name)
-            if rule is None:
-                return default
-        if not rule.budgeted:
-            return default
-        rate, tokens = rule.flags.shadow_rate, rule.flags.shadow_tokens_per_hour
-        key = (site.name, rate, tokens)
-        budget = self._budget_cache.get(key)
-        if budget is None:
-            base = default or ShadowBudget()
-            budget = ShadowBudget(
-                per_second=base.per_second if rate is None else rate,
-                burst=base.burst if rate is None else None,
-                tokens_per_hour=base.tokens_per_hour if tokens is None else tokens,
-            )
-            self._budget_cache[key] = budget
-        return budget
+        if rule is not None and rule.budgeted:
+            rate, tokens = rule.flags.shadow_rate, rule.flags.shadow_tokens_per_hour
+            key = (site.name, rate, tokens)
+            flagged = self._budget_cache.get(key)
+            if flagged is None:
+                base = budget or ShadowBudget()
+                flagged = self._budget_cache[key] = ShadowBudget(
+                    per_second=base.per_second if rate is None else rate,
+                    burst=base.burst if rate is None else None,
+                    tokens_per_hour=base.tokens_per_hour if tokens is None else tokens,
+                    replicas=base.replicas,
+                )
+            budget = flagged
+        if budget is None or budget.replicas is None:
+            return budget
+        return self._share(site, budget)
+
+    def _share(self, site: CallSite, budget: ShadowBudget) -> ShadowBudget:
+        """This process's part of a fleet's budget, by the live replica count."""
+        assert budget.replicas is not None
+        replicas = self._replicas.get(id(budget))
+        if replicas is None:
+
+            def failed(exc: BaseException) -> None:
+                if self._on_error is not None:
+                    self._on_error("budget.replicas", exc, site)
+
+            replicas = self._replicas[id(budget)] = Replicas(budget.replicas, failed)
+        count = replicas.count()
+        key = (id(budget), count)
+        share = self._shares.get(key)
+        if share is None:
+            share = self._shares[key] = budget.share(count)
+        return share
 
     def _busy(self, admitted: Admitted, status: int) -> None:
         """The coordinator had no capacity: stop shadowing the task for a while (unless

@@ -147,6 +147,7 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
             flags=flags,
             recorder=events.recorder,
             on_transition=events.breaker,
+            on_error=events.internal_error,
         )
         self._own_http = None if transport is None else httpx.Client(transport=transport)
         threads, loops = lanes(

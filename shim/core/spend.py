@@ -9,6 +9,7 @@ governed here: they have the breaker and the fallback.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from shim.core.lifecycle import renew_in_child
 from shim.core.ticket import Ticket
 
-__all__ = ["Backoff", "ShadowBudget"]
+__all__ = ["REPLICAS_EVERY", "Backoff", "Replicas", "ShadowBudget"]
 
 #: Coordinator answers that mean "no capacity now", not "broken".
 BUSY = frozenset({429, 503})
@@ -29,17 +30,79 @@ class ShadowBudget:
     """A task's shadow allowance. ``per_second``: comparisons per second, evenly spread
     (``burst`` lets that many go at once after a quiet spell; default 1);
     ``tokens_per_hour``: input plus output tokens the task path may spend on
-    comparisons, refilled evenly over the hour."""
+    comparisons, refilled evenly over the hour.
+
+    ``replicas``: the allowance is the fleet's, shared by this many processes (a whole
+    number, or a function that tells the live count, asked at most every
+    :data:`REPLICAS_EVERY` seconds); each process takes its share of the rate and the
+    tokens (the burst stays each process's own)."""
 
     per_second: float | None = None
     burst: float | None = None
     tokens_per_hour: int | None = None
+    replicas: int | Callable[[], int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("per_second", "burst", "tokens_per_hour"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"ShadowBudget.{name} must be positive, got {value!r}")
+        if isinstance(self.replicas, bool) or (
+            isinstance(self.replicas, int | float) and not _whole_count(self.replicas)
+        ):
+            raise ValueError(
+                f"ShadowBudget.replicas must be a whole number of 1 or more (or a function "
+                f"returning one), got {self.replicas!r}"
+            )
+
+    def share(self, replicas: int) -> ShadowBudget:
+        """One process's part of a fleet's allowance shared by ``replicas``."""
+        tokens = self.tokens_per_hour
+        return ShadowBudget(
+            per_second=None if self.per_second is None else self.per_second / replicas,
+            burst=self.burst,
+            tokens_per_hour=None if tokens is None else max(1, tokens // replicas),
+        )
+
+
+#: How often a fleet budget asks its ``replicas`` function for the live count (s).
+REPLICAS_EVERY = 10.0
+
+
+def _whole_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+class Replicas:
+    """The live replica count of a fleet budget: its ``replicas`` as given, or what its
+    function said last, asked again at most every :data:`REPLICAS_EVERY` seconds. A
+    function that raises or says something that is not a whole number of 1 or more
+    leaves the last count in force (1 before any), and ``on_error`` hears of it."""
+
+    def __init__(
+        self,
+        source: int | Callable[[], int],
+        on_error: Callable[[BaseException], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._on_error = on_error
+        self._clock = clock
+        self._count = source if isinstance(source, int) else 1
+        self._next = -math.inf
+
+    def count(self) -> int:
+        """The count in force now."""
+        if callable(self._source) and self._clock() >= self._next:
+            self._next = self._clock() + REPLICAS_EVERY
+            try:
+                found = self._source()
+                if not _whole_count(found):
+                    raise ValueError(f"replicas() returned {found!r}, not a whole number >= 1")
+                self._count = int(found)
+            except Exception as exc:
+                self._on_error(exc)
+        return self._count
 
 
 @dataclass(frozen=True, slots=True)
