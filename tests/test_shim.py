@@ -515,6 +515,41 @@ def test_noise_runs_from_the_environment(
             Shim.from_env()
 
 
+def test_metrics_from_the_environment(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SHIM_METRICS serves /metrics (one endpoint per process, every Shim from the
+    environment counting on it); a value that is not a port, or a port taken, is a
+    ConfigError naming it."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("CF_ORCH_URL", sim.url)
+    monkeypatch.setenv("SHIM_FLAGS", str(write_flags(tmp_path / "f.yaml", SHADOW)))
+    monkeypatch.setenv("SHIM_LOG", str(tmp_path / "env.jsonl"))
+    monkeypatch.setenv("SHIM_METRICS", f"127.0.0.1:{port}")
+    first, second = Shim.from_env(), Shim.from_env()
+    Driver("sync").wrap(first, lambda: 1)()
+    first.close()
+    second.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    assert 'shim_pairs_total{candidate="ok",legacy="ok",stage="shadow"' in text
+    for bad in ("metrics", "host:0", "127.0.0.1:99999"):
+        monkeypatch.setenv("SHIM_METRICS", bad)
+        with pytest.raises(shim.ConfigError, match="SHIM_METRICS: expected PORT or HOST:PORT"):
+            Shim.from_env()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("SHIM_METRICS", str(taken.getsockname()[1]))
+        with pytest.raises(shim.ConfigError, match="SHIM_METRICS: cannot serve /metrics on"):
+            Shim.from_env()
+
+
 def test_context_nests_and_resets() -> None:
     assert shim.current_context() == {}
     with shim.context(user_id=1, tenant="a"):

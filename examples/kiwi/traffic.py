@@ -8,7 +8,8 @@ router, then the router's ctx exited), a recipe suggestion, a receipt, a recipe 
 a label capture (async) or a streamed recipe (an async generator, read to its end).
 Each runs as one of 500 users (``shim.context(user_id=...)``). Configured like the app,
 by the environment: ``CF_ORCH_URL``, ``SHIM_FLAGS``, ``SHIM_LOG`` (``SHIM_REGISTRY`` /
-``SHIM_ASSIGNMENTS`` default to kiwi's files here). Prints how the calls were served.
+``SHIM_ASSIGNMENTS`` default to kiwi's files here; ``SHIM_METRICS`` serves Prometheus
+metrics, ``--linger`` keeps them up after the calls). Prints how the calls were served.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import random
 import sys
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,6 +141,12 @@ def main() -> int:
     parser.add_argument("task", choices=[*SYNC_TASKS, *ASYNC_TASKS])
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        help="seconds to stay up after the calls (serving SHIM_METRICS for a last scrape)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("SHIM_REGISTRY", str(HERE / "orch" / "model_registry.yaml"))
     os.environ.setdefault("SHIM_ASSIGNMENTS", str(HERE / "orch" / "assignments.yaml"))
@@ -160,8 +168,10 @@ def main() -> int:
     print(
         f"kiwi.{args.task}: {args.calls} calls ({failed} failed on legacy); the log's "
         "comparisons of this task by who served: "
-        + (", ".join(f"{k} {v}" for k, v in sorted(served.items())) or "none")
+        + (", ".join(f"{k} {v}" for k, v in sorted(served.items())) or "none"),
+        flush=True,
     )
+    time.sleep(args.linger)
     return 0
 
 

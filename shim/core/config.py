@@ -16,6 +16,7 @@ from shim.core.judging import Judge
 
 if TYPE_CHECKING:
     from shim.core.events import Events
+    from shim.metrics import PrometheusMetrics
 
 __all__ = [
     "FixedFlags",
@@ -27,6 +28,7 @@ __all__ = [
     "flags_from_env",
     "judge_from_env",
     "load_orch",
+    "metrics_from_env",
     "secrets_of",
 ]
 
@@ -145,7 +147,7 @@ Off = tuple[str, str]
 def env_config(overrides: dict[str, Any]) -> tuple[str, Off | None]:
     """The coordinator's URL for ``Shim.from_env``, with ``overrides`` completed from
     the environment (``CF_LICENSE_KEY``, ``SHIM_LOG``, ``SHIM_REGISTRY``,
-    ``SHIM_ASSIGNMENTS``; the flags from ``SHIM_FLAGS`` unless given); keyword
+    ``SHIM_ASSIGNMENTS``, ``SHIM_METRICS``; the flags from ``SHIM_FLAGS`` unless given); keyword
     arguments win; ``SHIM_JUDGE`` adds a judge (:func:`judge_from_env`). When the Shim
     must be off instead: ``("", (operation, why))``.
 
@@ -194,6 +196,8 @@ def env_config(overrides: dict[str, Any]) -> tuple[str, Off | None]:
             overrides[key] = env[var]
     if "noise_sample" not in overrides and env.get("SHIM_NOISE_SAMPLE", "").strip():
         overrides["noise_sample"] = _share("SHIM_NOISE_SAMPLE")
+    if "metrics" not in overrides and env.get("SHIM_METRICS", "").strip():
+        overrides["metrics"] = metrics_from_env()
     if "judge" not in overrides and env.get("SHIM_JUDGE"):
         overrides["judge"] = judge_from_env()
     elif not env.get("SHIM_JUDGE"):
@@ -265,6 +269,46 @@ def _share(var: str) -> float:
             [Problem("environment", None, var, f"expected a share from 0 to 1, got {raw!r}")]
         )
     return value
+
+
+#: The process's metrics served for ``SHIM_METRICS`` (one endpoint per process).
+_SERVED: dict[str, PrometheusMetrics] = {}
+
+
+def metrics_from_env() -> PrometheusMetrics:
+    """Prometheus metrics served where ``SHIM_METRICS`` says: a port (on 127.0.0.1), or
+    ``HOST:PORT`` (``0.0.0.0:9464`` for a scraper on another host), from a registry of
+    their own. One endpoint per process: every Shim made from the environment counts
+    on it."""
+    raw = os.environ["SHIM_METRICS"].strip()
+    if raw in _SERVED:
+        return _SERVED[raw]
+    host, _, port = raw.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            [
+                Problem(
+                    "environment", None, "SHIM_METRICS", f"expected PORT or HOST:PORT, got {raw!r}"
+                )
+            ]
+        )
+    try:
+        import prometheus_client
+
+        from shim.metrics import PrometheusMetrics
+
+        # a registry of its own: the endpoint serves the shim's metrics, and a failed
+        # start leaves nothing registered in the app's default registry
+        metrics = PrometheusMetrics(prometheus_client.CollectorRegistry())
+        metrics.serve(int(port), addr=host or "127.0.0.1")
+    except ImportError:
+        why = "needs prometheus-client: pip install 'task-shim[metrics]'"
+        raise ConfigError([Problem("environment", None, "SHIM_METRICS", why)]) from None
+    except OSError as exc:
+        why = f"cannot serve /metrics on {host or '127.0.0.1'}:{port}: {exc.strerror or exc}"
+        raise ConfigError([Problem("environment", None, "SHIM_METRICS", why)]) from None
+    _SERVED[raw] = metrics
+    return metrics
 
 
 def _yes_or_no(var: str) -> bool:
