@@ -6,12 +6,16 @@ and ``.shadow``, evaluated by the client for every call of a task the source was
 the evaluation context's targeting key and the shim's context fields its attributes,
 so a provider buckets a caller as it would anywhere else in the app. ``shim.kill`` is a
 boolean flag evaluated off the caller's path: at start, on the provider's events and
-every ``kill_interval`` seconds.
+every ``kill_interval`` seconds, by a poller that also makes out each task's stage.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
+import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,13 +40,23 @@ class OpenFeatureFlags:
     (``FLAG_NOT_FOUND`` is an ``info``: a task may define only one of its two flags).
     Until the provider is ready every task is off, with one ``warning`` event.
 
-    The provider's percentages are not visible through OpenFeature, so records take
-    each call's stage from what it got (``canary`` served by the task path, ``shadow``
-    compared, ``off``), and ``shim status`` / ``shim promote`` need a backend whose
-    percentages the shim can read and write (:class:`FileFlags`, :class:`UnleashFlags`).
+    The provider's percentages are not visible through OpenFeature, so the source makes
+    out each task's stage from what its calls got: ``canary`` once a call was served by
+    the task path, ``shadow`` once one was compared, and back down (to ``shadow`` or
+    ``off``) after ``stage_hold`` seconds (10 minutes) without such a call. A call that
+    got more than its task's stage (the first served one) is recorded at what it got.
+    ``shim status`` / ``shim promote`` need a backend whose percentages the shim can
+    read and write (:class:`FileFlags`, :class:`UnleashFlags`).
     """
 
-    def __init__(self, client: Any, tasks: Iterable[str], *, kill_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        tasks: Iterable[str],
+        *,
+        kill_interval: float = 1.0,
+        stage_hold: float = 600.0,
+    ) -> None:
         from openfeature.evaluation_context import EvaluationContext
         from openfeature.event import ProviderEvent
 
@@ -51,8 +65,9 @@ class OpenFeatureFlags:
             check_task_name(task)
         if not names:
             raise ValueError("OpenFeatureFlags needs the tasks it decides, e.g. ['kiwi.ocr']")
-        if kill_interval <= 0:
-            raise ValueError(f"kill_interval must be above 0 seconds, not {kill_interval}")
+        for name, value in (("kill_interval", kill_interval), ("stage_hold", stage_hold)):
+            if not value > 0:
+                raise ValueError(f"{name} must be above 0 seconds, not {value}")
         self._client = client
         self._context = EvaluationContext
         self.tasks = names
@@ -61,14 +76,17 @@ class OpenFeatureFlags:
         self._seen_errors: set[tuple[str, str]] = set()
         self._not_ready_said = False
         self._events = Events(f"openfeature:{_provider_name(client)}")
-        engines: dict[str, Engine] = {}
+        #: when a call of each task was last served by the task path, and last compared
+        self._served_at: dict[str, float] = {}
+        self._compared_at: dict[str, float] = {}
+        self._stages = dict.fromkeys(names, "off")
+        self._hold = stage_hold
+        self._kill = False
+        self._engines: dict[str, Engine] = {}
         for task in names:
-            engines[serve_flag(task)] = self._engine(serve_flag(task))
-            engines[shadow_flag(task)] = self._engine(shadow_flag(task))
-        state = {task: TaskFlags() for task in names}
-        self._live = Rules(FlagState(state), engines)
-        self._killed = Rules(FlagState(state, kill=True), engines)
-        self.rules = self._live
+            self._engines[serve_flag(task)] = self._engine(serve_flag(task), self._served_at)
+            self._engines[shadow_flag(task)] = self._engine(shadow_flag(task), self._compared_at)
+        self.rules = self._rules()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._interval = kill_interval
@@ -81,8 +99,21 @@ class OpenFeatureFlags:
         ]
         for event, handler in self._handlers:
             client.add_handler(event, handler)
+        self._thread: threading.Thread | None = None
+        self._start()
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:  # a forked worker polls the kill switch too
+            source = ref()
+            if source is not None and not source._stop.is_set():
+                source._lock = threading.Lock()
+                source._start()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _start(self) -> None:
         self._thread = threading.Thread(
-            target=self._poll, name="shim-openfeature-kill", daemon=True
+            target=self._poll, name="shim-openfeature-poller", daemon=True
         )
         self._thread.start()
 
@@ -100,23 +131,36 @@ class OpenFeatureFlags:
         self._stop.set()
         for event, handler in self._handlers:
             self._client.remove_handler(event, handler)
-        if self._thread is not threading.current_thread():
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+
+    @property
+    def stages(self) -> dict[str, str]:
+        """Each task's stage as the source makes it out now."""
+        return dict(self._stages)
 
     # -- evaluating ----------------------------------------------------------------
 
-    def _engine(self, flag: str) -> Engine:
+    def _engine(self, flag: str, seen: dict[str, float]) -> Engine:
         details = self._client.get_boolean_details
         context = self._context
+        task = flag.rpartition(".")[0]
 
         def evaluate(sticky: str | None) -> bool:
             result = details(flag, False, context(sticky, dict(current_context())))
             if result.error_code is not None:
                 self._failed(flag, result)
                 return False
-            return result.value is True
+            if result.value is True:
+                seen[task] = time.monotonic()
+                return True
+            return False
 
         return evaluate
+
+    def _rules(self) -> Rules:
+        state = {task: TaskFlags() for task in self.tasks}
+        return Rules(FlagState(state, kill=self._kill), self._engines, dict(self._stages))
 
     def _failed(self, flag: str, result: Any) -> None:
         code = getattr(result.error_code, "value", str(result.error_code))
@@ -149,18 +193,39 @@ class OpenFeatureFlags:
             self._failed(KILL_SWITCH, result)
         kill = result.value is True and result.error_code is None
         with self._lock:
-            rules = self._killed if kill else self._live
-            if rules is self.rules and self.version:
+            if kill == self._kill and self.version:
                 return
-            self.rules = rules
+            self._kill = kill
+            self.rules = self._rules()
             self.version += 1
         if kill:
             self._emit("warning", f"{KILL_SWITCH} is on: every task legacy, nothing compared")
         elif self.version > 1:
             self._emit("info", f"{KILL_SWITCH} is off: tasks decided by their flags again")
 
+    def _restage(self) -> None:
+        """Each task's stage from what its calls got lately (see the class)."""
+        now, moved = time.monotonic(), []
+        with self._lock:
+            for task in self.tasks:
+                if now - self._served_at.get(task, -math.inf) < self._hold:
+                    stage = "canary"
+                elif now - self._compared_at.get(task, -math.inf) < self._hold:
+                    stage = "shadow"
+                else:
+                    stage = "off"
+                if stage != self._stages[task]:
+                    moved.append(f"{task}: {self._stages[task]} -> {stage}")
+                    self._stages[task] = stage
+            if moved:
+                self.rules = self._rules()
+                self.version += 1
+        for change in moved:
+            self._emit("info", f"stage {change}, by what its calls got")
+
     def _poll(self) -> None:
         while not self._stop.wait(self._interval):
+            self._restage()
             try:
                 self._recheck()
             except Exception as exc:  # a provider that raises: keep the last state

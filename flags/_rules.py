@@ -71,22 +71,24 @@ class Rule:
 
     ``serve_engine`` / ``shadow_engine``, when given, decide that flag instead of the
     percentage (a flag-service SDK's own evaluation, for flags richer than a rollout).
-    The percentage such a flag reaches is not known, so a call it decides takes its
-    stage from what it got: ``canary`` when the task path serves it, ``shadow`` when
-    legacy serves it and it is compared, ``off`` otherwise (with a plain serve
-    percentage above 0, the stage is that percentage's, as without engines).
+
+    ``stage``, when given, is the stage a source that cannot read percentages made out
+    for the task (:class:`~flags.OpenFeatureFlags`); an engine-decided call takes it,
+    raised to what the call got (``canary`` served by the task path, ``shadow``
+    compared), so the task's records keep one stage until the source moves it.
     """
 
     task: str
     flags: TaskFlags
     serve_engine: Engine | None = None
     shadow_engine: Engine | None = None
+    stage: str | None = None
     #: The context field that keeps a caller on one path (``default``: user, session).
     stickiness: str = field(init=False)
     #: The flags set a shadow budget (``shadow_rate`` or ``shadow_tokens_per_hour``).
     budgeted: bool = field(init=False)
     _table: tuple[Decision, Decision, Decision, Decision] = field(init=False, repr=False)
-    _by_call: tuple[Decision, Decision, Decision, Decision] = field(init=False, repr=False)
+    _by_engine: tuple[Decision, Decision, Decision, Decision] = field(init=False, repr=False)
     _serve: int = field(init=False, repr=False)
     _shadow: int = field(init=False, repr=False)
     _serve_prefix: str = field(init=False, repr=False)
@@ -100,10 +102,16 @@ class Rule:
         )
         set_ = object.__setattr__
         set_(self, "_table", table)
-        canary = (Decision(True, False, "canary"), Decision(True, True, "canary"))
-        by_call = (OFF, Decision(False, True, "shadow"), *canary)
-        known = self.serve_engine is None and self.flags.serve > 0
-        set_(self, "_by_call", table if known else by_call)
+        if self.stage is not None:  # the source's stage, raised to what each call got
+            rank = ("off", "shadow", "canary", "live").index
+            table = tuple(
+                Decision(
+                    s, c, max(self.stage, "canary" if s else "shadow" if c else "off", key=rank)
+                )
+                for s in (False, True)
+                for c in (False, True)
+            )
+        set_(self, "_by_engine", table)
         set_(self, "stickiness", self.flags.stickiness)
         budget = (self.flags.shadow_rate, self.flags.shadow_tokens_per_hour)
         set_(self, "budgeted", budget != (None, None))
@@ -134,7 +142,7 @@ class Rule:
         plain = Rule(self.task, self.flags).decide(sticky)
         s = self.serve_engine(sticky) if self.serve_engine is not None else plain.serve
         c = self.shadow_engine(sticky) if self.shadow_engine is not None else plain.compare
-        return self._by_call[2 * bool(s) + bool(c)]
+        return self._by_engine[2 * bool(s) + bool(c)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +150,13 @@ class Rules:
     """Every task's flags at one moment; only tasks that do something have a rule.
 
     ``engines`` maps flag names (``kiwi.ocr.serve``) to evaluators for flags that are not
-    a plain rollout; a task with such a flag is always active.
+    a plain rollout; a task with such a flag is always active. ``stages`` gives a task's
+    stage where the source knows no percentages (see :class:`Rule`).
     """
 
     state: FlagState = field(default_factory=FlagState)
     engines: Mapping[str, Engine] = field(default_factory=dict)
+    stages: Mapping[str, str] = field(default_factory=dict)
     active: Mapping[str, Rule] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -156,7 +166,11 @@ class Rules:
             if self.state.kill
             else {
                 task: Rule(
-                    task, flags, engines.get(serve_flag(task)), engines.get(shadow_flag(task))
+                    task,
+                    flags,
+                    engines.get(serve_flag(task)),
+                    engines.get(shadow_flag(task)),
+                    self.stages.get(task),
                 )
                 for task, flags in self.state.tasks.items()
                 if flags.serve

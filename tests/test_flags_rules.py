@@ -57,9 +57,10 @@ def test_default_stickiness_is_user_then_session() -> None:
         assert sticky_value("tenant") == "acme"
 
 
-def test_a_call_an_engine_decides_takes_its_stage_from_what_it_got() -> None:
-    """An engine's percentage is unknown: the stage is the call's (served: canary,
-    compared: shadow), unless a plain serve percentage above 0 says it."""
+def test_an_engine_decided_call_keeps_its_tasks_stage() -> None:
+    """Without a stage from the source, an engine-decided call has the flags' stage, as
+    a plain one does: one stage for the task's records. With one (a source that knows
+    no percentages), it is raised to what the call got."""
     tasks = {"kiwi.a": TaskFlags(), "kiwi.b": TaskFlags(serve=20)}
     engines = {
         "kiwi.a.serve": lambda sticky: sticky == "in",
@@ -67,6 +68,11 @@ def test_a_call_an_engine_decides_takes_its_stage_from_what_it_got() -> None:
         "kiwi.b.shadow": lambda sticky: True,
     }
     rules = Rules(FlagState(tasks), engines)
-    assert rules.decide("kiwi.a", "in") == Decision(True, True, "canary")
-    assert rules.decide("kiwi.a", "out") == Decision(False, True, "shadow")
+    assert rules.decide("kiwi.a", "in") == Decision(True, True, "off")
+    assert rules.decide("kiwi.a", "out") == Decision(False, True, "off")
     assert {rules.decide("kiwi.b", f"u{i}").stage for i in range(50)} == {"canary"}
+    staged = Rules(FlagState(tasks), engines, stages={"kiwi.a": "shadow"})
+    assert staged.decide("kiwi.a", "in") == Decision(True, True, "canary")
+    assert staged.decide("kiwi.a", "out") == Decision(False, True, "shadow")
+    canary = Rules(FlagState(tasks), engines, stages={"kiwi.a": "canary"})
+    assert canary.decide("kiwi.a", "out") == Decision(False, True, "canary")

@@ -4,6 +4,7 @@ the test Unleash server decides exactly as UnleashFlags does."""
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +87,28 @@ def test_each_call_is_decided_by_the_client_and_staged_by_what_it_got(
         made.close()
 
 
+def test_a_tasks_stage_is_made_out_from_what_its_calls_got(
+    provider: tuple[InMemoryProvider, Any],
+) -> None:
+    """One stage per task for its records (a watcher restarts its evidence on a new
+    stage): up at once when a call gets more, down after stage_hold without such calls."""
+    memory, client = provider
+    memory._flags.update({"kiwi.ocr.serve": by_user("vip-"), "kiwi.ocr.shadow": flag(True)})
+    made, events = source(client, ["kiwi.ocr"], kill_interval=0.05, stage_hold=0.5)
+    try:
+        assert made.decide("kiwi.ocr", "user-1").stage == "shadow"  # what it got
+        wait_for(lambda: made.stages == {"kiwi.ocr": "shadow"}, timeout=2)
+        assert made.decide("kiwi.ocr", "vip-1") == flags.Decision(True, True, "canary")
+        wait_for(lambda: made.stages == {"kiwi.ocr": "canary"}, timeout=2)
+        # every record of the task now says canary, the calls legacy serves too
+        assert made.decide("kiwi.ocr", "user-2") == flags.Decision(False, True, "canary")
+        assert any("stage kiwi.ocr: shadow -> canary" in e.message for e in events)
+        # no call served for stage_hold: back to shadow
+        wait_for(lambda: made.stages == {"kiwi.ocr": "shadow"}, timeout=3)
+    finally:
+        made.close()
+
+
 def test_a_flag_of_another_type_is_off_with_a_warning(
     provider: tuple[InMemoryProvider, Any],
 ) -> None:
@@ -118,7 +141,7 @@ def test_the_kill_switch_is_heard_within_its_interval(
         assert any("shim.kill is off" in e.message for e in events)
     finally:
         made.close()
-    assert not made._thread.is_alive()
+    assert not any(t.name == "shim-openfeature-poller" for t in threading.enumerate())
 
 
 @pytest.mark.parametrize(
@@ -127,6 +150,7 @@ def test_the_kill_switch_is_heard_within_its_interval(
         ([], {}, "needs the tasks"),
         (["Kiwi OCR"], {}, "not a task name"),
         (["kiwi.ocr"], {"kill_interval": 0}, "kill_interval"),
+        (["kiwi.ocr"], {"stage_hold": -1}, "stage_hold must be above 0"),
     ],
 )
 def test_bad_arguments_say_what_to_write(

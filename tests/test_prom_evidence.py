@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from shim.analysis.policy import Policy
+from shim.analysis.stage_tests import StageTests
 from shim.metrics import LATENCY_BUCKETS, RATIO_BUCKETS
 from shim.ops.prom_evidence import Gains, PrometheusError, PromEvidence
 from shim.ops.watch import Watch
@@ -106,8 +107,8 @@ def test_histograms_are_read_bucket_by_bucket_over_replicas(prom: FakePrometheus
     evidence = PromEvidence(prom.url, from_start=True)
     (gains,) = evidence.poll().values()
     assert gains.buckets == {
-        ("latency_ratio", "", below): 4,
-        ("latency_ratio", "", edge): 16,
+        ("latency_ratio", "", 0.0, below): 4,
+        ("latency_ratio", "", below, edge): 16,
     }
     evidence.close()
 
@@ -119,9 +120,10 @@ def test_bucket_edges_are_read_on_the_safe_side() -> None:
     gains = Gains()
     gains.pairs[(True, True)] = 400
     ms = LATENCY_BUCKETS[20]  # about 190 ms
-    gains.buckets[("latency_seconds", "task", ms)] = 400
-    gains.buckets[("latency_seconds", "legacy", ms)] = 400
-    gains.buckets[("latency_ratio", "", RATIO_BUCKETS[31])] = 400  # ratio 1.0
+    low_ms = LATENCY_BUCKETS[19]
+    gains.buckets[("latency_seconds", "task", low_ms, ms)] = 400
+    gains.buckets[("latency_seconds", "legacy", low_ms, ms)] = 400
+    gains.buckets[("latency_ratio", "", RATIO_BUCKETS[30], RATIO_BUCKETS[31])] = 400
     # in one bucket the task path reads 20 % faster than legacy: no p95 breach, however
     # many pairs, where the bucket would hide a task path up to 20 % slower
     watch = Watch(Policy())
@@ -129,10 +131,60 @@ def test_bucket_edges_are_read_on_the_safe_side() -> None:
         assert watch.feed_gains("kiwi.a", "canary", gains) is None
     slower = Gains()
     slower.pairs[(True, True)] = 400
-    slower.buckets[("latency_ratio", "", RATIO_BUCKETS[31 + 8])] = 400  # 1.1**7 to 1.1**8
+    slower.buckets[("latency_ratio", "", RATIO_BUCKETS[38], RATIO_BUCKETS[39])] = 400
     breach = Watch(Policy()).feed_gains("kiwi.a", "canary", slower)
     assert breach is not None
     assert any("typical latency ratio 1.95" in reason for reason in breach.reasons)
+
+
+def test_the_promotion_tests_read_the_other_edge() -> None:
+    """Ratios of 1.0 and 1.25 alike, typical 1.12 (over a 1.10 line): read at the low
+    edges the ratio looks 1.05 and would promote; the promotion tests read the high
+    edges and hold."""
+    tests = StageTests(promotion=StageTests())
+    gains = Gains()
+    gains.pairs[(True, True)] = 4000
+    gains.buckets[("latency_ratio", "", RATIO_BUCKETS[30], RATIO_BUCKETS[31])] = 2000  # to 1.0
+    gains.buckets[("latency_ratio", "", RATIO_BUCKETS[33], RATIO_BUCKETS[34])] = 2000  # to 1.33
+    gains.matches = 4000
+    gains.into(tests)
+    lines = {"error_increase": 0.005, "mismatch": 0.01, "latency_ratio": 1.10, "min_quality": None}
+    plain = StageTests()
+    Gains(pairs=gains.pairs, matches=4000, buckets=gains.buckets).into(plain)
+    assert plain.shortfalls(**lines) == []  # low edges alone: would promote
+    short = tests.shortfalls(**lines)
+    assert len(short) == 1 and short[0].startswith("typical latency ratio: upper bound 1.1")
+
+
+def test_a_replica_that_restarted_counts_all_its_series_from_zero(prom: FakePrometheus) -> None:
+    """Only one of its series went down; all of them began again: 150 good pairs and 5
+    failed ones, not 55 pairs with 5 failed (an error rate made up)."""
+
+    def both(ok: float, failed: float) -> None:
+        prom.series["shim_pairs_total"] = [
+            (_labels("a", legacy="ok", candidate="ok"), ok),
+            (_labels("a", legacy="ok", candidate="error"), failed),
+        ]
+
+    evidence = PromEvidence(prom.url)
+    both(100, 10)
+    evidence.poll()
+    both(150, 5)
+    (gains,) = evidence.poll().values()
+    assert gains.pairs == {(True, True): 150, (True, False): 5}
+    assert evidence.resets == 1
+    evidence.close()
+
+
+def test_routing_errors_stay_in_the_window_however_many_pairs_a_read_brings() -> None:
+    for per_read in (100, 1000):
+        watch, breached = Watch(Policy()), 0
+        for _ in range(10):
+            gains = Gains(routing_errors=per_read // 10)
+            gains.pairs[(True, True)] = per_read
+            gains.matches = per_read
+            breached += watch.feed_gains("kiwi.a", "canary", gains) is not None
+        assert breached, per_read
 
 
 def test_errors_and_judges_reach_their_tests() -> None:

@@ -4,6 +4,7 @@ back-off when the coordinator is full, against the simulator over real sockets."
 from __future__ import annotations
 
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from shim.flags import load_flags_file
 from shim.sim import Profile, Simulator
 
 from .conftest import QUIET
-from .shimkit import Driver, dropped, make_shim, records
+from .shimkit import Driver, dropped, make_shim, records, wait_for
 
 
 def legacy_plan(i: int) -> list[dict[str, Any]]:
@@ -211,7 +212,10 @@ def test_a_fleet_budget_is_shared_by_the_live_replica_count(sim: Simulator, tmp_
 def test_a_replica_count_that_fails_is_an_internal_error_not_a_failed_call(
     sim: Simulator, tmp_path: Path
 ) -> None:
+    asked_on: list[str] = []
+
     def replicas() -> int:
+        asked_on.append(threading.current_thread().name)
         raise RuntimeError("the orchestrator did not answer")
 
     shim = make_shim(
@@ -223,9 +227,10 @@ def test_a_replica_count_that_fails_is_an_internal_error_not_a_failed_call(
     wrapped = shim.shadow(
         product="kiwi", task="meal_plan", request=lambda i: TaskRequest(prompt=f"plan {i}")
     )(legacy_plan)
-    assert wrapped(1)[0]["recipe_id"] == 1
+    assert wrapped(1)[0]["recipe_id"] == 1  # asked on a thread of its own, not this one
+    wait_for(lambda: shim.stats()["internal_errors"] == {"budget.replicas": 1})
     shim.close(timeout=30)
-    assert shim.stats()["internal_errors"] == {"budget.replicas": 1}
+    assert asked_on == ["shim-replicas"]
     assert len(records(tmp_path / "log.jsonl", "shim.comparison")) == 1  # as for 1 replica
 
 
@@ -234,7 +239,7 @@ def test_fleet_budget_shares_and_counts() -> None:
 
     budget = ShadowBudget(per_second=30, burst=2, tokens_per_hour=90_000, replicas=3)
     assert budget.share(3) == ShadowBudget(per_second=10, burst=2, tokens_per_hour=30_000)
-    for bad in (0, -1, 1.5, True):
+    for bad in (0, -1, 1.5, True, "3"):
         with pytest.raises(ValueError, match="replicas must be a whole number of 1 or more"):
             ShadowBudget(per_second=1, replicas=bad)  # type: ignore[arg-type]
     now, said, errors = [0.0], [2], []
@@ -244,7 +249,7 @@ def test_fleet_budget_shares_and_counts() -> None:
             raise said[0]
         return said[0]
 
-    live = Replicas(count, errors.append, clock=lambda: now[0])
+    live = Replicas(count, errors.append, clock=lambda: now[0], run=lambda ask: ask())
     assert live.count() == 2
     said[0] = 5
     assert live.count() == 2  # asked again only after REPLICAS_EVERY

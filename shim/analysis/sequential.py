@@ -67,6 +67,16 @@ class Running:
         self.mean += delta / self.n
         self._m2 += delta * (x - self.mean)
 
+    def add_many(self, x: float, count: int) -> None:
+        """Take ``count`` observations of ``x`` at once (Chan et al.'s merge)."""
+        if count <= 0:
+            return
+        n = self.n + count
+        delta = x - self.mean
+        self.mean += delta * count / n
+        self._m2 += delta * delta * self.n * count / n
+        self.n = n
+
     @property
     def variance(self) -> float:
         """The sample variance (0 under two observations)."""
@@ -108,11 +118,11 @@ class Sample:
     counts: dict[int, int] = field(default_factory=dict)
     n: int = 0
 
-    def add(self, x: float) -> None:
-        """Take one observation (positive and finite)."""
+    def add(self, x: float, count: int = 1) -> None:
+        """Take one observation (positive and finite), or ``count`` of them."""
         bucket = math.floor(math.log(x) / _LOG_STEP)
-        self.counts[bucket] = self.counts.get(bucket, 0) + 1
-        self.n += 1
+        self.counts[bucket] = self.counts.get(bucket, 0) + count
+        self.n += count
 
     def quantile_bounds(self, q: float, alpha: float = ALPHA) -> tuple[float, float] | None:
         """(low, high) holding the ``q``-quantile at every sample size with chance

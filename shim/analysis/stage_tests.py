@@ -48,6 +48,9 @@ class StageTests:
     candidate_ms: Sample = field(default_factory=Sample)
     #: (task path's cost, legacy's) per pair both answered
     cost: Paired = field(default_factory=Paired)
+    #: the promotion tests' own pairs, where they are read otherwise than the rollback
+    #: tests' (from histogram buckets, at the edges worse for a promotion); None: these
+    promotion: StageTests | None = None
 
     def add(
         self,
@@ -154,7 +157,16 @@ class StageTests:
     ) -> list[str]:
         """Why the stage cannot pass its promotion lines yet, each by an always-valid
         bound at ``alpha`` on the far side of its line; empty when all pass (a line
-        given as None, or a test with nothing in it yet, is left out)."""
+        given as None, or a test with nothing in it yet, is left out). Read from
+        :attr:`promotion` where there is one."""
+        if self.promotion is not None:
+            return self.promotion.shortfalls(
+                error_increase=error_increase,
+                mismatch=mismatch,
+                latency_ratio=latency_ratio,
+                min_quality=min_quality,
+                alpha=alpha,
+            )
         short = []
         level = f"always-valid {(1 - alpha) * 100:.0f} %"
         log_line = None if latency_ratio is None else math.log(latency_ratio)
@@ -204,7 +216,8 @@ class StageTests:
     def fresh(self) -> StageTests:
         """Tests for a new step or epoch: nothing of this one's pairs, but legacy's
         noise runs, which say what legacy is whatever the task path does."""
-        return StageTests(noise=self.noise)
+        twin = None if self.promotion is None else self.promotion.fresh()
+        return StageTests(noise=self.noise, promotion=twin)
 
     @staticmethod
     def read_pair(rec: dict[str, Any]) -> dict[str, Any]:

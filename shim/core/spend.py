@@ -47,8 +47,8 @@ class ShadowBudget:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"ShadowBudget.{name} must be positive, got {value!r}")
-        if isinstance(self.replicas, bool) or (
-            isinstance(self.replicas, int | float) and not _whole_count(self.replicas)
+        if self.replicas is not None and not (
+            _whole_count(self.replicas) or callable(self.replicas)
         ):
             raise ValueError(
                 f"ShadowBudget.replicas must be a whole number of 1 or more (or a function "
@@ -75,34 +75,58 @@ def _whole_count(value: object) -> bool:
 
 class Replicas:
     """The live replica count of a fleet budget: its ``replicas`` as given, or what its
-    function said last, asked again at most every :data:`REPLICAS_EVERY` seconds. A
-    function that raises or says something that is not a whole number of 1 or more
-    leaves the last count in force (1 before any), and ``on_error`` hears of it."""
+    function said last. The function is asked at most every :data:`REPLICAS_EVERY`
+    seconds, on a thread of its own (never on a caller's, which gets the last count at
+    once), one call at a time. One that raises, or says something that is not a whole
+    number of 1 or more, leaves the last count in force (1 before any), and
+    ``on_error`` hears of it."""
 
     def __init__(
         self,
         source: int | Callable[[], int],
         on_error: Callable[[BaseException], None],
         clock: Callable[[], float] = time.monotonic,
+        run: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self._source = source
         self._on_error = on_error
         self._clock = clock
+        self._run = run or _in_thread
         self._count = source if isinstance(source, int) else 1
+        self._next = -math.inf
+        self._lock = threading.Lock()
+        renew_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a lock the parent's thread may hold, and the count asked
+        again (the child's fleet may differ)."""
+        self._lock = threading.Lock()
         self._next = -math.inf
 
     def count(self) -> int:
         """The count in force now."""
         if callable(self._source) and self._clock() >= self._next:
-            self._next = self._clock() + REPLICAS_EVERY
-            try:
-                found = self._source()
-                if not _whole_count(found):
-                    raise ValueError(f"replicas() returned {found!r}, not a whole number >= 1")
-                self._count = int(found)
-            except Exception as exc:
-                self._on_error(exc)
+            with self._lock:
+                due = self._clock() >= self._next
+                if due:  # whoever takes it asks; the others go on with the last count
+                    self._next = self._clock() + REPLICAS_EVERY
+            if due:
+                self._run(self._ask)
         return self._count
+
+    def _ask(self) -> None:
+        assert callable(self._source)
+        try:
+            found = self._source()
+            if not _whole_count(found):
+                raise ValueError(f"replicas() returned {found!r}, not a whole number >= 1")
+            self._count = int(found)
+        except Exception as exc:
+            self._on_error(exc)
+
+
+def _in_thread(work: Callable[[], None]) -> None:
+    threading.Thread(target=work, name="shim-replicas", daemon=True).start()
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,8 @@ class Rollout:
         evidence on :attr:`since`); another stage's is not this step's."""
         current = self.expected or self.last_to
         if current is None or stage == current.stage:
+            if self.tests.promotion is None:  # buckets: the promotion tests read their side
+                self.tests.promotion = StageTests()
             gains.into(self.tests)
 
     def _read_back(self, rec: dict[str, Any]) -> None:

@@ -132,15 +132,16 @@ class Watch:
     def feed_gains(self, task: str, stage: str, gains: Gains) -> Breach | None:
         """Take what a task's stage gained across replicas (``shim watch --prometheus``:
         :class:`~shim.ops.prom_evidence.Gains`); a Breach when it tips the task over.
-        The same tests as :meth:`feed`, evaluated once per read that brought at least
-        ``watch_step`` pairs (a read is one look, however many pairs it brought)."""
+        The same tests as :meth:`feed`, evaluated at the end of a read once
+        ``watch_step`` pairs came since the last evaluation (a read is one look,
+        however many pairs it brought)."""
         gates = self.policy.for_task(task)
         if not gains.n and not gains.buckets:
             return None
         state = self._state(task, stage, gates)
         gains.into(state.tests)
         state.window.extend(gains.routing_window())
-        state.judged.extend((winner, None) for winner, n in gains.judged.items() for _ in range(n))
+        state.judged.extend((winner, None) for winner in gains.verdicts())
         self.records += gains.n
         state.since_eval += gains.n
         return self._evaluate(task, state, gates)
