@@ -102,12 +102,15 @@ def test_the_fleet_breaches_where_no_replica_does_alone(
         watched = shim_cli(
             *("watch", "--prometheus", prom.url, "--once", "--auto-rollback"),
             *("--policy", str(tmp_path / "policy.yaml"), "--flags", str(flags_file)),
+            *("--record", str(tmp_path / "watch.jsonl")),
         )
         assert watched.returncode == 1, watched.stdout + watched.stderr
         assert "BREACH kiwi.meal_plan breached in stage canary" in watched.stderr
         assert "mismatch rate 9.00 %" in watched.stderr and "over 300 pairs" in watched.stderr
         assert "rolled back kiwi.meal_plan: serve 10 % -> 0 %" in watched.stdout
         assert "serve: 0" in flags_file.read_text()
+        (recorded,) = records(tmp_path / "watch.jsonl", "shim.rollback")
+        assert recorded["automatic"] is True and "mismatch rate 9.00 %" in recorded["reason"]
     finally:
         for replica in replicas:
             replica.kill()

@@ -133,3 +133,32 @@ def test_a_failed_export_leaves_the_old_archive_as_it_was(logs: list[str], tmp_p
         export_parquet([str(tmp_path / "gone.jsonl")], archive)
     assert archive.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_standard_input_is_archived_and_reported(logs: list[str], tmp_path: Path) -> None:
+    archive = tmp_path / "stdin.parquet"
+    done = runner.invoke(
+        app,
+        ["report", "-", "--export", "parquet", str(archive), "--format", "json"],
+        input=Path(logs[0]).read_text(),
+    )
+    assert done.exit_code == 1, done.output  # kiwi.b rolls back, as from the file
+    assert json.loads(done.stdout)["records"] == 380
+    assert build_report([str(archive)])["records"] == 380
+
+
+def test_a_truncated_gz_is_archived_as_far_as_it_reads_and_named(
+    logs: list[str], tmp_path: Path
+) -> None:
+    cut = tmp_path / "cut.jsonl.gz"
+    whole = gzip.compress(lines(rows(200, seed=5)).encode())
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    archive = tmp_path / "cut.parquet"
+    exported = export_parquet([logs[0], str(cut)], archive)
+    assert [(p.file, p.kind) for p in exported.problems] == [(str(cut), "truncated_gzip")]
+    read = build_report([str(archive)])["records"]
+    assert 380 < read < 580  # the plain log whole, and what the cut one gave
+    done = runner.invoke(
+        app, ["report", logs[0], str(cut), "--export", "parquet", str(archive), "--format", "json"]
+    )
+    assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["truncated_gzip"]

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shim.analysis.log_lines import MAX_LINE_BYTES, PARQUET_SUFFIX
-from shim.analysis.report_files import LogFiles, ReportError
+from shim.analysis.report_files import FileProblem, LogFiles, ReportError
 from shim.analysis.report_filters import check_filters
 from shim.analysis.report_sql import (
     literal,
@@ -28,7 +29,7 @@ from shim.analysis.report_sql import (
 __all__ = ["Exported", "export_parquet"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Exported:
     """What an export wrote: rows (records, and bad lines as rows of nulls), of which
     bad lines, from how many logs, and the file's size."""
@@ -38,6 +39,8 @@ class Exported:
     bad_lines: int
     logs: int
     bytes: int
+    #: what was left out of the logs, as the report names it
+    problems: list[FileProblem] = field(default_factory=list)
 
     def describe(self) -> str:
         """One line for people."""
@@ -73,27 +76,59 @@ def export_parquet(
     )
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with LogFiles(inputs) as found:
-        query = f"SELECT * FROM {_rows(found.paths)} WHERE event IS NULL OR ({scope})"
         try:
             con = duckdb.connect()
-            written = con.execute(
-                f"COPY ({query}) TO {literal(str(temporary))} (FORMAT PARQUET, COMPRESSION ZSTD)"
-            ).fetchone()
+            written = _copy(con, found, scope, temporary)
             bad = con.execute(
                 f"SELECT count(*) FROM read_parquet({literal(str(temporary))}) WHERE record IS NULL"
             ).fetchone()
+            with open(temporary, "rb") as done:  # on disk before it takes the name
+                os.fsync(done.fileno())
             os.replace(temporary, target)
-        except (duckdb.Error, OSError) as exc:
-            temporary.unlink(missing_ok=True)
+        except duckdb.Error as exc:
             raise ReportError(f"cannot export to {target}: {exc}") from None
-        logs = len(found.files)
+        except OSError as exc:
+            raise ReportError(f"cannot export to {target}: {exc.strerror or exc}") from None
+        finally:
+            temporary.unlink(missing_ok=True)
+        logs, problems = len(found.files), list(found.problems)
     return Exported(
-        target,
-        int(written[0]) if written else 0,
-        int(bad[0]) if bad else 0,
-        logs,
-        target.stat().st_size,
+        target, written, int(bad[0]) if bad else 0, logs, target.stat().st_size, problems
     )
+
+
+def _copy(con: Any, found: LogFiles, scope: str, to: Path) -> int:
+    """Copy the records within ``scope`` to ``to``; rows written. When DuckDB cannot
+    read the files as they are (a truncated or corrupt ``.gz``, a line it cannot hold),
+    the faulty ones are read as clean copies, and a file that fails even so is left
+    out, named in ``found.problems``, as the report does."""
+    import duckdb
+
+    def copy() -> int:
+        query = f"SELECT * FROM {_rows(found.paths)} WHERE event IS NULL OR ({scope})"
+        done = con.execute(
+            f"COPY ({query}) TO {literal(str(to))} (FORMAT PARQUET, COMPRESSION ZSTD)"
+        ).fetchone()
+        return int(done[0]) if done else 0
+
+    try:
+        return copy()
+    except duckdb.Error:
+        if found.clean_rest():
+            try:
+                return copy()
+            except duckdb.Error:
+                pass
+    for path in found.paths:
+        try:
+            con.execute(f"SELECT count(*) FROM {_rows([path])}").fetchone()
+        except duckdb.Error as exc:
+            found.drop(path, str(exc).splitlines()[0])
+    if not found.paths:
+        raise ReportError(
+            "no log could be read: " + "; ".join(p.describe() for p in found.problems)
+        )
+    return copy()
 
 
 def _rows(files: Sequence[str]) -> str:

@@ -104,13 +104,23 @@ def watch(
             "--prometheus",
             metavar="URL",
             help="Read the evidence from a Prometheus server that scrapes every replica's "
-            "shim.metrics (http://prometheus:9090), instead of a LOG.",
+            "shim.metrics (http://prometheus:9090), instead of a LOG; with --once, all "
+            "the counters hold.",
         ),
     ] = None,
     interval: Annotated[
         float,
         typer.Option("--interval", help="With --prometheus: seconds between reads.", min=0.1),
     ] = 5.0,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            "--record",
+            help="With --prometheus --auto-rollback: the log each rollback's record is "
+            "appended to (say, the controller's or an app's comparison log).",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Test each task in LOG as it grows (always-valid bounds over its stage; rolling
     windows for routing, quality and judges), or, with --prometheus, in what every
@@ -123,8 +133,22 @@ def watch(
         if log is not None:
             say("watch a LOG or --prometheus URL, not both", error=True)
             raise typer.Exit(2)
-        _watch_prometheus(prometheus, auto_rollback, flags, policy, from_start, once, interval)
+        if wait or wait_timeout is not None:
+            say("--wait is for a LOG; with --prometheus there is none to wait for", error=True)
+            raise typer.Exit(2)
+        if auto_rollback and record is None:
+            say(
+                "rollbacks are not recorded in a log (the flags' own history keeps them); "
+                "add --record LOG to append each one's record and reasons",
+                error=True,
+            )
+        _watch_prometheus(
+            prometheus, auto_rollback, flags, policy, from_start, once, interval, record
+        )
         return
+    if record is not None:
+        say("--record is for --prometheus: a LOG's rollbacks are recorded in it", error=True)
+        raise typer.Exit(2)
     if log is None:
         say("watch needs a LOG (or --prometheus URL)", error=True)
         raise typer.Exit(2)
@@ -171,10 +195,12 @@ def _watch_prometheus(
     from_start: bool,
     once: bool,
     interval: float,
+    record: Path | None,
 ) -> None:
     """``shim watch --prometheus URL``: every ``interval`` seconds, what each task's
     stage gained across replicas, tested as a log's pairs are; a read that fails is
-    said and tried again (at start, or with --once, exit 2)."""
+    said and tried again (at start, or with --once, exit 2). ``--once`` judges all
+    the counters hold; rollbacks are recorded in ``record``."""
     import time
 
     from shim.ops.prom_evidence import PrometheusError, PromEvidence
@@ -208,7 +234,7 @@ def _watch_prometheus(
                 breaches += 1
                 say(f"BREACH {breach.describe()}", error=True)
                 if store is not None:
-                    _roll_back(breach, store, None)
+                    _roll_back(breach, store, record)
             if once:
                 break
             time.sleep(interval)

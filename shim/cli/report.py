@@ -123,32 +123,33 @@ def run_report(args: ReportArgs) -> int:
     from shim.analysis.report import build_report
 
     try:
-        if args.export is not None:
-            from shim.analysis.report_export import export_parquet
-
-            exported = export_parquet(
-                args.logs,
-                args.export[1],
-                task=args.task,
-                since=args.since,
-                until=args.until,
-                stage=args.stage,
-            )
-            say(exported.describe(), error=True)
         policy = None  # the built-in one, made while the logs are read
         if args.policy is not None:
             from shim.analysis.policy import Policy
 
             policy = Policy.load(args.policy)
+        logs, since, until, problems = args.logs, args.since, args.until, []
+        if args.export is not None:
+            from shim.analysis.report_export import export_parquet
+
+            exported = export_parquet(
+                logs, args.export[1], task=args.task, since=since, until=until, stage=args.stage
+            )
+            say(exported.describe(), error=True)
+            # the report is the archive's: the logs are read once (standard input too),
+            # and the times are the export's
+            logs, since, until = (str(exported.path),), None, None
+            problems = [p.as_dict() for p in exported.problems]
         result = build_report(
-            args.logs,
+            logs,
             policy=policy,
             task=args.task,
-            since=args.since,
-            until=args.until,
+            since=since,
+            until=until,
             stage=args.stage,
             require_records=True,
         )
+        result["problems"] = problems + result["problems"]
     except ShimError as exc:
         say_failure(exc)
         return 2

@@ -166,6 +166,7 @@ def _run(
         if live is not None:
             live.start()
         based: tuple[float | None] | None = None  # the step the evidence counts from
+        looked = False  # Prometheus answered once: a failure after that is said, not fatal
         while True:
             for rec in tail.poll():
                 controller.take(rec)
@@ -175,8 +176,9 @@ def _run(
                         evidence.rebase(controller.since)
                         based = (controller.since,)
                     gains = evidence.poll()
+                    looked = True
                 except ShimError as exc:
-                    if once or based is None:  # at start: say so and stop (exit 2)
+                    if once or not looked:  # at start: say so and stop (exit 2)
                         guard(_raise, exc)
                     say(f"{controller.task}: {exc}; looking again in {interval:g} s", error=True)
                     time.sleep(interval)

@@ -279,19 +279,16 @@ def metrics_from_env() -> PrometheusMetrics:
     """Prometheus metrics served where ``SHIM_METRICS`` says: a port (on 127.0.0.1), or
     ``HOST:PORT`` (``0.0.0.0:9464`` for a scraper on another host), from a registry of
     their own. One endpoint per process: every Shim made from the environment counts
-    on it."""
+    on it. Workers forked from a process that served them (a pre-fork server) need an
+    endpoint each: set ``SHIM_METRICS`` per worker, or serve from the parent only."""
     raw = os.environ["SHIM_METRICS"].strip()
-    if raw in _SERVED:
-        return _SERVED[raw]
     host, _, port = raw.rpartition(":")
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(
-            [
-                Problem(
-                    "environment", None, "SHIM_METRICS", f"expected PORT or HOST:PORT, got {raw!r}"
-                )
-            ]
-        )
+        why = f"expected PORT or HOST:PORT, got {raw!r}"
+        raise ConfigError([Problem("environment", None, "SHIM_METRICS", why)])
+    where = f"{host or '127.0.0.1'}:{int(port)}"
+    if where in _SERVED:
+        return _SERVED[where]
     try:
         import prometheus_client
 
@@ -307,7 +304,7 @@ def metrics_from_env() -> PrometheusMetrics:
     except OSError as exc:
         why = f"cannot serve /metrics on {host or '127.0.0.1'}:{port}: {exc.strerror or exc}"
         raise ConfigError([Problem("environment", None, "SHIM_METRICS", why)]) from None
-    _SERVED[raw] = metrics
+    _SERVED[where] = metrics
     return metrics
 
 

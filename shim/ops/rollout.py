@@ -2,31 +2,25 @@
 its own, on evidence that stays valid however often it is looked at.
 
 :class:`Rollout` is the controller. It takes the log's records in order
-(:meth:`Rollout.take`): change records (``shim.promote``, ``shim.rollback``,
-``shim.rollout``) start a step's evidence again, approvals are noted, and each
-comparison of the task in the current stage goes into the step's always-valid tests
-(:class:`~shim.analysis.sequential.StageTests`). :meth:`Rollout.decide` then, in
-order:
+(:meth:`Rollout.take`): change records start a step's evidence again, approvals are
+noted, and each comparison of the task in the current stage goes into the step's
+always-valid tests (:class:`~shim.analysis.stage_tests.StageTests`; from Prometheus:
+:meth:`Rollout.take_gains`). :meth:`Rollout.decide` then, in order:
 
-1. stops if the flags moved under it (someone rolled the task back, or promoted it:
-   theirs is the last word, never overwritten);
+1. stops if the flags moved under it (someone else's change is the last word);
 2. rolls back (to the plan's ``on_breach``) when a bound crosses a rollback line (the
-   error increase, the mismatch rate, with ``min_quality`` the content score, the
-   typical and the p95 latency ratio and, with prices and ``max_cost_ratio``, the cost
-   per call);
-3. holds while the step's soak time, its pairs, or a promotion gate (the bound on the
-   error increase, the mismatch rate, the typical latency ratio and, with
-   ``min_quality``, the content score) is short; a step that compares nothing
-   (``shadow: 0``) needs its soak time only;
+   error increase, the mismatch rate, ``min_quality``, the typical and p95 latency
+   ratios, with prices the cost per call);
+3. holds while the step's soak time, its pairs or a promotion gate is short (a step
+   that compares nothing, ``shadow: 0``, needs its soak time only);
 4. completes at the last step, once it held like any other;
 5. waits for an approval (``confirm``), then advances.
 
 Every decision is a ``shim.rollout`` record (``action``: ``start``, ``take_up``,
 ``hold`` (the first of each step), ``advance``, ``await_approval``, ``rollback``,
-``complete``, ``stopped``, ``webhook_failed``; the evidence it used) and is told to the
-plan's webhook. The state
-is the flags and the log: a controller started again reads the log from its start and
-takes up the same step with the same evidence.
+``complete``, ``stopped``, ``webhook_failed``; the evidence it used), told to the plan's
+webhook. The state is the flags and the log: a controller started again reads the log
+from its start and takes up the same step with the same evidence.
 """
 
 from __future__ import annotations
