@@ -266,3 +266,52 @@ def test_a_regression_late_in_a_long_stage_is_caught_as_fast_as_early() -> None:
     watch = Watch()
     first = next(i for i, row in enumerate(rows) if watch.feed(row) is not None)
     assert 20_000 < first <= 20_000 + 2_000 + 300, first
+
+
+def _mismatching(n: int, every: int, seed: int) -> str:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        row = record("kiwi.meal_plan", rng, legacy_err=0, cand_err=0, mismatch=0, speed=1)
+        row["structure"]["match"] = i % every != 0
+        rows.append(json.dumps(row) + "\n")
+    return "".join(rows)
+
+
+def test_several_logs_are_watched_as_one(tmp_path: Path) -> None:
+    """Each replica's log alone (100 pairs, 9 % mismatched) is too little to cross the
+    2 % line; the three together cross it, a log that appears later included."""
+    for i in (1, 2):
+        (tmp_path / f"replica-{i}.jsonl").write_text(_mismatching(100, 12, seed=i))
+    alone = runner.invoke(
+        app, ["watch", str(tmp_path / "replica-1.jsonl"), "--once", "--from-start"]
+    )
+    assert alone.exit_code == 0, alone.output
+    two = runner.invoke(app, ["watch", str(tmp_path / "replica-*.jsonl"), "--once", "--from-start"])
+    assert two.exit_code == 0 and "read 200 comparison records" in two.output, two.output
+    (tmp_path / "replica-3.jsonl").write_text(_mismatching(100, 12, seed=3))
+    three = runner.invoke(
+        app,
+        ["watch", str(tmp_path / "replica-1.jsonl"), str(tmp_path / "replica-[23].jsonl")]
+        + ["--once", "--from-start"],
+    )
+    assert three.exit_code == 1, three.output
+    assert "watching 3 logs" in three.output and "mismatch rate 9." in three.output
+    missing = runner.invoke(app, ["watch", str(tmp_path / "replica-1.jsonl"), "nope.jsonl"])
+    assert missing.exit_code == 2 and "nope.jsonl: no such log file" in missing.output
+
+
+def test_a_log_that_comes_to_match_is_read_from_its_start(tmp_path: Path) -> None:
+    from shim.ops.logtail import LogTail
+
+    first = tmp_path / "a.jsonl"
+    first.write_text(_mismatching(5, 12, seed=1))
+    tail = LogTail([first], from_end=True)
+    assert list(tail.poll()) == []  # from its end: what it held is not new
+    with first.open("a") as out:
+        out.write(_mismatching(2, 12, seed=2))
+    assert len(list(tail.poll())) == 2
+    later = tmp_path / "b.jsonl"
+    later.write_text(_mismatching(3, 12, seed=3))
+    tail.add(later)
+    assert len(list(tail.poll())) == 3 and tail.paths == [first, later]

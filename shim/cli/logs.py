@@ -63,11 +63,14 @@ def report(
 
 
 def watch(
-    log: Annotated[
-        Path | None,
+    logs: Annotated[
+        list[Path] | None,
         typer.Argument(
-            help="The comparison log to follow (or a glob naming one); none with --prometheus.",
+            help="The comparison logs to follow as one (files, or globs: a file that "
+            "comes to match one later is read too); none with --prometheus.",
             dir_okay=False,
+            show_default=False,
+            metavar="[LOG]...",
         ),
     ] = None,
     auto_rollback: Annotated[
@@ -116,8 +119,8 @@ def watch(
         Path | None,
         typer.Option(
             "--record",
-            help="With --prometheus --auto-rollback: the log each rollback's record is "
-            "appended to (say, the controller's or an app's comparison log).",
+            help="With --auto-rollback: the log each rollback's record is appended to "
+            "[default: the LOG, or the first of several; none with --prometheus].",
             dir_okay=False,
         ),
     ] = None,
@@ -130,7 +133,7 @@ def watch(
     from shim.ops.watch import Watch, follow, wait_for_log
 
     if prometheus is not None:
-        if log is not None:
+        if logs:
             say("watch a LOG or --prometheus URL, not both", error=True)
             raise typer.Exit(2)
         if wait or wait_timeout is not None:
@@ -146,12 +149,16 @@ def watch(
             prometheus, auto_rollback, flags, policy, from_start, once, interval, record
         )
         return
-    if record is not None:
-        say("--record is for --prometheus: a LOG's rollbacks are recorded in it", error=True)
-        raise typer.Exit(2)
-    if log is None:
+    if not logs:
         say("watch needs a LOG (or --prometheus URL)", error=True)
         raise typer.Exit(2)
+    if len(logs) > 1 or len(_matches(logs[0])) > 1:
+        if wait or wait_timeout is not None:
+            say("--wait is for one LOG; several are read as they appear", error=True)
+            raise typer.Exit(2)
+        _watch_many(logs, auto_rollback, flags, policy, from_start, once, record)
+        return
+    log = logs[0]
     found = _watched(log)
     if found is None and wait and any(c in str(log) for c in "*?["):
         say(f"{log}: matches no log; --wait needs the file's name", error=True)
@@ -180,7 +187,7 @@ def watch(
             breaches += 1
             say(f"BREACH {breach.describe()}", error=True)
             if store is not None:
-                _roll_back(breach, store, log)
+                _roll_back(breach, store, record or log)
     except KeyboardInterrupt:
         pass
     if once:
@@ -246,6 +253,70 @@ def _watch_prometheus(
         _judged(watcher, f"Prometheus at {url}", True, breaches)
 
 
+def _watch_many(
+    patterns: list[Path],
+    auto_rollback: bool,
+    flags: Path | None,
+    policy: Path | None,
+    from_start: bool,
+    once: bool,
+    record: Path | None,
+) -> None:
+    """``shim watch LOG LOG...``: several logs (a replica's each) tested as one stream,
+    every 0.2 s; a file that comes to match a glob later is read from its start.
+    Rollbacks are recorded in ``record``, else the first log."""
+    import time
+
+    from shim.ops.logtail import LogTail
+    from shim.ops.watch import Watch
+
+    found = [path for pattern in patterns for path in _matches(pattern)]
+    missing = [p for p in patterns if not _matches(p) and not any(c in str(p) for c in "*?[")]
+    if missing or not found:
+        say(f"{(missing or patterns)[0]}: no such log file", error=True)
+        raise typer.Exit(2)
+    watcher = Watch(load_policy(policy))
+    store = open_store(flags) if auto_rollback else None
+    tail = LogTail(found, from_end=not from_start)
+    breaches = 0
+    say(
+        f"watching {len(found)} logs ({', '.join(map(str, found[:3]))}"
+        + (", ...)" if len(found) > 3 else ")")
+        + (" (auto-rollback on)" if auto_rollback else "")
+    )
+    try:
+        while True:
+            for rec in tail.poll():
+                breach = watcher.feed(rec)
+                if breach is None:
+                    continue
+                breaches += 1
+                say(f"BREACH {breach.describe()}", error=True)
+                if store is not None:
+                    _roll_back(breach, store, record or found[0])
+            if once:
+                break
+            time.sleep(0.2)
+            for pattern in patterns:  # a replica that started since: its log from its start
+                for path in _matches(pattern):
+                    tail.add(path)
+    except KeyboardInterrupt:
+        pass
+    if once:
+        _judged(watcher, f"{len(found)} logs", from_start, breaches)
+
+
+def _matches(pattern: Path) -> list[Path]:
+    """The files ``pattern`` names: itself, or a glob's matches."""
+    import glob
+
+    if pattern.is_file():
+        return [pattern]
+    if not any(c in str(pattern) for c in "*?["):
+        return []
+    return sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file())
+
+
 def _judged(watcher: Watch, log: Path | str, from_start: bool, breaches: int) -> None:
     """How a one-off watch ends: exit 1 on a breach; exit 2 when it read or evaluated
     nothing (a gate that read nothing has passed nothing); else what it read, exit 0."""
@@ -270,19 +341,8 @@ def _judged(watcher: Watch, log: Path | str, from_start: bool, breaches: int) ->
 
 def _watched(log: Path) -> Path | None:
     """The one file ``log`` names (itself, or the single match of a glob); None if it
-    names none. A glob matching several is an input error: watch follows one log."""
-    import glob
-
-    if log.is_file():
-        return log
-    text = str(log)
-    if not any(c in text for c in "*?["):
-        return None
-    matched = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
-    if len(matched) > 1:
-        names = ", ".join(str(p) for p in matched)
-        say(f"{log}: matches {len(matched)} logs ({names}); watch one", error=True)
-        raise typer.Exit(2)
+    names none."""
+    matched = _matches(log)
     return matched[0] if matched else None
 
 

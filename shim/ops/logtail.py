@@ -1,5 +1,5 @@
-"""Records appended to comparison logs since the last look: how ``shim rollout``
-reads its evidence as it grows."""
+"""Records appended to comparison logs since the last look: how ``shim rollout`` and
+``shim watch`` with several logs read their evidence as it grows."""
 
 from __future__ import annotations
 
@@ -15,15 +15,36 @@ __all__ = ["LogTail", "seconds_of"]
 
 
 class LogTail:
-    """The records appended to some logs since the last look, in order, file by file;
-    a file that shrank or was replaced is read again from its start. Read a chunk at a
+    """The records appended to some logs since the last look, in order, file by file
+    (from each one's start, or with ``from_end`` from its end as it is now); a file that
+    shrank or was replaced is read again from its start. Read a chunk at a
     time (a log of gigabytes is never held whole); a line longer than
     :data:`~shim.analysis.log_lines.MAX_LINE_BYTES` is skipped."""
 
     CHUNK = 4 << 20
 
-    def __init__(self, paths: Iterable[Path]) -> None:
-        self._at: dict[Path, tuple[int, int]] = {Path(p): (0, -1) for p in paths}
+    def __init__(self, paths: Iterable[Path], *, from_end: bool = False) -> None:
+        self._at: dict[Path, tuple[int, int]] = {}
+        for path in paths:
+            self.add(path, from_end=from_end)
+
+    @property
+    def paths(self) -> list[Path]:
+        """The logs read."""
+        return list(self._at)
+
+    def add(self, path: Path, *, from_end: bool = False) -> None:
+        """Read ``path`` too, from its start (``from_end``: from what it holds now on)."""
+        path = Path(path)
+        if path in self._at:
+            return
+        self._at[path] = (0, -1)
+        if from_end:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                return
+            self._at[path] = (stat.st_size, stat.st_ino)
 
     def poll(self) -> Iterator[dict[str, Any]]:
         for path, (offset, inode) in list(self._at.items()):
