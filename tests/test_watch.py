@@ -292,8 +292,10 @@ def test_several_logs_are_watched_as_one(tmp_path: Path) -> None:
     (tmp_path / "replica-3.jsonl").write_text(_mismatching(100, 12, seed=3))
     three = runner.invoke(
         app,
-        ["watch", str(tmp_path / "replica-1.jsonl"), str(tmp_path / "replica-[23].jsonl")]
-        + ["--once", "--from-start"],
+        [
+            *("watch", str(tmp_path / "replica-1.jsonl"), str(tmp_path / "replica-[23].jsonl")),
+            *("--once", "--from-start"),
+        ],
     )
     assert three.exit_code == 1, three.output
     assert "watching 3 logs" in three.output and "mismatch rate 9." in three.output
