@@ -70,7 +70,7 @@ def watch(
             "comes to match one later is read too); none with --prometheus.",
             dir_okay=False,
             show_default=False,
-            metavar="[LOG]...",
+            metavar="LOG",
         ),
     ] = None,
     auto_rollback: Annotated[
@@ -120,7 +120,7 @@ def watch(
         typer.Option(
             "--record",
             help="With --auto-rollback: the log each rollback's record is appended to "
-            "[default: the LOG, or the first of several; none with --prometheus].",
+            "\\[default: the LOG, or the first of several; none with --prometheus].",
             dir_okay=False,
         ),
     ] = None,
