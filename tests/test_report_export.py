@@ -162,3 +162,15 @@ def test_a_truncated_gz_is_archived_as_far_as_it_reads_and_named(
         app, ["report", logs[0], str(cut), "--export", "parquet", str(archive), "--format", "json"]
     )
     assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["truncated_gzip"]
+
+
+def test_an_archive_with_other_columns_reads_the_same(logs: list[str], tmp_path: Path) -> None:
+    """The report reads an archive's records from their whole text: one written when
+    the report read fewer fields (a typed column missing) reads as the logs do."""
+    archive = tmp_path / "now.parquet"
+    export_parquet(logs, archive)
+    older = tmp_path / "older.parquet"
+    duckdb.sql(
+        f"COPY (SELECT * EXCLUDE (judge, quality) FROM '{archive}') TO '{older}' (FORMAT PARQUET)"
+    )
+    same_report(build_report(logs), build_report([str(older)]))

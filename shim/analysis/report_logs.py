@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shim.analysis.log_lines import ends_whole
+from shim.analysis.log_lines import PARQUET_SUFFIX, ends_whole
 from shim.analysis.report_counts import refused_counts
 from shim.analysis.report_files import FileProblem, LogFiles, ReportError
 from shim.analysis.report_sql import (
@@ -27,6 +27,7 @@ from shim.analysis.report_sql import (
     literal,
     relation,
     scope_sql,
+    sql_list,
     usage_sql,
 )
 
@@ -172,8 +173,15 @@ def _query(
     tolerantly, counting bad lines."""
     import duckdb
 
-    # Latency pairs for the bootstrap: a deterministic sample of about 20,000 per log.
-    every = max(1, sum(map(_size, files)) // 700 // 20_000)
+    # Latency pairs for the bootstrap: a deterministic sample of about 20,000 per log
+    # (a record of a log is about 700 bytes; an archive says how many rows it holds)
+    archives = [f for f in files if f.endswith(PARQUET_SUFFIX)]
+    records = sum(_size(f) for f in files if f not in archives) // 700
+    if archives:
+        records += con.execute(
+            f"SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata({sql_list(archives)})"
+        ).fetchone()[0]
+    every = max(1, records // 20_000)
     for tolerant in (False, True)[0 if strict else 1 :]:
         source = SOURCE.format(scope=scope, relation=relation(files, tolerant=tolerant))
         query = AGGREGATE.format(

@@ -271,8 +271,14 @@ def relation(files: Sequence[str], *, tolerant: bool, filename: bool = False) ->
     )
     if not parquet:
         return ndjson
-    columns = ", ".join(f'"{name}"' for name in _COLUMNS) + (", filename" if filename else "")
-    archived = f"SELECT {columns} FROM read_parquet({sql_list(parquet)}, union_by_name=true{named})"
+    # an archive's records are read from their whole text, as a log's are: the typed
+    # columns beside them are for other tools, and an archive written when the report
+    # read fewer (or other) fields reads the same
+    archived = (
+        f"SELECT unnest(json_transform(record, {literal(transform_structure())}))"
+        + (", filename" if filename else "")
+        + f" FROM read_parquet({sql_list(parquet)}, union_by_name=true{named})"
+    )
     if not lines:
         return f"({archived})"
     return f"(SELECT * FROM {ndjson} UNION ALL BY NAME {archived})"
