@@ -3,7 +3,7 @@ process, from a sync call site (8 caller threads) and from an async one, side by
 with the same call site undecorated.
 
     python bench/load.py            # 60 s per call-site kind
-    python bench/load.py --quick    # 5 s per kind, for CI
+    python bench/load.py --quick    # 3 s per kind, for CI
 
 For each kind: every call accounted for (a comparison record or a counted drop), the
 drop rate, RSS after warm-up and at the end, and what the decorator adds on the
@@ -230,16 +230,16 @@ def run_stuck(url: str, tmp: Path, name: str, seconds: float) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 s per kind")
+    parser.add_argument("--quick", action="store_true", help="3 s per kind")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    seconds = 5.0 if args.quick else 60.0
+    seconds = 3.0 if args.quick else 60.0
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         with simulator(latency_ms=5) as url:
             for kind in ("sync", "async"):
                 results[kind] = run_kind(kind, url, Path(tmpdir), seconds)
-        stuck_s = 5.0 if args.quick else 20.0
+        stuck_s = 3.0 if args.quick else 20.0
         with simulator(latency_ms=2000) as url:
             results["slow_2s"] = run_stuck(url, Path(tmpdir), "slow", stuck_s)
         with simulator(latency_ms=5, extra=["--hang-rate", "1.0"]) as url:
