@@ -185,12 +185,15 @@ class OpenFeatureFlags:
             self._emit(level, f"flag {flag}: {code}{why}; its part of each call is off")
 
     def _recheck(self) -> None:
-        """Evaluate the kill switch and swap the rules when it changed."""
+        """Evaluate the kill switch and swap the rules when it changed. A kill switch
+        that cannot be read (another type, an error) leaves it as it was: counted, said
+        once, never taken for off; one the provider does not have is off."""
         result = self._client.get_boolean_details(KILL_SWITCH, False, self._context())
-        if result.error_code is not None and getattr(result.error_code, "value", "") != (
-            "FLAG_NOT_FOUND"
-        ):
+        code = getattr(result.error_code, "value", result.error_code)
+        if result.error_code is not None and code != "FLAG_NOT_FOUND":
             self._failed(KILL_SWITCH, result)
+            if self.version:
+                return
         kill = result.value is True and result.error_code is None
         with self._lock:
             if kill == self._kill and self.version:

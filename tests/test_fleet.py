@@ -128,8 +128,7 @@ def test_a_rollout_rolls_back_on_the_fleets_evidence(
     plan.write_text(
         "steps:\n  - {serve: 0, shadow: 100}\n  - {serve: 10, shadow: 100}\non_breach: {step: 0}\n"
     )
-    log = tmp_path / "rollout.jsonl"
-    log.touch()
+    log = tmp_path / "rollout.jsonl"  # made by the controller: its records only
     scraped()  # the last test's replicas are gone from the scrape
     controller = subprocess.Popen(
         [

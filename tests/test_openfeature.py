@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,11 @@ def test_the_kill_switch_is_heard_within_its_interval(
         wait_for(lambda: made.decide("kiwi.ocr", "u") == flags.OFF, timeout=2)
         assert made.rules.state.kill
         assert any(e.level == "warning" and "shim.kill is on" in e.message for e in events)
+        # a kill switch that cannot be read is never taken for off
+        memory._flags[flags.KILL_SWITCH] = InMemoryFlag("on", {"on": "yes"})
+        time.sleep(0.3)
+        assert made.decide("kiwi.ocr", "u") == flags.OFF
+        assert any(e.level == "warning" and "shim.kill: TYPE_MISMATCH" in e.message for e in events)
         memory._flags[flags.KILL_SWITCH] = flag(False)
         wait_for(lambda: made.decide("kiwi.ocr", "u").serve, timeout=2)
         assert any("shim.kill is off" in e.message for e in events)

@@ -101,7 +101,7 @@ def test_the_cli_archives_and_says_so(logs: list[str], tmp_path: Path) -> None:
     archive = tmp_path / "day.parquet"
     done = runner.invoke(app, ["report", *logs, "--export", "parquet", str(archive)])
     assert done.exit_code == 1, done.output  # kiwi.b's errors: ROLLBACK, as without --export
-    assert "exported 580 records, 1 bad line(s) as rows of nulls from 2 log(s)" in done.output
+    assert "archived 580 JSON lines and 1 not JSON (rows of nulls) of 2 log(s)" in done.output
     assert "kiwi.b" in done.output
     again = runner.invoke(app, ["report", str(archive), "--format", "json"])
     assert json.loads(again.output)["records"] == 580

@@ -32,7 +32,7 @@ EXPECT: dict[str, list[str]] = {
     "shadow-spend": ["skipped for budget", "task path spent"],
     "fleet": [
         "read 900 comparison records of 1 task(s); no breach",
-        "exported 900 records from 3 log(s) to fleet.parquet",
+        "archived 900 JSON lines of 3 log(s) in fleet.parquet",
         "900 records, 0 bad lines",
     ],
 }

@@ -538,7 +538,7 @@ def test_metrics_from_the_environment(
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         text = reply.read().decode()
     assert 'shim_pairs_total{candidate="ok",legacy="ok",stage="shadow"' in text
-    for bad in ("metrics", "host:0", "127.0.0.1:99999"):
+    for bad in ("metrics", "host:0", "127.0.0.1:99999", "²"):
         monkeypatch.setenv("SHIM_METRICS", bad)
         with pytest.raises(shim.ConfigError, match="SHIM_METRICS: expected PORT or HOST:PORT"):
             Shim.from_env()

@@ -229,9 +229,12 @@ def test_a_replica_count_that_fails_is_an_internal_error_not_a_failed_call(
     )(legacy_plan)
     assert wrapped(1)[0]["recipe_id"] == 1  # asked on a thread of its own, not this one
     wait_for(lambda: shim.stats()["internal_errors"] == {"budget.replicas": 1})
+    assert wrapped(2)[0]["recipe_id"] == 2
     shim.close(timeout=30)
     assert asked_on == ["shim-replicas"]
-    assert len(records(tmp_path / "log.jsonl", "shim.comparison")) == 1  # as for 1 replica
+    # the fleet's share is not known: nothing compared (a budget is a cap), counted
+    assert records(tmp_path / "log.jsonl", "shim.comparison") == []
+    assert dropped(tmp_path / "log.jsonl", "budget") == 2
 
 
 def test_fleet_budget_shares_and_counts() -> None:
@@ -249,6 +252,8 @@ def test_fleet_budget_shares_and_counts() -> None:
             raise said[0]
         return said[0]
 
+    failing = Replicas(lambda: 1 // 0, errors.append, run=lambda ask: ask())
+    assert failing.count() is None and type(errors.pop()).__name__ == "ZeroDivisionError"
     live = Replicas(count, errors.append, clock=lambda: now[0], run=lambda ask: ask())
     assert live.count() == 2
     said[0] = 5
@@ -261,3 +266,7 @@ def test_fleet_budget_shares_and_counts() -> None:
         assert live.count() == 5  # the last count stays in force
     assert [type(e).__name__ for e in errors] == ["RuntimeError", "ValueError", "ValueError"]
     assert Replicas(7, errors.append).count() == 7
+    said[0] = 3.0  # a count read from Prometheus comes as a float
+    now[0] += REPLICAS_EVERY
+    assert live.count() == 3
+    assert ShadowBudget(per_second=1, replicas=3.0).share(3).per_second == 1 / 3

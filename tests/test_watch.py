@@ -298,7 +298,7 @@ def test_several_logs_are_watched_as_one(tmp_path: Path) -> None:
         ],
     )
     assert three.exit_code == 1, three.output
-    assert "watching 3 logs" in three.output and "mismatch rate 9." in three.output
+    assert "watching 3 log(s)" in three.output and "mismatch rate 9." in three.output
     missing = runner.invoke(app, ["watch", str(tmp_path / "replica-1.jsonl"), "nope.jsonl"])
     assert missing.exit_code == 2 and "nope.jsonl: no such log file" in missing.output
 
@@ -317,3 +317,29 @@ def test_a_log_that_comes_to_match_is_read_from_its_start(tmp_path: Path) -> Non
     later.write_text(_mismatching(3, 12, seed=3))
     tail.add(later)
     assert len(list(tail.poll())) == 3 and tail.paths == [first, later]
+
+
+@pytest.mark.subprocess
+def test_a_glob_reads_the_logs_of_replicas_that_start_later(tmp_path: Path) -> None:
+    """The watcher starts before most of the fleet: a glob that matches one log (or
+    none) at start reads each log that comes to match it, from its start."""
+    import subprocess
+    import sys
+
+    (tmp_path / "replica-1.jsonl").write_text(_mismatching(100, 12, seed=1))
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "shim", "watch", str(tmp_path / "replica-*.jsonl")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)  # started, reading replica-1 from its end
+        (tmp_path / "replica-2.jsonl").write_text(_mismatching(150, 12, seed=2))
+        (tmp_path / "replica-3.jsonl").write_text(_mismatching(150, 12, seed=3))
+        time.sleep(2.0)
+    finally:
+        watcher.terminate()
+        out, err = watcher.communicate(timeout=30)
+    assert "watching 1 log(s)" in out and "and what comes to match" in out, out
+    assert "BREACH kiwi.meal_plan" in err, out + err

@@ -44,10 +44,10 @@ class Exported:
 
     def describe(self) -> str:
         """One line for people."""
-        bad = f", {self.bad_lines:,} bad line(s) as rows of nulls" if self.bad_lines else ""
+        bad = f" and {self.bad_lines:,} not JSON (rows of nulls)" if self.bad_lines else ""
         return (
-            f"exported {self.rows - self.bad_lines:,} records{bad} from {self.logs} log(s) "
-            f"to {self.path} ({self.bytes / 1e6:.1f} MB)"
+            f"archived {self.rows - self.bad_lines:,} JSON lines{bad} of {self.logs} log(s) "
+            f"in {self.path} ({self.bytes / 1e6:.1f} MB)"
         )
 
 

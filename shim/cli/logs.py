@@ -18,7 +18,10 @@ __all__ = ["report", "watch"]
 
 
 def report(
-    logs: Annotated[list[str], typer.Argument(help="Logs: files, globs, .gz, or - for stdin.")],
+    logs: Annotated[
+        list[str],
+        typer.Argument(help="Logs: files, globs, .gz, .parquet archives, or - for stdin."),
+    ],
     fmt: Annotated[
         str, typer.Option("--format", help="table, json, markdown, or html (with --out).")
     ] = "table",
@@ -141,10 +144,11 @@ def watch(
             raise typer.Exit(2)
         if auto_rollback and record is None:
             say(
-                "rollbacks are not recorded in a log (the flags' own history keeps them); "
-                "add --record LOG to append each one's record and reasons",
+                "rollbacks are not recorded in a log; add --record LOG to append each "
+                "one's record and reasons",
                 error=True,
             )
+        _check_record(record)
         _watch_prometheus(
             prometheus, auto_rollback, flags, policy, from_start, once, interval, record
         )
@@ -152,17 +156,15 @@ def watch(
     if not logs:
         say("watch needs a LOG (or --prometheus URL)", error=True)
         raise typer.Exit(2)
-    if len(logs) > 1 or len(_matches(logs[0])) > 1:
+    _check_record(record)
+    if len(logs) > 1 or _is_glob(logs[0]):
         if wait or wait_timeout is not None:
-            say("--wait is for one LOG; several are read as they appear", error=True)
+            say("--wait is for one LOG; a glob's logs are read as they appear", error=True)
             raise typer.Exit(2)
         _watch_many(logs, auto_rollback, flags, policy, from_start, once, record)
         return
     log = logs[0]
     found = _watched(log)
-    if found is None and wait and any(c in str(log) for c in "*?["):
-        say(f"{log}: matches no log; --wait needs the file's name", error=True)
-        raise typer.Exit(2)
     if found is None and not wait:
         say(f"{log}: no such log file; to wait for it to appear, add --wait", error=True)
         raise typer.Exit(2)
@@ -233,6 +235,12 @@ def _watch_prometheus(
                 continue
             if failing:
                 say(f"Prometheus at {url} answers again")
+            if not read_once and not evidence.series:
+                say(
+                    f"Prometheus at {url} has no shim_* series yet: is it scraping each "
+                    "replica's metrics (SHIM_METRICS, or PrometheusMetrics.serve)?",
+                    error=True,
+                )
             read_once, failing = True, False
             for (task, stage), found in sorted(gains.items()):
                 breach = watcher.feed_gains(task, stage, found)
@@ -270,20 +278,24 @@ def _watch_many(
     from shim.ops.logtail import LogTail
     from shim.ops.watch import Watch
 
-    found = [path for pattern in patterns for path in _matches(pattern)]
-    missing = [p for p in patterns if not _matches(p) and not any(c in str(p) for c in "*?[")]
-    if missing or not found:
+    found = _all_matches(patterns)
+    missing = [p for p in patterns if not _matches(p) and not _is_glob(p)]
+    if missing or (once and not found):
         say(f"{(missing or patterns)[0]}: no such log file", error=True)
         raise typer.Exit(2)
     watcher = Watch(load_policy(policy))
     store = open_store(flags) if auto_rollback else None
     tail = LogTail(found, from_end=not from_start)
     breaches = 0
+    names = ", ".join(map(str, found[:3])) + (", ..." if len(found) > 3 else "")
     say(
-        f"watching {len(found)} logs ({', '.join(map(str, found[:3]))}"
-        + (", ...)" if len(found) > 3 else ")")
-        + (" (auto-rollback on)" if auto_rollback else "")
+        f"watching {len(found)} log(s) ({names or 'none yet'}) and what comes to match "
+        + " ".join(str(p) for p in patterns if _is_glob(p))
+        if any(map(_is_glob, patterns))
+        else f"watching {len(found)} logs ({names})"
     )
+    if auto_rollback:
+        say("auto-rollback on")
     try:
         while True:
             for rec in tail.poll():
@@ -293,17 +305,44 @@ def _watch_many(
                 breaches += 1
                 say(f"BREACH {breach.describe()}", error=True)
                 if store is not None:
-                    _roll_back(breach, store, record or found[0])
+                    _roll_back(breach, store, record or tail.paths[0])
             if once:
                 break
             time.sleep(0.2)
-            for pattern in patterns:  # a replica that started since: its log from its start
-                for path in _matches(pattern):
-                    tail.add(path)
+            for path in _all_matches(patterns):  # a replica that started since: from its start
+                tail.add(path)
     except KeyboardInterrupt:
         pass
     if once:
         _judged(watcher, f"{len(found)} logs", from_start, breaches)
+
+
+def _is_glob(pattern: Path) -> bool:
+    """A name that is not a file and has glob characters."""
+    return not pattern.is_file() and any(c in str(pattern) for c in "*?[")
+
+
+def _all_matches(patterns: list[Path]) -> list[Path]:
+    """Every file the patterns name, each once (however many name it)."""
+    seen: dict[Path, Path] = {}
+    for pattern in patterns:
+        for path in _matches(pattern):
+            seen.setdefault(path.resolve(), path)
+    return list(seen.values())
+
+
+def _check_record(record: Path | None) -> None:
+    """A ``--record`` log that cannot be appended to is said at start (exit 2), not
+    found out at the first rollback."""
+    if record is None:
+        return
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        with open(record, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        say(f"{record}: cannot append rollback records here: {exc.strerror or exc}", error=True)
+        raise typer.Exit(2) from None
 
 
 def _matches(pattern: Path) -> list[Path]:

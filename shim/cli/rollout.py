@@ -80,7 +80,8 @@ def rollout(
             "--prometheus",
             metavar="URL",
             help="Take the comparisons from a Prometheus server that scrapes every "
-            "replica's shim.metrics; the --log still holds the rollout's own records.",
+            "replica's shim.metrics; the first --log holds the rollout's own records "
+            "(made if missing).",
         ),
     ] = None,
 ) -> None:
@@ -95,6 +96,13 @@ def rollout(
     if not logs:
         say("--log is needed: the evidence, and where decisions are written", error=True)
         raise typer.Exit(2)
+    if prometheus is not None and not logs[0].exists():
+        # the evidence is Prometheus's: the log holds only the controller's own records
+        try:
+            logs[0].touch()
+        except OSError as exc:
+            say(f"{logs[0]}: cannot write the rollout's records: {exc.strerror}", error=True)
+            raise typer.Exit(2) from None
     missing = [path for path in logs if not path.is_file()]
     if missing:  # a typo would read no evidence, and never roll back
         say(

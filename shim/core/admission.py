@@ -52,6 +52,11 @@ class Admitted:
         self.shadow = shadow
 
 
+#: A fleet's share while its replica count is not known: admits nothing (no call finds
+#: a whole comparison in a bucket this small).
+_NOT_KNOWN = ShadowBudget(per_second=1e-12, burst=1e-12)
+
+
 class Admission:
     """Each wrapped task's breaker and shadow spend, and the one admission path
     (:meth:`admit`) a comparison goes through. What is turned away is counted
@@ -241,6 +246,8 @@ class Admission:
 
             replicas = self._replicas[id(budget)] = Replicas(budget.replicas, failed)
         count = replicas.count()
+        if count is None:  # not known yet: nothing admitted (counted, reason budget)
+            return _NOT_KNOWN
         key = (id(budget), count)
         share = self._shares.get(key)
         if share is None:

@@ -283,7 +283,8 @@ def metrics_from_env() -> PrometheusMetrics:
     endpoint each: set ``SHIM_METRICS`` per worker, or serve from the parent only."""
     raw = os.environ["SHIM_METRICS"].strip()
     host, _, port = raw.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:9464
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         why = f"expected PORT or HOST:PORT, got {raw!r}"
         raise ConfigError([Problem("environment", None, "SHIM_METRICS", why)])
     where = f"{host or '127.0.0.1'}:{int(port)}"

@@ -10,6 +10,7 @@ governed here: they have the breaker and the fallback.
 from __future__ import annotations
 
 import math
+import numbers
 import random
 import threading
 import time
@@ -70,7 +71,11 @@ REPLICAS_EVERY = 10.0
 
 
 def _whole_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    """A whole number of 1 or more: 3, 3.0 (a count read from Prometheus), numpy's ints."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    number = float(value)
+    return math.isfinite(number) and number >= 1 and number.is_integer()
 
 
 class Replicas:
@@ -78,8 +83,9 @@ class Replicas:
     function said last. The function is asked at most every :data:`REPLICAS_EVERY`
     seconds, on a thread of its own (never on a caller's, which gets the last count at
     once), one call at a time. One that raises, or says something that is not a whole
-    number of 1 or more, leaves the last count in force (1 before any), and
-    ``on_error`` hears of it."""
+    number of 1 or more, leaves the last count in force, and ``on_error`` hears of it.
+    Until a function first answers, :meth:`count` is None: the fleet's share is not
+    known, and no comparison is admitted (a budget is a cap)."""
 
     def __init__(
         self,
@@ -92,7 +98,7 @@ class Replicas:
         self._on_error = on_error
         self._clock = clock
         self._run = run or _in_thread
-        self._count = source if isinstance(source, int) else 1
+        self._count: int | None = int(source) if not callable(source) else None
         self._next = -math.inf
         self._lock = threading.Lock()
         renew_in_child(self)
@@ -103,8 +109,8 @@ class Replicas:
         self._lock = threading.Lock()
         self._next = -math.inf
 
-    def count(self) -> int:
-        """The count in force now."""
+    def count(self) -> int | None:
+        """The count in force now (None: a function that has not answered yet)."""
         if callable(self._source) and self._clock() >= self._next:
             with self._lock:
                 due = self._clock() >= self._next

@@ -216,9 +216,16 @@ class PromEvidence:
         params = {"query": selector} | ({} if at is None else {"time": f"{at:.3f}"})
         try:
             reply = self._client.get(f"{self.url}/api/v1/query", params=params)
-            body = reply.json()
-        except (httpx.HTTPError, ValueError) as exc:
+        except httpx.HTTPError as exc:
             raise PrometheusError(f"cannot ask Prometheus at {self.url}: {exc}") from None
+        try:
+            body = reply.json()
+        except ValueError:
+            raise PrometheusError(
+                f"{self.url} answered {reply.status_code} with no JSON to /api/v1/query: "
+                "give the Prometheus server's base URL (as http://prometheus:9090, with its "
+                "route prefix if it has one), not a replica's /metrics"
+            ) from None
         ok = isinstance(body, dict) and body.get("status") == "success"
         result = (body.get("data") or {}).get("result") if ok else None
         if reply.status_code != 200 or not isinstance(result, list):
