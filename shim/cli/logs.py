@@ -184,12 +184,8 @@ def watch(
         say(f"watching {log}" + (" (auto-rollback on)" if auto_rollback else ""))
         for row in follow(log, from_start=from_start, once=once):
             breach = watcher.feed(row)
-            if breach is None:
-                continue
-            breaches += 1
-            say(f"BREACH {breach.describe()}", error=True)
-            if store is not None:
-                _roll_back(breach, store, record or log)
+            if breach is not None:
+                breaches += _breached(breach, store, record or log)
     except KeyboardInterrupt:
         pass
     if once:
@@ -244,12 +240,8 @@ def _watch_prometheus(
             read_once, failing = True, False
             for (task, stage), found in sorted(gains.items()):
                 breach = watcher.feed_gains(task, stage, found)
-                if breach is None:
-                    continue
-                breaches += 1
-                say(f"BREACH {breach.describe()}", error=True)
-                if store is not None:
-                    _roll_back(breach, store, record)
+                if breach is not None:
+                    breaches += _breached(breach, store, record)
             if once:
                 break
             time.sleep(interval)
@@ -300,12 +292,8 @@ def _watch_many(
         while True:
             for rec in tail.poll():
                 breach = watcher.feed(rec)
-                if breach is None:
-                    continue
-                breaches += 1
-                say(f"BREACH {breach.describe()}", error=True)
-                if store is not None:
-                    _roll_back(breach, store, record or tail.paths[0])
+                if breach is not None:
+                    breaches += _breached(breach, store, record or tail.paths[0])
             if once:
                 break
             time.sleep(0.2)
@@ -383,6 +371,15 @@ def _watched(log: Path) -> Path | None:
     names none."""
     matched = _matches(log)
     return matched[0] if matched else None
+
+
+def _breached(breach: Breach, store: FlagStore | None, log: Path | None) -> int:
+    """Say a breach; with ``store`` (``--auto-rollback``), roll its task back, recorded
+    in ``log``. One breach, for the count."""
+    say(f"BREACH {breach.describe()}", error=True)
+    if store is not None:
+        _roll_back(breach, store, log)
+    return 1
 
 
 def _roll_back(breach: Breach, store: FlagStore, log: Path | None) -> None:
