@@ -9,7 +9,8 @@
 #      directory with its own flags.py and comparators.py imports them next to
 #      shim.flags and shim.comparators and wraps a function with a Shim, against
 #      `shim sim` started from the installed command;
-#   4. with --demo: `shim demo` tells the whole story (about a minute more).
+#   4. with --demo: `shim demo` tells the whole story (about a minute more; DEMO_CALLS
+#      sets its --calls, default 2000: 300 takes about half as long).
 #
 #   scripts/check-install.sh [--demo] [WORKDIR]
 #
@@ -193,7 +194,8 @@ EOF
 if [[ $demo -eq 1 ]]; then
     step "shim demo"
     demo_started=$SECONDS
-    COLUMNS=120 "$venv/shim" demo --out "$work/app/shim-demo" >"$work/demo.out" 2>&1 ||
+    COLUMNS=120 "$venv/shim" demo --calls "${DEMO_CALLS:-2000}" --out "$work/app/shim-demo" \
+        >"$work/demo.out" 2>&1 ||
         { cat "$work/demo.out" >&2; exit 1; }
     records=$(wc -l <"$work/app/shim-demo/comparisons.jsonl")
     grep -q "<svg" "$work/app/shim-demo/report.html"
