@@ -15,6 +15,11 @@ runs, in turn, the undecorated call site, then the decorated one at off, shadow 
 accounted for (compared, or a counted drop). Each run's window ends once the shim has
 written every record of its calls, so background work that lags the calls is in it.
 
+Beside them, ``floor``: a hand-written shadow of the same call doing the least any
+in-process shadow must (``bench/floor.py``: one thread, a kept-alive socket, the reply
+parsed, the same comparator, a short JSON line), so the shim's figure can be read
+against what this machine charges for the work itself.
+
 Targets (at 1,000 calls/s, shadow): <= 150 us of process CPU per call above the
 undecorated loop for the JSON meal plan with no drops, <= 250 us for the recipe text
 (its structure compared, as the target was set; the scored kinds say what content
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import os
@@ -37,112 +43,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu_outputs import KINDS, Kind
+from floor import FloorShadow
 from load import accounted, schedule
 
 from shim import Limits, Shim, TaskRequest, flags
-from shim.comparators import KIWI_RECEIPT, KIWI_RECIPE, JsonOutput, TextOutput
 
 TARGETS_US = {("meal_plan", 1000): 150.0, ("recipe", 1000): 250.0}
 STAGES = {"off": "{serve: 0, shadow: 0}", "shadow": "{serve: 0, shadow: 100}"}
 STAGES["canary"] = "{serve: 10, shadow: 100}"
-DISHES = ("lentil soup", "chickpea curry", "mushroom risotto", "vegetable stir fry")
-DISHES += ("baked salmon with greens", "black bean tacos", "tomato and basil pasta")
-
-
-# -- the outputs: what legacy returns and what the coordinator answers ------------------
-
-
-def meal_plan(rng: random.Random) -> str:
-    """A week of three meals as JSON text (~2 KB), as kiwi's router returns it."""
-    plan = [
-        {
-            "day": day,
-            "meal_type": meal,
-            "recipe_id": rng.randint(1000, 9999),
-            "suggestion": rng.choice(DISHES).title(),
-        }
-        for day in range(7)
-        for meal in ("breakfast", "lunch", "dinner")
-    ]
-    return json.dumps(plan, indent=1)
-
-
-def recipe(rng: random.Random) -> str:
-    """Kiwi's sectioned recipe text, ~4 KB."""
-    words = [
-        "stir",
-        "the",
-        "onions",
-        "until",
-        "soft",
-        "then",
-        "add",
-        "the",
-        "garlic",
-        "and",
-        "season",
-        "well",
-    ]
-    steps = [" ".join(rng.choices(words, k=40)).capitalize() + "." for _ in range(17)]
-    ingredients = ", ".join(rng.choice(DISHES) for _ in range(12))
-    return (
-        f"Title: {rng.choice(DISHES).title()}\nIngredients: {ingredients}\nDirections:\n"
-        + "".join(f"{n}. {s}\n" for n, s in enumerate(steps, 1))
-        + "Notes: keeps for three days in the fridge.\n"
-    )
-
-
-def receipt(rng: random.Random) -> dict[str, Any]:
-    """What kiwi's receipt OCR returns: merchant, transaction, items, totals."""
-    items = [
-        {
-            "name": rng.choice(DISHES),
-            "quantity": rng.randint(1, 3),
-            "unit_price": round(rng.uniform(0.5, 6), 2),
-            "total_price": round(rng.uniform(0.5, 18), 2),
-            "category": "produce",
-            "tax_code": rng.choice(["A", "B", None]),
-            "discount": 0.0,
-        }
-        for _ in range(5)
-    ]
-    return {
-        "merchant": {"name": "Corner Grocer", "address": "1 Main St", "phone": "555-0100"},
-        "transaction": {"date": "2026-11-02", "time": "12:01:02", "receipt_number": "R123456"},
-        "items": items,
-        "totals": {"subtotal": 20.5, "tax": 1.02, "total": 21.52, "payment_method": "Card"},
-        "confidence": {"overall": 0.91, "merchant": 0.95, "items": 0.91, "totals": 0.93},
-    }
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    task: str
-    make: Callable[[random.Random], Any]
-    comparator: Any
-    response: Callable[[Any], Any]
-
-
-#: Kiwi's recipe structure alone (sections, list-ness), as the target was set on it.
-RECIPE_STRUCTURE = TextOutput(sections=KIWI_RECIPE.sections, lists=KIWI_RECIPE.lists)
-
-KINDS = (
-    Kind("meal_plan", "meal_plan", meal_plan, JsonOutput(), lambda r: r.text),
-    Kind("recipe", "recipe_generation", recipe, RECIPE_STRUCTURE, lambda r: r.text),
-    Kind("receipt", "ocr", receipt, JsonOutput(), lambda r: r.output),
-    # the same outputs with their content scored (kiwi's defaults), beside them
-    Kind("recipe_scored", "recipe_generation", recipe, KIWI_RECIPE, lambda r: r.text),
-    Kind("receipt_scored", "ocr", receipt, KIWI_RECEIPT, lambda r: r.output),
-)
-
-
 # -- the stand-in coordinator (its own process) ------------------------------------------
 
 
@@ -204,7 +118,7 @@ def thread_cpu_ns() -> dict[int, int]:
 
 
 def role(name: str) -> str:
-    if name.startswith("shim-worker"):
+    if name.startswith(("shim-worker", "floor-worker")):
         return "workers"
     if name in ("shim-pump", "shim-recorder"):
         return name.removeprefix("shim-")
@@ -221,11 +135,13 @@ def paced(fn: Callable[[int], Any], rate: float, seconds: float) -> int:
     return calls
 
 
-def measure(fn: Callable[[int], Any], rate: float, seconds: float, shim: Shim | None) -> dict:
+def measure(
+    fn: Callable[[int], Any], rate: float, seconds: float, flush: Callable[[], Any] | None
+) -> dict:
     """Process and per-thread CPU per call over ``seconds`` of paced calls, as the
     median of three windows (one that the machine's other work slowed does not decide
     the figure); ``calls`` counts all three, ``windows_us`` gives each window's CPU."""
-    windows = [_window(fn, rate, seconds / 3, shim) for _ in range(3)]
+    windows = [_window(fn, rate, seconds / 3, flush) for _ in range(3)]
     middle = sorted(windows, key=lambda w: w["cpu_us_per_call"])[1]
     return {
         **middle,
@@ -235,17 +151,20 @@ def measure(fn: Callable[[int], Any], rate: float, seconds: float, shim: Shim | 
     }
 
 
-def _window(fn: Callable[[int], Any], rate: float, seconds: float, shim: Shim | None) -> dict:
-    """Process and per-thread CPU per call over a paced run, up to its last record."""
-    if shim is not None:
-        shim.flush(timeout=60)  # the warm-up's comparisons do not spill into the window
+def _window(
+    fn: Callable[[int], Any], rate: float, seconds: float, flush: Callable[[], Any] | None
+) -> dict:
+    """Process and per-thread CPU per call over a paced run, up to its last record
+    (``flush`` waits for it)."""
+    if flush is not None:
+        flush()  # the warm-up's comparisons do not spill into the window
     gc.collect()
     before, caller = thread_cpu_ns(), threading.get_native_id()
     cpu0 = time.process_time()
     calls = paced(fn, rate, seconds)
     late = time.perf_counter()
-    if shim is not None:
-        shim.flush(timeout=60)
+    if flush is not None:
+        flush()
     cpu = time.process_time() - cpu0
     after, names = thread_cpu_ns(), {t.native_id: t.name for t in threading.enumerate()}
     threads: Counter[str] = Counter()
@@ -297,13 +216,21 @@ def run_kind(kind: Kind, url: str, rate: int, seconds: float, tmp: Path) -> dict
             legacy_model="qwen2.5-3b-instruct",
         )(legacy)
         warmed = paced(fn, rate, warm)
-        row = measure(fn, rate, seconds, shim)
+        row = measure(fn, rate, seconds, functools.partial(shim.flush, timeout=60))
         shim.close(timeout=30)
         log = tmp / f"{name}.jsonl"
         compared, drops = accounted(log) if log.exists() else (0, Counter[str]())
         compared_calls = 0 if stage == "off" else row["calls"] + warmed  # every call
         row.update(compared=compared, expected=compared_calls, drops=dict(drops))
         out[stage] = row
+    floor_log = tmp / f"{kind.name}-{rate}-floor.jsonl"
+    floor = FloorShadow(url, kind.task, kind.comparator, floor_log)
+    warmed = paced(floor.wrap(legacy), rate, warm)
+    out["floor"] = measure(floor.wrap(legacy), rate, seconds, floor.flush)
+    floor.close()
+    with floor_log.open() as lines:
+        out["floor"].update(compared=sum(1 for _ in lines), expected=out["floor"]["calls"] + warmed)
+        out["floor"]["drops"] = {}
     # The undecorated loop again, after the stages: what the shim adds is measured
     # against the mean of both, so a machine that got busier or quieter meanwhile
     # weighs on both sides alike.
@@ -314,7 +241,7 @@ def run_kind(kind: Kind, url: str, rate: int, seconds: float, tmp: Path) -> dict
         "cpu_us_per_call": base,
         "runs_us": [round(b["cpu_us_per_call"], 1) for b in bare],
     }
-    for stage in STAGES:
+    for stage in (*STAGES, "floor"):
         out[stage]["added_us"] = out[stage]["cpu_us_per_call"] - base
     return out
 
@@ -370,9 +297,11 @@ def report(results: dict[str, Any]) -> bool:
     for kind, rate, added, target, passed in verdicts(results):
         ok &= passed
         verdict = "PASS" if passed else "FAIL"
+        floor = results["kinds"][kind][str(rate)].get("floor")
+        beside = "" if floor is None else f" (the floor adds {floor['added_us']:.0f} us)"
         print(
             f"target: {kind} shadow at {rate}/s adds {added:.0f} us <= {target:.0f} us, "
-            f"no drops: {verdict}"
+            f"no drops: {verdict}{beside}"
         )
     return ok
 

@@ -147,6 +147,15 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         target = st["targets_us"]
         for kind in ("sync", "async"):
             shadow, off = st[f"shadow-{kind}"], st[f"off-{kind}"]
+            floor = st.get(f"floor-{kind}")
+            beside = (
+                ""
+                if floor is None
+                else (
+                    f"; floor (a bare relay) {floor['chunk_added_us']:.2f} / "
+                    f"{floor['start_added_us']:.1f} us"
+                )
+            )
             good = shadow["chunk_added_us"] <= target["chunk"]
             good &= shadow["start_added_us"] <= target["start"]
             out.append(
@@ -158,7 +167,7 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     f"off {off['chunk_added_us']:.2f} / {off['start_added_us']:.1f} us; "
                     f"{shadow['compared']:,} compared, {shadow['dropped']} dropped",
                     f"undecorated chunk {shadow['bare_chunk_us']:.2f} us, start "
-                    f"{shadow['bare_start_us']:.1f} us",
+                    f"{shadow['bare_start_us']:.1f} us{beside}",
                     "",
                     f"chunk <= {target['chunk']:g} us, start <= {target['start']:g} us: "
                     + verdict(good),
@@ -339,7 +348,8 @@ def cpu_rows(cpu: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     f"process CPU per call, {CPU_KINDS.get(kind, kind)}, {int(rate):,} calls/s",
                     f"shadow {shadow['cpu_us_per_call']:.0f} us ({threads}); canary "
                     f"{canary['cpu_us_per_call']:.0f} us; {drops} dropped",
-                    f"undecorated {bare['cpu_us_per_call']:.0f} us",
+                    f"undecorated {bare['cpu_us_per_call']:.0f} us"
+                    + (f"; floor +{row['floor']['added_us']:.0f} us" if "floor" in row else ""),
                     f"+{shadow['added_us']:.0f} us shadow, +{canary['added_us']:.0f} us canary",
                     verdict,
                 )

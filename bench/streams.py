@@ -12,6 +12,10 @@ the background; the simulator runs in its own process). Streams start 200 a seco
 caller sleeping in between, as a service waiting on its clients does. The async
 variant does the same with an async generator on one event loop.
 
+Beside them, ``floor``: a hand-written relay that keeps the chunks and hands the stream
+to a queue at its end, and does nothing else (``bench/floor.py``): what relaying a
+stream costs on this machine before any flag, admission or record.
+
 Targets (shadow): <= 2 us median added per chunk; <= 15 us median added at the start.
 The end (the ``next()`` that finds the stream over, where a compared stream is handed to
 the comparison) is reported beside them.
@@ -31,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from floor import afloor_relay, floor_relay
 from overhead import make_shim, pct, simulator
 
 from shim import Shim, TaskRequest
@@ -173,6 +178,9 @@ def run(quick: bool) -> dict[str, Any]:
                 )
                 row["records_lost"] = stats["records_lost"]
                 results[name] = row
+        for kind, bare, floor in (("sync", legacy, floor_relay), ("async", alegacy, afloor_relay)):
+            row = side_by_side(floor(bare), bare, streams, blocks, kind == "async")
+            results[f"floor-{kind}"] = {**row, "compared": 0, "dropped": 0, "records_lost": 0}
     return results
 
 

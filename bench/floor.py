@@ -1,0 +1,162 @@
+"""The least any in-process shadow of a call can cost, for ``bench/cpu.py`` and
+``bench/streams.py`` to set the shim's figures beside: yardsticks, not a product.
+
+:class:`FloorShadow` is a hand-written shadow of the same call site against the same
+stand-in coordinator: the caller runs legacy and puts the pair's legacy half on a queue;
+one background thread sends the task request over a kept-alive socket, reads the reply
+by its Content-Length, parses it, compares the outputs with the same comparator and
+appends one JSON line per comparison to a file (written every 256 lines, or when idle).
+No flags, breaker, budget, timeouts, copies of the app's objects, HTTP checks, records'
+fields beyond a handful, or accounting: what the shim costs above this is what those
+cost, plus its overheads.
+
+:func:`floor_relay` and :func:`afloor_relay` relay a generator's (an async generator's)
+chunks to the caller, keeping them and the time to the first, and hand the stream to a
+queue at its end: no flags, no admission, no ``send``/``throw`` forwarding.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["FloorShadow", "afloor_relay", "floor_relay"]
+
+_STOP = object()
+
+
+class FloorShadow:
+    """``wrap(legacy)`` shadows ``legacy`` to ``url`` on one thread named
+    ``floor-worker``; :meth:`flush` waits for every comparison handed over so far;
+    :meth:`close` stops the thread and closes the log."""
+
+    def __init__(self, url: str, task: str, comparator: Any, log: Path) -> None:
+        parts = urlsplit(url)
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._task, self._comparator = task, comparator
+        self._jobs: queue.Queue[Any] = queue.Queue()
+        self._log = log.open("a")
+        self._lines: list[str] = []
+        self._thread = threading.Thread(target=self._work, name="floor-worker", daemon=True)
+        self._thread.start()
+
+    def wrap(self, legacy: Callable[[int], Any]) -> Callable[[int], Any]:
+        put, clock = self._jobs.put, time.perf_counter
+
+        def shadowed(i: int) -> Any:
+            started = clock()
+            value = legacy(i)
+            put((i, value, clock() - started))
+            return value
+
+        return shadowed
+
+    def flush(self) -> None:
+        self._jobs.join()
+
+    def close(self) -> None:
+        self._jobs.put(_STOP)
+        self._thread.join(10)
+        self._log.close()
+
+    def _work(self) -> None:
+        sock = socket.create_connection(self._address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head = "POST /api/inference/task HTTP/1.1\r\nHost: {}:{}\r\n".format(*self._address)
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                sock.close()
+                return
+            i, value, elapsed = job
+            body = json.dumps({"product": "kiwi", "task": self._task, "prompt": f"request {i}"})
+            started = time.perf_counter()
+            sock.sendall(
+                f"{head}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                f"{body}".encode()
+            )
+            answer = json.loads(_reply(sock))
+            task_ms = (time.perf_counter() - started) * 1000
+            verdict = self._comparator.compare(value, answer["output"])
+            self._lines.append(
+                json.dumps(
+                    {
+                        "event": "floor.comparison",
+                        "task": self._task,
+                        "legacy_ms": round(elapsed * 1000, 3),
+                        "candidate_ms": round(task_ms, 3),
+                        "model": answer.get("model"),
+                        "match": verdict.match,
+                    }
+                )
+            )
+            if len(self._lines) >= 256 or self._jobs.qsize() == 0:
+                self._log.write("\n".join(self._lines) + "\n")
+                self._lines.clear()
+            self._jobs.task_done()
+
+
+def _reply(sock: socket.socket) -> bytes:
+    """The body of one reply framed by Content-Length (the stand-in's only framing)."""
+    data = b""
+    while (end := data.find(b"\r\n\r\n")) < 0:
+        data += sock.recv(65536)
+    length = 0
+    for line in data[:end].split(b"\r\n")[1:]:
+        name, _, rest = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(rest)
+    body = data[end + 4 :]
+    while len(body) < length:
+        body += sock.recv(65536)
+    return body
+
+
+#: Where the floor relays hand their streams (nobody reads them: the hand-off is the cost).
+HANDED: deque[tuple[list[Any], float | None, float]] = deque(maxlen=1024)
+
+
+def floor_relay(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    perf = time.perf_counter
+
+    def relay(inner: Iterator[Any], started: float) -> Iterator[Any]:
+        chunks: list[Any] = []
+        first = None
+        for chunk in inner:
+            if first is None:
+                first = perf() - started
+            chunks.append(chunk)
+            yield chunk
+        HANDED.append((chunks, first, perf() - started))
+
+    def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        return relay(fn(*args, **kwargs), perf())
+
+    return wrapper
+
+
+def afloor_relay(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    perf = time.perf_counter
+
+    async def relay(inner: AsyncIterator[Any], started: float) -> AsyncIterator[Any]:
+        chunks: list[Any] = []
+        first = None
+        async for chunk in inner:
+            if first is None:
+                first = perf() - started
+            chunks.append(chunk)
+            yield chunk
+        HANDED.append((chunks, first, perf() - started))
+
+    def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        return relay(fn(*args, **kwargs), perf())
+
+    return wrapper
