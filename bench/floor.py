@@ -1,7 +1,7 @@
 """The least any in-process shadow of a call can cost, for ``bench/cpu.py`` and
 ``bench/streams.py`` to set the shim's figures beside: yardsticks, not a product.
 
-:class:`FloorShadow` is a hand-written shadow of the same call site against the same
+:class:`FloorShadow` is a lean hand-written shadow of the same call site against the same
 stand-in coordinator: the caller runs legacy and puts the pair's legacy half on a queue;
 one background thread sends the task request over a kept-alive socket, reads the reply
 by its Content-Length, parses it, compares the outputs with the same comparator and
@@ -42,7 +42,8 @@ class FloorShadow:
         parts = urlsplit(url)
         self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._task, self._comparator = task, comparator
-        self._jobs: queue.Queue[Any] = queue.Queue()
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._handed = self._done = 0  # jobs handed over, and done
         self._log = log.open("a")
         self._lines: list[str] = []
         self._thread = threading.Thread(target=self._work, name="floor-worker", daemon=True)
@@ -54,13 +55,15 @@ class FloorShadow:
         def shadowed(i: int) -> Any:
             started = clock()
             value = legacy(i)
+            self._handed += 1  # one caller thread: no lock
             put((i, value, clock() - started))
             return value
 
         return shadowed
 
     def flush(self) -> None:
-        self._jobs.join()
+        while self._done < self._handed:
+            time.sleep(0.002)
 
     def close(self) -> None:
         self._jobs.put(_STOP)
@@ -98,10 +101,10 @@ class FloorShadow:
                     }
                 )
             )
-            if len(self._lines) >= 256 or self._jobs.qsize() == 0:
+            if len(self._lines) >= 256 or self._jobs.empty():
                 self._log.write("\n".join(self._lines) + "\n")
                 self._lines.clear()
-            self._jobs.task_done()
+            self._done += 1
 
 
 def _reply(sock: socket.socket) -> bytes:
