@@ -15,10 +15,9 @@ runs, in turn, the undecorated call site, then the decorated one at off, shadow 
 accounted for (compared, or a counted drop). Each run's window ends once the shim has
 written every record of its calls, so background work that lags the calls is in it.
 
-Beside them, ``floor``: a hand-written shadow of the same call doing the least any
-in-process shadow must (``bench/floor.py``: one thread, a kept-alive socket, the reply
-parsed, the same comparator, a short JSON line), so the shim's figure can be read
-against what this machine charges for the work itself.
+Beside them, ``floor``: a lean hand-written shadow of the same call (``bench/floor.py``:
+one thread, a kept-alive socket, the reply parsed, the same comparator, a short JSON
+line), so the shim's figure can be read against what the work itself costs here.
 
 Targets (at 1,000 calls/s, shadow): <= 150 us of process CPU per call above the
 undecorated loop for the JSON meal plan with no drops, <= 250 us for the recipe text
@@ -57,6 +56,8 @@ from shim import Limits, Shim, TaskRequest, flags
 TARGETS_US = {("meal_plan", 1000): 150.0, ("recipe", 1000): 250.0}
 STAGES = {"off": "{serve: 0, shadow: 0}", "shadow": "{serve: 0, shadow: 100}"}
 STAGES["canary"] = "{serve: 10, shadow: 100}"
+
+
 # -- the stand-in coordinator (its own process) ------------------------------------------
 
 

@@ -1,23 +1,25 @@
-"""The least any in-process shadow of a call can cost, for ``bench/cpu.py`` and
-``bench/streams.py`` to set the shim's figures beside: yardsticks, not a product.
+"""Yardsticks for ``bench/cpu.py`` and ``bench/streams.py``: lean hand-written versions
+of the work the shim does, measured in the same run, so the shim's figures can be read
+against what the work itself costs on the machine. Not a product, and not a lower bound
+for every design: one plain way of doing the work, with nothing else.
 
-:class:`FloorShadow` is a lean hand-written shadow of the same call site against the same
-stand-in coordinator: the caller runs legacy and puts the pair's legacy half on a queue;
-one background thread sends the task request over a kept-alive socket, reads the reply
+:class:`FloorShadow` shadows a call site against the same stand-in coordinator. The
+caller runs legacy, copies a result that is not text (an app may change its dict once
+the call returns; the shim copies it too) and puts the pair's legacy half on a queue.
+One background thread sends the task request over a kept-alive socket, reads the reply
 by its Content-Length, parses it, compares the outputs with the same comparator and
-appends one JSON line per comparison to a file (written every 256 lines, or when idle).
-No flags, breaker, budget, timeouts, copies of the app's objects, HTTP checks, records'
-fields beyond a handful, or accounting: what the shim costs above this is what those
-cost, plus its overheads.
+writes one short JSON line per comparison to a buffered file. No flags, breaker,
+budget, timeouts, HTTP checks beyond the status, or record fields beyond six.
 
 :func:`floor_relay` and :func:`afloor_relay` relay a generator's (an async generator's)
-chunks to the caller, keeping them and the time to the first, and hand the stream to a
-queue at its end: no flags, no admission, no ``send``/``throw`` forwarding.
+chunks to the caller, keeping them and the time to the first, and append the stream to
+a deque at its end: no flags, no admission, no ``send``/``throw`` forwarding.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import queue
 import socket
 import threading
@@ -44,8 +46,8 @@ class FloorShadow:
         self._task, self._comparator = task, comparator
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._handed = self._done = 0  # jobs handed over, and done
+        self._failed: BaseException | None = None
         self._log = log.open("a")
-        self._lines: list[str] = []
         self._thread = threading.Thread(target=self._work, name="floor-worker", daemon=True)
         self._thread.start()
 
@@ -55,15 +57,25 @@ class FloorShadow:
         def shadowed(i: int) -> Any:
             started = clock()
             value = legacy(i)
+            elapsed = clock() - started
+            kept = value if type(value) is str else pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
             self._handed += 1  # one caller thread: no lock
-            put((i, value, clock() - started))
+            put((i, kept, elapsed))
             return value
 
         return shadowed
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every pair handed over is compared and its line written; the
+        worker's error if it failed."""
+        deadline = time.monotonic() + timeout
         while self._done < self._handed:
+            if self._failed is not None:
+                raise RuntimeError("the floor's worker failed") from self._failed
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the floor's worker is {self._handed - self._done} behind")
             time.sleep(0.002)
+        self._log.flush()
 
     def close(self) -> None:
         self._jobs.put(_STOP)
@@ -71,15 +83,23 @@ class FloorShadow:
         self._log.close()
 
     def _work(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # flush() says so rather than waiting forever
+            self._failed = exc
+
+    def _serve(self) -> None:
         sock = socket.create_connection(self._address)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         head = "POST /api/inference/task HTTP/1.1\r\nHost: {}:{}\r\n".format(*self._address)
+        write = self._log.write
         while True:
             job = self._jobs.get()
             if job is _STOP:
                 sock.close()
                 return
-            i, value, elapsed = job
+            i, kept, elapsed = job
+            value = kept if type(kept) is str else pickle.loads(kept)
             body = json.dumps({"product": "kiwi", "task": self._task, "prompt": f"request {i}"})
             started = time.perf_counter()
             sock.sendall(
@@ -89,29 +109,25 @@ class FloorShadow:
             answer = json.loads(_reply(sock))
             task_ms = (time.perf_counter() - started) * 1000
             verdict = self._comparator.compare(value, answer["output"])
-            self._lines.append(
-                json.dumps(
-                    {
-                        "event": "floor.comparison",
-                        "task": self._task,
-                        "legacy_ms": round(elapsed * 1000, 3),
-                        "candidate_ms": round(task_ms, 3),
-                        "model": answer.get("model"),
-                        "match": verdict.match,
-                    }
-                )
-            )
-            if len(self._lines) >= 256 or self._jobs.empty():
-                self._log.write("\n".join(self._lines) + "\n")
-                self._lines.clear()
+            line = {
+                "event": "floor.comparison",
+                "task": self._task,
+                "legacy_ms": round(elapsed * 1000, 3),
+                "candidate_ms": round(task_ms, 3),
+                "model": answer.get("model"),
+                "match": verdict.match,
+            }
+            write(json.dumps(line) + "\n")
             self._done += 1
 
 
 def _reply(sock: socket.socket) -> bytes:
-    """The body of one reply framed by Content-Length (the stand-in's only framing)."""
+    """The body of one 200 reply framed by Content-Length (the stand-in's only framing)."""
     data = b""
     while (end := data.find(b"\r\n\r\n")) < 0:
-        data += sock.recv(65536)
+        data += _more(sock)
+    if not data.startswith(b"HTTP/1.1 200 "):
+        raise RuntimeError(f"the coordinator answered {data[:40]!r}")
     length = 0
     for line in data[:end].split(b"\r\n")[1:]:
         name, _, rest = line.partition(b":")
@@ -119,11 +135,17 @@ def _reply(sock: socket.socket) -> bytes:
             length = int(rest)
     body = data[end + 4 :]
     while len(body) < length:
-        body += sock.recv(65536)
+        body += _more(sock)
     return body
 
 
-#: Where the floor relays hand their streams (nobody reads them: the hand-off is the cost).
+def _more(sock: socket.socket) -> bytes:
+    if not (data := sock.recv(65536)):
+        raise ConnectionError("the coordinator closed the connection mid-reply")
+    return data
+
+
+#: Where the floor relays leave their streams (nothing reads them).
 HANDED: deque[tuple[list[Any], float | None, float]] = deque(maxlen=1024)
 
 
