@@ -1,6 +1,6 @@
 """What a shadowed call costs the app's CPU, not only its caller: the whole process.
 
-    python bench/cpu.py            # 500 and 1,000 calls/s, 6 s per run (~3 minutes)
+    python bench/cpu.py            # 500 and 1,000 calls/s, 6 s per run (~8 minutes)
     python bench/cpu.py --quick    # 1,000 calls/s, 1.5 s per run, the meal plan, for CI
 
 One caller thread calls a call site at a steady pace (as a service's request thread
