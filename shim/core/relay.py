@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
+import types
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 _perf = time.perf_counter
+#: Chunks measured by their length (a tuple: ``str | bytes | bytearray`` would make a
+#: union object on every chunk).
+_TEXT = (str, bytes, bytearray)
 
 #: A compared stream keeps at most this many bytes of chunks (text and bytes by their
 #: length, other chunks by their shallow size); past it the stream is relayed on, not
@@ -89,7 +93,7 @@ class Tap:
         """The chunk legacy gave since it last resumed."""
         self.busy += _perf() - self.started
         self.count += 1
-        text = isinstance(chunk, str | bytes | bytearray)
+        text = isinstance(chunk, _TEXT)
         if self.first is None and (chunk or not text):  # an empty text is no start
             self.first = self.busy
         chunks = self.chunks
@@ -201,7 +205,7 @@ async def arelay(
 def generator(chunks: Iterable[Any]) -> Generator[Any, Any, Any]:
     """``chunks`` as a generator: itself if it is one (``send``, ``throw`` and
     ``close`` reach it), else one that iterates it (a ``stream=True`` site's iterator)."""
-    if isinstance(chunks, Generator):
+    if type(chunks) is types.GeneratorType or isinstance(chunks, Generator):
         return chunks
     return _iterating(iter(chunks))
 
@@ -213,7 +217,7 @@ def _iterating(chunks: Any) -> Generator[Any, Any, Any]:
 def agenerator(chunks: AsyncIterable[Any]) -> AsyncGenerator[Any, Any]:
     """``chunks`` as an async generator: itself if it is one, else one that iterates
     it (a ``stream="async"`` site's async iterator)."""
-    if isinstance(chunks, AsyncGenerator):
+    if type(chunks) is types.AsyncGeneratorType or isinstance(chunks, AsyncGenerator):
         return chunks
     return _aiterating(aiter(chunks))
 
