@@ -216,9 +216,9 @@ class Decorator:
     def _stream_wrapper(
         self, site: CallSite, model: str | None, fn: Callable[P, R]
     ) -> Callable[P, R]:
-        """A streaming call site: legacy's own stream when off, else relayed or served
-        by the task path (:class:`~shim.core.streams.StreamCalls`). The wrapper returns
-        the stream; it is not a generator function itself."""
+        """A streaming call site: legacy's own stream when off or not compared, else
+        relayed or served by the task path (:class:`~shim.core.streams.StreamCalls`).
+        The wrapper returns the stream; it is not a generator function itself."""
         source, name, decide = self._flags, site.name, self._engine.call
         relay = self._streams.asynchronous if site.stream == "async" else self._streams.sync
 

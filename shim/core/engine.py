@@ -45,10 +45,6 @@ __all__ = ["Engine"]
 _perf = time.perf_counter
 
 
-def _no_slot() -> bool:
-    return True
-
-
 #: What the task path did: its observation (None: the breaker kept it from being
 #: called), the call site's value (or the error), and the allocation it holds.
 TaskOutcome = tuple[Observation | None, Any, TaskAllocation | None]
@@ -204,19 +200,10 @@ class Engine:
         self.legacy_returned(call, _perf() - started, result, lane)
         return result
 
-    def admit(self, call: Call, *, slot: bool = True) -> bool:
-        """Whether a compared call goes ahead: the admission's say, and (``slot``) a
-        worker slot taken for it, given back by the hand-off. Without a slot, one is
-        taken with :meth:`reserve` before the hand-off."""
-        return self.admission.admit(call, self._reserve if slot else _no_slot)
-
-    def reserve(self, call: Call) -> bool:
-        """A worker slot for a call admitted without one; False (counted as dropped,
-        ``queue_full``) when the workers' queue is full."""
-        if self._reserve():
-            return True
-        self.recorder.dropped(call.site.product, call.site.task, "queue_full")
-        return False
+    def admit(self, call: Call) -> bool:
+        """Whether a compared call goes ahead: the admission's say, and a worker slot
+        taken for it, given back by the hand-off."""
+        return self.admission.admit(call, self._reserve)
 
     def hand_off_failed(self, call: Call, exc: Exception, *, slot: bool = True) -> None:
         """Copying a compared call's arguments or value, or handing it to the workers,

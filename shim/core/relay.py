@@ -64,34 +64,36 @@ class StreamEnd:
     error: BaseException | None = None
 
 
-#: Told once per compared stream, however it ended.
-OnEnd = Callable[[StreamEnd], None]
+#: Told once per compared stream, however it ended, with what the relay was given to
+#: pass on (``about``: the call, say).
+OnEnd = Callable[[Any, StreamEnd], None]
 
 
 class Tap:
     """What a relay notes of a stream as it passes (shared by both relays): the time
     legacy spends between :meth:`resume` and the chunk it gives (:meth:`add`), the
     chunks, and what the caller threw in or whether it is closing, to tell at the
-    :meth:`end` legacy's own error from the caller's leaving."""
+    :meth:`end` legacy's own error from the caller's leaving. ``started``: when legacy
+    began on its first chunk; ``lead``: what making the stream took before that."""
 
     __slots__ = ("busy", "chunks", "closing", "count", "first", "size", "started", "thrown")
 
-    def __init__(self, lead: float = 0.0) -> None:
-        self.busy = lead  # what making the stream took before its first chunk was asked
+    def __init__(self, started: float, lead: float = 0.0) -> None:
+        self.busy = lead
         self.first: float | None = None
         self.chunks: list[Any] | None = []
         self.count = self.size = 0
         self.closing = False
         self.thrown: BaseException | None = None
-        self.started = _perf()
+        self.started = started
 
     def resume(self, thrown: BaseException | None = None) -> None:
         """Legacy runs again (with ``thrown``, the caller's, thrown in)."""
         self.thrown, self.started = thrown, _perf()
 
-    def add(self, chunk: Any) -> None:
-        """The chunk legacy gave since it last resumed."""
-        self.busy += _perf() - self.started
+    def add(self, chunk: Any, made: float) -> None:
+        """The chunk legacy gave, at ``made`` (perf_counter), since it last resumed."""
+        self.busy += made - self.started
         self.count += 1
         text = isinstance(chunk, _TEXT)
         if self.first is None and (chunk or not text):  # an empty text is no start
@@ -130,75 +132,81 @@ def assemble(chunks: list[Any]) -> Any:
 
 
 def relay(
-    inner: Generator[Any, Any, Any],
-    on_start: Callable[[], bool],
-    on_end: OnEnd,
-    lead: float = 0.0,
+    inner: Generator[Any, Any, Any], on_end: OnEnd, about: Any, lead: float = 0.0
 ) -> Generator[Any, Any, Any]:
-    """Legacy's generator ``inner``, chunk for chunk. ``on_start()`` runs as the
-    caller asks for the first chunk; False: not compared, ``inner`` is handed on as is.
-    ``on_end`` hears how a compared stream ended; ``lead``: the seconds making
-    ``inner`` took (a function that returns its stream works before it does)."""
-    if not on_start():
-        return (yield from inner)
-    tap = Tap(lead)
+    """Legacy's generator ``inner``, chunk for chunk; ``on_end(about, end)`` hears how
+    it ended. ``lead``: the seconds making ``inner`` took (a function that returns its
+    stream works before it does). Each chunk is noted once the caller has it, so the
+    first waits on nothing but legacy: the :class:`Tap` is made then."""
+    tap: Tap | None = None
+    started = _perf()
     try:
         chunk = inner.send(None)
         while True:
-            tap.add(chunk)
+            made = _perf()
+            kept = bytes(chunk) if type(chunk) is bytearray else chunk  # as legacy gave it
             try:
                 sent = yield chunk
-            except GeneratorExit:
-                tap.closing = True
-                inner.close()
-                raise
-            except BaseException as exc:  # thrown in by the caller: legacy decides
-                tap.resume(exc)
-                chunk = inner.throw(exc)
+            except BaseException as exc:  # the caller closing, or throwing in
+                thrown: BaseException | None = exc
             else:
+                thrown = None
+            if tap is None:
+                tap = Tap(started, lead)
+            tap.add(kept, made)
+            if thrown is None:
                 tap.resume()
                 chunk = inner.send(sent)
+            elif isinstance(thrown, GeneratorExit):
+                tap.closing = True
+                inner.close()
+                raise thrown
+            else:  # legacy decides what the caller's exception does
+                tap.resume(thrown)
+                chunk = inner.throw(thrown)
     except StopIteration as stop:
-        on_end(tap.end())
+        on_end(about, (tap or Tap(started, lead)).end())
         return stop.value
     except BaseException as exc:
-        on_end(tap.end(exc))
+        on_end(about, (tap or Tap(started, lead)).end(exc))
         raise
 
 
 async def arelay(
-    inner: AsyncGenerator[Any, Any],
-    on_start: Callable[[], bool],
-    on_end: OnEnd,
-    lead: float = 0.0,
+    inner: AsyncGenerator[Any, Any], on_end: OnEnd, about: Any, lead: float = 0.0
 ) -> AsyncGenerator[Any, Any]:
-    """:func:`relay` for an async generator (which returns nothing). Not compared, it
-    forwards all the same: ``async for`` over ``inner`` would lose what is sent and
-    thrown in, and leave ``inner`` open on ``aclose()``."""
-    tell = on_end if on_start() else None
-    tap = Tap(lead)
+    """:func:`relay` for an async generator (which returns nothing): ``asend``,
+    ``athrow`` and ``aclose`` reach ``inner``, as they would unwrapped."""
+    tap: Tap | None = None
+    started = _perf()
     try:
         chunk = await inner.asend(None)
         while True:
-            tap.add(chunk)
+            made = _perf()
+            kept = bytes(chunk) if type(chunk) is bytearray else chunk
             try:
                 sent = yield chunk
-            except GeneratorExit:
-                tap.closing = True
-                await inner.aclose()
-                raise
             except BaseException as exc:
-                tap.resume(exc)
-                chunk = await inner.athrow(exc)
+                thrown: BaseException | None = exc
             else:
+                thrown = None
+            if tap is None:
+                tap = Tap(started, lead)
+            tap.add(kept, made)
+            if thrown is None:
                 tap.resume()
                 chunk = await inner.asend(sent)
+            elif isinstance(thrown, GeneratorExit):
+                tap.closing = True
+                await inner.aclose()
+                raise thrown
+            else:
+                tap.resume(thrown)
+                chunk = await inner.athrow(thrown)
     except StopAsyncIteration:
-        if tell is not None:
-            tell(tap.end())
+        on_end(about, (tap or Tap(started, lead)).end())
     except BaseException as exc:
-        if tell is not None:
-            tell(tap.end(exc))
+        on_end(about, (tap or Tap(started, lead)).end(exc))
         raise
 
 
@@ -232,10 +240,10 @@ def drain(fn: Callable[..., Any]) -> Callable[..., StreamEnd]:
     function that reads its whole stream, in the background, and tells how it went."""
 
     def drained(*args: Any, **kwargs: Any) -> StreamEnd:
-        tap = Tap()  # from the call: a function that returns its stream works first
+        tap = Tap(_perf())  # from the call: a function that returns its stream works first
         try:
             for chunk in fn(*args, **kwargs):
-                tap.add(chunk)
+                tap.add(chunk, _perf())
                 tap.resume()
         except Exception as exc:
             return tap.end(exc)
@@ -248,10 +256,10 @@ def adrain(fn: Callable[..., Any]) -> Callable[..., Any]:
     """:func:`drain` for an async stream's function: a coroutine function."""
 
     async def drained(*args: Any, **kwargs: Any) -> StreamEnd:
-        tap = Tap()
+        tap = Tap(_perf())
         try:
             async for chunk in fn(*args, **kwargs):
-                tap.add(chunk)
+                tap.add(chunk, _perf())
                 tap.resume()
         except Exception as exc:
             return tap.end(exc)

@@ -21,7 +21,7 @@ in how they call the task client.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Generator
 from dataclasses import replace
 from typing import Any
 
@@ -61,7 +61,7 @@ class Serving:
         self.engine, self.call = engine, call
         self.admitted: Admitted | None = None
         self.entered = False
-        self.tap = Tap()
+        self.tap = Tap(_perf())
         self.tap.chunks = None  # the stream's result holds the text
 
     def begin(self) -> tuple[Any, str | None] | None:
@@ -82,7 +82,7 @@ class Serving:
             return None
         assert call.prepared is not None
         request, hint = call.prepared
-        self.tap = Tap()  # timed from here
+        self.tap = Tap(_perf())  # timed from here
         self.tap.chunks = None
         return restore(request), hint
 
@@ -108,10 +108,14 @@ class Serving:
         stream = Stream(None if tap.first is None else tap.first * 1000, tap.count)
         return replace(observed, latency_ms=busy * 1000, stream=stream)
 
-    def fell_back(self, candidate: Observation) -> tuple[Callable[[], bool], OnEnd]:
-        """The relay hooks of legacy serving instead, its pair recorded."""
+    def fell_back(self) -> OnEnd:
+        """Legacy serves instead (counted): what its relay tells, given the task
+        path's side, is recorded as the pair."""
         self.engine.events.served(self.call.site, "legacy_fallback")
-        return _always, lambda end: self._record(end, "legacy_fallback", candidate)
+        return self._fallback_ended
+
+    def _fallback_ended(self, candidate: Observation, end: StreamEnd) -> None:
+        self._record(end, "legacy_fallback", candidate)
 
     def interrupted(self, exc: Exception, lane: Lane) -> BaseException:
         """The task path failed after its first piece: counted, compared if the call
@@ -209,10 +213,6 @@ class Serving:
             engine.events.internal_error("record", exc, site=site)
 
 
-def _always() -> bool:
-    return True
-
-
 def serve(engine: Engine, call: Call) -> Generator[Any, Any, Any]:
     """A sync streaming call the task path serves (see the module's docstring)."""
     serving = Serving(engine, call)
@@ -238,7 +238,7 @@ def serve(engine: Engine, call: Call) -> Generator[Any, Any, Any]:
             raise
         started = _perf()
         inner = generator(call.fn(*call.args, **call.kwargs))
-        return (yield from relay(inner, *serving.fell_back(candidate), lead=_perf() - started))
+        return (yield from relay(inner, serving.fell_back(), candidate, lead=_perf() - started))
     except BaseException:
         serving.left(at_yield=False)
         if stream is not None:
@@ -248,7 +248,7 @@ def serve(engine: Engine, call: Call) -> Generator[Any, Any, Any]:
     tap, broken, at_yield = serving.tap, False, False
     try:
         while piece is not _END:
-            tap.add(piece)
+            tap.add(piece, _perf())
             at_yield = True
             yield piece  # what the caller throws in (or closing) leaves the stream
             at_yield = False
@@ -271,7 +271,7 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
     serving = Serving(engine, call)
     opening = serving.begin()
     if opening is None:
-        async for chunk in arelay(agenerator(call.fn(*call.args, **call.kwargs)), _never, _ignore):
+        async for chunk in arelay(agenerator(call.fn(*call.args, **call.kwargs)), _ignore, None):
             yield chunk
         return
     site, (request, hint) = call.site, opening
@@ -284,7 +284,7 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
             responded(site, stream.result)
     except CallSiteError as err:
         serving.site_error(err, None if stream is None else stream.result)
-        async for chunk in arelay(agenerator(call.fn(*call.args, **call.kwargs)), _never, _ignore):
+        async for chunk in arelay(agenerator(call.fn(*call.args, **call.kwargs)), _ignore, None):
             yield chunk
         return
     except Exception as exc:
@@ -294,7 +294,7 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
             raise
         started = _perf()
         inner = agenerator(call.fn(*call.args, **call.kwargs))
-        async for chunk in arelay(inner, *serving.fell_back(candidate), lead=_perf() - started):
+        async for chunk in arelay(inner, serving.fell_back(), candidate, lead=_perf() - started):
             yield chunk
         return
     except BaseException:
@@ -306,7 +306,7 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
     tap, broken, at_yield = serving.tap, False, False
     try:
         while piece is not _END:
-            tap.add(piece)
+            tap.add(piece, _perf())
             at_yield = True
             yield piece
             at_yield = False
@@ -324,9 +324,5 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
     serving.ended(stream.result, engine.loops, stream.finished)
 
 
-def _never() -> bool:
-    return False
-
-
-def _ignore(end: StreamEnd) -> None:
+def _ignore(about: Any, end: StreamEnd) -> None:
     return None

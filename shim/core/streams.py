@@ -6,9 +6,10 @@ Where legacy serves, the caller iterates legacy's own stream through a relay
 stream ends, its chunks, assembled, are legacy's output, with ``ttft_ms`` and
 ``chunks`` on legacy's side of the record and ``latency_ms`` the time legacy spent
 making it (the caller's own time between chunks left out); the task path runs then,
-streamed too. Admission (breaker, budget) is asked as the caller asks for the first
-chunk, and a worker slot is taken only once the stream has ended: a stream created and
-never read, or left open, holds nothing. A stream the caller leaves early is not
+streamed too. Whether a stream is compared is drawn, and its arguments kept, at the
+call; the admission (breaker, budget) is asked, and a worker slot taken, only once the
+stream has ended: the caller's first chunk waits on nothing but the relay, and a
+stream created and never read, or left open, holds nothing. A stream the caller leaves early is not
 compared: counted as dropped (``abandoned``), as what was seen cannot stand for the
 output; so is one longer than :data:`~shim.core.relay.MAX_STREAM_BYTES`
 (``stream_too_large``), relayed whole without being kept.
@@ -19,14 +20,13 @@ chunk and at the start of a stream: ``bench/streams.py``.
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from types import AsyncGeneratorType, GeneratorType
 from typing import Any
 
 from shim.core.call import Call
 from shim.core.engine import Engine
-from shim.core.relay import OnEnd, StreamEnd, agenerator, arelay, assemble, generator, relay
+from shim.core.relay import StreamEnd, agenerator, arelay, assemble, generator, relay
 from shim.core.served_streams import aserve, serve
 from shim.records.observe import Stream
 
@@ -43,35 +43,42 @@ class StreamCalls:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def sync(self, call: Call) -> Generator[Any, Any, Any]:
+    def sync(self, call: Call) -> Any:
         """``call``'s stream: the task path's where it serves
         (:func:`~shim.core.served_streams.serve`), else legacy's, made now (a call that
-        does not fit its arguments raises here, as it would unwrapped) and relayed."""
+        does not fit its arguments raises here, as it would unwrapped): relayed if it
+        is compared, else handed back as is."""
         if call.decision.serve:
             return serve(self._engine, call)
+        compared = self._legacy_serves(call)
         started = _perf()
-        inner = generator(call.fn(*call.args, **call.kwargs))
-        return relay(inner, *self._hooks(call), lead=_perf() - started)
+        made = call.fn(*call.args, **call.kwargs)
+        if not compared:
+            return made
+        inner = made if type(made) is GeneratorType else generator(made)
+        return relay(inner, self._end, call, _perf() - started)
 
-    def asynchronous(self, call: Call) -> AsyncGenerator[Any, Any]:
+    def asynchronous(self, call: Call) -> Any:
         """:meth:`sync` for an async streaming call site."""
         if call.decision.serve:
             return aserve(self._engine, call)
+        compared = self._legacy_serves(call)
         started = _perf()
-        inner = agenerator(call.fn(*call.args, **call.kwargs))
-        return arelay(inner, *self._hooks(call), lead=_perf() - started)
+        made = call.fn(*call.args, **call.kwargs)
+        if not compared:
+            return made
+        inner = made if type(made) is AsyncGeneratorType else agenerator(made)
+        return arelay(inner, self._end, call, _perf() - started)
 
-    def _hooks(self, call: Call) -> tuple[Callable[[], bool], OnEnd]:
-        """What the relay tells of ``call``'s stream, which legacy serves."""
-        if self._engine.metered:
-            self._engine.events.served(call.site, "legacy")
-        return functools.partial(self._start, call), functools.partial(self._end, call)
-
-    def _start(self, call: Call) -> bool:
-        """The caller asks for the first chunk: whether this stream is compared (the
-        admission's say, without a slot yet; the arguments kept)."""
+    def _legacy_serves(self, call: Call) -> bool:
+        """Legacy serves ``call``: whether its stream is compared, its arguments kept
+        now, before legacy runs. Admission waits for the stream's end, so the shim's
+        work at the start is the least it can be and a stream never read holds
+        nothing."""
         engine = self._engine
-        if not call.decision.compare or not engine.admit(call, slot=False):
+        if engine.metered:
+            engine.events.served(call.site, "legacy")
+        if not call.decision.compare:
             return False
         try:
             call.keep(0.0)  # never run again for noise: a second stream is no value
@@ -81,8 +88,9 @@ class StreamCalls:
         return True
 
     def _end(self, call: Call, end: StreamEnd) -> None:
-        """A compared stream ended: to the comparison (a worker slot taken now), or,
-        left early or too long, counted. Never raises into the caller."""
+        """A compared stream ended: to the comparison if the admission lets it (a
+        worker slot taken now), or, left early or too long, counted. Never raises into
+        the caller."""
         engine, site = self._engine, call.site
         try:
             if end.how == "abandoned":
@@ -94,8 +102,8 @@ class StreamCalls:
                 engine.recorder.dropped(site.product, site.task, "stream_too_large")
                 return
             output = assemble(end.chunks) if end.error is None else None
-            if not engine.reserve(call):
-                return  # counted (queue_full)
+            if not engine.admit(call):
+                return  # counted (breaker_open, backoff, over budget or queue_full)
             ttft = None if end.first is None else end.first * 1000
             stream = Stream(ttft, end.count)
             # the hand-off gives the slot back itself, should it fail
