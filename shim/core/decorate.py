@@ -97,7 +97,8 @@ class Decorator:
     ) -> None:
         self._engine, self._flags = engine, flags
         self._expected, self._services = expected, services
-        self._streams = StreamCalls(engine)
+        self._streams = StreamCalls(engine, asynchronous=False)
+        self._astreams = StreamCalls(engine, asynchronous=True)
 
     def shadow(
         self,
@@ -220,14 +221,14 @@ class Decorator:
         relayed or served by the task path (:class:`~shim.core.streams.StreamCalls`).
         The wrapper returns the stream; it is not a generator function itself."""
         source, name, decide = self._flags, site.name, self._engine.call
-        relay = self._streams.asynchronous if site.stream == "async" else self._streams.sync
+        relay = self._astreams if site.stream == "async" else self._streams
 
         @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # no cast(): it is a call
             rule = source.rules.active.get(name)
             if rule is None:  # off, unknown or killed: legacy's own stream
                 return fn(*args, **kwargs)
-            return cast(R, relay(decide(site, model, rule, fn, args, kwargs)))
+            return relay(decide(site, model, rule, fn, args, kwargs))
 
         return wrapper
 

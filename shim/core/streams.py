@@ -21,12 +21,14 @@ chunk and at the start of a stream: ``bench/streams.py``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import AsyncGeneratorType, GeneratorType
 from typing import Any
 
 from shim.core.call import Call
+from shim.core.callsite import kept_arguments
 from shim.core.engine import Engine
-from shim.core.relay import StreamEnd, agenerator, arelay, assemble, generator, relay
+from shim.core.relay import OnEnd, StreamEnd, agenerator, arelay, assemble, generator, relay
 from shim.core.served_streams import aserve, serve
 from shim.records.observe import Stream
 
@@ -36,56 +38,43 @@ _perf = time.perf_counter
 
 
 class StreamCalls:
-    """The :class:`~shim.core.engine.Engine`'s streaming call sites: a decided call's
-    legacy stream, relayed to the caller and compared once it ends, or the task path's
-    stream where it serves."""
+    """The :class:`~shim.core.engine.Engine`'s streaming call sites of one kind (sync,
+    or ``asynchronous``): a decided call's legacy stream, relayed to the caller and
+    compared once it ends, or the task path's stream where it serves."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, asynchronous: bool) -> None:
         self._engine = engine
+        self._serve: Callable[[Engine, Call], Any] = aserve if asynchronous else serve
+        self._relay: Callable[[Any, OnEnd, Any, float], Any] = arelay if asynchronous else relay
+        self._kind: type = AsyncGeneratorType if asynchronous else GeneratorType
+        self._as_generator: Callable[[Any], Any] = agenerator if asynchronous else generator
 
-    def sync(self, call: Call) -> Any:
+    def __call__(self, call: Call) -> Any:
         """``call``'s stream: the task path's where it serves
         (:func:`~shim.core.served_streams.serve`), else legacy's, made now (a call that
         does not fit its arguments raises here, as it would unwrapped): relayed if it
-        is compared, else handed back as is."""
-        if call.decision.serve:
-            return serve(self._engine, call)
-        compared = self._legacy_serves(call)
-        started = _perf()
-        made = call.fn(*call.args, **call.kwargs)
-        if not compared:
-            return made
-        inner = made if type(made) is GeneratorType else generator(made)
-        return relay(inner, self._end, call, _perf() - started)
-
-    def asynchronous(self, call: Call) -> Any:
-        """:meth:`sync` for an async streaming call site."""
-        if call.decision.serve:
-            return aserve(self._engine, call)
-        compared = self._legacy_serves(call)
-        started = _perf()
-        made = call.fn(*call.args, **call.kwargs)
-        if not compared:
-            return made
-        inner = made if type(made) is AsyncGeneratorType else agenerator(made)
-        return arelay(inner, self._end, call, _perf() - started)
-
-    def _legacy_serves(self, call: Call) -> bool:
-        """Legacy serves ``call``: whether its stream is compared, its arguments kept
-        now, before legacy runs. Admission waits for the stream's end, so the shim's
-        work at the start is the least it can be and a stream never read holds
-        nothing."""
+        is compared, else handed back as is. Whether it is compared was drawn with the
+        call, and its arguments are kept now, before legacy runs; the admission waits
+        for its end (:meth:`_end`). The caller's first chunk thus waits on nothing but
+        the relay, and a stream never read holds nothing."""
         engine = self._engine
+        if call.decision.serve:
+            return self._serve(engine, call)
         if engine.metered:
             engine.events.served(call.site, "legacy")
-        if not call.decision.compare:
-            return False
-        try:
-            call.keep(0.0)  # never run again for noise: a second stream is no value
-        except Exception as exc:
-            engine.hand_off_failed(call, exc, slot=False)
-            return False
-        return True
+        compared = call.decision.compare
+        if compared:
+            try:  # never run again for noise: a second stream is no value
+                call.kept = kept_arguments(call.args, call.kwargs)
+            except Exception as exc:
+                engine.hand_off_failed(call, exc, slot=False)
+                compared = False
+        started = _perf()
+        made = call.fn(*call.args, **call.kwargs)
+        if not compared:
+            return made
+        inner = made if type(made) is self._kind else self._as_generator(made)
+        return self._relay(inner, self._end, call, _perf() - started)
 
     def _end(self, call: Call, end: StreamEnd) -> None:
         """A compared stream ended: to the comparison if the admission lets it (a
