@@ -163,7 +163,8 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     f"{kind} generator call site, shadow 100 %: added per chunk / at the "
                     f"start (median; {shadow['streams']:,} streams of 64 chunks)",
                     f"{shadow['chunk_added_us']:.2f} / {shadow['start_added_us']:.1f} us "
-                    f"(end {shadow['end_added_us']:.1f} us); "
+                    f"(second chunk {shadow['second_added_us']:.1f} us, "
+                    f"end {shadow['end_added_us']:.1f} us); "
                     f"off {off['chunk_added_us']:.2f} / {off['start_added_us']:.1f} us; "
                     f"{shadow['compared']:,} compared, {shadow['dropped']} dropped",
                     f"undecorated chunk {shadow['bare_chunk_us']:.2f} us, start "
