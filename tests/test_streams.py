@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from shim import Shim, TaskRequest
+from shim import BreakerPolicy, Shim, TaskRequest
 from shim.comparators import TextOutput
 
-from .conftest import Simulator
+from .conftest import QUIET, Simulator
 from .shimkit import dropped, make_shim, records
 
 OFF = "kiwi.recipe_generation: {serve: 0, shadow: 0}\n"
@@ -460,3 +460,145 @@ def test_a_stream_left_open_past_close_is_said_as_such(
         gc.collect()
     assert s.stats()["records_lost"] == 2  # its drop count and its shim.abandoned record
     assert "a stream was still open when the Shim closed" in caplog.text, caplog.text
+
+
+def test_a_stream_the_draw_leaves_uncompared_is_legacys_own_generator(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    s = make_shim(sim.url, tmp_path, "kiwi.recipe_generation: {serve: 0, shadow: 50}\n")
+
+    def recipe(q: str) -> Iterator[str]:
+        yield from CHUNKS
+
+    site = s.shadow(
+        product="kiwi",
+        task="recipe_generation",
+        request=lambda q: TaskRequest(prompt=q),
+        response=lambda r: r.text,
+        output=TextOutput(),
+        key=lambda q: q,  # the draw follows q
+    )(recipe)
+    streams = [site(f"soup {i}") for i in range(20)]
+    own = [st for st in streams if st.gi_code is recipe.__code__]  # legacy's, unwrapped
+    assert 0 < len(own) < len(streams)
+    for st in streams:
+        assert all(a is b for a, b in zip(st, CHUNKS, strict=True))
+    settled(s)
+    s.close()
+    assert len(records(tmp_path / "log.jsonl")) == len(streams) - len(own)
+
+
+def test_a_stream_functions_iterator_is_one_kind_of_stream_at_shadow(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    s = make_shim(sim.url, tmp_path, "kiwi.recipe_generation: {serve: 0, shadow: 50}\n")
+    site = s.shadow(
+        product="kiwi",
+        task="recipe_generation",
+        request=lambda q: TaskRequest(prompt=q),
+        response=lambda r: r.text,
+        output=TextOutput(),
+        key=lambda q: q,
+        stream=True,
+    )(lambda q: list(CHUNKS))
+    streams = [site(f"soup {i}") for i in range(20)]
+    kinds = {type(st).__name__ for st in streams}
+    for st in streams:
+        assert list(st) == CHUNKS
+    settled(s)
+    s.close()
+    assert kinds == {"generator"}, "compared or not, the caller sees one kind of stream"
+    assert 0 < len(records(tmp_path / "log.jsonl")) < 20
+
+
+def test_arguments_are_kept_at_the_call_before_a_stream_function_runs(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+    built: list[list[str]] = []
+
+    def request(parts: list[str]) -> TaskRequest:
+        built.append(list(parts))
+        return TaskRequest(prompt=" ".join(parts))
+
+    @s.shadow(
+        product="kiwi",
+        task="recipe_generation",
+        request=request,
+        response=lambda r: r.text,
+        output=TextOutput(),
+        stream=True,
+    )
+    def recipe(parts: list[str]) -> Iterator[str]:
+        parts.append("(and a system prompt legacy adds)")  # legacy changes the caller's list
+        return iter(CHUNKS)
+
+    assert list(recipe(["soup"])) == CHUNKS
+    settled(s)
+    s.close()
+    assert built == [["soup"]]
+
+
+def test_the_admission_refusing_at_a_streams_end_is_the_drop_reason(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The admission is asked once a compared stream has ended: an open breaker, not
+    the caller, is why a stream left early while it was open is not compared."""
+    task = "kiwi.recipe_generation"
+    sim.set_profile(QUIET.with_knob(task, "error_rate", 1.0).with_knob(task, "error_status", 500))
+    s = make_shim(
+        sim.url, tmp_path, SHADOW, breaker=BreakerPolicy(failures=1, min_calls=1, cooldown=60)
+    )
+    try:
+        site = stream_site(s, CHUNKS)
+        assert list(site("soup")) == CHUNKS  # compared: the task path fails, the breaker opens
+        settled(s)
+        assert s.breaker_state("kiwi.recipe_generation") == "open"
+        for _chunk in site("soup"):
+            break  # left early, the breaker open
+        assert list(site("soup")) == CHUNKS  # ended, the breaker open
+        settled(s)
+    finally:
+        sim.set_profile(QUIET)
+        s.close()
+    log = tmp_path / "log.jsonl"
+    assert len(records(log)) == 1
+    assert dropped(log, "breaker_open") == 2
+    assert dropped(log, "abandoned") == 0
+
+
+class Unweighable:
+    """A chunk of the app's that neither bool() nor sys.getsizeof() can take (as a
+    numpy array refuses bool())."""
+
+    def __bool__(self) -> bool:
+        raise ValueError("the truth value of an array is ambiguous")
+
+    def __sizeof__(self) -> int:
+        raise RuntimeError("cannot be weighed")
+
+
+def test_a_chunk_the_relay_cannot_note_is_the_shims_error_not_the_callers(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    s = make_shim(sim.url, tmp_path, SHADOW)
+    chunks = [Unweighable(), Unweighable()]
+    closed = []
+
+    @wrap_with(s)
+    def frames(q: str) -> Iterator[Any]:
+        try:
+            yield from chunks
+        finally:
+            closed.append(True)
+
+    assert all(a is b for a, b in zip(frames("scan"), chunks, strict=True))
+    stream = frames("scan")
+    assert next(stream) is chunks[0]
+    stream.close()  # the caller leaves once the relay has failed to note a chunk
+    assert closed == [True, True]
+    settled(s)
+    errors = s.stats()["internal_errors"]
+    s.close()
+    assert errors == {"relay": 2}
+    assert records(tmp_path / "log.jsonl") == []

@@ -45,6 +45,10 @@ __all__ = ["Engine"]
 _perf = time.perf_counter
 
 
+def _no_slot() -> bool:
+    return True
+
+
 #: What the task path did: its observation (None: the breaker kept it from being
 #: called), the call site's value (or the error), and the allocation it holds.
 TaskOutcome = tuple[Observation | None, Any, TaskAllocation | None]
@@ -200,10 +204,10 @@ class Engine:
         self.legacy_returned(call, _perf() - started, result, lane)
         return result
 
-    def admit(self, call: Call) -> bool:
-        """Whether a compared call goes ahead: the admission's say, and a worker slot
-        taken for it, given back by the hand-off."""
-        return self.admission.admit(call, self._reserve)
+    def admit(self, call: Call, *, slot: bool = True) -> bool:
+        """Whether a compared call goes ahead: the admission's say, and (``slot``) a
+        worker slot taken for it, given back by the hand-off."""
+        return self.admission.admit(call, self._reserve if slot else _no_slot)
 
     def hand_off_failed(self, call: Call, exc: Exception, *, slot: bool = True) -> None:
         """Copying a compared call's arguments or value, or handing it to the workers,

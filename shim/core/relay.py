@@ -9,7 +9,12 @@ the first chunk that holds something, and the chunks themselves, up to
 
 - ``done``: legacy's generator finished; ``raised``: it raised an error of its own;
 - ``abandoned``: the caller left early (``break``, ``close()``, an exception it threw
-  in that legacy did not handle, cancellation or an interrupt).
+  in that legacy did not handle, cancellation or an interrupt);
+- ``unnoted``: noting a chunk failed (the shim's own error, never raised into the
+  caller): the stream was relayed on, not kept.
+
+A chunk is noted once the caller has it: the first waits on nothing of the shim's but
+the relay itself.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ class StreamEnd:
     """How a relayed stream went: the seconds legacy spent making it, and making its
     first chunk that holds something (None: none came), the chunks kept (None: more
     than :data:`MAX_STREAM_BYTES`), how many came, and how it ended (``done``,
-    ``raised`` with legacy's ``error``, or ``abandoned``)."""
+    ``raised`` with legacy's ``error``, ``abandoned``, or ``unnoted`` with the shim's
+    ``error``)."""
 
     busy: float
     first: float | None
@@ -64,8 +70,8 @@ class StreamEnd:
     error: BaseException | None = None
 
 
-#: Told once per compared stream, however it ended, with what the relay was given to
-#: pass on (``about``: the call, say).
+#: Told once per compared stream, however it ended, with the ``context`` the relay
+#: was given (the call, say).
 OnEnd = Callable[[Any, StreamEnd], None]
 
 
@@ -76,7 +82,17 @@ class Tap:
     :meth:`end` legacy's own error from the caller's leaving. ``started``: when legacy
     began on its first chunk; ``lead``: what making the stream took before that."""
 
-    __slots__ = ("busy", "chunks", "closing", "count", "first", "size", "started", "thrown")
+    __slots__ = (
+        "busy",
+        "chunks",
+        "closing",
+        "count",
+        "failed",
+        "first",
+        "size",
+        "started",
+        "thrown",
+    )
 
     def __init__(self, started: float, lead: float = 0.0) -> None:
         self.busy = lead
@@ -85,6 +101,7 @@ class Tap:
         self.count = self.size = 0
         self.closing = False
         self.thrown: BaseException | None = None
+        self.failed: Exception | None = None
         self.started = started
 
     def resume(self, thrown: BaseException | None = None) -> None:
@@ -92,18 +109,24 @@ class Tap:
         self.thrown, self.started = thrown, _perf()
 
     def add(self, chunk: Any, made: float) -> None:
-        """The chunk legacy gave, at ``made`` (perf_counter), since it last resumed."""
+        """The chunk legacy gave, at ``made`` (perf_counter), since it last resumed.
+        Never raises: a chunk that cannot be weighed (its ``__sizeof__`` fails) ends
+        the keeping, with the error told at the :meth:`end` (``unnoted``)."""
         self.busy += made - self.started
         self.count += 1
         text = isinstance(chunk, _TEXT)
-        if self.first is None and (chunk or not text):  # an empty text is no start
-            self.first = self.busy
+        if self.first is None and (not text or chunk):  # an empty text is no start
+            self.first = self.busy  # (never bool() of the app's object: numpy refuses)
         chunks = self.chunks
         if chunks is None:
             return
         if type(chunk) is bytearray:  # a buffer legacy may fill again: what it held now
             chunk = bytes(chunk)
-        self.size += len(chunk) if text else sys.getsizeof(chunk)
+        try:
+            self.size += len(chunk) if text else sys.getsizeof(chunk)
+        except Exception as exc:
+            self.chunks, self.failed = None, exc
+            return
         if self.size > MAX_STREAM_BYTES:
             self.chunks = None  # relayed on, no longer kept
         else:
@@ -111,7 +134,10 @@ class Tap:
 
     def end(self, exc: BaseException | None = None) -> StreamEnd:
         """How the stream ended: done (no ``exc``), legacy's error, or abandoned (the
-        caller closing, its own exception thrown back, cancellation or an interrupt)."""
+        caller closing, its own exception thrown back, cancellation or an interrupt);
+        unnoted if a chunk could not be noted."""
+        if self.failed is not None:
+            return StreamEnd(self.busy, self.first, None, self.count, "unnoted", self.failed)
         if exc is not None and (
             self.closing or exc is self.thrown or not isinstance(exc, Exception)
         ):
@@ -132,19 +158,21 @@ def assemble(chunks: list[Any]) -> Any:
 
 
 def relay(
-    inner: Generator[Any, Any, Any], on_end: OnEnd, about: Any, lead: float = 0.0
+    inner: Generator[Any, Any, Any], on_end: OnEnd, context: Any, lead: float = 0.0
 ) -> Generator[Any, Any, Any]:
-    """Legacy's generator ``inner``, chunk for chunk; ``on_end(about, end)`` hears how
-    it ended. ``lead``: the seconds making ``inner`` took (a function that returns its
-    stream works before it does). Each chunk is noted once the caller has it, so the
-    first waits on nothing but legacy: the :class:`Tap` is made then."""
+    """Legacy's generator ``inner``, chunk for chunk; ``on_end(context, end)`` hears
+    how it ended. ``lead``: the seconds making ``inner`` took (a function that returns
+    its stream works before it does). Each chunk is noted once the caller has it, the
+    :class:`Tap` made as the first is."""
     tap: Tap | None = None
     started = _perf()
     try:
         chunk = inner.send(None)
         while True:
             made = _perf()
-            kept = bytes(chunk) if type(chunk) is bytearray else chunk  # as legacy gave it
+            kept = chunk
+            if type(chunk) is bytearray and (tap is None or tap.chunks is not None):
+                kept = bytes(chunk)  # as legacy gave it: the caller may change it
             try:
                 sent = yield chunk
             except BaseException as exc:  # the caller closing, or throwing in
@@ -165,15 +193,15 @@ def relay(
                 tap.resume(thrown)
                 chunk = inner.throw(thrown)
     except StopIteration as stop:
-        on_end(about, (tap or Tap(started, lead)).end())
+        on_end(context, (tap or Tap(started, lead)).end())
         return stop.value
     except BaseException as exc:
-        on_end(about, (tap or Tap(started, lead)).end(exc))
+        on_end(context, (tap or Tap(started, lead)).end(exc))
         raise
 
 
 async def arelay(
-    inner: AsyncGenerator[Any, Any], on_end: OnEnd, about: Any, lead: float = 0.0
+    inner: AsyncGenerator[Any, Any], on_end: OnEnd, context: Any, lead: float = 0.0
 ) -> AsyncGenerator[Any, Any]:
     """:func:`relay` for an async generator (which returns nothing): ``asend``,
     ``athrow`` and ``aclose`` reach ``inner``, as they would unwrapped."""
@@ -183,7 +211,9 @@ async def arelay(
         chunk = await inner.asend(None)
         while True:
             made = _perf()
-            kept = bytes(chunk) if type(chunk) is bytearray else chunk
+            kept = chunk
+            if type(chunk) is bytearray and (tap is None or tap.chunks is not None):
+                kept = bytes(chunk)
             try:
                 sent = yield chunk
             except BaseException as exc:
@@ -204,9 +234,9 @@ async def arelay(
                 tap.resume(thrown)
                 chunk = await inner.athrow(thrown)
     except StopAsyncIteration:
-        on_end(about, (tap or Tap(started, lead)).end())
+        on_end(context, (tap or Tap(started, lead)).end())
     except BaseException as exc:
-        on_end(about, (tap or Tap(started, lead)).end(exc))
+        on_end(context, (tap or Tap(started, lead)).end(exc))
         raise
 
 

@@ -198,6 +198,9 @@ class Serving:
         engine, call = self.engine, self.call
         site = call.site
         try:
+            if end.how == "unnoted" and end.error is not None:  # the shim's error
+                engine.events.internal_error("relay", end.error, site=site)
+                return
             if end.how == "abandoned":
                 seen = Stream(None if end.first is None else end.first * 1000, end.count)
                 stage = call.decision.stage

@@ -7,9 +7,9 @@ stream ends, its chunks, assembled, are legacy's output, with ``ttft_ms`` and
 ``chunks`` on legacy's side of the record and ``latency_ms`` the time legacy spent
 making it (the caller's own time between chunks left out); the task path runs then,
 streamed too. Whether a stream is compared is drawn, and its arguments kept, at the
-call; the admission (breaker, budget) is asked, and a worker slot taken, only once the
-stream has ended: the caller's first chunk waits on nothing but the relay, and a
-stream created and never read, or left open, holds nothing. A stream the caller leaves early is not
+call; the admission (breaker, budget) is asked, and a worker slot taken, only once
+the stream has ended: the caller's first chunk waits on little of the shim's, and a
+stream created and never read, or left open, holds no slot. A stream the caller leaves early is not
 compared: counted as dropped (``abandoned``), as what was seen cannot stand for the
 output; so is one longer than :data:`~shim.core.relay.MAX_STREAM_BYTES`
 (``stream_too_large``), relayed whole without being kept.
@@ -53,10 +53,14 @@ class StreamCalls:
         """``call``'s stream: the task path's where it serves
         (:func:`~shim.core.served_streams.serve`), else legacy's, made now (a call that
         does not fit its arguments raises here, as it would unwrapped): relayed if it
-        is compared, else handed back as is. Whether it is compared was drawn with the
-        call, and its arguments are kept now, before legacy runs; the admission waits
-        for its end (:meth:`_end`). The caller's first chunk thus waits on nothing but
-        the relay, and a stream never read holds nothing."""
+        is compared. A generator function's stream that is not is legacy's own
+        generator; a ``stream=`` function's iterator comes back as a generator whether
+        compared or not, so that a call site sees one kind of stream at a stage.
+
+        Whether the stream is compared was drawn with the call, and its arguments are
+        kept now, before legacy runs; the admission waits for its end (:meth:`_end`).
+        The caller's first chunk thus waits on nothing of the shim's but these and the
+        relay, and a stream never read holds no worker slot."""
         engine = self._engine
         if call.decision.serve:
             return self._serve(engine, call)
@@ -70,25 +74,33 @@ class StreamCalls:
                 engine.hand_off_failed(call, exc, slot=False)
                 compared = False
         started = _perf()
-        made = call.fn(*call.args, **call.kwargs)
+        stream = call.fn(*call.args, **call.kwargs)
+        if type(stream) is not self._kind:
+            stream = self._as_generator(stream)
         if not compared:
-            return made
-        inner = made if type(made) is self._kind else self._as_generator(made)
-        return self._relay(inner, self._end, call, _perf() - started)
+            return stream
+        return self._relay(stream, self._end, call, _perf() - started)
 
     def _end(self, call: Call, end: StreamEnd) -> None:
         """A compared stream ended: to the comparison if the admission lets it (a
-        worker slot taken now), or, left early or too long, counted. Never raises into
-        the caller."""
+        worker slot taken now). Else counted: what the admission refused (an open
+        breaker, a back-off, a budget: its reason), then a stream left early
+        (``abandoned``) or too long (``stream_too_large``), or, had noting a chunk
+        failed, the shim's error (``relay``). Never raises into the caller."""
         engine, site = self._engine, call.site
         try:
-            if end.how == "abandoned":
-                seen = Stream(None if end.first is None else end.first * 1000, end.count)
-                stage = call.decision.stage
-                engine.events.abandoned(site, stage, "legacy", seen, end.busy)
+            if end.how == "unnoted" and end.error is not None:
+                engine.events.internal_error("relay", end.error, site=site)
                 return
-            if end.chunks is None:
-                engine.recorder.dropped(site.product, site.task, "stream_too_large")
+            if end.how == "abandoned" or end.chunks is None:
+                if not engine.admit(call, slot=False):
+                    return  # counted: the comparison was lost to the admission first
+                if end.how == "abandoned":
+                    seen = Stream(None if end.first is None else end.first * 1000, end.count)
+                    stage = call.decision.stage
+                    engine.events.abandoned(site, stage, "legacy", seen, end.busy)
+                else:
+                    engine.recorder.dropped(site.product, site.task, "stream_too_large")
                 return
             output = assemble(end.chunks) if end.error is None else None
             if not engine.admit(call):
