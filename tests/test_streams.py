@@ -602,3 +602,20 @@ def test_a_chunk_the_relay_cannot_note_is_the_shims_error_not_the_callers(
     s.close()
     assert errors == {"relay": 2}
     assert records(tmp_path / "log.jsonl") == []
+
+
+def test_the_report_shows_a_time_to_first_chunk_under_a_millisecond() -> None:
+    from shim.analysis.report_ttft import ttft_text
+
+    quantiles = {"p50": 0.0091, "p95": 0.012}
+    task = {
+        "ttft": {
+            "legacy_ms": quantiles,
+            "candidate_ms": {"p50": 45.2, "p95": 1234.5},
+            "ratio": {},
+            "n": 5,
+        }
+    }
+    assert ttft_text(task) == (
+        "p50 0.0091 / 45 ms, p95 0.012 / 1,234 ms (legacy / task path) over 5 streams"
+    )

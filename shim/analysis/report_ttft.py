@@ -45,10 +45,16 @@ def ttft_text(task: dict[str, Any]) -> str:
         return "-"
     legacy, candidate = found["legacy_ms"], found["candidate_ms"]
     text = (
-        ", ".join(f"{q} {legacy[q]:,.0f} / {candidate[q]:,.0f} ms" for q in ("p50", "p95"))
+        ", ".join(f"{q} {_ms(legacy[q])} / {_ms(candidate[q])} ms" for q in ("p50", "p95"))
         + " (legacy / task path)"
     )
     ratio = found["ratio"].get("p95")
     if ratio:
         text += f"; p95 ratio {ratio['ratio']:.2f} ({ratio['low']:.2f} to {ratio['high']:.2f})"
     return text + f" over {found['n']:,} streams"
+
+
+def _ms(value: float) -> str:
+    """Whole milliseconds, or two significant digits under 10 ms: a stream made in
+    process starts in microseconds, which "0" would hide beside its ratio."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
