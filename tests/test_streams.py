@@ -182,6 +182,7 @@ def test_a_stream_left_early_is_counted_and_holds_nothing(sim: Simulator, tmp_pa
         "shadow",
         1,
     )
+    assert left_early["call_site"].endswith(":" + recipe.__wrapped__.__qualname__)
     assert 0 <= left_early["ttft_ms"] <= left_early["latency_ms"]
     assert sim.stats()["allocations_active"] == 0, "no task-path stream was left open"
     left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]

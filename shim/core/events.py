@@ -181,14 +181,15 @@ class Events:
     ) -> None:
         """The caller left a compared stream early: its comparison counted as dropped
         (``abandoned``), and recorded with what the caller had seen (``shim.abandoned``:
-        who served it, its chunks, time to first chunk and the milliseconds its path
-        spent)."""
+        the call site, who served it, its chunks, time to first chunk and the
+        milliseconds its path spent)."""
         self.recorder.dropped(site.product, site.task, "abandoned")
         ttft = None if seen.ttft_ms is None else round(seen.ttft_ms, 3)
         self.recorder.event(
             "shim.abandoned",
             site.product,
             site.task,
+            call_site=site.call_site,
             stage=stage,
             served_by=served_by,
             chunks=seen.chunks,
