@@ -151,19 +151,26 @@ def test_send_throw_and_a_return_value_behave_as_unwrapped(sim: Simulator, tmp_p
     s.close()
 
 
+def closing_site(s: Shim, chunks: list[Any]) -> tuple[Any, list[bool]]:
+    """A wrapped generator of ``chunks``, and the list it appends to as it closes."""
+    closed: list[bool] = []
+
+    @wrap_with(s)
+    def recipe(q: str) -> Iterator[Any]:
+        try:
+            yield from chunks
+        finally:
+            closed.append(True)
+
+    return recipe, closed
+
+
 def test_a_stream_left_early_is_counted_and_holds_nothing(sim: Simulator, tmp_path: Path) -> None:
     import threading
 
     before = set(threading.enumerate())
     s = make_shim(sim.url, tmp_path, SHADOW)
-    closed = []
-
-    @wrap_with(s)
-    def recipe(q: str) -> Iterator[str]:
-        try:
-            yield from CHUNKS
-        finally:
-            closed.append(True)
+    recipe, closed = closing_site(s, CHUNKS)
 
     for _chunk in recipe("soup"):
         break  # the relay is dropped here: legacy's generator is closed with it
@@ -584,14 +591,7 @@ def test_a_chunk_the_relay_cannot_note_is_the_shims_error_not_the_callers(
 ) -> None:
     s = make_shim(sim.url, tmp_path, SHADOW)
     chunks = [Unweighable(), Unweighable()]
-    closed = []
-
-    @wrap_with(s)
-    def frames(q: str) -> Iterator[Any]:
-        try:
-            yield from chunks
-        finally:
-            closed.append(True)
+    frames, closed = closing_site(s, chunks)
 
     assert all(a is b for a, b in zip(frames("scan"), chunks, strict=True))
     stream = frames("scan")

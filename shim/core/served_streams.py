@@ -327,5 +327,5 @@ async def aserve(engine: Engine, call: Call) -> AsyncGenerator[Any, Any]:
     serving.ended(stream.result, engine.loops, stream.finished)
 
 
-def _ignore(about: Any, end: StreamEnd) -> None:
+def _ignore(context: Any, end: StreamEnd) -> None:
     return None

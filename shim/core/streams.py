@@ -3,13 +3,13 @@ iterator of chunks (``stream=``), compared once they end.
 
 Where legacy serves, the caller iterates legacy's own stream through a relay
 (:mod:`shim.core.relay`): each chunk the very object legacy yielded. Once a compared
-stream ends, its chunks, assembled, are legacy's output, with ``ttft_ms`` and
-``chunks`` on legacy's side of the record and ``latency_ms`` the time legacy spent
-making it (the caller's own time between chunks left out); the task path runs then,
-streamed too. Whether a stream is compared is drawn, and its arguments kept, at the
-call; the admission (breaker, budget) is asked, and a worker slot taken, only once
-the stream has ended: the caller's first chunk waits on little of the shim's, and a
-stream created and never read, or left open, holds no slot. A stream the caller leaves early is not
+stream ends, its chunks, assembled, are legacy's output, with ``ttft_ms`` and ``chunks``
+on legacy's side of the record and ``latency_ms`` the time legacy spent making it (the
+caller's own time between chunks left out); the task path runs then, streamed too.
+Whether a stream is compared is drawn, and its arguments kept, at the call; the
+admission (breaker, budget) is asked, and a worker slot taken, only once the stream has
+ended: the caller's first chunk waits on little of the shim's, and a stream created and
+never read, or left open, holds no slot. A stream the caller leaves early is not
 compared: counted as dropped (``abandoned``), as what was seen cannot stand for the
 output; so is one longer than :data:`~shim.core.relay.MAX_STREAM_BYTES`
 (``stream_too_large``), relayed whole without being kept.
@@ -75,7 +75,7 @@ class StreamCalls:
                 compared = False
         started = _perf()
         stream = call.fn(*call.args, **call.kwargs)
-        if type(stream) is not self._kind:
+        if type(stream) is not self._kind:  # a generator is known without a call
             stream = self._as_generator(stream)
         if not compared:
             return stream
