@@ -279,3 +279,18 @@ def test_a_share_in_the_policy_is_a_number_from_0_to_1(
     with pytest.raises(ConfigError) as raised:
         Policy.load(path)
     assert f"policy.yaml:3: defaults.min_quality: {said}" in str(raised.value)
+
+
+@pytest.mark.parametrize("tasks", ["1.0", "[kiwi.ocr]", "text"])
+def test_tasks_in_the_policy_that_are_not_a_mapping_are_a_config_error(
+    tmp_path: Path, tasks: str
+) -> None:
+    """Found by the config fuzzer: ``tasks: 1.0`` raised a TypeError, not a ConfigError."""
+    from shim.analysis.policy import Policy
+    from shim.base.errors import ConfigError
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"defaults:\n  min_pairs: 10\ntasks: {tasks}\n")
+    with pytest.raises(ConfigError) as raised:
+        Policy.load(path)
+    assert "policy.yaml:3: tasks:" in str(raised.value)

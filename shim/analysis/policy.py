@@ -155,7 +155,10 @@ def _cost_lines_unpriced(data: object) -> list[tuple[str, ...]]:
     """Where a policy file sets ``max_cost_ratio`` while it has no ``prices``."""
     if not isinstance(data, dict) or data.get("prices"):
         return []
-    sections = [("defaults",), *(("tasks", str(t)) for t in data.get("tasks") or {})]
+    tasks = data.get("tasks")
+    if not isinstance(tasks, dict):  # not a mapping: validate() says so, at its line
+        tasks = {}
+    sections = [("defaults",), *(("tasks", str(t)) for t in tasks)]
     found = []
     for where in sections:
         part = data.get(where[0])
