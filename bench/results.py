@@ -330,31 +330,36 @@ CPU_KINDS = {
 def cpu_rows(cpu: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """One row per output kind and rate: the process's CPU per call at shadow and
     canary, what the shim adds to the undecorated loop, and the split by thread."""
+    rows = [(k, rate, row, "") for k, rates in cpu["kinds"].items() for rate, row in rates.items()]
+    if "slow" in cpu:  # a coordinator answering in tens of ms, the workers sized for it
+        slow = cpu["slow"]
+        where = f", coordinator answering in {slow['latency_ms']:.0f} ms, "
+        where += f"{slow['workers']} workers"
+        rows.append((slow["kind"], slow["rate"], slow["row"], where))
     out = []
-    for kind, rates in cpu["kinds"].items():
-        for rate, row in rates.items():
-            shadow, canary, bare = row["shadow"], row["canary"], row["undecorated"]
-            threads = ", ".join(
-                f"{name} {us:.0f}"
-                for name, us in shadow["threads_us_per_call"].items()
-                if us >= 1 and name != "other"
+    for kind, rate, row, where in rows:
+        shadow, canary, bare = row["shadow"], row["canary"], row["undecorated"]
+        threads = ", ".join(
+            f"{name} {us:.0f}"
+            for name, us in shadow["threads_us_per_call"].items()
+            if us >= 1 and name != "other"
+        )
+        drops = sum(shadow["drops"].values()) + shadow["expected"] - shadow["compared"]
+        verdict = ""
+        if "target_us" in shadow:  # bench/cpu.py judged it
+            ok = "PASS" if shadow["pass"] else "FAIL"
+            verdict = f"<= {shadow['target_us']:.0f} us added, no drops: {ok}"
+        out.append(
+            (
+                f"process CPU per call, {CPU_KINDS.get(kind, kind)}, {int(rate):,} calls/s" + where,
+                f"shadow {shadow['cpu_us_per_call']:.0f} us ({threads}); canary "
+                f"{canary['cpu_us_per_call']:.0f} us; {drops} dropped",
+                f"undecorated {bare['cpu_us_per_call']:.0f} us"
+                + (f"; floor +{row['floor']['added_us']:.0f} us" if "floor" in row else ""),
+                f"+{shadow['added_us']:.0f} us shadow, +{canary['added_us']:.0f} us canary",
+                verdict,
             )
-            drops = sum(shadow["drops"].values()) + shadow["expected"] - shadow["compared"]
-            verdict = ""
-            if "target_us" in shadow:  # bench/cpu.py judged it
-                ok = "PASS" if shadow["pass"] else "FAIL"
-                verdict = f"<= {shadow['target_us']:.0f} us added, no drops: {ok}"
-            out.append(
-                (
-                    f"process CPU per call, {CPU_KINDS.get(kind, kind)}, {int(rate):,} calls/s",
-                    f"shadow {shadow['cpu_us_per_call']:.0f} us ({threads}); canary "
-                    f"{canary['cpu_us_per_call']:.0f} us; {drops} dropped",
-                    f"undecorated {bare['cpu_us_per_call']:.0f} us"
-                    + (f"; floor +{row['floor']['added_us']:.0f} us" if "floor" in row else ""),
-                    f"+{shadow['added_us']:.0f} us shadow, +{canary['added_us']:.0f} us canary",
-                    verdict,
-                )
-            )
+        )
     return out
 
 
