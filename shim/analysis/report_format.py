@@ -16,7 +16,12 @@ from rich.table import Table
 from rich.text import Text
 
 from shim.analysis.report_ttft import ttft_text
-from shim.analysis.report_verdict import abandoned_line, held_line, untasked_line
+from shim.analysis.report_verdict import (
+    abandoned_line,
+    dropped_line,
+    held_line,
+    untasked_line,
+)
 from shim.base.text import printable
 
 __all__ = ["diff_paths_line", "judge_text", "markdown", "problem_lines", "quality_text", "table"]
@@ -216,9 +221,9 @@ def _paths(report: dict[str, Any]) -> list[str]:
 
 
 def _held(report: dict[str, Any]) -> list[str]:
-    """Each task's calls served by legacy for side effects, and its streams left
-    early, where a task has some."""
-    lines = (f(task) for task in report["tasks"] for f in (held_line, abandoned_line))
+    """Each task's comparisons dropped, calls served by legacy for side effects, and
+    streams left early, where a task has some."""
+    lines = (f(task) for task in report["tasks"] for f in (dropped_line, held_line, abandoned_line))
     return [line for line in lines if line]
 
 

@@ -9,7 +9,12 @@ from typing import Any
 
 from shim.analysis.report_format import diff_paths_line, judge_text, problem_lines, quality_text
 from shim.analysis.report_ttft import ttft_text
-from shim.analysis.report_verdict import abandoned_line, held_line, untasked_line
+from shim.analysis.report_verdict import (
+    abandoned_line,
+    dropped_line,
+    held_line,
+    untasked_line,
+)
 from shim.base.text import printable
 
 __all__ = ["render_html"]
@@ -160,13 +165,12 @@ def _card(task: dict[str, Any]) -> str:
     ]
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     reasons = "".join(f"<li>{_e(r)}</li>" for r in task["reasons"])
-    held, left = held_line(task), abandoned_line(task)
+    notes = (f(task) for f in (dropped_line, held_line, abandoned_line))
     return (
         f"<section class='task'><h2>{_e(task['task'])} <span class='badge' "
         f"style='background:{colour}'>{_e(task['verdict'])}</span></h2>"
         f"<ul class='reasons'>{reasons}</ul>"
-        + (f"<p class='muted'>{_e(held)}</p>" if held else "")
-        + (f"<p class='muted'>{_e(left)}</p>" if left else "")
+        + "".join(f"<p class='muted'>{_e(note)}</p>" for note in notes if note)
         + f"<div class='grid'><table>{rows}</table>"
         f"<div><h3>Latency, legacy <span style='color:{_LEGACY}'>■</span> and task path "
         f"<span style='color:{_TASK}'>■</span></h3>{_latency_svg(task)}"

@@ -22,7 +22,14 @@ from shim.analysis.report_quality import quality_gate
 from shim.analysis.report_ttft import ttft_gate
 from shim.analysis.stats import Z_ONE_SIDED_95, newcombe_difference, pairs_needed, wilson
 
-__all__ = ["abandoned_line", "held_line", "shim_error_line", "untasked_line", "verdict"]
+__all__ = [
+    "abandoned_line",
+    "dropped_line",
+    "held_line",
+    "shim_error_line",
+    "untasked_line",
+    "verdict",
+]
 
 
 def _pct(x: float) -> str:
@@ -75,6 +82,42 @@ def abandoned_line(task: dict[str, Any]) -> str | None:
     return (
         f"{task['task']}: {n:,} stream{'s' * (n != 1)} left early by the caller "
         f"({legacy:,} served by legacy, {served:,} by the task path; not compared)"
+    )
+
+
+#: What a drop's reason means for whoever sizes the shim, where there is something to do.
+_DROPS = {
+    "queue_full": "the workers could not keep up: each comparison holds a worker for the "
+    "task path's latency{latency}, so give Limits(workers=...) about shadowed calls/s x "
+    "that latency, or shadow fewer calls (the share, or shadow_rate)",
+    "recorder_full": "records came faster than the log took them",
+    "breaker_open": "the task path kept failing, and the breaker stopped calling it",
+    "backoff": "the coordinator said it was full, and the shim backed off",
+    "budget": "past the task's shadow budget (shadow_rate, shadow_tokens_per_hour)",
+    "serve_full": "Limits.max_serving task-path calls were serving already; legacy served",
+    "shutdown": "unfinished when the Shim closed",
+}
+
+
+def dropped_line(task: dict[str, Any]) -> str | None:
+    """The comparisons of ``task`` dropped, by reason (most first), with what the
+    reasons that call for it say to do, as one line; None if none."""
+    dropped = task.get("dropped_by_reason") or {}
+    total = sum(dropped.values())
+    if not total:
+        return None
+    p95 = (task.get("latency_ms") or {}).get("candidate", {}).get("p95")
+    latency = ""
+    if p95 is not None:
+        latency = f" ({p95:,.0f} ms at p95 here)" if p95 >= 10 else f" ({p95:.2g} ms at p95 here)"
+    parts = []
+    for reason, count in sorted(dropped.items(), key=lambda item: (-item[1], item[0])):
+        why = _DROPS.get(reason)
+        parts.append(f"{reason} {count:,}" + (f": {why.format(latency=latency)}" if why else ""))
+    of = total + task["n"]
+    return (
+        f"{task['task']}: {total:,} of {of:,} comparisons dropped "
+        f"({total / of * 100:.1f} %); " + "; ".join(parts)
     )
 
 
