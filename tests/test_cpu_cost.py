@@ -1,8 +1,8 @@
 """What makes a shadowed call cheap in CPU, kept honest: JSON read fast but as the
 standard library reads it, list items of one shape shaped once with the same result,
 call ids from bulk random bytes still version-4 UUIDs and never repeated across a fork,
-workers woken as the work needs them yet all of them for a backlog, and records made
-on the worker that ran the call without a line lost or unaccounted at close."""
+workers woken as the work needs them yet all of them for a backlog, and comparisons
+handed to the recorder from any thread without a line lost or unaccounted at close."""
 
 from __future__ import annotations
 
@@ -289,12 +289,12 @@ def _recorder(path: Path, **options: Any) -> Recorder:
     )
 
 
-def test_records_made_on_workers_are_all_written(tmp_path: Path) -> None:
+def test_comparisons_handed_over_by_workers_are_all_written(tmp_path: Path) -> None:
     recorder = _recorder(tmp_path / "log.jsonl")
 
     def worker(k: int) -> None:
         for i in range(100):
-            recorder.comparison_here(_pending(k * 100 + i))
+            recorder.comparison(_pending(k * 100 + i))
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
     for t in threads:
@@ -308,25 +308,25 @@ def test_records_made_on_workers_are_all_written(tmp_path: Path) -> None:
     assert all(r["structure"]["match"] is True for r in rows)
 
 
-def test_lines_made_on_a_worker_are_written_without_waiting_for_a_flush(
+def test_a_comparison_handed_over_is_written_without_waiting_for_a_flush(
     tmp_path: Path,
 ) -> None:
     recorder = _recorder(tmp_path / "log.jsonl", flush_interval=60)
     try:
-        recorder.comparison_here(_pending(1))
+        recorder.comparison(_pending(1))
         wait_for(lambda: recorder.written == 1)  # woken for it, not at the next interval
         assert recorder.unwritten == 0  # a healthy sink holds nothing back
-        recorder.comparison_here(_pending(2))
+        recorder.comparison(_pending(2))
         wait_for(lambda: recorder.written == 2)
     finally:
         assert recorder.close(5)
 
 
-def test_a_full_recorder_counts_what_the_workers_could_not_keep(tmp_path: Path) -> None:
+def test_a_full_recorder_counts_what_the_workers_could_not_hand_over(tmp_path: Path) -> None:
     recorder = _recorder(tmp_path / "log.jsonl", capacity=5, flush_interval=60)
     recorder.flush(5)  # the thread is waiting: nothing written until asked
     for i in range(8):
-        recorder.comparison_here(_pending(i))
+        recorder.comparison(_pending(i))
     assert recorder.close(5)
     rows, _ = log_rows((tmp_path / "log.jsonl").read_text())
     compared = [r for r in rows if r["event"] == "shim.comparison"]
@@ -337,15 +337,15 @@ def test_a_full_recorder_counts_what_the_workers_could_not_keep(tmp_path: Path) 
 
 def test_a_record_made_after_close_is_counted_never_silently_lost(tmp_path: Path) -> None:
     recorder = _recorder(tmp_path / "log.jsonl")
-    recorder.comparison_here(_pending(1))
+    recorder.comparison(_pending(1))
     assert recorder.close(5)
-    recorder.comparison_here(_pending(2))  # a worker that finished late
+    recorder.comparison(_pending(2))  # a worker that finished late
     assert recorder.lost == 1
     rows, _ = log_rows((tmp_path / "log.jsonl").read_text())
     assert [r["event"] for r in rows] == ["shim.comparison"]
 
 
-def test_shadowed_and_served_calls_are_recorded_from_the_workers() -> None:
+def test_shadowed_and_served_calls_are_all_recorded() -> None:
     flags = {"kiwi.meal_plan": {"shadow": 100, "serve": 50}}
     with TestShim(flags, answer=lambda request: "[1, 2]") as s:
 

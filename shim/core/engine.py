@@ -284,10 +284,11 @@ class Engine:
                 self.events.internal_error("noise", exc)
         if self._dispatch.keep_result():  # not counted as unfinished by close() already
             stage = call.decision.stage
-            # Compared and rendered here, on the worker: handing the pair to the
-            # recorder's thread would cost a second thread the CPU of waking for it.
+            # Compared and rendered on the recorder's thread, with the pairs that came
+            # within its batch wait: back to back, the comparator and the record's
+            # code run warm (bench/cpu.py; see Recorder).
             pending = Pending(site, stage, "legacy", legacy, candidate, noise)
-            self.events.compared(pending, here=True)
+            self.events.compared(pending)
 
     # -- the task path -------------------------------------------------------------
 

@@ -144,15 +144,12 @@ class Events:
 
     # -- comparisons -------------------------------------------------------------------
 
-    def compared(self, pending: Pending, *, here: bool) -> None:
+    def compared(self, pending: Pending) -> None:
         """A finished pair: to the judges if they sample it (recorded once judged),
-        else recorded on this thread (``here``: a worker's) or the recorder's."""
+        else to the recorder, whose thread compares and records it."""
         if self.judges is not None and self.judges.offer(pending):
             return
-        if here:
-            self.recorder.comparison_here(pending)
-        else:
-            self.recorder.comparison(pending)
+        self.recorder.comparison(pending)
 
     def judge_skipped(self, pending: Pending, reason: str, detail: str) -> None:
         """A sampled pair recorded without a judge's verdict: counted per task and

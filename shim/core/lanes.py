@@ -91,7 +91,7 @@ def judge_pool(
     return JudgePool(
         judge,
         connect=connect,
-        record=events.recorder.comparison_here,
+        record=events.recorder.comparison,
         skipped=events.judge_skipped,
         on_error=events.internal_error,
     )
@@ -143,8 +143,6 @@ class Threads:
     """The sync lane: steps performed on the calling thread (the task path through
     ``serving`` or ``comparing``), background work on the worker threads of
     ``dispatch``. ``connect`` makes the pair of task clients, again in a forked child."""
-
-    records_here = True
 
     def __init__(
         self, dispatch: ThreadDispatcher, connect: Callable[[], tuple[TaskClient, TaskClient]]
@@ -256,8 +254,6 @@ class Loops:
     client, background work as tasks on the loop (legacy runs there within
     ``shadow_timeout`` seconds, through the loop's end if it comes first).
     ``make_state`` makes a loop's state on first use."""
-
-    records_here = False
 
     def __init__(self, make_state: Callable[[], LoopState], shadow_timeout: float) -> None:
         self._make_state = make_state

@@ -44,15 +44,15 @@ class ServedCalls:
         try:
             kept = value if call.site.allocation == "entered" else capture(value)
             call.kept = kept_arguments(call.args, call.kwargs)  # the caller may reuse them
-            job = self._legacy_job(call, replace(candidate, value=kept), lane.records_here)
+            job = self._legacy_job(call, replace(candidate, value=kept))
             lane.spawn(call.site.name, job)
         except Exception as exc:
             lane.release()
             self.events.internal_error("hand_off", exc, site=call.site)
 
-    def _legacy_job(self, call: Call, candidate: Observation, here: bool) -> Steps[None]:
-        """Background side of a served call: run legacy, record the comparison (made
-        here if ``here``, else on the recorder's thread). What legacy holds is given
+    def _legacy_job(self, call: Call, candidate: Observation) -> Steps[None]:
+        """Background side of a served call: run legacy, hand the comparison to the
+        recorder. What legacy holds is given
         back: an allocation's context manager is entered and left; a ``(value, ctx)``
         pair's ctx is left; a stream is read to its end. Legacy failing once its event
         loop has begun to end says nothing about legacy: counted as dropped
@@ -87,7 +87,7 @@ class ServedCalls:
                 legacy = legacy_observation(started, call.model, result, copy=False)
         if self._dispatch.keep_result():  # on a worker: not counted by close() already
             pending = Pending(site, call.decision.stage, "task", legacy, candidate)
-            self.events.compared(pending, here=here)
+            self.events.compared(pending)
 
     def fall_back(self, call: Call, step: Any, candidate: Observation) -> Steps[Any]:
         """The task path failed while serving: legacy (``step``) answers instead, and
@@ -119,6 +119,6 @@ class ServedCalls:
             self.events.served(call.site, "legacy_fallback")
             stage = call.decision.stage
             pending = Pending(call.site, stage, "legacy_fallback", legacy, candidate)
-            self.events.compared(pending, here=False)
+            self.events.compared(pending)
         except Exception as failed:  # the shim's failure, never the caller's
             self.events.internal_error("record", failed, site=call.site)

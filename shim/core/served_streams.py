@@ -211,7 +211,7 @@ class Serving:
                 engine.recorder.dropped(site.product, site.task, "stream_too_large")
                 return
             pending = Pending(site, call.decision.stage, served_by, legacy, candidate)
-            engine.events.compared(pending, here=False)
+            engine.events.compared(pending)
         except Exception as exc:  # the shim's failure, never the caller's
             engine.events.internal_error("record", exc, site=site)
 

@@ -125,10 +125,6 @@ class Lane(Protocol):
     """Where a call's steps run and its background work goes: the calling thread and
     the worker threads (sync call sites), or the running event loop (async ones)."""
 
-    #: Background work makes its records where it runs (a worker thread), rather than
-    #: handing them to the recorder's thread (an event loop has better things to do).
-    records_here: bool
-
     def try_reserve(self) -> bool:
         """Take a slot for background work; False at once when all are taken."""
         ...

@@ -1,12 +1,10 @@
 """Records: one JSON object per line, written off the caller's path.
 
-Finished comparisons become records off the caller's thread: on the worker thread that
-ran the task path (:meth:`Recorder.comparison_here`: no other thread wakes for them), or,
-handed over from an event loop, on the :class:`Recorder`'s own thread, which also
-renders events. Records are rendered with structlog and written as whole lines to a
-:class:`~shim.records.sinks.RecordSink` in batches, one write per ``batch_wait`` under
-load. Drops are counted per task and reason and written as aggregated
-``shim.dropped`` records.
+Finished comparisons are handed to the :class:`Recorder`, whose own thread compares
+the outputs, makes the records, renders them and writes them as whole lines to a
+:class:`~shim.records.sinks.RecordSink`, in batches: under load it wakes once per
+``batch_wait`` and makes every record that came meanwhile back to back. Drops are
+counted per task and reason and written as aggregated ``shim.dropped`` records.
 """
 
 from __future__ import annotations
@@ -38,11 +36,7 @@ _log = logging.getLogger("shim")
 
 
 _STOP = object()
-_WAKE = object()  # lines made on other threads wait: write them
 _FLUSH = "flush"
-#: How long a stopping recorder waits for records being made on other threads.
-_RENDERING_GRACE = 0.1
-
 #: How long the recorder lets records gather after writing some, in seconds: under
 #: load it wakes and writes once per this long.
 BATCH_WAIT = 0.02
@@ -112,7 +106,6 @@ class Recorder:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._queued = 0
-        self._rendering = 0  # records being made on other threads (comparison_here)
         self._bytes = 0  # what the queued comparisons hold (pending_bytes)
         self._drops: Counter[tuple[str, str, str]] = Counter()
         # (event, product, task, fields) -> [count, first example]: see tally().
@@ -142,29 +135,6 @@ class Recorder:
             self._queue.put(pending)
         else:
             self.dropped(pending.site.product, pending.site.task, self._refusal())
-
-    def comparison_here(self, pending: Pending) -> None:
-        """Make the record of a finished comparison on this thread (a worker's: its
-        CPU is spent where the call's was, and no other thread wakes for it) and keep
-        its line for the next write. Counted as dropped if the recorder is full
-        (``capacity`` lines, or about ``max_bytes``, waiting) or closing (``shutdown``);
-        a line made once the recorder wrote its last is counted in ``lost``."""
-        lines = self._lines
-        with self._lock:
-            full = len(lines.batch) >= self.capacity or lines.chars >= self.max_bytes
-            refused = self._closed or full
-            if not refused:
-                self._rendering += 1  # a stopping recorder waits for it (briefly)
-        if refused:
-            self.dropped(pending.site.product, pending.site.task, self._refusal())
-            return
-        try:
-            self._render(pending)
-        finally:
-            with self._lock:
-                self._rendering -= 1
-        if lines.claim_fresh():
-            self._queue.put(_WAKE)
 
     def event(self, event: str, product: str | None, task: str | None, **fields: Any) -> None:
         """Queue any other record (``shim.breaker``, ``shim.flags``, ...)."""
@@ -285,7 +255,7 @@ class Recorder:
             waiter = None
             if isinstance(item, tuple) and item and item[0] == _FLUSH:
                 waiter = item[1]
-            elif item is not None and item is not _WAKE and not stop:
+            elif item is not None and not stop:
                 self._render(item)
                 size = pending_bytes(item) if isinstance(item, Pending) else 0
                 with self._lock:
@@ -301,8 +271,6 @@ class Recorder:
                             self._done = True  # from here, drops are counted as lost
                     self._render_drops()
                 next_drops = now + self.flush_interval
-            if stop:
-                self._await_rendering()
             batch = self._lines.take(last=stop)
             self._out.write(batch, now, now=waiter is not None, final=stop)
             if waiter is not None:
@@ -311,17 +279,11 @@ class Recorder:
                 return
             if batch and self._queue.empty():
                 # Let the next records gather: one wake-up and one write for all that
-                # come within BATCH_WAIT, not one each (a wake-up costs more CPU than
-                # rendering a record: bench/cpu.py). A flush or stop waits as long.
+                # come within BATCH_WAIT, not one each, and their comparisons and records
+                # made back to back, where the code runs warm (a comparison made on its
+                # worker as the reply came cost about a third more CPU: bench/cpu.py).
+                # A flush or stop waits as long.
                 time.sleep(self.batch_wait)
-
-    def _await_rendering(self) -> None:
-        """Stopping: give records being made on other threads a moment to land in the
-        last batch (a later one is counted in ``lost``). No new ones start: the
-        recorder is closed."""
-        deadline = time.monotonic() + _RENDERING_GRACE
-        while self._rendering and time.monotonic() < deadline:
-            time.sleep(0.002)
 
     def _render(self, item: Any) -> None:
         """Render one record into the batch. One that cannot be (a field no encoder
