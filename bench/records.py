@@ -4,8 +4,8 @@
     python bench/records.py --quick    # 20,000, for CI
 
 Finished comparisons (a 1 KB meal plan on each side, same shape) are handed to the
-recorder as an event loop hands them (a sync call site's worker makes its record itself:
-``bench/cpu.py``): the recorder's thread compares the outputs, renders each record with
+recorder as the workers and event loops hand them: the recorder's thread compares the
+outputs, renders each record with
 structlog and appends batches to a file. Measured: records per second through the
 whole path, and the cost of the hand-off the producer pays. Then
 the same traffic against a sink that takes 5 ms per batch: the recorder's buffer is

@@ -50,13 +50,13 @@ class Structure:
 @runtime_checkable
 class Comparator(Protocol):
     """Compares the legacy and candidate outputs of one call (both as the call site
-    returns them). Runs off the caller's path, on the worker thread that ran the task
-    path (sync call sites; several workers may compare at once, so a comparator keeps
-    no unguarded state) or the recorder's thread (async ones); if it raises, the shim
-    counts and logs
-    an internal error (a ``shim.error`` record for the task), the record's
-    ``structure.match`` is null with the reason in ``structure.error``, and the report
-    counts the pair as not compared (no PROMOTE on it)."""
+    returns them). Runs off the caller's path, on the recorder's thread (the pairs that
+    came since its last write, one after another; a comparator shared by several
+    Shims may still run on several threads at once, so it keeps no unguarded state);
+    if it raises, the shim counts and logs an internal error (a ``shim.error`` record
+    for the task), the record's ``structure.match`` is null with the reason in
+    ``structure.error``, and the report counts the pair as not compared (no PROMOTE on
+    it)."""
 
     def compare(self, legacy: Any, candidate: Any) -> Structure:
         """The structural verdict for one pair of outputs."""

@@ -7,7 +7,7 @@
     shim = Shim(..., metrics=metrics)
 
 Everything but the call counter is read from the records as they are made, off the
-callers' threads (on a worker or the recorder's thread): the callers pay for one
+callers' threads (on the recorder's thread): the callers pay for one
 labelled counter increment per call, and nothing at all without ``metrics``.
 
 ``shim_calls_total{task, served_by}``, ``shim_comparisons_total{task, stage,
@@ -111,8 +111,7 @@ class PrometheusMetrics:
         child.inc()
 
     def record(self, record: Mapping[str, Any]) -> None:
-        """A record being written (on the thread that made it: a worker or the
-        recorder's)."""
+        """A record being written (on the recorder's thread)."""
         event = record.get("event")
         task = f"{record.get('product')}.{record.get('task')}"
         if event == "shim.comparison":

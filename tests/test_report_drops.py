@@ -1,4 +1,4 @@
-"""What ``shim report`` says of comparisons the shim dropped: how many of how many, by
+"""What ``shim report`` says of the calls the shim dropped: how many beside the pairs, by
 reason, and for the reasons that call for it, what to change (a full queue: workers
 for the task path's latency)."""
 
@@ -27,7 +27,7 @@ def test_a_slow_task_path_with_too_few_workers_is_named_with_what_to_change(
     sim: Simulator, tmp_path: Path
 ) -> None:
     """A coordinator that answers in 100 ms, two workers and a queue of five: most of
-    200 calls cannot be compared. The report says how many of how many, that the
+    200 calls cannot be compared. The report says how many beside the pairs, that the
     workers could not keep up, the task path's latency they waited on, and what to set;
     in the table, Markdown and HTML alike."""
     sim.set_profile(Profile(seed=1, defaults={"latency_ms": 100, "latency_p99_ms": 100}))
@@ -44,8 +44,7 @@ def test_a_slow_task_path_with_too_few_workers_is_named_with_what_to_change(
     [task] = json.loads(out.stdout)["tasks"]
     line = dropped_line(task)
     assert line is not None
-    share = f"{lost / 200 * 100:.1f} %"
-    assert line.startswith(f"kiwi.meal_plan: {lost:,} of 200 comparisons dropped ({share}); ")
+    assert line.startswith(f"kiwi.meal_plan: {lost:,} dropped beside {compared:,} pairs; ")
     assert f"queue_full {lost:,}: the workers could not keep up" in line
     p95 = task["latency_ms"]["candidate"]["p95"]
     assert 100 <= p95 < 1000, "the simulator's latency, as the client saw it"
@@ -67,12 +66,14 @@ def _task(dropped: dict[str, int], n: int = 100, p95: float | None = None) -> di
 def test_reasons_come_most_first_and_only_some_carry_advice() -> None:
     line = dropped_line(_task({"shutdown": 2, "breaker_open": 30, "unrenderable": 1}))
     assert line == (
-        "kiwi.ocr: 33 of 133 comparisons dropped (24.8 %); "
+        "kiwi.ocr: 33 dropped beside 100 pairs; "
         "breaker_open 30: the task path kept failing, and the breaker stopped calling it; "
         "shutdown 2: unfinished when the Shim closed; unrenderable 1"
     )
     assert dropped_line(_task({})) is None
     assert dropped_line(_task({"queue_full": 0})) is None
+    one = dropped_line(_task({"serve_full": 7}, n=1))
+    assert one is not None and one.startswith("kiwi.ocr: 7 dropped beside 1 pair; serve_full 7:")
 
 
 def test_the_latency_named_is_read_at_its_scale() -> None:
@@ -83,3 +84,7 @@ def test_the_latency_named_is_read_at_its_scale() -> None:
     assert slow is not None and "(1,234 ms at p95 here)" in slow
     none = dropped_line(_task({"queue_full": 5}, n=0))
     assert none is not None and "latency, so give" in none and "at p95" not in none
+    for latency in (None, {"candidate": None}, {"candidate": {"p95": float("nan")}}):
+        odd = {**_task({"queue_full": 5}), "latency_ms": latency}
+        found = dropped_line(odd)
+        assert found is not None and "at p95" not in found

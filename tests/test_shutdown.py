@@ -11,7 +11,7 @@ from pathlib import Path
 from shim import Limits, TaskRequest, Timeouts
 from shim.sim import Profile, Simulator
 
-from .shimkit import dropped, make_shim, records
+from .shimkit import dropped, make_shim, records, wait_for
 
 
 def test_close_keeps_its_deadline_and_counts_the_unfinished(sim: Simulator, tmp_path: Path) -> None:
@@ -106,3 +106,85 @@ def test_an_event_loop_that_ends_without_aclose_loses_nothing_silently(
     log = tmp_path / "log.jsonl"
     assert len(records(log)) == 6, "shadow comparisons outlive their loops; served ones finish"
     assert dropped(log) == 0
+
+
+SLOW_COMPARATOR = """
+import time
+from shim.comparators import TextOutput
+
+class SlowText(TextOutput):
+    '''2 ms per pair: a costly content scorer (asleep, so the workers keep their pace).'''
+
+    def compare(self, legacy, candidate):
+        time.sleep(0.002)
+        return super().compare(legacy, candidate)
+"""
+
+
+def test_close_counts_the_comparisons_the_recorder_could_not_make_in_time(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Pairs handed to the recorder faster than its comparator takes them: close keeps
+    its deadline, and every call is written or counted (``shutdown``), with nothing
+    left unwritten or lost behind the counts."""
+    namespace: dict[str, object] = {}
+    exec(SLOW_COMPARATOR, namespace)
+    s = make_shim(
+        sim.url, tmp_path, "kiwi.meal_plan: {shadow: 100}\n", limits=Limits(queue_size=5000)
+    )
+    wrapped = s.shadow(
+        product="kiwi",
+        task="meal_plan",
+        request=lambda i: TaskRequest(prompt=str(i)),
+        output=namespace["SlowText"](),  # type: ignore[operator]
+    )(lambda i: "soup")
+    for i in range(600):
+        wrapped(i)
+    wait_for(lambda: s.stats()["pending"] < 500, timeout=10)  # the workers are done
+    started = time.monotonic()
+    s.close(timeout=0.3)
+    assert time.monotonic() - started < 1.5
+    stats = s.stats()
+    assert (stats["records_unwritten"], stats["records_lost"]) == (0, 0)
+    log = tmp_path / "log.jsonl"
+    written, counted = len(records(log)), dropped(log)
+    assert written + counted == 600, f"each call written or counted: {written} + {counted}"
+    assert counted == dropped(log, "shutdown") > 0
+    time.sleep(0.3)
+    assert len(records(log)) == written, "nothing is written once close has returned"
+
+
+EXIT_SLOW_SCRIPT = (
+    SLOW_COMPARATOR
+    + """
+import sys
+from shim import Limits, Shim, TaskRequest, flags
+s = Shim(sys.argv[1], flags=flags.FileFlags(sys.argv[2]), log_path=sys.argv[3],
+         limits=Limits(queue_size=5000))
+wrapped = s.shadow(product="kiwi", task="meal_plan", output=SlowText(),
+                   request=lambda i: TaskRequest(prompt=str(i)))(lambda i: "soup")
+for i in range(2000):
+    wrapped(i)
+time.sleep(0.5)  # the task path answered them all: the comparing is left
+"""
+)
+
+
+def test_at_exit_every_comparison_handed_to_the_recorder_is_written_or_counted(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """2,000 pairs of 2 ms each and the interpreter exits at once: more than the exit's
+    deadline allows, and none vanish."""
+    flag_file = tmp_path / "flags.yaml"
+    flag_file.write_text("kiwi.meal_plan: {shadow: 100}\n")
+    log = tmp_path / "log.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SLOW_SCRIPT, sim.url, str(flag_file), str(log)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    written, counted = len(records(log)), dropped(log)
+    assert written + counted == 2000, (written, counted, done.stderr)
+    assert counted == dropped(log, "shutdown") > 0

@@ -90,34 +90,36 @@ _DROPS = {
     "queue_full": "the workers could not keep up: each comparison holds a worker for the "
     "task path's latency{latency}, so give Limits(workers=...) about shadowed calls/s x "
     "that latency, or shadow fewer calls (the share, or shadow_rate)",
-    "recorder_full": "records came faster than the log took them",
+    "recorder_full": "the recorder's thread (comparing and writing) fell behind: a slow "
+    "log, or costly comparators",
     "breaker_open": "the task path kept failing, and the breaker stopped calling it",
     "backoff": "the coordinator said it was full, and the shim backed off",
     "budget": "past the task's shadow budget (shadow_rate, shadow_tokens_per_hour)",
     "serve_full": "Limits.max_serving task-path calls were serving already; legacy served",
     "shutdown": "unfinished when the Shim closed",
+    "abandoned": "streams the caller left early (below)",
 }
 
 
 def dropped_line(task: dict[str, Any]) -> str | None:
-    """The comparisons of ``task`` dropped, by reason (most first), with what the
-    reasons that call for it say to do, as one line; None if none."""
-    dropped = task.get("dropped_by_reason") or {}
-    total = sum(dropped.values())
-    if not total:
+    """The drops of ``task`` (``shim.dropped``: comparisons, and task-path calls that
+    did not serve), by reason (most first), beside its pairs, with what the reasons
+    that call for it say to do, as one line; None if none."""
+    dropped = {k: v for k, v in (task.get("dropped_by_reason") or {}).items() if v > 0}
+    if not dropped:
         return None
-    p95 = (task.get("latency_ms") or {}).get("candidate", {}).get("p95")
+    p95 = ((task.get("latency_ms") or {}).get("candidate") or {}).get("p95")
     latency = ""
-    if p95 is not None:
+    if isinstance(p95, int | float) and math.isfinite(p95):
         latency = f" ({p95:,.0f} ms at p95 here)" if p95 >= 10 else f" ({p95:.2g} ms at p95 here)"
     parts = []
     for reason, count in sorted(dropped.items(), key=lambda item: (-item[1], item[0])):
         why = _DROPS.get(reason)
         parts.append(f"{reason} {count:,}" + (f": {why.format(latency=latency)}" if why else ""))
-    of = total + task["n"]
+    n = task.get("n") or 0
     return (
-        f"{task['task']}: {total:,} of {of:,} comparisons dropped "
-        f"({total / of * 100:.1f} %); " + "; ".join(parts)
+        f"{task['task']}: {sum(dropped.values()):,} dropped beside {n:,} "
+        f"pair{'s' * (n != 1)}; " + "; ".join(parts)
     )
 
 

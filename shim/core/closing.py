@@ -59,8 +59,9 @@ class ShimCloser:
         return self._ended.wait(timeout)
 
     def close_work(self, timeout: float) -> None:
-        """Finish the queued comparisons within ``timeout``; those that cannot are
-        counted as dropped (``shutdown``), per task."""
+        """Finish the queued comparisons within ``timeout`` (the task path's calls on
+        the workers, the judge's, then the recorder's comparing); those that cannot
+        are counted as dropped (``shutdown``), per task."""
         recorder, deadline = self._recorder, time.monotonic() + timeout
         try:
             for task, count in self._engine.threads.dispatch.close(timeout).items():
@@ -70,6 +71,9 @@ class ShimCloser:
             judges = self._engine.events.judges
             if judges is not None:  # the pairs it took are recorded, judged or not
                 judges.close(max(0.0, deadline - time.monotonic()))
+            # the pairs handed over are compared and written; what the recorder has
+            # not reached by then is counted as it stops (Recorder.close)
+            recorder.flush(max(0.0, deadline - time.monotonic()))
 
     def stop_records(self) -> None:
         """Have the records and drop counts written; do not wait."""

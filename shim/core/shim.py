@@ -329,7 +329,8 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
 
     def stats(self) -> dict[str, Any]:
         """Counters: record lines written, held while the log cannot be written and lost
-        for good, failed writes, comparisons pending, the bytes the comparisons queued
+        for good, failed writes, comparisons pending (with the workers, or handed to
+        the recorder and not made into records yet), the bytes the comparisons queued
         for the worker threads and for the recorder hold (estimated; each queue is
         bounded, see :data:`~shim.records.recorder.QUEUE_BYTES`), internal errors by
         operation, and the judge's calls, verdicts and skips (None without a judge)."""
@@ -340,7 +341,7 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
             "records_unwritten": recorder.unwritten,
             "records_lost": recorder.lost,
             "write_errors": recorder.write_errors,
-            "pending": dispatch.pending,
+            "pending": dispatch.pending + recorder.queued,
             "queued_bytes": {"workers": dispatch.queued_bytes, "recorder": recorder.queued_bytes},
             "internal_errors": self._events.errors(),
             "judge": None if judges is None else judges.counts(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import queue
 import threading
@@ -37,6 +38,10 @@ _log = logging.getLogger("shim")
 
 _STOP = object()
 _FLUSH = "flush"
+#: How long before close()'s deadline the recorder stops making queued comparisons and
+#: counts them instead (``shutdown``), in seconds: writing the rest takes about that.
+_MARGIN = 0.1
+
 #: How long the recorder lets records gather after writing some, in seconds: under
 #: load it wakes and writes once per this long.
 BATCH_WAIT = 0.02
@@ -119,6 +124,10 @@ class Recorder:
             on_lost=functools.partial(self.dropped, reason="sink_unavailable"),
         )
         self._lost = 0  # records made once the last drop counts were written
+        # Past this (time.monotonic()), queued comparisons are counted, not made: set
+        # by close(), so that the drop counts are written within its timeout.
+        self._give_up_at = math.inf
+        self._overdue = False  # close() returned with the thread still at work
         self._closed = False
         self._done = False  # the last drop counts are written: nothing more will be
         self._told_late = False
@@ -131,9 +140,7 @@ class Recorder:
         """Queue a finished comparison; counted as dropped if the recorder is full
         (``recorder_full``: ``capacity`` records, or ``max_bytes`` of outputs queued) or
         closing (``shutdown``)."""
-        if self._admit(pending_bytes(pending)):
-            self._queue.put(pending)
-        else:
+        if not self._admit(pending, pending_bytes(pending)):
             self.dropped(pending.site.product, pending.site.task, self._refusal())
 
     def event(self, event: str, product: str | None, task: str | None, **fields: Any) -> None:
@@ -144,9 +151,7 @@ class Recorder:
             # Raised while rendering (a comparator failed): write it in this batch. Going
             # through the queue could land it after the stop, and lose it.
             self._render(record)
-        elif self._admit():
-            self._queue.put(record)
-        else:
+        elif not self._admit(record):
             self.dropped(product or "", task or "", self._refusal())
 
     def tally(
@@ -196,7 +201,9 @@ class Recorder:
     def _refusal(self) -> str:
         return "shutdown" if self._closed else "recorder_full"
 
-    def _admit(self, size: int = 0) -> bool:
+    def _admit(self, item: Any, size: int = 0) -> bool:
+        """Queue ``item`` unless the recorder is full or closing. Under the lock that
+        :meth:`stop` takes to queue its end: nothing admitted lands after it."""
         with self._lock:
             if self._closed or self._queued >= self.capacity:
                 return False
@@ -204,7 +211,13 @@ class Recorder:
                 return False  # one alone may be bigger: it is held already
             self._queued += 1
             self._bytes += size
+            self._queue.put(item)
             return True
+
+    @property
+    def queued(self) -> int:
+        """Comparisons and records queued, not made into lines yet."""
+        return self._queued
 
     @property
     def queued_bytes(self) -> int:
@@ -226,15 +239,19 @@ class Recorder:
         recorders first, then waiting for each, costs the slowest, not the sum."""
         with self._lock:
             stopping, self._closed = not self._closed, True
-        if stopping:
-            self._queue.put(_STOP)
+            if stopping:
+                self._queue.put(_STOP)
 
     def close(self, timeout: float = 5.0) -> bool:
         """Write what is queued and the drop counts (within ``timeout``), then close the
-        sink; True if all of it was done in time."""
+        sink; True if all of it was done in time. Comparisons still queued near the
+        deadline are not made: they are counted as dropped (``shutdown``), so the drop
+        counts are written in time."""
+        self._give_up_at = time.monotonic() + max(0.0, timeout - min(_MARGIN, timeout / 4))
         self.stop()
         self._thread.join(timeout)
         finished = not self._thread.is_alive()
+        self._overdue = not finished
         if finished:
             try:
                 self.sink.close()
@@ -256,7 +273,10 @@ class Recorder:
             if isinstance(item, tuple) and item and item[0] == _FLUSH:
                 waiter = item[1]
             elif item is not None and not stop:
-                self._render(item)
+                if type(item) is Pending and self._closed and time.monotonic() >= self._give_up_at:
+                    self.dropped(item.site.product, item.site.task, "shutdown")
+                else:
+                    self._render(item)
                 size = pending_bytes(item) if isinstance(item, Pending) else 0
                 with self._lock:
                     self._queued -= 1
@@ -271,7 +291,7 @@ class Recorder:
                             self._done = True  # from here, drops are counted as lost
                     self._render_drops()
                 next_drops = now + self.flush_interval
-            batch = self._lines.take(last=stop)
+            batch = self._lines.take()
             self._out.write(batch, now, now=waiter is not None, final=stop)
             if waiter is not None:
                 waiter.set()
@@ -349,13 +369,19 @@ class Recorder:
     def lost(self) -> int:
         """Lines given up on (held beyond capacity, or still held at close), and records
         made once the recorder was closed."""
-        return self._out.lost + self._lost + self._lines.late
+        return self._out.lost + self._lost
 
     @property
     def unwritten(self) -> int:
         """Lines rendered and held because the sink failed, and, once the recorder
-        stopped without writing them (it was not given the time), those it had."""
-        waiting = len(self._lines.batch) if self._done or not self._thread.is_alive() else 0
+        stopped without writing them (it was not given the time), those it had; once
+        :meth:`close` has returned with the thread still at work, also the records
+        still queued."""
+        waiting = 0
+        if self._done or not self._thread.is_alive():
+            waiting = len(self._lines.batch)
+        elif self._overdue:
+            waiting = len(self._lines.batch) + self._queued
         return len(self._out.held) + waiting
 
 
