@@ -3,12 +3,18 @@ interpreter never hangs at exit."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
-from shim import Limits, TaskRequest, Timeouts
+import pytest
+
+from shim import Limits, Shim, TaskRequest, Timeouts
+from shim.core import lifecycle
+from shim.flags import FileFlags
 from shim.sim import Profile, Simulator
 
 from .shimkit import dropped, make_shim, records, wait_for
@@ -154,37 +160,71 @@ def test_close_counts_the_comparisons_the_recorder_could_not_make_in_time(
     assert len(records(log)) == written, "nothing is written once close has returned"
 
 
-EXIT_SLOW_SCRIPT = (
-    SLOW_COMPARATOR
-    + """
-import sys
+EXIT_SLOW_SCRIPT = """
+import sys, time
 from shim import Limits, Shim, TaskRequest, flags
-s = Shim(sys.argv[1], flags=flags.FileFlags(sys.argv[2]), log_path=sys.argv[3],
-         limits=Limits(queue_size=5000))
-wrapped = s.shadow(product="kiwi", task="meal_plan", output=SlowText(),
-                   request=lambda i: TaskRequest(prompt=str(i)))(lambda i: "soup")
-for i in range(2000):
-    wrapped(i)
+from shim.comparators import TextOutput
+
+class SlowText(TextOutput):
+    def compare(self, legacy, candidate):
+        time.sleep(float(sys.argv[5]))
+        return super().compare(legacy, candidate)
+
+shims, n = int(sys.argv[4]), int(sys.argv[6])
+wrapped = []
+for k in range(shims):
+    s = Shim(sys.argv[1], flags=flags.FileFlags(sys.argv[2]), log_path=f"{sys.argv[3]}.{k}",
+             limits=Limits(queue_size=5000))
+    wrapped.append(s.shadow(product="kiwi", task="meal_plan", output=SlowText(),
+                            request=lambda i: TaskRequest(prompt=str(i)))(lambda i: "soup"))
+for i in range(n):
+    for w in wrapped:
+        w(i)
 time.sleep(0.5)  # the task path answered them all: the comparing is left
 """
+
+
+@pytest.mark.parametrize(
+    ("shims", "seconds", "calls"),
+    [(1, 0.002, 2000), (3, 0.05, 300), (1, 0.45, 50)],
+    ids=["many-quick-pairs", "three-shims", "a-comparator-slower-than-the-margin"],
 )
-
-
-def test_at_exit_every_comparison_handed_to_the_recorder_is_written_or_counted(
-    sim: Simulator, tmp_path: Path
+def test_at_exit_every_comparison_handed_to_a_recorder_is_written_or_counted(
+    sim: Simulator, tmp_path: Path, shims: int, seconds: float, calls: int
 ) -> None:
-    """2,000 pairs of 2 ms each and the interpreter exits at once: more than the exit's
-    deadline allows, and none vanish."""
+    """More comparing left than the exit's deadline allows, for one Shim or several
+    closed together, with quick or slow comparators: none vanish, and the
+    interpreter exits within the deadline."""
     flag_file = tmp_path / "flags.yaml"
     flag_file.write_text("kiwi.meal_plan: {shadow: 100}\n")
     log = tmp_path / "log.jsonl"
+    argv = [sim.url, str(flag_file), str(log), str(shims), str(seconds), str(calls)]
+    started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-c", EXIT_SLOW_SCRIPT, sim.url, str(flag_file), str(log)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", EXIT_SLOW_SCRIPT, *argv], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    written, counted = len(records(log)), dropped(log)
-    assert written + counted == 2000, (written, counted, done.stderr)
-    assert counted == dropped(log, "shutdown") > 0
+    assert time.monotonic() - started < 15
+    for k in range(shims):
+        shim_log = Path(f"{log}.{k}")
+        written, counted = len(records(shim_log)), dropped(shim_log)
+        assert written + counted == calls, (k, written, counted, done.stderr)
+        assert counted == dropped(shim_log, "shutdown") > 0
+
+
+def test_a_shim_held_only_by_its_wrapped_functions_is_closed_at_exit_and_collected_after(
+    tmp_path: Path,
+) -> None:
+    """The wrapped function keeps its Shim open (closed at exit, above: three-shims
+    holds none of its Shims); once the function is gone too, so is the Shim."""
+    flag_file = tmp_path / "flags.yaml"
+    flag_file.write_text("kiwi.meal_plan: {shadow: 100}\n")
+    s = Shim("http://127.0.0.1:9", flags=FileFlags(flag_file), log_path=tmp_path / "x.jsonl")
+    wrapped = s.shadow(product="kiwi", task="meal_plan", request=lambda: TaskRequest())(lambda: "x")
+    closer = weakref.ref(s._closer)
+    del s
+    gc.collect()
+    assert closer() is not None and closer() in lifecycle._open
+    del wrapped
+    gc.collect()
+    assert closer() is None

@@ -75,9 +75,9 @@ class ShimCloser:
             # not reached by then is counted as it stops (Recorder.close)
             recorder.flush(max(0.0, deadline - time.monotonic()))
 
-    def stop_records(self) -> None:
-        """Have the records and drop counts written; do not wait."""
-        self._recorder.stop()
+    def stop_records(self, deadline: float) -> None:
+        """Have the records and drop counts written by ``deadline``; do not wait."""
+        self._recorder.stop(deadline)
 
     def end_close(self, timeout: float) -> None:
         """Wait up to ``timeout`` for the records to be written, then let go of the

@@ -85,6 +85,9 @@ class Engine:
         self.capture_prompts = capture_prompts
         self.metered = events.metrics is not None
         self.closed = False
+        #: Lives as long as the call sites do (they hold the engine): the Shim's closer,
+        #: so that a Shim only its wrapped functions hold is still closed at exit.
+        self.keepalive: object | None = None
         self._dispatch = threads.dispatch
         self._dispatch.on_dropped = self.recorder.dropped  # jobs too big for its queue
         self._reserve = threads.dispatch.try_reserve  # bound once: per shadowed call

@@ -57,8 +57,10 @@ class Closable(Protocol):
         ``begin_close`` won) to end; True if it has."""
         ...
 
-    def stop_records(self) -> None:
-        """Have the records made so far, and the drop counts, written; do not wait."""
+    def stop_records(self, deadline: float) -> None:
+        """Have the records made so far, and the drop counts, written by ``deadline`` (a
+        ``time.monotonic()`` value: what cannot be made by then is counted); do not
+        wait."""
         ...
 
     def end_close(self, timeout: float) -> None:
@@ -136,10 +138,10 @@ def close_together(shims: Sequence[Closable], timeout: float, *, reserve: float 
     work_ends = deadline - reserve
     for shim in shims:
         _phase(shim.close_work, max(0.0, work_ends - time.monotonic()))
-    for shim in shims:
-        _phase(shim.stop_records)
     if not reserve:
         deadline = max(deadline, time.monotonic() + min(0.5, timeout))
+    for shim in shims:
+        _phase(shim.stop_records, deadline)
     for shim in shims:
         _phase(shim.end_close, max(0.0, deadline - time.monotonic()))
     for shim in elsewhere:

@@ -177,6 +177,7 @@ class Shim(AbstractContextManager["Shim"], AbstractAsyncContextManager["Shim"]):
         self._closer = ShimCloser(
             self._engine, events.recorder, http=self._own_http, parts=(threads, loops)
         )
+        self._engine.keepalive = self._closer
 
     @property
     def _owns_flags(self) -> bool:

@@ -111,6 +111,7 @@ class Recorder:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._queued = 0
+        self._pairs = 0  # of those, comparisons
         self._bytes = 0  # what the queued comparisons hold (pending_bytes)
         self._drops: Counter[tuple[str, str, str]] = Counter()
         # (event, product, task, fields) -> [count, first example]: see tally().
@@ -210,14 +211,15 @@ class Recorder:
             if size and self._bytes and self._bytes + size > self.max_bytes:
                 return False  # one alone may be bigger: it is held already
             self._queued += 1
+            self._pairs += type(item) is Pending
             self._bytes += size
             self._queue.put(item)
             return True
 
     @property
     def queued(self) -> int:
-        """Comparisons and records queued, not made into lines yet."""
-        return self._queued
+        """Comparisons queued, not made into records yet."""
+        return self._pairs
 
     @property
     def queued_bytes(self) -> int:
@@ -233,25 +235,39 @@ class Recorder:
         self._queue.put((_FLUSH, done))
         return done.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, deadline: float | None = None) -> None:
         """Take no more records; have what is queued and the drop counts written, then
         the thread end, without waiting for it (:meth:`close` waits). Stopping many
-        recorders first, then waiting for each, costs the slowest, not the sum."""
+        recorders first, then waiting for each, costs the slowest, not the sum.
+        Comparisons still queued near ``deadline`` (a ``time.monotonic()`` value) are
+        not made but counted as dropped (``shutdown``), so that the drop counts are
+        written by then; the earliest deadline given holds."""
         with self._lock:
+            if deadline is not None:
+                margin = min(_MARGIN, max(0.0, deadline - time.monotonic()) / 4)
+                self._give_up_at = min(self._give_up_at, deadline - margin)
             stopping, self._closed = not self._closed, True
             if stopping:
                 self._queue.put(_STOP)
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Write what is queued and the drop counts (within ``timeout``), then close the
-        sink; True if all of it was done in time. Comparisons still queued near the
-        deadline are not made: they are counted as dropped (``shutdown``), so the drop
-        counts are written in time."""
-        self._give_up_at = time.monotonic() + max(0.0, timeout - min(_MARGIN, timeout / 4))
-        self.stop()
+        """Write what is queued and the drop counts (within ``timeout``: see
+        :meth:`stop`), then close the sink; True if all of it was done in time. If not
+        (a comparison or a write that takes longer), what was left is said in a
+        warning and counted in :attr:`unwritten`."""
+        self.stop(time.monotonic() + timeout)
         self._thread.join(timeout)
         finished = not self._thread.is_alive()
         self._overdue = not finished
+        if not finished:
+            _log.warning(
+                "task-shim: the recorder did not finish within close()'s %.2f s: %d "
+                "queued records and %d rendered lines not written yet (a comparator or "
+                "the log slower than that)",
+                timeout,
+                self._queued,
+                len(self._lines.batch),
+            )
         if finished:
             try:
                 self.sink.close()
@@ -263,6 +279,8 @@ class Recorder:
 
     def _run(self) -> None:
         next_drops = time.monotonic() + self.flush_interval
+        batch_until = math.inf  # the batch is written by then even while work waits
+        cost = 0.0  # how long the last comparison took to make
         while True:
             try:
                 item = self._queue.get(timeout=self.flush_interval)
@@ -273,15 +291,26 @@ class Recorder:
             if isinstance(item, tuple) and item and item[0] == _FLUSH:
                 waiter = item[1]
             elif item is not None and not stop:
-                if type(item) is Pending and self._closed and time.monotonic() >= self._give_up_at:
+                started = time.monotonic()
+                if type(item) is not Pending:
+                    self._render(item)
+                elif self._closed and started + cost >= self._give_up_at:
+                    # closing: one made now would end past the deadline (as the last did)
                     self.dropped(item.site.product, item.site.task, "shutdown")
                 else:
                     self._render(item)
+                    cost = time.monotonic() - started
                 size = pending_bytes(item) if isinstance(item, Pending) else 0
                 with self._lock:
                     self._queued -= 1
+                    self._pairs -= type(item) is Pending
                     self._bytes -= size
-                if len(self._lines.batch) < 512 and not self._queue.empty():
+                batch_until = min(batch_until, started + self.batch_wait)
+                if (
+                    len(self._lines.batch) < 512
+                    and not self._queue.empty()
+                    and time.monotonic() < batch_until
+                ):
                     continue  # keep filling the batch while work is waiting
             now = time.monotonic()
             if stop or waiter is not None or now >= next_drops:
@@ -292,6 +321,7 @@ class Recorder:
                     self._render_drops()
                 next_drops = now + self.flush_interval
             batch = self._lines.take()
+            batch_until = math.inf
             self._out.write(batch, now, now=waiter is not None, final=stop)
             if waiter is not None:
                 waiter.set()
