@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,14 @@ CANARY = "kiwi.recipe_generation: {serve: 100, shadow: 100}\n"
 CHUNKS = ["Title: soup\n", "Ingredients:\n- water\n", "Directions:\n1. boil\n"]
 
 
-def wrap(s: Shim, fn: Any) -> Any:
+def wrap(s: Shim, fn: Any, **options: Any) -> Any:
     return s.shadow(
         product="kiwi",
         task="recipe_generation",
         request=lambda q: TaskRequest(prompt=q),
         response=lambda r: r.text,
         output=TextOutput(),
+        **options,
     )(fn)
 
 
@@ -470,20 +471,6 @@ def test_a_stream_left_open_past_close_is_said_as_such(
     assert "a stream was still open when the Shim closed" in caplog.text, caplog.text
 
 
-def _drawn_by_prompt(s: Shim, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """kiwi.recipe_generation's streaming call site, compared or not as the draw on its
-    prompt says (``key``)."""
-    return s.shadow(
-        product="kiwi",
-        task="recipe_generation",
-        request=lambda q: TaskRequest(prompt=q),
-        response=lambda r: r.text,
-        output=TextOutput(),
-        key=lambda q: q,
-        **options,
-    )
-
-
 def test_a_stream_the_draw_leaves_uncompared_is_legacys_own_generator(
     sim: Simulator, tmp_path: Path
 ) -> None:
@@ -492,7 +479,7 @@ def test_a_stream_the_draw_leaves_uncompared_is_legacys_own_generator(
     def recipe(q: str) -> Iterator[str]:
         yield from CHUNKS
 
-    site = _drawn_by_prompt(s)(recipe)
+    site = wrap(s, recipe, key=lambda q: q)  # the draw follows q
     streams = [site(f"soup {i}") for i in range(20)]
     own = [st for st in streams if st.gi_code is recipe.__code__]  # legacy's, unwrapped
     assert 0 < len(own) < len(streams)
@@ -507,7 +494,7 @@ def test_a_stream_functions_iterator_is_one_kind_of_stream_at_shadow(
     sim: Simulator, tmp_path: Path
 ) -> None:
     s = make_shim(sim.url, tmp_path, "kiwi.recipe_generation: {serve: 0, shadow: 50}\n")
-    site = _drawn_by_prompt(s, stream=True)(lambda q: list(CHUNKS))
+    site = wrap(s, lambda q: list(CHUNKS), key=lambda q: q, stream=True)
     streams = [site(f"soup {i}") for i in range(20)]
     kinds = {type(st).__name__ for st in streams}
     for st in streams:
